@@ -1,0 +1,3 @@
+from avcap.cli import main
+
+main()

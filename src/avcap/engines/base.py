@@ -1,0 +1,60 @@
+"""The engine interface: "generate for these requests (messages with videos) with these settings".
+
+Engines are the only code that talks to a model. Every other step builds `Request`s and reads
+`Result`s; one bad video fails its own request (Result.error), never the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+from avcap.config import Sampling
+
+THINK_END = "</think>"
+
+
+@dataclass
+class Request:
+    key: str
+    messages: list[dict[str, Any]]  # HF/OpenAI chat messages, video content parts first
+
+
+@dataclass
+class Result:
+    key: str
+    text: Optional[str]  # final answer (after </think> in reasoning mode)
+    raw_text: Optional[str] = None
+    error: Optional[str] = None
+    num_input_tokens: Optional[int] = None
+    num_output_tokens: Optional[int] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[Result]:
+        """Results in the order of `requests`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def final_answer(text: str) -> str:
+    """What follows the last `</think>`; the whole text when there is none."""
+    if THINK_END in text:
+        return text.rsplit(THINK_END, 1)[1].strip()
+    return text.strip()
+
+
+def video_paths(messages: list[dict[str, Any]]) -> list[str]:
+    """Every video referenced by a conversation, in order."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "video":
+                    out.append(str(part["video"]))
+    return out

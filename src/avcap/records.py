@@ -1,0 +1,174 @@
+"""Crash-safe JSON Lines records: the one way every long-running step writes its results.
+
+A record is one JSON object on one line. `RecordWriter.append` writes the whole line with a single
+`os.write` on an `O_APPEND` descriptor and fsyncs, so a kill loses at most the record in flight and
+never interleaves two records. A line torn by a kill mid-write (no trailing newline) is cut off when
+the file is next opened for appending, so reruns never see or extend a torn record.
+
+Records are keyed (`record["key"]`); `done_keys` tells a rerun what to skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class RecordError(ValueError):
+    """A JSONL file holds a line that is not a JSON object (names the file and line)."""
+
+
+def read_records(path: str | Path, *, missing_ok: bool = True) -> list[dict[str, Any]]:
+    """All complete records of `path`; a torn last line (no newline) is ignored."""
+    return list(iter_records(path, missing_ok=missing_ok))
+
+
+def iter_records(path: str | Path, *, missing_ok: bool = True) -> Iterator[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        if missing_ok:
+            return
+        raise FileNotFoundError(f"{path}: no such file")
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
+                return  # torn by a kill mid-write: not a record
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield obj
+
+
+def latest_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Map key -> last record with that key (a retried error is superseded by its retry)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        out[str(rec["key"])] = rec
+    return out
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Truncate a trailing partial line left by a killed writer."""
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        # scan back to the last newline
+        pos = size - 1
+        chunk = 65536
+        while pos > 0:
+            start = max(0, pos - chunk)
+            fh.seek(start)
+            buf = fh.read(pos - start)
+            idx = buf.rfind(b"\n")
+            if idx >= 0:
+                fh.truncate(start + idx + 1)
+                return
+            pos = start
+        fh.truncate(0)
+
+
+class RecordWriter:
+    """Append-only, crash-safe writer for one JSONL file."""
+
+    def __init__(self, path: str | Path, *, fsync: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _repair_torn_tail(self.path)
+        self._fsync = fsync
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, record: dict[str, Any]) -> None:
+        if "key" not in record:
+            raise ValueError("a record needs a 'key'")
+        data = (json.dumps(record, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8")
+        written = os.write(self._fd, data)
+        if written != len(data):  # pragma: no cover - regular files write whole buffers
+            raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes)")
+        if self._fsync:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def done_keys(path: str | Path, *, include_errors: bool = False) -> set[str]:
+    """Keys that already have a finished record (error records count only if asked)."""
+    keys: set[str] = set()
+    for rec in iter_records(path):
+        if include_errors or not rec.get("error"):
+            keys.add(str(rec["key"]))
+    return keys
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int = 2) -> None:
+    """Write JSON to a temp file in the same directory and rename it over `path`."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_records_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace a whole JSONL file at once (used when a step rewrites its output, e.g. bench apply)."""
+    text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in records)
+    write_text_atomic(path, text)
+
+
+def read_json(path: str | Path) -> Any:
+    """Load a JSON file; errors name the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON ({exc.msg})") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
