@@ -1,0 +1,817 @@
+"""The video layer: the only code in avcap that decodes, samples, resizes or encodes video.
+
+Sampling and resizing follow qwen-vl-utils 0.0.14 (`qwen_vl_utils.vision_process`) exactly:
+
+* `smart_nframes`: `nframes` XOR `fps`. `nframes` is rounded to a multiple of 2 (Python `round`,
+  half to even). With `fps`: n = total / video_fps * fps, clamped to [min_frames, max_frames] and to
+  the clip's length, floored to a multiple of 2.
+* `sample_indices`: `linspace(0, total - 1, n).round()` — first and last frame always included.
+* `smart_resize`: each side rounded to `factor` (32 for Qwen3-VL / Cosmos-Reason2, patch 16;
+  28 for Qwen2.5-VL / Cosmos-Reason1, patch 14), then scaled into [min_pixels, max_pixels].
+* the per-frame pixel cap for video: `max(min(768·factor², total_pixels / nframes · 2),
+  int(min_pixels · 1.05))`, then the smaller of that and the caller's `max_pixels`.
+* frames are resized as RGB with torchvision's `resize(..., BICUBIC, antialias=True)` on uint8,
+  exactly the call qwen-vl-utils makes.
+
+Decoding uses PyAV (its wheels bundle FFmpeg). `load_video` decodes only what the sampled frames
+need: a demux pass (no decoding) indexes every packet — presentation timestamp, keyframe flag and,
+for H.264, whether the picture is a reference picture — then for each group of targets it seeks to
+the keyframe before them and decodes forward to the last target, sending the decoder only the
+keyframe, the reference pictures and the targets themselves. A non-reference picture is, by the
+H.264 definition, never used to predict another picture, so leaving it out changes no pixel of the
+frames we keep; tests check frame-for-frame equality with a full decode.
+
+Frame index i is the i-th frame in presentation order (the i-th smallest packet pts), which is what
+a full sequential decode produces. Timestamps are `index / fps` with fps the stream's average rate,
+the convention transformers uses for `video_metadata` (exact for constant-frame-rate video; for
+variable-frame-rate video the index is still exact, the timestamp is then the nominal one).
+
+A directory of JPEG/PNG frames (as LingoQA ships) is a video too: frames in natural sort order,
+fps from a `fps.txt` in the directory, else the caller's `source_fps`, else 1.
+
+When a clip has fewer frames than asked, nothing fails: every frame is used, the last one repeated
+once if needed to make an even count (Qwen's temporal patch is 2 frames; qwen-vl-utils pads a frame
+list the same way), and `VideoFrames.notes` says what was done.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+# qwen-vl-utils 0.0.14 constants (vision_process.py)
+MAX_RATIO = 200
+SPATIAL_MERGE_SIZE = 2
+VIDEO_MIN_TOKEN_NUM = 128
+VIDEO_MAX_TOKEN_NUM = 768
+FPS = 2.0
+FRAME_FACTOR = 2
+FPS_MIN_FRAMES = 4
+FPS_MAX_FRAMES = 768
+MODEL_SEQ_LEN = 128000  # qwen-vl-utils reads env MODEL_SEQ_LEN (default 128000); avcap fixes it
+
+DEFAULT_MIN_PIXELS = 3136  # the recipe's [custom.vision] min_pixels (56x56)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class VideoError(ValueError):
+    """A video that cannot be used. The message starts with the path."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+# --------------------------------------------------------------------------------------------
+# pure functions (qwen-vl-utils 0.0.14 semantics)
+# --------------------------------------------------------------------------------------------
+
+
+def round_by_factor(number: float, factor: int) -> int:
+    return round(number / factor) * factor
+
+
+def ceil_by_factor(number: float, factor: int) -> int:
+    return math.ceil(number / factor) * factor
+
+
+def floor_by_factor(number: float, factor: int) -> int:
+    return math.floor(number / factor) * factor
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = 32,
+    min_pixels: Optional[int] = None,
+    max_pixels: Optional[int] = None,
+) -> tuple[int, int]:
+    """(h, w) divisible by `factor`, area within [min_pixels, max_pixels], aspect kept (qwen-vl-utils)."""
+    max_pixels = max_pixels if max_pixels is not None else 16384 * factor**2
+    min_pixels = min_pixels if min_pixels is not None else 4 * factor**2
+    if max_pixels < min_pixels:
+        raise ValueError(f"max_pixels ({max_pixels}) must be >= min_pixels ({min_pixels})")
+    if min(height, width) <= 0:
+        raise ValueError(f"frame size must be positive, got {height}x{width}")
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than {MAX_RATIO}, got {max(height, width) / min(height, width)}"
+        )
+    h_bar = max(factor, round_by_factor(height, factor))
+    w_bar = max(factor, round_by_factor(width, factor))
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = floor_by_factor(height / beta, factor)
+        w_bar = floor_by_factor(width / beta, factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = ceil_by_factor(height * beta, factor)
+        w_bar = ceil_by_factor(width * beta, factor)
+    return h_bar, w_bar
+
+
+def smart_nframes(
+    total_frames: int,
+    video_fps: float,
+    *,
+    nframes: Optional[int] = None,
+    fps: Optional[float] = None,
+    min_frames: int = FPS_MIN_FRAMES,
+    max_frames: Optional[int] = None,
+) -> int:
+    """Number of frames to sample (qwen-vl-utils `smart_nframes`; raises ValueError as it does).
+
+    `max_frames=None` means qwen-vl-utils' default, min(768, total_frames).
+    """
+    if nframes is not None and fps is not None:
+        raise ValueError("Only accept either `fps` or `nframes`")
+    if nframes is not None:
+        n = round_by_factor(nframes, FRAME_FACTOR)
+    else:
+        fps = FPS if fps is None else fps
+        min_f = ceil_by_factor(min_frames, FRAME_FACTOR)
+        max_f = floor_by_factor(max_frames if max_frames is not None else min(FPS_MAX_FRAMES, total_frames), FRAME_FACTOR)
+        n = total_frames / video_fps * fps
+        n = min(min(max(n, min_f), max_f), total_frames)
+        n = floor_by_factor(n, FRAME_FACTOR)
+    if not (FRAME_FACTOR <= n <= total_frames):
+        raise ValueError(f"nframes should in interval [{FRAME_FACTOR}, {total_frames}], but got {n}.")
+    return int(n)
+
+
+def sample_indices(total_frames: int, n: int) -> list[int]:
+    """`torch.linspace(0, total-1, n).round()` as qwen-vl-utils computes it (float32, half to even)."""
+    import torch
+
+    return torch.linspace(0, total_frames - 1, n).round().long().tolist()
+
+
+def frame_pixel_range(
+    nframes: int,
+    *,
+    factor: int = 32,
+    min_pixels: Optional[int] = DEFAULT_MIN_PIXELS,
+    max_pixels: Optional[int] = None,
+    total_pixels: Optional[float] = None,
+) -> tuple[int, float]:
+    """(min_pixels, max_pixels) per frame for a clip of `nframes` sampled frames (qwen-vl-utils fetch_video)."""
+    if min_pixels is None:
+        min_pixels = VIDEO_MIN_TOKEN_NUM * factor * factor
+    if total_pixels is None:
+        total_pixels = MODEL_SEQ_LEN * factor * factor * 0.9
+    cap = max(min(VIDEO_MAX_TOKEN_NUM * factor * factor, total_pixels / nframes * FRAME_FACTOR), int(min_pixels * 1.05))
+    if max_pixels is not None:
+        cap = min(max_pixels, cap)
+    return min_pixels, cap
+
+
+def resized_size(
+    height: int,
+    width: int,
+    nframes: int,
+    *,
+    factor: int = 32,
+    min_pixels: Optional[int] = DEFAULT_MIN_PIXELS,
+    max_pixels: Optional[int] = None,
+    total_pixels: Optional[float] = None,
+) -> tuple[int, int]:
+    """Resized (height, width) of every frame of an `nframes`-frame sample of a height x width clip."""
+    lo, hi = frame_pixel_range(nframes, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
+    return smart_resize(height, width, factor=factor, min_pixels=lo, max_pixels=hi)
+
+
+def num_video_tokens(
+    num_frames: int,
+    height: int,
+    width: int,
+    patch_size: int = 16,
+    merge_size: int = 2,
+    temporal_patch_size: int = 2,
+) -> int:
+    """LLM tokens for `num_frames` frames of resized `height` x `width` (timestamps/markers not counted).
+
+    Frames are padded to a multiple of `temporal_patch_size` (as the processor does); each group of
+    frames gives (h / patch)·(w / patch) / merge² tokens.
+    """
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"resized size {height}x{width} is not a multiple of patch size {patch_size}")
+    grid_t = math.ceil(num_frames / temporal_patch_size)
+    return grid_t * (height // patch_size) * (width // patch_size) // (merge_size * merge_size)
+
+
+# --------------------------------------------------------------------------------------------
+# data classes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    total_frames: int
+    fps: float
+    height: int
+    width: int
+    duration: float
+    codec: str = ""
+    is_frame_dir: bool = False
+
+
+@dataclass
+class SamplePlan:
+    """What `load_video` will do with a clip: which frames, what size, and any notes."""
+
+    frame_indices: list[int]
+    resized_height: int
+    resized_width: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VideoFrames:
+    frames: np.ndarray  # uint8 T x H x W x 3, resized
+    frame_indices: list[int]
+    timestamps: list[float]
+    fps: float  # of the source
+    total_frames: int
+    resized_height: int
+    resized_width: int
+    path: str
+    notes: list[str] = field(default_factory=list)
+    height: int = 0  # source frame size
+    width: int = 0
+
+    @property
+    def duration(self) -> float:
+        return self.total_frames / self.fps if self.fps else 0.0
+
+    @property
+    def sample_fps(self) -> float:
+        """qwen-vl-utils' `sample_fps`: nframes / total * fps."""
+        return len(self.frame_indices) / max(self.total_frames, 1e-6) * self.fps
+
+    def metadata(self) -> dict[str, Any]:
+        """The `video_metadata` transformers' Qwen3-VL processor wants (use with do_sample_frames=False)."""
+        return {
+            "fps": float(self.fps),
+            "frames_indices": list(self.frame_indices),
+            "total_num_frames": int(self.total_frames),
+            "duration": float(self.duration),
+            "width": int(self.width),
+            "height": int(self.height),
+            "video_backend": "pyav",
+        }
+
+    def tensor(self):
+        """Frames as a torch uint8 tensor T x 3 x H x W (the layout qwen-vl-utils returns)."""
+        import torch
+
+        return torch.from_numpy(self.frames).permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# encoding
+# --------------------------------------------------------------------------------------------
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    *,
+    gop: int = 30,
+    crf: Optional[float] = None,
+    bitrate: Optional[int] = None,
+    pix_fmt: str = "yuv420p",
+    preset: str = "medium",
+    bframes: Optional[int] = None,
+    codec: str = "libx264",
+    options: Optional[dict[str, str]] = None,
+) -> None:
+    """Encode RGB frames (H x W x 3 uint8) to an H.264 MP4 with PyAV, atomically (temp file + rename).
+
+    `gop` is the exact keyframe interval (scene-cut keyframes off). Rate control: `bitrate` (bits/s)
+    or `crf` (default 23 when neither is given). Odd frame sizes are padded to even by repeating
+    the last row/column (4:2:0 needs even sizes). `bframes=None` keeps x264's default (3).
+    """
+    import av
+
+    path = Path(path)
+    if bitrate is not None and crf is not None:
+        raise ValueError("give either bitrate or crf, not both")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
+    rate = Fraction(fps).limit_denominator(1001000)
+    fmt = {".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}.get(path.suffix.lower(), "mp4")
+    count = 0
+    try:
+        with av.open(str(tmp), mode="w", format=fmt) as out:
+            stream = None
+            for arr in frames:
+                arr = np.asarray(arr)
+                if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+                    raise ValueError(f"frame {count}: expected H x W x 3 uint8, got {arr.shape} {arr.dtype}")
+                h, w = arr.shape[:2]
+                if h % 2 or w % 2:
+                    arr = np.pad(arr, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                    h, w = arr.shape[:2]
+                if stream is None:
+                    stream = out.add_stream(codec, rate=rate)
+                    stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+                    opts: dict[str, str] = {}
+                    if codec in ("libx264", "libx265"):
+                        params = [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]
+                        if bframes is not None:
+                            params.append(f"bframes={bframes}")
+                        opts["preset"] = preset
+                        opts["x264-params" if codec == "libx264" else "x265-params"] = ":".join(params)
+                    stream.codec_context.gop_size = gop
+                    if bitrate is not None:
+                        stream.bit_rate = int(bitrate)
+                        if codec == "libx264":
+                            opts["maxrate"] = str(int(bitrate * 1.5))
+                            opts["bufsize"] = str(int(bitrate * 2))
+                    else:
+                        opts["crf"] = str(23 if crf is None else crf)
+                    opts.update(options or {})
+                    stream.codec_context.options = opts
+                elif (h, w) != (stream.height, stream.width):
+                    raise ValueError(f"frame {count}: size {w}x{h} differs from the first frame's {stream.width}x{stream.height}")
+                frame = av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(format=pix_fmt)
+                frame.pts = count
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+                count += 1
+            if stream is None:
+                raise ValueError("no frames to write")
+            for packet in stream.encode():
+                out.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# probing and indexing
+# --------------------------------------------------------------------------------------------
+
+
+def _clean_path(path: str | os.PathLike) -> Path:
+    s = os.fspath(path)
+    if s.startswith("file://"):
+        s = s[len("file://") :]
+    return Path(s)
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _frame_files(directory: Path) -> list[Path]:
+    files = [p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def _dir_fps(directory: Path, source_fps: Optional[float]) -> float:
+    f = directory / "fps.txt"
+    if f.exists():
+        try:
+            v = float(f.read_text().strip())
+        except ValueError:
+            raise VideoError(f, "fps.txt must hold one positive number") from None
+        if not v > 0:
+            raise VideoError(f, "fps.txt must hold one positive number")
+        return v
+    return float(source_fps) if source_fps else 1.0
+
+
+@dataclass
+class _Index:
+    """Every packet of the video stream, in decode order."""
+
+    pts: list[int]
+    dts: list[Optional[int]]
+    key: list[bool]
+    nonref: list[bool]
+    header_frames: int
+
+    @property
+    def presentation(self) -> list[int]:
+        return sorted(self.pts)
+
+
+def _nal_length_size(extradata: Optional[bytes]) -> Optional[int]:
+    """4 (usually) for avcC (MP4/MKV) H.264, None for Annex B (start codes)."""
+    if extradata and len(extradata) >= 7 and extradata[0] == 1:
+        return (extradata[4] & 3) + 1
+    return None
+
+
+def _h264_is_nonref(data: memoryview, nal_len: Optional[int]) -> bool:
+    """True when the access unit's first slice NAL has nal_ref_idc == 0 (a non-reference picture)."""
+    n = len(data)
+    if nal_len is not None:
+        i = 0
+        while i + nal_len < n:
+            size = int.from_bytes(data[i : i + nal_len], "big")
+            hdr = data[i + nal_len]
+            if hdr & 0x1F in (1, 5):
+                return (hdr >> 5) & 3 == 0
+            i += nal_len + size
+        return False
+    raw = bytes(data[: min(n, 1 << 16)])
+    i = raw.find(b"\x00\x00\x01")
+    while 0 <= i < len(raw) - 3:
+        hdr = raw[i + 3]
+        if hdr & 0x1F in (1, 5):
+            return (hdr >> 5) & 3 == 0
+        i = raw.find(b"\x00\x00\x01", i + 3)
+    return False
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # type: ignore[attr-defined]
+        raise VideoError(path, f"not a video or unreadable ({exc.__class__.__name__}: {exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(path, "not a video (the file has no video stream)")
+    return container
+
+
+def _stream_fps(stream) -> Optional[float]:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return float(rate)
+    return None
+
+
+def _build_index(path: Path, container, stream) -> _Index:
+    import av
+
+    nonref_check = stream.codec_context.name == "h264"
+    nal_len = _nal_length_size(stream.codec_context.extradata) if nonref_check else None
+    pts: list[int] = []
+    dts: list[Optional[int]] = []
+    key: list[bool] = []
+    nonref: list[bool] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if packet.pts is None:
+                raise VideoError(path, "packets carry no timestamps; cannot index frames")
+            pts.append(packet.pts)
+            dts.append(packet.dts)
+            key.append(bool(packet.is_keyframe))
+            nonref.append(nonref_check and _h264_is_nonref(memoryview(packet), nal_len))
+    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+        raise VideoError(path, f"corrupt or truncated video: demuxing failed after {len(pts)} packets ({exc})") from None
+    header = int(stream.frames or 0)
+    if len(set(pts)) != len(pts):
+        raise VideoError(path, "duplicate packet timestamps; cannot index frames")
+    if header and len(pts) < header:
+        raise VideoError(path, f"corrupt or truncated video: the header lists {header} frames, only {len(pts)} are present")
+    return _Index(pts=pts, dts=dts, key=key, nonref=nonref, header_frames=header)
+
+
+def probe(path: str | os.PathLike, *, source_fps: Optional[float] = None) -> VideoInfo:
+    """Frame count (exact: every packet is indexed, nothing decoded), fps, size and duration."""
+    path = _clean_path(path)
+    if not path.exists():
+        raise VideoError(path, "no such file or directory")
+    if path.is_dir():
+        files = _frame_files(path)
+        if not files:
+            raise VideoError(path, f"directory holds zero frames (no {'/'.join(IMAGE_SUFFIXES)} files)")
+        fps = _dir_fps(path, source_fps)
+        h, w = _image_size(files[0])
+        return VideoInfo(str(path), len(files), fps, h, w, len(files) / fps, codec="images", is_frame_dir=True)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        index = _build_index(path, container, stream)
+        return _info_from(path, stream, index)
+    finally:
+        container.close()
+
+
+def _info_from(path: Path, stream, index: _Index) -> VideoInfo:
+    total = len(index.pts)
+    if total == 0:
+        raise VideoError(path, "video has zero frames")
+    fps = _stream_fps(stream)
+    if not fps:
+        raise VideoError(path, "video stream has no frame rate")
+    h, w = stream.codec_context.height, stream.codec_context.width
+    if not h or not w:
+        raise VideoError(path, "video stream has no frame size")
+    return VideoInfo(str(path), total, fps, h, w, total / fps, codec=stream.codec_context.name)
+
+
+def _image_size(file: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(file) as im:
+            return im.height, im.width
+    except Exception as exc:
+        raise VideoError(file, f"not a readable image ({exc.__class__.__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# sampling plan
+# --------------------------------------------------------------------------------------------
+
+
+def plan_sampling(
+    info: VideoInfo,
+    *,
+    nframes: Optional[int] = None,
+    fps: Optional[float] = None,
+    min_pixels: Optional[int] = DEFAULT_MIN_PIXELS,
+    max_pixels: Optional[int] = None,
+    total_pixels: Optional[float] = None,
+    factor: int = 32,
+    min_frames: int = FPS_MIN_FRAMES,
+    max_frames: Optional[int] = None,
+) -> SamplePlan:
+    """Frame indices and resized size for `info` — what `load_video` will return, without decoding."""
+    path = info.path
+    if nframes is not None and fps is not None:
+        raise ValueError("use only one of nframes or fps, not both (qwen-vl-utils semantics)")
+    if nframes is not None and nframes <= 0 or fps is not None and fps <= 0:
+        raise ValueError("nframes and fps must be positive")
+    ratio = max(info.height, info.width) / min(info.height, info.width)
+    if ratio > MAX_RATIO:
+        raise VideoError(path, f"absurd aspect ratio {info.width}x{info.height} ({ratio:.0f}:1; qwen-vl-utils refuses > {MAX_RATIO})")
+    total = info.total_frames
+    notes: list[str] = []
+    if nframes is not None:
+        n = round_by_factor(nframes, FRAME_FACTOR)
+        if n < FRAME_FACTOR:
+            raise ValueError(f"nframes={nframes} rounds to {n}; need at least {FRAME_FACTOR}")
+        if n <= total:
+            indices = sample_indices(total, n)
+        else:
+            indices = _all_frames_even(total)
+            notes.append(_short_note(nframes, total, indices))
+    elif total >= FRAME_FACTOR:
+        n = smart_nframes(total, info.fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
+        indices = sample_indices(total, n)
+    else:
+        indices = _all_frames_even(total)
+        notes.append(f"clip has {total} frame: used it twice (the temporal patch is {FRAME_FACTOR} frames)")
+    h, w = resized_size(info.height, info.width, len(indices), factor=factor, min_pixels=min_pixels,
+                        max_pixels=max_pixels, total_pixels=total_pixels)
+    return SamplePlan(indices, h, w, notes)
+
+
+def _all_frames_even(total: int) -> list[int]:
+    idx = list(range(total))
+    if total % FRAME_FACTOR:
+        idx.append(total - 1)
+    return idx
+
+
+def _short_note(asked: int, total: int, indices: list[int]) -> str:
+    s = f"asked for {asked} frames, clip has {total}: sampled all {total}"
+    if len(indices) > total:
+        s += f" and repeated the last to make {len(indices)} (the temporal patch is {FRAME_FACTOR} frames)"
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _to_rgb(frame) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
+
+
+def decode_all(path: str | os.PathLike, *, threads: int = 1) -> np.ndarray:
+    """Every frame of a video file, in presentation order (T x H x W x 3 uint8). For tests and baselines."""
+    path = _clean_path(path)
+    frames = decode_frames_full(path, None, threads=threads)
+    return np.stack(frames)
+
+
+def decode_frames_full(path: Path, indices: Optional[Sequence[int]], *, threads: int = 1) -> list[np.ndarray]:
+    """Decode the whole clip sequentially, keeping (converted to RGB) only `indices` (None: all)."""
+    import av
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = threads
+        want = None if indices is None else set(indices)
+        got: dict[int, np.ndarray] = {}
+        out: list[np.ndarray] = []
+        i = -1
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if want is None:
+                    out.append(_to_rgb(frame))
+                elif i in want:
+                    got[i] = _to_rgb(frame)
+        except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+            raise VideoError(path, f"corrupt or truncated video: decoding failed after {i + 1} frames ({exc})") from None
+    finally:
+        container.close()
+    if want is None:
+        return out
+    missing = sorted(want - got.keys())
+    if missing:
+        raise VideoError(path, f"corrupt or truncated video: only {i + 1} frames decode, frame {missing[0]} is missing")
+    return [got[j] for j in indices]  # type: ignore[union-attr]
+
+
+def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequence[int]) -> dict[int, np.ndarray]:
+    """Decode only what `indices` (presentation order) need; returns index -> RGB frame."""
+    import av
+
+    order = sorted(range(len(index.pts)), key=index.pts.__getitem__)  # presentation rank -> decode pos
+    pos_of_pts = {p: d for d, p in enumerate(index.pts)}
+    keypos = [d for d, k in enumerate(index.key) if k]
+    if not keypos or keypos[0] != 0 and not index.key[0]:
+        # no keyframe flags (or stream starts without one): decode from the start
+        keypos = [0] + keypos
+    targets: dict[int, list[int]] = {}  # decode position -> presentation indices
+    for i in set(indices):
+        targets.setdefault(order[i], []).append(i)
+
+    # group targets by the keyframe to start from: the last keyframe at or before the target in
+    # decode order whose pts is not after the target's (open-GOP leading pictures go one GOP back)
+    import bisect
+
+    groups: list[list[int]] = []  # [start, end] decode positions
+    for d in sorted(targets):
+        j = bisect.bisect_right(keypos, d) - 1
+        while j > 0 and index.pts[keypos[j]] > index.pts[d]:
+            j -= 1
+        start = keypos[max(j, 0)]
+        if groups and start <= groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], d)
+        else:
+            groups.append([start, d])
+
+    cc = stream.codec_context
+    result: dict[int, np.ndarray] = {}
+    for gi, (start, end) in enumerate(groups):
+        if gi:
+            cc.flush_buffers()
+        want_pts = {index.pts[d]: targets[d] for d in targets if start <= d <= end}
+        seek_ts = index.dts[start] if index.dts[start] is not None else index.pts[start]
+        fed_start = False
+        for attempt in range(2):
+            container.seek(seek_ts if attempt == 0 else (stream.start_time or 0) - 1, stream=stream,
+                           backward=True, any_frame=False)
+            try:
+                for packet in container.demux(stream):
+                    if packet.size == 0 or packet.pts is None:
+                        continue
+                    d = pos_of_pts.get(packet.pts)
+                    if d is None:
+                        continue
+                    if d < start:
+                        continue
+                    if not fed_start:
+                        if d != start:
+                            break  # seek landed after the keyframe: retry from the stream start
+                        fed_start = True
+                    if d > end:
+                        break
+                    if index.nonref[d] and d not in targets:
+                        continue  # a non-reference picture nobody needs: no other pixel depends on it
+                    for frame in cc.decode(packet):
+                        if frame.pts in want_pts:
+                            rgb = _to_rgb(frame)
+                            for i in want_pts[frame.pts]:
+                                result[i] = rgb
+                for frame in cc.decode(None):
+                    if frame.pts in want_pts:
+                        rgb = _to_rgb(frame)
+                        for i in want_pts[frame.pts]:
+                            result[i] = rgb
+            except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+                raise VideoError(path, f"corrupt or truncated video: decoding failed near frame {min(min(v) for v in want_pts.values())} ({exc})") from None
+            if fed_start:
+                break
+            cc.flush_buffers()
+    return result
+
+
+def load_video(
+    path: str | os.PathLike,
+    *,
+    nframes: Optional[int] = None,
+    fps: Optional[float] = None,
+    min_pixels: Optional[int] = DEFAULT_MIN_PIXELS,
+    max_pixels: Optional[int] = None,
+    total_pixels: Optional[float] = None,
+    factor: int = 32,
+    min_frames: int = FPS_MIN_FRAMES,
+    max_frames: Optional[int] = None,
+    source_fps: Optional[float] = None,
+    threads: int = 1,
+    sparse: bool = True,
+) -> VideoFrames:
+    """Sample and resize a video (file or directory of frames) the way qwen-vl-utils 0.0.14 does.
+
+    Neither `nframes` nor `fps`: fps 2.0 (qwen-vl-utils' default). `max_pixels=None`: only the
+    per-frame cap applies. `threads`: FFmpeg decoder threads (1 = one core per video, the fastest
+    way to decode many videos at once). `sparse=False` decodes the whole clip (reference path).
+    """
+    path = _clean_path(path)
+    if not path.exists():
+        raise VideoError(path, "no such file or directory")
+    kw = dict(nframes=nframes, fps=fps, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
+              factor=factor, min_frames=min_frames, max_frames=max_frames)
+    if path.is_dir():
+        info = probe(path, source_fps=source_fps)
+        plan = plan_sampling(info, **kw)
+        frames = _load_images(path, plan.frame_indices, (info.height, info.width))
+    else:
+        container = _open(path)
+        try:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = threads
+            index = _build_index(path, container, stream)
+            info = _info_from(path, stream, index)
+            plan = plan_sampling(info, **kw)
+            if sparse:
+                got = _decode_sparse(path, container, stream, index, plan.frame_indices)
+                missing = [i for i in plan.frame_indices if i not in got]
+            else:
+                missing = plan.frame_indices
+        finally:
+            container.close()
+        if missing:
+            if sparse:
+                plan.notes.append(f"sparse decode missed frames {missing[:4]}...; decoded the whole clip instead")
+            frames = decode_frames_full(path, plan.frame_indices, threads=threads)
+        else:
+            frames = [got[i] for i in plan.frame_indices]
+        if frames[0].shape[:2] != (info.height, info.width):
+            info.height, info.width = frames[0].shape[:2]
+            plan = plan_sampling(info, **kw)
+    arr = resize_frames(np.stack(frames), plan.resized_height, plan.resized_width)
+    return VideoFrames(
+        frames=arr,
+        frame_indices=list(plan.frame_indices),
+        timestamps=[i / info.fps for i in plan.frame_indices],
+        fps=info.fps,
+        total_frames=info.total_frames,
+        resized_height=plan.resized_height,
+        resized_width=plan.resized_width,
+        path=str(path),
+        notes=plan.notes,
+        height=info.height,
+        width=info.width,
+    )
+
+
+def _load_images(directory: Path, indices: Sequence[int], size: tuple[int, int]) -> list[np.ndarray]:
+    from PIL import Image
+
+    files = _frame_files(directory)
+    cache: dict[int, np.ndarray] = {}
+    out = []
+    for i in indices:
+        if i not in cache:
+            try:
+                with Image.open(files[i]) as im:
+                    arr = np.asarray(im.convert("RGB"))
+            except Exception as exc:
+                raise VideoError(files[i], f"not a readable image ({exc.__class__.__name__}: {exc})") from None
+            if arr.shape[:2] != size:
+                raise VideoError(files[i], f"frame size {arr.shape[1]}x{arr.shape[0]} differs from the first frame's {size[1]}x{size[0]}")
+            cache[i] = arr
+        out.append(cache[i])
+    return out
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """T x H x W x 3 uint8 -> T x height x width x 3 uint8 with qwen-vl-utils' exact resize call."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    out = TF.resize(t, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return out.permute(0, 2, 3, 1).contiguous().numpy()
