@@ -1,9 +1,17 @@
-"""Shared fixtures. Keep small: clips are generated once per session with avcap.video.write_video."""
+"""Shared pytest fixtures (keep small; clips are generated once per session with avcap.video.write_video)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Qwen3-VL checkpoint directory (avcap tiny-model, seed 0), built once per session."""
+    from avcap.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", size="tiny", seed=0)
 
 
 def make_frames(n: int, height: int, width: int, seed: int = 0):
