@@ -1,0 +1,1 @@
+"""Metrics: coco-caption BLEU, MCQ-VQA accuracy, LingoQA (Lingo-Judge)."""
