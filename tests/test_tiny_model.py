@@ -73,7 +73,14 @@ def test_loads_through_auto_classes_like_a_hub_checkpoint(tiny_model_dir, loaded
     assert max(ids.values()) < cfg.text_config.vocab_size
     # weights are tied and stored once, in float32 safetensors
     assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
-    assert json.loads((tiny_model_dir / "config.json").read_text())["dtype"] == "float32"
+    on_disk = json.loads((tiny_model_dir / "config.json").read_text())
+    assert on_disk["dtype"] == "float32"
+    # the hub's spelling, which transformers 4.57 (vLLM, cosmos-rl) also reads
+    assert on_disk["text_config"]["rope_scaling"]["mrope_section"] == rope["mrope_section"]
+    assert on_disk["text_config"]["rope_theta"] == rope["rope_theta"]
+    assert on_disk["text_config"]["tie_word_embeddings"] is True
+    tok_cfg = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
+    assert "<|video_pad|>" in tok_cfg["additional_special_tokens"]
     assert (tiny_model_dir / "model.safetensors").is_file()
 
 
@@ -122,12 +129,31 @@ def test_processor_expands_presampled_frames_to_video_tokens(loaded):
     assert text.count("<|vision_start|>") >= 8
 
 
-def test_generate_from_a_synthetic_video(loaded):
+def test_processor_call_with_load_video(loaded, h264_clip):
+    """The documented recipe: avcap.video frames + metadata, do_sample_frames=False, do_resize=False."""
+    from avcap.video import load_video, num_video_tokens
+
     model, processor = loaded
+    vf = load_video(h264_clip, nframes=8)
+    prompt = processor.apply_chat_template(_messages("What is ahead?"), tokenize=False, add_generation_prompt=True)
+    inputs = _inputs(processor, [prompt], [(vf.frames, vf.metadata())])
+    t, h, w = vf.frames.shape[:3]
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == num_video_tokens(t, h, w)
+    assert inputs["video_grid_thw"].tolist() == [[t // 2, h // 16, w // 16]]
+    text = processor.tokenizer.decode(inputs["input_ids"][0])
+    idx = vf.frame_indices
+    stamps = [f"<{(idx[i] + idx[i + 1]) / 2 / vf.fps:.1f} seconds>" for i in range(0, t, 2)]
+    assert [s for s in stamps if s in text] == stamps
+
+
+def test_generate_from_a_synthetic_video(loaded, h264_clip):
+    from avcap.video import load_video
+
+    model, processor = loaded
+    vf = load_video(h264_clip, nframes=8)
     prompt = processor.apply_chat_template(_messages("Describe the scene."), tokenize=False, add_generation_prompt=True)
-    inputs = _inputs(processor, [prompt], [_clip(n=8, h=64, w=96)])
+    inputs = _inputs(processor, [prompt], [(vf.frames, vf.metadata())])
     n = inputs["input_ids"].shape[1]
-    torch.manual_seed(0)
     out = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
     assert out.shape == (1, n + 12)
     again = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
@@ -165,6 +191,8 @@ def test_same_seed_same_weights_and_tokenizer(tmp_path, tiny_model_dir):
     again = build_tiny_model(tmp_path / "m", size="tiny", seed=0)
     for name in ("model.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"):
         assert (again / name).read_bytes() == (tiny_model_dir / name).read_bytes(), name
+    other = build_tiny_model(tmp_path / "s1", size="tiny", seed=1)
+    assert (other / "model.safetensors").read_bytes() != (tiny_model_dir / "model.safetensors").read_bytes()
 
 
 def test_cli_rejects_unknown_size(tmp_path):

@@ -310,7 +310,29 @@ def build_tiny_model(out, *, size: str = "tiny", seed: int = 0, corpus: Optional
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     make_processor(tokenizer).save_pretrained(out)
+    _hub_keys(out)
     return out
+
+
+def _hub_keys(out: Path) -> None:
+    """Write the config keys the way the hub's Qwen3-VL checkpoints spell them.
+
+    transformers 5 reads both spellings; transformers 4.57 (vLLM 0.11, cosmos-rl) reads only the
+    hub's: `rope_theta` + `rope_scaling` (not `rope_parameters`), `tie_word_embeddings` in
+    `text_config` too, and `additional_special_tokens` (a list; 4.57's `extra_special_tokens` is a dict).
+    """
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    text = cfg["text_config"]
+    rope = dict(text.pop("rope_parameters"))
+    text["rope_theta"] = rope.pop("rope_theta")
+    text["rope_scaling"] = rope
+    text["tie_word_embeddings"] = cfg["tie_word_embeddings"]
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tok_path = out / "tokenizer_config.json"
+    tok = json.loads(tok_path.read_text(encoding="utf-8"))
+    tok["additional_special_tokens"] = tok.pop("extra_special_tokens")
+    tok_path.write_text(json.dumps(tok, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- CLI
