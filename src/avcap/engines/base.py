@@ -58,3 +58,37 @@ def video_paths(messages: list[dict[str, Any]]) -> list[str]:
                 if isinstance(part, dict) and part.get("type") == "video":
                     out.append(str(part["video"]))
     return out
+
+
+def build_messages(
+    system: Optional[str],
+    text: str,
+    video: Optional[str] = None,
+    *,
+    reasoning_suffix: Optional[str] = None,
+) -> list[dict[str, Any]]:
+    """A one-turn conversation: system prompt, then the user turn with the video first (Reason 2
+    prompting); in reasoning mode the `<think>` instruction is appended to the user text."""
+    if reasoning_suffix:
+        text = f"{text}\n\n{reasoning_suffix}"
+    content: list[dict[str, Any]] = []
+    if video is not None:
+        content.append({"type": "video", "video": str(video)})
+    content.append({"type": "text", "text": text})
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def video_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every video content part of a conversation, in order (the part may carry its own frame
+    settings: nframes, fps, min_pixels, max_pixels, total_pixels, min_frames, max_frames)."""
+    return [
+        part
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if isinstance(part, dict) and part.get("type") == "video"
+    ]

@@ -1,0 +1,268 @@
+"""Hugging Face transformers: any Qwen3-VL-family directory or hub id (Cosmos-Reason2, Qwen3-VL,
+Qwen2.5-VL for Cosmos-Reason1), batched `generate` with left padding.
+
+Frames come from `avcap.video` (via `FrameLoader`: decoded on a thread pool ahead of the model,
+shared by the requests that use the same video) with the config's vision settings and the model's
+resize factor (vision patch size x spatial merge, read from the model config). The processor gets
+exactly those frames and must not touch them again:
+
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    processor(text=texts, videos=[vf.frames, ...], video_metadata=[vf.metadata(), ...],
+              do_sample_frames=False,   # keep avcap.video's frames (else it resamples at 2 fps)
+              do_resize=False,          # keep avcap.video's qwen-vl-utils size (else it re-resizes
+                                        #   by its own T*H*W budget)
+              padding=True, return_tensors="pt")     # tokenizer.padding_side = "left"
+
+`video_metadata` (source fps, sampled frame indices, total frames) gives the right "<t seconds>"
+timestamps (Qwen3-VL) and second_per_grid_ts (Qwen2.5-VL); without it transformers assumes 24 fps.
+The number of video tokens per request is reported in `Result.extra["num_video_tokens"]` and equals
+`avcap.video.num_video_tokens(T, H, W, patch, merge, temporal)`.
+
+Sampling (`avcap.config.Sampling`, vLLM names) maps onto a fresh `GenerationConfig` with every
+field set, so nothing is inherited from the checkpoint's generation_config.json:
+temperature 0 -> greedy; otherwise multinomial sampling with temperature, top_k (-1 -> off), top_p;
+repetition_penalty -> HF's (same definition as vLLM: prompt and output tokens);
+presence_penalty -> `PresencePenaltyLogitsProcessor` below, vLLM/OpenAI semantics: subtract the
+penalty once from the logit of every token already generated (output tokens only, not the prompt),
+applied before temperature/top-k/top-p. HF's repetition_penalty is NOT a substitute (it scales
+logits multiplicatively and counts the prompt). seed -> `torch.manual_seed(seed)` before each
+batch: reproducible for the same batches, not per request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from avcap.config import Engine as EngineConfig
+from avcap.config import Sampling, Vision
+from avcap.engines.base import Request, Result, final_answer
+from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def generation_config(s: Sampling, base: Any):
+    """A GenerationConfig with every sampling field set from `s` (nothing left to the checkpoint)."""
+    from transformers import GenerationConfig
+
+    sample = s.temperature > 0
+    return GenerationConfig(
+        max_new_tokens=s.max_tokens,
+        do_sample=sample,
+        num_beams=1,
+        temperature=s.temperature if sample else 1.0,
+        top_k=(s.top_k if s.top_k > 0 else 0) if sample else 50,  # 0 = off; 50 = HF's default, unused when greedy
+        top_p=s.top_p if sample else 1.0,
+        repetition_penalty=s.repetition_penalty,
+        bos_token_id=base.bos_token_id,
+        eos_token_id=base.eos_token_id,
+        pad_token_id=base.pad_token_id,
+    )
+
+
+def presence_penalty_processor(penalty: float, prompt_len: int):
+    """vLLM/OpenAI presence penalty: logits of tokens generated so far (after `prompt_len`) minus `penalty`."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class PresencePenaltyLogitsProcessor(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            generated = input_ids[:, prompt_len:]
+            if generated.shape[1] == 0:
+                return scores
+            seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, generated, True)
+            return scores - penalty * seen.to(scores.dtype)
+
+    return PresencePenaltyLogitsProcessor()
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        *,
+        vision: Vision,
+        model: str,
+        processor: Optional[str] = None,
+        device: Optional[str] = None,
+        decode_workers: Optional[int] = None,
+    ):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.cfg = cfg
+        self.batch_size = cfg.batch_size
+        self.device = resolve_device(device or cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            model, dtype=self.dtype, attn_implementation=cfg.attn_implementation
+        ).to(self.device)
+        self.model.eval()
+        self.processor = AutoProcessor.from_pretrained(processor or model)
+        self.processor.tokenizer.padding_side = "left"
+        if self.model.generation_config.pad_token_id is None:
+            self.model.generation_config.pad_token_id = self.processor.tokenizer.pad_token_id
+        self.patch, self.merge, self.temporal = vision_factor(self.model.config)
+        vp = self.processor.video_processor
+        got = (vp.patch_size, vp.merge_size, vp.temporal_patch_size)
+        if got != (self.patch, self.merge, self.temporal):
+            raise ValueError(
+                f"{processor or model}: video processor patch/merge/temporal {got} disagree with the model "
+                f"config {(self.patch, self.merge, self.temporal)}"
+            )
+        self.factor = self.patch * self.merge
+        self._video_kwargs: dict[str, Any] = {"do_sample_frames": False, "do_resize": False}
+        if "cap_pixels_per_frame" in getattr(vp.valid_kwargs, "__annotations__", {}):
+            self._video_kwargs["cap_pixels_per_frame"] = False  # no resize at all; silences its warning
+        self.video_token_id = getattr(self.processor, "video_token_id", None)
+        self.frames = FrameLoader(vision, self.factor, workers=decode_workers, capacity=max(32, 4 * self.batch_size))
+        torch.set_grad_enabled(False)
+
+    # ------------------------------------------------------------------ interface
+
+    def prefetch(self, requests: list[Request]) -> None:
+        self.frames.prefetch(requests)
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[Result]:
+        self.frames.prefetch(requests)
+        results: dict[str, Result] = {}
+        ready: list[tuple[Request, list]] = []
+        for req in requests:
+            frames, error = load_request_frames(self.frames, req)
+            if error is not None:
+                results[req.key] = Result(key=req.key, text=None, error=error)
+            else:
+                ready.append((req, frames))
+        for i in range(0, len(ready), self.batch_size):
+            chunk = ready[i : i + self.batch_size]
+            for res in self._generate_safely(chunk, sampling):
+                results[res.key] = res
+        return [results[r.key] for r in requests]
+
+    def close(self) -> None:
+        self.frames.close()
+
+    # ------------------------------------------------------------------ batches
+
+    def _generate_safely(self, chunk: list[tuple[Request, list]], sampling: Sampling) -> list[Result]:
+        """One batch; if it fails, each request alone, so only the culprit gets the error."""
+        try:
+            return self._generate_batch(chunk, sampling)
+        except Exception as exc:
+            if len(chunk) > 1:
+                self._free_memory()
+                return [r for item in chunk for r in self._generate_safely([item], sampling)]
+            req = chunk[0][0]
+            return [Result(key=req.key, text=None, error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")]
+
+    def _free_memory(self) -> None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def inputs_for(self, chunk: list[tuple[Request, list]]):
+        """Processor outputs for a batch of (request, [VideoFrames...]) — exactly what generate gets."""
+        texts = [
+            self.processor.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+            for req, _ in chunk
+        ]
+        videos = [vf for _, frames in chunk for vf in frames]
+        for vf in videos:
+            h, w = vf.frames.shape[1:3]
+            if h % self.factor or w % self.factor:
+                raise ValueError(f"{vf.path}: frames are {h}x{w}, not multiples of the model's factor {self.factor}")
+        kwargs: dict[str, Any] = dict(text=texts, padding=True, return_tensors="pt")
+        if videos:
+            kwargs.update(
+                videos=[vf.frames for vf in videos],
+                video_metadata=[vf.metadata() for vf in videos],
+                **self._video_kwargs,
+            )
+        return self.processor(**kwargs)
+
+    def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling) -> list[Result]:
+        import torch
+
+        t0 = time.perf_counter()
+        inputs = self.inputs_for(chunk).to(self.device)
+        t_prep = time.perf_counter() - t0
+        prompt_len = inputs["input_ids"].shape[1]
+        processors = []
+        if sampling.presence_penalty:
+            processors.append(presence_penalty_processor(sampling.presence_penalty, prompt_len))
+        if sampling.seed is not None and sampling.temperature > 0:
+            torch.manual_seed(sampling.seed)
+        t1 = time.perf_counter()
+        out = self.model.generate(
+            **inputs,
+            generation_config=generation_config(sampling, self.model.generation_config),
+            logits_processor=processors or None,
+        )
+        t_gen = time.perf_counter() - t1
+        new = out[:, prompt_len:].cpu()
+        n_out = _output_lengths(new, self.model.generation_config.eos_token_id, self.model.generation_config.pad_token_id)
+        texts = self.processor.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        mask = inputs["attention_mask"].cpu()
+        ids = inputs["input_ids"].cpu()
+        results = []
+        for row, (req, frames) in enumerate(chunk):
+            raw = texts[row]
+            extra: dict[str, Any] = {
+                "batch_size": len(chunk),
+                "prep_s": round(t_prep / len(chunk), 4),
+                "generate_s": round(t_gen / len(chunk), 4),
+            }
+            if frames:
+                extra["num_frames"] = [int(vf.frames.shape[0]) for vf in frames]
+                extra["frame_size"] = [[int(vf.frames.shape[1]), int(vf.frames.shape[2])] for vf in frames]
+                if self.video_token_id is not None:
+                    extra["num_video_tokens"] = int((ids[row] == self.video_token_id).sum())
+            results.append(
+                Result(
+                    key=req.key,
+                    text=final_answer(raw),
+                    raw_text=raw,
+                    num_input_tokens=int(mask[row].sum()),
+                    num_output_tokens=n_out[row],
+                    extra=extra,
+                )
+            )
+        return results
+
+
+def _output_lengths(new, eos, pad) -> list[int]:
+    """Generated tokens per row, up to and including the first end-of-sequence token."""
+    import torch
+
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    stop = torch.zeros_like(new, dtype=torch.bool)
+    for e in eos_ids:
+        stop |= new == e
+    lengths = []
+    for row in range(new.shape[0]):
+        hits = torch.nonzero(stop[row]).flatten()
+        if len(hits):
+            lengths.append(int(hits[0]) + 1)
+        elif pad is not None and pad not in eos_ids:
+            lengths.append(int((new[row] != pad).sum()))
+        else:
+            lengths.append(int(new.shape[1]))
+    return lengths

@@ -1,0 +1,271 @@
+"""Engines: the OpenAI engine over real HTTP, the transformers engine on the tiny model, the vLLM guard."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from avcap.config import Engine as EngineConfig
+from avcap.config import Sampling, Vision, load_config
+from avcap.engines import Request, build_messages, make_engine
+from avcap.engines.frames import FrameLoader, video_kwargs
+
+SYSTEM = "You are a helpful assistant."
+
+
+# ----------------------------------------------------------------------------- a local chat server
+
+
+class ChatServer:
+    """A chat-completions endpoint on 127.0.0.1:<free port>; `script` says what each POST returns."""
+
+    def __init__(self, script):
+        self.script = list(script)  # (status, headers, body) per request; the last one repeats
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                server.requests.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body)})
+                n = len(server.requests) - 1
+                status, headers, payload = server.script[min(n, len(server.script) - 1)]
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def completion(text: str, prompt_tokens: int = 11, completion_tokens: int = 3) -> dict:
+    return {
+        "id": "x", "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+    }
+
+
+def openai_engine(base_url: str, **kw):
+    from avcap.engines.openai_engine import OpenAIEngine
+
+    settings = dict(name="openai", base_url=base_url, api_key_env="AVCAP_TEST_KEY", concurrency=2, max_retries=2)
+    settings.update(kw)
+    cfg = EngineConfig(**settings)
+    return OpenAIEngine(cfg, vision=Vision(nframes=4, max_pixels=64 * 96), model="served-model", backoff_base_s=0.01)
+
+
+def test_openai_retries_429_then_answers_with_frames_and_key(monkeypatch, h264_clip):
+    monkeypatch.setenv("AVCAP_TEST_KEY", "sk-test-123")
+    script = [(429, {"Retry-After": "0"}, {"error": "slow down"}), (200, {}, completion("<think>hmm</think>\n\nB"))]
+    with ChatServer(script) as srv:
+        eng = openai_engine(srv.base_url)
+        msgs = build_messages(SYSTEM, "Which letter?", str(h264_clip), reasoning_suffix="Think first.")
+        [res] = eng.generate([Request(key="k1", messages=msgs)], Sampling(temperature=0, max_tokens=7, top_k=-1))
+        eng.close()
+    assert res.error is None, res.error
+    assert res.text == "B" and res.raw_text.startswith("<think>hmm")
+    assert (res.num_input_tokens, res.num_output_tokens, res.extra["attempts"]) == (11, 3, 2)
+    assert len(srv.requests) == 2
+    req = srv.requests[-1]
+    assert req["path"] == "/v1/chat/completions"
+    assert req["headers"]["Authorization"] == "Bearer sk-test-123"
+    body = req["json"]
+    assert body["model"] == "served-model" and body["max_tokens"] == 7 and body["temperature"] == 0.0
+    assert "top_k" not in body and "repetition_penalty" not in body  # vLLM extensions only when set
+    assert body["messages"][0] == {"role": "system", "content": SYSTEM}
+    parts = body["messages"][1]["content"]
+    images = [p for p in parts if p["type"] == "image_url"]
+    assert len(images) == 4 and parts[:4] == images  # media first, one image per sampled frame
+    assert all(p["image_url"]["url"].startswith("data:image/jpeg;base64,") for p in images)
+    assert base64.b64decode(images[0]["image_url"]["url"].split(",", 1)[1])[:2] == b"\xff\xd8"  # a JPEG
+    assert parts[-1] == {"type": "text", "text": "Which letter?\n\nThink first."}
+    assert "sk-test-123" not in repr(eng)
+
+
+def test_openai_gives_up_after_retries_and_does_not_retry_4xx(monkeypatch, h264_clip):
+    monkeypatch.delenv("AVCAP_TEST_KEY", raising=False)
+    with ChatServer([(503, {}, {"error": "down"})]) as srv:
+        eng = openai_engine(srv.base_url, max_retries=2)
+        [res] = eng.generate([Request("k", build_messages(SYSTEM, "hi", str(h264_clip)))], Sampling())
+        eng.close()
+    assert res.text is None and "HTTP 503" in res.error and "gave up after 3 attempts" in res.error
+    assert len(srv.requests) == 3
+    assert "Authorization" not in srv.requests[0]["headers"]  # no key in the environment: no header
+    with ChatServer([(400, {}, {"error": "bad request"})]) as srv:
+        eng = openai_engine(srv.base_url)
+        [res] = eng.generate([Request("k", build_messages(SYSTEM, "hi", str(h264_clip)))], Sampling())
+        eng.close()
+    assert "HTTP 400" in res.error and len(srv.requests) == 1
+
+
+def test_openai_video_url_mode_sampling_extensions_and_bad_video(monkeypatch, h264_clip, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"garbage")
+    with ChatServer([(200, {}, completion("ok"))]) as srv:
+        eng = openai_engine(srv.base_url, video_mode="video_url")
+        s = Sampling(temperature=0.7, top_p=0.8, top_k=20, presence_penalty=1.5, max_tokens=9, seed=3)
+        good, missing = eng.generate(
+            [Request("a", build_messages(SYSTEM, "hi", str(h264_clip))),
+             Request("b", build_messages(SYSTEM, "hi", str(tmp_path / "nope.mp4")))], s)
+        eng.close()
+        eng2 = openai_engine(srv.base_url)  # frames mode: a corrupt file fails before any HTTP
+        [broken] = eng2.generate([Request("c", build_messages(SYSTEM, "hi", str(bad)))], s)
+        eng2.close()
+    assert good.text == "ok" and missing.error and str(tmp_path / "nope.mp4") in missing.error
+    assert broken.text is None and broken.error.startswith(str(bad))
+    assert len(srv.requests) == 1
+    body = srv.requests[0]["json"]
+    video = body["messages"][1]["content"][0]
+    assert video["type"] == "video_url"
+    assert base64.b64decode(video["video_url"]["url"].split(",", 1)[1]) == h264_clip.read_bytes()
+    assert video["video_url"]["url"].startswith("data:video/mp4;base64,")
+    assert (body["top_p"], body["top_k"], body["presence_penalty"], body["seed"]) == (0.8, 20, 1.5, 3)
+
+
+def test_retry_after_parsing():
+    from avcap.engines.openai_engine import parse_retry_after
+
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: now
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def test_video_kwargs_part_overrides_follow_nframes_xor_fps():
+    v = Vision(nframes=16, max_pixels=360000)
+    assert video_kwargs(v, {"video": "x"}, 32)["nframes"] == 16
+    kw = video_kwargs(v, {"video": "x", "fps": 1.0, "max_pixels": 1000}, 28)
+    assert "nframes" not in kw and kw["fps"] == 1.0 and kw["max_pixels"] == 1000 and kw["factor"] == 28
+    kw = video_kwargs(Vision(fps=2.0), {"video": "x", "nframes": 8}, 32)
+    assert kw["nframes"] == 8 and "fps" not in kw and "min_frames" not in kw
+
+
+def test_frame_loader_decodes_each_video_once(monkeypatch, h264_clip):
+    import avcap.video
+
+    calls = []
+    real = avcap.video.load_video
+    monkeypatch.setattr(avcap.video, "load_video", lambda path, **kw: calls.append(path) or real(path, **kw))
+    loader = FrameLoader(Vision(nframes=4), 32, workers=2)
+    reqs = [Request(f"q{i}", build_messages(SYSTEM, f"question {i}", str(h264_clip))) for i in range(12)]
+    loader.prefetch(reqs[6:])
+    frames = [loader.frames(r.messages[1]["content"][0]) for r in reqs]
+    loader.close()
+    assert len(calls) == 1 and all(f is frames[0] for f in frames)
+    assert frames[0].frames.shape[0] == 4
+
+
+# ----------------------------------------------------------------------------- transformers
+
+
+@pytest.fixture(scope="module")
+def hf_engine(varied_model_dir):
+    cfg = load_config(None).avcap.engine.model_copy(update={"batch_size": 3, "device": "cpu"})
+    eng = make_engine(cfg, vision=Vision(nframes=8, max_pixels=64 * 96), model=str(varied_model_dir))
+    yield eng
+    eng.close()
+
+
+def test_transformers_video_tokens_match_avcap_video(hf_engine, h264_clip):
+    from avcap.video import num_video_tokens
+
+    [res] = hf_engine.generate([Request("k", build_messages(SYSTEM, "Describe.", str(h264_clip)))], Sampling(max_tokens=3))
+    assert res.error is None
+    t = res.extra["num_frames"][0]
+    h, w = res.extra["frame_size"][0]
+    assert (t, h % 32, w % 32) == (8, 0, 0)
+    assert res.extra["num_video_tokens"] == num_video_tokens(t, h, w, 16, 2, 2)
+    assert 0 < res.num_output_tokens <= 3 and res.num_input_tokens > res.extra["num_video_tokens"]
+
+
+def test_transformers_processor_keeps_frames_and_timestamps(hf_engine, h264_clip):
+    """do_sample_frames=False / do_resize=False: the grid is avcap.video's frames exactly, and the
+    prompt's timestamps come from the source fps and the sampled indices."""
+    vf = hf_engine.frames.frames({"video": str(h264_clip)})
+    req = Request("k", build_messages(SYSTEM, "Describe.", str(h264_clip)))
+    inputs = hf_engine.inputs_for([(req, [vf])])
+    t, h, w = vf.frames.shape[:3]
+    assert inputs["video_grid_thw"].tolist() == [[t // 2, h // 16, w // 16]]
+    text = hf_engine.processor.tokenizer.decode(inputs["input_ids"][0])
+    idx = vf.frame_indices
+    first = (idx[0] + idx[1]) / 2 / vf.fps
+    last = (idx[-2] + idx[-1]) / 2 / vf.fps
+    assert f"<{first:.1f} seconds>" in text and f"<{last:.1f} seconds>" in text
+    assert text.count(" seconds>") == t // 2
+
+
+def test_transformers_batched_equals_single_and_bad_video_fails_alone(hf_engine, infer_data_dir):
+    videos = sorted((infer_data_dir / "AV_CAPTION" / "videos").glob("clip0*.mp4"))
+    bad = infer_data_dir / "AV_CAPTION" / "videos" / "clip99.mp4"
+    reqs = [Request(f"k{i}", build_messages(SYSTEM, f"Describe clip {i}.", str(v))) for i, v in enumerate(videos)]
+    reqs.insert(2, Request("bad", build_messages(SYSTEM, "Describe.", str(bad))))
+    s = Sampling(temperature=0, max_tokens=6)
+    batched = hf_engine.generate(reqs, s)
+    assert [r.key for r in batched] == [r.key for r in reqs]
+    assert batched[2].text is None and batched[2].error.startswith(str(bad))
+    singles = [hf_engine.generate([r], s)[0] for r in reqs]
+    assert [r.raw_text for r in batched] == [r.raw_text for r in singles]
+    texts = [r.raw_text for r in batched if r.error is None]
+    assert len(set(texts)) > 1  # the output depends on the input (else this test could not fail)
+
+
+def test_generation_config_and_presence_penalty():
+    import torch
+    from transformers import GenerationConfig
+
+    from avcap.engines.transformers_engine import generation_config, presence_penalty_processor
+
+    base = GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, eos_token_id=[5, 6], pad_token_id=0)
+    g = generation_config(Sampling(temperature=0, max_tokens=10), base)
+    assert (g.do_sample, g.max_new_tokens, g.num_beams, g.eos_token_id) == (False, 10, 1, [5, 6])
+    g = generation_config(Sampling(temperature=0.7, top_p=0.8, top_k=-1, repetition_penalty=1.1), base)
+    assert (g.do_sample, g.temperature, g.top_p, g.top_k, g.repetition_penalty) == (True, 0.7, 0.8, 0, 1.1)
+    proc = presence_penalty_processor(1.5, prompt_len=2)
+    ids = torch.tensor([[1, 2, 3, 3], [4, 1, 2, 2]])
+    out = proc(ids, torch.zeros(2, 6))
+    assert out[0].tolist() == [0, 0, 0, -1.5, 0, 0]  # 3 generated (twice: once), 1 and 2 only in the prompt
+    assert out[1].tolist() == [0, 0, -1.5, 0, 0, 0]
+
+
+# ----------------------------------------------------------------------------- vllm
+
+
+def test_vllm_engine_says_how_to_install():
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vllm is installed here")
+    from avcap.engines.vllm_engine import VLLMNotInstalled
+
+    cfg = EngineConfig(name="vllm")
+    with pytest.raises(VLLMNotInstalled, match=r"pip install 'avcap\[vllm\]'"):
+        make_engine(cfg, vision=Vision(nframes=4), model="whatever")
