@@ -30,6 +30,7 @@ from avcap.records import RecordWriter, iter_records, latest_by_key, write_json_
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 ROLES = ("annotation", "video")
+PROGRESS_EVERY_S = 10.0
 
 
 class BenchError(ValueError):
@@ -104,7 +105,7 @@ def run_answerer(
     counts = Counter()
     if not todo:
         return dict(counts)
-    t0 = time.perf_counter()
+    t0 = last = time.perf_counter()
     with RecordWriter(answers_path) as writer:
         step = max(1, answerer.batch_size)
         for start in range(0, len(todo), step):
@@ -126,8 +127,10 @@ def run_answerer(
                     }
                 )
                 counts["error" if ans.error else "answered" if ans.letter else "unparseable"] += 1
-            done = start + len(chunk)
-            log(f"  {answerer.role}: {done}/{len(todo)} ({time.perf_counter() - t0:.1f}s)")
+            done, now = start + len(chunk), time.perf_counter()
+            if done == len(todo) or now - last >= PROGRESS_EVERY_S:
+                log(f"  {answerer.role}: {done}/{len(todo)} answered ({now - t0:.1f}s)")
+                last = now
     return dict(counts)
 
 
