@@ -233,6 +233,15 @@ class Road(_Model):
     crosswalk_distance_m: Optional[float] = Field(default=None, description="distance at t=0; None: none")
     parking_lane: bool = Field(description="a kerbside parking lane on the right (parked cars may stand there)")
     sidewalk: bool = Field(description="pavements on both sides (urban/suburban)")
+    curvature_per_m: float = Field(
+        default=0.0, description="road curvature (1/m; <0 bends left, >0 right); the centre line is "
+        "X = curvature·Z²/2 in the world frame of geometry.py"
+    )
+    median_m: float = Field(default=0.0, description="width of the median strip between the directions (0: none)")
+    cross_road_width_m: Optional[float] = Field(default=None, description="width of the crossing road; None: no junction")
+    stop_line_distance_m: Optional[float] = Field(
+        default=None, description="distance at t=0 to the ego's stop line at the junction / crosswalk; None: no stop line"
+    )
 
 
 class Conditions(_Model):
@@ -258,6 +267,8 @@ class TrafficLight(_Model):
     heads: int = Field(ge=1, le=2, description="signal heads visible (1: right pole; 2: right pole + overhead)")
     side: Literal["right", "overhead"] = Field(description="where the main head stands")
     distance_m: float = Field(description="distance from the ego at t=0 (it is at the junction/stop line)")
+    x_m: float = Field(description="world X of the pole (geometry.py frame)")
+    z_m: float = Field(description="world Z of the pole and the overhead head")
     phases: list[LightPhase] = Field(description="contiguous phases covering [0, duration_s], in time order")
     state_at_start: LightState
     state_at_end: LightState
@@ -278,8 +289,8 @@ class Vehicle(_Model):
         description="lane relative to the ego's lane at t=0 (0 same lane, -1 one to the left, +1 one to "
         "the right; oncoming lanes are negative; parked vehicles: the kerb beyond the rightmost lane)"
     )
-    distance_start_m: float = Field(description="distance ahead of the ego at start_s")
-    distance_end_m: float = Field(description="distance ahead of the ego at end_s (<0: passed behind)")
+    distance_start_m: float = Field(description="distance ahead of the ego when first visible (start_s)")
+    distance_end_m: float = Field(description="distance ahead of the ego at the end of the clip (<0: behind it)")
     start_s: float = Field(description="first visible")
     end_s: float = Field(description="last visible")
     maneuver_start_s: Optional[float] = Field(
@@ -291,6 +302,10 @@ class Vehicle(_Model):
     is_emergency: bool
     is_transit: bool = Field(description="a public-transit bus")
     is_commercial: bool = Field(description="truck, van or bus")
+    track: list[tuple[float, float, float, float]] = Field(
+        description="pose keyframes (t s, world X m, world Z m, heading deg), linear in between; "
+        "the renderer draws from it"
+    )
 
 
 class Pedestrian(_Model):
@@ -311,6 +326,10 @@ class Pedestrian(_Model):
     end_s: float = Field(description="last visible")
     cross_start_s: Optional[float] = Field(default=None, description="crossing: starts stepping onto the road")
     cross_end_s: Optional[float] = Field(default=None, description="crossing: reaches the far kerb")
+    track: list[tuple[float, float, float, float]] = Field(
+        description="pose keyframes (t s, world X m, world Z m, heading deg), linear in between; "
+        "the renderer draws from it"
+    )
 
 
 class Cyclist(_Model):
@@ -323,6 +342,10 @@ class Cyclist(_Model):
     distance_end_m: float
     start_s: float
     end_s: float
+    track: list[tuple[float, float, float, float]] = Field(
+        description="pose keyframes (t s, world X m, world Z m, heading deg), linear in between; "
+        "the renderer draws from it"
+    )
 
 
 class Sign(_Model):
@@ -331,7 +354,8 @@ class Sign(_Model):
     side: LateralSide
     text: str = Field(description="text on the face ('STOP', '30', ''); legible only at high resolution")
     color: str = Field(description="dominant face colour in words, e.g. 'red', 'white', 'orange'")
-    distance_m: float = Field(description="distance ahead at t=0")
+    distance_m: float = Field(description="distance ahead at t=0 (= world Z of the sign)")
+    x_m: float = Field(description="world X of the sign post")
 
 
 class Construction(_Model):
@@ -342,7 +366,8 @@ class Construction(_Model):
     workers: int = Field(ge=0, description="workers standing by the cones (also listed in pedestrians)")
     distance_start_m: float
     length_m: float
-    lane_closed: bool = Field(description="the cones close the lane on that side (ego merges or passes)")
+    lane_closed: bool = Field(description="the cones close a lane (the ego's lane: it changes lanes)")
+    cone_positions: list[tuple[float, float]] = Field(description="world (X, Z) of every cone")
 
 
 class Ego(_Model):
@@ -369,6 +394,9 @@ class Ego(_Model):
     yields_to: Optional[str] = Field(default=None, description="id of the road user the ego waits for")
     rule_violation: RuleViolation
     lane_end: int = Field(description="lane index at the end (after a lane change)")
+    track: list[tuple[float, float, float, float]] = Field(
+        description="camera pose keyframes (t s, world X m, world Z m, heading deg), linear in between"
+    )
 
 
 class Event(_Model):
@@ -394,6 +422,7 @@ class SceneRecord(_Model):
     seed: int = Field(description="the seed that regenerates this record with world.sample_scene")
     duration_s: float
     render: RenderSettings
+    scenery_seed: int = Field(description="seeds the placement of buildings, trees and rain streaks")
     road: Road
     conditions: Conditions
     traffic_light: Optional[TrafficLight] = Field(default=None, description="None: no traffic light visible")
@@ -405,7 +434,10 @@ class SceneRecord(_Model):
     ego: Ego
     events: list[Event] = Field(default_factory=list, description="sorted by start_s")
     # summaries that questions ask for directly
-    nearest_vehicle_id: Optional[str] = Field(default=None, description="closest vehicle at its first sighting")
+    nearest_vehicle_id: Optional[str] = Field(
+        default=None, description="closest vehicle at nearest_vehicle_time_s (the first moment any vehicle is visible)"
+    )
+    nearest_vehicle_time_s: Optional[float] = None
     nearest_vehicle_position: Optional[Position] = Field(default=None, description="None: no vehicles")
     driving_difficulty: int = Field(ge=1, le=5, description="1 trivial .. 5 very demanding")
     difficulty_reasons: list[str] = Field(default_factory=list, description="short phrases, e.g. 'heavy rain'")
