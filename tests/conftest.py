@@ -14,7 +14,7 @@ def tiny_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", size="tiny", seed=0)
 
 
-def make_frames(n: int, height: int, width: int, seed: int = 0):
+def _make_frames(n: int, height: int, width: int, seed: int = 0):
     """Moving gradients plus noise: enough texture for real P/B-frames, deterministic."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
@@ -30,8 +30,14 @@ def h264_clip(tmp_path_factory):
     from avcap.video import write_video
 
     path = tmp_path_factory.mktemp("clips") / "clip.mp4"
-    write_video(path, make_frames(48, 48, 64), 30, gop=8)
+    write_video(path, _make_frames(48, 48, 64), 30, gop=8)
     return path
+
+
+@pytest.fixture(scope="session")
+def make_frames():
+    """make_frames(n, height, width, seed=0) -> iterator of H x W x 3 uint8 test frames."""
+    return _make_frames
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +77,7 @@ def infer_data_dir(tmp_path_factory):
     (av / "videos").mkdir(parents=True)
     vids = [f"clip{i:02d}" for i in range(4)]
     for i, v in enumerate(vids):
-        write_video(av / "videos" / f"{v}.mp4", make_frames(20 + 4 * i, 64, 96, seed=i), 8, gop=8)
+        write_video(av / "videos" / f"{v}.mp4", _make_frames(20 + 4 * i, 64, 96, seed=i), 8, gop=8)
     (av / "videos" / "clip99.mp4").write_bytes(b"this is not a video")
     with open(av / "vqa.jsonl", "w", encoding="utf-8") as fh:
         for v in vids + ["clip99"]:
@@ -88,7 +94,7 @@ def infer_data_dir(tmp_path_factory):
         seg = f"seg{s}"
         d = lq / "images" / "val" / seg
         d.mkdir(parents=True)
-        for k, frame in enumerate(make_frames(5, 64, 96, seed=10 + s)):
+        for k, frame in enumerate(_make_frames(5, 64, 96, seed=10 + s)):
             Image.fromarray(frame).save(d / f"{k}.jpg")
         for q in range(2):
             for a in range(2):

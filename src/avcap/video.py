@@ -295,12 +295,15 @@ def write_video(
     bframes: Optional[int] = None,
     codec: str = "libx264",
     options: Optional[dict[str, str]] = None,
+    container_options: Optional[dict[str, str]] = None,
 ) -> None:
     """Encode RGB frames (H x W x 3 uint8) to an H.264 MP4 with PyAV, atomically (temp file + rename).
 
     `gop` is the exact keyframe interval (scene-cut keyframes off). Rate control: `bitrate` (bits/s)
     or `crf` (default 23 when neither is given). Odd frame sizes are padded to even by repeating
     the last row/column (4:2:0 needs even sizes). `bframes=None` keeps x264's default (3).
+    `options` go to the encoder (e.g. {"x264-params": ...}), `container_options` to the muxer
+    (MP4/MOV default: {"movflags": "+faststart"}, the index first so readers can seek at once).
     """
     import av
 
@@ -315,7 +318,9 @@ def write_video(
     fmt = {".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}.get(path.suffix.lower(), "mp4")
     count = 0
     try:
-        with av.open(str(tmp), mode="w", format=fmt) as out:
+        if container_options is None:
+            container_options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
+        with av.open(str(tmp), mode="w", format=fmt, options=container_options) as out:
             stream = None
             for arr in frames:
                 arr = np.asarray(arr)
@@ -443,13 +448,17 @@ def _h264_is_nonref(data: memoryview, nal_len: Optional[int]) -> bool:
 def _open(path: Path):
     import av
 
+    if not path.exists():
+        raise VideoError(path, "no such file or directory")
+    if path.is_dir():
+        raise VideoError(path, "is a directory (a frame directory is read with load_video/probe)")
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # type: ignore[attr-defined]
-        raise VideoError(path, f"not a video or unreadable ({exc.__class__.__name__}: {exc})") from None
+        raise VideoError(path, f"not a video, or corrupt or truncated (FFmpeg: {exc.__class__.__name__}: {exc})") from None
     if not container.streams.video:
         container.close()
-        raise VideoError(path, "not a video (the file has no video stream)")
+        raise VideoError(path, "not a video: no video stream found (or the file is truncated)")
     return container
 
 
@@ -716,6 +725,36 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
     return result
 
 
+def decode_frames(
+    path: str | os.PathLike, indices: Sequence[int], *, threads: int = 1, sparse: bool = True
+) -> list[np.ndarray]:
+    """Frames `indices` (presentation order) of a video file at source size, RGB uint8 H x W x 3.
+
+    `sparse=True` decodes only what those frames need; `sparse=False` decodes the whole clip.
+    Both give identical pixels.
+    """
+    path = _clean_path(path)
+    if not path.exists():
+        raise VideoError(path, "no such file or directory")
+    if not sparse:
+        return decode_frames_full(path, indices, threads=threads)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = threads
+        index = _build_index(path, container, stream)
+        total = len(index.pts)
+        bad = [i for i in indices if not 0 <= i < total]
+        if bad:
+            raise VideoError(path, f"frame index {bad[0]} out of range (clip has {total} frames)")
+        got = _decode_sparse(path, container, stream, index, indices)
+    finally:
+        container.close()
+    if any(i not in got for i in indices):
+        return decode_frames_full(path, indices, threads=threads)
+    return [got[i] for i in indices]
+
+
 def load_video(
     path: str | os.PathLike,
     *,
@@ -770,7 +809,7 @@ def load_video(
         if frames[0].shape[:2] != (info.height, info.width):
             info.height, info.width = frames[0].shape[:2]
             plan = plan_sampling(info, **kw)
-    arr = resize_frames(np.stack(frames), plan.resized_height, plan.resized_width)
+    arr = resize_frames(frames, plan.resized_height, plan.resized_width)
     return VideoFrames(
         frames=arr,
         frame_indices=list(plan.frame_indices),
@@ -796,7 +835,7 @@ def _load_images(directory: Path, indices: Sequence[int], size: tuple[int, int])
         if i not in cache:
             try:
                 with Image.open(files[i]) as im:
-                    arr = np.asarray(im.convert("RGB"))
+                    arr = np.array(im.convert("RGB"))
             except Exception as exc:
                 raise VideoError(files[i], f"not a readable image ({exc.__class__.__name__}: {exc})") from None
             if arr.shape[:2] != size:
@@ -806,12 +845,21 @@ def _load_images(directory: Path, indices: Sequence[int], size: tuple[int, int])
     return out
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """T x H x W x 3 uint8 -> T x height x width x 3 uint8 with qwen-vl-utils' exact resize call."""
+def resize_frames(frames: np.ndarray | Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    """T x H x W x 3 uint8 -> T x height x width x 3 uint8 with qwen-vl-utils' exact resize call.
+
+    qwen-vl-utils calls `torchvision.transforms.functional.resize(video_TCHW_uint8, [h, w],
+    interpolation=BICUBIC, antialias=True)` (float32 bicubic with antialias, clamped, rounded back
+    to uint8). The filter treats every frame independently, so frames are resized one at a time
+    (same pixels, a fraction of the memory).
+    """
     import torch
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
-    t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    out = TF.resize(t, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return out.permute(0, 2, 3, 1).contiguous().numpy()
+    out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        t = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0)
+        r = TF.resize(t, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        out[i] = r[0].permute(1, 2, 0).numpy()
+    return out

@@ -45,7 +45,7 @@ def inspect(
         typer.echo(f"error: {exc}" if isinstance(exc, V.VideoError) else f"error: {path}: {exc}", err=True)
         raise typer.Exit(2)
     tokens = V.num_video_tokens(len(plan.frame_indices), plan.resized_height, plan.resized_width, patch_size=patch_size)
-    timestamps = [round(i / info.fps, 6) for i in plan.frame_indices]
+    timestamps = [i / info.fps for i in plan.frame_indices]
     if json_out:
         typer.echo(json.dumps({
             "path": str(path),
