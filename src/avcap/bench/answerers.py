@@ -91,7 +91,7 @@ def annotation_text(path: Path) -> str:
 class EngineAnswerer:
     """Any avcap engine; `reads` decides whether it gets the annotation text or the video."""
 
-    def __init__(self, role: str, cfg: AnswererConfig, recipe: RecipeConfig, *, engine=None):
+    def __init__(self, role: str, cfg: AnswererConfig, recipe: RecipeConfig):
         self.role = role
         self.reads = cfg.reads
         self.cfg = cfg
@@ -102,19 +102,27 @@ class EngineAnswerer:
         if self.model and cfg.engine.name != "openai" and recipe.resolve(self.model).exists():
             self.model = str(recipe.resolve(self.model))  # a local directory, relative to the config
         self.description = f"engine {cfg.engine.name}:{cfg.engine.model} reading the {self.reads}"
-        self._engine = engine
-        self.batch_size = cfg.engine.batch_size if cfg.engine.name != "openai" else max(
-            cfg.engine.batch_size, cfg.engine.concurrency
-        )
+        self._engine = None
 
     @property
     def engine(self):
+        """Built on first use (after `check`), so a bad config fails before a model loads."""
         if self._engine is None:
+            from avcap.bench.build import BenchError
             from avcap.engines import make_engine
 
-            self._engine = make_engine(self.cfg.engine, vision=self.vision, model=self.model)
-            self.batch_size = getattr(self._engine, "batch_size", self.batch_size)
+            try:
+                self._engine = make_engine(self.cfg.engine, vision=self.vision, model=self.model)
+            except (OSError, ValueError, ImportError) as exc:
+                raise BenchError(
+                    [f"[avcap.bench.{self.role}_answerer.engine]: cannot start {self.cfg.engine.name} engine for "
+                     f"{self.model!r}: {type(exc).__name__}: {exc}"]
+                ) from None
         return self._engine
+
+    @property
+    def batch_size(self) -> int:
+        return self.engine.batch_size
 
     def fingerprint(self) -> str:
         e = self.cfg.engine
@@ -130,8 +138,12 @@ class EngineAnswerer:
         )
 
     def check(self, questions: list[Question]) -> list[str]:
-        if not self.cfg.engine.model:
-            return [f"[avcap.bench.{self.role}_answerer.engine] model is not set (kind = \"engine\" needs one)"]
+        where = f"[avcap.bench.{self.role}_answerer.engine]"
+        if not self.model:
+            return [f"{where} model is not set (kind = \"engine\" needs one)"]
+        looks_local = Path(self.model).is_absolute() or self.model.startswith(".")
+        if self.cfg.engine.name != "openai" and looks_local and not Path(self.model).exists():
+            return [f"{where} model {self.model!r}: no such directory"]
         return []
 
     def _request(self, item: Item):

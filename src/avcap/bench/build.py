@@ -86,8 +86,9 @@ def answer_key(role: str, item_key: str) -> str:
     return f"{role}:{item_key}"
 
 
-def _valid(rec: dict, fp: str, item: Item) -> bool:
-    return not rec.get("error") and rec.get("answerer_fp") == fp and rec.get("question_fp") == item.question.fingerprint()
+def _current(rec: Optional[dict], fp: str, item: Item) -> bool:
+    """The record answers this item's question text, made by this very answerer."""
+    return rec is not None and rec.get("answerer_fp") == fp and rec.get("question_fp") == item.question.fingerprint()
 
 
 def run_answerer(
@@ -100,7 +101,11 @@ def run_answerer(
     """Answer every item this answerer has no valid record for; append records chunk by chunk."""
     fp = answerer.fingerprint()
     latest = latest_by_key(iter_records(answers_path))
-    todo = [it for it in items if not _valid(latest.get(answer_key(answerer.role, it.key), {}), fp, it)]
+    todo = []
+    for it in items:
+        rec = latest.get(answer_key(answerer.role, it.key))
+        if not _current(rec, fp, it) or rec.get("error"):  # errors are retried
+            todo.append(it)
     log(f"{answerer.role} answerer ({answerer.description}): {len(items) - len(todo)} done, {len(todo)} to answer")
     counts = Counter()
     if not todo:
@@ -151,7 +156,7 @@ def make_pairs(items: list[Item], answers_path: Path, fps: dict[str, str]) -> li
         got = {}
         for role in ROLES:
             rec = latest.get(answer_key(role, it.key))
-            if rec is None or rec.get("answerer_fp") != fps[role] or rec.get("question_fp") != it.question.fingerprint():
+            if not _current(rec, fps[role], it):
                 rec = {"letter": None, "text": None, "error": "not answered"}
             got[role] = rec
         status, reason = _status(got["annotation"], got["video"])
@@ -199,7 +204,7 @@ def build_benchmark(
         if not (dataset / "world").is_dir():
             problems.append(f"{dataset}: no world/ directory; a kind = \"truth\" answerer needs the synthetic world's records")
     missing_ann = sorted(v for v in videos if not (dataset / "annotations" / f"{v}.json").is_file())
-    if missing_ann and getattr(answerers["annotation"], "reads", None) == "annotation":
+    if missing_ann and any(getattr(a, "reads", None) == "annotation" for a in answerers.values()):
         shown = ", ".join(missing_ann[:5]) + (" ..." if len(missing_ann) > 5 else "")
         log(f"warning: {len(missing_ann)} video(s) have no annotation in {dataset / 'annotations'}: {shown}")
     if problems:
