@@ -195,7 +195,7 @@ def test_same_seed_same_weights_and_tokenizer(tmp_path, tiny_model_dir):
     assert (other / "model.safetensors").read_bytes() != (tiny_model_dir / "model.safetensors").read_bytes()
 
 
-def test_cli_rejects_unknown_size(tmp_path):
+def test_cli_rejects_bad_arguments(tmp_path):
     from typer.testing import CliRunner
 
     from avcap.cli import app
@@ -203,3 +203,7 @@ def test_cli_rejects_unknown_size(tmp_path):
     result = CliRunner().invoke(app, ["tiny-model", "--out", str(tmp_path / "m"), "--size", "huge"])
     assert result.exit_code == 2
     assert "--size" in result.output
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(app, ["tiny-model", "--out", str(tmp_path / "file")])
+    assert result.exit_code == 2
+    assert "not a directory" in result.output

@@ -34,6 +34,7 @@ Cosmos-Reason2 / Qwen3-VL checkpoints alike):
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -177,17 +178,15 @@ def builtin_corpus(seed: int = 0, n: int = 3000) -> list[str]:
 
 
 def default_corpus(seed: int = 0) -> list[str]:
-    """The synthetic world's text (avcap.synth.text_corpus) when available, plus the built-in corpus."""
+    """The synthetic world's text (`avcap.synth.text_corpus`) when available, plus the built-in corpus."""
     texts: list[str] = []
     try:
-        from avcap.synth import text_corpus  # written by the synth step; optional here
-    except Exception:
+        from avcap.synth import text_corpus  # the synth step's captions, answers and questions
+    except ImportError:
         text_corpus = None
     if text_corpus is not None:
-        try:
-            texts.extend(text_corpus(seed=seed))
-        except TypeError:
-            texts.extend(text_corpus())
+        takes_seed = "seed" in inspect.signature(text_corpus).parameters
+        texts.extend(text_corpus(seed=seed) if takes_seed else text_corpus())
     texts.extend(builtin_corpus(seed))
     return texts
 
@@ -346,6 +345,9 @@ def main(
     """Build a tiny Qwen3-VL (random weights, local tokenizer) as a save_pretrained directory."""
     if size not in SIZES:
         typer.echo(f"--size: unknown size {size!r}; choose one of {', '.join(SIZES)}", err=True)
+        raise typer.Exit(2)
+    if out.exists() and not out.is_dir():
+        typer.echo(f"{out}: exists and is not a directory", err=True)
         raise typer.Exit(2)
     path = build_tiny_model(out, size=size, seed=seed)
     typer.echo(f"wrote {path} ({size}, {count_parameters(path):,} parameters)")
