@@ -1,0 +1,331 @@
+"""`avcap score`: metrics.json from output files written per docs/formats.md, the CLI table, a
+missing judge, caption mode (cached, resumable) and, when the runner exists, real inference outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from avcap.config import load_config
+from avcap.records import RecordWriter, read_json, read_records
+
+pd = pytest.importorskip("pandas")
+
+CHOICES = {"A": "clear", "B": "rain", "C": "fog", "D": "snow"}
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    """A tiny one-logit DeBERTa-v2 judge (test_lingoqa.py checks the rule itself)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("judge") / "judge"
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["question answer student yes no car ahead red green there is a"] * 20,
+                            trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
+    fast.save_pretrained(out)
+    torch.manual_seed(1)
+    cfg = DebertaV2Config(vocab_size=fast.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32, max_position_embeddings=256, num_labels=1, pad_token_id=fast.pad_token_id)
+    DebertaV2ForSequenceClassification(cfg).save_pretrained(out)
+    return out
+
+
+def _dataset(root: Path, *, with_captions_jsonl: bool = True) -> Path:
+    """AV_CAPTION (3 videos, 2 MCQs each, references) and LINGOQA (2 questions x 2 references)."""
+    av = root / "AV_CAPTION"
+    (av / "annotations").mkdir(parents=True)
+    refs = {
+        "v1": "The ego vehicle slows down behind a white truck on a wet road.",
+        "v2": "The ego vehicle turns left at a green light while a cyclist waits.",
+        "v3": "The ego vehicle drives straight on a clear highway.",
+    }
+    for vid, text in refs.items():
+        (av / "annotations" / f"{vid}.json").write_text(json.dumps({"safety_analysis": text, "weather": "clear"}))
+    if with_captions_jsonl:
+        with RecordWriter(av / "captions.jsonl") as w:
+            for vid, text in refs.items():
+                w.append({"key": vid, "video_id": vid, "caption": text})
+    with RecordWriter(av / "vqa.jsonl") as w:
+        for vid in refs:
+            for q, (cat, ans) in enumerate([("Scene Description", "A"), ("Key Objects", "B")]):
+                w.append({"key": f"{vid}/q{q}", "video_id": vid, "question_id": f"q{q}", "category": cat,
+                          "question": f"Question {q} about {vid}?", "choices": CHOICES, "answer": ans, "provenance": "agreed"})
+    lq = root / "LINGOQA"
+    lq.mkdir()
+    rows = [{"question_id": q, "segment_id": "s1", "images": [f"images/val/s1/{k}.jpg" for k in range(5)],
+             "question": "Is there a car ahead?", "answer": a} for q in ("q1", "q2") for a in ("Yes.", "There is a car.")]
+    pd.DataFrame(rows).to_parquet(lq / "val.parquet")
+    return root
+
+
+def _outputs(out: Path, data: Path, label: str = "base", step=None, captions=None, mcq_texts=None) -> None:
+    """Inference outputs written exactly per docs/formats.md (no inference run)."""
+    d = out / "tiny" / label / "AV_CAPTION"
+    d.mkdir(parents=True)
+    captions = captions or {"v1": "The ego vehicle slows down behind a truck.", "v2": None, "v3": "A car drives on a highway."}
+    with RecordWriter(d / "caption.jsonl") as w:
+        for vid, text in captions.items():
+            w.append({"key": vid, "video_id": vid, "text": text, "caption": None, "caption_text": text,
+                      "error": None if text else "decode failed"})
+    mcq_texts = mcq_texts or {"v1/q0": "A", "v1/q1": "The answer is B.", "v2/q0": "C", "v2/q1": "I cannot tell.",
+                              "v3/q0": "(A) clear", "v3/q1": None}
+    with RecordWriter(d / "mcq.jsonl") as w:
+        for key, text in mcq_texts.items():
+            vid, q = key.split("/")
+            w.append({"key": key, "video_id": vid, "question_id": q, "category": "Scene Description" if q == "q0" else "Key Objects",
+                      "choices": CHOICES, "answer": "A" if q == "q0" else "B", "text": text,
+                      "error": None if text is not None else "timeout"})
+    (d / "run.json").write_text(json.dumps({"model_name": "tiny", "checkpoint_label": label, "step": step,
+                                            "dataset": "AV_CAPTION", "dataset_root": str(data / "AV_CAPTION")}))
+    lq = out / "tiny" / label / "LINGOQA"
+    lq.mkdir(parents=True)
+    with RecordWriter(lq / "lingoqa.jsonl") as w:
+        for q, text in (("q1", "Yes, there is a car."), ("q2", "No.")):
+            w.append({"key": q, "question_id": q, "segment_id": "s1", "question": "Is there a car ahead?", "text": text, "error": None})
+    (lq / "lingoqa_predictions.csv").write_text("question_id,segment_id,answer\nq1,s1,\"Yes, there is a car.\"\nq2,s1,No.\n")
+    (lq / "run.json").write_text(json.dumps({"model_name": "tiny", "checkpoint_label": label, "step": step,
+                                             "dataset": "LINGOQA", "dataset_root": str(data / "LINGOQA")}))
+
+
+# ----------------------------------------------------------------------------- on files written per the contract
+
+
+def test_score_contract_files(tmp_path, judge_dir):
+    from avcap.metrics.bleu import corpus_bleu
+    from avcap.score import score_outputs
+
+    data = _dataset(tmp_path / "data")
+    out = tmp_path / "outputs"
+    _outputs(out, data)
+    _outputs(out, data, label="ckpt-20", step=20, mcq_texts={k: "A" for k in ("v1/q0", "v1/q1", "v2/q0", "v2/q1", "v3/q0", "v3/q1")})
+    cfg = load_config(None, {"avcap": {"metrics": {"lingoqa_judge": str(judge_dir)}}})
+    results = score_outputs(out, cfg=cfg, log=lambda m: None)
+    assert len(results) == 4
+    m = read_json(out / "tiny" / "base" / "AV_CAPTION" / "metrics.json")
+    assert (m["model"], m["checkpoint_label"], m["step"], m["dataset"]) == ("tiny", "base", None, "AV_CAPTION")
+    # BLEU: the failed caption of v2 is an empty hypothesis; references from captions.jsonl
+    refs = [["The ego vehicle slows down behind a white truck on a wet road."],
+            ["The ego vehicle turns left at a green light while a cyclist waits."],
+            ["The ego vehicle drives straight on a clear highway."]]
+    expected = corpus_bleu(["The ego vehicle slows down behind a truck.", "", "A car drives on a highway."], refs)
+    b = m["bleu"]
+    assert b["value"] == expected and b["n"] == 3 and b["failed_captions"] == 1
+    assert set(b["per_video"]) == {"v1", "v2", "v3"} and b["references"].endswith("captions.jsonl")
+    assert "BleuScorer" in b["implementation"] and "PTBTokenizer" in b["tokenization"] and "signature" in b["sacrebleu"]
+    # MCQ: right v1/q0 v1/q1 v3/q0; wrong v2/q0; unparseable v2/q1; failed v3/q1
+    v = m["vqa_accuracy"]
+    assert v["mode"] == "direct" and v["overall"] == pytest.approx(3 / 6) and v["parseable_rate"] == pytest.approx(4 / 6)
+    assert v["per_category"] == pytest.approx({"Key Objects": 1 / 3, "Scene Description": 2 / 3})
+    assert v["total_predictions"] == 6 and v["videos_evaluated"] == 3
+    assert v["mean_per_video"] == pytest.approx((1 + 0 + 0.5) / 3) and v["clustered_se"] > 0
+    assert "vqa_accuracy_caption_mode" not in m  # no answerer configured
+    ck = read_json(out / "tiny" / "ckpt-20" / "AV_CAPTION" / "metrics.json")
+    assert ck["step"] == 20 and ck["vqa_accuracy"]["overall"] == pytest.approx(3 / 6)
+    lq = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")["lingoqa"]
+    assert lq["rows"] == 2 and lq["questions"] == 2 and lq["reference_rows"] == 4
+    assert lq["score"] == lq["correct"] / 2 and lq["judge"] == str(judge_dir) and "judge.py" in lq["implementation"]
+
+
+def test_references_from_annotations_and_dataset_filter(tmp_path, judge_dir):
+    from avcap.score import score_outputs
+
+    data = _dataset(tmp_path / "data", with_captions_jsonl=False)
+    out = tmp_path / "outputs"
+    _outputs(out, data)
+    cfg = load_config(None, {"avcap": {"metrics": {"lingoqa_judge": str(judge_dir)}}})
+    results = score_outputs(out, cfg=cfg, datasets=["AV_CAPTION"], log=lambda m: None)
+    assert [r["dataset"] for r in results] == ["AV_CAPTION"]
+    assert not (out / "tiny" / "base" / "LINGOQA" / "metrics.json").exists()
+    assert "safety_analysis" in results[0]["bleu"]["references"]
+
+
+def test_dataset_root_from_config_when_run_json_is_missing(tmp_path):
+    from avcap.score import score_outputs
+
+    data = _dataset(tmp_path / "data")
+    out = tmp_path / "outputs"
+    _outputs(out, data)
+    (out / "tiny" / "base" / "AV_CAPTION" / "run.json").unlink()
+    cfg_file = tmp_path / "recipe.toml"
+    cfg_file.write_text(f'[avcap.datasets.AV_CAPTION]\nkind = "av_caption"\nroot = "{data / "AV_CAPTION"}"\n')
+    res = score_outputs(out, cfg=load_config(cfg_file), datasets=["AV_CAPTION"], log=lambda m: None)
+    assert res[0]["bleu"]["n"] == 3 and res[0]["checkpoint_label"] == "base"
+
+
+def test_cli_table_and_missing_judge(tmp_path, judge_dir):
+    from typer.testing import CliRunner
+
+    from avcap.cli import app
+
+    data = _dataset(tmp_path / "data")
+    out = tmp_path / "outputs"
+    _outputs(out, data)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["score", "--outputs-dir", str(out), "--lingoqa-judge", str(judge_dir)])
+    assert ok.exit_code == 0, ok.output
+    for word in ("model", "checkpoint", "BLEU", "VQA acc", "parseable", "LingoQA", "tiny", "base"):
+        assert word in ok.stdout
+    before = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")["lingoqa"]
+
+    missing = tmp_path / "no-judge-here"
+    res = runner.invoke(app, ["score", "--outputs-dir", str(out), "--lingoqa-judge", str(missing)])
+    assert res.exit_code == 0, res.output
+    m = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")
+    assert "could not be loaded" in m["lingoqa_error"] and "--lingoqa-judge" in m["lingoqa_error"]
+    assert m["lingoqa"] == before  # the same predictions: the earlier score is kept, and said so
+    assert "earlier run is kept" in m["lingoqa_error"]
+    assert "bleu" in read_json(out / "tiny" / "base" / "AV_CAPTION" / "metrics.json")
+
+    # new predictions and no judge: no stale score
+    (out / "tiny" / "base" / "LINGOQA" / "lingoqa_predictions.csv").write_text("question_id,segment_id,answer\nq1,s1,No\nq2,s1,No\n")
+    runner.invoke(app, ["score", "--outputs-dir", str(out), "--lingoqa-judge", str(missing)])
+    m = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")
+    assert "lingoqa" not in m and "lingoqa_error" in m
+
+    bad = runner.invoke(app, ["score", "--outputs-dir", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and "no such outputs directory" in bad.output
+
+
+class _FakeAnswerer:
+    """Answers from the caption: 'slows' -> A, 'truck' -> B, else 'not sure'. Can crash on demand."""
+
+    name = "fake"
+    batch_size = 2
+
+    def __init__(self):
+        self.calls = 0
+        self.crash_after = None
+
+    def generate(self, requests, sampling):
+        from avcap.engines import Result
+
+        if self.crash_after is not None and self.calls >= self.crash_after:
+            raise KeyboardInterrupt("killed")
+        self.calls += 1
+        out = []
+        for r in requests:
+            prompt = r.messages[-1]["content"][-1]["text"]
+            assert "Description:" in prompt and "A. clear" in prompt and not any(
+                p.get("type") == "video" for p in r.messages[-1]["content"])
+            q0 = "Question 0" in prompt
+            out.append(Result(key=r.key, text=("A" if q0 else "B") if "slows" in prompt else "not sure"))
+        return out
+
+    def close(self):
+        pass
+
+
+def test_caption_mode_cached_and_resumable(tmp_path, monkeypatch):
+    import avcap.engines
+    from avcap.score import score_outputs
+
+    data = _dataset(tmp_path / "data")
+    out = tmp_path / "outputs"
+    _outputs(out, data)
+    shutil.rmtree(out / "tiny" / "base" / "LINGOQA")
+    fake = _FakeAnswerer()
+    monkeypatch.setattr(avcap.engines, "make_engine", lambda *a, **k: fake)
+    cfg = load_config(None, {"avcap": {"metrics": {"caption_mode_answerer": {"name": "openai", "model": "answerer-llm"}}}})
+    cache = out / "tiny" / "base" / "AV_CAPTION" / "mcq_caption_mode.jsonl"
+
+    fake.crash_after = 1  # killed after the first batch of 2 questions
+    with pytest.raises(KeyboardInterrupt):
+        score_outputs(out, cfg=cfg, log=lambda m: None)
+    assert len(read_records(cache)) == 2
+
+    fake.crash_after = None
+    fake.calls = 0
+    m = score_outputs(out, cfg=cfg, log=lambda m: None)[0]
+    assert fake.calls == 1  # only v3's two questions were left (v2 has no caption: no request)
+    c = m["vqa_accuracy_caption_mode"]
+    # v1 (caption mentions "slows"): both right; v2: failed caption -> wrong; v3: "not sure" -> unparseable
+    assert c["mode"] == "caption" and c["overall"] == pytest.approx(2 / 6) and c["parseable_rate"] == pytest.approx(2 / 6)
+    assert c["total_predictions"] == 6 and c["videos_evaluated"] == 3 and c["answerer"] == "openai:answerer-llm"
+    assert m["vqa_accuracy"]["mode"] == "direct"  # the direct score is separate
+
+    fake.calls = 0
+    score_outputs(out, cfg=cfg, log=lambda m: None)
+    assert fake.calls == 0  # everything cached
+    # a changed caption invalidates only its own questions
+    cap = out / "tiny" / "base" / "AV_CAPTION" / "caption.jsonl"
+    with RecordWriter(cap) as w:
+        w.append({"key": "v3", "video_id": "v3", "text": "It slows.", "caption": None, "caption_text": "It slows.", "error": None})
+    m = score_outputs(out, cfg=cfg, log=lambda m: None)[0]
+    assert fake.calls == 1 and m["vqa_accuracy_caption_mode"]["overall"] == pytest.approx(4 / 6)
+
+
+# ----------------------------------------------------------------------------- end to end on real inference outputs
+
+
+@pytest.mark.slow
+def test_end_to_end_on_inference_outputs(tmp_path, tiny_model_dir, infer_data_dir, judge_dir):
+    infer = pytest.importorskip("avcap.infer")
+    if not hasattr(infer, "run_inference"):
+        pytest.skip("avcap.infer.run_inference is not available yet")
+    from avcap.metrics.bleu import corpus_bleu
+    from avcap.metrics.mcq import parse_choice
+    from avcap.score import score_outputs
+
+    data = tmp_path / "eval"
+    shutil.copytree(infer_data_dir, data)
+    with RecordWriter(data / "AV_CAPTION" / "captions.jsonl") as w:
+        for i in range(4):
+            w.append({"key": f"clip{i:02d}", "video_id": f"clip{i:02d}", "caption": f"The ego vehicle drives on road {i}."})
+    cfg_file = tmp_path / "recipe.toml"
+    cfg_file.write_text(f"""
+[policy]
+model_name_or_path = "{tiny_model_dir}"
+[custom.vision]
+nframes = 4
+max_pixels = 6144
+[avcap.engine]
+batch_size = 2
+device = "cpu"
+[avcap.sampling.caption]
+temperature = 0.0
+max_tokens = 8
+[avcap.sampling.mcq]
+max_tokens = 3
+[avcap.sampling.lingoqa]
+max_tokens = 4
+[avcap.metrics]
+lingoqa_judge = "{judge_dir}"
+[avcap.datasets.AV_CAPTION]
+kind = "av_caption"
+root = "{data / 'AV_CAPTION'}"
+[avcap.datasets.LINGOQA]
+kind = "lingoqa"
+root = "{data / 'LINGOQA'}"
+""")
+    cfg = load_config(cfg_file)
+    out = tmp_path / "outputs"
+    for ds in ("AV_CAPTION", "LINGOQA"):
+        infer.run_inference(cfg, dataset=ds, model_name="tiny", outputs_dir=out, progress=False)
+    results = score_outputs(out, cfg=cfg, log=lambda m: None)
+    assert sorted(r["dataset"] for r in results) == ["AV_CAPTION", "LINGOQA"]
+    av_dir = out / "tiny" / "base" / "AV_CAPTION"
+    m = read_json(av_dir / "metrics.json")
+    caps = {r["video_id"]: r for r in read_records(av_dir / "caption.jsonl")}
+    ids = sorted(v for v in caps if v != "clip99")  # clip99 has no reference caption
+    expected = corpus_bleu([caps[v]["caption_text"] or "" for v in ids],
+                           [[f"The ego vehicle drives on road {int(v[-2:])}."] for v in ids])
+    assert m["bleu"]["value"] == expected and m["bleu"]["n"] == 4
+    mcq = read_records(av_dir / "mcq.jsonl")
+    right = sum(1 for r in mcq if not r["error"] and parse_choice(r["text"], r["choices"]) == r["answer"])
+    assert m["vqa_accuracy"]["total_predictions"] == len(mcq) == 15
+    assert m["vqa_accuracy"]["overall"] == pytest.approx(right / 15) and m["vqa_accuracy"]["videos_evaluated"] == 5
+    lq = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")["lingoqa"]
+    assert lq["rows"] == 6 and lq["questions"] == 6 and lq["reference_rows"] == 12 and 0.0 <= lq["score"] <= 1.0
