@@ -177,16 +177,20 @@ def builtin_corpus(seed: int = 0, n: int = 3000) -> list[str]:
     return out
 
 
+CORPUS_SCENES = 50  # the synthetic world's vocabulary is closed: 50 scenes give ~98% of the BPE vocabulary 400 give
+
+
 def default_corpus(seed: int = 0) -> list[str]:
     """The synthetic world's text (`avcap.synth.text_corpus`) when available, plus the built-in corpus."""
     texts: list[str] = []
     try:
-        from avcap.synth import text_corpus  # the synth step's captions, answers and questions
+        from avcap.synth import text_corpus  # captions, annotation JSONs and LingoQA QA of sampled scenes
     except ImportError:
         text_corpus = None
     if text_corpus is not None:
-        takes_seed = "seed" in inspect.signature(text_corpus).parameters
-        texts.extend(text_corpus(seed=seed) if takes_seed else text_corpus())
+        params = inspect.signature(text_corpus).parameters
+        kwargs = {k: v for k, v in (("n_scenes", CORPUS_SCENES), ("seed", seed)) if k in params}
+        texts.extend(text_corpus(**kwargs))
     texts.extend(builtin_corpus(seed))
     return texts
 
