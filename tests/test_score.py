@@ -329,3 +329,18 @@ root = "{data / 'LINGOQA'}"
     assert m["vqa_accuracy"]["overall"] == pytest.approx(right / 15) and m["vqa_accuracy"]["videos_evaluated"] == 5
     lq = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")["lingoqa"]
     assert lq["rows"] == 6 and lq["questions"] == 6 and lq["reference_rows"] == 12 and 0.0 <= lq["score"] <= 1.0
+
+
+def test_answerer_that_cannot_start_does_not_stop_scoring(tmp_path):
+    from avcap.score import find_output_sets, score_outputs
+
+    data = _dataset(tmp_path / "data")
+    out = tmp_path / "outputs"
+    _outputs(out, data)
+    shutil.rmtree(out / "tiny" / "base" / "LINGOQA")
+    # an engine table without a model: make_engine refuses
+    cfg = load_config(None, {"avcap": {"metrics": {"caption_mode_answerer": {"name": "openai"}}}})
+    m = score_outputs(out / "tiny", cfg=cfg, log=lambda m: None)[0]  # a model directory works too
+    assert "vqa_accuracy_caption_mode" not in m and "caption_mode_answerer" in m["vqa_accuracy_caption_mode_error"]
+    assert m["bleu"]["n"] == 3 and m["vqa_accuracy"]["total_predictions"] == 6
+    assert find_output_sets(out / "tiny" / "base" / "AV_CAPTION") == [out / "tiny" / "base" / "AV_CAPTION"]

@@ -46,14 +46,14 @@ class ScoreError(ValueError):
 
 
 def find_output_sets(outputs_dir: Path) -> list[Path]:
-    """Every `<model>/<label>/<dataset>` directory holding inference outputs (or DIR itself)."""
+    """Every directory holding inference outputs: `DIR/<model>/<label>/<dataset>` (or DIR itself,
+    or one or two levels of it, e.g. `DIR` = outputs/<model>)."""
     outputs_dir = Path(outputs_dir)
-    if any((outputs_dir / f).exists() for f in OUTPUT_FILES):
-        return [outputs_dir]
-    found = []
-    for d in sorted(outputs_dir.glob("*/*/*")):
-        if d.is_dir() and any((d / f).exists() for f in OUTPUT_FILES):
-            found.append(d)
+    found: list[Path] = []
+    for pattern in ("", "*", "*/*", "*/*/*"):
+        for d in sorted(outputs_dir.glob(pattern)) if pattern else [outputs_dir]:
+            if d.is_dir() and any((d / f).exists() for f in OUTPUT_FILES) and d not in found:
+                found.append(d)
     return found
 
 
@@ -119,6 +119,7 @@ class _Judges:
         self._judge = None
         self._judge_error: Optional[str] = None
         self._answerer = None
+        self._answerer_error: Optional[Exception] = None
         self._llm = None
 
     def lingo(self):
@@ -137,10 +138,16 @@ class _Judges:
         ecfg = self.cfg.avcap.metrics.caption_mode_answerer
         if ecfg is None:
             return None, None
+        if self._answerer_error is not None:
+            raise self._answerer_error
         if self._answerer is None:
             from avcap.engines import make_engine
 
-            self._answerer = make_engine(ecfg, vision=self.cfg.eval_vision)
+            try:
+                self._answerer = make_engine(ecfg, vision=self.cfg.eval_vision)
+            except Exception as exc:
+                self._answerer_error = exc
+                raise
         return self._answerer, f"{ecfg.name}:{ecfg.model}" + (" (reasoning)" if ecfg.reasoning else "")
 
     def llm(self):
@@ -236,15 +243,21 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
         else:
             from avcap.metrics.mcq import CAPTION_MODE_FILE, caption_mode_records, mcq_scores
 
-            engine, answerer = judges.answerer()
-            recs = caption_mode_records(
-                iter_records(vqa), captions, engine, cfg.avcap.sampling.mcq, run_dir / CAPTION_MODE_FILE,
-                answerer=answerer, system=cfg.avcap.prompts.system, mcq_suffix=cfg.avcap.prompts.mcq_suffix, log=log,
-            )
-            block = mcq_scores(recs, mode="caption")
-            block["answerer"] = answerer
-            block["answers_file"] = CAPTION_MODE_FILE
-            metrics["vqa_accuracy_caption_mode"] = block
+            try:
+                engine, answerer = judges.answerer()
+                recs = caption_mode_records(
+                    iter_records(vqa), captions, engine, cfg.avcap.sampling.mcq, run_dir / CAPTION_MODE_FILE,
+                    answerer=answerer, system=cfg.avcap.prompts.system, mcq_suffix=cfg.avcap.prompts.mcq_suffix, log=log,
+                )
+            except Exception as exc:  # the answerer cannot start: the other metrics still count
+                metrics["vqa_accuracy_caption_mode_error"] = (
+                    f"[avcap.metrics.caption_mode_answerer]: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                )
+            else:
+                block = mcq_scores(recs, mode="caption")
+                block["answerer"] = answerer
+                block["answers_file"] = CAPTION_MODE_FILE
+                metrics["vqa_accuracy_caption_mode"] = block
 
     # LingoQA
     pred_csv = _lingoqa_csv(run_dir) if any((run_dir / f).exists() for f in ("lingoqa.jsonl", "lingoqa_predictions.csv")) else None
@@ -330,8 +343,9 @@ def score_outputs(
             log(f"avcap score: {d}")
             m = score_one(d, cfg, judges, log)
             write_json_atomic(d / "metrics.json", m)
-            if m.get("lingoqa_error"):
-                log(f"  lingoqa: {m['lingoqa_error']}")
+            for key in ("lingoqa_error", "vqa_accuracy_caption_mode_error", "lingoqa_llm_judge_error"):
+                if m.get(key):
+                    log(f"  {key}: {m[key]}")
             for n in m.get("notes", []):
                 log(f"  note: {n}")
             results.append(m)
