@@ -8,7 +8,7 @@ The ego's lanes lie at X > 0, oncoming lanes at X < 0. Headings are degrees cloc
 oncoming).
 
 Camera: pinhole at height CAM_HEIGHT, no pitch/roll, horizon at HORIZON_FRAC of the image height,
-focal length FOCAL_FRAC · width (about 64° horizontal field of view).
+focal length FOCAL_FRAC · width (about 78° horizontal field of view, a dash-cam's wide view).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 LANE_W = 3.5
 CAM_HEIGHT = 1.45
 HORIZON_FRAC = 0.42
-FOCAL_FRAC = 0.8
+FOCAL_FRAC = 0.62
 NEAR = 0.6
 CAM_FORWARD = 0.0  # camera position = the car's reference point
 

@@ -245,6 +245,8 @@ class Renderer:
             amb *= 1.4
         self.light = np.array(TINT[self.tod], np.float32) * amb
         self.fog_col = self.sky_hor.copy()
+        self._light3 = tuple(float(v) for v in self.light)
+        self._fog3 = tuple(float(v) for v in self.fog_col)
         self.fog_len = FOG_LENGTH[self.weather]
         if self.tod == "night":
             self.fog_len = min(self.fog_len, 140.0) if self.weather != "fog" else self.fog_len
@@ -458,15 +460,17 @@ class Renderer:
 
     # ---- shading helpers
     def _shade(self, rgb, depth: float, face: float = 1.0, emissive: bool = False, lit: float = 0.0):
-        c = np.asarray(rgb, np.float32)
+        r, g, b = float(rgb[0]), float(rgb[1]), float(rgb[2])
         if not emissive:
-            c = c * face * self.light * (1.0 + lit)
+            k = face * (1.0 + lit)
+            lr, lg, lb = self._light3
+            r, g, b = r * k * lr, g * k * lg, b * k * lb
         f = 1.0 - math.exp(-max(depth, 0.0) / self.fog_len)
         if emissive:
             f *= 0.7
-        c = c * (1 - f) + self.fog_col * f
-        c = np.clip(c, 0, 255)
-        return (int(c[0]), int(c[1]), int(c[2]))
+        fr, fg, fb = self._fog3
+        r, g, b = r * (1 - f) + fr * f, g * (1 - f) + fg * f, b * (1 - f) + fb * f
+        return (int(min(255.0, max(0.0, r))), int(min(255.0, max(0.0, g))), int(min(255.0, max(0.0, b))))
 
     def _headlit(self, cam_x: float, cam_z: float) -> float:
         if not self.headlights or cam_z < 1.0:
@@ -487,7 +491,7 @@ class Renderer:
         for p in self.props:
             d, lx = depth_of(p.x, p.z)
             reach = max(p.data.get("length", 4.0), p.data.get("width", 4.0)) if p.kind in ("building", "barrier", "rail") else 4.0
-            if d < -reach or d > DRAW_DISTANCE or abs(lx) > (max(d, 0) + reach) * half + reach:
+            if d < -reach or d > min(DRAW_DISTANCE, 4.0 * self.fog_len + reach) or abs(lx) > (max(d, 0) + reach) * half + reach:
                 continue
             items.append((d, "prop", (p,)))
         for v in rec.vehicles:
@@ -540,41 +544,43 @@ class Renderer:
         cam_c = G.to_camera(corners, pose)
         if (cam_c[:, 2] < G.NEAR).all():
             return
-        faces = {
-            "front": (0, 1, 5, 4),
-            "back": (2, 3, 7, 6),
-            "right": (3, 0, 4, 7),
-            "left": (1, 2, 6, 5),
-            "top": (4, 5, 6, 7),
-        }
-        shade_f = {"front": 0.92, "back": 0.9, "right": 0.72, "left": 0.72, "top": 1.08}
-        centre = cam_c.mean(axis=0)
+        cc = cam_c.tolist()
+        cx_, cy_, cz_ = (sum(p[i] for p in cc) / 8.0 for i in range(3))
         order = []
-        for name, idx in faces.items():
-            fc = cam_c[list(idx)].mean(axis=0)
-            n = fc - centre
-            if float(np.dot(n, fc)) >= 0:  # facing away
+        for name, idx in _FACES:
+            pts = [cc[i] for i in idx]
+            fx = (pts[0][0] + pts[1][0] + pts[2][0] + pts[3][0]) / 4
+            fy = (pts[0][1] + pts[1][1] + pts[2][1] + pts[3][1]) / 4
+            fz = (pts[0][2] + pts[1][2] + pts[2][2] + pts[3][2]) / 4
+            if (fx - cx_) * fx + (fy - cy_) * fy + (fz - cz_) * fz >= 0:  # facing away
                 continue
-            order.append((float(np.linalg.norm(fc)), name, idx))
+            order.append((fx * fx + fy * fy + fz * fz, name, pts, fz))
         order.sort(key=lambda o: -o[0])
-        for dist, name, idx in order:
+        for _, name, pts, fz in order:
             base = (face_colors or {}).get(name, color)
             if name == "top" and top_color is not None:
                 base = top_color
-            depth = max(0.1, float(cam_c[list(idx), 2].mean()))
-            col = self._shade(base, depth, shade_f[name], emissive, lit)
-            pts = corners[list(idx)]
-            self._poly(draw, pose, pts, col)
+            depth = max(0.1, fz)
+            sf = _SHADE_F[name]
+            self._poly_cam(draw, pts, self._shade(base, depth, sf, emissive, lit))
             if decals and name in decals:
                 p0, p1, p3 = pts[0], pts[1], pts[3]
+                ex = [p1[i] - p0[i] for i in range(3)]
+                ey = [p3[i] - p0[i] for i in range(3)]
                 for s0, s1, t0, t1, rgb, emis in decals[name]:
-                    q = np.array([
-                        p0 + s0 * (p1 - p0) + t0 * (p3 - p0),
-                        p0 + s1 * (p1 - p0) + t0 * (p3 - p0),
-                        p0 + s1 * (p1 - p0) + t1 * (p3 - p0),
-                        p0 + s0 * (p1 - p0) + t1 * (p3 - p0),
-                    ])
-                    self._poly(draw, pose, q, self._shade(rgb, depth, 1.0 if emis else shade_f[name], emis, lit))
+                    q = [[p0[i] + s * ex[i] + t * ey[i] for i in range(3)] for s, t in ((s0, t0), (s1, t0), (s1, t1), (s0, t1))]
+                    self._poly_cam(draw, q, self._shade(rgb, depth, 1.0 if emis else sf, emis, lit))
+
+    def _poly_cam(self, draw, pts, color) -> None:
+        """Fill a polygon given in camera coordinates (clipped at the near plane)."""
+        near = G.NEAR
+        if any(p[2] < near for p in pts):
+            arr = _clip_near(np.array(pts, np.float64))
+            if arr is None:
+                return
+            pts = arr.tolist()
+        f, cx, cy = self.cam.f, self.cam.cx, self.cam.cy
+        draw.polygon([(cx + f * p[0] / p[2], cy - f * p[1] / p[2]) for p in pts], fill=color)
 
     def _glow(self, draw, pose, x, y, z, radius_m, rgb, strength=1.0):
         cp = G.to_camera(np.array([[x, y, z]]), pose)[0]
@@ -910,6 +916,16 @@ class Renderer:
         out *= 0.93
         out[ys, xs] = out[ys, xs] * 0.45 + streak * 0.55
         return np.clip(out, 0, 255).astype(np.uint8)
+
+
+_FACES = (
+    ("front", (0, 1, 5, 4)),
+    ("back", (2, 3, 7, 6)),
+    ("right", (3, 0, 4, 7)),
+    ("left", (1, 2, 6, 5)),
+    ("top", (4, 5, 6, 7)),
+)
+_SHADE_F = {"front": 0.92, "back": 0.9, "right": 0.72, "left": 0.72, "top": 1.08}
 
 
 def _idnum(oid: str) -> int:

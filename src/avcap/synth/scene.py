@@ -273,6 +273,8 @@ class TrafficLight(_Model):
     state_at_start: LightState
     state_at_end: LightState
     changes: bool = Field(description="the state changes during the clip")
+    start_s: float = Field(default=0.0, description="first visible (the main head is in the frame)")
+    end_s: float = Field(default=0.0, description="last visible (< duration_s: it leaves the view, e.g. in a turn)")
 
 
 class Vehicle(_Model):
@@ -324,8 +326,12 @@ class Pedestrian(_Model):
     distance_m: float = Field(description="distance ahead of the ego at t=0")
     start_s: float = Field(description="first visible")
     end_s: float = Field(description="last visible")
-    cross_start_s: Optional[float] = Field(default=None, description="crossing: starts stepping onto the road")
-    cross_end_s: Optional[float] = Field(default=None, description="crossing: reaches the far kerb")
+    cross_start_s: Optional[float] = Field(
+        default=None, description="crossing: starts stepping onto the road (0.0: already crossing when the clip starts)"
+    )
+    cross_end_s: Optional[float] = Field(
+        default=None, description="crossing: reaches the far kerb (> duration_s: still crossing at the end)"
+    )
     track: list[tuple[float, float, float, float]] = Field(
         description="pose keyframes (t s, world X m, world Z m, heading deg), linear in between; "
         "the renderer draws from it"
@@ -356,6 +362,8 @@ class Sign(_Model):
     color: str = Field(description="dominant face colour in words, e.g. 'red', 'white', 'orange'")
     distance_m: float = Field(description="distance ahead at t=0 (= world Z of the sign)")
     x_m: float = Field(description="world X of the sign post")
+    start_s: float = Field(default=0.0, description="first visible")
+    end_s: float = Field(default=0.0, description="last visible")
 
 
 class Construction(_Model):

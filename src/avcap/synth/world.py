@@ -49,6 +49,9 @@ MANEUVERS = (
     "stopped",
     "accelerating",
 )
+# close to uniform; stopping stories a little more often so that "is the ego moving at the end?"
+# is not almost always yes
+MANEUVER_WEIGHTS = (0.115, 0.12, 0.12, 0.11, 0.11, 0.14, 0.145, 0.14)
 ENVIRONMENTS = ("urban", "suburban", "rural", "highway")
 # environment weights per maneuver: every environment has probability 1/4 overall
 _ENV_WEIGHTS = {
@@ -351,7 +354,7 @@ def sample_scene(
     st = _Story(seed, duration_s, fps, width, height)
     r, T = st.r, st.T
 
-    maneuver = r.pick(MANEUVERS)
+    maneuver = r.pick(MANEUVERS, p=MANEUVER_WEIGHTS)
     group = "turn" if maneuver.endswith("_turn") else "lane_change" if maneuver.startswith("lane_change") else "other"
     w = _ENV_WEIGHTS[group]
     env = r.pick(list(w), p=list(w.values()))
@@ -408,10 +411,12 @@ def _sample_road(st: _Story) -> None:
         junction = r.pick(("four_way", "t_junction"))
     elif env == "highway":
         junction = "none"
-    elif env in ("urban", "suburban"):
-        junction = r.pick(("none", "four_way", "t_junction"), p=(0.4, 0.4, 0.2))
+    elif env == "urban":
+        junction = r.pick(("none", "four_way", "t_junction"), p=(0.15, 0.65, 0.2))
+    elif env == "suburban":
+        junction = r.pick(("none", "four_way", "t_junction"), p=(0.2, 0.55, 0.25))
     else:
-        junction = r.pick(("none", "t_junction", "four_way"), p=(0.55, 0.3, 0.15))
+        junction = r.pick(("none", "t_junction", "four_way"), p=(0.45, 0.3, 0.25))
     junction_side = None
     if junction == "t_junction":
         junction_side = {"left_turn": "left", "right_turn": "right"}.get(man) or r.pick(("left", "right"))
@@ -419,11 +424,11 @@ def _sample_road(st: _Story) -> None:
     if junction == "none":
         control = "none"
     elif env == "urban":
-        control = r.pick(("light", "stop", "none"), p=(0.7, 0.2, 0.1))
+        control = r.pick(("light", "stop", "none"), p=(0.8, 0.15, 0.05))
     elif env == "suburban":
-        control = r.pick(("light", "stop", "none"), p=(0.4, 0.4, 0.2))
+        control = r.pick(("light", "stop", "none"), p=(0.65, 0.3, 0.05))
     else:
-        control = r.pick(("light", "stop", "none"), p=(0.2, 0.5, 0.3))
+        control = r.pick(("light", "stop", "none"), p=(0.35, 0.45, 0.2))
     curve = "straight"
     curvature = 0.0
     if junction == "none" and r.chance(0.6):
@@ -433,7 +438,7 @@ def _sample_road(st: _Story) -> None:
     parking = env in ("urban", "suburban") and r.chance(0.55)
     crosswalk = False
     if env in ("urban", "suburban"):
-        crosswalk = r.chance(0.6) if junction != "none" else r.chance(0.3)
+        crosswalk = r.chance(0.75) if junction != "none" else r.chance(0.45)
     buildings = {
         "urban": r.pick(("shops", "high_rise")),
         "suburban": "houses",
@@ -527,7 +532,7 @@ def _sample_ego(st: _Story) -> None:
             place_junction(r.u(0.35, 1.1) * prof.dist(T) + 6)
             if L["control"] == "stop":
                 L["control"] = "none"  # the ego's road has priority
-            if L["control"] == "light" and r.chance(0.25):
+            if L["control"] == "light" and r.chance(0.4):
                 variant = "ran_red"
                 info["violation"] = "ran_red_light"
         elif L["crosswalk"] and r.chance(0.5):
@@ -542,17 +547,24 @@ def _sample_ego(st: _Story) -> None:
         ego_lane = L["ego_l"] - 1 if turn == "left" else 0
         u = lane_u(L, ego_lane)
         W = L["cross_w"]
+        if L["control"] == "stop" and turn == "left" and L["ego_l"] > 1:
+            L["control"] = "light"  # a kerb-side stop sign would be out of view from the left lane
         if L["control"] == "light":
             variant = r.pick(("flow", "from_red"))
         elif L["control"] == "stop":
             variant = "stop_sign"
-        v_turn = r.u(16, 22)
+        if variant != "flow" and T < 8:
+            L["crosswalk"] = False  # a short clip has no room for the extra distance
+            cw = 2.0
         v0 = min(_cruise(st), 45.0)
         if turn == "right":
             radius, target_z = 5.0, G.LANE_W / 2
         else:
             radius, target_z = W / 2 + 2.75 + (u - G.LANE_W / 2), W / 2 + G.LANE_W / 2
-        t_arc = (math.pi * radius / 2) / (v_turn / 3.6)
+        arc_len = math.pi * radius / 2
+        # turning speed: 16-22 km/h, faster when needed so the turn fits in about half the clip
+        v_turn = min(32.0, max(r.u(16, 22), arc_len / (0.5 * T) * 3.6))
+        t_arc = arc_len / (v_turn / 3.6)
         if variant == "flow":
             t_a = r.u(0.15, 0.3) * T if T < 10 else r.u(0.3, 0.5) * T
             t_b = max(0.0, t_a - min(3.0, 0.3 * T))
@@ -565,15 +577,20 @@ def _sample_ego(st: _Story) -> None:
             if variant == "from_red":
                 approach = [(0.0, 0.0)]
                 t_rest0 = 0.0
-                t_go = r.u(0.1, 0.2) * T + 0.2
+                t_go = r.u(0.05, 0.15) * T + 0.2
             else:  # stop sign: roll up, stop, go
-                t_rest0 = r.u(0.12, 0.2) * T
-                t_go = t_rest0 + max(0.5, r.u(0.08, 0.15) * T)
+                t_rest0 = r.u(0.08, 0.15) * T
+                t_go = t_rest0 + max(0.4, r.u(0.06, 0.12) * T)
                 approach = [(0.0, min(v0, 25.0)), (t_rest0, 0.0)]
             z_rest = Profile(approach + [(t_go, 0.0)]).dist(t_go)
             place_junction(junction_for_rest(z_rest, False))
             z_a = junction_z + target_z - radius
-            acc = max(0.5, 2 * (z_a - z_rest) / (v_turn / 3.6))
+            gap = max(0.5, z_a - z_rest)
+            # pull away at about 3 m/s² and enter the arc at the speed reached (at most 25 km/h)
+            v_in = min(7.0, max(3.0, math.sqrt(2 * 3.0 * gap)))
+            acc = 2 * gap / v_in
+            v_turn = v_in * 3.6
+            t_arc = arc_len / v_in
             prof = Profile(approach + [(t_go, 0.0), (t_go + acc, v_turn), (t_go + acc + t_arc, v_turn),
                                        (max(T, t_go + acc + t_arc + 0.1), v_turn + r.u(3, 10))])
             t_a = t_go + acc
@@ -604,6 +621,9 @@ def _sample_ego(st: _Story) -> None:
                 L["control"] = "none"
         st.lead_wanted = variant == "slow_lead"
     elif man == "slowing":
+        if st.env in ("urban", "suburban") and r.chance(0.5):
+            L["crosswalk"] = True
+            cw = 5.0 if L["junction"] != "none" else cw
         v0 = _cruise(st)
         reasons = ["lead"]
         if L["junction"] != "none" and L["control"] == "light":
@@ -611,14 +631,16 @@ def _sample_ego(st: _Story) -> None:
         if L["junction"] != "none" and L["control"] == "stop":
             reasons += ["stop_sign", "stop_sign"]
         if L["crosswalk"]:
-            reasons += ["pedestrian"]
+            reasons += ["pedestrian", "pedestrian"]
         if st.env == "highway":
             reasons = ["lead"]
         variant = reason = r.pick(reasons)
+        if reason == "stop_sign":
+            ego_lane = 0  # the stop sign stands at the right kerb: keep it in view
         st.lead_wanted = True if reason == "lead" else (False if reason == "pedestrian" else r.chance(0.4))
         t_stop = r.u(0.72, 0.9) * T
         t_brake = max(0.05 * T, t_stop - min(0.6 * T, 7.0))
-        if reason == "lead" and r.chance(0.5 if st.env != "highway" else 0.7):
+        if reason == "lead" and r.chance(0.35 if st.env != "highway" else 0.5):
             v_end = round(v0 * r.u(0.3, 0.5), 1)  # slows to a crawl, does not stop
             prof = Profile([(0, v0), (t_brake, v0), (t_stop, v_end), (T, v_end)])
         else:
@@ -641,6 +663,9 @@ def _sample_ego(st: _Story) -> None:
         path = StraightPath(lane_u(L, ego_lane), 1, L["curvature"])
         st.follow_lag = r.u(0.5, 1.0)
     elif man == "stopped":
+        if st.env in ("urban", "suburban") and r.chance(0.5):
+            L["crosswalk"] = True
+            cw = 5.0 if L["junction"] != "none" else cw
         prof = Profile([(0, 0), (T, 0)])
         reasons = ["jam"]
         if L["junction"] != "none" and L["control"] == "light":
@@ -648,8 +673,10 @@ def _sample_ego(st: _Story) -> None:
         if L["junction"] != "none" and L["control"] == "stop":
             reasons += ["stop_sign", "stop_sign"]
         if L["crosswalk"]:
-            reasons += ["pedestrian"]
+            reasons += ["pedestrian", "pedestrian"]
         variant = reason = r.pick(reasons)
+        if reason == "stop_sign":
+            ego_lane = 0  # the stop sign stands at the right kerb: keep it in view
         info.update(stops=True, stop_start=0.0, stop_reason={"jam": "lead_vehicle", "red": "red_light",
                     "stop_sign": "stop_sign", "pedestrian": "pedestrian"}[reason])
         st.lead_wanted = True if reason == "jam" else (r.chance(0.35) if reason == "red" else False)
@@ -799,7 +826,7 @@ def _sample_light_and_signs(st: _Story) -> None:
     # signs
     if L["junction"] != "none" and L["control"] == "stop":
         st.signs.append(Sign(id=st.new_id("sign"), kind="stop", side="right", text="STOP", color="red",
-                             distance_m=round(zj - 0.3, 2), x_m=round(right_edge_u(L) + 1.0, 2)))
+                             distance_m=round(zj + 0.5, 2), x_m=round(right_edge_u(L) + 1.0, 2)))
     if L["junction"] == "t_junction" and L["control"] == "none" and r.chance(0.4) and info["stops"] is False:
         # the side road yields; a yield sign faces it (drawn on our right for visibility)
         st.signs.append(Sign(id=st.new_id("sign"), kind="yield", side="right", text="", color="red and white",
@@ -885,6 +912,11 @@ def _sample_others(st: _Story) -> None:
             gap0 = gap_at_change + (v_e - v_l) / 3.6 * info["m_start"]
             motion = Mover(lane_path, Profile([(0, v_l), (T, v_l)]), s0=gap0)
             attrs = _vehicle_attrs(st, vtype, color, "lead", "steady")
+        elif man == "straight" and zj is not None and variant != "ran_red" and r.chance(0.5) and \
+                (turning := _lead_turn_off(st, size)) is not None:
+            motion, d, t_a, t_b = turning
+            attrs = _vehicle_attrs(st, vtype, color, "lead", f"turning_{d}", maneuver_start_s=round(t_a, 2),
+                                   maneuver_end_s=round(min(T, t_b), 2))
         else:
             # follows the ego's own speed profile `lag` seconds ahead of it, on the same path
             motion = Mover(st.ego.path, prof, s0=st.lead_gap0 + prof.dist(lag), lag=lag)
@@ -932,6 +964,8 @@ def _sample_others(st: _Story) -> None:
             color = r.pick(COLORS)
             lo, hi = CRUISE_KMH[env]
             v = r.u(lo, hi)
+            if light_scene and start_red and zj is not None and man == "left_turn":
+                continue  # they would drive straight into the ego's left turn on the green
             if light_scene and start_red and zj is not None:
                 # queued at the far stop line while red, pulling away when green
                 size = G.VEHICLE_SIZE[vtype]
@@ -964,6 +998,17 @@ def _sample_others(st: _Story) -> None:
             vp = Profile([(0, v), (T, v)])
             z_ego = ego.pose(t_p)[1]
             z0 = z_ego + vp.dist(t_p)
+            if L["onc_l"] >= 2 and r.chance(0.35) and t_p > 0.4 * T:
+                # changes to the other oncoming lane well before it passes the ego
+                k2 = 1 if lane == 0 else lane - 1
+                shift = -(onc_lane_u(L, k2) - u)  # its right is -X
+                dur = min(max(1.0, 0.3 * T), 3.5)
+                t0 = max(0.0, t_p - dur - r.u(0.2, 0.6) * T)
+                motion = Mover(StraightPath(u, -1, L["curvature"], z0=z0), vp, lat_from=0.0, lat_to=shift, lat_t0=t0, lat_t1=t0 + dur)
+                d = "right" if shift > 0 else "left"
+                _add_vehicle(st, motion, _vehicle_attrs(st, vtype, color, "oncoming", f"lane_change_{d}",
+                                                        maneuver_start_s=round(t0, 2), maneuver_end_s=round(min(T, t0 + dur), 2)))
+                continue
             motion = Mover(StraightPath(u, -1, L["curvature"], z0=z0), vp)
             _add_vehicle(st, motion, _vehicle_attrs(st, vtype, color, "oncoming", "steady"))
 
@@ -1026,7 +1071,15 @@ def _sample_others(st: _Story) -> None:
                 attrs = _vehicle_attrs(st, vtype, color, "adjacent", beh)
                 # a lane change by the other vehicle (never into the ego's lane or path)
                 if not info["lane_change"] and L["ego_l"] == 3 and abs(lane - st.ego_lane) == 2 and r.chance(0.6):
-                    pass
+                    # moves into the middle lane (next to the ego's lane, never into it)
+                    t0 = r.u(0.1, 0.4) * T
+                    dur = min(max(1.2, 0.35 * T), 4.0)
+                    mid_lane = (lane + st.ego_lane) // 2
+                    shift = lane_u(L, mid_lane) - u
+                    motion = Mover(path, vp, s0=s0, lat_from=0.0, lat_to=shift, lat_t0=t0, lat_t1=t0 + dur)
+                    d = "right" if shift > 0 else "left"
+                    attrs = _vehicle_attrs(st, vtype, color, "adjacent", f"lane_change_{d}", maneuver_start_s=round(t0, 2),
+                                           maneuver_end_s=round(min(T, t0 + dur), 2))
                 elif not info["lane_change"] and st.lead_id is None and r.chance(0.45) and abs(lane - st.ego_lane) == 1 and not man.endswith("_turn") and man != "stopped":
                     # cuts into the ego's lane well ahead, faster than the ego
                     v = prof.kmh(0) + r.u(8, 15)
@@ -1079,6 +1132,43 @@ def _sample_others(st: _Story) -> None:
     _sample_construction(st)
 
 
+def _lead_turn_off(st: _Story, size) -> Optional[tuple]:
+    """The lead vehicle turns off into the side road while the ego goes straight on; None when it
+    cannot without the ego catching up with it."""
+    r, T, L = st.r, st.T, st.layout
+    zj, W = st.junction_z, L["cross_w"]
+    if L["junction"] == "t_junction":
+        d = L["junction_side"]
+    else:
+        d = r.pick(("left", "right"))
+    lane = L["ego_l"] - 1 if d == "left" else 0
+    if lane != st.ego_lane:
+        return None
+    u = lane_u(L, lane)
+    if d == "right":
+        radius, target_z = 5.0, G.LANE_W / 2
+    else:
+        radius, target_z = W / 2 + 2.75 + (u - G.LANE_W / 2), W / 2 + G.LANE_W / 2
+    z_a = zj + target_z - radius
+    v0 = st.ego_prof.kmh(0)
+    v_t = r.u(18, 24)
+    arc = math.pi * radius / 2
+    t_a = r.u(0.3, 0.55) * T
+    t_b0 = max(0.0, t_a - min(2.5, 0.3 * T))
+    lp = Profile([(0, v0), (t_b0, v0), (t_a, v_t), (t_a + arc / (v_t / 3.6), v_t), (T + 5, v_t + 10)])
+    s0 = z_a - lp.dist(t_a)
+    path = TurnPath(u, z_a, radius, d)
+    m = Mover(path, lp, s0=s0)
+    # the gap to the ego must stay above a car length until the lead has left the ego's path
+    for t in np.linspace(0, min(T, t_a + 0.6 * arc / (v_t / 3.6)), 25):
+        gap = m.s(float(t)) - st.ego_prof.dist(float(t))
+        if gap < size[0] / 2 + 6.0:
+            return None
+    if s0 < 8:
+        return None
+    return m, d, t_a, t_a + arc / (v_t / 3.6)
+
+
 def _state_at(phases, t):
     for s, a, b in phases:
         if a <= t < b:
@@ -1112,7 +1202,7 @@ def _sample_people(st: _Story) -> None:
     if cross_ok:
         if info["stop_reason"] == "pedestrian":
             n_cross = r.pick((1, 2, 3), p=(0.5, 0.3, 0.2))
-        elif info["stop_reason"] in ("red_light", "stop_sign") and r.chance(0.6):
+        elif info["stop_reason"] in ("red_light", "stop_sign") and r.chance(0.85):
             n_cross = r.pick((1, 2), p=(0.7, 0.3))
     if n_cross:
         t_rest = info["stop_start"] if info["stop_start"] is not None else 0.0
@@ -1124,7 +1214,9 @@ def _sample_people(st: _Story) -> None:
             direction = r.pick(("left_to_right", "right_to_left"))
             xs, xe = (x_left, x_right) if direction == "left_to_right" else (x_right, x_left)
             width = abs(xe - xs)
-            if info["stop_reason"] == "pedestrian":
+            if info["stop_reason"] == "pedestrian" and st.maneuver == "stopped":
+                t0 = -r.u(0.25, 0.5) * width / speed  # already on the crosswalk when the clip starts
+            elif info["stop_reason"] == "pedestrian":
                 t0 = max(0.0, (info["m_start"] or 0.0) - r.u(0.3, 1.0))  # steps out, the ego reacts
             else:
                 t0 = t_rest + r.u(0.0, 0.3) * max(0.5, min(T, t_go) - t_rest)
@@ -1145,10 +1237,27 @@ def _sample_people(st: _Story) -> None:
             if info["stop_reason"] == "pedestrian" and info.get("yields_to") is None:
                 info["yields_to"] = pid
         st.difficulty_reasons.append("pedestrians crossing in front")
+    elif zc is not None and r.chance(0.6):
+        # crossing far ahead: done with the ego's lanes long before the ego gets there
+        kind = "child" if r.chance(0.25) else "adult"
+        speed = 1.3 if kind == "adult" else 1.1
+        direction = r.pick(("left_to_right", "right_to_left"))
+        xs, xe = (x_left, x_right) if direction == "left_to_right" else (x_right, x_left)
+        width = abs(xe - xs)
+        t0 = r.u(-0.5, 0.2) * width / speed
+        t1 = t0 + width / speed
+        z_walk = zc + 1.5
+        t_check = min(t1, T)
+        if z_walk - st.ego_prof.dist(t_check) > 25.0 and not info["turn"]:
+            attrs = person_attrs(kind)
+            attrs.update(action="crossing", crossing_direction=direction, on_crosswalk=True,
+                         start_side="left" if direction == "left_to_right" else "right",
+                         cross_start_s=round(t0, 2), cross_end_s=round(t1, 2))
+            add(Walker([(t0, xs, z_walk), (t1, xe, z_walk)], face=90.0 if direction == "left_to_right" else -90.0), attrs)
 
     # waiting at the kerb / walking along the pavement
-    if L["crosswalk"] or env in ("urban", "suburban"):
-        n = r.pick((0, 1, 2, 3), p=(0.35, 0.3, 0.2, 0.15)) if env in ("urban", "suburban") else r.pick((0, 1), p=(0.7, 0.3))
+    if True:
+        n = r.pick((0, 1, 2, 3), p=(0.2, 0.3, 0.3, 0.2)) if env in ("urban", "suburban") else r.pick((0, 1, 2), p=(0.45, 0.4, 0.15))
         group = 0
         for k in range(n):
             kind = "child" if r.chance(0.25) else "adult"
@@ -1390,7 +1499,8 @@ def _finish(st: _Story, video_id: str) -> SceneRecord:
                 crossing_direction=at.get("crossing_direction"), on_crosswalk=at.get("on_crosswalk", False),
                 carrying=at["carrying"], shirt_color=at["shirt_color"], group_id=None,
                 distance_m=round(cam_xz(a.id, 0)[1], 2), start_s=round(t0, 2), end_s=round(t1, 2),
-                cross_start_s=at.get("cross_start_s"), cross_end_s=at.get("cross_end_s"), track=tracks[a.id],
+                cross_start_s=None if at.get("cross_start_s") is None else max(0.0, at["cross_start_s"]),
+                cross_end_s=at.get("cross_end_s"), track=tracks[a.id],
             ))
         else:
             cyclists.append(Cyclist(
@@ -1470,6 +1580,11 @@ def _finish(st: _Story, video_id: str) -> SceneRecord:
     )
     if road.junction == "none" and st.junction_z is None:
         pass
+    signs = []
+    for s in st.signs:
+        iv = _static_interval(G.box_corners(s.x_m, s.distance_m, 0.0, 0.2, 0.8, 1.9, 2.9), cam, ego_poses, times, 0.012, 90.0)
+        if iv is not None:
+            signs.append(s.model_copy(update={"start_s": iv[0], "end_s": iv[1]}))
     tl = None
     if st.light is not None:
         ph = st.light["phases"]
@@ -1477,6 +1592,10 @@ def _finish(st: _Story, video_id: str) -> SceneRecord:
                           distance_m=round(st.light["z"], 2), x_m=round(st.light["x"], 2), z_m=round(st.light["z"], 2),
                           phases=[LightPhase(state=s, start_s=a, end_s=b) for s, a, b in ph],
                           state_at_start=ph[0][0], state_at_end=ph[-1][0], changes=len(ph) > 1)
+        iv = _static_interval(G.box_corners(st.light["x"], st.light["z"], 0.0, 0.35, 0.55, 2.7, 4.1), cam, ego_poses, times, 0.012, 150.0)
+        if iv is None:
+            iv = (0.0, 0.0)
+        tl = tl.model_copy(update={"start_s": iv[0], "end_s": iv[1]})
     prof = st.ego_prof
     v0, v1 = prof.kmh(0.0), prof.kmh(T)
     trend = _speed_trend(prof, T)
@@ -1541,7 +1660,7 @@ def _finish(st: _Story, video_id: str) -> SceneRecord:
         road=road,
         conditions=st.cond,
         traffic_light=tl,
-        signs=[s for s in st.signs if _sign_visible(s, cam, ego_poses)],
+        signs=signs,
         construction=Construction(**st.construction) if st.construction else None,
         vehicles=vehicles,
         pedestrians=pedestrians_sorted,
@@ -1559,13 +1678,16 @@ def _finish(st: _Story, video_id: str) -> SceneRecord:
     return rec
 
 
-def _sign_visible(s: Sign, cam: G.Camera, ego_poses) -> bool:
-    corners = G.box_corners(s.x_m, s.distance_m, 0.0, 0.2, 0.8, 1.5, 2.6)
-    for p in ego_poses:
+def _static_interval(corners, cam: G.Camera, ego_poses, times, min_frac: float, max_dist: float):
+    """(first, last) time a static object is in view, or None."""
+    vis = []
+    for p, t in zip(ego_poses, times):
         b = G.screen_box(corners, p, cam)
-        if b is not None and b[4] < 90 and (b[3] - b[1]) >= 0.012 * cam.height:
-            return True
-    return False
+        if b is not None and b[4] < max_dist and (b[3] - b[1]) >= min_frac * cam.height:
+            vis.append(float(t))
+    if not vis:
+        return None
+    return round(vis[0], 2), round(vis[-1], 2)
 
 
 def _lane_offset(st: _Story, a: _Actor, role: str) -> int:
