@@ -298,6 +298,7 @@ RULES: list[_Rule] = [
 # token (the 3.4.1 jar keeps most symbols), anything outside the BMP is dropped like the jar does
 
 
+_LOOKAHEAD = 1024  # characters past the end of the current line that a trailing context may read
 _PLAIN_WORD = re.compile(r"[A-Za-z]+(?=[ \n]|$)")
 _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "wanna", "gimme", "lemme"])
 
@@ -308,7 +309,14 @@ def ptb_tokenize_lines(lines: list[str]) -> list[list[str]]:
     text = "\n".join(_OTHER_NEWLINES.sub(" ", line.replace("\n", " ")) for line in lines)
     out: list[list[str]] = [[]]
     i, n = 0, len(text)
+    line_end = -1
     while i < n:
+        if i > line_end:
+            # matches stay within their line plus a short look-ahead into the next one; bounding the
+            # search window keeps `regex` from prescanning the whole remaining text on every call
+            line_end = text.find("\n", i)
+            line_end = n if line_end < 0 else line_end
+            window = min(n, line_end + _LOOKAHEAD)
         # fast path (same result as the rules): a plain ASCII word followed by a space or a line end
         # is a token on its own; no rule can match longer there except to return the same word
         m = _PLAIN_WORD.match(text, i)
@@ -322,12 +330,12 @@ def ptb_tokenize_lines(lines: list[str]) -> list[list[str]]:
         best_len = 0
         best: Optional[tuple[_Rule, str]] = None
         for rule in RULES:
-            m = rule.main.match(text, i)
+            m = rule.main.match(text, i, window)
             if not m or m.end() == i:
                 continue
             total = m.end() - i
             if rule.context is not None:
-                c = rule.context.match(text, m.end())
+                c = rule.context.match(text, m.end(), window)
                 if not c:
                     continue
                 total += c.end() - m.end()
