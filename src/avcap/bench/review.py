@@ -199,20 +199,20 @@ def parse_decision(text: str) -> tuple[str, Optional[str]]:
 def _check_decisions(path: Path, rows: list[tuple[int, dict]], queue: dict[str, dict]) -> tuple[dict, list[str]]:
     problems: list[str] = []
     decided: dict[str, tuple[str, Optional[str], int, str]] = {}
-    seen: set[str] = set()
+    first_line: dict[str, int] = {}
     for n, row in rows:
         where = f"{path}:{n}"
         item = str(row.get("item") or "").strip()
         if not item:
             problems.append(f"{where}: no item")
             continue
-        seen.add(item)
         if item not in queue:
             problems.append(f"{where}: item {item!r} is not in the review queue (unknown, or already agreed)")
             continue
-        if item in decided:
-            problems.append(f"{where}: item {item!r} is decided twice (first on line {decided[item][2]})")
+        if item in first_line:
+            problems.append(f"{where}: item {item!r} is decided twice (first on line {first_line[item]})")
             continue
+        first_line[item] = n
         pair = queue[item]
         for role in ("annotation", "video"):
             col = f"{role}_answer"
@@ -240,7 +240,7 @@ def _check_decisions(path: Path, rows: list[tuple[int, dict]], queue: dict[str, 
             by = str(row.get("by") or "").strip() or "reviewer"
             decided[item] = (kind, letter, n, by)
     for key in queue:
-        if key not in seen:
+        if key not in first_line:
             problems.append(f"{path}: item {key!r} has no row (every queued pair needs a decision)")
     return decided, problems
 
