@@ -28,6 +28,10 @@ Cosmos-Reason2 / Qwen3-VL checkpoints alike):
   per-group "<t seconds>" timestamps in the prompt come from it (without it: 24 fps assumed).
 - The prompt gets, per 2-frame group, `<t seconds><|vision_start|>` + (H/32)·(W/32)
   `<|video_pad|>` + `<|vision_end|>`; e.g. 16 frames of 96×160 → 8 groups × 15 = 120 video tokens.
+  transformers 5.x leaves the template's outer `<|vision_start|>…<|vision_end|>` around them; 4.57
+  replaces it.
+- generation_config holds the real Qwen3-VL defaults (sampling, temperature 0.7, top_p 0.8, top_k 20;
+  eos `<|im_end|>` / `<|endoftext|>`): pass `do_sample=False` for greedy decoding.
 - Several videos in one batch: pass lists of equal length to `text`, `videos`, `video_metadata`;
   set `processor.tokenizer.padding_side = "left"` for batched generation.
 """
@@ -78,7 +82,7 @@ ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
 )
 
 SIZES: dict[str, dict] = {
-    # ~1.5M parameters (design.md: a model of this shape learned easy visual questions on a CPU);
+    # ~1.6M parameters (design.md: a model of this shape learned easy visual questions on a CPU);
     # DeepStack taps intermediate vision blocks, as the real [8, 16, 24] of 27 do
     "tiny": dict(
         bpe_vocab=4096,
