@@ -236,6 +236,28 @@ def test_transformers_batched_equals_single_and_bad_video_fails_alone(hf_engine,
     assert len(set(texts)) > 1  # the output depends on the input (else this test could not fail)
 
 
+def test_transformers_encodes_a_shared_video_once_with_identical_answers(hf_engine, h264_clip, infer_data_dir):
+    other = infer_data_dir / "AV_CAPTION" / "videos" / "clip01.mp4"
+    reqs = [Request(f"q{i}", build_messages(SYSTEM, f"Question {i}: what happens?", str(h264_clip))) for i in range(4)]
+    reqs.insert(1, Request("other", build_messages(SYSTEM, "Question 9: what happens?", str(other))))
+    visual = hf_engine.model.model.visual
+    seen = []
+    real_forward = visual.forward
+    visual.forward = lambda pixels, grid_thw=None, **kw: seen.append(len(grid_thw)) or real_forward(pixels, grid_thw=grid_thw, **kw)
+    try:
+        s = Sampling(temperature=0, max_tokens=6)
+        hf_engine.batch_size = 5
+        batched = hf_engine.generate(reqs, s)
+        assert seen == [2]  # five requests, two distinct videos, one vision-tower call
+        hf_engine.batch_size = 1
+        singles = [hf_engine.generate([r], s)[0] for r in reqs]
+    finally:
+        visual.forward = real_forward
+        hf_engine.batch_size = 3
+    assert [r.raw_text for r in batched] == [r.raw_text for r in singles]
+    assert len({r.raw_text for r in batched}) > 1
+
+
 def test_generation_config_and_presence_penalty():
     import torch
     from transformers import GenerationConfig

@@ -31,6 +31,7 @@ batch: reproducible for the same batches, not per request.
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, Optional
 
@@ -128,10 +129,16 @@ class TransformersEngine:
                 f"config {(self.patch, self.merge, self.temporal)}"
             )
         self.factor = self.patch * self.merge
+        self.processor.video_processor = _OncePerVideo(vp)
         self._video_kwargs: dict[str, Any] = {"do_sample_frames": False, "do_resize": False}
         if "cap_pixels_per_frame" in getattr(vp.valid_kwargs, "__annotations__", {}):
             self._video_kwargs["cap_pixels_per_frame"] = False  # no resize at all; silences its warning
         self.video_token_id = getattr(self.processor, "video_token_id", None)
+        # transformers >= 5 takes pre-encoded vision features: a video shared by several requests of
+        # a batch (the MCQ questions of one clip) then goes through the vision tower once
+        self.share_vision = "mm_encoder_outputs" in inspect.signature(self.model.forward).parameters and hasattr(
+            self.model, "get_video_features"
+        )
         self.frames = FrameLoader(vision, self.factor, workers=decode_workers, capacity=max(32, 4 * self.batch_size))
         torch.set_grad_enabled(False)
 
@@ -203,6 +210,9 @@ class TransformersEngine:
 
         t0 = time.perf_counter()
         inputs = self.inputs_for(chunk).to(self.device)
+        videos = [id(vf) for _, frames in chunk for vf in frames]  # the loader shares one object per video
+        if self.share_vision and len(set(videos)) < len(videos):
+            inputs = self._encode_videos_once(inputs, videos)
         t_prep = time.perf_counter() - t0
         prompt_len = inputs["input_ids"].shape[1]
         processors = []
@@ -246,6 +256,59 @@ class TransformersEngine:
                 )
             )
         return results
+
+
+    def _encode_videos_once(self, inputs, videos: list[int]):
+        """Replace `pixel_values_videos` by the vision tower's output, computed once per distinct video
+        and repeated for every request that shows it (`mm_encoder_outputs`, as generate would build)."""
+        import torch
+
+        grid = inputs["video_grid_thw"]
+        chunks = torch.split(inputs.pop("pixel_values_videos"), grid.prod(-1).tolist())
+        first: dict[int, int] = {}
+        for n, v in enumerate(videos):
+            first.setdefault(v, n)
+        uniq = list(first.values())
+        out = self.model.get_video_features(torch.cat([chunks[n] for n in uniq]), grid[uniq], return_dict=True)
+        slot = {videos[n]: j for j, n in enumerate(uniq)}
+        order = [slot[v] for v in videos]
+        out.pooler_output = tuple(out.pooler_output[j] for j in order)
+        out.deepstack_features = [tuple(level[j] for j in order) for level in out.deepstack_features]
+        inputs["mm_encoder_outputs"] = {"video": out}
+        return inputs
+
+
+class _OncePerVideo:
+    """Wraps the processor's video processor: a batch that shows the same frames array several
+    times (the MCQ questions of one clip) normalises and patchifies it once; the outputs are
+    repeated per request, so the processor builds exactly the prompts it would otherwise."""
+
+    def __init__(self, inner: Any):
+        self.__dict__["_inner"] = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __call__(self, videos, video_metadata=None, **kwargs):
+        import torch
+
+        if not isinstance(videos, (list, tuple)) or len({id(v) for v in videos}) == len(videos):
+            return self._inner(videos, video_metadata=video_metadata, **kwargs)
+        first: dict[int, int] = {}
+        for n, v in enumerate(videos):
+            first.setdefault(id(v), n)
+        uniq = list(first.values())
+        meta = None if video_metadata is None else [video_metadata[n] for n in uniq]
+        out = self._inner([videos[n] for n in uniq], video_metadata=meta, **kwargs)
+        slot = {id(videos[n]): j for j, n in enumerate(uniq)}
+        order = [slot[id(v)] for v in videos]
+        grid = torch.as_tensor(out["video_grid_thw"])
+        chunks = torch.split(torch.as_tensor(out["pixel_values_videos"]), grid.prod(-1).tolist())
+        out["pixel_values_videos"] = torch.cat([chunks[j] for j in order])
+        out["video_grid_thw"] = grid[order]
+        if "video_metadata" in out:
+            out["video_metadata"] = [out["video_metadata"][j] for j in order]
+        return out
 
 
 def _output_lengths(new, eos, pad) -> list[int]:

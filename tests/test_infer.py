@@ -1,0 +1,295 @@
+"""`avcap infer`: checkpoints, caption parsing, every task end to end on the tiny model, resume after
+SIGKILL, error records, sharding over two processes and the merge."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from avcap.checkpoints import CheckpointError, resolve_checkpoint
+from avcap.config import load_config
+from avcap.infer import InferError, merge_only, parse_caption, run_inference
+from avcap.records import read_records
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _hf_dir(d: Path, processor: bool = True) -> Path:
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    if processor:
+        (d / "tokenizer_config.json").write_text("{}")
+        (d / "processor_config.json").write_text("{}")
+    return d
+
+
+def test_checkpoint_resolution(tmp_path):
+    base = _hf_dir(tmp_path / "base-model")
+    cfg = load_config(None, {"policy": {"model_name_or_path": str(base)}})
+    ck = resolve_checkpoint(None, cfg)
+    assert (ck.path, ck.label, ck.step) == (str(base), "base", None)
+    cfg_hub = load_config(None, {"avcap": {"engine": {"model": "nvidia/Cosmos-Reason2-2B"}}})
+    assert resolve_checkpoint(None, cfg_hub).path == "nvidia/Cosmos-Reason2-2B"
+    assert resolve_checkpoint("Qwen/Qwen3-VL-2B-Instruct", cfg).label == "base"
+
+    # avcap training output: a step, or the latest step of the run
+    for n in (20, 100, 40):
+        _hf_dir(tmp_path / "train" / "checkpoints" / f"step_{n}")
+    ck = resolve_checkpoint(str(tmp_path / "train" / "checkpoints" / "step_40"), cfg)
+    assert (ck.label, ck.step, ck.kind, ck.processor) == ("ckpt-40", 40, "avcap", None)
+    assert resolve_checkpoint(str(tmp_path / "train"), cfg).label == "ckpt-100"
+
+    # cosmos-rl: <out>/<timestamp>/safetensors/step_N, weights only -> the base model's processor
+    _hf_dir(tmp_path / "crl" / "20250101000000" / "safetensors" / "step_10", processor=False)
+    _hf_dir(tmp_path / "crl" / "20250102000000" / "safetensors" / "step_30", processor=False)
+    ck = resolve_checkpoint(str(tmp_path / "crl" / "20250101000000" / "safetensors" / "step_10"), cfg)
+    assert (ck.label, ck.kind, ck.processor) == ("ckpt-10", "cosmos-rl", str(base))
+    assert resolve_checkpoint(str(tmp_path / "crl"), cfg).path.endswith("20250102000000/safetensors/step_30")
+
+    # a plain save_pretrained dir: a model given by path; with a train state: its step
+    plain = _hf_dir(tmp_path / "my-finetune")
+    assert resolve_checkpoint(str(plain), cfg).label == "base"
+    (plain / "avcap_train_state.json").write_text(json.dumps({"step": 7}))
+    assert resolve_checkpoint(str(plain), cfg).label == "ckpt-7"
+
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        resolve_checkpoint(str(tmp_path / "missing" / "dir"), cfg)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        resolve_checkpoint(str(tmp_path / "empty"), cfg)
+
+
+# ----------------------------------------------------------------------------- caption parsing
+
+
+def test_parse_caption_fenced_bare_and_plain():
+    obj, text = parse_caption('```json\n{"weather": "clear", "safety_analysis": "The ego car slows."}\n```')
+    assert obj["weather"] == "clear" and text == "The ego car slows."
+    obj, text = parse_caption('Here you go: {"safety_analysis": " Stops at the light. "} Done.')
+    assert text == "Stops at the light."
+    obj, text = parse_caption('```\n{"weather": "rain"}\n```')
+    assert obj == {"weather": "rain"} and text == '{"weather": "rain"}'
+    obj, text = parse_caption("```\nThe ego vehicle turns left.\n```")
+    assert obj is None and text == "The ego vehicle turns left."
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def write_config(path: Path, model: Path, data: Path, **sampling_caption) -> Path:
+    cap = {"temperature": 0.0, "max_tokens": 8, **sampling_caption}
+    path.write_text(
+        f"""
+[policy]
+model_name_or_path = "{model}"
+[custom.vision]
+nframes = 4
+max_pixels = 6144
+[avcap.engine]
+batch_size = 2
+device = "cpu"
+[avcap.sampling.caption]
+{chr(10).join(f"{k} = {json.dumps(v)}" for k, v in cap.items())}
+[avcap.sampling.mcq]
+max_tokens = 3
+[avcap.sampling.lingoqa]
+max_tokens = 4
+[avcap.datasets.AV_CAPTION]
+kind = "av_caption"
+root = "{data / 'AV_CAPTION'}"
+[avcap.datasets.LINGOQA]
+kind = "lingoqa"
+root = "{data / 'LINGOQA'}"
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def cfg_file(varied_model_dir, infer_data_dir, tmp_path_factory):
+    return write_config(tmp_path_factory.mktemp("cfg") / "recipe.toml", varied_model_dir, infer_data_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(cfg_file, tmp_path_factory):
+    """One uninterrupted single-process run of every task: the records everything else must equal."""
+    out = tmp_path_factory.mktemp("ref-outputs")
+    cfg = load_config(cfg_file)
+    run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, progress=False)
+    run_inference(cfg, dataset="LINGOQA", model_name="tiny", outputs_dir=out, progress=False)
+    return out / "tiny" / "base"
+
+
+def texts(path: Path) -> dict[str, object]:
+    recs = read_records(path)
+    keys = [r["key"] for r in recs]
+    assert len(keys) == len(set(keys)), f"duplicate keys in {path}"
+    return {r["key"]: (r["text"], bool(r["error"])) for r in recs}
+
+
+def test_every_task_end_to_end(reference, infer_data_dir):
+    av = reference / "AV_CAPTION"
+    caption = {r["key"]: r for r in read_records(av / "caption.jsonl")}
+    assert sorted(caption) == ["clip00", "clip01", "clip02", "clip03", "clip99"]
+    assert caption["clip99"]["error"].startswith(str(infer_data_dir / "AV_CAPTION" / "videos" / "clip99.mp4"))
+    assert caption["clip99"]["text"] is None
+    good = caption["clip00"]
+    assert good["error"] is None and isinstance(good["text"], str) and isinstance(good["caption_text"], str)
+    assert good["num_output_tokens"] <= 8 and good["num_frames"] == [4] and good["num_video_tokens"] > 0
+
+    mcq = read_records(av / "mcq.jsonl")
+    assert [r["key"] for r in mcq] == [f"clip{v}/q{q}" for v in ("00", "01", "02", "03", "99") for q in range(3)]
+    r = mcq[0]
+    assert (r["video_id"], r["question_id"], r["category"], r["answer"]) == ("clip00", "q0", "Scene Description", "A")
+    assert r["choices"]["B"] == "rain" and r["num_output_tokens"] <= 3
+    assert all(x["error"] for x in mcq if x["video_id"] == "clip99")
+
+    run = json.loads((av / "run.json").read_text())
+    assert run["checkpoint_label"] == "base" and run["engine"]["name"] == "transformers"
+    assert run["prompts"]["caption"] and len(run["prompts_sha256"]["caption"]) == 64
+    assert run["sampling"]["mcq"]["max_tokens"] == 3 and run["vision"]["nframes"] == 4
+    assert run["versions"]["transformers"] and run["timings"]["caption"]["failed"] == 1
+    assert run["timings"]["mcq"]["videos"] == 5 and run["timings"]["mcq"]["videos_per_s"] > 0
+
+    lq = read_records(reference / "LINGOQA" / "lingoqa.jsonl")
+    assert [x["key"] for x in lq] == [f"seg{s}-q{q}" for s in range(3) for q in range(2)]
+    assert all(x["error"] is None and x["segment_id"] for x in lq)
+    with open(reference / "LINGOQA" / "lingoqa_predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["question_id", "segment_id", "answer"]
+    assert [(x["question_id"], x["answer"]) for x in rows] == [(x["key"], x["text"].strip()) for x in lq]
+
+
+def test_rerun_skips_and_retry_errors_supersedes(reference, cfg_file, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference.parent, out / "tiny")
+    cfg = load_config(cfg_file)
+    before = texts(out / "tiny" / "base" / "AV_CAPTION" / "mcq.jsonl")
+    summary = run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, progress=False)
+    assert summary["stats"]["mcq"]["skipped"] == 15 and summary["stats"]["mcq"]["done"] == 0
+    summary = run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, tasks=["mcq"],
+                            retry_errors=True, progress=False)
+    assert summary["stats"]["mcq"]["failed"] == 3 and summary["stats"]["mcq"]["skipped"] == 12
+    assert texts(out / "tiny" / "base" / "AV_CAPTION" / "mcq.jsonl") == before  # merged: no duplicates
+
+    changed = load_config(cfg_file, {"avcap": {"prompts": {"mcq_suffix": "Just the letter."}}})
+    with pytest.raises(InferError, match="different settings.*prompts"):
+        run_inference(changed, dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, progress=False)
+
+
+def _avcap(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "avcap", *args], env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_same_records(reference, cfg_file, tmp_path):
+    out = tmp_path / "out"
+    args = ["infer", "--model-name", "tiny", "--dataset", "AV_CAPTION", "--config", str(cfg_file),
+            "--outputs-dir", str(out), "--tasks", "mcq", "--batch-size", "1", "--no-progress"]
+    target = out / "tiny" / "base" / "AV_CAPTION" / "mcq.jsonl"
+    proc = _avcap(*args)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if target.exists() and target.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_records(target)
+    assert 2 <= len(partial) < 15
+    proc = _avcap(*args)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    assert f"{len(partial)} already done" in log
+    assert texts(target) == texts(reference / "AV_CAPTION" / "mcq.jsonl")
+
+
+@pytest.mark.slow
+def test_two_process_shards_merge_to_the_single_process_result(reference, cfg_file, tmp_path):
+    out = tmp_path / "out"
+    common = ["--model-name", "tiny", "--dataset", "AV_CAPTION", "--config", str(cfg_file),
+              "--outputs-dir", str(out), "--no-progress"]
+    # torchrun's environment (WORLD_SIZE/RANK/LOCAL_RANK), two processes at once
+    procs = [_avcap("infer", *common, env={"WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    d = out / "tiny" / "base" / "AV_CAPTION"
+    parts = [read_records(d / f"mcq.shard-0{i}-of-02.jsonl") for i in (0, 1)]
+    videos = [{r["video_id"] for r in p} for p in parts]
+    assert videos[0] and videos[1] and not videos[0] & videos[1]  # disjoint, whole videos
+    assert any("merged" in log for log in logs)
+    for task in ("caption", "mcq"):
+        assert texts(d / f"{task}.jsonl") == texts(reference / "AV_CAPTION" / f"{task}.jsonl")
+    run = json.loads((d / "run.json").read_text())
+    assert [s["shard"]["shard_index"] for s in run["shards"]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_merge_names_the_missing_shard(cfg_file, tmp_path):
+    out = tmp_path / "out"
+    cfg = load_config(cfg_file)
+    summary = run_inference(cfg, dataset="LINGOQA", model_name="tiny", outputs_dir=out, num_shards=3,
+                            shard_index=1, progress=False)
+    assert not summary["merged"]
+    d = out / "tiny" / "base" / "LINGOQA"
+    assert not (d / "lingoqa.jsonl").exists() and (d / "lingoqa.shard-01-of-03.jsonl").exists()
+    status = merge_only(cfg, dataset="LINGOQA", model_name="tiny", outputs_dir=out, num_shards=3)
+    assert not status.complete and "shard 0: 1 video(s)" in status.message and "shard 2: 1 video(s)" in status.message
+    proc = _avcap("infer", "--merge", "--model-name", "tiny", "--dataset", "LINGOQA", "--config", str(cfg_file),
+                  "--outputs-dir", str(out))
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "lingoqa: 4 record(s) missing" in log
+
+
+def test_cli_errors_are_one_line_exit_2(cfg_file, tmp_path):
+    cases = [
+        (["--dataset", "NOPE"], "dataset 'NOPE' is not defined"),
+        (["--dataset", "AV_CAPTION", "--tasks", "lingoqa"], "does not apply to dataset AV_CAPTION"),
+        (["--dataset", "AV_CAPTION", "--checkpoint", str(tmp_path / "nope")], "no such checkpoint"),
+        (["--dataset", "AV_CAPTION", "--num-shards", "2"], "go together"),
+        (["--dataset", "AV_CAPTION", "--engine", "vllm"], "pip install 'avcap[vllm]'"),
+    ]
+    for extra, message in cases:
+        if "vllm" in extra:
+            try:
+                import vllm  # noqa: F401
+
+                continue
+            except ImportError:
+                pass
+        proc = _avcap("infer", "--config", str(cfg_file), "--outputs-dir", str(tmp_path / "o"), *extra)
+        log, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and message in log and "Traceback" not in log, (extra, log)
+
+
+def test_openai_engine_through_the_runner(cfg_file, tmp_path, monkeypatch):
+    from test_engines import ChatServer, completion
+
+    monkeypatch.setenv("AVCAP_RUNNER_KEY", "sk-never-on-disk")
+    with ChatServer([(200, {}, completion("Yes, a car."))]) as srv:
+        cfg = load_config(cfg_file, {"avcap": {"engine": {"base_url": srv.base_url, "api_key_env": "AVCAP_RUNNER_KEY",
+                                                          "model": "served-model"}}})
+        summary = run_inference(cfg, dataset="LINGOQA", model_name="api", engine_name="openai",
+                                outputs_dir=tmp_path, progress=False)
+    assert summary["merged"] and summary["stats"]["lingoqa"]["done"] == 6
+    assert {r["headers"]["Authorization"] for r in srv.requests} == {"Bearer sk-never-on-disk"}
+    assert {r["json"]["model"] for r in srv.requests} == {"served-model"}
+    d = tmp_path / "api" / "base" / "LINGOQA"
+    with open(d / "lingoqa_predictions.csv", newline="") as fh:
+        assert {row["answer"] for row in csv.DictReader(fh)} == {"Yes, a car."}
+    for f in d.iterdir():
+        assert "sk-never-on-disk" not in f.read_text()
+    assert json.loads((d / "run.json").read_text())["engine_config"]["api_key_env"] == "AVCAP_RUNNER_KEY"
