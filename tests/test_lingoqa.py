@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,26 +11,37 @@ pd = pytest.importorskip("pandas")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lingoqa"
 
+QA = [
+    ("q1", "s1", "What colour is the traffic light?", ["Green.", "It is green"]),
+    ("q2", "s1", "How many cyclists are ahead?", ["Two", "There are two cyclists."]),
+    ("q3", "s2", "Is it safe to overtake?", ["No, the vehicle in front is braking.", "no"]),
+    ("q4", "s2", "What should we do?", ["Slow down because the car is braking.", "slow down"]),
+    ("q5", "s3", "Are there pedestrians crossing?", ["None.", "No pedestrians."]),
+    ("q6", "s3", "How many lanes are there?", ["Three", "three lanes"]),
+    ("q7", "s3", "What colour is the bus?", ["Red", "red"]),
+]
+LONG = " ".join(["the vehicle in front is braking so we should slow down"] * 30)
+# as pandas reads the CSV below: "" and "None" become NaN, which the judge sees as "nan"
+PREDICTIONS = {"q1": "GREEN", "q2": "there are two cyclists", "q3": "nan", "q4": LONG, "q5": "nan", "q6": "Four lanes"}
+_WORD = re.compile(r"\w+|[^\w\s]")
+_ALL_TEXT = ["question answer student nan orphan four"] + [q for _, _, q, _ in QA] + [a for *_, r in QA for a in r] + list(PREDICTIONS.values())
+
 
 @pytest.fixture(scope="module")
 def tiny_judge_dir(tmp_path_factory):
-    """A one-logit DeBERTa-v2 sequence classifier with a locally trained WordPiece tokenizer."""
+    """A one-logit DeBERTa-v2 sequence classifier with a fixed local WordPiece vocabulary."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("judge") / "tiny-lingo-judge"
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    words = sorted({w for text in _ALL_TEXT for w in _WORD.findall(text.lower())})
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    corpus = [
-        "question answer student yes no the car is red green amber traffic light pedestrian crossing",
-        "there are two cyclists ahead we should slow down because the vehicle in front is braking",
-        "how many lanes what colour is the bus is it safe to overtake none one two three",
-    ] * 20
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
                                    unk_token="[UNK]", mask_token="[MASK]")
@@ -39,12 +51,16 @@ def tiny_judge_dir(tmp_path_factory):
                           intermediate_size=64, max_position_embeddings=256, num_labels=1, pad_token_id=fast.pad_token_id,
                           initializer_range=0.5)
     model = DebertaV2ForSequenceClassification(cfg).eval()
-    # centre the logits on judge-like inputs so that the judge accepts some answers and rejects others
-    probe = [f"[CLS]\nQuestion: how many cyclists are ahead?\nAnswer: {a}\nStudent: {b}"
-             for a in ("two", "green", "slow down", "no") for b in ("two cyclists", "red", "nan", "there are two")]
+    # centre the logits on this test's own judge inputs: about half of the answers are accepted
+    from avcap.metrics.lingoqa import judge_texts
+
     with torch.no_grad():
-        logits = model(**fast(probe, return_tensors="pt", padding=True)).logits.squeeze(-1)
-        model.classifier.bias -= logits.median()
+        maxima = []
+        for qid, _, question, refs in QA:
+            texts = judge_texts("[CLS]", question, refs, PREDICTIONS.get(qid, ""))
+            enc = fast(texts, return_tensors="pt", padding=True, truncation=True, max_length=128)
+            maxima.append(model(**enc).logits.squeeze(-1).max())
+        model.classifier.bias -= torch.stack(maxima).median() + 1e-3
     model.save_pretrained(out)
     return out
 
@@ -54,29 +70,19 @@ def _data(tmp_path: Path) -> tuple[Path, Path]:
     cases that matter: exact, paraphrase, wrong, empty (NaN), a "None" answer (NaN to pandas), a long
     answer (truncated at 128 tokens), an id that matches no question, a question without prediction."""
     rows = []
-    qa = [
-        ("q1", "s1", "What colour is the traffic light?", ["Green.", "It is green"]),
-        ("q2", "s1", "How many cyclists are ahead?", ["Two", "There are two cyclists."]),
-        ("q3", "s2", "Is it safe to overtake?", ["No, the vehicle in front is braking.", "no"]),
-        ("q4", "s2", "What should we do?", ["Slow down because the car is braking.", "slow down"]),
-        ("q5", "s3", "Are there pedestrians crossing?", ["None.", "No pedestrians."]),
-        ("q6", "s3", "How many lanes are there?", ["Three", "three lanes"]),
-        ("q7", "s3", "What colour is the bus?", ["Red", "red"]),
-    ]
-    for qid, seg, q, answers in qa:
+    for qid, seg, q, answers in QA:
         for a in answers:
             rows.append({"question_id": qid, "segment_id": seg, "images": [f"images/val/{seg}/{k}.jpg" for k in range(5)],
                          "question": q, "answer": a})
     parquet = tmp_path / "val.parquet"
     pd.DataFrame(rows).to_parquet(parquet)
-    long = " ".join(["the vehicle in front is braking so we should slow down"] * 30)
     csv = tmp_path / "predictions.csv"
     csv.write_text(
         "question_id,segment_id,answer\n"
         "q1,s1,  GREEN  \n"
         "q2,s1,there are two cyclists\n"
         "q3,s2,\n"
-        "q4,s2," + long + "\n"
+        "q4,s2," + LONG + "\n"
         "q5,s3,None\n"
         "q6,s3,Four lanes\n"
         "zz,s9,orphan\n",

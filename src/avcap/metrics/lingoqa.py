@@ -217,6 +217,9 @@ def _load_judge(judge: str):
         reason = "not in the local Hugging Face cache, and the hub is not reachable from this machine"
     else:
         reason = f"{type(last).__name__}: " + (" ".join(str(last).split())[:300] if last else "unknown error")
+        if last is not None and any(w in str(last).lower() for w in ("sentencepiece", "protobuf")):
+            # Lingo-Judge ships a SentencePiece model (spm.model); the official requirements pin both
+            reason += "; its SentencePiece tokenizer needs `pip install sentencepiece protobuf`"
     raise JudgeError(f"LingoQA judge {judge!r} could not be loaded ({reason}); {hint}")
 
 
