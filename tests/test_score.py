@@ -148,6 +148,14 @@ def test_references_from_annotations_and_dataset_filter(tmp_path, judge_dir):
     cfg = load_config(None, {"avcap": {"metrics": {"lingoqa_judge": str(judge_dir)}}})
     results = score_outputs(out, cfg=cfg, datasets=["AV_CAPTION"], log=lambda m: None)
     assert [r["dataset"] for r in results] == ["AV_CAPTION"]
+    from avcap.score import reference_captions
+
+    # several lines for one video in captions.jsonl: several references
+    with RecordWriter(data / "AV_CAPTION" / "captions.jsonl") as w:
+        w.append({"key": "v1", "video_id": "v1", "caption": "First reference."})
+        w.append({"key": "v1#2", "video_id": "v1", "caption": "Second reference."})
+    refs, src = reference_captions(data / "AV_CAPTION")
+    assert refs == {"v1": ["First reference.", "Second reference."]} and src.endswith("captions.jsonl")
     assert not (out / "tiny" / "base" / "LINGOQA" / "metrics.json").exists()
     assert "safety_analysis" in results[0]["bleu"]["references"]
 

@@ -81,15 +81,18 @@ def _dataset_root(run: dict[str, Any], dataset: str, cfg: RecipeConfig) -> Optio
     return None
 
 
-def reference_captions(root: Path) -> tuple[dict[str, str], str]:
-    """video id -> reference caption: captions.jsonl, else annotations/<id>.json safety_analysis."""
-    refs: dict[str, str] = {}
+def reference_captions(root: Path) -> tuple[dict[str, list[str]], str]:
+    """video id -> reference caption(s): captions.jsonl (several lines or a `captions` list for one
+    video give several references), else annotations/<id>.json safety_analysis."""
+    refs: dict[str, list[str]] = {}
     cap = root / "captions.jsonl"
     if cap.is_file():
         for r in iter_records(cap):
             vid = str(r.get("video_id") or r.get("key"))
-            if isinstance(r.get("caption"), str):
-                refs[vid] = r["caption"]
+            texts = r.get("captions") if isinstance(r.get("captions"), list) else [r.get("caption")]
+            for t in texts:
+                if isinstance(t, str) and t.strip():
+                    refs.setdefault(vid, []).append(t)
         return refs, str(cap)
     ann = root / "annotations"
     for p in sorted(ann.glob("*.json")) if ann.is_dir() else []:
@@ -99,7 +102,7 @@ def reference_captions(root: Path) -> tuple[dict[str, str], str]:
             continue
         sa = obj.get("safety_analysis") if isinstance(obj, dict) else None
         if isinstance(sa, str) and sa.strip():
-            refs[p.stem] = sa
+            refs[p.stem] = [sa]
     return refs, f"{ann}/*.json safety_analysis"
 
 
@@ -219,7 +222,7 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
             if not ids:
                 notes.append(f"bleu: none of the {len(captions)} captioned videos has a reference in {ref_source}")
             else:
-                block = bleu_report(ids, [captions[v] or "" for v in ids], [[refs[v]] for v in ids])
+                block = bleu_report(ids, [captions[v] or "" for v in ids], [refs[v] for v in ids])
                 block["references"] = ref_source
                 block["failed_captions"] = sum(1 for v in ids if not captions[v])
                 skipped = len(captions) - len(ids)
