@@ -55,7 +55,7 @@ SKY = {
 AMBIENT = {"day": 1.0, "dusk": 0.62, "night": 0.2}
 TINT = {"day": (1.0, 1.0, 1.0), "dusk": (1.0, 0.8, 0.66), "night": (0.72, 0.82, 1.1)}
 WEATHER_LIGHT = {"clear": 1.0, "overcast": 0.82, "rain": 0.7, "fog": 0.9}
-FOG_LENGTH = {"clear": 600.0, "overcast": 320.0, "rain": 110.0, "fog": 24.0}
+FOG_LENGTH = {"clear": 600.0, "overcast": 320.0, "rain": 110.0, "fog": 32.0}
 
 COLOR_RGB = {
     "red": (200, 30, 30),

@@ -1096,7 +1096,7 @@ def _sample_others(st: _Story) -> None:
             _add_vehicle(st, motion, attrs)
 
     # ---- cross traffic at a four-way junction while the ego waits
-    if L["junction"] == "four_way" and zj is not None:
+    if L["junction"] == "four_way" and zj is not None and info["violation"] == "none":
         windows = []
         if light_scene:
             for s, a, b in st.light_phases:
@@ -1211,7 +1211,9 @@ def _sample_people(st: _Story) -> None:
         for k in range(n_cross):
             kind = "child" if r.chance(0.3) else "adult"
             speed = 1.3 if kind == "adult" else 1.1
-            direction = r.pick(("left_to_right", "right_to_left"))
+            # when the ego pulls away later, walk right to left: the ego's lanes (X > 0) are
+            # crossed first, and the walker may still be on the oncoming side when it moves
+            direction = "right_to_left" if math.isfinite(t_go) else r.pick(("left_to_right", "right_to_left"))
             xs, xe = (x_left, x_right) if direction == "left_to_right" else (x_right, x_left)
             width = abs(xe - xs)
             if info["stop_reason"] == "pedestrian" and st.maneuver == "stopped":
@@ -1220,12 +1222,12 @@ def _sample_people(st: _Story) -> None:
                 t0 = max(0.0, (info["m_start"] or 0.0) - r.u(0.3, 1.0))  # steps out, the ego reacts
             else:
                 t0 = t_rest + r.u(0.0, 0.3) * max(0.5, min(T, t_go) - t_rest)
+            t0 += k * 0.6
             if math.isfinite(t_go):
                 # must have left the ego's lanes before the ego moves: start earlier if needed
-                t_need = width / speed
-                if t0 + t_need > t_go - 0.2:
-                    t0 = t_go - 0.2 - t_need
-            t0 += k * 0.6
+                t_clear = (xs + 0.5) / speed
+                if t0 + t_clear > t_go - 0.2:
+                    t0 = t_go - 0.2 - t_clear
             t1 = t0 + width / speed
             attrs = person_attrs(kind)
             attrs.update(action="crossing", crossing_direction=direction, on_crosswalk=True,
@@ -1369,7 +1371,7 @@ def _sample_construction(st: _Story) -> None:
             z += 5
         lane_closed = False
     cone_pos = [(round(G.road_centre_x(z, L["curvature"]) + u, 3), round(z, 3)) for u, z in cones]
-    workers = r.pick((0, 1, 2), p=(0.3, 0.4, 0.3)) if side == "right" and st.env != "highway" else r.pick((0, 1), p=(0.5, 0.5))
+    workers = r.pick((0, 1, 2), p=(0.15, 0.4, 0.45)) if side == "right" and st.env != "highway" else r.pick((0, 1), p=(0.4, 0.6))
     wx = right_edge_u(L) + (2.5 if L["parking"] else 0) + 1.0 if side == "right" else None
     st.construction = dict(side=side, cones=len(cone_pos), workers=0, distance_start_m=round(z0, 2),
                            length_m=round(length, 2), lane_closed=lane_closed, cone_positions=cone_pos)
@@ -1393,9 +1395,7 @@ def _sample_construction(st: _Story) -> None:
 
 def _visibility(st: _Story, cam: G.Camera, times: np.ndarray, ego_poses, poses_by_actor) -> dict:
     """For each actor: per-time screen boxes (or None), accounting for vehicles that hide others."""
-    view_limit = {"clear": 160.0, "overcast": 140.0, "rain": 100.0, "fog": 45.0}[st.cond.weather]
-    if st.cond.time_of_day == "night":
-        view_limit = min(view_limit, 80.0)
+    view_limit = _view_limit(st.cond)
     boxes: dict[str, list] = {}
     for a in st.actors:
         L_, W_, H_ = a.size
@@ -1429,6 +1429,12 @@ def _visibility(st: _Story, cam: G.Camera, times: np.ndarray, ego_poses, poses_b
                     boxes[a.id][ti] = None
                     break
     return boxes
+
+
+def _view_limit(cond: Conditions) -> float:
+    """Beyond this distance (m) nothing counts as visible: fog, rain and darkness shorten it."""
+    v = {"clear": 160.0, "overcast": 140.0, "rain": 100.0, "fog": 42.0}[cond.weather]
+    return min(v, 80.0) if cond.time_of_day == "night" else v
 
 
 def _position(cam_x: float, cam_z: float) -> tuple[str, str]:
@@ -1471,6 +1477,8 @@ def _finish(st: _Story, video_id: str) -> SceneRecord:
         t0, t1 = float(times[i0]), float(times[i1])
         if a.kind == "vehicle" and (t1 - t0) < min(0.4, 0.1 * T) and a.attrs["role"] != "lead":
             continue  # a glimpse is not something a caption should claim
+        if a.kind != "vehicle" and (t1 - t0) < min(0.6, 0.15 * T):
+            continue
         kept[a.id] = (t0, t1)
         cx, cz = cam_xz(a.id, i0)
         pos, side = _position(cx, cz)
@@ -1582,7 +1590,8 @@ def _finish(st: _Story, video_id: str) -> SceneRecord:
         pass
     signs = []
     for s in st.signs:
-        iv = _static_interval(G.box_corners(s.x_m, s.distance_m, 0.0, 0.2, 0.8, 1.9, 2.9), cam, ego_poses, times, 0.012, 90.0)
+        iv = _static_interval(G.box_corners(s.x_m, s.distance_m, 0.0, 0.2, 0.8, 1.9, 2.9), cam, ego_poses, times, 0.012,
+                              min(90.0, _view_limit(st.cond)))
         if iv is not None:
             signs.append(s.model_copy(update={"start_s": iv[0], "end_s": iv[1]}))
     tl = None
@@ -1592,10 +1601,13 @@ def _finish(st: _Story, video_id: str) -> SceneRecord:
                           distance_m=round(st.light["z"], 2), x_m=round(st.light["x"], 2), z_m=round(st.light["z"], 2),
                           phases=[LightPhase(state=s, start_s=a, end_s=b) for s, a, b in ph],
                           state_at_start=ph[0][0], state_at_end=ph[-1][0], changes=len(ph) > 1)
-        iv = _static_interval(G.box_corners(st.light["x"], st.light["z"], 0.0, 0.35, 0.55, 2.7, 4.1), cam, ego_poses, times, 0.012, 150.0)
-        if iv is None:
-            iv = (0.0, 0.0)
-        tl = tl.model_copy(update={"start_s": iv[0], "end_s": iv[1]})
+        iv = _static_interval(G.box_corners(st.light["x"], st.light["z"], 0.0, 0.35, 0.55, 2.7, 4.1), cam, ego_poses, times, 0.012,
+                              min(150.0, _view_limit(st.cond) * 1.5))
+        relies = info["stop_reason"] == "red_light" or info["violation"] == "ran_red_light"
+        if iv is None and not relies:
+            tl = None  # never in view (fog, distance): the record states only what is visible
+        else:
+            tl = tl.model_copy(update={"start_s": iv[0] if iv else 0.0, "end_s": iv[1] if iv else round(T, 2)})
     prof = st.ego_prof
     v0, v1 = prof.kmh(0.0), prof.kmh(T)
     trend = _speed_trend(prof, T)
