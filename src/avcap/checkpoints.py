@@ -5,7 +5,8 @@ Accepted (the label orders checkpoints in plots: `base` < `ckpt-20` < `ckpt-40` 
 - omitted: the base model — `[avcap.engine] model`, else `[policy] model_name_or_path` → `base`;
 - a Hugging Face hub id (`nvidia/Cosmos-Reason2-8B`, not an existing path) → `base`;
 - a `save_pretrained` directory (has `config.json`): `ckpt-N` when its name is `step_N`
-  (`step-N`, `checkpoint-N`) or its `avcap_train_state.json` has a `step`, else `base`
+  (`step-N`, `checkpoint-N`, `ckpt-N` as in the recipe's `outputs/uber/ckpt-250`) or its
+  `avcap_train_state.json` has a `step`, else `base`
   (a model given by path, not a training checkpoint);
 - avcap training output: `<output_dir>/checkpoints/step_N` (that step), or `<output_dir>` /
   `<output_dir>/checkpoints` (the latest step);
@@ -26,7 +27,7 @@ from typing import Optional
 
 from avcap.config import RecipeConfig
 
-_STEP_RE = re.compile(r"^(?:step|checkpoint)[_-](\d+)$")
+_STEP_RE = re.compile(r"^(?:step|checkpoint|ckpt)[_-](\d+)$")
 _PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
