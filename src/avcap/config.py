@@ -30,7 +30,39 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, strict=False)
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, v: Any, info: Any) -> Any:
+        """Refuse a TOML string or boolean where a number belongs (pydantic's lax mode would take
+        "2e-7" and true as numbers)."""
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is None:
+            return v
+        kind = _numeric_kind(field.annotation)
+        bad = (str, bool)
+        if kind == "scalar" and isinstance(v, bad):
+            raise ValueError(f"expected a number, not a {'boolean' if isinstance(v, bool) else 'string'}")
+        if kind == "sequence" and isinstance(v, (list, tuple)):
+            for x in v:
+                if isinstance(x, bad):
+                    raise ValueError(f"expected numbers, got {type(x).__name__} {x!r}")
+        return v
+
+
+def _numeric_kind(ann: Any) -> Optional[str]:
+    """"scalar" for int/float (optionally Optional), "sequence" for list/tuple of them, else None."""
+    import typing
+
+    args = [a for a in (typing.get_args(ann) if typing.get_origin(ann) is Union else (ann,)) if a is not type(None)]
+    if args and all(a in (int, float) for a in args):
+        return "scalar"
+    if len(args) == 1 and typing.get_origin(args[0]) in (list, tuple):
+        inner = [a for a in typing.get_args(args[0]) if a is not Ellipsis]
+        if inner and all(a in (int, float) for a in inner):
+            return "sequence"
+    return None
 
 
 NonNeg = Field(ge=0)
