@@ -650,8 +650,12 @@ def decode_frames_full(path: Path, indices: Optional[Sequence[int]], *, threads:
     return [got[j] for j in indices]  # type: ignore[union-attr]
 
 
-def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequence[int]) -> dict[int, np.ndarray]:
-    """Decode only what `indices` (presentation order) need; returns index -> RGB frame."""
+def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequence[int],
+                   stats: Optional[dict] = None) -> dict[int, np.ndarray]:
+    """Decode only what `indices` (presentation order) need; returns index -> RGB frame.
+
+    `stats`, when given, receives counts: groups (seeks), packets_decoded, packets_skipped.
+    """
     import av
 
     order = sorted(range(len(index.pts)), key=index.pts.__getitem__)  # presentation rank -> decode pos
@@ -681,6 +685,7 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
 
     cc = stream.codec_context
     result: dict[int, np.ndarray] = {}
+    n_sent = n_skipped = 0
     for gi, (start, end) in enumerate(groups):
         if gi:
             cc.flush_buffers()
@@ -706,7 +711,9 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
                     if d > end:
                         break
                     if index.nonref[d] and d not in targets:
+                        n_skipped += 1
                         continue  # a non-reference picture nobody needs: no other pixel depends on it
+                    n_sent += 1
                     for frame in cc.decode(packet):
                         if frame.pts in want_pts:
                             rgb = _to_rgb(frame)
@@ -722,6 +729,8 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
             if fed_start:
                 break
             cc.flush_buffers()
+    if stats is not None:
+        stats.update(groups=len(groups), packets_decoded=n_sent, packets_skipped=n_skipped)
     return result
 
 
