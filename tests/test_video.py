@@ -221,6 +221,17 @@ def test_sparse_decode_skips_non_reference_frames(h264_clip):
     assert index.nonref[0] is False
 
 
+@pytest.mark.parametrize("threads", [0, 3])
+def test_threaded_decode_is_identical(tmp_path, make_frames, threads):
+    path = _clip(tmp_path, make_frames, "threads.mp4", n=60, gop=12)
+    full = V.decode_all(path)
+    idx = [0, 5, 11, 12, 13, 30, 47, 59, 59]
+    for i, frame in zip(idx, V.decode_frames(path, idx, threads=threads)):
+        assert np.array_equal(frame, full[i])
+    a, b = V.load_video(path, nframes=8, threads=threads), V.load_video(path, nframes=8)
+    assert np.array_equal(a.frames, b.frames)
+
+
 def test_load_video_sparse_equals_full(h264_clip):
     a = V.load_video(h264_clip, nframes=8)
     b = V.load_video(h264_clip, nframes=8, sparse=False)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -613,6 +613,14 @@ def _to_rgb(frame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
+def _set_threads(stream, threads: int) -> None:
+    """1: decode on the calling core only; 0: FFmpeg picks; n: n threads (frame + slice threading)."""
+    cc = stream.codec_context
+    cc.thread_count = threads
+    if threads != 1:
+        cc.thread_type = "AUTO"
+
+
 def decode_all(path: str | os.PathLike, *, threads: int = 1) -> np.ndarray:
     """Every frame of a video file, in presentation order (T x H x W x 3 uint8). For tests and baselines."""
     path = _clean_path(path)
@@ -620,14 +628,15 @@ def decode_all(path: str | os.PathLike, *, threads: int = 1) -> np.ndarray:
     return np.stack(frames)
 
 
-def decode_frames_full(path: Path, indices: Optional[Sequence[int]], *, threads: int = 1) -> list[np.ndarray]:
+def decode_frames_full(path: Path, indices: Optional[Sequence[int]], *, threads: int = 1,
+                       convert: Callable = _to_rgb) -> list[np.ndarray]:
     """Decode the whole clip sequentially, keeping (converted to RGB) only `indices` (None: all)."""
     import av
 
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.codec_context.thread_count = threads
+        _set_threads(stream, threads)
         want = None if indices is None else set(indices)
         got: dict[int, np.ndarray] = {}
         out: list[np.ndarray] = []
@@ -635,9 +644,9 @@ def decode_frames_full(path: Path, indices: Optional[Sequence[int]], *, threads:
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if want is None:
-                    out.append(_to_rgb(frame))
+                    out.append(convert(frame))
                 elif i in want:
-                    got[i] = _to_rgb(frame)
+                    got[i] = convert(frame)
         except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
             raise VideoError(path, f"corrupt or truncated video: decoding failed after {i + 1} frames ({exc})") from None
     finally:
@@ -651,7 +660,7 @@ def decode_frames_full(path: Path, indices: Optional[Sequence[int]], *, threads:
 
 
 def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequence[int],
-                   stats: Optional[dict] = None) -> dict[int, np.ndarray]:
+                   stats: Optional[dict] = None, convert: Callable = _to_rgb) -> dict[int, np.ndarray]:
     """Decode only what `indices` (presentation order) need; returns index -> RGB frame.
 
     `stats`, when given, receives counts: groups (seeks), packets_decoded, packets_skipped.
@@ -716,12 +725,12 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
                     n_sent += 1
                     for frame in cc.decode(packet):
                         if frame.pts in want_pts:
-                            rgb = _to_rgb(frame)
+                            rgb = convert(frame)
                             for i in want_pts[frame.pts]:
                                 result[i] = rgb
                 for frame in cc.decode(None):
                     if frame.pts in want_pts:
-                        rgb = _to_rgb(frame)
+                        rgb = convert(frame)
                         for i in want_pts[frame.pts]:
                             result[i] = rgb
             except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
@@ -750,7 +759,7 @@ def decode_frames(
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.codec_context.thread_count = threads
+        _set_threads(stream, threads)
         index = _build_index(path, container, stream)
         total = len(index.pts)
         bad = [i for i in indices if not 0 <= i < total]
@@ -793,17 +802,29 @@ def load_video(
     if path.is_dir():
         info = probe(path, source_fps=source_fps)
         plan = plan_sampling(info, **kw)
-        frames = _load_images(path, plan.frame_indices, (info.height, info.width))
+        arr = resize_frames(_load_images(path, plan.frame_indices, (info.height, info.width)),
+                            plan.resized_height, plan.resized_width)
     else:
         container = _open(path)
         try:
             stream = container.streams.video[0]
-            stream.codec_context.thread_count = threads
+            _set_threads(stream, threads)
             index = _build_index(path, container, stream)
             info = _info_from(path, stream, index)
             plan = plan_sampling(info, **kw)
+            sizes: dict[tuple[int, int], tuple[int, int]] = {}
+
+            def convert(frame) -> np.ndarray:
+                # RGB, then resized at once: memory holds the output, not T full-size frames
+                rgb = _to_rgb(frame)
+                hw = rgb.shape[:2]
+                if hw not in sizes:
+                    sizes[hw] = resized_size(hw[0], hw[1], len(plan.frame_indices), factor=factor,
+                                             min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
+                return resize_frames([rgb], *sizes[hw])[0]
+
             if sparse:
-                got = _decode_sparse(path, container, stream, index, plan.frame_indices)
+                got = _decode_sparse(path, container, stream, index, plan.frame_indices, convert=convert)
                 missing = [i for i in plan.frame_indices if i not in got]
             else:
                 missing = plan.frame_indices
@@ -811,14 +832,16 @@ def load_video(
             container.close()
         if missing:
             if sparse:
-                plan.notes.append(f"sparse decode missed frames {missing[:4]}...; decoded the whole clip instead")
-            frames = decode_frames_full(path, plan.frame_indices, threads=threads)
+                plan.notes.append(f"sparse decode missed frames {missing[:4]}; decoded the whole clip instead")
+            frames = decode_frames_full(path, plan.frame_indices, threads=threads, convert=convert)
         else:
             frames = [got[i] for i in plan.frame_indices]
-        if frames[0].shape[:2] != (info.height, info.width):
-            info.height, info.width = frames[0].shape[:2]
-            plan = plan_sampling(info, **kw)
-    arr = resize_frames(frames, plan.resized_height, plan.resized_width)
+        if len(sizes) > 1:
+            raise VideoError(path, f"frame size changes within the clip ({', '.join(f'{w}x{h}' for h, w in sizes)})")
+        (src_hw, (plan.resized_height, plan.resized_width)), = sizes.items()
+        if src_hw != (info.height, info.width):  # the stream header disagreed with the decoded frames
+            info.height, info.width = src_hw
+        arr = np.stack(frames)
     return VideoFrames(
         frames=arr,
         frame_indices=list(plan.frame_indices),
