@@ -63,43 +63,31 @@ def varied_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def infer_data_dir(tmp_path_factory):
-    """A small evaluation set in the synth layout: AV_CAPTION (4 clips + 1 corrupt file, 3 MCQs
-    each, vqa.jsonl) and LINGOQA (3 segments of 5 JPEG frames, 2 questions x 2 references)."""
+    """A small synthetic evaluation set (`avcap.synth.synthesize`, 96x64, 3 s at 8 fps):
+    AV_CAPTION with 4 clips plus one corrupt file `av99999.mp4`, and a vqa.jsonl of 3 pool
+    questions per clip (world-truth answers; the corrupt clip gets 3 too); LINGOQA with 3 segments."""
     import json
 
-    import pandas as pd
-    from PIL import Image
+    from avcap.bench.pool import load_pool
+    from avcap.bench.select import select_questions
+    from avcap.bench.truth import answer
+    from avcap.records import read_json
+    from avcap.synth import synthesize
+    from avcap.synth.scene import SceneRecord
 
-    from avcap.video import write_video
-
-    root = tmp_path_factory.mktemp("infer-data") / "eval"
-    av = root / "AV_CAPTION"
-    (av / "videos").mkdir(parents=True)
-    vids = [f"clip{i:02d}" for i in range(4)]
-    for i, v in enumerate(vids):
-        write_video(av / "videos" / f"{v}.mp4", _make_frames(20 + 4 * i, 64, 96, seed=i), 8, gop=8)
-    (av / "videos" / "clip99.mp4").write_bytes(b"this is not a video")
+    out = tmp_path_factory.mktemp("infer-data")
+    synthesize(out, videos=4, train_videos=0, lingoqa_segments=3, seed=0, width=96, height=64, seconds=3.0, fps=8)
+    av = out / "eval" / "AV_CAPTION"
+    (av / "videos" / "av99999.mp4").write_bytes(b"this is not a video")
+    pool = load_pool()
     with open(av / "vqa.jsonl", "w", encoding="utf-8") as fh:
-        for v in vids + ["clip99"]:
-            for q in range(3):
+        for vid in sorted(p.stem for p in (av / "videos").glob("*.mp4")):
+            world = av / "world" / f"{vid}.json"
+            record = SceneRecord.model_validate(read_json(world)) if world.exists() else None
+            for q in select_questions(pool, vid, seed=0, questions_per_video=12)[:3]:
                 fh.write(json.dumps({
-                    "key": f"{v}/q{q}", "video_id": v, "question_id": f"q{q}", "category": "Scene Description",
-                    "question": f"What is the weather like? ({q})",
-                    "choices": {"A": "clear", "B": "rain", "C": "fog", "D": "snow"}, "answer": "A",
-                    "provenance": "agreed",
+                    "key": f"{vid}/{q.id}", "video_id": vid, "question_id": q.id, "category": q.category,
+                    "question": q.question, "choices": q.choices,
+                    "answer": answer(record, q.id) if record else "A", "provenance": "agreed",
                 }) + "\n")
-    lq = root / "LINGOQA"
-    rows = []
-    for s in range(3):
-        seg = f"seg{s}"
-        d = lq / "images" / "val" / seg
-        d.mkdir(parents=True)
-        for k, frame in enumerate(_make_frames(5, 64, 96, seed=10 + s)):
-            Image.fromarray(frame).save(d / f"{k}.jpg")
-        for q in range(2):
-            for a in range(2):
-                rows.append({"question_id": f"{seg}-q{q}", "segment_id": seg,
-                             "images": [f"images/val/{seg}/{k}.jpg" for k in range(5)],
-                             "question": f"Is there a car ahead? ({q})", "answer": f"Yes ({a})."})
-    pd.DataFrame(rows).to_parquet(lq / "val.parquet")
-    return root
+    return out / "eval"

@@ -222,8 +222,8 @@ def test_transformers_processor_keeps_frames_and_timestamps(hf_engine, h264_clip
 
 
 def test_transformers_batched_equals_single_and_bad_video_fails_alone(hf_engine, infer_data_dir):
-    videos = sorted((infer_data_dir / "AV_CAPTION" / "videos").glob("clip0*.mp4"))
-    bad = infer_data_dir / "AV_CAPTION" / "videos" / "clip99.mp4"
+    videos = sorted((infer_data_dir / "AV_CAPTION" / "videos").glob("av0000*.mp4"))
+    bad = infer_data_dir / "AV_CAPTION" / "videos" / "av99999.mp4"
     reqs = [Request(f"k{i}", build_messages(SYSTEM, f"Describe clip {i}.", str(v))) for i, v in enumerate(videos)]
     reqs.insert(2, Request("bad", build_messages(SYSTEM, "Describe.", str(bad))))
     s = Sampling(temperature=0, max_tokens=6)
@@ -237,7 +237,7 @@ def test_transformers_batched_equals_single_and_bad_video_fails_alone(hf_engine,
 
 
 def test_transformers_encodes_a_shared_video_once_with_identical_answers(hf_engine, h264_clip, infer_data_dir):
-    other = infer_data_dir / "AV_CAPTION" / "videos" / "clip01.mp4"
+    other = infer_data_dir / "AV_CAPTION" / "videos" / "av00001.mp4"
     reqs = [Request(f"q{i}", build_messages(SYSTEM, f"Question {i}: what happens?", str(h264_clip))) for i in range(4)]
     reqs.insert(1, Request("other", build_messages(SYSTEM, "Question 9: what happens?", str(other))))
     visual = hf_engine.model.model.visual

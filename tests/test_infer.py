@@ -136,22 +136,34 @@ def texts(path: Path) -> dict[str, object]:
     return {r["key"]: (r["text"], bool(r["error"])) for r in recs}
 
 
+def lingoqa_questions(data: Path) -> list[tuple[str, str]]:
+    """(question_id, segment_id) once per question, segments in id order (the runner's order)."""
+    import pandas as pd
+
+    df = pd.read_parquet(data / "LINGOQA" / "val.parquet").drop_duplicates("question_id")
+    rows = list(zip(df.question_id, df.segment_id))
+    return sorted(rows, key=lambda r: r[1])  # stable: parquet order within a segment
+
+
 def test_every_task_end_to_end(reference, infer_data_dir):
     av = reference / "AV_CAPTION"
+    videos = sorted(p.stem for p in (infer_data_dir / "AV_CAPTION" / "videos").glob("*.mp4"))
     caption = {r["key"]: r for r in read_records(av / "caption.jsonl")}
-    assert sorted(caption) == ["clip00", "clip01", "clip02", "clip03", "clip99"]
-    assert caption["clip99"]["error"].startswith(str(infer_data_dir / "AV_CAPTION" / "videos" / "clip99.mp4"))
-    assert caption["clip99"]["text"] is None
-    good = caption["clip00"]
+    assert sorted(caption) == videos and videos[-1] == "av99999"
+    assert caption["av99999"]["error"].startswith(str(infer_data_dir / "AV_CAPTION" / "videos" / "av99999.mp4"))
+    assert caption["av99999"]["text"] is None
+    good = caption["av00000"]
     assert good["error"] is None and isinstance(good["text"], str) and isinstance(good["caption_text"], str)
     assert good["num_output_tokens"] <= 8 and good["num_frames"] == [4] and good["num_video_tokens"] > 0
 
+    vqa = read_records(infer_data_dir / "AV_CAPTION" / "vqa.jsonl")
     mcq = read_records(av / "mcq.jsonl")
-    assert [r["key"] for r in mcq] == [f"clip{v}/q{q}" for v in ("00", "01", "02", "03", "99") for q in range(3)]
-    r = mcq[0]
-    assert (r["video_id"], r["question_id"], r["category"], r["answer"]) == ("clip00", "q0", "Scene Description", "A")
-    assert r["choices"]["B"] == "rain" and r["num_output_tokens"] <= 3
-    assert all(x["error"] for x in mcq if x["video_id"] == "clip99")
+    assert [r["key"] for r in mcq] == [q["key"] for q in vqa] and len(mcq) == 15
+    for r, q in zip(mcq, vqa):
+        assert (r["video_id"], r["question_id"], r["category"], r["choices"], r["answer"]) == (
+            q["video_id"], q["question_id"], q["category"], q["choices"], q["answer"])
+        assert (r["error"] is not None) == (r["video_id"] == "av99999")
+        assert r["error"] or r["num_output_tokens"] <= 3
 
     run = json.loads((av / "run.json").read_text())
     assert run["checkpoint_label"] == "base" and run["engine"]["name"] == "transformers"
@@ -161,8 +173,8 @@ def test_every_task_end_to_end(reference, infer_data_dir):
     assert run["timings"]["mcq"]["videos"] == 5 and run["timings"]["mcq"]["videos_per_s"] > 0
 
     lq = read_records(reference / "LINGOQA" / "lingoqa.jsonl")
-    assert [x["key"] for x in lq] == [f"seg{s}-q{q}" for s in range(3) for q in range(2)]
-    assert all(x["error"] is None and x["segment_id"] for x in lq)
+    assert [(x["key"], x["segment_id"]) for x in lq] == lingoqa_questions(infer_data_dir)
+    assert all(x["error"] is None and x["question"] for x in lq)
     with open(reference / "LINGOQA" / "lingoqa_predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["question_id", "segment_id", "answer"]
@@ -239,7 +251,7 @@ def test_two_process_shards_merge_to_the_single_process_result(reference, cfg_fi
 
 
 @pytest.mark.slow
-def test_merge_names_the_missing_shard(cfg_file, tmp_path):
+def test_merge_names_the_missing_shard(cfg_file, infer_data_dir, tmp_path):
     out = tmp_path / "out"
     cfg = load_config(cfg_file)
     summary = run_inference(cfg, dataset="LINGOQA", model_name="tiny", outputs_dir=out, num_shards=3,
@@ -252,7 +264,9 @@ def test_merge_names_the_missing_shard(cfg_file, tmp_path):
     proc = _avcap("infer", "--merge", "--model-name", "tiny", "--dataset", "LINGOQA", "--config", str(cfg_file),
                   "--outputs-dir", str(out))
     log, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "lingoqa: 4 record(s) missing" in log
+    segments = sorted({seg for _, seg in lingoqa_questions(infer_data_dir)})
+    missing = sum(seg != segments[1] for _, seg in lingoqa_questions(infer_data_dir))
+    assert proc.returncode == 1 and f"lingoqa: {missing} record(s) missing" in log
 
 
 def test_cli_errors_are_one_line_exit_2(cfg_file, tmp_path):
@@ -276,7 +290,7 @@ def test_cli_errors_are_one_line_exit_2(cfg_file, tmp_path):
         assert proc.returncode == 2 and message in log and "Traceback" not in log, (extra, log)
 
 
-def test_openai_engine_through_the_runner(cfg_file, tmp_path, monkeypatch):
+def test_openai_engine_through_the_runner(cfg_file, infer_data_dir, tmp_path, monkeypatch):
     from test_engines import ChatServer, completion
 
     monkeypatch.setenv("AVCAP_RUNNER_KEY", "sk-never-on-disk")
@@ -285,7 +299,7 @@ def test_openai_engine_through_the_runner(cfg_file, tmp_path, monkeypatch):
                                                           "model": "served-model"}}})
         summary = run_inference(cfg, dataset="LINGOQA", model_name="api", engine_name="openai",
                                 outputs_dir=tmp_path, progress=False)
-    assert summary["merged"] and summary["stats"]["lingoqa"]["done"] == 6
+    assert summary["merged"] and summary["stats"]["lingoqa"]["done"] == len(lingoqa_questions(infer_data_dir))
     assert {r["headers"]["Authorization"] for r in srv.requests} == {"Bearer sk-never-on-disk"}
     assert {r["json"]["model"] for r in srv.requests} == {"served-model"}
     d = tmp_path / "api" / "base" / "LINGOQA"
