@@ -95,15 +95,16 @@ def test_recipe_example_1936x1220():
 
 
 def test_num_video_tokens_matches_transformers_processor():
-    proc_mod = pytest.importorskip("transformers.models.qwen3_vl.video_processing_qwen3_vl")
-    for t, h, w in [(16, 448, 736), (15, 448, 736), (2, 32, 32), (8, 224, 224), (5, 64, 96)]:
-        grid_t = math.ceil(t / 2)
-        grid = grid_t * (h // 16) * (w // 16)
-        assert V.num_video_tokens(t, h, w) == grid // 4
+    """Qwen3-VL's video processor: patches for T frames of H x W (no further resize), / merge^2."""
+    mod = pytest.importorskip("transformers.models.qwen3_vl.video_processing_qwen3_vl")
+    proc = mod.Qwen3VLVideoProcessor()
+    no_resize = {"size": {"shortest_edge": 1, "longest_edge": 10**12}, "cap_pixels_per_frame": False}
+    for t, h, w in [(16, 448, 736), (15, 448, 736), (2, 32, 32), (8, 224, 224), (6, 64, 96), (768, 32, 64)]:
+        patches = proc.get_num_of_video_patches(t, h, w, videos_kwargs=no_resize)
+        assert V.num_video_tokens(t, h, w) == patches // 4, (t, h, w)
     assert V.num_video_tokens(16, 448, 728, patch_size=14) == 8 * 32 * 52 // 4
     with pytest.raises(ValueError):
         V.num_video_tokens(16, 450, 736)
-    del proc_mod
 
 
 @pytest.mark.parametrize("factor", [28, 32])
