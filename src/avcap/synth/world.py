@@ -1013,7 +1013,7 @@ def _sample_others(st: _Story) -> None:
             _add_vehicle(st, motion, _vehicle_attrs(st, vtype, color, "oncoming", "steady"))
 
     # ---- emergency vehicle (oncoming with lights, or overtaking on the left on multi-lane roads)
-    if r.chance(0.18) and (L["onc_l"] > 0 or L["ego_l"] > 1):
+    if r.chance(0.25) and (L["onc_l"] > 0 or L["ego_l"] > 1):
         etype = r.pick(EMERGENCY_TYPES)
         v = CRUISE_KMH[env][1] + r.u(5, 20)
         if L["onc_l"] > 0 and not (man == "left_turn"):
@@ -1233,7 +1233,7 @@ def _sample_people(st: _Story) -> None:
             attrs.update(action="crossing", crossing_direction=direction, on_crosswalk=True,
                          start_side="left" if direction == "left_to_right" else "right",
                          cross_start_s=round(t0, 2), cross_end_s=round(t1, 2))
-            zz = z_walk + (k % 2) * 0.8
+            zz = z_walk - 0.6 + k * 0.8  # one row each across the 3 m crosswalk
             walker = Walker([(t0, xs, zz), (t1, xe, zz)], face=90.0 if direction == "left_to_right" else -90.0)
             pid = add(walker, attrs)
             if info["stop_reason"] == "pedestrian" and info.get("yields_to") is None:
@@ -1259,17 +1259,22 @@ def _sample_people(st: _Story) -> None:
 
     # waiting at the kerb / walking along the pavement
     if True:
-        n = r.pick((0, 1, 2, 3), p=(0.2, 0.3, 0.3, 0.2)) if env in ("urban", "suburban") else r.pick((0, 1, 2), p=(0.45, 0.4, 0.15))
+        n = r.pick((0, 1, 2, 3), p=(0.2, 0.3, 0.3, 0.2)) if env in ("urban", "suburban") else r.pick((0, 1, 2), p=(0.25, 0.45, 0.3))
         group = 0
+        waiting_slots = {"left": 0, "right": 0}
         for k in range(n):
             kind = "child" if r.chance(0.25) else "adult"
             attrs = person_attrs(kind)
             side = r.pick(("left", "right"))
             x = x_right if side == "right" else x_left
             if zc is not None and r.chance(0.6):
-                z = zc + r.u(0.5, 2.5)
+                # side by side along the kerb at the crosswalk, never on the same spot
+                slot = waiting_slots[side]
+                waiting_slots[side] += 1
+                z = zc + 0.6 + 0.85 * slot + r.u(0.0, 0.2)
                 attrs.update(action="waiting", crossing_direction=None, on_crosswalk=False, start_side=side)
-                walker = Walker([(0.0, x + (0.4 if side == "right" else -0.4), z)], face=-90.0 if side == "right" else 90.0)
+                walker = Walker([(0.0, x + (0.4 if side == "right" else -0.4) + (0.7 if side == "right" else -0.7) * (slot // 3), z)],
+                                face=-90.0 if side == "right" else 90.0)
             else:
                 z = r.u(8, 40)
                 d = r.pick((1, -1))
@@ -1284,7 +1289,7 @@ def _sample_people(st: _Story) -> None:
 
 def _sample_cyclists(st: _Story) -> None:
     r, T, L, info = st.r, st.T, st.layout, st.info
-    if st.env == "highway" or not r.chance(0.3):
+    if st.env == "highway" or not r.chance(0.45):
         return
     opts = ["riding_same_direction"]
     if L["onc_l"] > 0 and not (L["control"] == "stop" and st.junction_z is not None):
@@ -1294,28 +1299,33 @@ def _sample_cyclists(st: _Story) -> None:
     v = r.u(14, 22)
     vp = Profile([(0, v), (T, v)])
     if action == "riding_same_direction":
-        u = right_edge_u(L) - 0.8 + (2.5 if L["parking"] else 0.0) * 0  # ride at the right edge of the lane
-        ego_lane_right = st.ego_lane == 0
-        if not ego_lane_right:
-            u = right_edge_u(L) - 0.8
-        s0 = r.u(10, 30)
-        if st.info["turn"] == "right":
-            s0 = r.u(30, 50)
-        # the ego may overtake: fine, it rides at the lane edge
-        if info["lane_change"] == "right":
-            return
+        # rides at the right edge of the rightmost lane
+        if info["turn"] == "right" or info["lane_change"] == "right":
+            return  # it would be in the ego's path
+        u = right_edge_u(L) - 0.8
+        in_ego_lane = st.ego_lane == 0 or info["lane_change"] is not None
         if st.junction_z is not None and st.cam_stop is not None:
-            # would ride through a red light / stop: keep it waiting at the line instead
+            # waits at the stop line beside the ego; never in front of an ego that pulls away
+            if in_ego_lane and st.ego_prof.kmh(T) > 1:
+                return
             line = st.stop_line if st.stop_line is not None else st.junction_z - 2
             s0 = line - 1.0
             vp = Profile([(0, 0), (T, 0)])
             if st.light_phases and st.light_phases[-1][0] == "green":
                 t_g = st.light_phases[-1][1]
                 vp = Profile([(0, 0), (t_g + 0.3, 0), (t_g + 2.5, v)])
+        elif in_ego_lane:
+            # stays at least 10 m ahead of the ego for the whole clip (the ego does not squeeze past)
+            s0 = max(r.u(10, 30), max(st.ego_prof.dist(float(t)) - vp.dist(float(t)) for t in np.linspace(0, T, 21)) + 10)
+        else:
+            s0 = r.u(10, 30)
         motion = Mover(StraightPath(u, 1, L["curvature"]), vp, s0=s0)
     else:
         u = left_edge_u(L) + 0.8
-        t_p = r.u(0.3 * T, 1.0 * T)
+        t_hi = 1.0 * T if info["turn"] != "left" else info["m_start"] - 0.5  # passes before the ego turns across
+        if t_hi <= 0.3 * T:
+            return
+        t_p = r.u(0.3 * T, t_hi)
         z0 = st.ego.pose(t_p)[1] + vp.dist(t_p)
         motion = Mover(StraightPath(u, -1, L["curvature"], z0=z0), vp)
     cid = st.new_id("cyclist")
@@ -1431,6 +1441,68 @@ def _visibility(st: _Story, cam: G.Camera, times: np.ndarray, ego_poses, poses_b
     return boxes
 
 
+def _footprint(x: float, z: float, hdg: float, length: float, width: float) -> np.ndarray:
+    psi = math.radians(hdg)
+    f = np.array([math.sin(psi), math.cos(psi)]) * (length / 2)
+    rgt = np.array([math.cos(psi), -math.sin(psi)]) * (width / 2)
+    c = np.array([x, z])
+    return np.array([c + f + rgt, c + f - rgt, c - f - rgt, c - f + rgt])
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Separating-axis test of two convex quadrilaterals (4 x 2)."""
+    for poly in (a, b):
+        for i in range(4):
+            e = poly[(i + 1) % 4] - poly[i]
+            n = np.array([-e[1], e[0]])
+            pa, pb = a @ n, b @ n
+            if pa.max() < pb.min() or pb.max() < pa.min():
+                return False
+    return True
+
+
+def _deconflict(st: _Story, times, ego_poses, poses) -> list[_Actor]:
+    """Drop road users whose footprints would overlap the ego or a more important road user at
+    any sampled time (story-critical actors first, then in the order they were added)."""
+    info = st.info
+    critical = {st.lead_id, info.get("yields_to")}
+
+    def prio(a: _Actor) -> int:
+        if a.id in critical or (a.kind == "pedestrian" and a.attrs.get("action") == "crossing"
+                                and info["stop_reason"] == "pedestrian"):
+            return 0
+        return 1
+
+    order = sorted(range(len(st.actors)), key=lambda i: (prio(st.actors[i]), i))
+    ego_fp = []
+    for (x, z, h) in ego_poses:
+        psi = math.radians(h)
+        ego_fp.append(_footprint(x - 0.8 * math.sin(psi), z - 0.8 * math.cos(psi), h, 4.8, 2.0))
+    kept: list[tuple[_Actor, list]] = []
+    for i in order:
+        a = st.actors[i]
+        L_, W_ = a.size[0], a.size[1]
+        fps = [_footprint(x, z, h, L_ + 0.4, W_ + 0.2) for (x, z, h) in poses[a.id]]
+        r_a = 0.5 * math.hypot(L_ + 0.4, W_ + 0.2)
+        clash = False
+        others = [(ego_fp, 2.7)] + [(k_fp, k_r) for _, k_fp, k_r in kept]
+        for fp_o, r_o in others:
+            for ti in range(len(times)):
+                d = fps[ti].mean(axis=0) - fp_o[ti].mean(axis=0)
+                if d @ d > (r_a + r_o) ** 2:
+                    continue
+                if _overlap(fps[ti], fp_o[ti]):
+                    clash = True
+                    break
+            if clash:
+                break
+        if clash and prio(a) > 0:
+            continue
+        kept.append((a, fps, r_a))
+    keep_ids = {a.id for a, _, _ in kept}
+    return [a for a in st.actors if a.id in keep_ids]
+
+
 def _view_limit(cond: Conditions) -> float:
     """Beyond this distance (m) nothing counts as visible: fog, rain and darkness shorten it."""
     v = {"clear": 160.0, "overcast": 140.0, "rain": 100.0, "fog": 42.0}[cond.weather]
@@ -1458,6 +1530,7 @@ def _finish(st: _Story, video_id: str) -> SceneRecord:
     ego_poses = [G.pose_at(ego_arr, float(t)) for t in times]
     tracks = {a.id: sample_track(a.motion, T, dt) for a in st.actors}
     poses = {aid: [G.pose_at(np.array(tr, dtype=np.float64), float(t)) for t in times] for aid, tr in tracks.items()}
+    st.actors = _deconflict(st, times, ego_poses, poses)
     boxes = _visibility(st, cam, times, ego_poses, poses)
 
     def cam_xz(aid: str, ti: int) -> tuple[float, float]:
