@@ -9,8 +9,9 @@ Outputs: `<outputs_dir>/<model-name>/<checkpoint-label>/<dataset>/{caption,mcq,l
 `lingoqa_predictions.csv` and `run.json` (docs/formats.md, "Inference outputs").
 
 - Resumable and crash-safe: each record is appended with `avcap.records.RecordWriter` (one
-  `O_APPEND` write + fsync) as soon as its batch finishes; a rerun skips every key that has a
-  record. A kill loses at most the batch in flight and never leaves a torn or duplicated line.
+  `O_APPEND` write per line) as soon as its batch finishes, and the file is fsynced once per batch;
+  a rerun skips every key that has a record. A kill loses at most the batch in flight and never
+  leaves a torn or duplicated line.
 - A request that fails (a corrupt video, an HTTP error after retries) is written as an error record
   (`"error": "..."`) and the run goes on. Error records count as finished: a rerun leaves them
   alone unless `--retry-errors` is given (then they are retried and a success supersedes them).
@@ -267,6 +268,12 @@ def make_record(task: str, item: Item, result: Any, seconds: float) -> dict[str,
 def shard_suffix(num_shards: int, shard_index: int) -> str:
     w = max(2, len(str(num_shards)))
     return f"shard-{shard_index:0{w}d}-of-{num_shards:0{w}d}"
+
+
+def output_dir(cfg: RecipeConfig, outputs_dir: Optional[str | Path], model_name: str, label: str, dataset: str) -> Path:
+    """`<outputs_dir>/<model-name>/<checkpoint-label>/<dataset>` (default outputs_dir from the config)."""
+    root = Path(outputs_dir) if outputs_dir is not None else cfg.resolve(cfg.avcap.outputs_dir)
+    return root / model_name / label / dataset
 
 
 def task_file(out_dir: Path, task: str, num_shards: int = 1, shard_index: int = 0) -> Path:
@@ -528,8 +535,7 @@ def run_inference(
     except CheckpointError as exc:
         raise InferError(str(exc)) from None
     plan = build_plan(cfg, dataset, tasks, limit)
-    root_out = Path(outputs_dir) if outputs_dir is not None else cfg.resolve(cfg.avcap.outputs_dir)
-    out_dir = root_out / model_name / ck.label / dataset
+    out_dir = output_dir(cfg, outputs_dir, model_name, ck.label, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     settings = describe_settings(cfg, ecfg.name, ck)
@@ -590,7 +596,7 @@ def run_inference(
             for task, todo in pending.items():
                 sampling: Sampling = getattr(cfg.avcap.sampling, task)
                 target = task_file(out_dir, task, k, i)
-                with RecordWriter(target) as writer:
+                with RecordWriter(target, fsync=False) as writer:  # synced once per batch
                     _run_task(
                         engine, task, todo, sampling, writer, stats[task], prompts.system, reasoning_suffix,
                         progress=progress, desc=f"{task}{shard_txt}",
@@ -677,6 +683,7 @@ def _run_task(engine, task, todo, sampling, writer, st, system, reasoning_suffix
                     st.done += 1
                 left[it.unit] -= 1
                 finished_units += left[it.unit] == 0
+            writer.sync()
             if bar is not None:
                 bar.update(finished_units)
                 bar.set_postfix(failed=st.failed, refresh=False)
@@ -762,8 +769,7 @@ def merge_only(
     except CheckpointError as exc:
         raise InferError(str(exc)) from None
     plan = build_plan(cfg, dataset, tasks, limit)
-    root_out = Path(outputs_dir) if outputs_dir is not None else cfg.resolve(cfg.avcap.outputs_dir)
-    out_dir = root_out / (model_name or cfg.avcap.model_name) / ck.label / dataset
+    out_dir = output_dir(cfg, outputs_dir, model_name or cfg.avcap.model_name, ck.label, dataset)
     if not out_dir.is_dir():
         raise InferError(f"{out_dir}: no outputs to merge")
     return merge_outputs(out_dir, plan, num_shards=num_shards)

@@ -103,6 +103,11 @@ class RecordWriter:
         if self._fsync:
             os.fsync(self._fd)
 
+    def sync(self) -> None:
+        """fsync what was appended: a writer opened with `fsync=False` syncs once per batch."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

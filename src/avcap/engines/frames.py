@@ -57,8 +57,10 @@ def vision_factor(model_config: Any) -> tuple[int, int, int]:
 
 def describe_error(exc: BaseException, path: str) -> str:
     """One line naming the video: avcap.video's VideoError already starts with the path."""
+    from avcap.video import VideoError
+
     msg = " ".join(str(exc).split()) or type(exc).__name__
-    if type(exc).__name__ != "VideoError":
+    if not isinstance(exc, VideoError):
         msg = f"{type(exc).__name__}: {msg}"
     return msg if msg.startswith(path) else f"{path}: {msg}"
 

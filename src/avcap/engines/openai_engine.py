@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 from avcap.config import Engine as EngineConfig
 from avcap.config import Sampling, Vision
-from avcap.engines.base import Request, Result, final_answer
+from avcap.engines.base import Request, Result, final_answer, video_parts
 from avcap.engines.frames import FrameLoader, describe_error
 
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
@@ -92,9 +92,7 @@ class OpenAIEngine:
     # ------------------------------------------------------------------ one request
 
     def _needs_frames(self, req: Request) -> bool:
-        return self.cfg.video_mode == "frames" or any(
-            Path(str(p.get("video"))).is_dir() for m in req.messages for p in _parts(m) if p.get("type") == "video"
-        )
+        return self.cfg.video_mode == "frames" or any(Path(str(p["video"])).is_dir() for p in video_parts(req.messages))
 
     def _one(self, req: Request, sampling: Sampling) -> Result:
         try:
@@ -189,11 +187,6 @@ class OpenAIEngine:
 
 class _BadVideo(Exception):
     pass
-
-
-def _parts(m: dict[str, Any]) -> list[dict[str, Any]]:
-    c = m.get("content")
-    return [p for p in c if isinstance(p, dict)] if isinstance(c, list) else []
 
 
 def _text_of(content: Any) -> str:
