@@ -365,3 +365,40 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "avcap", "synth", "--out", str(tmp_path / "x"), "--width", "63"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--width" in r.stderr
+
+
+def _footprint(x, z, hdg, length, width):
+    from avcap.synth import geometry as G
+
+    return G.box_corners(x, z, hdg, length, width, 0.0, 1.0)[:4][:, [0, 2]]
+
+
+def _separated(a, b) -> bool:
+    for poly in (a, b):
+        for i in range(4):
+            e = poly[(i + 1) % 4] - poly[i]
+            n = np.array([-e[1], e[0]])
+            if (a @ n).max() < (b @ n).min() or (b @ n).max() < (a @ n).min():
+                return True
+    return False
+
+
+def test_nobody_drives_or_walks_through_anybody(records):
+    import math
+
+    from avcap.synth import geometry as G
+
+    for r in records[:60]:
+        ego = np.array(r.ego.track)
+        objs = r.vehicles + r.pedestrians + r.cyclists
+        for t in np.linspace(0, r.duration_s, 17):
+            ex, ez, eh = G.pose_at(ego, t)
+            psi = math.radians(eh)
+            fps = [("ego", _footprint(ex - 0.8 * math.sin(psi), ez - 0.8 * math.cos(psi), eh, 4.6, 1.9))]
+            for o in objs:
+                x, z, h = G.pose_at(np.array(o.track), t)
+                size = G.VEHICLE_SIZE[o.type][:2] if hasattr(o, "type") else ((0.45, 0.5) if hasattr(o, "kind") else (1.8, 0.6))
+                fps.append((o.id, _footprint(x, z, h, *size)))
+            for i in range(len(fps)):
+                for j in range(i + 1, len(fps)):
+                    assert _separated(fps[i][1], fps[j][1]), (r.seed, fps[i][0], fps[j][0], float(t))
