@@ -248,6 +248,7 @@ def test_two_process_shards_merge_to_the_single_process_result(reference, cfg_fi
         assert texts(d / f"{task}.jsonl") == texts(reference / "AV_CAPTION" / f"{task}.jsonl")
     run = json.loads((d / "run.json").read_text())
     assert [s["shard"]["shard_index"] for s in run["shards"]] == [0, 1]
+    assert run["timings"]["mcq"]["requests"] == 15 and run["timings"]["mcq"]["videos"] == 5
 
 
 @pytest.mark.slow

@@ -462,13 +462,23 @@ def _merge_run_json(out_dir: Path) -> None:
         return  # no shards, or run.json already describes the latest of them
     infos = [read_json(p) for p in parts]
     latest = max(infos, key=lambda d: d.get("finished_at") or "")
-    merged = {k: v for k, v in latest.items() if k not in ("shard", "timings", "counts")}
-    merged["shards"] = [
-        {"file": p.name, "shard": d.get("shard"), "counts": d.get("counts"), "timings": d.get("timings")}
-        for p, d in zip(parts, infos)
-    ]
+    merged = {k: v for k, v in latest.items() if k not in ("shard", "timings")}
+    merged["shards"] = [{"file": p.name, "shard": d.get("shard"), "timings": d.get("timings")} for p, d in zip(parts, infos)]
+    merged["timings"] = _combine_timings([d.get("timings") or {} for d in infos])
     merged["merged_at"] = _now()
     write_json_atomic(out_dir / "run.json", merged)
+
+
+def _combine_timings(per_shard: list[dict[str, Any]]) -> dict[str, Any]:
+    """All shards as one run: counts add up, the wall time is the slowest shard's (they run at once)."""
+    out: dict[str, Any] = {}
+    tasks = {t for d in per_shard for t, v in d.items() if isinstance(v, dict)}
+    for task in sorted(tasks):
+        rows = [d[task] for d in per_shard if isinstance(d.get(task), dict)]
+        st = TaskStats(**{f: sum(r.get(f) or 0 for r in rows) for f in ("requests", "videos", "done", "failed", "skipped")})
+        st.seconds = max((r.get("seconds") or 0.0) for r in rows)
+        out[task] = st.as_dict()
+    return out
 
 
 def _now() -> str:
@@ -606,13 +616,9 @@ def run_inference(
     for task, st in stats.items():
         timings[task] = st.as_dict()
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
-    info.update(timings=timings, counts={t: s.as_dict() for t, s in stats.items()}, finished_at=_now())
+    info.update(timings=timings, finished_at=_now())
     rf = run_file(out_dir, k, i)
-    previous = read_json(rf) if rf.exists() else {}
-    if any(pending.values()) or not previous:  # a rerun with nothing to do keeps the real timings
-        info["sessions"] = previous.get("sessions", []) + [
-            {"started_at": started_at, "finished_at": info["finished_at"], "timings": timings}
-        ]
+    if any(pending.values()) or not rf.exists():  # a rerun with nothing to do keeps the real timings
         write_json_atomic(rf, info)
 
     for task, st in stats.items():
