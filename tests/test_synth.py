@@ -350,15 +350,16 @@ def test_recipe_resolution_path_is_streamed(tmp_path):
     from avcap.synth.render import render_video
     from avcap.video import probe
 
-    rec = sample_scene(5, duration_s=0.2, fps=30, width=1936, height=1220)
-    assert rec.render.num_frames == 6
+    rec = sample_scene(5, duration_s=0.4, fps=30, width=1936, height=1220)
+    assert rec.render.num_frames == 12
     tracemalloc.start()
     render_video(rec, tmp_path / "big.mp4")
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     info = probe(tmp_path / "big.mp4")
-    assert (info.width, info.height, info.total_frames) == (1936, 1220, 6)
-    assert peak < 150 * 2**20, f"peak Python memory {peak / 2**20:.0f} MiB"  # a whole clip would be 6 x 7 MiB x many
+    assert (info.width, info.height, info.total_frames) == (1936, 1220, 12)
+    # one 1936x1220 RGB frame is 6.8 MiB: holding the 12 frames would alone exceed this
+    assert peak < 64 * 2**20, f"peak Python memory {peak / 2**20:.0f} MiB"
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path):

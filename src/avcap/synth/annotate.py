@@ -254,6 +254,10 @@ def vehicles_sentences(rec: SceneRecord, say: _Say) -> list[str]:
             out.append(say(f"{_cap(_the(lead))} ahead brakes, its brake lights on.", f"{_cap(_the(lead))} in front slows down."))
         else:
             out.append(say(f"{_cap(_the(lead))} ahead pulls away first.", f"{_cap(_the(lead))} in front starts moving first."))
+    elif lead is not None and lead.behavior in ("turning_left", "turning_right") and e.maneuver not in ("left_turn", "right_turn"):
+        d = lead.behavior.split("_")[1]
+        out.append(say(f"{_cap(_the(lead))} ahead slows down and turns {d} at the junction.",
+                       f"{_cap(_the(lead))} in front leaves the road, turning {d} into the side street."))
     elif lead is not None and e.maneuver in ("stopped",):
         out.append(say(f"{_cap(vehicle_phrase(lead))} is stopped directly ahead.", f"{_cap(vehicle_phrase(lead))} waits in front of the ego vehicle."))
     onc = [v for v in rec.vehicles if v.role == "oncoming" and not v.is_emergency]
