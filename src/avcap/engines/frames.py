@@ -49,7 +49,7 @@ def vision_factor(model_config: Any) -> tuple[int, int, int]:
     vc = getattr(model_config, "vision_config", None)
     if vc is None:
         raise ValueError(f"{type(model_config).__name__} has no vision_config: not a vision-language model")
-    patch = int(getattr(vc, "patch_size"))
+    patch = int(vc.patch_size)
     merge = int(getattr(vc, "spatial_merge_size", 2))
     temporal = int(getattr(vc, "temporal_patch_size", 2))
     return patch, merge, temporal

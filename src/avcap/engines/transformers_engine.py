@@ -105,7 +105,6 @@ class TransformersEngine:
         device: Optional[str] = None,
         decode_workers: Optional[int] = None,
     ):
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.cfg = cfg
@@ -140,7 +139,6 @@ class TransformersEngine:
             self.model, "get_video_features"
         )
         self.frames = FrameLoader(vision, self.factor, workers=decode_workers, capacity=max(32, 4 * self.batch_size))
-        torch.set_grad_enabled(False)
 
     # ------------------------------------------------------------------ interface
 
@@ -208,6 +206,12 @@ class TransformersEngine:
     def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling) -> list[Result]:
         import torch
 
+        with torch.inference_mode():
+            return self._generate_batch_nograd(chunk, sampling)
+
+    def _generate_batch_nograd(self, chunk: list[tuple[Request, list]], sampling: Sampling) -> list[Result]:
+        import torch
+
         t0 = time.perf_counter()
         inputs = self.inputs_for(chunk).to(self.device)
         videos = [id(vf) for _, frames in chunk for vf in frames]  # the loader shares one object per video
@@ -273,7 +277,8 @@ class TransformersEngine:
         slot = {videos[n]: j for j, n in enumerate(uniq)}
         order = [slot[v] for v in videos]
         out.pooler_output = tuple(out.pooler_output[j] for j in order)
-        out.deepstack_features = [tuple(level[j] for j in order) for level in out.deepstack_features]
+        if getattr(out, "deepstack_features", None) is not None:  # Qwen3-VL; Qwen2.5-VL has none
+            out.deepstack_features = [tuple(level[j] for j in order) for level in out.deepstack_features]
         inputs["mm_encoder_outputs"] = {"video": out}
         return inputs
 
