@@ -251,7 +251,6 @@ def test_two_process_shards_merge_to_the_single_process_result(reference, cfg_fi
     assert run["timings"]["mcq"]["requests"] == 15 and run["timings"]["mcq"]["videos"] == 5
 
 
-@pytest.mark.slow
 def test_merge_names_the_missing_shard(cfg_file, infer_data_dir, tmp_path):
     out = tmp_path / "out"
     cfg = load_config(cfg_file)
@@ -309,3 +308,27 @@ def test_openai_engine_through_the_runner(cfg_file, infer_data_dir, tmp_path, mo
     for f in d.iterdir():
         assert "sk-never-on-disk" not in f.read_text()
     assert json.loads((d / "run.json").read_text())["engine_config"]["api_key_env"] == "AVCAP_RUNNER_KEY"
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lingoqa"
+
+
+@pytest.mark.skipif(not (SHARED / "val.parquet").exists(), reason="../shared/data (real LingoQA val.parquet) is absent")
+def test_real_lingoqa_parquet_plans_500_questions_and_official_csv_columns(tmp_path):
+    from avcap.infer import build_plan, write_lingoqa_csv
+
+    root = tmp_path / "LINGOQA"
+    root.mkdir()
+    (root / "val.parquet").write_bytes((SHARED / "val.parquet").read_bytes())
+    cfg = load_config(None, {"avcap": {"datasets": {"LINGOQA": {"kind": "lingoqa", "root": str(root)}}}})
+    plan = build_plan(cfg, "LINGOQA", None, None)
+    items = plan.items["lingoqa"]
+    assert len(items) == 500 and len(plan.units) == 100 and len({it.key for it in items}) == 500
+    assert all(Path(it.video) == root / "images" / "val" / it.unit for it in items)
+    assert len(build_plan(cfg, "LINGOQA", None, 3).units) == 3
+    write_lingoqa_csv(tmp_path / "pred.csv", [{**it.fields, "text": " Yes. "} for it in items])
+    with open(tmp_path / "pred.csv", newline="") as fh, open(SHARED / "predictions.csv", newline="") as off:
+        ours, official = csv.DictReader(fh), csv.DictReader(off)
+        rows = list(ours)
+        assert set(ours.fieldnames) <= set(official.fieldnames)
+    assert len(rows) == 500 and rows[0]["answer"] == "Yes."
