@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -219,6 +220,29 @@ def test_transformers_processor_keeps_frames_and_timestamps(hf_engine, h264_clip
     last = (idx[-2] + idx[-1]) / 2 / vf.fps
     assert f"<{first:.1f} seconds>" in text and f"<{last:.1f} seconds>" in text
     assert text.count(" seconds>") == t // 2
+
+
+REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "udacity_solidWhiteRight.mp4"
+
+
+@pytest.mark.skipif(not REAL_CLIP.exists(), reason="../shared/data (real dash-cam clip) is absent")
+def test_transformers_on_real_dashcam_footage_with_recipe_vision(varied_model_dir):
+    """960x540 at 25 fps, the recipe's nframes=16 / max_pixels=360000: 16 frames at the qwen-vl-utils
+    size, one video token per 32x32 pixels per frame pair, timestamps from 25 fps."""
+    from avcap.video import load_video, num_video_tokens
+
+    cfg = load_config(None).avcap.engine.model_copy(update={"device": "cpu"})
+    vision = Vision(nframes=16, max_pixels=360000)
+    eng = make_engine(cfg, vision=vision, model=str(varied_model_dir))
+    try:
+        [res] = eng.generate([Request("k", build_messages(SYSTEM, "Describe.", str(REAL_CLIP)))], Sampling(max_tokens=2))
+        vf = eng.frames.frames({"video": str(REAL_CLIP)})
+    finally:
+        eng.close()
+    ref = load_video(REAL_CLIP, nframes=16, max_pixels=360000, min_pixels=vision.min_pixels, factor=32)
+    assert res.error is None and vf.frames.shape == ref.frames.shape and vf.fps == 25
+    t, h, w = vf.frames.shape[:3]
+    assert res.extra["num_video_tokens"] == num_video_tokens(t, h, w) == t // 2 * (h // 32) * (w // 32)
 
 
 def test_transformers_batched_equals_single_and_bad_video_fails_alone(hf_engine, infer_data_dir):
