@@ -714,19 +714,19 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def main(
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name the outputs are filed under (default [avcap] model_name)."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name the outputs are filed under (default \\[avcap] model_name)."),
     checkpoint: Optional[str] = typer.Option(
         None, "--checkpoint", help="HF dir, cosmos-rl <out>/<ts>/safetensors/step_N, or avcap <output_dir>/checkpoints/step_N; omitted: the base model."
     ),
-    dataset: str = typer.Option(..., "--dataset", help="A dataset named under [avcap.datasets] (AV_CAPTION, LINGOQA, ...)."),
+    dataset: str = typer.Option(..., "--dataset", help="A dataset named under \\[avcap.datasets] (AV_CAPTION, LINGOQA, ...)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Recipe TOML (default: built-in defaults)."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="transformers | openai | vllm (default [avcap.engine] name)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="transformers | openai | vllm (default \\[avcap.engine] name)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated: caption,mcq (AV_CAPTION) or lingoqa (default: all of the dataset's)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N videos (LingoQA: segments), sorted by id."),
-    outputs_dir: Optional[Path] = typer.Option(None, "--outputs-dir", help="Default [avcap] outputs_dir."),
+    outputs_dir: Optional[Path] = typer.Option(None, "--outputs-dir", help="Default \\[avcap] outputs_dir."),
     num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Split the videos into K shards (default: WORLD_SIZE under torchrun, else 1)."),
     shard_index: Optional[int] = typer.Option(None, "--shard-index", help="Which shard this process runs (default: RANK under torchrun)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Requests per model call (default [avcap.engine] batch_size)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Requests per model call (default \\[avcap.engine] batch_size)."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Retry requests that have error records."),
     merge: bool = typer.Option(False, "--merge", help="Only merge the shards' part files (no model is loaded)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
