@@ -194,10 +194,11 @@ class Train(_Model):
         return self
 
     def warmup_steps(self, total_steps: int) -> int:
-        """cosmos-rl: a value in [0, 1] is a fraction of the total optimizer steps."""
+        """cosmos-rl: a value in [0, 1] is a fraction of the total optimizer steps, truncated
+        (`int(fraction * total)`, cosmos_rl/policy/trainer/optm); never more than the total."""
         if self.optm_warmup_steps <= 1:
-            return int(math.ceil(self.optm_warmup_steps * total_steps))
-        return int(self.optm_warmup_steps)
+            return min(total_steps, int(self.optm_warmup_steps * total_steps))
+        return min(total_steps, int(self.optm_warmup_steps))
 
     @property
     def grad_accumulation(self) -> int:

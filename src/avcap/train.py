@@ -1,0 +1,454 @@
+"""`avcap train --config FILE` — supervised fine-tuning from the recipe TOML, without cosmos-rl.
+
+The recipe's keys keep cosmos-rl's meaning (avcap.config): one optimizer step consumes
+`train_batch_per_replica` samples on every data-parallel rank, in micro-batches of
+`train_policy.mini_batch`; AdamW (`optm_lr`, `optm_weight_decay`, `optm_betas`); warmup and decay
+per avcap.trainer.schedule; gradient-norm clipping `optm_grad_norm_clip` (0: off); `epoch` passes
+of the blend (avcap.curate.blend: an epoch is the sum of the weighted sources' sizes, rounded up to
+whole global batches), capped by `max_num_steps`.
+
+Loss: token-level cross-entropy on the assistant tokens only (avcap.trainer.data), averaged over
+every assistant token of the global batch (all micro-batches, all ranks), so 1 rank and N ranks
+with the same global batch compute the same update. A sample longer than
+`policy.model_max_length` tokens is skipped and counted (never truncated).
+
+Runs: CPU (fp32) or GPU (bf16 autocast; FSDP2 mixed precision with `train.param_dtype`). Several
+processes via `torchrun --nproc-per-node N -m avcap.train --config FILE` (or `avcap train`
+under torchrun): PyTorch FSDP2 (`fully_shard`) over `dp_shard_size` ranks (-1: all), NCCL on
+GPU, gloo on CPU; each rank takes a disjoint slice of every global batch. Video decoding and the
+processor run in `dataloader_num_workers` DataLoader worker processes, prefetching ahead.
+
+Checkpoints every `[train.ckpt] save_freq` steps (and at the end with `save_final`) as
+`<output_dir>/checkpoints/step_<N>/` (avcap.trainer.checkpoint). `resume = true` continues from
+the latest one (a path: from that one) with the same data order — the blend order is a function
+of (seed, step) — and the saved optimizer, scheduler and RNG state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from avcap.config import ConfigError, RecipeConfig, load_config
+
+
+class TrainError(ValueError):
+    """A problem the user can fix (config, data, resume mismatch): exit 2, one line."""
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: Any  # torch.device
+    mesh: Any = None  # DeviceMesh when world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(cfg: RecipeConfig) -> Dist:
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    par = cfg.policy.parallelism
+    for key in ("tp_size", "cp_size", "pp_size"):
+        if getattr(par, key) != 1:
+            raise TrainError(f"policy.parallelism.{key} = {getattr(par, key)}: avcap train shards data-parallel "
+                             "only (FSDP2); use cosmos-rl for tensor/context/pipeline parallelism")
+    replicate = par.dp_replicate_size
+    shard = world // replicate if par.dp_shard_size == -1 else par.dp_shard_size
+    if shard * replicate != world:
+        raise TrainError(f"policy.parallelism: dp_shard_size {par.dp_shard_size} x dp_replicate_size {replicate} "
+                         f"!= {world} processes (WORLD_SIZE); launch with torchrun --nproc-per-node {shard * replicate}")
+    d = Dist(rank, world, local, device)
+    if world > 1:
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+
+        if use_cuda:
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        shape, names = ((replicate, shard), ("dp_replicate", "dp_shard")) if replicate > 1 else ((shard,), ("dp_shard",))
+        d.mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
+    return d
+
+
+def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
+    if d.world_size == 1:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _model_source(cfg: RecipeConfig) -> str:
+    name = cfg.policy.model_name_or_path
+    local = cfg.resolve(name)
+    return str(local) if local.exists() else name
+
+
+def load_model(src: str, cfg: RecipeConfig, d: Dist):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32)
+    model.config.use_cache = False
+    if cfg.policy.model_gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if d.world_size > 1:
+        import warnings
+
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        # the loss only reads the logits (no in-place op on the root's output view)
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+
+        mp = None
+        if d.device.type == "cuda":
+            mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.train.param_dtype), reduce_dtype=torch.float32)
+        kw = {"mesh": d.mesh, **({"mp_policy": mp} if mp else {})}
+        blocks = set(getattr(model, "_no_split_modules", None) or [])
+        for module in model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module, **kw)
+        fully_shard(model, **kw)
+    model.to(d.device)
+    model.train()
+    return model
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_values_videos", "image_grid_thw",
+               "video_grid_thw", "mm_token_type_ids", "second_per_grid_ts")
+
+
+def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool):
+    """(sum of token cross-entropies over the labelled tokens, number of labelled tokens)."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"][:, 1:]
+    inputs = {k: v.to(device) for k, v in batch.items() if k in _MODEL_KEYS}
+    if slice_logits:
+        keep = (labels != -100).any(0).nonzero().squeeze(1)  # positions whose next token is labelled
+        out = model(**inputs, logits_to_keep=keep.to(device))
+        target = labels[:, keep]
+    else:
+        out = model(**inputs)
+        target = labels
+        out.logits = out.logits[:, :-1]
+    logits = out.logits.float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1).to(device),
+                           ignore_index=-100, reduction="sum")
+    return loss, int((target != -100).sum())
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class Logger:
+    """Console always; `train_log.jsonl` in the output dir; wandb when listed and importable."""
+
+    def __init__(self, cfg: RecipeConfig, out: Path, d: Dist, echo: Callable[[str], None]):
+        from avcap.records import RecordWriter
+
+        self.echo, self.main, self.wandb = echo, d.main, None
+        self.writer = RecordWriter(out / "train_log.jsonl") if d.main else None
+        if d.main and "wandb" in cfg.logging.logger:
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                echo("warning: [logging] lists wandb but it is not installed (pip install 'avcap[wandb]'); console only")
+            else:
+                mode = cfg.logging.wandb_mode or os.environ.get("WANDB_MODE") or "online"
+                try:
+                    self.wandb = wandb.init(project=cfg.logging.project_name, name=cfg.logging.experiment_name,
+                                            dir=str(out), mode=mode, resume="allow",
+                                            id=f"avcap-{abs(hash(str(out))) % 10**10}",
+                                            config=cfg.model_dump(mode="json"))
+                    echo(f"logging to wandb ({mode}): project {cfg.logging.project_name}, run {cfg.logging.experiment_name}")
+                except Exception as exc:  # no login / no network: keep training
+                    echo(f"warning: wandb.init failed ({type(exc).__name__}: {exc}); console only "
+                         "(set [logging] wandb_mode = \"offline\" to log without a network)")
+
+    def step(self, rec: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        self.echo(
+            f"step {rec['step']}/{rec['total_steps']} epoch {rec['epoch']} loss {rec['loss']:.4f} "
+            f"lr {rec['lr']:.3e} grad_norm {rec['grad_norm']:.3f} tokens/s {rec['tokens_per_s']:.0f} "
+            f"step_time {rec['step_time_s']:.2f}s skipped {rec['samples_skipped_total']}"
+        )
+        assert self.writer is not None
+        self.writer.append({"key": str(rec["step"]), **rec})
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=rec["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _resume_point(cfg: RecipeConfig, out: Path) -> Optional[Path]:
+    from avcap.trainer.checkpoint import latest_checkpoint, read_state
+
+    r = cfg.train.resume
+    if r is False:
+        return None
+    if r is True:
+        return latest_checkpoint(out)
+    p = cfg.resolve(str(r))
+    try:
+        read_state(p)
+    except FileNotFoundError as exc:
+        raise TrainError(f"train.resume: {exc}") from None
+    return p
+
+
+def _plan_summary(plan) -> dict[str, Any]:
+    return {"names": list(plan.names), "sizes": list(plan.sizes), "weights": [round(w, 12) for w in plan.weights],
+            "seed": plan.seed, "global_batch": plan.global_batch}
+
+
+def train(cfg: RecipeConfig, *, echo: Callable[[str], None] = print) -> list[Path]:
+    """Run SFT as configured; returns the checkpoint directories written by this call."""
+    import torch
+
+    with torch.enable_grad():  # whatever this process did to autograd before (an inference engine turns it off)
+        return _train(cfg, echo)
+
+
+def _train(cfg: RecipeConfig, echo: Callable[[str], None]) -> list[Path]:
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import AutoProcessor
+
+    from avcap.curate.blend import BlendPlan
+    from avcap.curate.sources import CurateError
+    from avcap.trainer import checkpoint as ckpt
+    from avcap.trainer.data import Collator, SFTDataset, StepBatches, index_sources
+    from avcap.trainer.schedule import build_scheduler
+
+    t = cfg.train
+    d = setup_distributed(cfg)
+    out = cfg.resolve(t.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(t.seed + d.rank)
+
+    resume_from = _resume_point(cfg, out)
+    model_src = str(resume_from) if resume_from else _model_source(cfg)
+    processor = AutoProcessor.from_pretrained(model_src)
+
+    ds_cfg = cfg.custom.dataset
+    try:
+        index = index_sources(cfg.resolve(ds_cfg.dataset_root), ds_cfg.subdirectories, ds_cfg.meta_file)
+        plan = BlendPlan(tuple(index.sizes), tuple(ds_cfg.normalized_weights()), t.seed,
+                         t.train_batch_per_replica * d.world_size,
+                         names=tuple(index.names))
+    except (CurateError, ValueError) as exc:
+        raise TrainError(f"[custom.dataset]: {exc}") from None
+    total_steps = t.epoch * plan.steps_per_epoch
+    if t.max_num_steps is not None:
+        total_steps = min(total_steps, t.max_num_steps)
+
+    model = load_model(model_src, cfg, d)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.optm_lr, betas=tuple(t.optm_betas),
+                                  weight_decay=t.optm_weight_decay)
+    scheduler = build_scheduler(optimizer, t, total_steps)
+    start_step, skipped_total, samples_seen = 0, 0, 0
+    if resume_from is not None:
+        state = ckpt.load_training_state(model, optimizer, scheduler, resume_from, rank=d.rank)
+        if state.get("plan") != _plan_summary(plan) or state.get("total_steps") != total_steps:
+            raise TrainError(
+                f"train.resume: {resume_from} was trained with blend {state.get('plan')} for "
+                f"{state.get('total_steps')} steps; this config gives {_plan_summary(plan)} for {total_steps} "
+                "steps. Resume needs the same dataset, weights, seed and global batch (or set resume = false)."
+            )
+        start_step, skipped_total, samples_seen = state["step"], state.get("samples_skipped", 0), state.get("samples_seen", 0)
+        if d.main:
+            echo(f"resuming from {resume_from} at step {start_step}/{total_steps}")
+
+    accum = t.grad_accumulation
+    dataset = SFTDataset(index, processor, vision=cfg.custom.vision, model_max_length=cfg.policy.model_max_length)
+    workers = t.train_policy.dataloader_num_workers
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepBatches(plan, rank=d.rank, world_size=d.world_size, mini_batch=t.train_policy.mini_batch,
+                                  start_step=start_step, end_step=total_steps),
+        collate_fn=Collator(processor.tokenizer.pad_token_id),
+        num_workers=workers,
+        prefetch_factor=(t.train_policy.dataloader_prefetch_factor or 2) if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )
+    slice_logits = _accepts(type(model).forward, "logits_to_keep")
+    def autocast():  # bf16 (param_dtype) on GPU, fp32 on CPU
+        if d.device.type == "cuda":
+            return torch.autocast("cuda", dtype=getattr(torch, t.param_dtype))
+        return contextlib.nullcontext()
+
+    fsdp = d.world_size > 1 and hasattr(model, "set_requires_gradient_sync")
+    log = Logger(cfg, out, d, echo)
+    if d.main:
+        mix = ", ".join(f"{n} {w:.0%} ({s})" for n, w, s in zip(plan.names, plan.weights, plan.sizes))
+        echo(f"training {model_src} on {d.world_size} x {d.device.type}: {total_steps} steps "
+             f"({plan.steps_per_epoch}/epoch), global batch {plan.global_batch} = {d.world_size} ranks x "
+             f"{accum} micro-batches x {t.train_policy.mini_batch}; blend {mix}")
+
+    written: list[Path] = []
+    fallback = None  # a batch kept for ranks whose micro-batch was entirely skipped (collectives must match)
+    batches = iter(loader)
+    try:
+        for step in range(start_step, total_steps):
+            t0 = time.perf_counter()
+            micro = [next(batches) for _ in range(accum)]
+            skipped = [(i, why) for mb in micro for i, why in mb["skipped"]]
+            for i, why in skipped:
+                echo(f"warning: rank {d.rank} step {step + 1}: skipped {index.files[i]}: {why}")
+            local_tokens = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro if "labels" in mb)
+            n_tokens, n_skipped, n_input = all_reduce_sum(
+                [local_tokens, len(skipped), sum(int(mb["attention_mask"].sum()) for mb in micro if "attention_mask" in mb)], d)
+            if n_tokens == 0:
+                raise TrainError(f"step {step + 1}: every sample of the global batch was skipped "
+                                 f"(policy.model_max_length = {cfg.policy.model_max_length}?)")
+            loss_sum = 0.0
+            for k, mb in enumerate(micro):
+                scale = d.world_size / n_tokens  # FSDP averages gradients over ranks
+                if "labels" not in mb:
+                    if d.world_size == 1:
+                        continue
+                    if fallback is None:
+                        raise TrainError(f"rank {d.rank} step {step + 1}: a whole micro-batch was skipped before any "
+                                         "batch was seen; cannot keep ranks in step")
+                    mb, scale = fallback, 0.0
+                else:
+                    fallback = mb
+                if fsdp:
+                    model.set_requires_gradient_sync(k == accum - 1)
+                with autocast():
+                    loss, _ = micro_batch_loss(model, mb, d.device, slice_logits=slice_logits)
+                (loss * scale).backward()
+                loss_sum += float(loss.detach()) if scale else 0.0
+            max_norm = t.optm_grad_norm_clip if t.optm_grad_norm_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            (loss_total,) = all_reduce_sum([loss_sum], d)
+            skipped_total += int(n_skipped)
+            samples_seen += plan.global_batch
+            done = step + 1
+            dt = time.perf_counter() - t0
+            log.step({
+                "step": done, "total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
+                "loss": loss_total / n_tokens, "lr": lr, "grad_norm": float(grad_norm),
+                "tokens_per_s": n_input / dt, "step_time_s": dt, "assistant_tokens": int(n_tokens),
+                "samples_skipped": int(n_skipped), "samples_skipped_total": skipped_total,
+                "batch": plan.step_indices(step).tolist(),  # the global batch (sample indices), for audits
+            })
+            if t.ckpt.enable_checkpoint and (done % t.ckpt.save_freq == 0 or (done == total_steps and t.ckpt.save_final)):
+                state = {"total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
+                         "steps_per_epoch": plan.steps_per_epoch, "samples_seen": samples_seen,
+                         "samples_skipped": skipped_total, "seed": t.seed, "world_size": d.world_size,
+                         "plan": _plan_summary(plan), "base_model": _model_source(cfg),
+                         "loss": loss_total / n_tokens, "config": cfg.source}
+                path = ckpt.save(model, optimizer, scheduler, processor, output_dir=out, step=done, state=state,
+                                 rank=d.rank, world_size=d.world_size, max_keep=t.ckpt.max_keep)
+                written.append(path)
+                if d.main:
+                    echo(f"saved checkpoint {path}")
+    finally:
+        log.close()
+    if d.main:
+        echo(f"done: {total_steps} steps, {skipped_total} sample(s) skipped; checkpoints in {ckpt.checkpoints_dir(out)}")
+    return written
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(
+    config: Path = typer.Option(..., "--config", "-c", help="Recipe TOML ([custom.*], [train], [policy], [logging])."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override [train] max_num_steps."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override [train] output_dir."),
+) -> None:
+    """Supervised fine-tuning from the recipe TOML (torchrun for several GPUs/processes)."""
+    overrides: dict[str, Any] = {}
+    if max_steps is not None:
+        overrides.setdefault("train", {})["max_num_steps"] = max_steps
+    if output_dir is not None:
+        overrides.setdefault("train", {})["output_dir"] = str(output_dir.resolve())
+    try:
+        cfg = load_config(config, overrides=overrides or None)
+        train(cfg, echo=lambda s: typer.echo(s, err=s.startswith("warning")))
+    except ConfigError as exc:
+        for line in exc.problems:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2)
+    except TrainError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    finally:
+        _shutdown()
+
+
+def _shutdown() -> None:
+    with contextlib.suppress(Exception):
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m avcap.train --config FILE
+    typer.run(main)

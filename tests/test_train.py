@@ -1,0 +1,442 @@
+"""avcap train: LR schedule, label masking, CPU steps on the tiny model, checkpoints, exact resume,
+a 2-process FSDP2/gloo run, and the cosmos-rl dataset module."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from test_curate import CV, HUMAN, make_source, write_config
+
+from avcap.config import load_config
+from avcap.trainer.schedule import lr_factor
+
+# ----------------------------------------------------------------------------- LR schedule
+
+
+@pytest.mark.parametrize("decay,expected", [
+    # T = 100, warmup 0.05 -> 5 steps: 0, .25, .5, .75, 1 ; step 5: 1 ; then p = (k - 5) / 95
+    ("linear", {0: 0.0, 2: 0.5, 4: 1.0, 5: 1.0, 24: 1 - 19 / 95, 99: 1 - 94 / 95}),
+    ("sqrt", {1: 0.25, 5: 1.0, 24: 1 - math.sqrt(19 / 95), 99: 1 - math.sqrt(94 / 95)}),
+    ("cosine", {3: 0.75, 5: 1.0, 52.5: None, 24: 0.5 * (1 + math.cos(math.pi * 19 / 95)), 99: 0.5 * (1 + math.cos(math.pi * 94 / 95))}),
+    ("none", {0: 0.0, 4: 1.0, 50: 1.0, 99: 1.0}),
+])
+def test_lr_schedule_values(decay, expected):
+    from avcap.config import Train
+
+    t = Train(optm_warmup_steps=0.05, optm_decay_type=decay)
+    w = t.warmup_steps(100)
+    assert w == 5
+    for step, value in expected.items():
+        if value is None:
+            continue
+        assert lr_factor(step, total_steps=100, warmup_steps=w, decay_type=decay) == pytest.approx(value, abs=1e-12)
+
+
+def test_lr_schedule_warmup_steps_min_factor_and_torch_scheduler():
+    from avcap.config import Train
+    from avcap.trainer.schedule import build_scheduler
+
+    t = Train(optm_warmup_steps=3, optm_decay_type="linear", optm_min_lr_factor=0.1, optm_lr=1.0)
+    assert t.warmup_steps(10) == 3 and Train(optm_warmup_steps=0.03).warmup_steps(50) == 1  # int(1.5): cosmos-rl
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, t, total_steps=10)
+    seen = []
+    for _ in range(10):
+        seen.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert seen[:4] == [0.0, 0.5, 1.0, 1.0]
+    assert seen[4] == pytest.approx(0.1 + 0.9 * (1 - 1 / 7)) and seen[9] == pytest.approx(0.1 + 0.9 * (1 - 6 / 7))
+    assert min(seen[3:]) > 0.1
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    """Two curated sources (human 2, cv 2): 4-frame clips at 64x96, served at 4 frames of 64x96."""
+    from avcap.curate.sources import curate
+
+    root = tmp_path_factory.mktemp("train-data")
+    make_source(root / "raw/human", "human_annotated", 2, seed=0,
+                annotate=lambda i: {**HUMAN, "weather": ["Sunny", "Overcast"][i]})
+    make_source(root / "raw/cv", "cv_annotated", 2, seed=50)
+    body = """
+[custom.dataset]
+dataset_root = "data/train"
+subdirectories = ["human_annotated", "cv_annotated"]
+weights = [0.5, 0.5]
+
+[custom.vision]
+nframes = 4
+max_pixels = 6144
+
+[avcap.curate.sources.human_annotated]
+kind = "human_annotated"
+path = "raw/human"
+[avcap.curate.sources.cv_annotated]
+kind = "cv_annotated"
+path = "raw/cv"
+"""
+    cfg = write_config(root / "curate.toml", body)
+    report = curate(load_config(cfg), echo=lambda s: None)
+    assert not report.problems
+    return root, body
+
+
+def test_label_mask_covers_exactly_the_assistant_turn(curated, tiny_model_dir):
+    from transformers import AutoProcessor
+
+    from avcap.curate.sources import load_conversation
+    from avcap.trainer.data import IGNORE_INDEX, encode
+
+    root, _ = curated
+    proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    conv = load_conversation(next((root / "data/train/cv_annotated/conversations").glob("*.json")))
+    s = encode(proc, conv)
+    ids, labels = s["input_ids"][0], s["labels"][0]
+    assert labels.shape == ids.shape
+    sel = labels != IGNORE_INDEX
+    assert torch.equal(labels[sel], ids[sel])
+    assert proc.tokenizer.decode(ids[sel]) == conv[2]["content"] + "<|im_end|>"
+    # the labelled tokens are one contiguous run at the end (only the final "\n" after <|im_end|> is not)
+    pos = sel.nonzero().squeeze(1)
+    assert pos.tolist() == list(range(int(pos[0]), int(pos[-1]) + 1)) and int(pos[-1]) == len(ids) - 2
+    video_token = proc.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert (ids == video_token).sum() > 0 and not sel[ids == video_token].any()
+
+
+def test_label_mask_multi_turn_text_and_alignment(tiny_model_dir):
+    from transformers import AutoProcessor
+
+    from avcap.trainer.data import IGNORE_INDEX, align_labels, encode
+
+    proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    conv = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": [{"type": "text", "text": "Is the light red?"}]},
+            {"role": "assistant", "content": "Yes, it is red."},
+            {"role": "user", "content": [{"type": "text", "text": "And now?"}]},
+            {"role": "assistant", "content": "Green."}]
+    s = encode(proc, conv)
+    ids, labels = s["input_ids"][0], s["labels"][0]
+    text = proc.tokenizer.decode(ids[labels != IGNORE_INDEX])
+    assert text == "Yes, it is red.<|im_end|>Green.<|im_end|>"
+    # alignment: an expansion in the middle shifts the tail labels, keeps the head labels
+    assert align_labels([1, 2, 9, 3, 4], [True, False, False, False, True], [1, 2, 9, 9, 9, 9, 3, 4]) == \
+        [1, -100, -100, -100, -100, -100, -100, 4]
+    with pytest.raises(ValueError):
+        align_labels([1, 9, 2], [False, True, False], [1, 7, 7, 2])  # a labelled token that was expanded
+
+
+def test_sample_over_model_max_length_is_skipped(curated, tiny_model_dir):
+    from transformers import AutoProcessor
+
+    from avcap.curate.sources import load_conversation
+    from avcap.trainer.data import SampleSkipped, encode
+
+    root, _ = curated
+    proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    conv = load_conversation(next((root / "data/train/human_annotated/conversations").glob("*.json")))
+    n = encode(proc, conv)["input_ids"].shape[1]
+    assert encode(proc, conv, model_max_length=n)["input_ids"].shape[1] == n
+    with pytest.raises(SampleSkipped, match="model_max_length"):
+        encode(proc, conv, model_max_length=n - 1)
+
+
+# ----------------------------------------------------------------------------- training runs
+
+TRAIN = """
+[train]
+output_dir = "{out}"
+epoch = 2
+train_batch_per_replica = {per_rank}
+optm_lr = 3e-3
+optm_warmup_steps = 0
+optm_decay_type = "cosine"
+optm_min_lr_factor = 0.5
+seed = 7
+[train.train_policy]
+mini_batch = 1
+dataloader_num_workers = {workers}
+[train.ckpt]
+save_freq = 2
+[policy]
+model_name_or_path = "{model}"
+model_max_length = {max_len}
+model_gradient_checkpointing = {gc}
+[logging]
+logger = ["console", "wandb"]
+wandb_mode = "offline"
+"""
+
+
+def train_config(curated, tiny_model_dir, name: str, *, per_rank: int = 4, workers: int = 0,
+                 max_len: int = 4096, gc: bool = False) -> Path:
+    root, body = curated
+    text = body + TRAIN.format(out=f"runs/{name}", per_rank=per_rank, workers=workers, model=tiny_model_dir,
+                               max_len=max_len, gc=str(gc).lower())
+    return write_config(root / f"{name}.toml", text)
+
+
+def log_of(run: Path) -> dict[int, dict]:
+    from avcap.records import iter_records, latest_by_key
+
+    return {int(k): v for k, v in latest_by_key(iter_records(run / "train_log.jsonl")).items()}
+
+
+def weights_of(ckpt: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(ckpt / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(curated, tiny_model_dir):
+    """4 samples, global batch 2 (2 per rank, 1 worker process): 2 steps per epoch, 2 epochs."""
+    from avcap.train import train
+
+    cfg = load_config(train_config(curated, tiny_model_dir, "full", per_rank=2, workers=1, gc=True))
+    lines: list[str] = []
+    written = train(cfg, echo=lines.append)
+    return cfg.resolve(cfg.train.output_dir), written, lines
+
+
+def test_cpu_training_reduces_loss_and_writes_loadable_checkpoints(uninterrupted):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out, written, lines = uninterrupted
+    # 4 samples with global batch 2 -> 2 steps per epoch, 2 epochs -> 4 steps; save_freq 2
+    assert [p.name for p in written] == ["step_2", "step_4"]
+    log = log_of(out)
+    assert sorted(log) == [1, 2, 3, 4]
+    # both epochs cover the same 4 samples: the second epoch's loss is lower
+    assert log[3]["loss"] + log[4]["loss"] < log[1]["loss"] + log[2]["loss"]
+    assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and r["samples_skipped_total"] == 0 for r in log.values())
+    assert any(line.startswith("step 4/4 ") and "loss" in line and "lr" in line and "grad_norm" in line
+               and "tokens/s" in line and "skipped 0" in line for line in lines)
+    assert any("wandb" in line for line in lines)  # listed in [logging]: used, or a warning says why not
+    # the blend order: each epoch holds both sources half and half
+    epoch1 = sorted(log[1]["batch"] + log[2]["batch"])
+    assert sum(i < 2 for i in epoch1) == 2 and sum(i >= 2 for i in epoch1) == 2
+
+    ckpt = out / "checkpoints/step_4"
+    state = json.loads((ckpt / "avcap_train_state.json").read_text())
+    assert state["step"] == 4 and state["total_steps"] == 4 and (ckpt / state["optimizer_file"]).is_file()
+    model = AutoModelForImageTextToText.from_pretrained(ckpt)
+    proc = AutoProcessor.from_pretrained(ckpt)
+    assert proc.tokenizer.chat_template and (ckpt / "chat_template.jinja").is_file()
+    trained = weights_of(ckpt)
+    assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items() if k in trained)
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "Describe the scene."}]}]
+    inputs = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_checkpoint_loads_in_avcap_infer(uninterrupted, curated, tmp_path):
+    pytest.importorskip("avcap.engines.transformers_engine", reason="avcap infer's transformers engine not built yet")
+    from typer.testing import CliRunner
+
+    from avcap.cli import app
+    from test_curate import write_clip
+
+    out, _, _ = uninterrupted
+    av = tmp_path / "AV"
+    write_clip(av / "videos/v1.mp4", seed=3)
+    (av / "annotations").mkdir()
+    (av / "annotations/v1.json").write_text(json.dumps(HUMAN))
+    cfg = write_config(tmp_path / "infer.toml", f"""
+[custom.vision]
+nframes = 4
+max_pixels = 6144
+[avcap]
+outputs_dir = "{tmp_path / 'outputs'}"
+[avcap.engine]
+device = "cpu"
+[avcap.sampling.caption]
+max_tokens = 4
+[avcap.datasets.AV]
+kind = "av_caption"
+root = "{av}"
+""")
+    res = CliRunner().invoke(app, ["infer", "--config", str(cfg), "--model-name", "tiny", "--checkpoint",
+                                   str(out / "checkpoints/step_4"), "--dataset", "AV", "--tasks", "caption"])
+    assert res.exit_code == 0, res.output
+    rec = [json.loads(x) for x in (tmp_path / "outputs/tiny/ckpt-4/AV/caption.jsonl").read_text().splitlines()]
+    assert len(rec) == 1 and rec[0]["error"] is None
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(uninterrupted, curated, tiny_model_dir, monkeypatch):
+    import avcap.trainer.checkpoint as ck
+    from avcap.train import train
+
+    full_out, _, _ = uninterrupted
+    cfg = load_config(train_config(curated, tiny_model_dir, "resumed", per_rank=2, workers=0, gc=True))
+    out = cfg.resolve(cfg.train.output_dir)
+    real_save = ck.save
+
+    def save_then_die(*a, **kw):
+        path = real_save(*a, **kw)
+        if kw["step"] == 2:
+            raise KeyboardInterrupt  # killed right after the step-2 checkpoint
+        return path
+
+    monkeypatch.setattr(ck, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, echo=lambda s: None)
+    monkeypatch.setattr(ck, "save", real_save)
+    assert [p.name for _, p in ck.list_checkpoints(out)] == ["step_2"]
+    lines: list[str] = []
+    written = train(cfg, echo=lines.append)  # resume = true (the default)
+    assert [p.name for p in written] == ["step_4"]
+    assert any(line.startswith("resuming from") and "step 2/4" in line for line in lines)
+    full, resumed = log_of(full_out), log_of(out)
+    for step in (1, 2, 3, 4):
+        assert resumed[step]["batch"] == full[step]["batch"]  # same data order
+        assert resumed[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-5)
+        assert resumed[step]["lr"] == pytest.approx(full[step]["lr"], rel=1e-9)
+    a, b = weights_of(full_out / "checkpoints/step_4"), weights_of(out / "checkpoints/step_4")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_resume_refuses_a_changed_blend(uninterrupted, curated, tiny_model_dir):
+    from avcap.train import TrainError, train
+
+    full_out, _, _ = uninterrupted
+    root, body = curated
+    text = train_config(curated, tiny_model_dir, "full", per_rank=2).read_text()
+    cfg = load_config(write_config(root / "changed.toml", text.replace("weights = [0.5, 0.5]", "weights = [0.9, 0.1]")))
+    assert cfg.resolve(cfg.train.output_dir) == full_out
+    with pytest.raises(TrainError, match="resume"):
+        train(cfg, echo=lambda s: None)
+
+
+def test_too_long_samples_are_skipped_and_counted(curated, tiny_model_dir):
+    from avcap.train import train
+
+    # the human annotations are long JSON targets (> 400 tokens), the CV targets short
+    cfg = load_config(train_config(curated, tiny_model_dir, "short", per_rank=4, max_len=400))
+    cfg.train.max_num_steps = 1
+    lines: list[str] = []
+    train(cfg, echo=lines.append)
+    log = log_of(cfg.resolve(cfg.train.output_dir))
+    assert log[1]["samples_skipped"] == log[1]["samples_skipped_total"] == sum(i < 2 for i in log[1]["batch"]) > 0
+    assert sum("skipped" in line and "model_max_length 400" in line for line in lines) == log[1]["samples_skipped"]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_fsdp_matches_one_process(uninterrupted, curated, tiny_model_dir):
+    """torchrun, 2 CPU processes, FSDP2 over gloo, 1 sample per rank: the same global batch of 2
+    as the 1-process run, so the same data, losses and final weights."""
+    full_out, _, _ = uninterrupted
+    cfg_path = train_config(curated, tiny_model_dir, "ddp2", per_rank=1, workers=1, gc=True)
+    out = load_config(cfg_path).resolve("runs/ddp2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "avcap.train", "--config", str(cfg_path)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "on 2 x cpu" in proc.stdout
+    full, two = log_of(full_out), log_of(out)
+    for step in (1, 2, 3, 4):
+        assert two[step]["batch"] == full[step]["batch"]
+        assert two[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-4)
+    a, b = weights_of(full_out / "checkpoints/step_4"), weights_of(out / "checkpoints/step_4")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_train_cli_errors_exit_2(tmp_path, curated, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from avcap.cli import app
+
+    bad = write_config(tmp_path / "bad.toml", "[train]\nepochs = 3\n")
+    res = CliRunner().invoke(app, ["train", "--config", str(bad)])
+    assert res.exit_code == 2 and "epochs" in res.output and "Traceback" not in res.output
+    nodata = write_config(tmp_path / "nodata.toml", f'[custom.dataset]\ndataset_root = "{tmp_path}/none"\n'
+                                                    f'[policy]\nmodel_name_or_path = "{tiny_model_dir}"\n')
+    res = CliRunner().invoke(app, ["train", "--config", str(nodata)])
+    assert res.exit_code == 2 and "meta.json" in res.output
+
+
+# ----------------------------------------------------------------------------- cosmos-rl module
+
+
+def _load_script():
+    """Import the module from its file path, the way `cosmos-rl --config F <path>` runs it."""
+    import avcap.cosmos_rl_dataset as m
+
+    spec = importlib.util.spec_from_file_location("cosmos_rl_user_script", m.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _check_conversation(conv, vision_nframes: int):
+    assert [m["role"] for m in conv] == ["system", "user", "assistant"]
+    assert isinstance(conv[0]["content"], str) and isinstance(conv[2]["content"], str)
+    video, text = conv[1]["content"]
+    assert video["type"] == "video" and Path(video["video"]).is_absolute() and Path(video["video"]).is_file()
+    assert video["nframes"] == vision_nframes and video["min_pixels"] == 3136 and video["max_pixels"] == 6144
+    assert text["type"] == "text" and text["text"]
+
+
+def test_cosmos_rl_module_serves_conversations(curated, tmp_path, monkeypatch):
+    root, body = curated
+    mod = _load_script()
+    # cosmos-rl hands the script a temporary copy of the TOML and runs it from the launch directory
+    copy = write_config(tmp_path / "cosmos-rl-copy.toml", body.replace("nframes = 4", "nframes = 2") +
+                        '\nredis = "12800"\n[train]\ntrain_batch_per_replica = 2\nseed = 3\n'
+                        '[train.train_policy]\ntype = "sft"\nmini_batch = 1\n')
+    monkeypatch.chdir(root)
+    dataset, make_sampler = mod.from_config_file(copy)
+    assert len(dataset) == 4 and dataset.sizes == [2, 2]
+    for i in range(len(dataset)):
+        _check_conversation(dataset[i], vision_nframes=2)  # [custom.vision] of the TOML, not of curation time
+    # cosmos-rl's sampler call: sampler(train_dataset, num_replicas=, rank=, shuffle=, drop_last=)
+    s0 = make_sampler(object(), num_replicas=2, rank=0, shuffle=True, drop_last=False)
+    s1 = make_sampler(object(), num_replicas=2, rank=1, shuffle=True, drop_last=False)
+    assert len(s0) == len(s1) == 2 and sorted(list(s0) + list(s1)) == [0, 1, 2, 3]
+
+    # the factory path: cosmos-rl calls dataset.setup(config) with its Config (config.custom = [custom])
+    import tomllib
+
+    factory_ds = mod.AvcapConversations(base_dirs=[root])
+    factory_ds.setup(types.SimpleNamespace(custom=tomllib.loads(body)["custom"]))
+    _check_conversation(factory_ds[0], vision_nframes=4)
+
+
+def test_cosmos_rl_module_main_calls_worker_entry(curated, tmp_path, monkeypatch, capsys):
+    root, body = curated
+    mod = _load_script()
+    cfg = write_config(root / "cosmos.toml", body)
+    seen = {}
+    fake = types.ModuleType("cosmos_rl.launcher.worker_entry")
+    fake.main = lambda dataset=None, sampler=None, **kw: seen.update(dataset=dataset, sampler=sampler, kw=kw)
+    for name in ("cosmos_rl", "cosmos_rl.launcher"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "cosmos_rl.launcher.worker_entry", fake)
+    mod.main(["--config", str(cfg), "--port", "8000"])  # cosmos-rl's own flags are passed through
+    assert len(seen["dataset"]) == 4 and callable(seen["sampler"]) and seen["kw"] == {}
+    _check_conversation(seen["dataset"][3], vision_nframes=4)
+
+    monkeypatch.setitem(sys.modules, "cosmos_rl.launcher.worker_entry", None)  # not installed
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--config", str(cfg)])
+    assert exc.value.code == 2 and "cosmos-rl is not installed" in capsys.readouterr().err
+    mod.main(["--print-path"])
+    assert capsys.readouterr().out.strip().endswith("avcap/cosmos_rl_dataset.py")
