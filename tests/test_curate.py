@@ -4,7 +4,6 @@ the blend sampler's proportions, the preview grid."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

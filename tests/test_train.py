@@ -7,7 +7,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import types
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_curate import CV, HUMAN, make_source, write_config
+from test_curate import HUMAN, make_source, write_config
 
 from avcap.config import load_config
 from avcap.trainer.schedule import lr_factor

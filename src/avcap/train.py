@@ -27,10 +27,8 @@ of (seed, step) — and the saved optimizer, scheduler and RNG state.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
+import hashlib
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +159,6 @@ _MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_values_vide
 
 def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool):
     """(sum of token cross-entropies over the labelled tokens, number of labelled tokens)."""
-    import torch
     import torch.nn.functional as F
 
     labels = batch["labels"][:, 1:]
@@ -201,7 +198,7 @@ class Logger:
                 try:
                     self.wandb = wandb.init(project=cfg.logging.project_name, name=cfg.logging.experiment_name,
                                             dir=str(out), mode=mode, resume="allow",
-                                            id=f"avcap-{abs(hash(str(out))) % 10**10}",
+                                            id="avcap-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12],
                                             config=cfg.model_dump(mode="json"))
                     echo(f"logging to wandb ({mode}): project {cfg.logging.project_name}, run {cfg.logging.experiment_name}")
                 except Exception as exc:  # no login / no network: keep training
@@ -278,6 +275,9 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None]) -> list[Path]:
     torch.manual_seed(t.seed + d.rank)
 
     resume_from = _resume_point(cfg, out)
+    if resume_from is None and ckpt.list_checkpoints(out) and d.main:
+        echo(f"warning: train.resume = {t.resume}: starting from step 0; checkpoints in {ckpt.checkpoints_dir(out)} "
+             "will be overwritten as the new run reaches their steps")
     model_src = str(resume_from) if resume_from else _model_source(cfg)
     processor = AutoProcessor.from_pretrained(model_src)
 
@@ -418,9 +418,9 @@ def _worker_init(_: int) -> None:
 
 
 def main(
-    config: Path = typer.Option(..., "--config", "-c", help="Recipe TOML ([custom.*], [train], [policy], [logging])."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override [train] max_num_steps."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override [train] output_dir."),
+    config: Path = typer.Option(..., "--config", "-c", help="Recipe TOML (\\[custom.*], \\[train], \\[policy], \\[logging])."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override \\[train] max_num_steps."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override \\[train] output_dir."),
 ) -> None:
     """Supervised fine-tuning from the recipe TOML (torchrun for several GPUs/processes)."""
     overrides: dict[str, Any] = {}

@@ -43,7 +43,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import ValidationError
 
@@ -514,9 +514,3 @@ def discover_sources(dataset_root: str | Path, meta_file: str = "meta.json") -> 
     """Every subdirectory of `dataset_root` with a meta file, sorted."""
     root = Path(dataset_root)
     return sorted(p.parent.name for p in root.glob(f"*/{meta_file}"))
-
-
-def iter_conversation_files(sources: Iterable[CuratedSource]) -> Iterable[tuple[str, Path]]:
-    for s in sources:
-        for i in range(len(s.samples)):
-            yield s.name, s.conversation_path(i)
