@@ -681,12 +681,14 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
     # decode order whose pts is not after the target's (open-GOP leading pictures go one GOP back)
     import bisect
 
-    groups: list[list[int]] = []  # [start, end] decode positions
-    for d in sorted(targets):
+    spans = []
+    for d in targets:
         j = bisect.bisect_right(keypos, d) - 1
         while j > 0 and index.pts[keypos[j]] > index.pts[d]:
             j -= 1
-        start = keypos[max(j, 0)]
+        spans.append((keypos[max(j, 0)], d))
+    groups: list[list[int]] = []  # [start, end] decode positions; overlapping spans decode as one
+    for start, d in sorted(spans):
         if groups and start <= groups[-1][1]:
             groups[-1][1] = max(groups[-1][1], d)
         else:
