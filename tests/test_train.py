@@ -358,6 +358,52 @@ def test_two_process_gloo_fsdp_matches_one_process(uninterrupted, curated, tiny_
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
+@pytest.mark.slow
+def test_two_process_rank_with_only_skipped_samples_stays_in_step(tmp_path, tiny_model_dir):
+    """One sample is too long: the rank that draws it runs a zero-weight pass instead (FSDP ranks
+    must run the same collectives), the other rank's sample still trains, the skip is counted."""
+    from avcap.curate.sources import curate
+
+    long_text = "The ego vehicle keeps its lane behind a gray SUV. " * 200  # > 2000 tokens; the short one ~500
+    make_source(tmp_path / "raw/human", "human_annotated", 2, seed=0,
+                annotate=lambda i: {**HUMAN, "safety_analysis": long_text if i == 0 else "Short."})
+    body = f"""
+[custom.dataset]
+dataset_root = "data"
+subdirectories = ["human_annotated"]
+[custom.vision]
+nframes = 4
+max_pixels = 6144
+[avcap.curate.sources.human_annotated]
+kind = "human_annotated"
+path = "raw/human"
+[train]
+output_dir = "run"
+epoch = 2
+train_batch_per_replica = 1
+[train.train_policy]
+mini_batch = 1
+dataloader_num_workers = 0
+[train.ckpt]
+enable_checkpoint = false
+[policy]
+model_name_or_path = "{tiny_model_dir}"
+model_max_length = 1500
+"""
+    cfg_path = write_config(tmp_path / "r.toml", body)
+    curate(load_config(cfg_path), echo=lambda s: None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "avcap.train", "--config", str(cfg_path)],
+        check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = log_of(tmp_path / "run")
+    assert sorted(log) == [1, 2]  # 2 samples, global batch 2: one step per epoch, each with both samples
+    assert [log[k]["samples_skipped"] for k in (1, 2)] == [1, 1] and log[2]["samples_skipped_total"] == 2
+    assert all(math.isfinite(log[k]["loss"]) and log[k]["assistant_tokens"] > 0 for k in (1, 2))
+    assert "model_max_length 1500" in proc.stderr
+
+
 def test_train_cli_errors_exit_2(tmp_path, curated, tiny_model_dir):
     from typer.testing import CliRunner
 

@@ -323,6 +323,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None]) -> list[Path]:
         worker_init_fn=_worker_init if workers > 0 else None,
     )
     slice_logits = _accepts(type(model).forward, "logits_to_keep")
+
     def autocast():  # bf16 (param_dtype) on GPU, fp32 on CPU
         if d.device.type == "cuda":
             return torch.autocast("cuda", dtype=getattr(torch, t.param_dtype))
@@ -359,8 +360,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None]) -> list[Path]:
                     if d.world_size == 1:
                         continue
                     if fallback is None:
-                        raise TrainError(f"rank {d.rank} step {step + 1}: a whole micro-batch was skipped before any "
-                                         "batch was seen; cannot keep ranks in step")
+                        fallback = _first_usable(dataset, loader.collate_fn)
                     mb, scale = fallback, 0.0
                 else:
                     fallback = mb
@@ -406,6 +406,15 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None]) -> list[Path]:
     if d.main:
         echo(f"done: {total_steps} steps, {skipped_total} sample(s) skipped; checkpoints in {ckpt.checkpoints_dir(out)}")
     return written
+
+
+def _first_usable(dataset, collate) -> dict[str, Any]:
+    """Some trainable sample, as a micro-batch (for a zero-weight pass that keeps FSDP ranks in step)."""
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if "skipped" not in sample:
+            return collate([sample])
+    raise TrainError("no sample of the dataset fits policy.model_max_length")
 
 
 def _worker_init(_: int) -> None:
