@@ -154,6 +154,9 @@ def test_same_seed_same_bytes_and_frames(world, tmp_path):
     for name in a:
         if name.endswith(".mp4"):
             assert np.array_equal(decode_all(world / name), decode_all(again / name)), name
+            assert a[name] == b[name], name  # the encoder settings are reproducible too (mbtree off)
+        if name.endswith(".jpg"):
+            assert a[name] == b[name], name
     assert A.lingoqa_questions(sample_scene(3)) == A.lingoqa_questions(sample_scene(3))
     import pandas as pd
 
@@ -265,9 +268,20 @@ def test_stories_are_consistent(records):
             assert not e.moving_at_start and not e.moving_at_end
         if e.following_lead:
             assert r.lead_vehicle() is not None
+        if e.stop_reason == "pedestrian":
+            assert r.crossing_pedestrians(), r.seed
+        if e.yields_to is not None:
+            assert r.object_by_id(e.yields_to) is not None
         for p in r.crossing_pedestrians():
-            # nobody crosses in front of a moving ego nearby
             assert p.on_crosswalk and r.road.crosswalk
+        # people stay on the pavement, the verge or the crosswalk of this road (also on curved roads)
+        med, rd = r.road.median_m, r.road
+        right = med / 2 + rd.lanes_ego_direction * 3.5 + (2.5 if rd.parking_lane else 0.0) + 4.0
+        left = -med / 2 - rd.lanes_oncoming * 3.5 - 4.0
+        for p in r.pedestrians:
+            for t, x, z, _ in p.track:
+                u = x - 0.5 * rd.curvature_per_m * z * z
+                assert left <= u <= right, (r.seed, p.id, t, u)
 
 
 def test_captions_are_varied_natural_sentences(records):

@@ -1234,7 +1234,8 @@ def _sample_people(st: _Story) -> None:
                          start_side="left" if direction == "left_to_right" else "right",
                          cross_start_s=round(t0, 2), cross_end_s=round(t1, 2))
             zz = z_walk - 0.6 + k * 0.8  # one row each across the 3 m crosswalk
-            walker = Walker([(t0, xs, zz), (t1, xe, zz)], face=90.0 if direction == "left_to_right" else -90.0)
+            cxz = G.road_centre_x(zz, L["curvature"])
+            walker = Walker([(t0, cxz + xs, zz), (t1, cxz + xe, zz)], face=90.0 if direction == "left_to_right" else -90.0)
             pid = add(walker, attrs)
             if info["stop_reason"] == "pedestrian" and info.get("yields_to") is None:
                 info["yields_to"] = pid
@@ -1255,7 +1256,8 @@ def _sample_people(st: _Story) -> None:
             attrs.update(action="crossing", crossing_direction=direction, on_crosswalk=True,
                          start_side="left" if direction == "left_to_right" else "right",
                          cross_start_s=round(t0, 2), cross_end_s=round(t1, 2))
-            add(Walker([(t0, xs, z_walk), (t1, xe, z_walk)], face=90.0 if direction == "left_to_right" else -90.0), attrs)
+            cxz = G.road_centre_x(z_walk, L["curvature"])
+            add(Walker([(t0, cxz + xs, z_walk), (t1, cxz + xe, z_walk)], face=90.0 if direction == "left_to_right" else -90.0), attrs)
 
     # waiting at the kerb / walking along the pavement
     if True:
@@ -1273,14 +1275,18 @@ def _sample_people(st: _Story) -> None:
                 waiting_slots[side] += 1
                 z = zc + 0.6 + 0.85 * slot + r.u(0.0, 0.2)
                 attrs.update(action="waiting", crossing_direction=None, on_crosswalk=False, start_side=side)
-                walker = Walker([(0.0, x + (0.4 if side == "right" else -0.4) + (0.7 if side == "right" else -0.7) * (slot // 3), z)],
+                walker = Walker([(0.0, G.road_centre_x(z, L["curvature"]) + x + (0.4 if side == "right" else -0.4)
+                                  + (0.7 if side == "right" else -0.7) * (slot // 3), z)],
                                 face=-90.0 if side == "right" else 90.0)
             else:
                 z = r.u(8, 40)
                 d = r.pick((1, -1))
                 sp = 1.3 if kind == "adult" else 1.1
                 xx = x + (1.0 if side == "right" else -1.0)
-                walker = Walker([(0.0, xx, z), (T, xx, z + d * sp * T)], face=0.0 if d > 0 else 180.0)
+                # waypoints every second so the walk follows a curved pavement
+                n_w = max(2, int(math.ceil(T)) + 1)
+                walker = Walker([(float(t), G.road_centre_x(z + d * sp * float(t), L["curvature"]) + xx, z + d * sp * float(t))
+                                 for t in np.linspace(0.0, T, n_w)], face=0.0 if d > 0 else 180.0)
                 attrs.update(action="walking", crossing_direction=None, on_crosswalk=False, start_side=side)
                 if k > 0 and r.chance(0.4):
                     group += 1
@@ -1455,7 +1461,8 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
         for i in range(4):
             e = poly[(i + 1) % 4] - poly[i]
             n = np.array([-e[1], e[0]])
-            pa, pb = a @ n, b @ n
+            pa = a[:, 0] * n[0] + a[:, 1] * n[1]
+            pb = b[:, 0] * n[0] + b[:, 1] * n[1]
             if pa.max() < pb.min() or pb.max() < pa.min():
                 return False
     return True
@@ -1488,8 +1495,8 @@ def _deconflict(st: _Story, times, ego_poses, poses) -> list[_Actor]:
         others = [(ego_fp, 2.7)] + [(k_fp, k_r) for _, k_fp, k_r in kept]
         for fp_o, r_o in others:
             for ti in range(len(times)):
-                d = fps[ti].mean(axis=0) - fp_o[ti].mean(axis=0)
-                if d @ d > (r_a + r_o) ** 2:
+                d = (fps[ti][0] + fps[ti][1] + fps[ti][2] + fps[ti][3]) / 4 - (fp_o[ti][0] + fp_o[ti][1] + fp_o[ti][2] + fp_o[ti][3]) / 4
+                if d[0] * d[0] + d[1] * d[1] > (r_a + r_o) ** 2:
                     continue
                 if _overlap(fps[ti], fp_o[ti]):
                     clash = True
