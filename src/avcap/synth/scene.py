@@ -69,7 +69,7 @@ VehicleBehavior = Literal[
     "parked",  # stationary at the kerb
     "turning_left",
     "turning_right",
-    "lane_change_left",
+    "lane_change_left",  # directions are the vehicle's own: an oncoming car's "left" is the ego's right
     "lane_change_right",
     "crossing",  # cross traffic passing through the junction ahead
 ]
