@@ -336,6 +336,10 @@ def write_video(
                     opts: dict[str, str] = {}
                     if codec in ("libx264", "libx265"):
                         params = [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]
+                        if codec == "libx264":
+                            # macroblock-tree rate control gave different bitstreams for identical
+                            # frames from run to run with this x264 build; off, encodes reproduce
+                            params.append("mbtree=0")
                         if bframes is not None:
                             params.append(f"bframes={bframes}")
                         opts["preset"] = preset
