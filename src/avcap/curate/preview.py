@@ -68,8 +68,10 @@ def preview(dataset_root: str | Path, out: Optional[str | Path] = None, *, seed:
     names = discover_sources(root, meta_file)
     if not names:
         raise CurateError(f"{root}: no curated source (no */{meta_file}); run `avcap curate` first")
-    pool = [(name, src.video_path(i)) for name in names for src in [read_source(root, name, meta_file)]
-            for i in range(len(src.samples))]
+    pool: list[tuple[str, Path]] = []  # (source, video) of every curated sample
+    for name in names:
+        src = read_source(root, name, meta_file)
+        pool += [(name, src.video_path(i)) for i in range(len(src.samples))]
     if not pool:
         raise CurateError(f"{root}: the curated sources {names} hold no samples")
     rng = np.random.default_rng(seed)

@@ -56,7 +56,7 @@ from avcap.curate.schemas import (
     schema_error_text,
     validate_source,
 )
-from avcap.records import RecordWriter, iter_records, latest_by_key, write_json_atomic
+from avcap.records import RecordWriter, iter_records, latest_by_key, write_json_atomic, write_records_atomic
 
 FORMAT = "avcap.curate/1"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
@@ -414,8 +414,6 @@ def curate_source(name: str, src: CurateSource, cfg: RecipeConfig, out_dir: Path
             stale.unlink()
     write_meta(out_dir, name, src, raw, cfg, samples)
     # compact the progress log to exactly the current inputs (it only grows across reruns otherwise)
-    from avcap.records import write_records_atomic
-
     write_records_atomic(progress_path, (results[i.id] for i in items))
     return counts, problems
 
