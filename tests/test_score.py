@@ -122,7 +122,7 @@ def test_score_contract_files(tmp_path, judge_dir):
             ["The ego vehicle drives straight on a clear highway."]]
     expected = corpus_bleu(["The ego vehicle slows down behind a truck.", "", "A car drives on a highway."], refs)
     b = m["bleu"]
-    assert b["value"] == expected and b["n"] == 3 and b["failed_captions"] == 1
+    assert b["value"] == expected and b["n"] == 3 and b["caption_errors"] == 1 and b["empty_captions"] == 0
     assert set(b["per_video"]) == {"v1", "v2", "v3"} and b["references"].endswith("captions.jsonl")
     assert "BleuScorer" in b["implementation"] and "PTBTokenizer" in b["tokenization"] and "signature" in b["sacrebleu"]
     # MCQ: right v1/q0 v1/q1 v3/q0; wrong v2/q0; unparseable v2/q1; failed v3/q1
@@ -280,18 +280,13 @@ def test_caption_mode_cached_and_resumable(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_end_to_end_on_inference_outputs(tmp_path, tiny_model_dir, infer_data_dir, judge_dir):
+    """avcap infer (tiny Qwen3-VL) on the synthetic eval set, then avcap score on its real outputs."""
     infer = pytest.importorskip("avcap.infer")
-    if not hasattr(infer, "run_inference"):
-        pytest.skip("avcap.infer.run_inference is not available yet")
     from avcap.metrics.bleu import corpus_bleu
     from avcap.metrics.mcq import parse_choice
     from avcap.score import score_outputs
 
-    data = tmp_path / "eval"
-    shutil.copytree(infer_data_dir, data)
-    with RecordWriter(data / "AV_CAPTION" / "captions.jsonl") as w:
-        for i in range(4):
-            w.append({"key": f"clip{i:02d}", "video_id": f"clip{i:02d}", "caption": f"The ego vehicle drives on road {i}."})
+    data = infer_data_dir
     cfg_file = tmp_path / "recipe.toml"
     cfg_file.write_text(f"""
 [policy]
@@ -300,7 +295,7 @@ model_name_or_path = "{tiny_model_dir}"
 nframes = 4
 max_pixels = 6144
 [avcap.engine]
-batch_size = 2
+batch_size = 4
 device = "cpu"
 [avcap.sampling.caption]
 temperature = 0.0
@@ -324,19 +319,30 @@ root = "{data / 'LINGOQA'}"
         infer.run_inference(cfg, dataset=ds, model_name="tiny", outputs_dir=out, progress=False)
     results = score_outputs(out, cfg=cfg, log=lambda m: None)
     assert sorted(r["dataset"] for r in results) == ["AV_CAPTION", "LINGOQA"]
+
     av_dir = out / "tiny" / "base" / "AV_CAPTION"
     m = read_json(av_dir / "metrics.json")
+    assert (m["model"], m["checkpoint_label"], m["dataset"]) == ("tiny", "base", "AV_CAPTION")
+    refs = {}
+    for r in read_records(data / "AV_CAPTION" / "captions.jsonl"):
+        refs.setdefault(str(r["video_id"]), []).append(r["caption"])
     caps = {r["video_id"]: r for r in read_records(av_dir / "caption.jsonl")}
-    ids = sorted(v for v in caps if v != "clip99")  # clip99 has no reference caption
-    expected = corpus_bleu([caps[v]["caption_text"] or "" for v in ids],
-                           [[f"The ego vehicle drives on road {int(v[-2:])}."] for v in ids])
-    assert m["bleu"]["value"] == expected and m["bleu"]["n"] == 4
+    ids = sorted(v for v in caps if v in refs)  # the corrupt clip has no reference caption
+    assert ids and len(ids) < len(caps)
+    expected = corpus_bleu([caps[v]["caption_text"] or "" for v in ids], [refs[v] for v in ids])
+    assert m["bleu"]["value"] == expected and m["bleu"]["n"] == len(ids) and m["bleu"]["videos_without_reference"] == 1
+
     mcq = read_records(av_dir / "mcq.jsonl")
     right = sum(1 for r in mcq if not r["error"] and parse_choice(r["text"], r["choices"]) == r["answer"])
-    assert m["vqa_accuracy"]["total_predictions"] == len(mcq) == 15
-    assert m["vqa_accuracy"]["overall"] == pytest.approx(right / 15) and m["vqa_accuracy"]["videos_evaluated"] == 5
+    v = m["vqa_accuracy"]
+    assert v["total_predictions"] == len(mcq) == len(read_records(data / "AV_CAPTION" / "vqa.jsonl"))
+    assert v["overall"] == pytest.approx(right / len(mcq)) and v["videos_evaluated"] == len(caps)
+    assert v["engine_errors"] == sum(1 for r in mcq if r["error"]) > 0  # the corrupt clip's questions
+
+    questions = pd.read_parquet(data / "LINGOQA" / "val.parquet")
     lq = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")["lingoqa"]
-    assert lq["rows"] == 6 and lq["questions"] == 6 and lq["reference_rows"] == 12 and 0.0 <= lq["score"] <= 1.0
+    assert lq["rows"] == lq["questions"] == questions["question_id"].nunique()
+    assert lq["reference_rows"] == len(questions) and lq["score"] == lq["correct"] / lq["rows"]
 
 
 def test_answerer_that_cannot_start_does_not_stop_scoring(tmp_path):

@@ -208,10 +208,13 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
     # BLEU
     cap_path = run_dir / "caption.jsonl"
     captions: dict[str, Optional[str]] = {}
+    caption_errors: set[str] = set()
     if cap_path.is_file():
         for r in _records(cap_path):
             vid = str(r.get("video_id") or r.get("key"))
             captions[vid] = None if r.get("error") else r.get("caption_text")
+            if r.get("error"):
+                caption_errors.add(vid)
         if root is None:
             notes.append(f"bleu: no reference captions (dataset {dataset} root not found via run.json or config)")
         else:
@@ -224,7 +227,9 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
             else:
                 block = bleu_report(ids, [captions[v] or "" for v in ids], [refs[v] for v in ids])
                 block["references"] = ref_source
-                block["failed_captions"] = sum(1 for v in ids if not captions[v])
+                # both are scored as empty hypotheses (BLEU 0 for that video)
+                block["caption_errors"] = sum(1 for v in ids if v in caption_errors)
+                block["empty_captions"] = sum(1 for v in ids if v not in caption_errors and not (captions[v] or "").strip())
                 skipped = len(captions) - len(ids)
                 if skipped:
                     block["videos_without_reference"] = skipped
