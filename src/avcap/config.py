@@ -6,7 +6,8 @@ meaning cosmos-rl gives them; avcap's own settings live under `[avcap.*]` in the
 cosmos-rl semantics kept here:
 - `train_batch_per_replica` samples per optimizer step per data-parallel rank, consumed in
   micro-batches of `mini_batch` samples (gradient accumulation = train_batch_per_replica / mini_batch);
-- `optm_warmup_steps` <= 1 is a fraction of the total optimizer steps, > 1 a step count;
+- `optm_warmup_steps` written as a float <= 1.0 is a fraction of the total optimizer steps, an
+  integer a step count (so `1` is one step and `1.0` all of them, as in cosmos-rl);
 - `optm_decay_type` is one of sqrt | cosine | linear | none;
 - `[custom.vision]` takes `nframes` or `fps`, never both (qwen-vl-utils asserts the same).
 """
@@ -170,7 +171,7 @@ class Train(_Model):
     optm_lr: float = Field(2e-7, ge=0)
     optm_weight_decay: float = Field(0.01, ge=0)
     optm_betas: tuple[float, float] = (0.9, 0.999)
-    optm_warmup_steps: float = Field(0.03, ge=0)
+    optm_warmup_steps: Union[int, float] = Field(0.03, ge=0)
     optm_decay_type: Literal["sqrt", "cosine", "linear", "none"] = "cosine"
     optm_min_lr_factor: float = Field(0.0, ge=0, le=1)
     optm_grad_norm_clip: float = Field(1.0, ge=0)
@@ -186,17 +187,18 @@ class Train(_Model):
                 f"train_batch_per_replica ({self.train_batch_per_replica}) must be a multiple of "
                 f"train_policy.mini_batch ({self.train_policy.mini_batch})"
             )
-        if self.optm_warmup_steps > 1 and self.optm_warmup_steps != int(self.optm_warmup_steps):
+        w = self.optm_warmup_steps
+        if isinstance(w, float) and w > 1 and not w.is_integer():
             raise ValueError(
-                f"optm_warmup_steps={self.optm_warmup_steps}: a value <= 1 is a fraction of total steps, "
-                "a value > 1 must be a whole number of steps"
+                f"optm_warmup_steps={self.optm_warmup_steps}: a float <= 1.0 is a fraction of the "
+                "total steps, a larger value a whole number of steps"
             )
         return self
 
     def warmup_steps(self, total_steps: int) -> int:
-        """cosmos-rl: a value in [0, 1] is a fraction of the total optimizer steps, truncated
-        (`int(fraction * total)`, cosmos_rl/policy/trainer/optm); never more than the total."""
-        if self.optm_warmup_steps <= 1:
+        """cosmos-rl: a float in [0, 1] is a fraction of the total optimizer steps, truncated
+        (`int(fraction * total)`), an int a step count; never more than the total."""
+        if isinstance(self.optm_warmup_steps, float) and self.optm_warmup_steps <= 1.0:
             return min(total_steps, int(self.optm_warmup_steps * total_steps))
         return min(total_steps, int(self.optm_warmup_steps))
 
