@@ -259,7 +259,8 @@ def _zero_shot_simple(summary: Summary, report_dir: Path, metric: str) -> list[s
             cr = f"{v.get('correct', '—')} / {v.get('rows', '—')}"
             rows.append([e.model, e.dataset, f"{v['score']:.3f} ({_pct(v['score'])})", cr])
         out.append(_table(["Model", "Dataset", "LingoQA score", "Correct / rows"], rows, ["l", "l", "r", "r"]))
-        out += ["", "LingoQA score = reference rows the judge scores correct / all rows (two reference rows per question)."]
+        out += ["", "LingoQA score = evaluated questions whose answer the judge accepts (best of the two references) "
+                "/ evaluated questions (`rows`, 500 on the full benchmark), as the official evaluate.py."]
     else:
         out = ["## Zero-shot BLEU (captions)", ""]
         rows = []
@@ -389,8 +390,8 @@ def _noise(metric: str, pt) -> Optional[tuple[float, str]]:
         rows = m.get("rows")
         if isinstance(rows, int) and rows > 1:
             p = pt.value
-            # two reference rows per question are correlated: count questions, not rows
-            se = (p * (1 - p) / max(rows // 2, 1)) ** 0.5
+            # rows = evaluated questions (one verdict each, the official evaluate.py denominator)
+            se = (p * (1 - p) / rows) ** 0.5
             return 2 * se, "two binomial standard errors"
     if metric == "bleu":
         return 0.05 * pt.value, "5% of the value"
