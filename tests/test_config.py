@@ -243,3 +243,11 @@ def test_config_check_missing_and_malformed(tmp_path):
     p = _variant(tmp_path, "epoch = 3", "epoch = = 3")
     r = CliRunner().invoke(app, ["config", "check", str(p)])
     assert r.exit_code == 2 and "not valid TOML" in r.output
+
+
+@pytest.mark.parametrize("value,steps", [(1, 1), (1.0, 100), (0.03, 3), (20, 20), (20.0, 20), (0, 0)])
+def test_warmup_int_is_steps_float_is_fraction_as_in_cosmos_rl(value, steps):
+    from avcap.config import load_config
+
+    cfg = load_config(None, {"train": {"optm_warmup_steps": value}})
+    assert cfg.train.warmup_steps(100) == steps
