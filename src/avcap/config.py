@@ -305,6 +305,12 @@ class Engine(_Model):
     attn_implementation: str = "sdpa"
     batch_size: int = Field(8, ge=1)
     reasoning: bool = False
+    # transformers: Qwen3-VL fast path (avcap.engines.fast_generate) and video decoding
+    fast_generate: bool = True  # shared video prefixes, static KV cache, graph-captured decode
+    prefill_batch: int = Field(8, ge=1)  # distinct video prefixes per prefill call (fast path)
+    cuda_graphs: bool = True  # capture the fast path's decode step on CUDA
+    decode_workers: Optional[int] = Field(None, ge=1)  # video decode workers (default: min(8, CPUs))
+    decode_processes: bool = False  # decode in worker processes instead of threads
     # openai-compatible HTTP
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable only

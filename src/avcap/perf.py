@@ -172,12 +172,130 @@ def generation_floor(shape: Shape, *, batch: int, prompt_tokens: int, new_tokens
 
 
 def train_flops(shape: Shape, *, text_tokens: int, patches_per_group: int, groups: int,
-                recompute: bool = False) -> float:
+                recompute: bool = False, logits_tokens: int | None = None) -> float:
     """FLOPs of one training sample (forward + backward = 3x forward; +1 forward with activation
-    checkpointing when `recompute`), for MFU the conventional 3x is used."""
-    fwd = shape.vision_flops(patches_per_group, groups) + shape.text_flops(text_tokens, logits_tokens=text_tokens)
+    checkpointing when `recompute`), for MFU the conventional 3x is used. `logits_tokens`: positions
+    whose logits are computed (avcap.train computes them for the labelled positions only; default:
+    every token)."""
+    logits = text_tokens if logits_tokens is None else logits_tokens
+    fwd = shape.vision_flops(patches_per_group, groups) + shape.text_flops(text_tokens, logits_tokens=logits)
     return (4 if recompute else 3) * fwd
 
 
 def mfu(flops: float, seconds: float, peak_flops: float) -> float:
     return flops / seconds / peak_flops
+
+
+# ----------------------------------------------------------------------------- SFT memory per GPU
+
+GIB = 2**30
+
+
+def text_block_params(shape: Shape) -> int:
+    """Parameters of one text decoder layer (its linear layers and four norms)."""
+    return shape.text_layer_linear() + 2 * shape.h + 2 * shape.head_dim
+
+
+def vision_block_params(shape: Shape) -> int:
+    """Parameters of one vision block (linear layers with biases, two LayerNorms)."""
+    d = shape.vd
+    return shape.vision_block_linear() + 3 * d + d + shape.vffn + d + 4 * d
+
+
+def root_params(shape: Shape) -> int:
+    """Parameters outside the decoder layers and vision blocks (avcap.train's root FSDP unit:
+    embeddings, lm_head, final norm, patch and position embeddings, mergers)."""
+    return shape.total_params() - shape.layers * text_block_params(shape) - shape.vdepth * vision_block_params(shape)
+
+
+def text_block_saved_bytes(shape: Shape) -> int:
+    """Bytes one text decoder layer saves for backward per token, bf16 compute (transformers'
+    Qwen3-VL layer as traced with saved-tensor hooks): the RMSNorms keep their fp32 input, bf16
+    output and the next linear's input (8h bytes each, two norms); q/k norms the same for q and k;
+    attention keeps rotated q, k, v, its output and the log-sum-exp; the MLP keeps gate, up,
+    silu(gate) and the product (8 ffn bytes); plus rsqrt values and the cos/sin tables."""
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    return (16 * shape.h + 10 * q + 10 * kv + 8 * shape.ffn
+            + 8 + 8 * shape.heads + 4 * shape.kv_heads + 4 * shape.head_dim)
+
+
+def vision_block_saved_bytes(shape: Shape) -> int:
+    """Bytes one vision block saves for backward per patch, bf16 (same tracing): LayerNorm outputs
+    and statistics, the qkv output (6 vd), rotated q and k, attention output, projection input,
+    residual, fc1 output and GELU output (4 vffn), the fp32 cos/sin tables and log-sum-exp."""
+    head = shape.vd // max(1, _vision_heads(shape))
+    return 20 * shape.vd + 4 * shape.vffn + 8 * head + 4 * _vision_heads(shape) + 8
+
+
+def _vision_heads(shape: Shape) -> int:
+    return getattr(shape, "vheads", 0) or 16  # every Qwen3-VL vision tower has 16 heads
+
+
+@dataclass(frozen=True)
+class SFTMemory:
+    """Bytes per GPU of avcap.train's full-parameter SFT at its peak (the start of the last
+    micro-batch's backward), by part. `total` is an estimate, not a bound: the allocator's
+    fragmentation comes on top and is not modelled."""
+
+    gpus: int
+    sharded_states: float  # fp32 master weights + fp32 gradients + AdamW exp_avg and exp_avg_sq, / gpus
+    accumulated_grads: float  # FSDP2 keeps unsharded fp32 gradients while gradient sync is off
+    gathered_params: float  # bf16 copies in use: root unit + 2 blocks (FSDP2); 1 GPU: autocast's weight cache
+    checkpoints: float  # saved block inputs (gradient checkpointing) or every block's saved tensors
+    block_backward: float  # one block recomputed and its gradients, the largest of text and vision
+    logits: float  # labelled positions x vocab: bf16 logits, their fp32 copy, fp32 log-softmax
+    overhead: float  # CUDA context, cuBLAS workspace, NCCL buffers (a fixed allowance)
+
+    @property
+    def total(self) -> float:
+        return (self.sharded_states + self.accumulated_grads + self.gathered_params + self.checkpoints
+                + self.block_backward + self.logits + self.overhead)
+
+    def fits(self, capacity_bytes: float) -> bool:
+        return self.total <= capacity_bytes
+
+    def as_gib(self) -> dict[str, Any]:
+        parts = ("sharded_states", "accumulated_grads", "gathered_params", "checkpoints", "block_backward",
+                 "logits", "overhead")
+        out: dict[str, Any] = {"gpus": self.gpus}
+        out.update({k: round(getattr(self, k) / GIB, 2) for k in parts})
+        out["total"] = round(self.total / GIB, 2)
+        return out
+
+
+def sft_memory(shape: Shape, *, gpus: int, micro_batch: int, seq_len: int, video_patches: int,
+               logits_tokens: int | None = None, grad_accumulation: int = 1, gradient_checkpointing: bool = True,
+               overhead_bytes: float = 2 * GIB) -> SFTMemory:
+    """Memory per GPU of avcap.train on `gpus` GPUs (FSDP2 when > 1, every decoder layer and vision
+    block its own unit, mixed precision bf16 compute / fp32 reduce, AdamW) for micro-batches of
+    `micro_batch` samples of `seq_len` tokens (padded length), each with one video of
+    `video_patches` patches before merging; `logits_tokens`: labelled positions per sample
+    (default: every token that is not a vision token, the most there can be).
+
+    Pure arithmetic; the activation terms count exactly what transformers' Qwen3-VL blocks save
+    (text_block_saved_bytes, vision_block_saved_bytes), the rest follows avcap.train's setup."""
+    p = shape.total_params()
+    vision_tokens = video_patches // shape.merge**2
+    if logits_tokens is None:
+        logits_tokens = max(0, seq_len - vision_tokens)
+    tokens = micro_batch * seq_len
+    patches = micro_batch * video_patches
+    sharded = 16 * p / gpus
+    accumulated = 4 * p if gpus > 1 and grad_accumulation > 1 else 0
+    if gpus > 1:
+        gathered = 2 * (root_params(shape) + 2 * max(text_block_params(shape), vision_block_params(shape)))
+    else:
+        gathered = 2 * p
+    text_saved, vis_saved = text_block_saved_bytes(shape), vision_block_saved_bytes(shape)
+    if gradient_checkpointing:
+        checkpoints = (shape.layers * tokens * 2 * shape.h + shape.vdepth * patches * 2 * shape.vd
+                       + shape.deepstack * micro_batch * vision_tokens * 2 * shape.h)
+        # the recomputed block's saved tensors, plus gradients of its widest tensors in flight
+        block = max(tokens * (text_saved + 2 * (2 * shape.ffn + shape.h)),
+                    patches * (vis_saved + 2 * (2 * shape.vffn + shape.vd)))
+    else:
+        checkpoints = shape.layers * tokens * text_saved + shape.vdepth * patches * vis_saved
+        block = max(tokens * 2 * (2 * shape.ffn + shape.h), patches * 2 * (2 * shape.vffn + shape.vd))
+    logits = micro_batch * logits_tokens * shape.vocab * (2 + 4 + 4)
+    return SFTMemory(gpus=gpus, sharded_states=sharded, accumulated_grads=accumulated, gathered_params=gathered,
+                     checkpoints=checkpoints, block_backward=block, logits=logits, overhead=overhead_bytes)

@@ -7,8 +7,10 @@ for the frames of a request's video parts. The loader
   `min_pixels`, ... on the video content part, cosmos-rl style) into `avcap.video.load_video`
   keyword arguments, with the model's resize factor (patch size x spatial merge: 32 for Qwen3-VL,
   28 for Qwen2.5-VL);
-- decodes on a thread pool (PyAV and the resize release the GIL), so `prefetch(next_batch)` decodes
-  the next batch's videos while the model works on this one;
+- decodes on a thread pool (PyAV and the resize release the GIL), or with `processes=True` in
+  worker processes (spawned, one torch thread each: no GIL, no thread oversubscription; the frames
+  come back pickled), so `prefetch(next_batch)` decodes the next batch's videos while the model
+  works on this one;
 - keeps the last `capacity` decoded videos, so the 12 MCQ questions of one video decode it once
   even when they straddle two batches.
 
@@ -68,12 +70,20 @@ def describe_error(exc: BaseException, path: str) -> str:
 class FrameLoader:
     """Decode videos on a thread pool; share and keep recent results (see module docstring)."""
 
-    def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32):
+    def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32,
+                 processes: bool = False):
         self.vision = vision
         self.factor = int(factor)
         self.capacity = max(1, int(capacity))
-        n = workers if workers is not None else min(8, os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="avcap-frames")
+        n = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
+        if processes:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
+                                             initializer=_worker_init)
+        else:
+            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="avcap-frames")
         self._cache: OrderedDict[tuple, Future] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -109,6 +119,12 @@ class FrameLoader:
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._cache.clear()
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _load(path: str, kw: dict[str, Any]):

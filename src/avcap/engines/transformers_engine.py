@@ -32,6 +32,7 @@ batch: reproducible for the same batches, not per request.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from typing import Any, Optional
 
@@ -57,13 +58,14 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def generation_config(s: Sampling, base: Any):
+def generation_config(s: Sampling, base: Any, *, min_new_tokens: int = 0):
     """A GenerationConfig with every sampling field set from `s` (nothing left to the checkpoint)."""
     from transformers import GenerationConfig
 
     sample = s.temperature > 0
     return GenerationConfig(
         max_new_tokens=s.max_tokens,
+        min_new_tokens=min_new_tokens or None,
         do_sample=sample,
         num_beams=1,
         temperature=s.temperature if sample else 1.0,
@@ -100,27 +102,46 @@ class TransformersEngine:
         cfg: EngineConfig,
         *,
         vision: Vision,
-        model: str,
-        processor: Optional[str] = None,
+        model: Any,
+        processor: Any = None,
         device: Optional[str] = None,
         decode_workers: Optional[int] = None,
+        decode_processes: Optional[bool] = None,
     ):
+        """`model`: a directory / hub id, or an already built model object (then `processor` — a
+        path or a processor object — is required, and the model keeps its dtype; it is moved to
+        the device). `decode_workers` / `decode_processes` override `[avcap.engine]`."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.cfg = cfg
         self.batch_size = cfg.batch_size
         self.device = resolve_device(device or cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            model, dtype=self.dtype, attn_implementation=cfg.attn_implementation
-        ).to(self.device)
+        if isinstance(model, (str, os.PathLike)):
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                model, dtype=self.dtype, attn_implementation=cfg.attn_implementation
+            ).to(self.device)
+        else:
+            if processor is None:
+                raise ValueError("a model object needs its processor (a path or a processor object)")
+            self.model = model.to(self.device)
+            self.dtype = next(self.model.parameters()).dtype
         self.model.eval()
-        self.processor = AutoProcessor.from_pretrained(processor or model)
+        if self.device.startswith("cuda"):
+            from avcap.engines.fast_generate import linear_patch_embed
+
+            linear_patch_embed(self.model)  # cuDNN's Conv3d for the patch embedding can be very slow
+        if processor is None or isinstance(processor, (str, os.PathLike)):
+            self.processor = AutoProcessor.from_pretrained(processor or model)
+        else:
+            self.processor = processor
         self.processor.tokenizer.padding_side = "left"
         if self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.processor.tokenizer.pad_token_id
         self.patch, self.merge, self.temporal = vision_factor(self.model.config)
         vp = self.processor.video_processor
+        if isinstance(vp, _OncePerVideo):
+            vp = vp._inner
         got = (vp.patch_size, vp.merge_size, vp.temporal_patch_size)
         if got != (self.patch, self.merge, self.temporal):
             raise ValueError(
@@ -132,32 +153,52 @@ class TransformersEngine:
         self._video_kwargs: dict[str, Any] = {"do_sample_frames": False, "do_resize": False}
         if "cap_pixels_per_frame" in getattr(vp.valid_kwargs, "__annotations__", {}):
             self._video_kwargs["cap_pixels_per_frame"] = False  # no resize at all; silences its warning
+        if self.device.startswith("cuda") and "device" in getattr(vp.valid_kwargs, "__annotations__", {}):
+            self._video_kwargs["device"] = self.device  # normalise + patchify on the GPU
         self.video_token_id = getattr(self.processor, "video_token_id", None)
         # transformers >= 5 takes pre-encoded vision features: a video shared by several requests of
         # a batch (the MCQ questions of one clip) then goes through the vision tower once
         self.share_vision = "mm_encoder_outputs" in inspect.signature(self.model.forward).parameters and hasattr(
             self.model, "get_video_features"
         )
-        self.frames = FrameLoader(vision, self.factor, workers=decode_workers, capacity=max(32, 4 * self.batch_size))
+        self.fast = None
+        if cfg.fast_generate:
+            from avcap.engines.fast_generate import FastGenerator, supports
+
+            if supports(self.model):
+                gc = self.model.generation_config
+                eos = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
+                self.fast = FastGenerator(self.model, pad_token_id=gc.pad_token_id,
+                                          eos_token_ids=[e for e in eos if e is not None],
+                                          prefill_batch=cfg.prefill_batch, cuda_graphs=cfg.cuda_graphs)
+        workers = decode_workers if decode_workers is not None else cfg.decode_workers
+        processes = decode_processes if decode_processes is not None else cfg.decode_processes
+        self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
+                                  capacity=max(32, 4 * self.batch_size))
 
     # ------------------------------------------------------------------ interface
 
     def prefetch(self, requests: list[Request]) -> None:
         self.frames.prefetch(requests)
 
-    def generate(self, requests: list[Request], sampling: Sampling) -> list[Result]:
+    def generate(self, requests: list[Request], sampling: Sampling, *, min_tokens: int = 0) -> list[Result]:
+        """Results in request order. `min_tokens`: no end-of-sequence before that many new tokens
+        (vLLM's `min_tokens`; for throughput measurements, every row then really generates)."""
         self.frames.prefetch(requests)
         results: dict[str, Result] = {}
         ready: list[tuple[Request, list]] = []
+        self.frame_wait_s = 0.0
         for req in requests:
+            t0 = time.perf_counter()
             frames, error = load_request_frames(self.frames, req)
+            self.frame_wait_s += time.perf_counter() - t0
             if error is not None:
                 results[req.key] = Result(key=req.key, text=None, error=error)
             else:
                 ready.append((req, frames))
         for i in range(0, len(ready), self.batch_size):
             chunk = ready[i : i + self.batch_size]
-            for res in self._generate_safely(chunk, sampling):
+            for res in self._generate_safely(chunk, sampling, min_tokens):
                 results[res.key] = res
         return [results[r.key] for r in requests]
 
@@ -166,14 +207,14 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------ batches
 
-    def _generate_safely(self, chunk: list[tuple[Request, list]], sampling: Sampling) -> list[Result]:
+    def _generate_safely(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0) -> list[Result]:
         """One batch; if it fails, each request alone, so only the culprit gets the error."""
         try:
-            return self._generate_batch(chunk, sampling)
+            return self._generate_batch(chunk, sampling, min_tokens)
         except Exception as exc:
             if len(chunk) > 1:
                 self._free_memory()
-                return [r for item in chunk for r in self._generate_safely([item], sampling)]
+                return [r for item in chunk for r in self._generate_safely([item], sampling, min_tokens)]
             req = chunk[0][0]
             return [Result(key=req.key, text=None, error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")]
 
@@ -183,8 +224,11 @@ class TransformersEngine:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    def inputs_for(self, chunk: list[tuple[Request, list]]):
-        """Processor outputs for a batch of (request, [VideoFrames...]) — exactly what generate gets."""
+    def inputs_for(self, chunk: list[tuple[Request, list]], *, expand_videos: bool = True):
+        """Processor outputs for a batch of (request, [VideoFrames...]) — exactly what generate gets.
+
+        `expand_videos=False` (the fast path): a video shown by several requests keeps one copy of
+        its pixels; `video_unique_index` then maps each request video to its copy."""
         texts = [
             self.processor.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
             for req, _ in chunk
@@ -201,46 +245,87 @@ class TransformersEngine:
                 video_metadata=[vf.metadata() for vf in videos],
                 **self._video_kwargs,
             )
-        return self.processor(**kwargs)
+        self.processor.video_processor.expand = expand_videos
+        try:
+            return self.processor(**kwargs)
+        finally:
+            self.processor.video_processor.expand = True
 
-    def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling) -> list[Result]:
+    def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0) -> list[Result]:
         import torch
 
         with torch.inference_mode():
-            return self._generate_batch_nograd(chunk, sampling)
+            return self._generate_batch_nograd(chunk, sampling, min_tokens)
 
-    def _generate_batch_nograd(self, chunk: list[tuple[Request, list]], sampling: Sampling) -> list[Result]:
+    def _fast_spec(self, sampling: Sampling, min_tokens: int):
+        if self.fast is None:
+            return None
+        from avcap.engines.fast_generate import NotSupported, SamplingSpec
+
+        try:
+            return SamplingSpec.from_sampling(sampling, min_tokens)
+        except NotSupported:
+            return None
+
+    def _generate_batch_nograd(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0) -> list[Result]:
         import torch
 
         t0 = time.perf_counter()
-        inputs = self.inputs_for(chunk).to(self.device)
-        videos = [id(vf) for _, frames in chunk for vf in frames]  # the loader shares one object per video
-        if self.share_vision and len(set(videos)) < len(videos):
-            inputs = self._encode_videos_once(inputs, videos)
-        t_prep = time.perf_counter() - t0
-        prompt_len = inputs["input_ids"].shape[1]
-        processors = []
-        if sampling.presence_penalty:
-            processors.append(presence_penalty_processor(sampling.presence_penalty, prompt_len))
-        if sampling.seed is not None and sampling.temperature > 0:
-            torch.manual_seed(sampling.seed)
-        t1 = time.perf_counter()
-        out = self.model.generate(
-            **inputs,
-            generation_config=generation_config(sampling, self.model.generation_config),
-            logits_processor=processors or None,
-        )
-        t_gen = time.perf_counter() - t1
-        new = out[:, prompt_len:].cpu()
+        spec = self._fast_spec(sampling, min_tokens)
+        new = None
+        path = "fast"
+        if spec is not None:
+            from avcap.engines.fast_generate import NotSupported
+
+            inputs = self.inputs_for(chunk, expand_videos=False)
+            ids = inputs["input_ids"]
+            mask = inputs["attention_mask"]
+            row_videos = [[id(vf) for vf in frames] for _, frames in chunk]
+            video_pixels = _video_pixels(inputs)
+            batch = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_unique_index")}
+            t_prep = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            if sampling.seed is not None and sampling.temperature > 0:
+                torch.manual_seed(sampling.seed)
+            try:
+                new = self.fast.generate(batch, row_videos, spec, max_new_tokens=sampling.max_tokens,
+                                         video_pixels=video_pixels, device=self.device)
+            except NotSupported:
+                new = None
+            t_gen = time.perf_counter() - t1
+        if new is None:
+            path = "generate"
+            t0 = time.perf_counter()
+            inputs = self.inputs_for(chunk).to(self.device)
+            videos = [id(vf) for _, frames in chunk for vf in frames]  # the loader shares one object per video
+            if self.share_vision and len(set(videos)) < len(videos):
+                inputs = self._encode_videos_once(inputs, videos)
+            t_prep = time.perf_counter() - t0
+            prompt_len = inputs["input_ids"].shape[1]
+            processors = []
+            if sampling.presence_penalty:
+                processors.append(presence_penalty_processor(sampling.presence_penalty, prompt_len))
+            if sampling.seed is not None and sampling.temperature > 0:
+                torch.manual_seed(sampling.seed)
+            t1 = time.perf_counter()
+            out = self.model.generate(
+                **inputs,
+                generation_config=generation_config(sampling, self.model.generation_config, min_new_tokens=min_tokens),
+                logits_processor=processors or None,
+            )
+            t_gen = time.perf_counter() - t1
+            new = out[:, prompt_len:].cpu()
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
         n_out = _output_lengths(new, self.model.generation_config.eos_token_id, self.model.generation_config.pad_token_id)
         texts = self.processor.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        mask = inputs["attention_mask"].cpu()
-        ids = inputs["input_ids"].cpu()
+        mask = mask.cpu()
+        ids = ids.cpu()
         results = []
         for row, (req, frames) in enumerate(chunk):
             raw = texts[row]
             extra: dict[str, Any] = {
                 "batch_size": len(chunk),
+                "path": path,
                 "prep_s": round(t_prep / len(chunk), 4),
                 "generate_s": round(t_gen / len(chunk), 4),
             }
@@ -260,7 +345,6 @@ class TransformersEngine:
                 )
             )
         return results
-
 
     def _encode_videos_once(self, inputs, videos: list[int]):
         """Replace `pixel_values_videos` by the vision tower's output, computed once per distinct video
@@ -286,10 +370,13 @@ class TransformersEngine:
 class _OncePerVideo:
     """Wraps the processor's video processor: a batch that shows the same frames array several
     times (the MCQ questions of one clip) normalises and patchifies it once; the outputs are
-    repeated per request, so the processor builds exactly the prompts it would otherwise."""
+    repeated per request, so the processor builds exactly the prompts it would otherwise.
+    With `expand = False` the pixels stay one copy per distinct video and `video_unique_index`
+    (one entry per request video) says which copy each request video uses."""
 
     def __init__(self, inner: Any):
         self.__dict__["_inner"] = inner
+        self.__dict__["expand"] = True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -308,12 +395,35 @@ class _OncePerVideo:
         slot = {id(videos[n]): j for j, n in enumerate(uniq)}
         order = [slot[id(v)] for v in videos]
         grid = torch.as_tensor(out["video_grid_thw"])
-        chunks = torch.split(torch.as_tensor(out["pixel_values_videos"]), grid.prod(-1).tolist())
-        out["pixel_values_videos"] = torch.cat([chunks[j] for j in order])
+        if self.expand:
+            chunks = torch.split(torch.as_tensor(out["pixel_values_videos"]), grid.prod(-1).tolist())
+            out["pixel_values_videos"] = torch.cat([chunks[j] for j in order])
+        else:
+            out["video_unique_index"] = torch.tensor(order, dtype=torch.long)
         out["video_grid_thw"] = grid[order]
         if "video_metadata" in out:
             out["video_metadata"] = [out["video_metadata"][j] for j in order]
         return out
+
+
+def _video_pixels(inputs) -> Optional[list]:
+    """Per request video (in order), its pixel patches — views into `pixel_values_videos`, which
+    holds one copy per distinct video when `video_unique_index` is present."""
+    import torch
+
+    grid = inputs.get("video_grid_thw")
+    if grid is None or inputs.get("pixel_values_videos") is None:
+        return None
+    pixels = inputs["pixel_values_videos"]
+    uniq = inputs.get("video_unique_index")
+    if uniq is None:
+        return list(torch.split(pixels, grid.prod(-1).tolist()))
+    first: dict[int, int] = {}
+    for n, j in enumerate(uniq.tolist()):
+        first.setdefault(j, n)
+    sizes = [int(grid[first[j]].prod()) for j in range(len(first))]
+    copies = torch.split(pixels, sizes)
+    return [copies[j] for j in uniq.tolist()]
 
 
 def _output_lengths(new, eos, pad) -> list[int]:

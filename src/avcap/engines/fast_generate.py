@@ -1,0 +1,502 @@
+"""Fast generation for Qwen3-VL: shared video prefixes, a static KV cache, graph-captured decode.
+
+`FastGenerator.generate(inputs, row_videos, sampling, ...)` takes exactly what the transformers
+engine would hand `model.generate` (the processor's left-padded batch) and returns the same new
+tokens, faster:
+
+1. **One prefill per video prefix.** Rows that show the same video (the 12 MCQ questions of one
+   clip) share the longest common prefix of their token ids (system prompt, video, anything common
+   after it). Each distinct prefix goes through transformers' own forward once (vision tower,
+   DeepStack, mRoPE positions from `get_rope_index`), `prefill_batch` prefixes per call, and its KV
+   is copied into every row that shares it. A row alone in its group (a caption request) has its
+   whole prompt but the last token as prefix.
+2. **The rest of every row** (the question text, the generation prompt) is run by `text_forward`,
+   a transcription of Qwen3-VL's text decoder layer (same modules, same weights, same math) over a
+   preallocated cache: keys and values of all rows live in one tensor per layer, rows right-aligned
+   so that every row's next token goes to the same slot; `valid` marks the slots a row may attend.
+   Text positions after the video continue from the prefix's largest mRoPE position (all three
+   axes equal), exactly as `get_rope_index` and `generate` number them.
+3. **Decode** repeats one-token `text_forward` steps. On CUDA the step is captured once per batch
+   shape as a CUDA graph (static inputs: token, position, slot) and replayed, so a step costs the
+   GPU's time instead of ~700 kernel launches from Python; on CPU it runs eagerly (same code).
+
+Layout of one batch in the cache (S slots, multiple of 256 so graphs are reused across batches):
+
+    [ pad | prefix of the row's group ][ pad | suffix of the row ][ new tokens ...      ]
+    0                                  Pp                         P                     S
+
+Grouped-query attention runs without repeating K/V: the `groups` query heads that share a KV head
+are folded into the query length (B, kv_heads, groups * L, D), so scaled_dot_product_attention reads
+each KV head once (the masked, memory-efficient kernel on CUDA).
+
+Sampling follows transformers' order: min-new-tokens (EOS masked), presence penalty (the engine's
+vLLM semantics), then temperature, top-k, top-p with transformers' own warpers, softmax and
+`torch.multinomial` on the global RNG (the engine seeds it per batch). Rows that finished emit
+the pad token, like `generate`. `repetition_penalty != 1` is not handled here: the engine then uses
+plain `generate`. Greedy outputs equal `generate`'s (tests/test_engine_fast.py, tiny model, fp32);
+in bf16 the logits agree within bf16 rounding (attention sums in a different order).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+SLOT_ALIGN = 256
+
+
+class NotSupported(Exception):
+    """This batch or model needs plain `generate` (the engine falls back)."""
+
+
+def supports(model: Any) -> bool:
+    """A Qwen3-VL conditional-generation model with the module layout `text_forward` transcribes."""
+    try:
+        base = model.model
+        lm = base.language_model
+        layer = lm.layers[0]
+        attn = layer.self_attn
+        ok = all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"))
+        ok = ok and hasattr(base, "get_rope_index") and hasattr(model, "lm_head") and hasattr(lm, "rotary_emb")
+        return bool(ok) and getattr(model.config, "model_type", "") == "qwen3_vl"
+    except (AttributeError, IndexError, TypeError):
+        return False
+
+
+def linear_patch_embed(model) -> bool:
+    """Run the vision patch embedding (a Conv3d whose stride equals its kernel) as one GEMM.
+
+    Same function: each output is the dot product of one flattened (C, T, P, P) patch with the
+    flattened kernel. cuDNN has no good algorithm for this degenerate convolution on some
+    GPU/dtype/version combinations (transformers #45750, vLLM and SGLang made the same change);
+    cuBLAS has. Returns whether the model was changed."""
+    import torch
+    import torch.nn.functional as F
+
+    pe = getattr(getattr(getattr(model, "model", None), "visual", None), "patch_embed", None)
+    proj = getattr(pe, "proj", None)
+    if not isinstance(proj, torch.nn.Conv3d) or getattr(pe, "_avcap_linear", False):
+        return False
+    if (tuple(proj.kernel_size) != tuple(proj.stride) or any(proj.padding) or proj.groups != 1
+            or any(d != 1 for d in proj.dilation)):
+        return False
+
+    def forward(hidden_states):
+        w = proj.weight
+        x = hidden_states.reshape(-1, w[0].numel()).to(w.dtype)
+        return F.linear(x, w.reshape(w.shape[0], -1), proj.bias)
+
+    pe.forward = forward
+    pe._avcap_linear = True
+    return True
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+# ----------------------------------------------------------------------------- the text stack
+
+
+def text_forward(model, hidden, cos, sin, kc, vc, slots, mask):
+    """Qwen3-VL's text decoder over the static cache: `hidden` (B, L, H) at cache `slots` (L,),
+    attending where `mask` (B, 1, L, S) is true. Writes the new keys/values into kc/vc
+    (layers, B, kv_heads, S, D) and returns the final-normed hidden states (B, L, H)."""
+    import torch.nn.functional as F
+
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
+
+    lm = model.model.language_model
+    b, n, _ = hidden.shape
+    for i, layer in enumerate(lm.layers):
+        a = layer.self_attn
+        d = a.head_dim
+        x = layer.input_layernorm(hidden)
+        q = a.q_norm(a.q_proj(x).view(b, n, -1, d)).transpose(1, 2)
+        k = a.k_norm(a.k_proj(x).view(b, n, -1, d)).transpose(1, 2)
+        v = a.v_proj(x).view(b, n, -1, d).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        kc[i].index_copy_(2, slots, k)
+        vc[i].index_copy_(2, slots, v)
+        heads, kv_heads = q.shape[1], k.shape[1]
+        g = heads // kv_heads
+        # query heads h = kv * g + j share KV head kv: fold j into the query length
+        qg = q.reshape(b, kv_heads, g * n, d)
+        m = mask if g == 1 else mask.expand(b, 1, n, mask.shape[-1]).repeat(1, 1, g, 1)
+        o = F.scaled_dot_product_attention(qg, kc[i], vc[i], attn_mask=m, scale=a.scaling)
+        o = o.reshape(b, heads, n, d).transpose(1, 2).reshape(b, n, heads * d)
+        hidden = hidden + a.o_proj(o)
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return lm.norm(hidden)
+
+
+def rotary(model, hidden, positions):
+    """cos, sin for mRoPE `positions` (3, B, L)."""
+    return model.model.language_model.rotary_emb(hidden, positions)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class SamplingSpec:
+    temperature: float = 0.0
+    top_k: int = -1
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    min_new_tokens: int = 0
+
+    @classmethod
+    def from_sampling(cls, s, min_new_tokens: int = 0) -> "SamplingSpec":
+        if getattr(s, "repetition_penalty", 1.0) != 1.0:
+            raise NotSupported("repetition_penalty")
+        return cls(temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p),
+                   presence_penalty=float(s.presence_penalty or 0.0), min_new_tokens=int(min_new_tokens))
+
+    def warpers(self):
+        """transformers' own warpers, in generate's order (only when sampling)."""
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        out = []
+        if self.temperature != 1.0:
+            out.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k > 0:
+            out.append(TopKLogitsWarper(top_k=self.top_k, min_tokens_to_keep=1))
+        if self.top_p < 1.0:
+            out.append(TopPLogitsWarper(top_p=self.top_p, min_tokens_to_keep=1))
+        return out
+
+
+class Chooser:
+    """Next tokens from float32 logits (B, V), generate's processors in generate's order."""
+
+    def __init__(self, spec: SamplingSpec, batch: int, vocab: int, eos: Sequence[int], pad: int, device):
+        import torch
+
+        self.spec = spec
+        self.eos = torch.tensor(sorted(set(int(e) for e in eos)), dtype=torch.long, device=device)
+        self.pad = int(pad)
+        self.sample = spec.temperature > 0
+        self.warpers = spec.warpers() if self.sample else []
+        self.seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device) if spec.presence_penalty else None
+        self.unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+
+    def __call__(self, logits, step: int):
+        import torch
+
+        if step < self.spec.min_new_tokens and self.eos.numel():
+            logits[:, self.eos] = float("-inf")
+        if self.seen is not None:
+            logits = logits - self.spec.presence_penalty * self.seen.to(logits.dtype)
+        if self.sample:
+            for w in self.warpers:
+                logits = w(None, logits)
+            tok = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(1)
+        else:
+            tok = torch.argmax(logits, dim=-1)
+        tok = torch.where(self.unfinished, tok, torch.full_like(tok, self.pad))
+        if self.eos.numel():
+            self.unfinished &= ~torch.isin(tok, self.eos)
+        if self.seen is not None:
+            self.seen.scatter_(1, tok[:, None], True)
+        return tok
+
+
+# ----------------------------------------------------------------------------- batch layout
+
+
+@dataclass
+class Group:
+    rows: list[int]  # batch rows that share this prefix
+    prefix: list[int]  # token ids of the shared prefix (unpadded)
+    types: list[int]  # mm_token_type_ids of the prefix
+    videos: list[int]  # indices into the batch's video list (the first row's videos)
+
+
+def plan_groups(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]],
+                row_videos: Sequence[Sequence[Any]], video_index: Sequence[Sequence[int]]) -> list[Group]:
+    """Rows with the same videos (by identity key) share their longest common prefix — at most
+    the shortest row minus one token, so every row keeps a suffix — when it holds every vision
+    token; otherwise each row is its own group."""
+    by_key: dict[tuple, list[int]] = {}
+    order: list[tuple] = []
+    for r, keys in enumerate(row_videos):
+        key = ("videos", tuple(keys)) if keys else ("row", r)
+        if key not in by_key:
+            by_key[key] = []
+            order.append(key)
+        by_key[key].append(r)
+    groups: list[Group] = []
+    for key in order:
+        rows = by_key[key]
+        c = min(len(ids[r]) for r in rows) - 1
+        first = ids[rows[0]]
+        for r in rows[1:]:
+            row = ids[r]
+            j = 0
+            while j < c and row[j] == first[j]:
+                j += 1
+            c = j
+        last_vision = max((j for j, t in enumerate(types[rows[0]]) if t), default=-1)
+        if last_vision < c and c > 0:
+            groups.append(Group(rows, list(first[:c]), list(types[rows[0]][:c]), list(video_index[rows[0]])))
+            continue
+        for r in rows:  # the prefix would cut a video: no sharing
+            c = len(ids[r]) - 1
+            lv = max((j for j, t in enumerate(types[r]) if t), default=-1)
+            if lv >= c or c < 1:
+                raise NotSupported(f"row {r}: its last token is a vision token")
+            groups.append(Group([r], list(ids[r][:c]), list(types[r][:c]), list(video_index[r])))
+    return groups
+
+
+# ----------------------------------------------------------------------------- the generator
+
+
+class FastGenerator:
+    """See the module docstring. One instance per engine; not thread-safe."""
+
+    def __init__(self, model, *, pad_token_id: int, eos_token_ids: Sequence[int], prefill_batch: int = 8,
+                 cuda_graphs: bool = True):
+        if not supports(model):
+            raise NotSupported(f"{type(model).__name__}: not a Qwen3-VL model")
+        self.model = model
+        self.pad = int(pad_token_id)
+        self.eos = [int(e) for e in eos_token_ids]
+        self.prefill_batch = max(1, int(prefill_batch))
+        self.cuda_graphs = bool(cuda_graphs)
+        base_params = inspect.signature(model.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in base_params else "past_key_values"
+        self._buffers: Optional[dict[str, Any]] = None  # kc, vc, valid for the current (B, S)
+        self._graph: Optional[dict[str, Any]] = None
+        self.graph_error: Optional[str] = None
+
+    # ---------------------------------------------------------------- public
+
+    def generate(self, inputs, row_videos: Sequence[Sequence[Any]], spec: SamplingSpec, *, max_new_tokens: int,
+                 video_pixels: Optional[Sequence[Any]] = None, device=None):
+        """New token ids (B, T) on the CPU, T <= max_new_tokens, pad after a row's EOS.
+
+        `inputs`: the processor's batch (input_ids, attention_mask, mm_token_type_ids,
+        video_grid_thw, pixel_values_videos), left-padded; `row_videos`: per row, an identity key
+        per video (rows with equal keys share a prefix); `video_pixels`: per request video, its
+        pixel patches (default: `pixel_values_videos` split by the grid)."""
+        import torch
+
+        logits, st = self.prefill(inputs, row_videos, max_new_tokens=max_new_tokens, video_pixels=video_pixels,
+                                  device=device)
+        b, s_len, p, device = st["batch"], st["slots"], st["prompt_slots"], st["device"]
+        chooser = Chooser(spec, b, logits.shape[-1], self.eos, self.pad, device)
+        out = torch.full((b, max_new_tokens), self.pad, dtype=torch.long, device=device)
+        tok = chooser(logits, 0)
+        out[:, 0] = tok
+        steps = 1
+        if max_new_tokens == 1:
+            return out[:, :1].cpu()
+        step = self._step_fn(b, s_len, device)
+        st_tok, st_pos, st_slot = step["tok"], step["pos"], step["slot"]
+        st_tok.copy_(tok)
+        st_pos.copy_(st["last_pos"] + 1)
+        st_slot.fill_(p)
+        check_every = 1 if max_new_tokens <= 16 else 8
+        for t in range(1, max_new_tokens):
+            if t % check_every == 0 and not bool(chooser.unfinished.any()):
+                break
+            logits = step["run"]()
+            tok = chooser(logits, t)
+            out[:, t] = tok
+            st_tok.copy_(tok)
+            st_pos.add_(1)
+            st_slot.add_(1)
+            steps = t + 1
+        return out[:, :steps].cpu()
+
+    def prefill(self, inputs, row_videos: Sequence[Sequence[Any]], *, max_new_tokens: int,
+                video_pixels: Optional[Sequence[Any]] = None, device=None):
+        """Fill the cache with every row's prompt; returns the float32 logits (B, V) of each row's
+        next token and the layout (batch, slots, prompt_slots, last_pos, device)."""
+        import torch
+
+        if inputs.get("pixel_values") is not None:
+            raise NotSupported("images")
+        model = self.model
+        device = torch.device(device) if device is not None else model.lm_head.weight.device
+        ids_t = inputs["input_ids"]
+        mask_t = inputs["attention_mask"].bool()
+        types_t = inputs.get("mm_token_type_ids")
+        b = ids_t.shape[0]
+        if types_t is None:
+            types_t = torch.zeros_like(ids_t)
+        ids_cpu, mask_cpu, types_cpu = ids_t.cpu(), mask_t.cpu(), types_t.cpu()
+        ids = [ids_cpu[r][mask_cpu[r]].tolist() for r in range(b)]
+        types = [types_cpu[r][mask_cpu[r]].tolist() for r in range(b)]
+        grid = inputs.get("video_grid_thw")
+        n_videos = [len(v) for v in row_videos]
+        if len(n_videos) != b or sum(n_videos) != (0 if grid is None else grid.shape[0]):
+            raise NotSupported("videos per row do not match video_grid_thw")
+        starts = [sum(n_videos[:r]) for r in range(b)]
+        video_index = [list(range(starts[r], starts[r] + n_videos[r])) for r in range(b)]
+        groups = plan_groups(ids, types, row_videos, video_index)
+        pixels = video_pixels
+        if pixels is None and grid is not None:
+            pixels = torch.split(inputs["pixel_values_videos"], grid.prod(-1).tolist())
+
+        suffix: list[list[int]] = [[] for _ in range(b)]
+        row_group = [0] * b
+        for gi, g in enumerate(groups):
+            for r in g.rows:
+                suffix[r] = ids[r][len(g.prefix):]
+                row_group[r] = gi
+        pp = max(len(g.prefix) for g in groups)
+        ls = max(len(x) for x in suffix)
+        p = pp + ls
+        s_len = _round_up(p + max_new_tokens, SLOT_ALIGN)
+        kc, vc, valid = self._cache(b, s_len, device)
+        valid.zero_()
+
+        # 1. prefixes through transformers' forward, copied into their rows
+        prefix_max = [0] * len(groups)
+        for lo in range(0, len(groups), self.prefill_batch):
+            chunk = list(range(lo, min(lo + self.prefill_batch, len(groups))))
+            self._prefill_prefixes([groups[i] for i in chunk], chunk, pixels, grid, pp, kc, vc, valid, prefix_max)
+
+        # 2. suffixes through text_forward
+        sfx = torch.full((b, ls), self.pad, dtype=torch.long)
+        pos = torch.zeros((b, ls), dtype=torch.long)
+        for r in range(b):
+            n = len(suffix[r])
+            sfx[r, ls - n:] = torch.tensor(suffix[r], dtype=torch.long)
+            pos[r, ls - n:] = torch.arange(n) + prefix_max[row_group[r]] + 1
+            valid[r, p - n:p] = True
+        last_pos = pos[:, -1].to(device)
+        sfx, pos = sfx.to(device), pos.to(device)
+        slots = torch.arange(pp, p, device=device)
+        kslot = torch.arange(s_len, device=device)
+        m = valid[:, None, None, :] & (kslot[None, None, None, :] <= slots[None, None, :, None])
+        h = model.model.language_model.embed_tokens(sfx)
+        cos, sin = rotary(model, h, pos[None].expand(3, b, ls))
+        h = text_forward(model, h, cos, sin, kc, vc, slots, m)
+        logits = model.lm_head(h[:, -1]).float()
+        return logits, {"batch": b, "slots": s_len, "prompt_slots": p, "last_pos": last_pos, "device": device,
+                        "groups": len(groups)}
+
+    # ---------------------------------------------------------------- pieces
+
+    def _cache(self, b: int, s_len: int, device):
+        """kc, vc (layers, B, kv_heads, S, D) and valid (B, S), reused while (B, S) repeats.
+        Zero-initialised: masked slots must hold finite numbers (0 x NaN is NaN)."""
+        import torch
+
+        buf = self._buffers
+        if buf is not None and buf["shape"] == (b, s_len) and buf["device"] == device:
+            return buf["kc"], buf["vc"], buf["valid"]
+        self._buffers = self._graph = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        tc = self.model.config.text_config
+        layers, kv, d = tc.num_hidden_layers, tc.num_key_value_heads, tc.head_dim
+        dtype = self.model.lm_head.weight.dtype
+        kc = torch.zeros((layers, b, kv, s_len, d), dtype=dtype, device=device)
+        vc = torch.zeros_like(kc)
+        valid = torch.zeros((b, s_len), dtype=torch.bool, device=device)
+        self._buffers = {"shape": (b, s_len), "device": device, "kc": kc, "vc": vc, "valid": valid}
+        return kc, vc, valid
+
+    def _prefill_prefixes(self, groups: list[Group], gidx: list[int], pixels, grid, pp: int, kc, vc, valid,
+                          prefix_max: list[int]) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        model = self.model
+        device = kc.device
+        n = max(len(g.prefix) for g in groups)
+        nb = len(groups)
+        ids = torch.full((nb, n), self.pad, dtype=torch.long)
+        types = torch.zeros((nb, n), dtype=torch.long)
+        att = torch.zeros((nb, n), dtype=torch.long)
+        vids: list[int] = []
+        for j, g in enumerate(groups):
+            c = len(g.prefix)
+            ids[j, n - c:] = torch.tensor(g.prefix, dtype=torch.long)
+            types[j, n - c:] = torch.tensor(g.types, dtype=torch.long)
+            att[j, n - c:] = 1
+            vids += g.videos
+        ids, types, att = ids.to(device), types.to(device), att.to(device)
+        kw: dict[str, Any] = {}
+        if vids:
+            sub_grid = grid[vids]
+            kw.update(pixel_values_videos=torch.cat([pixels[v] for v in vids]).to(device), video_grid_thw=sub_grid.to(device))
+        positions, _ = model.model.get_rope_index(ids, mm_token_type_ids=types, attention_mask=att,
+                                                  video_grid_thw=kw.get("video_grid_thw"))
+        for j in range(nb):
+            prefix_max[gidx[j]] = int(positions[:, j][:, att[j].bool()].max())
+        cache = DynamicCache(config=model.config)
+        model.model(input_ids=ids, attention_mask=att, position_ids=positions, mm_token_type_ids=types,
+                    use_cache=True, **{self._cache_kw: cache}, **kw)
+        rows = torch.tensor([r for g in groups for r in g.rows], dtype=torch.long, device=device)
+        src = torch.tensor([j for j, g in enumerate(groups) for _ in g.rows], dtype=torch.long, device=device)
+        for li, layer in enumerate(cache.layers):
+            kc[li, rows, :, pp - n:pp] = layer.keys.index_select(0, src).to(kc.dtype)
+            vc[li, rows, :, pp - n:pp] = layer.values.index_select(0, src).to(vc.dtype)
+        valid[rows, pp - n:pp] = att.bool().index_select(0, src)
+        del cache
+
+    def _step_fn(self, b: int, s_len: int, device) -> dict[str, Any]:
+        """The one-token decode step over the current cache: eager, or a CUDA graph replay."""
+        import torch
+
+        if self._graph is not None and self._graph["shape"] == (b, s_len):
+            return self._graph
+        model = self.model
+        kc, vc, valid = self._buffers["kc"], self._buffers["vc"], self._buffers["valid"]
+        tok = torch.zeros(b, dtype=torch.long, device=device)
+        pos = torch.zeros(b, dtype=torch.long, device=device)
+        slot = torch.zeros(1, dtype=torch.long, device=device)
+
+        def eager():
+            valid.index_fill_(1, slot, True)
+            h = model.model.language_model.embed_tokens(tok)[:, None, :]
+            cos, sin = rotary(model, h, pos.view(1, b, 1).expand(3, b, 1))
+            h = text_forward(model, h, cos, sin, kc, vc, slot, valid[:, None, None, :])
+            return model.lm_head(h[:, -1]).float()
+
+        entry: dict[str, Any] = {"shape": (b, s_len), "tok": tok, "pos": pos, "slot": slot, "run": eager}
+        if device.type == "cuda" and self.cuda_graphs:
+            saved = valid.clone()
+            try:
+                entry["run"] = self._capture(eager, kc, vc, valid, slot, s_len)
+            except Exception as exc:  # keep going eagerly (same results, slower); say why once
+                import warnings
+
+                valid.copy_(saved)
+                self.cuda_graphs = False
+                self.graph_error = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"avcap fast generate: CUDA graph capture failed, decoding eagerly ({self.graph_error})")
+        self._graph = entry
+        return entry
+
+    def _capture(self, eager, kc, vc, valid, slot, s_len: int):
+        """Capture `eager` as a CUDA graph; the warm-up writes land in the last slot and are undone."""
+        import torch
+
+        saved_valid = valid.clone()
+        slot.fill_(s_len - 1)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                eager()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = eager()
+        valid.copy_(saved_valid)
+        kc[:, :, :, s_len - 1].zero_()
+        vc[:, :, :, s_len - 1].zero_()
+
+        def run():
+            graph.replay()
+            return out
+
+        return run

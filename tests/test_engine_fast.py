@@ -1,0 +1,185 @@
+"""The transformers engine's fast path (avcap.engines.fast_generate) gives generate's outputs.
+
+CPU, tiny model in float32: greedy tokens are identical to plain `generate`, seeded sampling too,
+logits agree to float32 rounding; the pieces (prefix grouping, linear patch embedding, pixels kept
+once per video, process-pool decoding, a model object instead of a path) each against the plain
+way. What only a GPU has (CUDA graph capture, the GPU video processor) runs in
+benchmarks/bench_gpu.py, which checks graph-vs-eager and fast-vs-generate tokens on the device.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from avcap.config import Sampling, Vision, load_config  # noqa: E402
+from avcap.engines import Request, build_messages, make_engine  # noqa: E402
+
+SYSTEM = "You are a helpful assistant."
+VISION = Vision(nframes=8, max_pixels=64 * 96)
+
+
+def _cfg(**kw):
+    return load_config(None).avcap.engine.model_copy(update={"device": "cpu", **kw})
+
+
+@pytest.fixture(scope="module")
+def clips(infer_data_dir, h264_clip):
+    return [str(h264_clip)] + [str(p) for p in sorted((infer_data_dir / "AV_CAPTION" / "videos").glob("av0000[0-2].mp4"))]
+
+
+@pytest.fixture(scope="module")
+def engines(varied_model_dir):
+    fast = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
+    plain = make_engine(_cfg(batch_size=16, fast_generate=False), vision=VISION, model=str(varied_model_dir))
+    assert fast.fast is not None and plain.fast is None
+    yield fast, plain
+    fast.close()
+    plain.close()
+
+
+def _mixed_requests(clips):
+    """MCQ-like: several questions of different lengths per video; a caption; a text-only row."""
+    reqs = []
+    for v, clip in enumerate(clips[:3]):
+        for q in range(3):
+            text = f"Question {q}:{' is the road wet or dry' * q} what happens? Answer with the option's letter."
+            reqs.append(Request(f"v{v}q{q}", build_messages(SYSTEM, text, clip)))
+    reqs.append(Request("cap", build_messages(SYSTEM, "Describe the driving scene.", clips[3])))
+    reqs.append(Request("text", build_messages(SYSTEM, "Say something about roads.")))
+    return reqs
+
+
+def _outputs(results):
+    return [(r.key, r.raw_text, r.num_output_tokens, r.error) for r in results]
+
+
+def test_greedy_equals_generate_with_shared_prefixes(engines, clips):
+    fast, plain = engines
+    reqs = _mixed_requests(clips)
+    s = Sampling(temperature=0, max_tokens=10)
+    a, b = fast.generate(reqs, s), plain.generate(reqs, s)
+    assert {r.extra["path"] for r in a} == {"fast"} and {r.extra["path"] for r in b} == {"generate"}
+    assert _outputs(a) == _outputs(b)
+    assert len({r.raw_text for r in a}) > 3  # outputs depend on video and question (the test can fail)
+
+
+def test_min_tokens_and_seeded_sampling_equal_generate(engines, clips):
+    fast, plain = engines
+    reqs = [Request(f"c{i}", build_messages(SYSTEM, "Describe the clip.", c)) for i, c in enumerate(clips)]
+    s = Sampling(temperature=0.7, top_p=0.8, top_k=20, presence_penalty=1.5, max_tokens=14, seed=3)
+    a, b = fast.generate(reqs, s, min_tokens=14), plain.generate(reqs, s, min_tokens=14)
+    assert _outputs(a) == _outputs(b)
+    assert all(r.num_output_tokens == 14 for r in a)  # no EOS before min_tokens
+    greedy = Sampling(temperature=0, max_tokens=14)
+    assert _outputs(fast.generate(reqs, greedy, min_tokens=14)) == _outputs(plain.generate(reqs, greedy, min_tokens=14))
+
+
+def test_first_logits_match_the_model_forward(engines, clips):
+    """prefill (shared prefix + text_forward over the static cache) vs the model's own forward."""
+    fast, _ = engines
+    reqs = _mixed_requests(clips)
+    chunk = [(r, [fast.frames.frames(p) for p in r.messages[1]["content"] if isinstance(p, dict) and p.get("type") == "video"])
+             for r in reqs]
+    inputs = fast.inputs_for(chunk)
+    row_videos = [[id(vf) for vf in frames] for _, frames in chunk]
+    with torch.inference_mode():
+        logits, st = fast.fast.prefill(inputs, row_videos, max_new_tokens=4)
+        ref = fast.model(**inputs).logits[:, -1].float()
+    assert st["groups"] == 5  # three shared videos, the caption, the text-only row
+    err = (logits - ref).abs().max() / ref.abs().max()
+    assert err < 1e-5, err
+
+
+def test_plan_groups_shares_only_prefixes_that_hold_the_video():
+    from avcap.engines.fast_generate import NotSupported, plan_groups
+
+    ids = [[1, 2, 9, 9, 3, 4, 5], [1, 2, 9, 9, 3, 7], [1, 2, 9, 9, 3, 4, 5, 6], [8, 8, 8]]
+    types = [[0, 0, 2, 2, 0, 0, 0], [0, 0, 2, 2, 0, 0], [0, 0, 2, 2, 0, 0, 0, 0], [0, 0, 0]]
+    g = plan_groups(ids, types, [["a"], ["a"], ["a"], []], [[0], [1], [2], []])
+    assert [(x.rows, x.prefix) for x in g] == [([0, 1, 2], [1, 2, 9, 9, 3]), ([3], [8, 8])]
+    # identical prompts keep one suffix token each
+    g = plan_groups([[1, 9, 3], [1, 9, 3]], [[0, 2, 0], [0, 2, 0]], [["a"], ["a"]], [[0], [1]])
+    assert [(x.rows, x.prefix) for x in g] == [([0, 1], [1, 9])]
+    # rows that share a video but differ inside its tokens: no sharing
+    g = plan_groups([[1, 9, 9, 3], [1, 9, 8, 3]], [[0, 2, 2, 0], [0, 2, 2, 0]], [["a"], ["a"]], [[0], [1]])
+    assert [(x.rows, x.prefix) for x in g] == [([0], [1, 9, 9]), ([1], [1, 9, 8])]
+    with pytest.raises(NotSupported):
+        plan_groups([[1, 9]], [[0, 2]], [["a"]], [[0]])
+
+
+def test_linear_patch_embedding_is_the_same_function(varied_model_dir):
+    from transformers import AutoModelForImageTextToText
+
+    from avcap.engines.fast_generate import linear_patch_embed
+
+    model = AutoModelForImageTextToText.from_pretrained(varied_model_dir)
+    pe = model.model.visual.patch_embed
+    x = torch.randn(37, 3 * 2 * 16 * 16)
+    with torch.no_grad():
+        ref = pe(x)
+        assert linear_patch_embed(model) and not linear_patch_embed(model)
+        out = pe(x)
+    assert out.shape == ref.shape and (out - ref).abs().max() / ref.abs().max() < 1e-5
+
+
+def test_pixels_kept_once_per_video(engines, clips):
+    from avcap.engines.transformers_engine import _video_pixels
+
+    fast, _ = engines
+    reqs = _mixed_requests(clips)[:7]
+    chunk = [(r, [fast.frames.frames({"video": r.messages[1]["content"][0]["video"]})]) for r in reqs]
+    full = fast.inputs_for(chunk)
+    once = fast.inputs_for(chunk, expand_videos=False)
+    sizes = full["video_grid_thw"].prod(-1).tolist()  # 7 requests: 3 + 3 + 1 of three videos
+    assert full["pixel_values_videos"].shape[0] == sum(sizes)
+    assert once["pixel_values_videos"].shape[0] == sizes[0] + sizes[3] + sizes[6]
+    assert once["video_unique_index"].tolist() == [0, 0, 0, 1, 1, 1, 2]
+    assert torch.equal(once["input_ids"], full["input_ids"]) and torch.equal(once["video_grid_thw"], full["video_grid_thw"])
+    per = _video_pixels(once)
+    assert torch.equal(torch.cat(per), full["pixel_values_videos"])
+
+
+def test_repetition_penalty_falls_back_to_generate(engines, clips):
+    fast, plain = engines
+    reqs = [Request("a", build_messages(SYSTEM, "Describe.", clips[0]))]
+    s = Sampling(temperature=0, max_tokens=5, repetition_penalty=1.3)
+    a = fast.generate(reqs, s)
+    assert a[0].extra["path"] == "generate" and _outputs(a) == _outputs(plain.generate(reqs, s))
+
+
+def test_engine_takes_a_model_object(varied_model_dir, clips):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from avcap.engines.transformers_engine import TransformersEngine
+
+    model = AutoModelForImageTextToText.from_pretrained(varied_model_dir)
+    with pytest.raises(ValueError, match="processor"):
+        TransformersEngine(_cfg(), vision=VISION, model=model)
+    eng = TransformersEngine(_cfg(), vision=VISION, model=model, processor=AutoProcessor.from_pretrained(varied_model_dir))
+    by_path = make_engine(_cfg(), vision=VISION, model=str(varied_model_dir))
+    try:
+        reqs = [Request("a", build_messages(SYSTEM, "Describe.", clips[1]))]
+        s = Sampling(temperature=0, max_tokens=6)
+        assert _outputs(eng.generate(reqs, s)) == _outputs(by_path.generate(reqs, s))
+    finally:
+        eng.close()
+        by_path.close()
+
+
+def test_frame_loader_processes_equal_threads(clips):
+    import numpy as np
+
+    from avcap.engines.frames import FrameLoader
+
+    reqs = [Request(str(i), build_messages(None, "x", c)) for i, c in enumerate(clips)]
+    out = []
+    for processes in (False, True):
+        loader = FrameLoader(VISION, 32, workers=2, processes=processes)
+        loader.prefetch(reqs)
+        out.append([loader.frames({"video": c}) for c in clips])
+        loader.close()
+    for a, b in zip(*out):
+        assert np.array_equal(a.frames, b.frames) and a.frame_indices == b.frame_indices and a.fps == b.fps
