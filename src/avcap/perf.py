@@ -219,16 +219,12 @@ def text_block_saved_bytes(shape: Shape) -> int:
             + 8 + 8 * shape.heads + 4 * shape.kv_heads + 4 * shape.head_dim)
 
 
-def vision_block_saved_bytes(shape: Shape) -> int:
+def vision_block_saved_bytes(shape: Shape, heads: int = 16) -> int:
     """Bytes one vision block saves for backward per patch, bf16 (same tracing): LayerNorm outputs
     and statistics, the qkv output (6 vd), rotated q and k, attention output, projection input,
-    residual, fc1 output and GELU output (4 vffn), the fp32 cos/sin tables and log-sum-exp."""
-    head = shape.vd // max(1, _vision_heads(shape))
-    return 20 * shape.vd + 4 * shape.vffn + 8 * head + 4 * _vision_heads(shape) + 8
-
-
-def _vision_heads(shape: Shape) -> int:
-    return getattr(shape, "vheads", 0) or 16  # every Qwen3-VL vision tower has 16 heads
+    residual, fc1 output and GELU output (4 vffn), the fp32 cos/sin tables and log-sum-exp.
+    `heads`: the vision tower's attention heads (16 in every Qwen3-VL size)."""
+    return 20 * shape.vd + 4 * shape.vffn + 8 * (shape.vd // heads) + 4 * heads + 8
 
 
 @dataclass(frozen=True)
@@ -265,7 +261,7 @@ class SFTMemory:
 
 def sft_memory(shape: Shape, *, gpus: int, micro_batch: int, seq_len: int, video_patches: int,
                logits_tokens: int | None = None, grad_accumulation: int = 1, gradient_checkpointing: bool = True,
-               overhead_bytes: float = 2 * GIB) -> SFTMemory:
+               vision_heads: int = 16, overhead_bytes: float = 2 * GIB) -> SFTMemory:
     """Memory per GPU of avcap.train on `gpus` GPUs (FSDP2 when > 1, every decoder layer and vision
     block its own unit, mixed precision bf16 compute / fp32 reduce, AdamW) for micro-batches of
     `micro_batch` samples of `seq_len` tokens (padded length), each with one video of
@@ -286,7 +282,7 @@ def sft_memory(shape: Shape, *, gpus: int, micro_batch: int, seq_len: int, video
         gathered = 2 * (root_params(shape) + 2 * max(text_block_params(shape), vision_block_params(shape)))
     else:
         gathered = 2 * p
-    text_saved, vis_saved = text_block_saved_bytes(shape), vision_block_saved_bytes(shape)
+    text_saved, vis_saved = text_block_saved_bytes(shape), vision_block_saved_bytes(shape, vision_heads)
     if gradient_checkpointing:
         checkpoints = (shape.layers * tokens * 2 * shape.h + shape.vdepth * patches * 2 * shape.vd
                        + shape.deepstack * micro_batch * vision_tokens * 2 * shape.h)
