@@ -213,10 +213,9 @@ def measure_peak() -> dict[str, Any]:
         fn()
         sync()
         t = time.perf_counter()
-        for _ in range(3):
-            fn()
+        fn()
         sync()
-        pe[name + "_ms"] = round((time.perf_counter() - t) / 3 * 1e3, 2)
+        pe[name + "_ms"] = round((time.perf_counter() - t) * 1e3, 2)
     pe["max_abs_diff"] = float((run_conv() - run_lin()).abs().max())
     del a, b, src, dst, x
     return {"matmul_flops": flops, "matmul_tflops": round(flops / 1e12, 1), "copy_bytes_per_s": bw,
@@ -432,10 +431,9 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
                 res[name] = sft_variant(model_fn, **common, **v)
             except torch.OutOfMemoryError as exc:
                 res[name] = {"error": f"OutOfMemoryError: {str(exc)[:300]}", "peak_gib": peak_gb()}
-                _free()
             except Exception as exc:
                 res[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
-                _free()
+            _free()  # after the except block: the traceback no longer holds the model
             log(f"  -> {json.dumps(res[name])[:300]}")
             save()
             if size == "8B" and "error" not in res[name]:
@@ -643,7 +641,7 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
     queued = 0  # chunks handed to prefetch
     for i, chunk in enumerate(chunks):
         queued = max(queued, i + 1)
-        ahead: set[str] = set()
+        ahead = {v for c in chunks[i + 1: queued] for r in c for v in video_paths(r.messages)}
         while queued < len(chunks) and (queued == i + 1 or len(ahead) < ahead_videos):
             engine.prefetch(chunks[queued])
             ahead |= {v for r in chunks[queued] for v in video_paths(r.messages)}
