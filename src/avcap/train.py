@@ -111,11 +111,21 @@ def _model_source(cfg: RecipeConfig) -> str:
     return str(local) if local.exists() else name
 
 
-def load_model(src: str, cfg: RecipeConfig, d: Dist):
+def load_model(src: str, cfg: RecipeConfig, d: Dist, *, init_random: bool = False):
+    """The model to train, sharded with FSDP2 over several ranks. `init_random`: only `src`'s
+    config.json is read; the model is built on the meta device, sharded, then materialised on this
+    rank's device and given transformers' initial weights (each rank initialises only its shards),
+    so a real-size architecture needs no weights file and no full copy on any rank."""
     import torch
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32)
+    if init_random:
+        from transformers import AutoConfig
+
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(src), dtype=torch.float32)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32)
     model.config.use_cache = False
     if cfg.policy.model_gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
@@ -139,9 +149,26 @@ def load_model(src: str, cfg: RecipeConfig, d: Dist):
             if type(module).__name__ in blocks:
                 fully_shard(module, **kw)
         fully_shard(model, **kw)
-    model.to(d.device)
+    if init_random:
+        model.to_empty(device=d.device)
+        _init_random_weights(model)
+    else:
+        model.to(d.device)
     model.train()
     return model
+
+
+def _init_random_weights(model) -> None:
+    """transformers' initial weights (and non-persistent buffers: rotary frequencies) for a model
+    materialised with `to_empty`; ties tied weights again."""
+    import torch
+
+    if not hasattr(model, "initialize_weights"):
+        raise TrainError("--init-random needs transformers >= 5 (PreTrainedModel.initialize_weights)")
+    for obj in (*model.modules(), *model.parameters(), *model.buffers()):
+        obj.__dict__.pop("_is_hf_initialized", None)  # to_empty left memory, not initialised values
+    with torch.no_grad():
+        model.init_weights()
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -249,15 +276,18 @@ def _plan_summary(plan) -> dict[str, Any]:
             "seed": plan.seed, "global_batch": plan.global_batch}
 
 
-def train(cfg: RecipeConfig, *, echo: Callable[[str], None] = print) -> list[Path]:
-    """Run SFT as configured; returns the checkpoint directories written by this call."""
+def train(cfg: RecipeConfig, *, echo: Callable[[str], None] = print, init_random: bool = False) -> list[Path]:
+    """Run SFT as configured; returns the checkpoint directories written by this call.
+    `init_random`: start from random weights with `policy.model_name_or_path`'s architecture
+    (its config.json; no weights are read) unless resuming from a checkpoint — for throughput
+    and memory runs of real-size models (benchmarks/bench_multi_gpu.py)."""
     import torch
 
     with torch.enable_grad():  # whatever this process did to autograd before (an inference engine turns it off)
-        return _train(cfg, echo)
+        return _train(cfg, echo, init_random)
 
 
-def _train(cfg: RecipeConfig, echo: Callable[[str], None]) -> list[Path]:
+def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = False) -> list[Path]:
     import torch
     from torch.utils.data import DataLoader
     from transformers import AutoProcessor
@@ -293,7 +323,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None]) -> list[Path]:
     if t.max_num_steps is not None:
         total_steps = min(total_steps, t.max_num_steps)
 
-    model = load_model(model_src, cfg, d)
+    model = load_model(model_src, cfg, d, init_random=init_random and resume_from is None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.optm_lr, betas=tuple(t.optm_betas),
                                   weight_decay=t.optm_weight_decay)
     scheduler = build_scheduler(optimizer, t, total_steps)
@@ -333,7 +363,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None]) -> list[Path]:
     log = Logger(cfg, out, d, echo)
     if d.main:
         mix = ", ".join(f"{n} {w:.0%} ({s})" for n, w, s in zip(plan.names, plan.weights, plan.sizes))
-        echo(f"training {model_src} on {d.world_size} x {d.device.type}: {total_steps} steps "
+        init = " (random weights, --init-random)" if init_random and resume_from is None else ""
+        echo(f"training {model_src}{init} on {d.world_size} x {d.device.type}: {total_steps} steps "
              f"({plan.steps_per_epoch}/epoch), global batch {plan.global_batch} = {d.world_size} ranks x "
              f"{accum} micro-batches x {t.train_policy.mini_batch}; blend {mix}")
 
@@ -430,6 +461,8 @@ def main(
     config: Path = typer.Option(..., "--config", "-c", help="Recipe TOML (\\[custom.*], \\[train], \\[policy], \\[logging])."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override \\[train] max_num_steps."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override \\[train] output_dir."),
+    init_random: bool = typer.Option(False, "--init-random", help="Random weights with the architecture of "
+                                     "model_name_or_path's config.json (no weights read): throughput and memory runs."),
 ) -> None:
     """Supervised fine-tuning from the recipe TOML (torchrun for several GPUs/processes)."""
     overrides: dict[str, Any] = {}
@@ -439,7 +472,7 @@ def main(
         overrides.setdefault("train", {})["output_dir"] = str(output_dir.resolve())
     try:
         cfg = load_config(config, overrides=overrides or None)
-        train(cfg, echo=lambda s: typer.echo(s, err=s.startswith("warning")))
+        train(cfg, echo=lambda s: typer.echo(s, err=s.startswith("warning")), init_random=init_random)
     except ConfigError as exc:
         for line in exc.problems:
             typer.echo(f"error: {line}", err=True)
