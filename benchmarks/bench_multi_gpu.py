@@ -2,7 +2,7 @@
 captioning, measured for scaling. One command per machine:
 
     python3 benchmarks/bench_multi_gpu.py --gpus 8        # nvidia-h200-x8 (also --gpus 2 / --gpus 4)
-    python3 benchmarks/bench_multi_gpu.py --smoke         # CPU: tiny model, gloo, 2 processes (< 1 min)
+    python3 benchmarks/bench_multi_gpu.py --smoke         # CPU: tiny model, gloo, 2 processes (~1 min)
 
 Not a test. Writes `bench_multi_gpu.json`, `bench_multi_gpu.log` and `bench_multi_gpu_table.txt`
 to --out (default: $OUT when set, else benchmarks/); work files (clips, curated data, the random
@@ -10,8 +10,10 @@ caption model, every run's logs) go to --work and are reused by a rerun: finishe
 same settings are not repeated, so a command stopped by --deadline is simply run again.
 
 Every process it launches gets NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and
-NVSHMEM_DISABLE_NVLS=1 (NVLink multicast stays off). On a bare device image the wheels carried in
-.whl/ are installed to /tmp/avcap-site first (pydantic, typer, PyAV, ...), and src/ is put on the path.
+NVSHMEM_DISABLE_NVLS=1 (NVLink multicast stays off), PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+(unless set, or --no-expandable-segments) and OMP_NUM_THREADS = CPUs per GPU (the same CPU share
+per GPU at every K). On a bare device image the wheels carried in .whl/ are installed to
+/tmp/avcap-site first (pydantic, typer, PyAV, ...), and src/ is put on the path.
 
 What it measures:
 
@@ -28,8 +30,8 @@ What it measures:
   clips (one per source at the recipe's 1936x1220, 30 s, 30 fps) curated by avcap.curate into the
   recipe's three sources and weights. Per K: tokens/s per GPU (steps after --warmup-steps), MFU
   (avcap.perf.train_flops; datasheet bf16 peak), peak memory per GPU (torch max allocated and
-  reserved, every rank), and scaling efficiency = tokens/s/GPU at K over that at the smallest K
-  that ran (and 2 -> 8 explicitly).
+  reserved, every rank; nvidia-smi's memory.used per GPU, sampled each second), and scaling
+  efficiency = tokens/s/GPU at K over that at the smallest K that ran (and 2 -> 8 explicitly).
 - caption: `avcap infer --tasks caption` under `torchrun --nproc-per-node K` (shards = ranks,
   device cuda:LOCAL_RANK) with a random-weight real-size model (written once, bf16), the recipe's
   vision settings and caption sampling (max_tokens --caption-tokens: random weights never stop
@@ -46,7 +48,6 @@ full-parameter SFT fits with the recipe's per-GPU settings on 8 GPUs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -57,11 +58,12 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 import traceback
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
@@ -178,7 +180,7 @@ def gpus_present() -> list[dict[str, Any]]:
     """GPUs from nvidia-smi (no CUDA context in this process: the children own the GPUs)."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total,driver_version",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=60).stdout
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=60, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     gpus = []
@@ -209,13 +211,13 @@ def environment(gpus: list[dict[str, Any]]) -> dict[str, Any]:
             env["nccl"] = f"unknown ({type(exc).__name__})"
         try:
             env["topology"] = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True,
-                                             timeout=60).stdout[:3000]
+                                             timeout=60, check=False).stdout[:3000]
         except (OSError, subprocess.TimeoutExpired):
             pass
     return env
 
 
-def peak_flops_of(gpus: list[dict[str, Any]]) -> Optional[float]:
+def peak_flops_of(gpus: list[dict[str, Any]]) -> float | None:
     from avcap.perf import PEAK_BF16_FLOPS
 
     for g in gpus[:1]:
@@ -225,15 +227,55 @@ def peak_flops_of(gpus: list[dict[str, Any]]) -> Optional[float]:
     return None
 
 
-def child_env(ctx: "Ctx", k: int) -> dict[str, str]:
+def child_env(ctx: Ctx, k: int) -> dict[str, str]:
     """The environment of every launched process: NVLink multicast off, the same CPU share per GPU."""
     env = dict(os.environ)
     env.update(NCCL_ENV)
     env.update(WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS=str(ctx.threads_per_process))
+    if ctx.args.expandable_segments and "PYTORCH_CUDA_ALLOC_CONF" not in env:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"  # less fragmentation (as torchtitan)
     if ctx.smoke:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
+
+
+class GpuMemoryPoller:
+    """Peak `memory.used` per GPU as nvidia-smi sees it (CUDA context and NCCL buffers included),
+    sampled every `period` seconds while a run is alive."""
+
+    def __init__(self, enabled: bool, period: float = 1.0):
+        self.enabled, self.period, self.peak_mib = enabled, period, {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> GpuMemoryPoller:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=20, check=False).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                return
+            for line in out.strip().splitlines():
+                idx, _, used = line.partition(",")
+                if idx.strip().isdigit():
+                    i = int(idx)
+                    self.peak_mib[i] = max(self.peak_mib.get(i, 0.0), float(used))
+            self._stop.wait(self.period)
+
+    def peak_gib(self, k: int) -> list[float] | None:
+        return [round(self.peak_mib.get(i, 0.0) / 1024, 2) for i in range(k)] if self.peak_mib else None
 
 
 def torchrun(k: int) -> list[str]:
@@ -373,10 +415,10 @@ class Ctx:
         cpus = os.cpu_count() or 1
         self.cpus_per_gpu = max(1, cpus // max(1, self.n_gpus))
         self.threads_per_process = 1 if self.smoke else self.cpus_per_gpu
-        self.capacity_bytes: Optional[float] = (min(g["memory_mib"] for g in gpus) * 2**20) if gpus else None
+        self.capacity_bytes: float | None = (min(g["memory_mib"] for g in gpus) * 2**20) if gpus else None
         self.peak_flops = None if self.smoke else peak_flops_of(gpus)
         self.deadline: float = args.deadline
-        self.tiny_dir: Optional[Path] = None
+        self.tiny_dir: Path | None = None
         self.data_root = self.work / "data" / "train"
         self.world = self.work / "world"
         self.caption_set = self.work / "caption_set"
@@ -469,13 +511,16 @@ def caption_set(ctx: Ctx, clips: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- memory estimate
 
 
-def clip_geometry(ctx: Ctx, shape) -> dict[str, int]:
-    """Patches per frame group and groups per video for the benchmark's clips with the recipe's vision."""
+RECIPE_CLIP = (1220, 1936)  # height, width of the recipe's dash-cam clips (design.md)
+
+
+def clip_geometry(height: int, width: int, shape) -> dict[str, int]:
+    """Patches per frame group and groups per video for a clip of this size with the recipe's vision."""
     from avcap.video import resized_size
 
     v = tomllib.loads(RECIPE_TOML)["custom"]["vision"]
     factor = shape.patch * shape.merge
-    h, w = resized_size(ctx.args.height, ctx.args.width, v["nframes"], factor=factor, min_pixels=v["min_pixels"],
+    h, w = resized_size(height, width, v["nframes"], factor=factor, min_pixels=v["min_pixels"],
                         max_pixels=v["max_pixels"], total_pixels=None)
     return {"height": h, "width": w, "patches_per_group": (h // shape.patch) * (w // shape.patch),
             "groups": v["nframes"] // shape.tpatch}
@@ -483,12 +528,12 @@ def clip_geometry(ctx: Ctx, shape) -> dict[str, int]:
 
 def recipe_memory_estimate(ctx: Ctx) -> dict[str, Any]:
     """8B full-parameter SFT with the recipe's per-GPU settings on 1, 2, 4, 8 GPUs (worst case:
-    every sequence at model_max_length, every non-vision token labelled)."""
+    every sequence at model_max_length, every non-vision token labelled; 1936x1220 clips)."""
     from avcap.perf import GIB, Shape, realsize_config, sft_memory
 
     recipe = tomllib.loads(RECIPE_TOML)
     shape = Shape.from_config(realsize_config("8B"))
-    geo = clip_geometry(ctx, shape) if not ctx.smoke else {"patches_per_group": 28 * 46, "groups": 8}
+    geo = clip_geometry(*RECIPE_CLIP, shape)
     t = recipe["train"]
     mini = t["train_policy"]["mini_batch"]
     kw = dict(micro_batch=mini, seq_len=recipe["policy"]["model_max_length"],
@@ -535,9 +580,11 @@ def run_sft(ctx: Ctx, k: int, model_dir: Path, shape, geo: dict[str, int]) -> di
     cfg_path.write_text(edit_toml(RECIPE_TOML, values))
     cmd = torchrun(k) + [str(HERE), "--worker", "sft", "--config", str(cfg_path), "--stats-dir", str(run_dir / "ranks")]
     log(f"sft K={k}: {' '.join(cmd[2:6])} ... ({run_dir / 'log.txt'})")
-    rc, wall = launch(cmd, run_dir / "log.txt", child_env(ctx, k), min(ctx.args.run_timeout, ctx.left() - 5))
+    with GpuMemoryPoller(bool(ctx.gpus)) as poll:
+        rc, wall = launch(cmd, run_dir / "log.txt", child_env(ctx, k), min(ctx.args.run_timeout, ctx.left() - 5))
     echo_child(run_dir / "log.txt", r"^(step |training |done:|error|Traceback)|Error")
     res = summarize_sft(ctx, k, run_dir, rc, wall, shape, geo)
+    res["nvidia_smi_peak_used_gib"] = poll.peak_gib(k)
     res["recipe_changes"] = recipe_changes(values)
     return res
 
@@ -611,7 +658,8 @@ def worker_sft(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     stats: dict[str, Any] = {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
                              "local_rank": int(os.environ.get("LOCAL_RANK", "0")), "status": "started",
-                             "env": {k: os.environ.get(k) for k in NCCL_ENV}}
+                             "env": {k: os.environ.get(k) for k in NCCL_ENV},
+                             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
     t = time.perf_counter()
     try:
         cfg = load_config(args.config)
@@ -708,10 +756,12 @@ def run_caption(ctx: Ctx, k: int, model_dir: Path, ids: list[str]) -> dict[str, 
     cmd = torchrun(k) + ["-m", "avcap", "infer", "--config", str(cfg_path), "--dataset", "BENCH", "--tasks", "caption",
                          "--limit", str(n), "--outputs-dir", str(run_dir / "outputs"), "--no-progress"]
     log(f"caption K={k}: {n} videos ({run_dir / 'log.txt'})")
-    rc, wall = launch(cmd, run_dir / "log.txt", child_env(ctx, k), min(ctx.args.run_timeout, ctx.left() - 5))
+    with GpuMemoryPoller(bool(ctx.gpus)) as poll:
+        rc, wall = launch(cmd, run_dir / "log.txt", child_env(ctx, k), min(ctx.args.run_timeout, ctx.left() - 5))
     echo_child(run_dir / "log.txt", r"^\s*(caption: |merged |not merged|error)|Error|Traceback")
     out = output_dir(load_config(cfg_path), run_dir / "outputs", "bench", "base", "BENCH")
-    res: dict[str, Any] = {"k": k, "rc": rc, "wall_s": round(wall, 1), "videos": n}
+    res: dict[str, Any] = {"k": k, "rc": rc, "wall_s": round(wall, 1), "videos": n,
+                           "nvidia_smi_peak_used_gib": poll.peak_gib(k)}
     res["check"] = verify_caption_outputs(out, ids[:n], k)
     timing = shard_timings(out, k)
     res.update(timing)
@@ -831,9 +881,9 @@ def table() -> str:
     r = RESULTS
     env = r.get("env", {})
     gpus = env.get("gpus") or []
-    lines = [f"device: {len(gpus)} x {gpus[0]['name'] if gpus else 'cpu'}  torch {env.get('torch')}  transformers "
-             f"{env.get('transformers')}  nccl {env.get('nccl', '-')}  cpus {env.get('cpus')}  date {env.get('date')}",
-             f"NCCL env: {' '.join(f'{k}={v}' for k, v in NCCL_ENV.items())}"]
+    device = (f"device: {len(gpus)} x {gpus[0]['name'] if gpus else 'cpu'}  torch {env.get('torch')}  transformers "
+              f"{env.get('transformers')}  nccl {env.get('nccl', '-')}  cpus {env.get('cpus')}  date {env.get('date')}")
+    lines = [device, f"NCCL env: {' '.join(f'{k}={v}' for k, v in NCCL_ENV.items())}"]
     est = r.get("memory_estimate") or {}
     if est:
         lines.append(f"8B SFT memory per GPU, estimate (recipe per-GPU settings, worst case), capacity "
@@ -852,13 +902,13 @@ def table() -> str:
         eff = (sft.get("scaling") or {}).get("efficiency", {})
         for k, v in sorted(sft["runs"].items(), key=lambda x: int(x[0])):
             if v.get("status") != "ok":
-                lines.append(f"  {k:>2} {'-':>10} {'-':>6} {'-':>7} {str(v.get('peak_reserved_gib', '-')):>12} "
+                lines.append(f"  {k:>2} {'-':>10} {'-':>6} {'-':>7} {v.get('peak_reserved_gib', '-')!s:>12} "
                              f"{'-':>8} {'-':>6}  {v.get('status')}: {v.get('error') or v.get('reason')}")
                 continue
             step = sum(v["step_time_s"][-v["steps_timed"]:]) / v["steps_timed"]
-            lines.append(f"  {k:>2} {v['tokens_per_s_per_gpu']:>10} {str(v.get('mfu', '-')):>6} {step:>7.2f} "
-                         f"{str(v.get('peak_reserved_gib', '-')):>12} {v['memory_estimate_gib']['total']:>8} "
-                         f"{str(eff.get(k, '-')):>6}  ok")
+            lines.append(f"  {k:>2} {v['tokens_per_s_per_gpu']:>10} {v.get('mfu', '-')!s:>6} {step:>7.2f} "
+                         f"{v.get('peak_reserved_gib', '-')!s:>12} {v['memory_estimate_gib']['total']:>8} "
+                         f"{eff.get(k, '-')!s:>6}  ok")
         sc = sft.get("scaling") or {}
         if "efficiency_2_to_8" in sc:
             lines.append(f"  scaling 2 -> 8 GPUs: {sc['efficiency_2_to_8']:.3f} (target >= {SFT_TARGET})")
@@ -875,7 +925,7 @@ def table() -> str:
                              f"{v.get('status')}: {v.get('error') or v.get('reason')}")
                 continue
             lines.append(f"  {k:>2} {v['videos']:>6} {v['videos_per_s']:>9} {v['videos_per_s_per_gpu']:>8} "
-                         f"{v['end_to_end_videos_per_s']:>8} {str(eff.get(k, '-')):>6}  "
+                         f"{v['end_to_end_videos_per_s']:>8} {eff.get(k, '-')!s:>6}  "
                          f"{'every video once' if chk.get('ok') else chk}")
     for name, t in (r.get("targets") or {}).items():
         lines.append(f"target {name}: {json.dumps(t, default=str)[:300]}")
@@ -885,7 +935,7 @@ def table() -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def cached(ctx: Ctx, name: str, fingerprint: dict[str, Any]) -> Optional[dict[str, Any]]:
+def cached(ctx: Ctx, name: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
     p = ctx.work / "results" / f"{name}.json"
     if ctx.args.fresh or not p.exists():
         return None
@@ -931,6 +981,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--run-timeout", type=float, default=400.0, help="seconds one launched run may take")
     ap.add_argument("--fresh", action="store_true", help="ignore finished runs kept in --work")
     ap.add_argument("--no-fit-check", action="store_true", help="also run SFT at K whose memory estimate exceeds the GPU")
+    ap.add_argument("--no-expandable-segments", dest="expandable_segments", action="store_false",
+                    help="leave PYTORCH_CUDA_ALLOC_CONF unset (default: expandable_segments:True in every child)")
     # SFT
     ap.add_argument("--size", default="8B", help="SFT architecture: 8B (the recipe's) or 2B")
     ap.add_argument("--steps", type=int, default=3)
@@ -1020,7 +1072,7 @@ def main(argv=None) -> int:
 
     render = threading.Thread(target=_world, daemon=True)
     render.start()  # CPU, while the caption model is written on a GPU
-    cap_model: Optional[Path] = None
+    cap_model: Path | None = None
     if "caption" in sections:
         try:
             cap_model = caption_model_dir(ctx)
@@ -1044,7 +1096,7 @@ def main(argv=None) -> int:
         from transformers import AutoConfig
 
         shape = Shape.from_config(AutoConfig.from_pretrained(sft_dir))
-        geo = clip_geometry(ctx, shape)
+        geo = clip_geometry(args.height, args.width, shape)
         RESULTS["sft"] = {"size": args.size, "batch_per_gpu": args.batch_per_gpu, "mini_batch": args.mini_batch,
                           "workers": args.workers, "steps": args.steps, "warmup_steps": args.warmup_steps,
                           "clip_geometry": geo, "runs": {}, "skipped": {}}
@@ -1071,7 +1123,7 @@ def main(argv=None) -> int:
         fp = {"section": section, "k": k, "args": {n: getattr(args, n) for n in (
             "size", "steps", "warmup_steps", "batch_per_gpu", "mini_batch", "workers", "caption_size", "videos_per_gpu",
             "caption_batch", "caption_tokens", "decode_processes", "width", "height", "seconds", "fps", "eval_clips",
-            "train_clips")}, "versions": {n: RESULTS["env"].get(n) for n in ("torch", "transformers")}}
+            "train_clips", "expandable_segments")}, "versions": {n: RESULTS["env"].get(n) for n in ("torch", "transformers")}}
         name = f"{section}-K{k}"
         hit = cached(ctx, name, fp)
         if hit is not None:

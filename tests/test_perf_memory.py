@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from avcap.perf import (  # noqa: E402
+from avcap.perf import (
     GIB,
     Shape,
     realsize_config,
@@ -54,7 +54,10 @@ def saved_bytes(module, inputs: torch.Tensor, run) -> int:
 
 
 def test_text_block_saved_bytes_match_the_real_layer():
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextDecoderLayer, Qwen3VLTextRotaryEmbedding
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+        Qwen3VLTextDecoderLayer,
+        Qwen3VLTextRotaryEmbedding,
+    )
 
     cfg = small_config()
     tc = cfg.text_config
