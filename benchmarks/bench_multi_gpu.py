@@ -598,14 +598,16 @@ def summarize_sft(ctx: Ctx, k: int, run_dir: Path, rc: int, wall: float, shape, 
     recs = sorted(latest_by_key(iter_records(run_dir / "out" / "train_log.jsonl")).values(), key=lambda r: r["step"])
     res: dict[str, Any] = {"k": k, "rc": rc, "wall_s": round(wall, 1), "steps_logged": len(recs),
                            "ranks_reported": len(ranks)}
-    mem = [r.get("memory") or {} for r in ranks]
-    if mem and all("max_reserved_gib" in m for m in mem):
-        res["peak_allocated_gib"] = max(m["max_allocated_gib"] for m in mem)
-        res["peak_reserved_gib"] = max(m["max_reserved_gib"] for m in mem)
-        res["peak_reserved_gib_per_rank"] = [m["max_reserved_gib"] for m in mem]
-        res["capacity_gib"] = mem[0].get("total_gib")
-    elif mem and all("max_rss_gib" in m for m in mem):
-        res["peak_rss_gib_per_rank"] = [m["max_rss_gib"] for m in mem]
+    gpu_mem = [r["memory"] for r in ranks if "max_reserved_gib" in (r.get("memory") or {})]  # a killed rank has none
+    if gpu_mem:
+        res["peak_allocated_gib"] = max(m["max_allocated_gib"] for m in gpu_mem)
+        res["peak_reserved_gib"] = max(m["max_reserved_gib"] for m in gpu_mem)
+        res["peak_reserved_gib_per_rank"] = {r["rank"]: r["memory"]["max_reserved_gib"] for r in ranks
+                                             if "max_reserved_gib" in (r.get("memory") or {})}
+        res["capacity_gib"] = gpu_mem[0].get("total_gib")
+    cpu_mem = [r["memory"]["max_rss_gib"] for r in ranks if "max_rss_gib" in (r.get("memory") or {})]
+    if cpu_mem:
+        res["peak_rss_gib_per_rank"] = cpu_mem
     res["children_env"] = ranks[0].get("env") if ranks else None
     timed = [r for r in recs if r["step"] > a.warmup_steps]
     ok = rc == 0 and len(recs) == a.steps and len(ranks) == k and all(r.get("status") == "ok" for r in ranks) and timed
@@ -858,7 +860,7 @@ def summarize(ctx: Ctx) -> None:
         RESULTS["sft"]["scaling"] = sc
         v = sc.get("efficiency_2_to_8")
         targets["sft_scaling_2_to_8"] = {"target": SFT_TARGET, "value": v, "met": None if v is None else v >= SFT_TARGET}
-        r8 = sft.get("8")
+        r8 = sft.get("8") if RESULTS["sft"].get("size") == "8B" else None
         fit = None if r8 is None else (r8.get("status") == "ok")
         targets["sft_8b_fits_8_gpus"] = {"measured": fit, "peak_reserved_gib": (r8 or {}).get("peak_reserved_gib"),
                                          "estimate": RESULTS.get("memory_estimate", {}).get("by_gpus", {}).get("8")}
