@@ -312,7 +312,8 @@ def sft_samples(processor, clip: str, n: int, nframes: int, max_pixels: int):
 
 
 def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool, linear_pe: bool, steps: int,
-                warmup: int, micro: int, device: str, peak_flops: float, flops_per_step: float) -> dict[str, Any]:
+                warmup: int, micro: int, device: str, peak_flops: float, flops_per_step: float,
+                profile_path: Optional[Path] = None) -> dict[str, Any]:
     import torch
 
     from avcap.engines.fast_generate import linear_patch_embed
@@ -370,6 +371,21 @@ def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool, 
             times.append(time.perf_counter() - t)
         losses.append(round(total / n_tokens, 4))
     dt = statistics.median(times)
+    if profile_path is not None:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for mb in micro_batches:
+                with amp:
+                    loss, _ = micro_batch_loss(model, mb, device, slice_logits=True)
+                (loss / n_tokens).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sync()
+        key = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+        profile_path.write_text(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
     tokens = int(batch["attention_mask"].sum())
     res = {"step_s": round(dt, 3), "steps_timed": len(times), "tokens_per_step": tokens,
            "tokens_per_s": round(tokens / dt), "mfu": round(flops_per_step / dt / peak_flops, 4),
@@ -416,12 +432,19 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
         res: dict[str, Any] = {"flops_per_step": flops}
         common = dict(batch=batch, steps=args.sft_steps, warmup=args.sft_warmup, device=device,
                       peak_flops=peak["matmul_flops"], flops_per_step=flops)
-        variants = ([("trainer_as_is", dict(master_fp32=True, fused=False, ckpt=True, linear_pe=False, micro=4)),
-                     ("fused_adamw_linear_pe", dict(master_fp32=True, fused=True, ckpt=True, linear_pe=True, micro=4)),
-                     ("bf16_params_fused", dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=4))]
-                    if size != "8B" else
-                    [("bf16_params_fused_ckpt_micro4", dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=4)),
-                     ("bf16_params_fused_ckpt_micro1", dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=1))])
+        catalogue = {
+            "trainer_as_is": dict(master_fp32=True, fused=False, ckpt=True, linear_pe=False, micro=4),
+            "fused_adamw_linear_pe": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=True, micro=4),
+            "bf16_params_fused": dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=4),
+            "no_ckpt_fused_linear_pe": dict(master_fp32=True, fused=True, ckpt=False, linear_pe=True, micro=4),
+            "bf16_no_ckpt_fused": dict(master_fp32=False, fused=True, ckpt=False, linear_pe=True, micro=4),
+            "bf16_params_fused_ckpt_micro4": dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=4),
+            "bf16_params_fused_ckpt_micro1": dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=1),
+        }
+        names = (args.sft_variants_8b if size == "8B" else args.sft_variants).split(",")
+        variants = [(n, dict(catalogue[n])) for n in names if n]
+        if args.sft_profile and size != "8B" and variants:
+            variants[0][1]["profile_path"] = OUT_DIR / f"profile_sft_{size}.txt"
         for name, v in variants:
             if left(args.deadline) < (60 if size == "8B" else 25):
                 res[name] = {"skipped": "deadline"}
@@ -436,8 +459,6 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
             _free()  # after the except block: the traceback no longer holds the model
             log(f"  -> {json.dumps(res[name])[:300]}")
             save()
-            if size == "8B" and "error" not in res[name]:
-                break  # the first 8B configuration that runs is the answer
         out[size] = res
     return out
 
@@ -634,6 +655,8 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
 
     bs = engine.batch_size
     chunks = [requests[i: i + bs] for i in range(0, len(requests), bs)]
+    fast = getattr(engine, "fast", None)
+    t_fast0 = dict(fast.timings) if fast is not None else {}
     reset_peak()
     t = time.perf_counter()
     per = []
@@ -668,8 +691,11 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
            "prompt_tokens": max((r.num_input_tokens or 0) for r in ok) if ok else None,
            "prep_s_per_request": round(statistics.mean(r.extra.get("prep_s", 0) for r in ok), 4) if ok else None,
            "peak_gib": peak_gb()}
-    if getattr(engine, "fast", None) is not None and engine.fast.graph_error:
-        out["graph_error"] = engine.fast.graph_error
+    if fast is not None:
+        out["fast_phases"] = {k: round(fast.timings[k] - t_fast0[k], 3) for k in fast.timings}
+        out["prep_s_total"] = round(sum(r.extra.get("prep_s", 0) for r in ok), 3)
+        if fast.graph_error:
+            out["graph_error"] = fast.graph_error
     log(f"engine {label}: { {k: v for k, v in out.items() if k != 'chunks'} }")
     save()
     return out
@@ -683,24 +709,35 @@ def unpatch(model) -> None:
 
 
 def check_equivalence(model, tiny_dir, vision, names, args) -> dict[str, Any]:
-    """Greedy tokens: fast path (graphs) vs fast path (eager) vs plain generate, on the GPU."""
+    """On the GPU at real size: greedy token ids of the fast path (CUDA graphs) vs the fast path
+    (eager) vs plain generate; the fast path's first-token logits vs the model's own forward; and
+    a profile of the fast path (eager decode) on 8 caption rows."""
+    import torch
+
     from avcap.config import Sampling
     from avcap.engines.base import Request
 
     reqs = [Request(f"q{k}", mcq_messages(names[0], k)) for k in range(args.questions)]
     reqs += [Request(f"c{i}", caption_messages(names[1 + i])) for i in range(3)]
     s = Sampling(temperature=0.0, max_tokens=args.check_tokens)
-    outs = {}
+    outs: dict[str, Any] = {}
+    logits_check: dict[str, Any] = {}
     for label, fast, graphs in (("plain", False, False), ("fast_eager", True, False), ("fast_graph", True, True)):
         eng = make_engine(model, tiny_dir, vision, args, batch=len(reqs), fast=fast, graphs=graphs)
+        # token ids instead of text: the tiny tokenizer cannot spell most of the real vocabulary
+        eng.processor.batch_decode = lambda new, **kw: [" ".join(str(int(t)) for t in row) for row in new]
         try:
             res = eng.generate(reqs, s, min_tokens=args.check_tokens)
+            if label == "fast_eager":
+                logits_check = _logits_check(eng, reqs[:4] + reqs[-2:])
+                _profile_fast(eng, [Request(f"p{i}", caption_messages(names[4 + i])) for i in range(8)])
         finally:
             eng.close()
-        tok = eng.processor.tokenizer
-        outs[label] = [tok(r.raw_text or "", add_special_tokens=False)["input_ids"] if r.error is None else None for r in res]
+        outs[label] = [[int(t) for t in r.raw_text.split()] if r.error is None else None for r in res]
         outs[label + "_paths"] = sorted({r.extra.get("path") for r in res if r.error is None})
         outs[label + "_errors"] = [r.error for r in res if r.error][:2]
+        del eng
+        _free()
 
     def agree(a, b):
         same_prefix = []
@@ -718,8 +755,58 @@ def check_equivalence(model, tiny_dir, vision, names, args) -> dict[str, Any]:
             "graph_vs_eager_identical": outs["fast_graph"] == outs["fast_eager"],
             "fast_vs_plain_common_prefix": agree(outs["fast_graph"], outs["plain"]),
             "fast_vs_plain_identical_rows": sum(a == b for a, b in zip(outs["fast_graph"], outs["plain"])),
+            "first_ids": {k: [r[:4] if r else None for r in outs[k][:3]] for k in ("plain", "fast_graph")},
+            "first_logits": logits_check,
             "paths": {k: outs[k + "_paths"] for k in ("plain", "fast_eager", "fast_graph")},
             "errors": {k: outs[k + "_errors"] for k in ("plain", "fast_eager", "fast_graph")}}
+
+
+def _chunk_of(eng, reqs):
+    from avcap.engines.base import video_parts
+
+    return [(r, [eng.frames.frames(p) for p in video_parts(r.messages)]) for r in reqs]
+
+
+def _logits_check(eng, reqs) -> dict[str, Any]:
+    """Next-token logits: fast prefill (shared prefix + static cache) vs transformers' forward."""
+    import torch
+
+    chunk = _chunk_of(eng, reqs)
+    with torch.inference_mode():
+        full = eng.inputs_for(chunk).to(eng.device)
+        ref = eng.model(**full, logits_to_keep=1).logits[:, -1].float()
+        batch, pixels = eng.shared_inputs_for(chunk)
+        got, _ = eng.fast.prefill(batch, [[id(vf) for vf in f] for _, f in chunk], max_new_tokens=4,
+                                  video_pixels=pixels, device=eng.device)
+    diff = (got - ref).abs()
+    return {"rows": len(reqs), "max_abs_diff": float(diff.max()), "ref_abs_max": float(ref.abs().max()),
+            "rel_max": float(diff.max() / ref.abs().max()),
+            "argmax_equal": int((got.argmax(-1) == ref.argmax(-1)).sum())}
+
+
+def _profile_fast(eng, reqs) -> None:
+    """Kernel time of one fast-path call (8 caption rows, 8 new tokens, eager decode)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from avcap.config import Sampling
+
+    chunk = _chunk_of(eng, reqs)
+    eng.batch_size = len(reqs)
+    with torch.inference_mode():
+        batch, pixels = eng.shared_inputs_for(chunk)
+        spec = eng._fast_spec(Sampling(temperature=0.0, max_tokens=8), 8)
+        eng.fast.generate(batch, [[id(vf) for vf in f] for _, f in chunk], spec, max_new_tokens=8,
+                          video_pixels=pixels, device=eng.device)  # warm
+        sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            t0 = dict(eng.fast.timings)
+            eng.fast.generate(batch, [[id(vf) for vf in f] for _, f in chunk], spec, max_new_tokens=8,
+                              video_pixels=pixels, device=eng.device)
+            sync()
+    phases = {k: round(eng.fast.timings[k] - t0[k], 4) for k in ("prefix_s", "suffix_s", "decode_s")}
+    text = f"phases: {phases}\n" + prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+    (OUT_DIR / f"profile_infer_{RESULTS.get('current_size', 'x')}.txt").write_text(text)
 
 
 def floors(model, peak, prompt_tokens: int, suffix_tokens: int, args, batch: int) -> dict[str, Any]:
@@ -756,6 +843,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
     from avcap.engines.base import Request
 
     res: dict[str, Any] = {}
+    RESULTS["current_size"] = size
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t = time.perf_counter()
     model = build_model(size, tiny_dir, device, dtype)
@@ -775,7 +863,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
         if left(args.deadline) > args.need_engine:
             eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, processes=processes)
             try:
-                n = cap_batch * args.caption_chunks
+                n = cap_batch * (args.caption_chunks_2b or args.caption_chunks if size == "2B" else args.caption_chunks)
                 reqs = [Request(f"c{i}", caption_messages(p)) for i, p in enumerate(pool[offset: offset + n])]
                 offset += n
                 res["engine_caption"] = _guard(lambda: run_engine(eng, reqs, caption_sampling(args), args.caption_tokens, 1.0,
@@ -918,6 +1006,12 @@ def main(argv=None) -> int:
     ap.add_argument("--caption-batch", type=int, default=64)
     ap.add_argument("--caption-batch-8b", type=int, default=64)
     ap.add_argument("--caption-chunks", type=int, default=2)
+    ap.add_argument("--caption-chunks-2b", type=int, default=None, help="default: --caption-chunks")
+    ap.add_argument("--decode-mode", default="auto", choices=["auto", "threads", "processes"],
+                    help="auto: the faster one in the decode section (threads without it)")
+    ap.add_argument("--sft-variants", default="trainer_as_is,fused_adamw_linear_pe,bf16_params_fused")
+    ap.add_argument("--sft-variants-8b", default="bf16_params_fused_ckpt_micro4")
+    ap.add_argument("--sft-profile", action="store_true", help="profile one step of the first 2B variant")
     ap.add_argument("--mcq-batch", type=int, default=48)
     ap.add_argument("--mcq-chunks", type=int, default=3)
     ap.add_argument("--prefill-batch", type=int, default=8)
@@ -1007,8 +1101,8 @@ def main(argv=None) -> int:
         return 1
 
     names_infer = clip_names(work, clips["clips"], 600, "infer")
-    decode_best = "threads"
-    if "decode" in sections:
+    decode_best = args.decode_mode if args.decode_mode != "auto" else "threads"
+    if "decode" in sections and args.decode_mode == "auto":
         names_dec = clip_names(work, clips["clips"], 3 * args.decode_workers, "decode")
         from avcap.config import Vision
 

@@ -142,6 +142,27 @@ def test_pixels_kept_once_per_video(engines, clips):
     assert torch.equal(torch.cat(per), full["pixel_values_videos"])
 
 
+def test_shared_inputs_equal_the_processor(engines, clips):
+    """The fast path runs the processor once per video and splices each question's own tokens."""
+    fast, _ = engines
+    reqs = _mixed_requests(clips)
+    chunk = [(r, [fast.frames.frames(p) for p in r.messages[1]["content"] if isinstance(p, dict) and p.get("type") == "video"])
+             for r in reqs]
+    full = fast.inputs_for(chunk)
+    calls = []
+    real = fast.inputs_for
+    fast.inputs_for = lambda c, **kw: calls.append(len(c)) or real(c, **kw)
+    try:
+        shared, pixels = fast.shared_inputs_for(chunk)
+    finally:
+        del fast.inputs_for
+    assert calls == [5]  # the processor saw three videos, the caption and the text-only row, not 11 requests
+    assert set(shared) == {"input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw"}
+    for k in shared:
+        assert torch.equal(shared[k], full[k]), k
+    assert torch.equal(torch.cat(pixels), full["pixel_values_videos"])
+
+
 def test_repetition_penalty_falls_back_to_generate(engines, clips):
     fast, plain = engines
     reqs = [Request("a", build_messages(SYSTEM, "Describe.", clips[0]))]

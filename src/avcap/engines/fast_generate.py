@@ -40,6 +40,7 @@ in bf16 the logits agree within bf16 rounding (attention sums in a different ord
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -90,6 +91,13 @@ def linear_patch_embed(model) -> bool:
     pe.forward = forward
     pe._avcap_linear = True
     return True
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _round_up(n: int, k: int) -> int:
@@ -271,6 +279,9 @@ class FastGenerator:
         self._buffers: Optional[dict[str, Any]] = None  # kc, vc, valid for the current (B, S)
         self._graph: Optional[dict[str, Any]] = None
         self.graph_error: Optional[str] = None
+        # cumulative seconds per phase (the device is synchronised at phase ends): what limits a run
+        self.timings: dict[str, float] = {"prefix_s": 0.0, "suffix_s": 0.0, "decode_s": 0.0, "decode_steps": 0,
+                                          "rows": 0, "prefixes": 0}
 
     # ---------------------------------------------------------------- public
 
@@ -287,13 +298,16 @@ class FastGenerator:
         logits, st = self.prefill(inputs, row_videos, max_new_tokens=max_new_tokens, video_pixels=video_pixels,
                                   device=device)
         b, s_len, p, device = st["batch"], st["slots"], st["prompt_slots"], st["device"]
+        t_dec = time.perf_counter()
         chooser = Chooser(spec, b, logits.shape[-1], self.eos, self.pad, device)
         out = torch.full((b, max_new_tokens), self.pad, dtype=torch.long, device=device)
         tok = chooser(logits, 0)
         out[:, 0] = tok
         steps = 1
         if max_new_tokens == 1:
-            return out[:, :1].cpu()
+            out = out[:, :1].cpu()
+            self.timings["decode_s"] += time.perf_counter() - t_dec
+            return out
         step = self._step_fn(b, s_len, device)
         st_tok, st_pos, st_slot = step["tok"], step["pos"], step["slot"]
         st_tok.copy_(tok)
@@ -310,7 +324,10 @@ class FastGenerator:
             st_pos.add_(1)
             st_slot.add_(1)
             steps = t + 1
-        return out[:, :steps].cpu()
+        out = out[:, :steps].cpu()
+        self.timings["decode_s"] += time.perf_counter() - t_dec
+        self.timings["decode_steps"] += steps - 1
+        return out
 
     def prefill(self, inputs, row_videos: Sequence[Sequence[Any]], *, max_new_tokens: int,
                 video_pixels: Optional[Sequence[Any]] = None, device=None):
@@ -356,10 +373,17 @@ class FastGenerator:
         valid.zero_()
 
         # 1. prefixes through transformers' forward, copied into their rows
+        t0 = time.perf_counter()
         prefix_max = [0] * len(groups)
         for lo in range(0, len(groups), self.prefill_batch):
             chunk = list(range(lo, min(lo + self.prefill_batch, len(groups))))
             self._prefill_prefixes([groups[i] for i in chunk], chunk, pixels, grid, pp, kc, vc, valid, prefix_max)
+
+        _sync(device)
+        t1 = time.perf_counter()
+        self.timings["prefix_s"] += t1 - t0
+        self.timings["prefixes"] += len(groups)
+        self.timings["rows"] += b
 
         # 2. suffixes through text_forward
         sfx = torch.full((b, ls), self.pad, dtype=torch.long)
@@ -378,6 +402,8 @@ class FastGenerator:
         cos, sin = rotary(model, h, pos[None].expand(3, b, ls))
         h = text_forward(model, h, cos, sin, kc, vc, slots, m)
         logits = model.lm_head(h[:, -1]).float()
+        _sync(device)
+        self.timings["suffix_s"] += time.perf_counter() - t1
         return logits, {"batch": b, "slots": s_len, "prompt_slots": p, "last_pos": last_pos, "device": device,
                         "groups": len(groups)}
 

@@ -251,6 +251,96 @@ class TransformersEngine:
         finally:
             self.processor.video_processor.expand = True
 
+    def shared_inputs_for(self, chunk: list[tuple[Request, list]]):
+        """`inputs_for` (expanded ids, mask, mm_token_type_ids, grid) plus the pixels per request
+        video, with the processor run once per distinct video: each other request that shows the
+        same videos gets the first one's tokens up to the end of the video and its own tokenized
+        text after it. Tokenizers split at special tokens (the video ends with one), so this is
+        the processor's own result (checked against it in tests/test_engine_fast.py); a request
+        whose text before the video differs falls back to the processor."""
+        import torch
+
+        keys = [tuple(id(vf) for vf in frames) for _, frames in chunk]
+        first: dict[tuple, int] = {}
+        for r, k in enumerate(keys):
+            if k:
+                first.setdefault(k, r)
+        reps = sorted(set(first.values()) | {r for r, k in enumerate(keys) if not k})
+        if len(reps) == len(chunk):
+            inputs = self.inputs_for(chunk, expand_videos=False)
+            return ({k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_unique_index")},
+                    _video_pixels(inputs))
+        rep_in = self.inputs_for([chunk[r] for r in reps])
+        tok = self.processor.tokenizer
+        rep_rows = {r: j for j, r in enumerate(reps)}
+        rep_mask = rep_in["attention_mask"].bool()
+        x = [rep_in["input_ids"][j][rep_mask[j]].tolist() for j in range(len(reps))]
+        types_in = rep_in.get("mm_token_type_ids")
+        xt = [types_in[j][rep_mask[j]].tolist() for j in range(len(reps))] if types_in is not None else None
+        rep_pix = _video_pixels(rep_in) or []
+        rep_grid = rep_in.get("video_grid_thw")
+        starts, n = [], 0
+        for r in reps:
+            starts.append(n)
+            n += len(chunk[r][1])
+        others = [r for r in range(len(chunk)) if r not in rep_rows]
+        texts = [self.processor.apply_chat_template(chunk[r][0].messages, tokenize=False, add_generation_prompt=True)
+                 for r in others]
+        rep_texts = {first[keys[r]]: None for r in others}
+        for r in rep_texts:
+            rep_texts[r] = self.processor.apply_chat_template(chunk[r][0].messages, tokenize=False, add_generation_prompt=True)
+        enc = tok(texts + list(rep_texts.values()))["input_ids"]
+        u_other = dict(zip(others, enc[: len(others)]))
+        u_rep = dict(zip(rep_texts, enc[len(others):]))
+        media = {t for t in (self.video_token_id, getattr(self.processor, "image_token_id", None)) if t is not None}
+        ids_rows: list[list[int]] = [[] for _ in chunk]
+        type_rows: list[list[int]] = [[] for _ in chunk]
+        pixels: list[Any] = []
+        grids: list[Any] = []
+        for r in range(len(chunk)):
+            j = rep_rows.get(r, rep_rows.get(first.get(keys[r], -1)))
+            nv = len(chunk[r][1])
+            pixels += rep_pix[starts[j]: starts[j] + nv]
+            if nv:
+                grids.append(rep_grid[starts[j]: starts[j] + nv])
+            if r in rep_rows:
+                ids_rows[r] = x[j]
+                type_rows[r] = xt[j] if xt is not None else []
+                continue
+            u0, x0 = u_rep[reps[j]], x[j]
+            p = 0
+            while p < min(len(u0), len(x0)) and u0[p] == x0[p]:
+                p += 1
+            sfx = 0
+            while sfx < min(len(u0), len(x0)) - p and u0[-1 - sfx] == x0[-1 - sfx]:
+                sfx += 1
+            q = len(u0) - sfx
+            ur = u_other[r]
+            if q <= p or ur[:q] != u0[:q] or any(t in media for t in ur[q:]):
+                inputs = self.inputs_for(chunk, expand_videos=False)  # unusual layout: the processor decides
+                return ({k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_unique_index")},
+                        _video_pixels(inputs))
+            cut = len(x0) - sfx
+            ids_rows[r] = x0[:cut] + ur[q:]
+            if xt is not None:
+                type_rows[r] = xt[j][:cut] + [0] * (len(ur) - q)
+        length = max(len(v) for v in ids_rows)
+        pad = tok.pad_token_id
+        b = len(chunk)
+        out = {"input_ids": torch.full((b, length), pad, dtype=rep_in["input_ids"].dtype),
+               "attention_mask": torch.zeros((b, length), dtype=rep_in["attention_mask"].dtype)}
+        if xt is not None:
+            out["mm_token_type_ids"] = torch.zeros((b, length), dtype=types_in.dtype)
+        for r in range(b):
+            k = len(ids_rows[r])
+            out["input_ids"][r, length - k:] = torch.tensor(ids_rows[r])
+            out["attention_mask"][r, length - k:] = 1
+            if xt is not None:
+                out["mm_token_type_ids"][r, length - k:] = torch.tensor(type_rows[r])
+        if grids:
+            out["video_grid_thw"] = torch.cat(grids)
+        return out, (pixels or None)
+
     def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0) -> list[Result]:
         import torch
 
@@ -277,12 +367,10 @@ class TransformersEngine:
         if spec is not None:
             from avcap.engines.fast_generate import NotSupported
 
-            inputs = self.inputs_for(chunk, expand_videos=False)
-            ids = inputs["input_ids"]
-            mask = inputs["attention_mask"]
+            batch, video_pixels = self.shared_inputs_for(chunk)
+            ids = batch["input_ids"]
+            mask = batch["attention_mask"]
             row_videos = [[id(vf) for vf in frames] for _, frames in chunk]
-            video_pixels = _video_pixels(inputs)
-            batch = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_unique_index")}
             t_prep = time.perf_counter() - t0
             t1 = time.perf_counter()
             if sampling.seed is not None and sampling.temperature > 0:
