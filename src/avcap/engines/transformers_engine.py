@@ -18,6 +18,18 @@ timestamps (Qwen3-VL) and second_per_grid_ts (Qwen2.5-VL); without it transforme
 The number of video tokens per request is reported in `Result.extra["num_video_tokens"]` and equals
 `avcap.video.num_video_tokens(T, H, W, patch, merge, temporal)`.
 
+Qwen3-VL models take the fast path (`[avcap.engine] fast_generate = true`, the default;
+avcap.engines.fast_generate): the processor runs once per distinct video of a batch (the other
+requests of that video get its tokens up to the end of the video plus their own text), one prefill
+per video prefix shared by its questions, a static KV cache and, on CUDA, a graph-captured decode
+step. Greedy outputs equal plain `generate`'s (tests/test_engine_fast.py); in bf16 the logits
+differ by bf16 rounding only. `repetition_penalty != 1` and other models use plain `generate`.
+On CUDA the video processor normalises and patchifies on the GPU, and the vision patch embedding
+(a Conv3d with stride = kernel) runs as one GEMM. `Result.extra["path"]` says which path ran.
+`generate(..., min_tokens=N)` forbids end-of-sequence before N new tokens (vLLM's min_tokens;
+benchmarks use it so that every row generates all its tokens). The engine also takes a built
+model object (`model=<nn.Module>`, with `processor=`), e.g. random-weight real-size architectures.
+
 Sampling (`avcap.config.Sampling`, vLLM names) maps onto a fresh `GenerationConfig` with every
 field set, so nothing is inherited from the checkpoint's generation_config.json:
 temperature 0 -> greedy; otherwise multinomial sampling with temperature, top_k (-1 -> off), top_p;
