@@ -216,7 +216,8 @@ def measure_peak() -> dict[str, Any]:
         fn()
         sync()
         pe[name + "_ms"] = round((time.perf_counter() - t) * 1e3, 2)
-    pe["max_abs_diff"] = float((run_conv() - run_lin()).abs().max())
+    with torch.no_grad():
+        pe["max_abs_diff"] = float((run_conv() - run_lin()).abs().max())
     del a, b, src, dst, x
     return {"matmul_flops": flops, "matmul_tflops": round(flops / 1e12, 1), "copy_bytes_per_s": bw,
             "copy_tb_s": round(bw / 1e12, 2), "patch_embed_8_videos": pe}
