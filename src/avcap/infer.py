@@ -667,14 +667,27 @@ def _run_task(engine, task, todo, sampling, writer, st, system, reasoning_suffix
             for it in batch
         ]
 
+    # decode ahead: queue the following batches' videos until `ahead` distinct ones are waiting
+    # (an MCQ batch holds few videos, so one batch ahead would leave most decode workers idle)
+    ahead = max(1, int(getattr(engine, "prefetch_videos", 1)))
+    queued = 0  # batches[:queued] have been handed to engine.prefetch
+
+    def top_up(n: int) -> None:
+        nonlocal queued
+        queued = max(queued, n + 1)
+        waiting = {it.unit for b in batches[n + 1 : queued] for it in b}
+        while queued < len(batches) and (queued == n + 1 or len(waiting) < ahead):
+            engine.prefetch(requests(batches[queued]))
+            waiting |= {it.unit for it in batches[queued]}
+            queued += 1
+
     bar = _progress(total=len(left), desc=desc, enabled=progress)
     t0 = time.perf_counter()
     try:
         reqs = requests(batches[0]) if batches else []
         for n, batch in enumerate(batches):
+            top_up(n)  # decode the next batches' videos while this one runs
             nxt = requests(batches[n + 1]) if n + 1 < len(batches) else []
-            if nxt:
-                engine.prefetch(nxt)  # decode the next batch's videos while this one runs
             tb = time.perf_counter()
             results = engine.generate(reqs, sampling)
             per = (time.perf_counter() - tb) / max(1, len(batch))

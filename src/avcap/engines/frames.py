@@ -105,6 +105,11 @@ class FrameLoader:
                 self._cache.move_to_end(key)
         return fut
 
+    @property
+    def lookahead(self) -> int:
+        """Upcoming videos a caller may queue without evicting the ones in use (half the cache)."""
+        return max(1, self.capacity // 2)
+
     def prefetch(self, requests: Iterable[Request]) -> None:
         """Start decoding the videos of `requests` in the background."""
         for req in requests:

@@ -71,6 +71,7 @@ class OpenAIEngine:
         )
         self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="avcap-openai")
         self.frames = FrameLoader(vision, factor, capacity=max(32, 2 * cfg.concurrency))
+        self.prefetch_videos = self.frames.lookahead
 
     def __repr__(self) -> str:  # never shows headers
         return f"OpenAIEngine(url={self.url!r}, model={self.model!r})"

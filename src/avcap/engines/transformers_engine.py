@@ -187,6 +187,7 @@ class TransformersEngine:
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
                                   capacity=max(32, 4 * self.batch_size))
+        self.prefetch_videos = self.frames.lookahead
 
     # ------------------------------------------------------------------ interface
 

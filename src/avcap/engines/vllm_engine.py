@@ -76,6 +76,7 @@ class VLLMEngine:
         self.batch_size = cfg.batch_size
         patch, merge, _ = vision_factor(AutoConfig.from_pretrained(model))
         self.frames = FrameLoader(vision, patch * merge, capacity=max(32, 4 * cfg.batch_size))
+        self.prefetch_videos = self.frames.lookahead
         self.processor = AutoProcessor.from_pretrained(processor or model)
         kwargs: dict[str, Any] = dict(
             model=model,
