@@ -480,7 +480,7 @@ def build_report(
     from avcap import __version__
 
     lines = [f"# {title}", "",
-             f"Outputs: `{summary.outputs_dir}` · {len(summary.entries)} metrics.json files · "
+             f"Outputs: `{_rel(summary.outputs_dir, report_dir)}` · {len(summary.entries)} metrics.json files · "
              f"generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by avcap {__version__}", ""]
     if intro:
         lines += intro + [""]
