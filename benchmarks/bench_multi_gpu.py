@@ -67,69 +67,12 @@ import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
+# the recipe's TOML as published (placeholders filled in), shipped with avcap (avcap.config.RECIPE_PATH)
+RECIPE_TOML = (REPO / "src" / "avcap" / "recipes" / "uber_sft_blended.toml").read_text()
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 SFT_TARGET, CAPTION_TARGET = 0.85, 0.95
 SOURCES = ("cv_annotated", "human_annotated", "reason1_sft")  # the recipe's subdirectories (avcap.synth's kinds)
 
-# /work/shared/recipe/uber_sft_blended.toml, byte for byte (tests compare it when that file exists).
-RECIPE_TOML = '''# The training configuration exactly as the recipe publishes it (placeholders filled in).
-[custom.dataset]
-dataset_root = "data/train"  # set as data root
-subdirectories = ["cv_annotated", "human_annotated", "reason1_sft"]
-
-# Sampling weights for each subdirectory (must match order of subdirectories)
-# These weights control the probability of sampling from each dataset.
-# Weights are normalized internally, so [1, 2, 1] is equivalent to [0.25, 0.5, 0.25]
-#
-# Current setting: 30% cv_annotated, 50% human_annotated, 20% reason1_sft
-weights = [0.3, 0.5, 0.2]
-
-meta_file = "meta.json"
-
-[custom.vision]
-# NOTE: Use ONLY nframes OR fps, NOT both (framework limitation)
-min_pixels = 3136                # 56x56 minimum (4 patches)
-max_pixels = 360000              # ~600x600 per frame
-nframes = 16                     # Fixed number of frames for consistent tokenization
-
-[train]
-output_dir = "outputs/uber"  # set as output directory
-resume = true
-compile = false
-epoch = 3                        # 3 epochs
-train_batch_per_replica = 32     # Per-GPU batch size
-optm_lr = 2e-7
-optm_weight_decay = 0.01
-optm_warmup_steps = 0.03
-optm_decay_type = "cosine"
-optm_grad_norm_clip = 1.0
-seed = 42
-
-[policy]
-model_name_or_path = "nvidia/Cosmos-Reason2-8B"
-model_max_length = 4096
-model_gradient_checkpointing = true
-
-[logging]
-logger = ['console', 'wandb']
-project_name = "cosmos_reason2_av_vqa"
-experiment_name = "post_training_uber/av_vqa_sft_blended"
-
-[train.train_policy]
-type = "sft"
-mini_batch = 4
-dataloader_num_workers = 4
-
-[train.ckpt]
-enable_checkpoint = true
-save_freq = 20
-
-[policy.parallelism]
-tp_size = 1
-cp_size = 1
-dp_shard_size = 8
-pp_size = 1
-'''
 
 T0 = time.perf_counter()
 LOG: list[str] = []
@@ -327,18 +270,6 @@ def tail(path: Path, chars: int = 3000) -> str:
 # ----------------------------------------------------------------------------- the recipe's TOML
 
 
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(f"no TOML form for {type(v).__name__}")
-
-
 _HEADER = re.compile(r"^\s*\[([A-Za-z0-9_.\-]+)\]\s*(#.*)?$")
 _KEYLINE = re.compile(r"^(\s*)([A-Za-z0-9_\-]+)(\s*=\s*)(.*?)(\s+#.*)?$")
 
@@ -347,6 +278,8 @@ def edit_toml(text: str, values: dict[str, Any]) -> str:
     """`text` with `values` ({"table.sub.key": value}) set: a key's line is rewritten in place (its
     comment kept), a new key goes at the end of its table, a new table at the end. Checked: the
     result parses to the original plus exactly these values."""
+    from avcap.config import toml_value
+
     lines = text.splitlines()
     table = ""
     todo = dict(values)

@@ -15,7 +15,7 @@ import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_multi_gpu.py"
-SHARED_RECIPE = Path("/work/shared/recipe/uber_sft_blended.toml")
+SHARED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "recipe" / "uber_sft_blended.toml"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from avcap import video as V
 
 qvp = pytest.importorskip("qwen_vl_utils.vision_process")
 
-UDACITY = Path("/work/shared/data/videos/udacity_solidWhiteRight.mp4")
+UDACITY = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "udacity_solidWhiteRight.mp4"
 
 
 # ----------------------------------------------------------------------------- pure functions

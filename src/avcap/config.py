@@ -27,6 +27,9 @@ else:  # pragma: no cover
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# The recipe's training config exactly as published (placeholders filled in), shipped with avcap.
+RECIPE_PATH = Path(__file__).parent / "recipes" / "uber_sft_blended.toml"
+
 # ----------------------------------------------------------------------------- base
 
 
@@ -562,7 +565,8 @@ def to_toml(cfg: RecipeConfig) -> str:
     return _dump_toml(cfg.model_dump(mode="json", exclude_none=True))
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """One TOML value (bool, number, string, list)."""
     import json
 
     if isinstance(v, bool):
@@ -572,7 +576,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(type(v))
 
 
@@ -583,7 +587,7 @@ def _dump_toml(data: dict[str, Any], prefix: str = "") -> str:
     if prefix and scalars:
         lines.append(f"[{prefix}]")
     for k, v in scalars.items():
-        lines.append(f"{_key(k)} = {_toml_value(v)}")
+        lines.append(f"{_key(k)} = {toml_value(v)}")
     if lines:
         lines.append("")
     for k, v in tables.items():
