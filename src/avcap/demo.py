@@ -1,6 +1,6 @@
 """`avcap demo`: the whole recipe on the embedded default, offline, on a CPU, in one command.
 
-    avcap demo [--workdir avcap-demo] [--quick]
+    avcap demo [--workdir avcap-demo] [--quick] [--seed N] [--publish DIR]
 
 Steps (each resumable; a finished step leaves `steps/<n>-<name>.json` and is reused on a rerun):
 
@@ -10,7 +10,8 @@ Steps (each resumable; a finished step leaves `steps/<n>-<name>.json` and is reu
                 from the world truth, the video side is a simulated video answerer (the truth with a
                 seeded share of wrong answers); the conflicts are reviewed automatically from the
                 world truth (`avcap bench apply --auto`) and reported
- 4. zero-shot   captions, MCQ and LingoQA answers of the base model, and their metrics
+ 4. zero-shot   captions and MCQ answers of the base model, and their metrics (LingoQA too when its
+                judge, a hub model, is available locally; offline it is skipped and the report says so)
  5. curate      the recipe's three sources plus `synth_vqa` (the benchmark builder run over the
                 TRAINING videos with world-truth answers), blended; the 10x10 preview grid
  6. train       SFT from the demo's recipe TOML with checkpoints every `save_freq` steps
@@ -18,7 +19,9 @@ Steps (each resumable; a finished step leaves `steps/<n>-<name>.json` and is reu
  8. report      plots and the Markdown report
 
 The recipe TOML it runs is `avcap/demo_config.toml` (package data), written normalized into the
-workdir as `config.toml`. Learning from pixels: every MCQ prompt is the pool's question with its
+workdir as `config.toml`; a workdir made with other settings is refused. `--publish DIR` also writes
+a self-contained copy of the report (its plots, the metrics.json files it cites, the TOML and the
+preview grid) to DIR — docs/demo in this repository. Learning from pixels: every MCQ prompt is the pool's question with its
 fixed choices and the same suffix, every caption prompt is the same text, and the evaluation
 videos are rendered from their own seeds and never trained on. The report compares the fine-tuned
 model with chance and with a blind baseline that answers each question with its most frequent
@@ -80,7 +83,7 @@ class Sizes:
 
 
 DEFAULT = Sizes(train_videos=80, eval_videos=40, lingoqa_segments=20, width=160, height=96, seconds=4.0, fps=4.0,
-                nframes=16, max_steps=300, save_freq=75, vqa_questions_per_video=50, video_answerer_error=0.15)
+                nframes=16, max_steps=200, save_freq=50, vqa_questions_per_video=50, video_answerer_error=0.15)
 QUICK = Sizes(train_videos=30, eval_videos=16, lingoqa_segments=6, width=160, height=96, seconds=4.0, fps=4.0,
               nframes=8, max_steps=90, save_freq=45, vqa_questions_per_video=50, video_answerer_error=0.15)
 
@@ -168,20 +171,24 @@ class Ctx:
         return self.workdir / "steps" / f"{n}-{name}.json"
 
 
-def _settings(sizes: Sizes, seed: int, quick: bool) -> dict[str, Any]:
-    from avcap import __version__
+def demo_config_text(sizes: Sizes, seed: int, quick: bool) -> str:
+    """The recipe TOML the demo runs: the packaged one with these sizes, normalized (every key explicit)."""
+    from avcap.config import load_config, to_toml
 
-    return {"mode": "quick" if quick else "default", "seed": seed, "sizes": asdict(sizes),
-            "config_sha256": hashlib.sha256(PACKAGED_CONFIG.read_bytes()).hexdigest(), "avcap_version": __version__}
+    cfg = load_config(PACKAGED_CONFIG, overrides={**sizes.overrides(), "avcap": {"seed": seed}})
+    return ("# Written by `avcap demo` from avcap/demo_config.toml (normalized, every key explicit).\n"
+            f"# Mode: {'--quick' if quick else 'default'}. Paths are relative to this file.\n\n" + to_toml(cfg))
 
 
 def prepare_workdir(workdir: Path, sizes: Sizes, seed: int, quick: bool) -> None:
     """Create the workdir, or check that an existing one was made with the same settings."""
-    from avcap.config import load_config, to_toml
+    from avcap import __version__
     from avcap.records import read_json, write_json_atomic, write_text_atomic
 
     workdir.mkdir(parents=True, exist_ok=True)
-    settings = _settings(sizes, seed, quick)
+    text = demo_config_text(sizes, seed, quick)
+    settings = {"mode": "quick" if quick else "default", "seed": seed, "sizes": asdict(sizes),
+                "config_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "avcap_version": __version__}
     meta = workdir / "demo.json"
     if meta.exists():
         old = read_json(meta)
@@ -191,9 +198,6 @@ def prepare_workdir(workdir: Path, sizes: Sizes, seed: int, quick: bool) -> None
                             f"{old.get('mode')} run); use another --workdir or delete it")
     else:
         write_json_atomic(meta, settings)
-    cfg = load_config(PACKAGED_CONFIG, overrides={**sizes.overrides(), "avcap": {"seed": seed}})
-    text = ("# Written by `avcap demo` from avcap/demo_config.toml (normalized, every key explicit).\n"
-            f"# Mode: {'--quick' if quick else 'default'}. Paths are relative to this file.\n\n" + to_toml(cfg))
     path = workdir / "config.toml"
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_text_atomic(path, text)
@@ -402,14 +406,46 @@ def step_evaluate(ctx: Ctx) -> dict:
     return {"checkpoints": out}
 
 
+REPORT_TITLE = "avcap demo: the recipe on the procedural dash-cam world"
+
+
+def _preview_png(ctx: Ctx) -> Optional[Path]:
+    p = ctx.cfg.resolve(ctx.cfg.custom.dataset.dataset_root) / "preview.png"
+    return p if p.is_file() else None
+
+
 def step_report(ctx: Ctx) -> dict:
     from avcap.report import build_report
 
-    extra = demo_section(ctx)
-    path, summary = build_report(ctx.outputs_dir, ctx.report_dir / "report.md",
-                                 title="avcap demo: the recipe on the procedural dash-cam world", intro=extra["lines"])
+    extra = demo_section(ctx, ctx.report_dir, ctx.config_path, _preview_png(ctx))
+    path, summary = build_report(ctx.outputs_dir, ctx.report_dir / "report.md", title=REPORT_TITLE, intro=extra["lines"])
     heads = {h.metric: asdict(h) for h in summary.headlines}
     return {"report": str(path), "headlines": heads, "blind": extra["blind"]}
+
+
+def publish(ctx: Ctx, dest: Path) -> Path:
+    """A self-contained copy of the report under `dest` (e.g. docs/demo): the metrics.json files it cites,
+    its plots, the recipe TOML and the preview grid, with every link inside `dest`."""
+    from avcap.report import build_report
+
+    dest = Path(dest)
+    outputs = dest / "outputs"
+    if outputs.exists():
+        shutil.rmtree(outputs)
+    for m in sorted(ctx.outputs_dir.glob("*/*/*/metrics.json")):
+        target = outputs / m.relative_to(ctx.outputs_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(m, target)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ctx.config_path, dest / "config.toml")
+    preview = _preview_png(ctx)
+    if preview is not None:  # a JPEG copy: a tenth of the PNG's size, fine for a grid of photos
+        from PIL import Image
+
+        Image.open(preview).convert("RGB").save(dest / "preview.jpg", format="JPEG", quality=85)
+    extra = demo_section(ctx, dest, dest / "config.toml", dest / "preview.jpg" if preview else None)
+    path, _ = build_report(outputs, dest / "report.md", title=REPORT_TITLE, intro=extra["lines"])
+    return path
 
 
 # ----------------------------------------------------------------------------- demo-specific numbers
@@ -466,8 +502,9 @@ def accuracy_on(keys: Optional[set[str]], mcq_jsonl: Path) -> Optional[float]:
     return sum(got) / len(got) if got else None
 
 
-def demo_section(ctx: Ctx) -> dict:
-    """The demo's own part of the report: what ran, the benchmark review, and the blind baselines."""
+def demo_section(ctx: Ctx, report_dir: Path, config_path: Path, preview_png: Optional[Path]) -> dict:
+    """The demo's own part of the report: what ran, the benchmark review, and the blind baselines
+    (links to the config and the preview relative to `report_dir`)."""
     from avcap.records import read_json
 
     markers = {p.stem.split("-", 1)[1]: read_json(p) for p in sorted((ctx.workdir / "steps").glob("*.json"))}
@@ -495,7 +532,7 @@ def demo_section(ctx: Ctx) -> dict:
     c = markers.get("curate", {}).get("result", {})
     n_params = markers.get("model", {}).get("result", {}).get("parameters", 0)
     weights = dict(zip(ctx.cfg.custom.dataset.subdirectories, ctx.cfg.custom.dataset.normalized_weights()))
-    preview = c.get("preview_png")
+    preview = preview_png
     dist = ", ".join(f"{k} {100 * v / max(1, blind['pairs']):.0f}%" for k, v in blind["eval_letters"].items())
     lingo = ("LingoQA is not scored: its judge (`wayveai/Lingo-Judge`, [avcap.metrics] lingoqa_judge) is a hub "
              "model and the demo runs offline; with a local copy of the judge the demo also runs and scores LingoQA."
@@ -510,7 +547,7 @@ def demo_section(ctx: Ctx) -> dict:
         f"evaluation videos, {s.width}x{s.height}, {s.seconds:g} s at {s.fps:g} fps, {s.nframes} frames per video; "
         f"SFT {t.max_num_steps} steps of {t.train_batch_per_replica} samples, AdamW lr {t.optm_lr:g}, "
         f"checkpoints every {t.ckpt.save_freq} steps. Recipe TOML: "
-        f"[`config.toml`]({os.path.relpath(ctx.config_path, ctx.report_dir)}). {lingo}",
+        f"[`config.toml`]({os.path.relpath(config_path, report_dir)}). {lingo}",
         "",
         "**Benchmark build (recipe section 1.2).** Annotation side: the world truth; video side: "
         f"{b.get('answerers', {}).get('video', {}).get('description', 'a simulated video answerer')}. "
@@ -522,7 +559,8 @@ def demo_section(ctx: Ctx) -> dict:
         f"{c.get('synth_vqa_pairs', '?')} four-choice questions on the training videos answered from the world "
         "truth (the benchmark builder run over the training videos); blend "
         + ", ".join(f"{k} {100 * w:.0f}%" for k, w in weights.items())
-        + (f". Preview: [`preview.png`]({os.path.relpath(preview, ctx.report_dir)})." if preview else "."),
+        + (f". Preview of 100 random training samples: [`{Path(preview).name}`]({os.path.relpath(preview, report_dir)})."
+           if preview else "."),
         "",
         "**What answering without the video scores.** Every MCQ prompt is the pool question with its fixed "
         "choices and the same suffix (nothing video-specific) and the evaluation videos are never trained on, "
@@ -562,7 +600,7 @@ STEPS: list[tuple[str, str, Callable[[Ctx], dict]]] = [
 
 
 def run_demo(workdir: str | Path = "avcap-demo", *, quick: bool = False, seed: int = 0,
-             echo: Callable[[str], None] = print) -> dict:
+             echo: Callable[[str], None] = print, publish_to: Optional[str | Path] = None) -> dict:
     """Run (or resume) every step; returns {"report": path, "steps": {name: marker}, "seconds": total}."""
     from avcap.config import load_config
     from avcap.records import read_json, write_json_atomic
@@ -592,6 +630,8 @@ def run_demo(workdir: str | Path = "avcap-demo", *, quick: bool = False, seed: i
     total = sum(m["seconds"] for m in markers.values())
     report = markers["report"]["result"]["report"]
     _print_summary(echo, markers, total)
+    if publish_to is not None:
+        echo(f"published: {publish(ctx, Path(publish_to))}")
     return {"report": report, "steps": markers, "seconds": total}
 
 
@@ -617,11 +657,13 @@ def main(
     workdir: Path = typer.Option(Path("avcap-demo"), "--workdir", help="Where everything goes; a rerun reuses finished steps."),
     quick: bool = typer.Option(False, "--quick", help="Smaller world and fewer steps (about 3 minutes; CI)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the benchmark."),
+    publish_to: Optional[Path] = typer.Option(None, "--publish", help="Also copy the report, its plots and the "
+                                              "metrics.json files it cites into this directory (e.g. docs/demo)."),
 ) -> None:
     """Run the whole recipe on the embedded default, offline, on CPU: synth, tiny model, benchmark, zero-shot
     evaluation, curation, SFT, checkpoint evaluation, plots and report."""
     try:
-        run_demo(workdir, quick=quick, seed=seed, echo=lambda s: typer.echo(s, err=False))
+        run_demo(workdir, quick=quick, seed=seed, echo=typer.echo, publish_to=publish_to)
     except DemoError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)

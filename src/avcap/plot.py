@@ -29,6 +29,7 @@ from typing import Any, Optional
 import typer
 
 METRICS = ("bleu", "vqa_accuracy", "lingoqa")
+CHANCE_4_CHOICES = 0.25
 LINGOQA_DATASET = "LINGOQA"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 
@@ -249,22 +250,28 @@ def _draw_main(ax, series: Series) -> None:
         text = fmt_value(metric, best.value)
         if series.base is not None:
             text += f"\n({fmt_delta(metric, best.value - series.base.value, series.base.value)} vs zero-shot)"
+        steps = [p.step for p in series.checkpoints]
+        # keep the label inside the axes at either end of the sweep
+        ha = "left" if len(steps) > 1 and best.step == min(steps) else "right" if len(steps) > 1 and best.step == max(steps) else "center"
         ax.annotate(
             f"{best.label}: {text}",
             xy=(best.step, best.value * s),
-            xytext=(0, 18),
+            xytext={"left": (-8, 18), "right": (8, 18)}.get(ha, (0, 18)),
             textcoords="offset points",
-            ha="center",
+            ha=ha,
             va="bottom",
             fontsize=9,
             color=_BEST_COLOR,
             fontweight="bold",
             bbox=dict(boxstyle="round,pad=0.25", fc="white", ec=_BEST_COLOR, alpha=0.9),
         )
-    values = ys + ([series.base.value * s] if series.base else [])
+    if metric == "vqa_accuracy":
+        ax.axhline(100 * CHANCE_4_CHOICES, color="#bbbbbb", ls=":", lw=1.2, label="chance (4 choices): 25%")
+    values = ys + ([series.base.value * s] if series.base else []) + ([100 * CHANCE_4_CHOICES] if metric == "vqa_accuracy" else [])
     lo, hi = min(values), max(values)
     pad = max((hi - lo) * 0.2, 0.01 if metric == "bleu" else 2.0)
     ax.set_ylim(max(lo - pad, 0.0), hi + 3 * pad)  # room above for the best-checkpoint label
+    ax.margins(x=0.08)
     if not series.checkpoints:
         ax.text(0.5, 0.5, "no checkpoints evaluated yet", transform=ax.transAxes, ha="center", color="gray")
     ax.set_xlabel("training step (checkpoint)")

@@ -27,6 +27,7 @@ from typing import Any, Optional
 import typer
 
 from avcap.plot import (
+    CHANCE_4_CHOICES,
     LINGOQA_DATASET,
     METRIC_TITLES,
     METRICS,
@@ -41,9 +42,6 @@ from avcap.plot import (
     read_metrics,
     render,
 )
-
-CHANCE_4_CHOICES = 0.25
-
 
 @dataclass
 class Entry:
