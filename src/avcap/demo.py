@@ -655,7 +655,7 @@ def _print_summary(echo: Callable[[str], None], markers: dict, total: float) -> 
 
 def main(
     workdir: Path = typer.Option(Path("avcap-demo"), "--workdir", help="Where everything goes; a rerun reuses finished steps."),
-    quick: bool = typer.Option(False, "--quick", help="Smaller world and fewer steps (about 3 minutes; CI)."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller world and fewer steps (about 2 minutes on 2 cores; what CI runs)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the benchmark."),
     publish_to: Optional[Path] = typer.Option(None, "--publish", help="Also copy the report, its plots and the "
                                               "metrics.json files it cites into this directory (e.g. docs/demo)."),
