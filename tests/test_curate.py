@@ -373,7 +373,7 @@ def test_blend_ranks_take_disjoint_parts_of_every_global_batch():
 def test_preview_grid_png_and_mp4(raw_world):
     from PIL import Image
 
-    from avcap.curate.preview import PALETTE
+    from avcap.curate.preview_grid import PALETTE
     from avcap.video import probe
 
     root, cfg_path = raw_world

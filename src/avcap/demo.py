@@ -356,7 +356,7 @@ def _link_tree(src: Path, dst: Path) -> int:
 
 
 def step_curate(ctx: Ctx) -> dict:
-    from avcap.curate.preview import preview
+    from avcap.curate.preview_grid import preview
     from avcap.curate.sources import curate
 
     s = ctx.sizes

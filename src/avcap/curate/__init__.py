@@ -1,7 +1,7 @@
 """Training-data curation: raw sources -> cosmos-rl conversations, the blend sampler, the preview.
 
     curate(cfg, out)        -> CurationReport      (avcap.curate.sources)
-    preview(dataset_root)   -> (png, mp4)          (avcap.curate.preview)
+    preview(dataset_root)   -> (png, mp4)          (avcap.curate.preview_grid)
     BlendSampler                                   (avcap.curate.blend)
 """
 
@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:  # lazy: `import avcap.curate.schemas` stays 
 
         return curate
     if name == "preview":
-        from avcap.curate.preview import preview
+        from avcap.curate.preview_grid import preview
 
         return preview
     raise AttributeError(name)

@@ -56,7 +56,7 @@ def preview_cmd(
     fps: float = typer.Option(4.0, "--fps", min=0.1, help="Frame rate of the MP4."),
 ) -> None:
     """Render a grid of random training clips labelled with their source: PNG (middle frames) and MP4."""
-    from avcap.curate.preview import preview
+    from avcap.curate.preview_grid import preview
     from avcap.curate.sources import CurateError
     from avcap.video import VideoError
 
