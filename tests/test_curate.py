@@ -360,6 +360,13 @@ def test_blend_ranks_take_disjoint_parts_of_every_global_batch():
     mbs = list(micro_batches(plan, rank=1, world_size=2, mini_batch=2, start_step=2, end_step=4))
     assert mbs == [plan.rank_indices(2, 1, 2)[:2].tolist(), plan.rank_indices(2, 1, 2)[2:].tolist(),
                    plan.rank_indices(3, 1, 2)[:2].tolist(), plan.rank_indices(3, 1, 2)[2:].tolist()]
+    # grouped by length: each step keeps its samples, micro-batches hold neighbours in length
+    lengths = [(i * 37) % 11 for i in range(12)]
+    grouped = list(micro_batches(plan, rank=0, world_size=1, mini_batch=4, start_step=0, end_step=3, lengths=lengths))
+    for step in range(3):
+        mbs = grouped[2 * step: 2 * step + 2]
+        assert sorted(sum(mbs, [])) == sorted(plan.step_indices(step).tolist())
+        assert max(lengths[i] for i in mbs[0]) <= min(lengths[i] for i in mbs[1])
     s = BlendSampler(plan, num_replicas=2, rank=1)
     s.set_epoch(1)
     assert len(s) == plan.samples_per_epoch // 2

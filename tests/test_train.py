@@ -485,3 +485,32 @@ def test_cosmos_rl_module_main_calls_worker_entry(curated, tmp_path, monkeypatch
     assert exc.value.code == 2 and "cosmos-rl is not installed" in capsys.readouterr().err
     mod.main(["--print-path"])
     assert capsys.readouterr().out.strip().endswith("avcap/cosmos_rl_dataset.py")
+
+
+def test_per_sample_loss_is_the_mean_of_each_samples_token_mean(tiny_model_dir):
+    """loss_reduction = "sample": every sample weighs the same, however many tokens it is labelled on;
+    "token" sums over tokens (the trainer divides by the batch's token count)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from avcap.train import loss_units, micro_batch_loss
+    from avcap.trainer.data import Collator, encode
+
+    proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    convs = [[{"role": "user", "content": [{"type": "text", "text": "Which letter?"}]},
+              {"role": "assistant", "content": "B"}],
+             [{"role": "user", "content": [{"type": "text", "text": "Describe the scene."}]},
+              {"role": "assistant", "content": "A red car waits at the light while a cyclist crosses the road."}]]
+    samples = [{**encode(proc, c), "index": i} for i, c in enumerate(convs)]
+    collate = Collator(proc.tokenizer.pad_token_id)
+    with torch.no_grad():
+        alone = [micro_batch_loss(model, collate([s]), "cpu", slice_logits=True) for s in samples]
+        summed, n_tok = micro_batch_loss(model, collate(samples), "cpu", slice_logits=True)
+        per_sample, n_smp = micro_batch_loss(model, collate(samples), "cpu", slice_logits=True, per_sample=True)
+    means = [float(loss) / n for loss, n in alone]
+    assert n_smp == 2 and n_tok == sum(n for _, n in alone) and alone[0][1] == 2  # "B" + <|im_end|>
+    assert float(per_sample) / n_smp == pytest.approx(sum(means) / 2, rel=1e-5)
+    assert float(summed) / n_tok == pytest.approx(sum(float(l) for l, _ in alone) / n_tok, rel=1e-5)
+    assert float(summed) / n_tok != pytest.approx(float(per_sample) / n_smp, rel=1e-3)
+    batch = collate(samples)
+    assert loss_units(batch["labels"], True) == 2 and loss_units(batch["labels"], False) == n_tok

@@ -387,6 +387,15 @@ class Metrics(_Model):
     caption_mode_answerer: Optional[Engine] = None  # answers MCQs from generated captions
 
 
+class AvcapTrain(_Model):
+    """avcap's additions to [train]: how the SFT loss averages (cosmos-rl: over the batch's tokens)."""
+
+    # "token": mean over every labelled token of the global batch (cosmos-rl, transformers' Trainer);
+    # "sample": mean over samples of each sample's token mean, so a one-letter answer weighs as much as
+    # a 600-token caption in a blend of both
+    loss_reduction: Literal["token", "sample"] = "token"
+
+
 class Avcap(_Model):
     seed: int = 0
     model_name: str = "Cosmos-Reason2-8B"
@@ -399,6 +408,7 @@ class Avcap(_Model):
     bench: Bench = Field(default_factory=Bench)
     curate: Curate = Field(default_factory=Curate)
     metrics: Metrics = Field(default_factory=Metrics)
+    train: AvcapTrain = Field(default_factory=AvcapTrain)
 
 
 class RecipeConfig(_Model):

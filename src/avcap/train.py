@@ -184,8 +184,15 @@ _MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_values_vide
                "video_grid_thw", "mm_token_type_ids", "second_per_grid_ts")
 
 
-def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool):
-    """(sum of token cross-entropies over the labelled tokens, number of labelled tokens)."""
+def loss_units(labels, per_sample: bool) -> int:
+    """What the loss averages over in a micro-batch: labelled tokens, or samples with a labelled token."""
+    target = labels[:, 1:] != -100
+    return int(target.any(1).sum()) if per_sample else int(target.sum())
+
+
+def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool, per_sample: bool = False):
+    """(sum of token cross-entropies over the labelled tokens, number of labelled tokens); with
+    `per_sample`, (sum over samples of each sample's mean token cross-entropy, number of samples)."""
     import torch.nn.functional as F
 
     labels = batch["labels"][:, 1:]
@@ -199,9 +206,16 @@ def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool
         target = labels
         out.logits = out.logits[:, :-1]
     logits = out.logits.float()
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1).to(device),
-                           ignore_index=-100, reduction="sum")
-    return loss, int((target != -100).sum())
+    target = target.to(device)
+    if not per_sample:
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                               ignore_index=-100, reduction="sum")
+        return loss, int((target != -100).sum())
+    tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                          reduction="none").view(target.shape)
+    n = (target != -100).sum(1)
+    rows = n > 0
+    return (tok.sum(1)[rows] / n[rows]).sum(), int(rows.sum())
 
 
 # ----------------------------------------------------------------------------- logging
@@ -324,6 +338,10 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         total_steps = min(total_steps, t.max_num_steps)
 
     model = load_model(model_src, cfg, d, init_random=init_random and resume_from is None)
+    if t.compile:  # regional torch.compile of the repeated blocks, packed vision attention
+        from avcap.trainer.compile import compile_blocks
+
+        compile_blocks(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.optm_lr, betas=tuple(t.optm_betas),
                                   weight_decay=t.optm_weight_decay)
     scheduler = build_scheduler(optimizer, t, total_steps)
@@ -346,13 +364,15 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     loader = DataLoader(
         dataset,
         batch_sampler=StepBatches(plan, rank=d.rank, world_size=d.world_size, mini_batch=t.train_policy.mini_batch,
-                                  start_step=start_step, end_step=total_steps),
+                                  start_step=start_step, end_step=total_steps,
+                                  lengths=[f.stat().st_size for f in index.files] if accum > 1 else None),
         collate_fn=Collator(processor.tokenizer.pad_token_id),
         num_workers=workers,
         prefetch_factor=(t.train_policy.dataloader_prefetch_factor or 2) if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
     )
     slice_logits = _accepts(type(model).forward, "logits_to_keep")
+    per_sample = cfg.avcap.train.loss_reduction == "sample"
 
     def autocast():  # bf16 (param_dtype) on GPU, fp32 on CPU
         if d.device.type == "cuda":
@@ -378,15 +398,17 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             skipped = [(i, why) for mb in micro for i, why in mb["skipped"]]
             for i, why in skipped:
                 echo(f"warning: rank {d.rank} step {step + 1}: skipped {index.files[i]}: {why}")
-            local_tokens = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro if "labels" in mb)
-            n_tokens, n_skipped, n_input = all_reduce_sum(
-                [local_tokens, len(skipped), sum(int(mb["attention_mask"].sum()) for mb in micro if "attention_mask" in mb)], d)
+            local_units = sum(loss_units(mb["labels"], per_sample) for mb in micro if "labels" in mb)
+            local_tokens = sum(loss_units(mb["labels"], False) for mb in micro if "labels" in mb)
+            n_units, n_tokens, n_skipped, n_input = all_reduce_sum(
+                [local_units, local_tokens, len(skipped),
+                 sum(int(mb["attention_mask"].sum()) for mb in micro if "attention_mask" in mb)], d)
             if n_tokens == 0:
                 raise TrainError(f"step {step + 1}: every sample of the global batch was skipped "
                                  f"(policy.model_max_length = {cfg.policy.model_max_length}?)")
             loss_sum = 0.0
             for k, mb in enumerate(micro):
-                scale = d.world_size / n_tokens  # FSDP averages gradients over ranks
+                scale = d.world_size / n_units  # FSDP averages gradients over ranks
                 if "labels" not in mb:
                     if d.world_size == 1:
                         continue
@@ -398,7 +420,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 if fsdp:
                     model.set_requires_gradient_sync(k == accum - 1)
                 with autocast():
-                    loss, _ = micro_batch_loss(model, mb, d.device, slice_logits=slice_logits)
+                    loss, _ = micro_batch_loss(model, mb, d.device, slice_logits=slice_logits, per_sample=per_sample)
                 (loss * scale).backward()
                 loss_sum += float(loss.detach()) if scale else 0.0
             max_norm = t.optm_grad_norm_clip if t.optm_grad_norm_clip > 0 else float("inf")
@@ -416,7 +438,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             dt = time.perf_counter() - t0
             log.step({
                 "step": done, "total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
-                "loss": loss_total / n_tokens, "lr": lr, "grad_norm": float(grad_norm),
+                "loss": loss_total / n_units, "lr": lr, "grad_norm": float(grad_norm),
                 "tokens_per_s": n_input / dt, "step_time_s": dt, "assistant_tokens": int(n_tokens),
                 "samples_skipped": int(n_skipped), "samples_skipped_total": skipped_total,
                 "batch": plan.step_indices(step).tolist(),  # the global batch (sample indices), for audits
@@ -426,7 +448,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                          "steps_per_epoch": plan.steps_per_epoch, "samples_seen": samples_seen,
                          "samples_skipped": skipped_total, "seed": t.seed, "world_size": d.world_size,
                          "plan": _plan_summary(plan), "base_model": _model_source(cfg),
-                         "loss": loss_total / n_tokens, "config": cfg.source}
+                         "loss": loss_total / n_units, "config": cfg.source}
                 path = ckpt.save(model, optimizer, scheduler, processor, output_dir=out, step=done, state=state,
                                  rank=d.rank, world_size=d.world_size, max_keep=t.ckpt.max_keep)
                 written.append(path)

@@ -141,12 +141,17 @@ class BlendPlan:
 
 
 def micro_batches(
-    plan: BlendPlan, *, rank: int, world_size: int, mini_batch: int, start_step: int, end_step: int
+    plan: BlendPlan, *, rank: int, world_size: int, mini_batch: int, start_step: int, end_step: int,
+    lengths: Optional[Sequence[int]] = None,
 ) -> Iterator[list[int]]:
     """Index lists of this rank's micro-batches for steps [start_step, end_step), in order
-    (a DataLoader `batch_sampler`)."""
+    (a DataLoader `batch_sampler`). With `lengths` (a size per global index), a step's samples are
+    grouped into micro-batches by length, so short samples are not padded to a long one's length:
+    the step still trains on the same samples (the loss sums over its micro-batches), with less padding."""
     for step in range(start_step, end_step):
         idx = plan.rank_indices(step, rank, world_size).tolist()
+        if lengths is not None:
+            idx.sort(key=lambda i: lengths[i])
         for i in range(0, len(idx), mini_batch):
             yield idx[i : i + mini_batch]
 

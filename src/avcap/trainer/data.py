@@ -223,9 +223,10 @@ class Collator:
 class StepBatches:
     """DataLoader `batch_sampler`: this rank's micro-batch index lists for steps [start, end)."""
 
-    def __init__(self, plan, *, rank: int, world_size: int, mini_batch: int, start_step: int, end_step: int):
+    def __init__(self, plan, *, rank: int, world_size: int, mini_batch: int, start_step: int, end_step: int,
+                 lengths=None):
         self.plan, self.rank, self.world_size, self.mini_batch = plan, rank, world_size, mini_batch
-        self.start_step, self.end_step = start_step, end_step
+        self.start_step, self.end_step, self.lengths = start_step, end_step, lengths
         self.per_step = -(-plan.global_batch // world_size // mini_batch)
 
     def __len__(self) -> int:
@@ -235,4 +236,4 @@ class StepBatches:
         from avcap.curate.blend import micro_batches
 
         return micro_batches(self.plan, rank=self.rank, world_size=self.world_size, mini_batch=self.mini_batch,
-                             start_step=self.start_step, end_step=self.end_step)
+                             start_step=self.start_step, end_step=self.end_step, lengths=self.lengths)
