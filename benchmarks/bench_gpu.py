@@ -312,8 +312,9 @@ def sft_samples(processor, clip: str, n: int, nframes: int, max_pixels: int):
     return batch
 
 
-def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool, linear_pe: bool, steps: int,
+def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool | str, linear_pe: bool, steps: int,
                 warmup: int, micro: int, device: str, peak_flops: float, flops_per_step: float,
+                compile: bool = False, pack: bool = False, pin: bool = False, mem_budget: Optional[float] = None,
                 profile_path: Optional[Path] = None) -> dict[str, Any]:
     import torch
 
@@ -323,13 +324,30 @@ def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool, 
     reset_peak()
     model = model_fn(torch.float32 if master_fp32 else torch.bfloat16)
     model.config.use_cache = False
+    model.config.text_config.use_cache = False  # else, without checkpointing, a DynamicCache is built in training
     if ckpt:
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable({"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if ckpt == "vision":  # recompute only the vision blocks (most activations: ~41k patches per step)
+            for m in model.modules():
+                if type(m).__name__.endswith("DecoderLayer"):
+                    m.gradient_checkpointing = False
     if linear_pe:
         linear_patch_embed(model)
+    if compile:  # what avcap.train does for [train] compile = true (and [avcap.train] activation_memory_budget)
+        import torch._functorch.config as fconf
+
+        from avcap.trainer.compile import compile_blocks
+
+        torch._dynamo.reset()  # each variant compiles afresh (its first warm-up step says how long)
+        fconf.activation_memory_budget = 1.0  # the default, unless this variant sets one
+        compile_blocks(model, activation_memory_budget=mem_budget)
+    elif pack:
+        from avcap.trainer.compile import pack_vision_attention
+
+        pack_vision_attention(model)
     model.train()
     kw = {"fused": True} if fused and device == "cuda" else {}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95), weight_decay=0.01, **kw)
@@ -352,8 +370,11 @@ def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool, 
         return out
 
     micro_batches = [sub(sl) for sl in parts]
+    if pin and device == "cuda":  # page-locked host memory: faster host-to-device copies of the inputs
+        micro_batches = [{k: v.pin_memory() for k, v in mb.items()} for mb in micro_batches]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (master_fp32 and device == "cuda") else _null()
     times = []
+    first_steps = []
     losses = []
     for step in range(warmup + steps):
         sync()
@@ -370,6 +391,8 @@ def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool, 
         sync()
         if step >= warmup:
             times.append(time.perf_counter() - t)
+        else:
+            first_steps.append(round(time.perf_counter() - t, 2))
         losses.append(round(total / n_tokens, 4))
     dt = statistics.median(times)
     if profile_path is not None:
@@ -388,7 +411,9 @@ def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool, 
         key = "cuda_time_total" if device == "cuda" else "cpu_time_total"
         profile_path.write_text(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
     tokens = int(batch["attention_mask"].sum())
-    res = {"step_s": round(dt, 3), "steps_timed": len(times), "tokens_per_step": tokens,
+    res = {"step_s": round(dt, 3), "steps_timed": len(times), "step_times": [round(x, 3) for x in times],
+           "warmup_step_s": first_steps, "compile": compile, "pack": pack or compile, "pin": pin, "ckpt": ckpt,
+           "mem_budget": mem_budget, "tokens_per_step": tokens,
            "tokens_per_s": round(tokens / dt), "mfu": round(flops_per_step / dt / peak_flops, 4),
            "mfu_vs_989": round(flops_per_step / dt / 989e12, 4), "peak_gib": peak_gb(), "losses": losses,
            "micro_batch": micro}
@@ -441,11 +466,38 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
             "bf16_no_ckpt_fused": dict(master_fp32=False, fused=True, ckpt=False, linear_pe=True, micro=4),
             "bf16_params_fused_ckpt_micro4": dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=4),
             "bf16_params_fused_ckpt_micro1": dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=1),
+            # avcap.trainer.compile (the trainer's [train] compile = true): packed vision attention, regional compile
+            "trainer_packed": dict(master_fp32=True, fused=False, ckpt=True, linear_pe=False, micro=4, pack=True),
+            "trainer_compile": dict(master_fp32=True, fused=False, ckpt=True, linear_pe=False, micro=4, compile=True),
+            "compile_fused_linear_pe": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=True, micro=4, compile=True),
+            "bf16_compile_fused": dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=4, compile=True),
+            "compile_no_ckpt_fused": dict(master_fp32=True, fused=True, ckpt=False, linear_pe=True, micro=4, compile=True),
+            "bf16_compile_no_ckpt_fused": dict(master_fp32=False, fused=True, ckpt=False, linear_pe=True, micro=4, compile=True),
+            "compile_fused_pinned": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=True, micro=4, compile=True, pin=True),
+            "compile_ckpt_vision_fused_pinned": dict(master_fp32=True, fused=True, ckpt="vision", linear_pe=True, micro=4,
+                                                     compile=True, pin=True),
+            "bf16_compile_ckpt_vision_fused_pinned": dict(master_fp32=False, fused=True, ckpt="vision", linear_pe=True,
+                                                          micro=4, compile=True, pin=True),
+            "compile_budget05_fused_pinned": dict(master_fp32=True, fused=True, ckpt=False, linear_pe=True, micro=4,
+                                                  compile=True, pin=True, mem_budget=0.5),
+            "bf16_compile_budget05_fused_pinned": dict(master_fp32=False, fused=True, ckpt=False, linear_pe=True, micro=4,
+                                                       compile=True, pin=True, mem_budget=0.5),
+            # the trainer with its CUDA defaults (fused AdamW, pinned batches), fp32 master weights + bf16
+            # autocast, gradient checkpointing on as the recipe has it; [train] compile = true; and with
+            # [avcap.train] activation_memory_budget (checkpointing replaced by selective recompute)
+            "trainer_compile_fused_pinned": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=False, micro=4,
+                                                 compile=True, pin=True),
+            **{f"trainer_compile_budget{int(b * 10):02d}": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=False,
+                                                               micro=4, compile=True, pin=True, mem_budget=b)
+               for b in (0.3, 0.5, 0.7)},
         }
         names = (args.sft_variants_8b if size == "8B" else args.sft_variants).split(",")
         variants = [(n, dict(catalogue[n])) for n in names if n]
         if args.sft_profile and size != "8B" and variants:
-            variants[0][1]["profile_path"] = OUT_DIR / f"profile_sft_{size}.txt"
+            names_p = [n for n in args.sft_profile.split(",") if n] if isinstance(args.sft_profile, str) else [variants[0][0]]
+            for n, v in variants:
+                if n in names_p:
+                    v["profile_path"] = OUT_DIR / f"profile_sft_{size}_{n}.txt"
         for name, v in variants:
             if left(args.deadline) < (60 if size == "8B" else 25):
                 res[name] = {"skipped": "deadline"}
@@ -1012,7 +1064,8 @@ def main(argv=None) -> int:
                     help="auto: the faster one in the decode section (threads without it)")
     ap.add_argument("--sft-variants", default="trainer_as_is,fused_adamw_linear_pe,bf16_params_fused")
     ap.add_argument("--sft-variants-8b", default="bf16_params_fused_ckpt_micro4")
-    ap.add_argument("--sft-profile", action="store_true", help="profile one step of the first 2B variant")
+    ap.add_argument("--sft-profile", nargs="?", const=True, default=False,
+                    help="profile one step of the first 2B variant (or of the comma-separated variants named)")
     ap.add_argument("--mcq-batch", type=int, default=48)
     ap.add_argument("--mcq-chunks", type=int, default=3)
     ap.add_argument("--prefill-batch", type=int, default=8)

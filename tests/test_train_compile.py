@@ -1,0 +1,166 @@
+"""avcap.trainer.compile (`[train] compile = true`): packed vision attention equals transformers'
+per-frame loop; regionally compiled blocks give the eager losses and gradients over AdamW steps."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from avcap.trainer.compile import block_modules, compile_blocks, equal_length_runs, pack_vision_attention
+
+
+def test_equal_length_runs():
+    assert equal_length_runs([4, 4, 4]) == [(0, 4, 3)]
+    assert equal_length_runs([3, 3, 0, 3, 2, 2, 5]) == [(0, 3, 3), (9, 2, 2), (13, 5, 1)]
+    assert equal_length_runs([2, 5, 2]) == [(0, 2, 1), (2, 5, 1), (7, 2, 1)]
+    assert equal_length_runs([]) == []
+
+
+@pytest.fixture(scope="module")
+def model_and_batches(tiny_model_dir, tmp_path_factory):
+    """The tiny model with larger random weights (loss and gradients depend on the video), and two
+    micro-batches: three samples of one video size, and two videos of different sizes (unequal
+    attention groups in the vision tower)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from avcap.trainer.data import Collator, encode
+    from avcap.video import write_video
+
+    d = tmp_path_factory.mktemp("compile-clips")
+    clips = []
+    for k, (h, w) in enumerate(((64, 96), (64, 128))):
+        yy, xx = np.mgrid[0:h, 0:w]
+        frames = (np.stack([(xx * 3 + i * 5 + k) % 256, (yy * 2 + i * 3) % 256, (xx + yy + i * 7) % 256], -1)
+                  .astype(np.uint8) for i in range(16))
+        write_video(d / f"c{k}.mp4", frames, 8, gop=8)
+        clips.append(str(d / f"c{k}.mp4"))
+    proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    collate = Collator(proc.tokenizer.pad_token_id)
+
+    def conv(clip, i):
+        return [{"role": "user", "content": [{"type": "video", "video": clip, "nframes": 4},
+                                             {"type": "text", "text": "Describe the scene."}]},
+                {"role": "assistant", "content": "A red car waits at the light" + " and then goes" * i}]
+
+    same = collate([{**encode(proc, conv(clips[0], i)), "index": i} for i in range(3)])
+    mixed = collate([{**encode(proc, conv(c, i)), "index": i} for i, c in enumerate(clips)])
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 2.0 / p.shape[-1] ** 0.5)
+    model.config.use_cache = False
+    return model, same, mixed
+
+
+def _grid_lengths(batch):
+    g = batch["video_grid_thw"]
+    return [int(h * w) for t, h, w in g.tolist() for _ in range(t)]
+
+
+def test_packed_vision_attention_equals_the_per_frame_loop(model_and_batches):
+    from avcap.train import micro_batch_loss
+
+    base, same, mixed = model_and_batches
+    assert len(set(_grid_lengths(same))) == 1 and len(set(_grid_lengths(mixed))) == 2
+    packed = copy.deepcopy(base)
+    assert pack_vision_attention(packed) == len(packed.model.visual.blocks)
+    assert pack_vision_attention(packed) == 0  # idempotent
+    for batch in (same, mixed):
+        losses, grads = [], []
+        for m in (base, packed):
+            m.zero_grad(set_to_none=True)
+            loss, n = micro_batch_loss(m, batch, "cpu", slice_logits=True)
+            (loss / n).backward()
+            losses.append(float(loss))
+            grads.append(torch.cat([p.grad.flatten() for p in m.model.visual.parameters() if p.grad is not None]))
+        assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+        assert torch.linalg.vector_norm(grads[1] - grads[0]) <= 1e-4 * torch.linalg.vector_norm(grads[0])
+
+
+def _train_steps(model, batches, steps: int):
+    from avcap.train import micro_batch_loss
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
+    losses, norms = [], []
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        loss, n = micro_batch_loss(model, batch, "cpu", slice_logits=True)
+        (loss / n).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
+        losses.append(float(loss.detach()) / n)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return losses, norms, [p.detach().clone() for p in model.parameters()]
+
+
+def _compare(backend: str, model_and_batches, steps: int = 3, budget: float | None = None):
+    base, same, mixed = model_and_batches
+    eager, compiled = copy.deepcopy(base), copy.deepcopy(base)
+    for m in (eager, compiled):
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch._dynamo.reset()
+    counts = compile_blocks(compiled, backend=backend, activation_memory_budget=budget)
+    assert all(b.gradient_checkpointing == (budget is None) for b in block_modules(compiled))
+    assert counts == {type(b).__name__: sum(type(x) is type(b) for x in block_modules(base)) for b in block_modules(base)}
+    assert compile_blocks(compiled, backend=backend) == {}  # already compiled: left alone
+    batches = [same, mixed]
+    le, ne, pe = _train_steps(eager, batches, steps)
+    lc, nc, pc = _train_steps(compiled, batches, steps)
+    assert le[0] > le[-1]  # the steps train
+    assert lc == pytest.approx(le, rel=1e-4)
+    assert nc == pytest.approx(ne, rel=1e-3)
+    # the weights after the steps: the two runs' difference is tiny beside what the steps changed (Adam
+    # normalises each gradient, so rounding in near-zero gradients moves single weights by up to ~lr)
+    p0 = torch.cat([p.detach().flatten() for p in base.parameters()])
+    pc, pe = torch.cat([p.flatten() for p in pc]), torch.cat([p.flatten() for p in pe])
+    assert torch.linalg.vector_norm(pc - pe) <= 1e-2 * torch.linalg.vector_norm(pe - p0)
+    assert compiled.model.visual.patch_embed._avcap_linear  # the patch embedding ran as one GEMM
+
+
+@pytest.fixture
+def default_memory_budget():
+    import torch._functorch.config as functorch_config
+
+    before = functorch_config.activation_memory_budget
+    yield
+    functorch_config.activation_memory_budget = before
+
+
+def test_compiled_blocks_match_eager_aot_eager(model_and_batches):
+    """Dynamo capture of every block (graph break around the packed attention), AOTAutograd's
+    backward through gradient checkpointing, no code generation: fast."""
+    _compare("aot_eager", model_and_batches)
+
+
+def test_memory_budget_replaces_checkpointing(model_and_batches, default_memory_budget):
+    """[avcap.train] activation_memory_budget: block checkpointing off, the partitioner's budget set."""
+    import torch._functorch.config as functorch_config
+
+    with pytest.raises(ValueError, match="activation_memory_budget"):
+        compile_blocks(copy.deepcopy(model_and_batches[0]), activation_memory_budget=1.5)
+    _compare("aot_eager", model_and_batches, steps=2, budget=0.5)
+    assert functorch_config.activation_memory_budget == 0.5
+
+
+def _cxx_compiler() -> str | None:
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("gcc") or shutil.which("clang")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cxx_compiler() is None, reason="inductor needs a C++ compiler on CPU (none on PATH)")
+def test_compiled_blocks_match_eager_inductor(model_and_batches):
+    """What `[train] compile = true` runs (inductor); ~40 s of compilation on a 2-core CPU."""
+    _compare("inductor", model_and_batches)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cxx_compiler() is None, reason="inductor needs a C++ compiler on CPU (none on PATH)")
+def test_compiled_blocks_with_memory_budget_match_eager_inductor(model_and_batches, default_memory_budget):
+    _compare("inductor", model_and_batches, steps=2, budget=0.5)
