@@ -9,8 +9,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_train import curated  # noqa: F401  (a fixture: two curated sources of tiny clips)
 
-from avcap.trainer.compile import block_modules, compile_blocks, equal_length_runs, pack_vision_attention
+from avcap.trainer.compile import (
+    block_modules,
+    compile_blocks,
+    equal_length_runs,
+    pack_vision_attention,
+)
 
 
 def test_equal_length_runs():
@@ -164,3 +170,32 @@ def test_compiled_blocks_match_eager_inductor(model_and_batches):
 @pytest.mark.skipif(_cxx_compiler() is None, reason="inductor needs a C++ compiler on CPU (none on PATH)")
 def test_compiled_blocks_with_memory_budget_match_eager_inductor(model_and_batches, default_memory_budget):
     _compare("inductor", model_and_batches, steps=2, budget=0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cxx_compiler() is None, reason="inductor needs a C++ compiler on CPU (none on PATH)")
+def test_avcap_train_with_compile_logs_the_eager_losses(curated, tiny_model_dir, default_memory_budget, monkeypatch):  # noqa: F811
+    """`avcap train` end to end with [train] compile = true and a memory budget: the losses and
+    gradient norms of the run without, step for step (CPU, fp32)."""
+    from test_train import log_of, train_config
+
+    import avcap.trainer.compile as compile_module
+    from avcap.config import load_config
+    from avcap.train import train
+
+    calls = []
+    real = compile_module.compile_blocks
+    monkeypatch.setattr(compile_module, "compile_blocks", lambda model, **kw: calls.append(kw) or real(model, **kw))
+    runs = {}
+    for name, over in (("eager", {}), ("compiled", {"train": {"compile": True},
+                                                     "avcap": {"train": {"activation_memory_budget": 0.5}}})):
+        path = train_config(curated, tiny_model_dir, f"compile_{name}", per_rank=2, gc=True)
+        cfg = load_config(path, overrides={**over, "train": {**over.get("train", {}), "max_num_steps": 2}})
+        assert cfg.train.compile == (name == "compiled")
+        train(cfg, echo=lambda s: None)
+        runs[name] = log_of(cfg.resolve(cfg.train.output_dir))
+    assert calls == [{"activation_memory_budget": 0.5}]
+    assert sorted(runs["eager"]) == sorted(runs["compiled"]) == [1, 2]
+    for step in (1, 2):
+        assert runs["compiled"][step]["loss"] == pytest.approx(runs["eager"][step]["loss"], rel=1e-4)
+        assert runs["compiled"][step]["grad_norm"] == pytest.approx(runs["eager"][step]["grad_norm"], rel=1e-3)

@@ -394,6 +394,10 @@ class AvcapTrain(_Model):
     # "sample": mean over samples of each sample's token mean, so a one-letter answer weighs as much as
     # a 600-token caption in a blend of both
     loss_reduction: Literal["token", "sample"] = "token"
+    # with [train] compile = true: keep about this fraction of each block's activations for backward and
+    # let the compiler recompute the cheapest rest, instead of gradient checkpointing's recompute of
+    # every whole block (avcap.trainer.compile); None: policy.model_gradient_checkpointing as set
+    activation_memory_budget: Optional[float] = Field(None, gt=0, le=1)
 
 
 class Avcap(_Model):

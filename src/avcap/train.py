@@ -199,10 +199,10 @@ def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool
     inputs = {k: v.to(device) for k, v in batch.items() if k in _MODEL_KEYS}
     if slice_logits:
         keep = (labels != -100).any(0).nonzero().squeeze(1)  # positions whose next token is labelled
-        out = model(**inputs, logits_to_keep=keep.to(device))
+        out = model(**inputs, logits_to_keep=keep.to(device), use_cache=False)  # no KV cache in training
         target = labels[:, keep]
     else:
-        out = model(**inputs)
+        out = model(**inputs, use_cache=False)
         target = labels
         out.logits = out.logits[:, :-1]
     logits = out.logits.float()
@@ -341,9 +341,9 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     if t.compile:  # regional torch.compile of the repeated blocks, packed vision attention
         from avcap.trainer.compile import compile_blocks
 
-        compile_blocks(model)
+        compile_blocks(model, activation_memory_budget=cfg.avcap.train.activation_memory_budget)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.optm_lr, betas=tuple(t.optm_betas),
-                                  weight_decay=t.optm_weight_decay)
+                                  weight_decay=t.optm_weight_decay, **({"fused": True} if d.device.type == "cuda" else {}))
     scheduler = build_scheduler(optimizer, t, total_steps)
     start_step, skipped_total, samples_seen = 0, 0, 0
     if resume_from is not None:
@@ -368,6 +368,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                                   lengths=[f.stat().st_size for f in index.files] if accum > 1 else None),
         collate_fn=Collator(processor.tokenizer.pad_token_id),
         num_workers=workers,
+        pin_memory=d.device.type == "cuda",  # page-locked batches: faster copies to the GPU
         prefetch_factor=(t.train_policy.dataloader_prefetch_factor or 2) if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
     )

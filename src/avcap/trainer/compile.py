@@ -105,17 +105,18 @@ def _runs_of(cu_seqlens) -> list[tuple[int, int, int]]:
     return runs
 
 
+def _groups(t, start: int, length: int, count: int):
+    """Rows start .. start + length * count of (n, heads, dim) as (count, heads, length, dim)."""
+    return t[start:start + length * count].view(count, length, t.shape[1], t.shape[2]).transpose(1, 2)
+
+
 @torch.compiler.disable(recursive=True)  # host-side run lengths: eager, between two compiled graphs
 def packed_sdpa(q, k, v, cu_seqlens, scale: float):
     """Attention of (n, heads, dim) q/k/v within the groups of `cu_seqlens`; (n, heads, dim)."""
     outs = []
     for start, length, count in _runs_of(cu_seqlens):
-        end = start + length * count
-
-        def view(t):
-            return t[start:end].view(count, length, t.shape[1], t.shape[2]).transpose(1, 2)
-
-        o = F.scaled_dot_product_attention(view(q), view(k), view(v), scale=scale)
+        qs, ks, vs = (_groups(t, start, length, count) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
         outs.append(o.transpose(1, 2).reshape(length * count, q.shape[1], q.shape[2]))
     return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
