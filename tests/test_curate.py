@@ -246,6 +246,29 @@ def test_curate_every_source_and_report_every_bad_input(raw_world):
                 assert target == {"q1": "B", "q2": "C"}[s["id"].split("__")[1]]
 
 
+def test_vqa_per_video_turns_make_one_multi_turn_conversation_per_video(raw_world):
+    from avcap.bench.pool import format_question
+
+    root, cfg_path = raw_world
+    text = cfg_path.read_text().replace('path = "raw/eval"', 'path = "raw/eval"\nturns = "per_video"')
+    cfg_path.write_text(text)
+    res = _run_curate(cfg_path)
+    assert res.exit_code == 0, res.output
+    ds = root / "data/train"
+    report = json.loads((ds / "report.json").read_text())
+    # bad lines are still reported one by one; the good lines of e1 become one conversation
+    assert (report["sources"]["vqa"]["written"], report["sources"]["vqa"]["unusable"]) == (1, 3)
+    meta = json.loads((ds / "vqa" / "meta.json").read_text())
+    (sample,) = meta["samples"]
+    conv = load_conversation(ds / "vqa" / sample["conversation"])
+    assert [m["role"] for m in conv] == ["system", "user", "assistant", "user", "assistant"]
+    assert conv[1]["content"][0]["type"] == "video" and all(c["type"] == "text" for c in conv[3]["content"])
+    cfg = load_config(cfg_path)
+    asked = sorted((conv[i]["content"][-1]["text"], conv[i + 1]["content"]) for i in (1, 3))
+    assert asked == sorted((format_question(vqa_record("e1", q), cfg.avcap.prompts.mcq_suffix), a)
+                           for q, a in (("q1", "B"), ("q2", "C")))
+
+
 def test_curate_is_idempotent_and_follows_changes(raw_world):
     root, cfg_path = raw_world
     ds = root / "data/train"

@@ -374,6 +374,9 @@ class Bench(_Model):
 class CurateSource(_Model):
     kind: Literal["human_annotated", "cv_annotated", "reason1_sft", "vqa"]
     path: str  # raw source directory (videos + annotation JSONs, or a vqa.jsonl's directory)
+    # vqa only: "per_question" = one single-turn conversation per record; "per_video" = one
+    # multi-turn conversation per video holding all its questions (in an order seeded by the video id)
+    turns: Literal["per_question", "per_video"] = "per_question"
 
 
 class Curate(_Model):

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,12 +111,15 @@ def video_part(video: str, vision: Vision) -> dict[str, Any]:
     return {"type": "video", "video": video, **{k: v for k, v in vision.sampling().items() if v is not None}}
 
 
-def make_conversation(system: str, video: dict[str, Any], prompt: str, target: str) -> list[dict[str, Any]]:
-    return [
-        {"role": "system", "content": system},
-        {"role": "user", "content": [video, {"type": "text", "text": prompt}]},
-        {"role": "assistant", "content": target},
-    ]
+def make_conversation(system: str, video: dict[str, Any], prompt: str | list[str],
+                      target: str | list[str]) -> list[dict[str, Any]]:
+    """A system turn, then user/assistant turns; the video goes with the first user turn."""
+    prompts, targets = ([prompt], [target]) if isinstance(prompt, str) else (prompt, target)
+    conv: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+        conv.append({"role": "user", "content": ([video] if i == 0 else []) + [{"type": "text", "text": p}]})
+        conv.append({"role": "assistant", "content": t})
+    return conv
 
 
 def target_human(raw: dict[str, Any]) -> str:
@@ -245,6 +249,33 @@ def _vqa_items(path: Path) -> list[_Item]:
     return items
 
 
+def _group_by_video(items: list[_Item]) -> list[_Item]:
+    """`turns = "per_video"`: the valid lines of one video become one item (its lines, in an order
+    seeded by the video id, so every question comes first in some conversations); every other line
+    stays an item of its own, so its problem is reported line by line."""
+    groups: dict[str, list[_Item]] = {}
+    out: list[_Item] = []
+    for item in items:
+        vid = None
+        if item.problem is None and item.raw_text is not None and item.video is not None:
+            try:
+                vid = validate_source("vqa", json.loads(item.raw_text)).video_id
+            except ValidationError:
+                pass  # reported on its own by _build
+        if vid is not None:
+            groups.setdefault(vid, []).append(item)
+        else:
+            out.append(item)
+    for vid, members in groups.items():
+        rng = random.Random(hashlib.sha256(vid.encode()).hexdigest())
+        members = sorted(members, key=lambda m: m.id)
+        rng.shuffle(members)
+        where = members[0].where.rsplit(":", 1)[0] + ":" + ",".join(m.where.rsplit(":", 1)[1] for m in members)
+        out.append(_Item(_safe_id(vid), video=members[0].video, where=where,
+                         raw_text="\n".join(m.raw_text or "" for m in members)))
+    return out
+
+
 def _safe_id(key: str) -> str:
     return key.replace("/", "__").replace(os.sep, "__")
 
@@ -278,17 +309,19 @@ def _build(item: _Item, kind: str, cfg: RecipeConfig, vqa_dir: Optional[Path], p
         return None, (item.where, item.problem)
     prompts = cfg.avcap.prompts
     if kind == "vqa":
-        try:
-            rec = validate_source("vqa", json.loads(item.raw_text or ""))
-        except ValidationError as exc:
-            return None, (item.where, f"wrong schema: {schema_error_text(exc)}")
-        assert isinstance(rec, VQARecord)
-        if item.video is None:
-            return None, (item.where, f"missing video: no {vqa_dir / 'videos' / rec.video_id}.<ext> for video_id {rec.video_id!r}")
         from avcap.bench.pool import format_question
 
-        prompt = format_question({"question": rec.question, "choices": rec.choices}, prompts.mcq_suffix)
-        target = rec.answer
+        prompt, target = [], []
+        for line in (item.raw_text or "").split("\n"):  # one record, or one video's records (per_video)
+            try:
+                rec = validate_source("vqa", json.loads(line))
+            except ValidationError as exc:
+                return None, (item.where, f"wrong schema: {schema_error_text(exc)}")
+            assert isinstance(rec, VQARecord)
+            if item.video is None:
+                return None, (item.where, f"missing video: no {vqa_dir / 'videos' / rec.video_id}.<ext> for video_id {rec.video_id!r}")
+            prompt.append(format_question({"question": rec.question, "choices": rec.choices}, prompts.mcq_suffix))
+            target.append(rec.answer)
     else:
         assert item.annotation is not None
         text = item.annotation.read_bytes()
@@ -348,6 +381,8 @@ def curate_source(name: str, src: CurateSource, cfg: RecipeConfig, out_dir: Path
         if not _vqa_file(raw).is_file():
             raise CurateError(f"avcap.curate.sources.{name}.path: {_vqa_file(raw)} does not exist")
         items = _vqa_items(raw)
+        if src.turns == "per_video":
+            items = _group_by_video(items)
         vqa_dir: Optional[Path] = _vqa_file(raw).parent
     else:
         if not raw.is_dir():
