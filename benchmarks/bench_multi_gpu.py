@@ -501,6 +501,10 @@ def sft_values(ctx: Ctx, k: int, run_dir: Path, model_dir: Path) -> dict[str, An
     }
     if a.steps > 3:  # small synthetic sources: at least one step per epoch
         values["train.epoch"] = a.steps
+    if a.compile:
+        values["train.compile"] = True
+    if a.memory_budget is not None:
+        values["avcap.train.activation_memory_budget"] = a.memory_budget
     return values
 
 
@@ -921,6 +925,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     # SFT
     ap.add_argument("--size", default="8B", help="SFT architecture: 8B (the recipe's) or 2B")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="[train] compile = true (regional torch.compile)")
+    ap.add_argument("--memory-budget", type=float, default=None,
+                    help="[avcap.train] activation_memory_budget (with --compile)")
     ap.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the rates")
     ap.add_argument("--batch-per-gpu", type=int, default=32, help="train_batch_per_replica (recipe: 32)")
     ap.add_argument("--mini-batch", type=int, default=4, help="train_policy.mini_batch (recipe: 4)")

@@ -468,6 +468,7 @@ def publish(ctx: Ctx, dest: Path) -> Path:
         shutil.copy2(m, target)
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ctx.config_path, dest / "config.toml")
+    shutil.copy2(ctx.workdir / DEMO_POOL_FILE, dest / DEMO_POOL_FILE)  # the config's [avcap.bench] pool
     preview = _preview_png(ctx)
     if preview is not None:  # a JPEG copy: a tenth of the PNG's size, fine for a grid of photos
         from PIL import Image
