@@ -37,6 +37,7 @@ def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
 
     class A:
         steps, batch_per_gpu, mini_batch, workers = 3, 32, 4, 14
+        compile, memory_budget = False, None
 
     class C:
         args, data_root = A, tmp_path / "data"
@@ -63,6 +64,15 @@ def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
     cfg = load_config(path)
     assert cfg.train.train_policy.mini_batch == 4 and cfg.policy.model_gradient_checkpointing
     assert set(bench.recipe_changes(values)) == changed
+
+    class Compiled(A):  # --compile --memory-budget 0.5: the trainer's two speed keys, nothing else
+        compile, memory_budget = True, 0.5
+
+    C.args = Compiled
+    cfg2 = tmp_path / "c.toml"
+    cfg2.write_text(bench.edit_toml(bench.RECIPE_TOML, bench.sft_values(C, 4, tmp_path / "run", tmp_path / "model")))
+    c = load_config(cfg2)
+    assert c.train.compile and c.avcap.train.activation_memory_budget == 0.5
 
 
 def test_scaling_is_relative_to_the_smallest_k(bench):
