@@ -77,16 +77,19 @@ def test_quick_demo_learns_and_resumes(tmp_path: Path) -> None:
 
     # evaluation videos are never trained on
     eval_ids = {p.stem for p in (work / "data/synth/eval/AV_CAPTION/videos").glob("*.mp4")}
-    trained = {Path(c["content"][0]["video"]).stem
-               for conv in _conversations(work / "data/curated") for c in conv if c["role"] == "user"}
+    trained = {Path(part["video"]).stem for conv in _conversations(work / "data/curated")
+               for c in conv if c["role"] == "user" for part in c["content"] if part["type"] == "video"}
     assert eval_ids and trained and not (eval_ids & trained)
     # prompts identical across videos apart from the question: one user text per question (MCQ), one caption prompt
     texts = defaultdict(set)
     for conv in _conversations(work / "data/curated"):
-        user = next(c for c in conv if c["role"] == "user")
-        text = next(p["text"] for p in user["content"] if p["type"] == "text")
-        texts[text.split("\n", 1)[0]].add(text)
+        for user in (c for c in conv if c["role"] == "user"):
+            text = next(p["text"] for p in user["content"] if p["type"] == "text")
+            texts[text.split("\n", 1)[0]].add(text)
     assert all(len(v) == 1 for v in texts.values())
+    # synth_vqa: one multi-turn conversation per training video, every demo question asked once
+    vqa_convs = list(_conversations(work / "data/curated", "synth_vqa"))
+    assert vqa_convs and all(sum(c["role"] == "assistant" for c in conv) == len(QUICK.questions) for conv in vqa_convs)
 
     # a rerun reuses every finished step
     again: list[str] = []
@@ -95,8 +98,8 @@ def test_quick_demo_learns_and_resumes(tmp_path: Path) -> None:
     assert res2["report"] == res["report"]
 
 
-def _conversations(root: Path):
-    for meta in root.glob("*/meta.json"):
+def _conversations(root: Path, source: str = "*"):
+    for meta in root.glob(f"{source}/meta.json"):
         m = read_json(meta)
         for sample in m.get("samples", []):
             path = meta.parent / sample["conversation"] if isinstance(sample, dict) and "conversation" in sample else None
