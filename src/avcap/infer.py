@@ -43,6 +43,7 @@ import typer
 
 from avcap.config import ConfigError, RecipeConfig, Sampling, load_config
 from avcap.records import (
+from avcap.video import VIDEO_SUFFIXES, is_video_path
     RecordWriter,
     iter_records,
     read_json,
@@ -53,7 +54,6 @@ from avcap.records import (
 
 TASKS_BY_KIND = {"av_caption": ("caption", "mcq"), "lingoqa": ("lingoqa",)}
 ALL_TASKS = ("caption", "mcq", "lingoqa")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
 
 class InferError(ValueError):
@@ -103,7 +103,7 @@ def _video_files(videos_dir: Path) -> dict[str, Path]:
     for p in sorted(videos_dir.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES:
+        if is_video_path(p):
             out.setdefault(p.stem if p.is_file() else p.name, p)
     return out
 

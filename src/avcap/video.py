@@ -48,6 +48,14 @@ from typing import Any, Optional
 import numpy as np
 
 # qwen-vl-utils 0.0.14 constants (vision_process.py)
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")  # what a videos/ directory may hold
+
+
+def is_video_path(p: Path) -> bool:
+    """A video file by its suffix, or a directory (of JPEG frames)."""
+    return p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES
+
+
 MAX_RATIO = 200
 SPATIAL_MERGE_SIZE = 2
 VIDEO_MIN_TOKEN_NUM = 128

@@ -27,8 +27,8 @@ from avcap.bench.pool import Pool, check_pool_fits, load_pool
 from avcap.bench.select import select_questions
 from avcap.config import RecipeConfig
 from avcap.records import RecordWriter, iter_records, latest_by_key, write_json_atomic, write_records_atomic
+from avcap.video import is_video_path
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 ROLES = ("annotation", "video")
 PROGRESS_EVERY_S = 10.0
 
@@ -54,7 +54,7 @@ def list_videos(dataset: Path) -> dict[str, Path]:
     for p in sorted(vdir.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES:
+        if is_video_path(p):
             vid = p.name if p.is_dir() else p.stem
             if vid in out:
                 raise BenchError([f"{vdir}: two videos share the id {vid!r} ({out[vid].name}, {p.name})"])

@@ -58,9 +58,9 @@ from avcap.curate.schemas import (
     validate_source,
 )
 from avcap.records import RecordWriter, iter_records, latest_by_key, write_json_atomic, write_records_atomic
+from avcap.video import VIDEO_SUFFIXES, is_video_path
 
 FORMAT = "avcap.curate/1"
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 CONVERSATIONS = "conversations"
 PROGRESS = ".progress.jsonl"
 REPORT = "report.json"
@@ -186,7 +186,7 @@ def _video_files(videos_dir: Path) -> tuple[dict[str, Path], list[tuple[Path, st
     for p in sorted(videos_dir.iterdir()):
         if p.name.startswith("."):
             continue
-        if not (p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES):
+        if not is_video_path(p):
             continue
         if p.stem in found:
             dup.append((p, f"ambiguous video: {found[p.stem].name} has the same name; rename one"))
