@@ -6,14 +6,16 @@ Steps (each resumable; a finished step leaves `steps/<n>-<name>.json` and is reu
 
  1. synth       render the procedural dash-cam world (training sources, AV_CAPTION, LingoQA)
  2. model       build the tiny Qwen3-VL (random weights, local tokenizer) — the "base model"
- 3. bench       build the AV-VQA benchmark on the evaluation videos: the annotation side answers
+ 3. bench       build the AV-VQA benchmark on the evaluation videos with the demo's question pool
+                (`demo_pool.json`: DEMO_QUESTIONS of the packaged pool): the annotation side answers
                 from the world truth, the video side is a simulated video answerer (the truth with a
                 seeded share of wrong answers); the conflicts are reviewed automatically from the
                 world truth (`avcap bench apply --auto`) and reported
  4. zero-shot   captions and MCQ answers of the base model, and their metrics (LingoQA too when its
                 judge, a hub model, is available locally; offline it is skipped and the report says so)
  5. curate      the recipe's three sources plus `synth_vqa` (the benchmark builder run over the
-                TRAINING videos with world-truth answers), blended; the 10x10 preview grid
+                TRAINING videos with world-truth answers, one multi-turn conversation per video),
+                blended; the 10x10 preview grid
  6. train       SFT from the demo's recipe TOML with checkpoints every `save_freq` steps
  7. evaluate    inference and metrics of every checkpoint
  8. report      plots and the Markdown report
