@@ -43,7 +43,6 @@ import typer
 
 from avcap.config import ConfigError, RecipeConfig, Sampling, load_config
 from avcap.records import (
-from avcap.video import VIDEO_SUFFIXES, is_video_path
     RecordWriter,
     iter_records,
     read_json,
@@ -51,6 +50,7 @@ from avcap.video import VIDEO_SUFFIXES, is_video_path
     write_records_atomic,
     write_text_atomic,
 )
+from avcap.video import VIDEO_SUFFIXES, is_video_path
 
 TASKS_BY_KIND = {"av_caption": ("caption", "mcq"), "lingoqa": ("lingoqa",)}
 ALL_TASKS = ("caption", "mcq", "lingoqa")
