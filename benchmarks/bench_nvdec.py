@@ -1,0 +1,202 @@
+"""Probe: can NVDEC (PyAV's bundled FFmpeg, hwaccel "cuda") lift the CPU decode ceiling of the
+2B caption run? Times 16-frame sampling of bench_decode.py's 30 s 1936x1220 30 fps H.264 clip.
+
+    python3 benchmarks/bench_nvdec.py [--clip PATH] [--runs 5] [--procs 8] [--json OUT]
+
+* cpu sparse  — avcap.video.decode_frames (one thread): the path avcap uses today
+* nvdec full  — decode every frame on NVDEC (the hardware decodes every picture in order), the 16
+                sampled ones downloaded to system memory as RGB
+* nvdec seek  — seek to the keyframe before each sampled frame and decode forward to it on NVDEC
+* nvdec procs — `--procs` processes decoding the clip at once (nvdec seek): clips/s for the machine
+
+Checks the luma plane of every sampled frame against the software decoder's (NVDEC is bit-exact
+for conformant H.264 in principle; the RGB conversion may differ). Not a test; figures go to
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from avcap import video as V  # noqa: E402
+
+
+HW_OWNED = False  # --hw-owned: frames stay in GPU memory (DLPack), only the sampled ones are read
+
+
+def _hw():
+    from av.codec.hwaccel import HWAccel
+
+    return HWAccel(device_type="cuda", allow_software_fallback=False, is_hw_owned=HW_OWNED)
+
+
+def _take(fr, fmt: str):
+    """The sampled frame: RGB/YUV in system memory, or (--hw-owned) its NV12 planes as GPU tensors
+    (luma first), synchronised so the timing includes the copy."""
+    if not HW_OWNED:
+        return fr.to_ndarray(format=fmt)
+    import torch
+
+    planes = [torch.from_dlpack(p.__dlpack__(stream=None)).clone() for p in fr.planes]  # capsule: PyAV syncs itself
+    torch.cuda.synchronize()
+    return planes
+
+
+def _index(path: Path):
+    c = V._open(path)
+    try:
+        s = c.streams.video[0]
+        index = V._build_index(path, c, s)
+        info = V._info_from(path, s, index)
+    finally:
+        c.close()
+    return index, V.plan_sampling(info, nframes=16).frame_indices
+
+
+def nvdec_full(path: Path, indices: list[int], fmt: str = "rgb24") -> list[np.ndarray]:
+    import av
+
+    want, got = set(indices), {}
+    with av.open(str(path), hwaccel=_hw()) as c:
+        s = c.streams.video[0]
+        for i, fr in enumerate(c.decode(s)):
+            if i in want:
+                got[i] = _take(fr, fmt)
+            if len(got) == len(want):
+                break
+    return [got[i] for i in indices]
+
+
+def nvdec_seek(path: Path, indices: list[int], index=None, fmt: str = "rgb24") -> list[np.ndarray]:
+    """Seek to the keyframe at or before each target, decode forward (presentation order by pts)."""
+    import av
+
+    index = index or _index(path)[0]
+    pts_of = {i: index.pts[i] for i in indices}
+    got: dict[int, np.ndarray] = {}
+    with av.open(str(path), hwaccel=_hw()) as c:
+        s = c.streams.video[0]
+        by_pts = {p: i for i, p in pts_of.items()}
+        for i in indices:
+            if i in got:
+                continue
+            c.seek(pts_of[i], stream=s, backward=True)
+            for fr in c.decode(s):
+                if fr.pts in by_pts and by_pts[fr.pts] not in got:
+                    got[by_pts[fr.pts]] = _take(fr, fmt)
+                if fr.pts is not None and fr.pts >= pts_of[i]:
+                    break
+    return [got[i] for i in indices]
+
+
+def _one(path: str, hw_owned: bool = False) -> float:
+    global HW_OWNED
+    HW_OWNED = hw_owned
+    t = time.perf_counter()
+    idx = _index(Path(path))
+    nvdec_seek(Path(path), idx[1], idx[0])
+    return time.perf_counter() - t
+
+
+def median_time(fn, runs: int) -> float:
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clip", default="/tmp/avcap-nvdec/clip.mp4")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--hw-owned", action="store_true", help="keep NVDEC frames on the GPU (DLPack), no RGB check")
+    a = ap.parse_args()
+    global HW_OWNED
+    HW_OWNED = a.hw_owned
+    from av.codec.hwaccel import hwdevices_available
+
+    import bench_decode
+
+    clip = Path(a.clip)
+    if not clip.exists():
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        bench_decode.make_clip(clip)
+    index, idx = _index(clip)
+    out: dict = {"clip": str(clip), "hwdevices": list(hwdevices_available()), "frames": idx}
+    ref_rgb = V.decode_frames(clip, idx)
+    out["cpu_sparse_s"] = median_time(lambda: V.decode_frames(clip, idx), a.runs)
+    try:
+        full = nvdec_full(clip, idx)
+    except Exception as exc:  # no NVDEC in this FFmpeg / no GPU: say so and stop
+        out["nvdec_error"] = f"{type(exc).__name__}: {exc}"
+        print(json.dumps(out, indent=1))
+        return
+    seek = nvdec_seek(clip, idx, index)
+    if a.hw_owned:  # luma planes on the GPU vs the software decoder's luma
+        import av
+
+        soft = {}
+        with av.open(str(clip)) as c:
+            for i, fr in enumerate(c.decode(c.streams.video[0])):
+                if i in set(idx):
+                    soft[i] = fr.to_ndarray(format="yuv420p")[: fr.height]
+                if len(soft) == len(idx):
+                    break
+        out["luma_equal"] = all(np.array_equal(f[0].cpu().numpy()[: soft[i].shape[0], : soft[i].shape[1]], soft[i])
+                                for f, i in zip(seek, idx))
+        full = seek = None
+    out["nvdec_full_s"] = median_time(lambda: nvdec_full(clip, idx), a.runs)
+    out["nvdec_seek_s"] = median_time(lambda: nvdec_seek(clip, idx, index), a.runs)
+    if a.hw_owned:
+        return _procs(out, clip, a)
+    out["rgb_max_abs_diff_full"] = int(max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(full, ref_rgb)))
+    out["rgb_max_abs_diff_seek"] = int(max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(seek, ref_rgb)))
+    out["rgb_mean_abs_diff_full"] = float(np.mean([np.abs(x.astype(int) - y.astype(int)).mean() for x, y in zip(full, ref_rgb)]))
+    # luma: NVDEC frames as yuv420p vs the software decoder's
+    import av
+
+    soft_y = {}
+    with av.open(str(clip)) as c:
+        want = set(idx)
+        for i, fr in enumerate(c.decode(c.streams.video[0])):
+            if i in want:
+                soft_y[i] = fr.to_ndarray(format="yuv420p")[: fr.height]
+            if len(soft_y) == len(want):
+                break
+    hw_y = nvdec_full(clip, idx, fmt="yuv420p")
+    out["luma_equal"] = all(np.array_equal(h[: soft_y[i].shape[0]], soft_y[i]) for h, i in zip(hw_y, idx))
+    _procs(out, clip, a)
+
+
+def _procs(out: dict, clip: Path, a) -> None:
+    print(json.dumps(out), flush=True)
+    import multiprocessing as mp
+
+    for procs in sorted({1, a.procs}):  # spawn: a forked child cannot use the parent's CUDA state
+        with ProcessPoolExecutor(procs, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(_one, [str(clip)] * procs, [a.hw_owned] * procs))  # warm-up: CUDA contexts
+            t = time.perf_counter()
+            n = procs * 4
+            list(pool.map(_one, [str(clip)] * n, [a.hw_owned] * n))
+            out[f"nvdec_seek_clips_per_s_{procs}procs"] = n / (time.perf_counter() - t)
+    print(json.dumps(out, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
