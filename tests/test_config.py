@@ -123,6 +123,17 @@ def test_error_cases(tmp_path, case):
         assert part in msg, (part, msg)
 
 
+def test_turns_per_video_is_for_vqa_sources_only(tmp_path):
+    p = tmp_path / "t.toml"
+    p.write_text('[avcap.curate.sources.cv]\nkind = "cv_annotated"\npath = "raw/cv"\nturns = "per_video"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    (msg,) = e.value.problems
+    assert msg.startswith(f"{p}: avcap.curate.sources.cv") and 'kind = "vqa"' in msg
+    p.write_text('[avcap.curate.sources.q]\nkind = "vqa"\npath = "raw/eval"\nturns = "per_video"\n')
+    assert load_config(p).avcap.curate.sources["q"].turns == "per_video"
+
+
 def test_every_problem_is_reported(tmp_path):
     text = RECIPE_TOML.replace("epoch = 3 ", "epoch = -3 ").replace("optm_lr = 2e-7", "optm_lrr = 2e-7")
     p = tmp_path / "two.toml"

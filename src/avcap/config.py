@@ -378,6 +378,12 @@ class CurateSource(_Model):
     # multi-turn conversation per video holding all its questions (in an order seeded by the video id)
     turns: Literal["per_question", "per_video"] = "per_question"
 
+    @model_validator(mode="after")
+    def _turns_for_vqa_only(self) -> "CurateSource":
+        if self.turns != "per_question" and self.kind != "vqa":
+            raise ValueError(f"turns = {self.turns!r} applies to kind = \"vqa\" sources only (this one is {self.kind!r})")
+        return self
+
 
 class Curate(_Model):
     sources: dict[str, CurateSource] = Field(default_factory=dict)  # key = output subdirectory
