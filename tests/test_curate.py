@@ -105,6 +105,28 @@ def write_config(path: Path, body: str) -> Path:
     return path
 
 
+def curated_human_source(root: Path, tail: str, *, n: int = 2, annotate=None) -> Path:
+    """`n` human-annotated clips under root/raw/human, curated into root/data (4 frames of 64x96)
+    by a recipe TOML made of that source and `tail` (the [train]/[policy] tables); returns its path."""
+    from avcap.config import load_config
+    from avcap.curate.sources import curate
+
+    make_source(root / "raw/human", "human_annotated", n, seed=0, annotate=annotate or (lambda i: HUMAN))
+    cfg_path = write_config(root / "r.toml", """
+[custom.dataset]
+dataset_root = "data"
+subdirectories = ["human_annotated"]
+[custom.vision]
+nframes = 4
+max_pixels = 6144
+[avcap.curate.sources.human_annotated]
+kind = "human_annotated"
+path = "raw/human"
+""" + tail)
+    curate(load_config(cfg_path), echo=lambda s: None)
+    return cfg_path
+
+
 # ----------------------------------------------------------------------------- schemas
 
 

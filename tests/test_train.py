@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_curate import HUMAN, make_source, write_config
+from test_curate import HUMAN, curated_human_source, make_source, write_config
 
 from avcap.config import load_config
 from avcap.trainer.schedule import lr_factor
@@ -362,21 +362,8 @@ def test_two_process_gloo_fsdp_matches_one_process(uninterrupted, curated, tiny_
 def test_two_process_rank_with_only_skipped_samples_stays_in_step(tmp_path, tiny_model_dir):
     """One sample is too long: the rank that draws it runs a zero-weight pass instead (FSDP ranks
     must run the same collectives), the other rank's sample still trains, the skip is counted."""
-    from avcap.curate.sources import curate
-
     long_text = "The ego vehicle keeps its lane behind a gray SUV. " * 200  # > 2000 tokens; the short one ~500
-    make_source(tmp_path / "raw/human", "human_annotated", 2, seed=0,
-                annotate=lambda i: {**HUMAN, "safety_analysis": long_text if i == 0 else "Short."})
-    body = f"""
-[custom.dataset]
-dataset_root = "data"
-subdirectories = ["human_annotated"]
-[custom.vision]
-nframes = 4
-max_pixels = 6144
-[avcap.curate.sources.human_annotated]
-kind = "human_annotated"
-path = "raw/human"
+    cfg_path = curated_human_source(tmp_path, f"""
 [train]
 output_dir = "run"
 epoch = 2
@@ -389,9 +376,7 @@ enable_checkpoint = false
 [policy]
 model_name_or_path = "{tiny_model_dir}"
 model_max_length = 1500
-"""
-    cfg_path = write_config(tmp_path / "r.toml", body)
-    curate(load_config(cfg_path), echo=lambda s: None)
+""", annotate=lambda i: {**HUMAN, "safety_analysis": long_text if i == 0 else "Short."})
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "avcap.train", "--config", str(cfg_path)],

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from test_curate import HUMAN, make_source, write_config
+from test_curate import curated_human_source
 
 from avcap.config import load_config
 
@@ -54,20 +54,9 @@ def test_train_cli_init_random_trains_from_a_config_only_directory(tmp_path, con
     from typer.testing import CliRunner
 
     from avcap.cli import app
-    from avcap.curate.sources import curate
     from avcap.records import iter_records
 
-    make_source(tmp_path / "raw/human", "human_annotated", 2, seed=0, annotate=lambda i: HUMAN)
-    body = f"""
-[custom.dataset]
-dataset_root = "data"
-subdirectories = ["human_annotated"]
-[custom.vision]
-nframes = 4
-max_pixels = 6144
-[avcap.curate.sources.human_annotated]
-kind = "human_annotated"
-path = "raw/human"
+    cfg_path = curated_human_source(tmp_path, f"""
 [train]
 output_dir = "run"
 max_num_steps = 1
@@ -79,9 +68,7 @@ dataloader_num_workers = 0
 save_freq = 1
 [policy]
 model_name_or_path = "{config_only_dir}"
-"""
-    cfg_path = write_config(tmp_path / "r.toml", body)
-    curate(load_config(cfg_path), echo=lambda s: None)
+""")
     runner = CliRunner()
     plain = runner.invoke(app, ["train", "--config", str(cfg_path)])
     assert plain.exit_code != 0  # without the flag the weights are needed, and there are none
