@@ -499,3 +499,10 @@ def test_per_sample_loss_is_the_mean_of_each_samples_token_mean(tiny_model_dir):
     assert float(summed) / n_tok != pytest.approx(float(per_sample) / n_smp, rel=1e-3)
     batch = collate(samples)
     assert loss_units(batch["labels"], True) == 2 and loss_units(batch["labels"], False) == n_tok
+
+
+def test_conversation_sizes_count_an_unreadable_file_as_zero(tmp_path):
+    from avcap.trainer.data import conversation_sizes
+
+    (tmp_path / "a.json").write_text("[1, 2, 3]")
+    assert conversation_sizes([tmp_path / "a.json", tmp_path / "gone.json"]) == [9, 0]

@@ -309,7 +309,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     from avcap.curate.blend import BlendPlan
     from avcap.curate.sources import CurateError
     from avcap.trainer import checkpoint as ckpt
-    from avcap.trainer.data import Collator, SFTDataset, StepBatches, index_sources
+    from avcap.trainer.data import Collator, SFTDataset, StepBatches, conversation_sizes, index_sources
     from avcap.trainer.schedule import build_scheduler
 
     t = cfg.train
@@ -365,7 +365,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         dataset,
         batch_sampler=StepBatches(plan, rank=d.rank, world_size=d.world_size, mini_batch=t.train_policy.mini_batch,
                                   start_step=start_step, end_step=total_steps,
-                                  lengths=[f.stat().st_size for f in index.files] if accum > 1 else None),
+                                  lengths=conversation_sizes(index.files) if accum > 1 else None),
         collate_fn=Collator(processor.tokenizer.pad_token_id),
         num_workers=workers,
         pin_memory=d.device.type == "cuda",  # page-locked batches: faster copies to the GPU

@@ -220,6 +220,18 @@ class Collator:
         return out
 
 
+def conversation_sizes(files: Sequence[Path]) -> list[int]:
+    """Bytes of each conversation file: the length key that groups a step's micro-batches. A file
+    that cannot be read counts 0 here; loading it reports and skips it like any bad sample."""
+    sizes = []
+    for f in files:
+        try:
+            sizes.append(f.stat().st_size)
+        except OSError:
+            sizes.append(0)
+    return sizes
+
+
 class StepBatches:
     """DataLoader `batch_sampler`: this rank's micro-batch index lists for steps [start, end)."""
 
