@@ -87,15 +87,15 @@ class Sizes:
         }
 
 
-# What a tiny model learns in a few hundred CPU steps (design.md; measured again for issue 8 with a
-# prototype of this training on the synthetic world, 240 training / 40 held-out videos): with all 50
-# pool questions it learns only each question's answer prior in 600 steps. With these 7 questions
-# asked as one multi-turn conversation per training video, 40% caption samples, per-sample loss,
-# 8 frames and 400 steps of 16 it reads large, global cues from the pixels — lighting 35% -> 100%,
-# how far the road is visible 28% -> 90%, weather 10% -> 75% (blind prior -> model; 70% overall
-# against a 42% blind prior) — while small or temporal cues (the lead vehicle's colour and action,
-# people on foot, the ego turn) stay at their prior. Asked one question per conversation it needed
-# about twice the steps, and with cosmos-rl's token-mean loss the captions drowned the answers.
+# What a tiny model learns in a few hundred steps (design.md; measured again for issue 8 with
+# benchmarks/demo_learning.py, table in benchmarks/RESULTS.md): with all 50 pool questions it learns
+# only each question's answer prior in 600 steps. With these 7 questions asked as one multi-turn
+# conversation per training video, 40% caption samples, per-sample loss and 400 steps of 16 it reads
+# large, global cues from the pixels — lighting 35% -> 97%, how far the road is visible 28% -> 90%,
+# weather 10% -> 75% (blind prior -> model; 66.8% overall against a 41.8% blind prior; 70.0% with 8
+# frames and 25% captions) — while small or temporal cues (the lead vehicle's colour and action,
+# people on foot, the ego turn) stay at their prior. One question per conversation learned far less in
+# the same steps (51.4%), and with cosmos-rl's token-mean loss the captions drowned the answers (52.9%).
 DEMO_QUESTIONS = ("sd02", "sd03", "ko02", "ci01", "am01", "eb02", "st03")
 QUICK_QUESTIONS = ("sd02", "sd03", "st03")
 DEMO_POOL_FILE = "demo_pool.json"
@@ -233,7 +233,7 @@ def prepare_workdir(workdir: Path, sizes: Sizes, seed: int, quick: bool) -> None
     pool = demo_pool(sizes.questions)
     write_json_atomic(workdir / DEMO_POOL_FILE, {
         "name": "avcap demo pool", "version": 1,
-        "questions": [q.model_dump(exclude_defaults=False) for q in pool.questions]})
+        "questions": [q.model_dump() for q in pool.questions]})
     path = workdir / "config.toml"
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_text_atomic(path, text)
