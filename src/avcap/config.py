@@ -314,6 +314,9 @@ class Engine(_Model):
     cuda_graphs: bool = True  # capture the fast path's decode step on CUDA
     decode_workers: Optional[int] = Field(None, ge=1)  # video decode workers (default: min(8, CPUs))
     decode_processes: bool = False  # decode in worker processes instead of threads
+    # torch.compile the repeated blocks (vision blocks, decoder layers) that the prefill runs: fused
+    # RMSNorm/RoPE/SwiGLU (avcap.trainer.compile); the first batches of each shape pay the compile time
+    compile: bool = False
     # openai-compatible HTTP
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable only

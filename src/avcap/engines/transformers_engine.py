@@ -139,10 +139,17 @@ class TransformersEngine:
             self.model = model.to(self.device)
             self.dtype = next(self.model.parameters()).dtype
         self.model.eval()
-        if self.device.startswith("cuda"):
+        cuda = self.device.startswith("cuda")
+        if cuda:
             from avcap.engines.fast_generate import linear_patch_embed
+            from avcap.trainer.compile import pack_vision_attention
 
             linear_patch_embed(self.model)  # cuDNN's Conv3d for the patch embedding can be very slow
+            pack_vision_attention(self.model)  # one attention call per block, not one per frame group
+        if cfg.compile:
+            from avcap.trainer.compile import compile_blocks
+
+            compile_blocks(self.model, linear_patch_embed=cuda)
         if processor is None or isinstance(processor, (str, os.PathLike)):
             self.processor = AutoProcessor.from_pretrained(processor or model)
         else:
