@@ -457,7 +457,8 @@ def _h264_is_nonref(data: memoryview, nal_len: Optional[int]) -> bool:
     return False
 
 
-def _open(path: Path):
+def _open(path: Path, hwaccel=None):
+    """The container, its video stream decoded in software or (`hwaccel`, see `_nvdec_hwaccel`) on NVDEC."""
     import av
 
     if not path.exists():
@@ -465,8 +466,12 @@ def _open(path: Path):
     if path.is_dir():
         raise VideoError(path, "is a directory (a frame directory is read with load_video/probe)")
     try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # type: ignore[attr-defined]
+        container = av.open(str(path)) if hwaccel is None else av.open(str(path), hwaccel=hwaccel)
+    except (av.error.FFmpegError, UnicodeDecodeError, NotImplementedError) as exc:  # type: ignore[attr-defined]
+        if hwaccel is not None:  # a file software cannot open either gets the plain error
+            _open(path).close()
+            raise VideoError(path, f"decoder='nvdec': NVDEC could not be set up for this video "
+                             f"({exc.__class__.__name__}: {exc}); use decoder='cpu'") from None
         raise VideoError(path, f"not a video, or corrupt or truncated (FFmpeg: {exc.__class__.__name__}: {exc})") from None
     if not container.streams.video:
         container.close()
@@ -633,6 +638,76 @@ def _set_threads(stream, threads: int) -> None:
         cc.thread_type = "AUTO"
 
 
+DECODERS = ("cpu", "nvdec")
+
+
+def _nvdec_hwaccel(path: Path):
+    """PyAV's CUDA hwaccel keeping frames on the GPU, or a VideoError saying why NVDEC cannot be used."""
+    import av
+
+    try:
+        import torch
+    except ImportError:
+        raise VideoError(path, "decoder='nvdec' needs torch with CUDA, and torch is not installed") from None
+    if not torch.cuda.is_available():
+        raise VideoError(path, "decoder='nvdec' needs a CUDA GPU, and torch sees none; use decoder='cpu'")
+    try:
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+
+        if "cuda" not in hwdevices_available():
+            raise VideoError(path, f"decoder='nvdec': PyAV {av.__version__}'s FFmpeg has no CUDA device support "
+                             f"(it has: {', '.join(hwdevices_available()) or 'none'}); use decoder='cpu'")
+        return HWAccel("cuda", allow_software_fallback=False, is_hw_owned=True)
+    except (ImportError, TypeError) as exc:
+        raise VideoError(path, f"decoder='nvdec' needs PyAV >= 18 (CUDA hwaccel with frames kept on the GPU); "
+                         f"PyAV {av.__version__}: {exc}") from None
+
+
+def _rgb_from_nv12(path: Path, y, uv, colorspace: int, color_range: int, height: int, width: int):
+    """3 x height x width uint8 RGB (torch, planes' device) from possibly padded NV12 planes, as swscale
+    converts the software decoder's frame (avcap.video_colour)."""
+    from avcap.video_colour import UnsupportedColour, crop_nv12, nv12_to_rgb, swscale_coefficients
+
+    try:
+        coeffs = swscale_coefficients(colorspace, color_range)
+        y, uv = crop_nv12(y, uv, height, width)
+    except UnsupportedColour as exc:
+        raise VideoError(path, f"decoder='nvdec': {exc}; use decoder='cpu'") from None
+    return nv12_to_rgb(y, uv, coeffs)
+
+
+def _nvdec_planes(path: Path, frame):
+    """(y, uv) of a CUDA frame: torch views of the decoder's NV12 surface (no copy)."""
+    import torch
+
+    if frame.format.name != "cuda":
+        raise VideoError(path, f"decoder='nvdec': NVDEC did not decode this stream (it gave {frame.format.name} frames)")
+    planes = frame.planes
+    # PyAV synchronises the decoder itself (stream=None); the capsule holds a reference to the surface
+    y, uv = (torch.from_dlpack(p.__dlpack__(stream=None)) for p in planes[:2])
+    if len(planes) != 2 or y.dtype != torch.uint8:
+        raise VideoError(path, f"decoder='nvdec': only 8-bit 4:2:0 video (NV12 surfaces) is converted, "
+                         f"got {len(planes)} planes of {y.dtype}; use decoder='cpu'")
+    return y, uv
+
+
+def _nv12_resized(path: Path, y, uv, colorspace: int, color_range: int, height: int, width: int,
+                  size_of: Callable[[tuple[int, int]], tuple[int, int]]) -> np.ndarray:
+    """NV12 planes (torch, any device) -> RGB -> resized on their device -> H x W x 3 uint8 numpy."""
+    rgb = _rgb_from_nv12(path, y, uv, colorspace, color_range, height, width)
+    out = resize_chw(rgb, *size_of((height, width)))
+    return out.permute(1, 2, 0).contiguous().cpu().numpy()  # a GPU download synchronises
+
+
+def _nvdec_resized(path: Path, frame, size_of: Callable[[tuple[int, int]], tuple[int, int]]) -> np.ndarray:
+    """An NVDEC frame converted to RGB and resized on the GPU; only the resized frame is downloaded.
+    The surface views live until the download has synchronised, then go back to the decoder."""
+    y, uv = _nvdec_planes(path, frame)
+    out = _nv12_resized(path, y, uv, frame.colorspace, frame.color_range, frame.height, frame.width, size_of)
+    del y, uv
+    return out
+
+
 def decode_all(path: str | os.PathLike, *, threads: int = 1) -> np.ndarray:
     """Every frame of a video file, in presentation order (T x H x W x 3 uint8). For tests and baselines."""
     path = _clean_path(path)
@@ -641,11 +716,11 @@ def decode_all(path: str | os.PathLike, *, threads: int = 1) -> np.ndarray:
 
 
 def decode_frames_full(path: Path, indices: Optional[Sequence[int]], *, threads: int = 1,
-                       convert: Callable = _to_rgb) -> list[np.ndarray]:
+                       convert: Callable = _to_rgb, hwaccel=None) -> list[np.ndarray]:
     """Decode the whole clip sequentially, keeping (converted to RGB) only `indices` (None: all)."""
     import av
 
-    container = _open(path)
+    container = _open(path, hwaccel)
     try:
         stream = container.streams.video[0]
         _set_threads(stream, threads)
@@ -801,13 +876,22 @@ def load_video(
     source_fps: Optional[float] = None,
     threads: int = 1,
     sparse: bool = True,
+    decoder: str = "cpu",
 ) -> VideoFrames:
     """Sample and resize a video (file or directory of frames) the way qwen-vl-utils 0.0.14 does.
 
     Neither `nframes` nor `fps`: fps 2.0 (qwen-vl-utils' default). `max_pixels=None`: only the
     per-frame cap applies. `threads`: FFmpeg decoder threads (1 = one core per video, the fastest
     way to decode many videos at once). `sparse=False` decodes the whole clip (reference path).
+
+    `decoder="nvdec"` decodes video files on the GPU (PyAV's CUDA hwaccel; frames stay in GPU memory),
+    converts to RGB exactly as swscale does on the CPU (avcap.video_colour), resizes there with the
+    same torchvision call and downloads only the resized frames. No fallback: without a CUDA GPU,
+    NVDEC support in PyAV's FFmpeg, or NVDEC support for the codec it raises a VideoError saying so.
+    Frame directories are read with PIL either way.
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     path = _clean_path(path)
     if not path.exists():
         raise VideoError(path, "no such file or directory")
@@ -819,7 +903,8 @@ def load_video(
         arr = resize_frames(_load_images(path, plan.frame_indices, (info.height, info.width)),
                             plan.resized_height, plan.resized_width)
     else:
-        container = _open(path)
+        hwaccel = _nvdec_hwaccel(path) if decoder == "nvdec" else None
+        container = _open(path, hwaccel)
         try:
             stream = container.streams.video[0]
             _set_threads(stream, threads)
@@ -828,14 +913,18 @@ def load_video(
             plan = plan_sampling(info, **kw)
             sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
-            def convert(frame) -> np.ndarray:
-                # RGB, then resized at once: memory holds the output, not T full-size frames
-                rgb = _to_rgb(frame)
-                hw = rgb.shape[:2]
+            def size_of(hw: tuple[int, int]) -> tuple[int, int]:
                 if hw not in sizes:
                     sizes[hw] = resized_size(hw[0], hw[1], len(plan.frame_indices), factor=factor,
                                              min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
-                return resize_frames([rgb], *sizes[hw])[0]
+                return sizes[hw]
+
+            def convert(frame) -> np.ndarray:
+                # RGB, then resized at once: memory holds the output, not T full-size frames
+                if hwaccel is not None:
+                    return _nvdec_resized(path, frame, size_of)
+                rgb = _to_rgb(frame)
+                return resize_frames([rgb], *size_of(rgb.shape[:2]))[0]
 
             if sparse:
                 got = _decode_sparse(path, container, stream, index, plan.frame_indices, convert=convert)
@@ -847,7 +936,7 @@ def load_video(
         if missing:
             if sparse:
                 plan.notes.append(f"sparse decode missed frames {missing[:4]}; decoded the whole clip instead")
-            frames = decode_frames_full(path, plan.frame_indices, threads=threads, convert=convert)
+            frames = decode_frames_full(path, plan.frame_indices, threads=threads, convert=convert, hwaccel=hwaccel)
         else:
             frames = [got[i] for i in plan.frame_indices]
         if len(sizes) > 1:
@@ -900,12 +989,17 @@ def resize_frames(frames: np.ndarray | Sequence[np.ndarray], height: int, width:
     (same pixels, a fraction of the memory).
     """
     import torch
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
 
     out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
     for i, frame in enumerate(frames):
-        t = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0)
-        r = TF.resize(t, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        out[i] = r[0].permute(1, 2, 0).numpy()
+        t = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+        out[i] = resize_chw(t, height, width).permute(1, 2, 0).numpy()
     return out
+
+
+def resize_chw(frame, height: int, width: int):
+    """One 3 x H x W uint8 torch frame (any device) -> 3 x height x width uint8, qwen-vl-utils' call."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    return TF.resize(frame.unsqueeze(0), [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)[0]

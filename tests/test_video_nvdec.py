@@ -1,0 +1,174 @@
+"""decoder="nvdec": the colour conversion, plane cropping and GPU-side resize, tested on CPU tensors.
+
+The NV12 -> RGB conversion (avcap.video_colour) must reproduce what avcap's CPU path gets from
+PyAV's `to_ndarray(format="rgb24")` (FFmpeg swscale): the tests feed it the software decoder's own
+yuv420p planes, re-laid out as NV12 with padded rows (as NVDEC surfaces are), and require equality
+bit for bit — on every colorspace/range tag, on encoded clips and on real dash-cam footage. The
+part that needs a GPU (opening NVDEC, DLPack of CUDA surfaces) is measured by
+benchmarks/bench_nvdec.py on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avcap import video as V
+from avcap.video_colour import (
+    SWSCALE_MATRICES,
+    UnsupportedColour,
+    crop_nv12,
+    interleave_uv,
+    nv12_to_rgb,
+    swscale_coefficients,
+)
+
+REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "udacity_solidWhiteRight.mp4"
+PAD = 32  # extra bytes per row, as a surface pitch adds
+
+
+def _random_frame(width: int, height: int, colorspace: int, color_range: int, seed: int = 0):
+    import av
+
+    rng = np.random.default_rng(seed)
+    fr = av.VideoFrame(width, height, "yuv420p")
+    for p in fr.planes:
+        p.update(rng.integers(0, 256, (p.height, p.line_size), dtype=np.uint8))
+    fr.colorspace, fr.color_range = colorspace, color_range
+    return fr
+
+
+def padded_nv12(frame):
+    """The software frame's planes as NV12 laid out like a decoder surface: rows padded by PAD bytes,
+    the chroma plane as raw interleaved bytes (rows x pitch)."""
+    y, u, v = (torch.from_dlpack(p) for p in frame.planes)
+    h, w = frame.height, frame.width
+    uv = interleave_uv(u[: h // 2, : w // 2], v[: h // 2, : w // 2]).reshape(h // 2, w)
+    y_pad = torch.full((h + 2, w + PAD), 7, dtype=torch.uint8)
+    uv_pad = torch.full((h // 2 + 1, w + PAD), 9, dtype=torch.uint8)
+    y_pad[:h, :w] = y[:h, :w]
+    uv_pad[: h // 2, :w] = uv
+    return y_pad, uv_pad
+
+
+def _convert(frame) -> np.ndarray:
+    y, uv = padded_nv12(frame)
+    rgb = V._rgb_from_nv12(Path("x.mp4"), y, uv, frame.colorspace, frame.color_range, frame.height, frame.width)
+    return rgb.permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("size", [(64, 48), (100, 50), (1936, 6)])
+@pytest.mark.parametrize("colorspace", sorted(SWSCALE_MATRICES))
+@pytest.mark.parametrize("color_range", [0, 1, 2])
+def test_nv12_to_rgb_equals_swscale_for_every_tag(size, colorspace, color_range):
+    """Random planes (every Y/U/V combination is likely at 64x48 and above): exact equality."""
+    fr = _random_frame(*size, colorspace, color_range, seed=colorspace * 3 + color_range)
+    assert np.array_equal(_convert(fr), fr.to_ndarray(format="rgb24"))
+
+
+def test_every_yuv_value_converts_like_swscale():
+    """All 256 luma levels against all 256 x 256 chroma pairs (BT.601 and BT.709, limited range)."""
+    import av
+
+    w, h = 512, 512
+    for cs in (1, 2):
+        fr = av.VideoFrame(w, h, "yuv420p")
+        y = np.tile(np.arange(256, dtype=np.uint8).repeat(2), (h, 1))
+        u = np.tile(np.arange(256, dtype=np.uint8), (h // 2, 1))
+        v = np.tile(np.arange(256, dtype=np.uint8)[:, None], (1, w // 2))
+        for p, a in zip(fr.planes, (y, u, v)):
+            p.update(np.pad(a, ((0, 0), (0, p.line_size - a.shape[1]))))
+        fr.colorspace = cs
+        assert np.array_equal(_convert(fr), fr.to_ndarray(format="rgb24")), cs
+
+
+def test_coefficients_are_swscales():
+    """BT.601 limited range, the untagged H.264 case, as FFmpeg's ff_yuv2rgb_c_init_tables gives them."""
+    c = swscale_coefficients(2, 0)
+    assert (c.y, c.y_offset, c.v2r, c.u2g, c.v2g, c.u2b) == (9539, 128, 13075, -3209, -6660, 16525)
+    assert swscale_coefficients(6, 1) == c == swscale_coefficients(5, 0)
+    assert swscale_coefficients(2, 2).y_offset == 0
+
+
+def test_unsupported_tags_and_sizes_are_refused():
+    with pytest.raises(UnsupportedColour, match="ycgco"):
+        swscale_coefficients(8, 0)
+    with pytest.raises(UnsupportedColour, match="rgb"):
+        swscale_coefficients(0, 0)
+    y = torch.zeros(6, 8, dtype=torch.uint8)
+    with pytest.raises(UnsupportedColour, match="odd frame size"):
+        crop_nv12(y, torch.zeros(3, 8, dtype=torch.uint8), 5, 8)
+    with pytest.raises(UnsupportedColour, match="smaller"):
+        crop_nv12(y, torch.zeros(3, 8, dtype=torch.uint8), 8, 8)
+    with pytest.raises(V.VideoError, match="x.mp4: decoder='nvdec': colorspace ycgco"):
+        V._rgb_from_nv12(Path("x.mp4"), y, torch.zeros(3, 4, 2, dtype=torch.uint8), 8, 0, 6, 8)
+    with pytest.raises(UnsupportedColour):
+        nv12_to_rgb(y, torch.zeros(3, 3, 2, dtype=torch.uint8), swscale_coefficients(1, 0))
+
+
+def test_crop_takes_views_of_padded_planes():
+    y = torch.arange(6 * 12, dtype=torch.uint8).reshape(6, 12)
+    uv_raw = torch.arange(4 * 12, dtype=torch.uint8).reshape(4, 12)
+    cy, cuv = crop_nv12(y, uv_raw, 4, 8)
+    assert cy.shape == (4, 8) and cuv.shape == (2, 4, 2)
+    assert torch.equal(cuv[1, 2], uv_raw[1, 4:6]) and cy.data_ptr() == y.data_ptr()
+    cy3, cuv3 = crop_nv12(y, uv_raw[:, :12].reshape(4, 6, 2), 4, 8)  # PyAV's DLPack layout: rows x w/2 x 2
+    assert torch.equal(cuv3, cuv)
+
+
+def _sampled_nv12_frames(path, nframes):
+    """load_video(decoder="cpu")'s sampled frames converted the nvdec way (NV12 -> our RGB ->
+    resize_chw), with the same sparse decoder, on CPU tensors."""
+    ref = V.load_video(path, nframes=nframes)
+    c = V._open(path)
+    try:
+        s = c.streams.video[0]
+        index = V._build_index(path, c, s)
+        size = lambda hw: (ref.resized_height, ref.resized_width)  # noqa: E731
+        rgb_equal = []
+
+        def convert(frame):
+            rgb_equal.append(np.array_equal(_convert(frame), frame.to_ndarray(format="rgb24")))
+            y, uv = padded_nv12(frame)
+            return V._nv12_resized(path, y, uv, frame.colorspace, frame.color_range, frame.height, frame.width, size)
+
+        got = V._decode_sparse(path, c, s, index, ref.frame_indices, convert=convert)
+    finally:
+        c.close()
+    return ref, np.stack([got[i] for i in ref.frame_indices]), rgb_equal
+
+
+def test_nvdec_conversion_path_equals_cpu_load_video(tmp_path, make_frames):
+    path = tmp_path / "clip.mp4"
+    V.write_video(path, make_frames(40, 120, 160, seed=3), 30, gop=10)
+    ref, frames, rgb_equal = _sampled_nv12_frames(path, 8)
+    assert rgb_equal and all(rgb_equal)
+    assert frames.shape == ref.frames.shape and np.array_equal(frames, ref.frames)
+
+
+def test_nvdec_conversion_path_on_real_dashcam_footage():
+    if not REAL_CLIP.exists():
+        pytest.skip(f"real footage not present ({REAL_CLIP}; see /work/shared/data/README.md)")
+    ref, frames, rgb_equal = _sampled_nv12_frames(REAL_CLIP, 8)  # BT.601 (smpte170m), limited range
+    assert len(rgb_equal) >= 8 and all(rgb_equal)
+    assert np.array_equal(frames, ref.frames)
+
+
+def test_unknown_decoder_is_refused(h264_clip):
+    with pytest.raises(ValueError, match="decoder must be one of cpu, nvdec"):
+        V.load_video(h264_clip, nframes=4, decoder="gpu")
+
+
+def test_nvdec_without_a_gpu_says_so(h264_clip):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: benchmarks/bench_nvdec.py measures the nvdec path there")
+    with pytest.raises(V.VideoError, match=r"clip\.mp4: decoder='nvdec' needs a CUDA GPU"):
+        V.load_video(h264_clip, nframes=4, decoder="nvdec")
+
+
+def test_cpu_decoder_is_the_default(h264_clip):
+    a, b = V.load_video(h264_clip, nframes=4), V.load_video(h264_clip, nframes=4, decoder="cpu")
+    assert np.array_equal(a.frames, b.frames) and a.notes == b.notes
