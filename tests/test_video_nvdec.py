@@ -172,3 +172,43 @@ def test_nvdec_without_a_gpu_says_so(h264_clip):
 def test_cpu_decoder_is_the_default(h264_clip):
     a, b = V.load_video(h264_clip, nframes=4), V.load_video(h264_clip, nframes=4, decoder="cpu")
     assert np.array_equal(a.frames, b.frames) and a.notes == b.notes
+
+
+# ----------------------------------------------------------------------------- config and FrameLoader
+
+
+def test_engine_decoder_key(tmp_path):
+    from avcap.config import ConfigError, load_config
+
+    assert load_config().avcap.engine.decoder == "cpu"
+    p = tmp_path / "r.toml"
+    p.write_text('[avcap.engine]\ndecoder = "nvdec"\n')
+    assert load_config(p).avcap.engine.decoder == "nvdec"
+    p.write_text('[avcap.engine]\ndecoder = "gpu"\n')
+    with pytest.raises(ConfigError, match="decoder"):
+        load_config(p)
+
+
+def test_frame_loader_passes_the_decoder_to_its_workers(h264_clip):
+    """A spawned worker process gets decoder="cpu" explicitly and returns the default path's frames;
+    decoder="nvdec" reaches load_video (on a machine without a GPU: its clear error)."""
+    from avcap.config import Vision
+    from avcap.engines.frames import FrameLoader
+
+    part = {"type": "video", "video": str(h264_clip)}
+    default = V.load_video(h264_clip, nframes=4)
+    loader = FrameLoader(Vision(nframes=4), 32, workers=1, processes=True, decoder="cpu")
+    try:
+        assert loader._key(part)[1]["decoder"] == "cpu"
+        assert np.array_equal(loader.frames(part).frames, default.frames)
+    finally:
+        loader.close()
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        FrameLoader(Vision(nframes=4), 32, decoder="gpu")
+    if not torch.cuda.is_available():
+        nv = FrameLoader(Vision(nframes=4), 32, workers=1, decoder="nvdec")
+        try:
+            with pytest.raises(V.VideoError, match="decoder='nvdec' needs a CUDA GPU"):
+                nv.frames(part)
+        finally:
+            nv.close()

@@ -314,6 +314,9 @@ class Engine(_Model):
     cuda_graphs: bool = True  # capture the fast path's decode step on CUDA
     decode_workers: Optional[int] = Field(None, ge=1)  # video decode workers (default: min(8, CPUs))
     decode_processes: bool = False  # decode in worker processes instead of threads
+    # "nvdec": decode on the GPU (PyAV's CUDA hwaccel), colour conversion and resize there too, same
+    # pixels as "cpu" (avcap.video.load_video); each decode worker holds a CUDA context
+    decoder: Literal["cpu", "nvdec"] = "cpu"
     # torch.compile the repeated blocks (vision blocks, decoder layers) that the prefill runs: fused
     # RMSNorm/RoPE/SwiGLU (avcap.trainer.compile); the first batches of each shape pay the compile time
     compile: bool = False

@@ -10,7 +10,8 @@ for the frames of a request's video parts. The loader
 - decodes on a thread pool (PyAV and the resize release the GIL), or with `processes=True` in
   worker processes (spawned, one torch thread each: no GIL, no thread oversubscription; the frames
   come back pickled), so `prefetch(next_batch)` decodes the next batch's videos while the model
-  works on this one;
+  works on this one; `decoder="nvdec"` has each worker decode on the GPU (`load_video(decoder=)`:
+  same pixels, only the resized frames leave the GPU);
 - keeps the last `capacity` decoded videos, so the 12 MCQ questions of one video decode it once
   even when they straddle two batches.
 
@@ -71,8 +72,13 @@ class FrameLoader:
     """Decode videos on a thread pool; share and keep recent results (see module docstring)."""
 
     def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32,
-                 processes: bool = False):
+                 processes: bool = False, decoder: str = "cpu"):
+        from avcap.video import DECODERS
+
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         self.vision = vision
+        self.decoder = decoder
         self.factor = int(factor)
         self.capacity = max(1, int(capacity))
         n = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
@@ -89,6 +95,7 @@ class FrameLoader:
 
     def _key(self, part: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple]:
         kw = video_kwargs(self.vision, part, self.factor)
+        kw["decoder"] = self.decoder
         path = str(part["video"])
         return path, kw, (path, tuple(sorted(kw.items())))
 

@@ -193,7 +193,7 @@ class TransformersEngine:
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
-                                  capacity=max(32, 4 * self.batch_size))
+                                  capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder)
         self.prefetch_videos = self.frames.lookahead
 
     # ------------------------------------------------------------------ interface
