@@ -12,12 +12,23 @@
 Checks the luma plane of every sampled frame against the software decoder's (NVDEC is bit-exact
 for conformant H.264 in principle; the RGB conversion may differ). Not a test; figures go to
 benchmarks/RESULTS.md.
+
+    python3 benchmarks/bench_nvdec.py --load-video [--clip PATH] [--real PATH] [--runs 5]
+                                      [--workers 4,8,12] [--json OUT]
+
+measures avcap's own paths instead: `avcap.video.load_video(decoder="nvdec")` against
+`decoder="cpu"` (16 frames, max_pixels 360000 -> 736x448, the caption benchmark's settings):
+per-clip seconds (median of --runs, one process, decoder thread_count 1), clips/s through the
+engine's `FrameLoader(processes=True)` with each --workers count (distinct file names, so every
+video is decoded anew), GPU memory the workers hold, and parity — full-size RGB (our NV12 colour
+conversion vs swscale's) and the final resized uint8 frames — on the clip and on --real footage.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -198,5 +209,161 @@ def _procs(out: dict, clip: Path, a) -> None:
         Path(a.json).write_text(json.dumps(out, indent=1))
 
 
+# ----------------------------------------------------------------------------- avcap.video decoder="nvdec"
+
+LOAD_KW = dict(nframes=16, max_pixels=360000, factor=32)
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> dict:
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return {"max_abs_diff": int(d.max()), "mean_abs_diff": float(d.mean()), "frac_differing": float((d > 0).mean())}
+
+
+def full_size_parity(path: Path) -> dict:
+    """Full-size RGB of the 16 sampled frames: NVDEC + our NV12 conversion (on the GPU) vs the
+    software decoder + swscale (avcap's CPU path), and the colour tags both decoders report."""
+    hw = V._nvdec_hwaccel(path)
+    got = {}
+    for mode in ("cpu", "nvdec"):
+        c = V._open(path, hw if mode == "nvdec" else None)
+        try:
+            s = c.streams.video[0]
+            index = V._build_index(path, c, s)
+            idx = V.plan_sampling(V._info_from(path, s, index), **LOAD_KW).frame_indices
+            tags = []
+
+            def convert(fr, mode=mode, tags=tags):
+                tags.append((int(fr.colorspace), int(fr.color_range)))
+                if mode == "cpu":
+                    return V._to_rgb(fr)
+                y, uv = V._nvdec_planes(path, fr)
+                rgb = V._rgb_from_nv12(path, y, uv, fr.colorspace, fr.color_range, fr.height, fr.width)
+                return rgb.permute(1, 2, 0).contiguous().cpu().numpy()
+
+            frames = V._decode_sparse(path, c, s, index, idx, convert=convert)
+        finally:
+            c.close()
+        got[mode] = (np.stack([frames[i] for i in idx]), sorted(set(tags)))
+    out = _diff(got["nvdec"][0], got["cpu"][0])
+    out.update(colour_tags_cpu=got["cpu"][1], colour_tags_nvdec=got["nvdec"][1], frames=len(got["cpu"][0]),
+               size=list(got["cpu"][0].shape[1:3]))
+    return out
+
+
+def resized_parity(path: Path) -> dict:
+    a = V.load_video(path, decoder="cpu", **LOAD_KW)
+    b = V.load_video(path, decoder="nvdec", **LOAD_KW)
+    assert a.frame_indices == b.frame_indices and a.frames.shape == b.frames.shape
+    return {**_diff(b.frames, a.frames), "shape": list(a.frames.shape), "notes_cpu": a.notes, "notes_nvdec": b.notes}
+
+
+def _names(clip: Path, root: Path, count: int, tag: str) -> list[str]:
+    d = root / tag
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k in range(count):
+        p = d / f"v{k:04d}.mp4"
+        if not p.exists():
+            p.symlink_to(clip.resolve())
+        out.append(str(p))
+    return out
+
+
+def _gpu_used_mib() -> float:
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**20
+
+
+def loader_throughput(clip: Path, decoder: str, workers: int, processes: bool, per_worker: int = 3) -> dict:
+    """clips/s through the engine's FrameLoader: warm the workers (spawn, imports, CUDA) on `workers`
+    videos, then time `per_worker * workers` distinct videos queued at once."""
+    from avcap.config import Vision
+    from avcap.engines.frames import FrameLoader
+
+    vision = Vision(nframes=LOAD_KW["nframes"], max_pixels=LOAD_KW["max_pixels"])
+    tag = f"{decoder}-{'p' if processes else 't'}{workers}"
+    names = _names(clip, clip.parent / "names", workers * (per_worker + 1), tag)
+    warm, timed = names[:workers], names[workers:]
+    parts = lambda ns: [{"type": "video", "video": n} for n in ns]  # noqa: E731
+    used0 = _gpu_used_mib()
+    loader = FrameLoader(vision, LOAD_KW["factor"], workers=workers, processes=processes,
+                         capacity=len(names) + 1, decoder=decoder)
+    try:
+        t = time.perf_counter()
+        futs = [loader._future(p) for p in parts(warm)]
+        [f.result() for f in futs]
+        warm_s = time.perf_counter() - t
+        used = _gpu_used_mib()
+        t = time.perf_counter()
+        futs = [loader._future(p) for p in parts(timed)]
+        [f.result() for f in futs]
+        dt = time.perf_counter() - t
+    finally:
+        loader.close()
+    return {"decoder": decoder, "workers": workers, "processes": processes, "videos": len(timed),
+            "seconds": round(dt, 2), "clips_per_s": round(len(timed) / dt, 2), "warmup_s": round(warm_s, 1),
+            "gpu_mib_held_by_workers": round(used - used0)}
+
+
+def bench_load_video(a) -> None:
+    import platform
+
+    import av
+    import torch
+    import torchvision
+
+    import bench_decode
+
+    clip = Path(a.clip)
+    out: dict = {"clip": str(clip), "load_video_kwargs": LOAD_KW, "date": time.strftime("%Y-%m-%d"),
+                 "versions": {"python": platform.python_version(), "av": av.__version__,
+                              "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+                              "torch": torch.__version__, "torchvision": torchvision.__version__},
+                 "gpu": torch.cuda.get_device_name(0), "cpu": platform.processor() or platform.machine(),
+                 "cpus": os.cpu_count()}
+
+    def dump():
+        print(json.dumps(out), flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=1))
+
+    if not clip.exists():
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        bench_decode.make_clip(clip)
+        out["render_s"] = round(time.perf_counter() - t, 1)
+    out["clip_mbytes"] = round(clip.stat().st_size / 1e6, 1)
+    torch.zeros(1, device="cuda")  # CUDA context of this process, outside the timings
+    out["parity_full_size_rgb"] = {"clip": full_size_parity(clip)}
+    out["parity_resized"] = {"clip": resized_parity(clip)}
+    if a.real and Path(a.real).exists():
+        out["parity_full_size_rgb"]["real"] = full_size_parity(Path(a.real))
+        out["parity_resized"]["real"] = resized_parity(Path(a.real))
+    dump()
+    for decoder in ("cpu", "nvdec"):
+        V.load_video(clip, decoder=decoder, **LOAD_KW)  # warm
+        out[f"load_video_{decoder}_s"] = round(median_time(lambda: V.load_video(clip, decoder=decoder, **LOAD_KW), a.runs), 3)
+    dump()
+    out["frame_loader"] = []
+    for workers in [int(w) for w in a.workers.split(",")]:
+        out["frame_loader"].append(loader_throughput(clip, "nvdec", workers, processes=True))
+        dump()
+    for decoder, workers, processes in (("nvdec", 8, False), ("cpu", 16, True)):
+        out["frame_loader"].append(loader_throughput(clip, decoder, workers, processes=processes))
+        dump()
+
+
 if __name__ == "__main__":
-    main()
+    if "--load-video" in sys.argv:
+        ap = argparse.ArgumentParser(description="avcap.video load_video decoder=nvdec vs cpu")
+        ap.add_argument("--load-video", action="store_true")
+        ap.add_argument("--clip", default="/tmp/avcap-nvdec/clip.mp4")
+        ap.add_argument("--real", default=None, help="real footage for the parity check (e.g. the udacity clip)")
+        ap.add_argument("--runs", type=int, default=5)
+        ap.add_argument("--workers", default="4,8,12")
+        ap.add_argument("--json", default=None)
+        bench_load_video(ap.parse_args())
+    else:
+        main()
