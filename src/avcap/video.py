@@ -680,14 +680,14 @@ def _nvdec_planes(path: Path, frame):
     """(y, uv) of a CUDA frame: torch views of the decoder's NV12 surface (no copy)."""
     import torch
 
-    if frame.format.name != "cuda":
+    sw = getattr(frame, "sw_format", None)
+    if frame.format.name != "cuda" or sw is None:
         raise VideoError(path, f"decoder='nvdec': NVDEC did not decode this stream (it gave {frame.format.name} frames)")
-    planes = frame.planes
-    # PyAV synchronises the decoder itself (stream=None); the capsule holds a reference to the surface
-    y, uv = (torch.from_dlpack(p.__dlpack__(stream=None)) for p in planes[:2])
-    if len(planes) != 2 or y.dtype != torch.uint8:
+    if sw.name != "nv12":
         raise VideoError(path, f"decoder='nvdec': only 8-bit 4:2:0 video (NV12 surfaces) is converted, "
-                         f"got {len(planes)} planes of {y.dtype}; use decoder='cpu'")
+                         f"NVDEC gave {sw.name}; use decoder='cpu'")
+    # PyAV synchronises the decoder itself (stream=None); the capsule holds a reference to the surface
+    y, uv = (torch.from_dlpack(p.__dlpack__(stream=None)) for p in frame.planes[:2])
     return y, uv
 
 
