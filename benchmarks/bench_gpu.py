@@ -690,12 +690,13 @@ def run_plain_batched(model, processor, names, vision, factor, args, device) -> 
 
 
 def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True, graphs: bool = True,
-                processes: bool = False):
+                processes: bool = False, compile: bool = False):
     from avcap.config import Engine as EngineConfig
     from avcap.engines.transformers_engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
-                       prefill_batch=args.prefill_batch, cuda_graphs=graphs)
+                       prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
+                       **({"decoder": args.decoder} if args.decoder != "cpu" else {}))
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
                               decode_workers=args.decode_workers, decode_processes=processes)
 
@@ -755,9 +756,15 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
 
 
 def unpatch(model) -> None:
-    """Undo the engine's linear patch embedding, so the plain baselines run transformers as shipped."""
+    """Undo the engine's linear patch embedding, packed vision attention and compiled blocks, so the
+    plain baselines run transformers as shipped."""
     pe = model.model.visual.patch_embed
     pe.__dict__.pop("forward", None)
+    pe.__dict__.pop("_avcap_linear", None)
+    for m in model.modules():
+        for flag in ("_avcap_packed", "_avcap_compiled"):
+            if m.__dict__.pop(flag, None):
+                m.__dict__.pop("forward", None)
     pe.__dict__.pop("_avcap_linear", None)
 
 
@@ -913,32 +920,38 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
     cap_batch = args.caption_batch_8b if size == "8B" else args.caption_batch
     offset = 0
     if "engine" in args.paths:  # avcap's engine first: it is what the targets are about
-        if left(args.deadline) > args.need_engine:
-            eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, processes=processes)
+        for variant in args.engine_variants.split(","):  # eager, compile: [avcap.engine] compile
+            tag = "" if variant == "eager" else f"_{variant}"
+            if left(args.deadline) <= args.need_engine:
+                res[f"engine_caption{tag}"] = {"skipped": "deadline"}
+                continue
+            eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, processes=processes,
+                              compile=variant == "compile")
             try:
                 n = cap_batch * (args.caption_chunks_2b or args.caption_chunks if size == "2B" else args.caption_chunks)
                 reqs = [Request(f"c{i}", caption_messages(p)) for i, p in enumerate(pool[offset: offset + n])]
                 offset += n
-                res["engine_caption"] = _guard(lambda: run_engine(eng, reqs, caption_sampling(args), args.caption_tokens, 1.0,
-                                                                  f"{size} caption", 2 * args.decode_workers))
+                res[f"engine_caption{tag}"] = _guard(lambda: run_engine(
+                    eng, reqs, caption_sampling(args), args.caption_tokens, 1.0, f"{size} caption {variant}",
+                    2 * args.decode_workers))
                 _free()
-                if left(args.deadline) > args.need_engine_mcq:
+                if left(args.deadline) > args.need_engine_mcq and "mcq" in args.engine_tasks:
                     eng.batch_size = args.mcq_batch
                     nv = (args.mcq_batch // args.questions) * args.mcq_chunks
                     reqs = [Request(f"v{v}q{k}", mcq_messages(p, k)) for v, p in enumerate(pool[offset: offset + nv])
                             for k in range(args.questions)]
                     offset += nv
-                    res["engine_mcq"] = _guard(lambda: run_engine(eng, reqs, mcq_sampling(args), 0, 1 / args.questions,
-                                                                  f"{size} mcq", 2 * args.decode_workers))
+                    res[f"engine_mcq{tag}"] = _guard(lambda: run_engine(
+                        eng, reqs, mcq_sampling(args), 0, 1 / args.questions, f"{size} mcq {variant}",
+                        2 * args.decode_workers))
                 else:
-                    res["engine_mcq"] = {"skipped": "deadline"}
+                    res[f"engine_mcq{tag}"] = {"skipped": "deadline or not asked"}
             finally:
                 eng.close()
                 del eng
-        else:
-            res["engine_caption"] = {"skipped": "deadline"}
-        _free()
-        save()
+                unpatch(model)
+            _free()
+            save()
     rest = pool[offset:]
     if "check" in args.paths and size in args.check_sizes.split(",") and left(args.deadline) > args.need_check:
         res["check"] = _guard(lambda: check_equivalence(model, tiny_dir, vision, rest, args))
@@ -1011,6 +1024,8 @@ def table() -> str:
                     (f"plain generate (batch {RESULTS.get('args', {}).get('plain_batch')})",
                      (r.get("plain_batched") or {}).get(task, r.get("plain_batched"))),
                     ("avcap engine", r.get(f"engine_{task}"))]
+            rows += [(f"avcap engine, {k[len(f'engine_{task}_'):]}", v) for k, v in r.items()
+                     if k.startswith(f"engine_{task}_")]
             for name, v in rows:
                 if not isinstance(v, dict) or "videos_per_s" not in v:
                     why = (v.get("error") or v.get("skipped")) if isinstance(v, dict) else "-"
@@ -1069,6 +1084,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mcq-batch", type=int, default=48)
     ap.add_argument("--mcq-chunks", type=int, default=3)
     ap.add_argument("--prefill-batch", type=int, default=8)
+    ap.add_argument("--engine-variants", default="eager", help="comma-separated: eager, compile ([avcap.engine] compile)")
+    ap.add_argument("--engine-tasks", default="caption,mcq")
+    ap.add_argument("--decoder", default="cpu", help="[avcap.engine] decoder for the engine runs (cpu | nvdec)")
     ap.add_argument("--questions", type=int, default=12)
     ap.add_argument("--caption-tokens", type=int, default=256)
     ap.add_argument("--mcq-tokens", type=int, default=8)
@@ -1154,7 +1172,7 @@ def main(argv=None) -> int:
         print(table())
         return 1
 
-    names_infer = clip_names(work, clips["clips"], 600, "infer")
+    names_infer = clip_names(work, clips["clips"], 1200, "infer")
     decode_best = args.decode_mode if args.decode_mode != "auto" else "threads"
     if "decode" in sections and args.decode_mode == "auto":
         names_dec = clip_names(work, clips["clips"], 3 * args.decode_workers, "decode")
@@ -1168,7 +1186,7 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         # each size gets its own file names (no decoded video is ever reused across sections)
         pool = names_infer[offset:]
-        offset += 300 if not args.tiny else 40
+        offset += 600 if not args.tiny else 80
         section(f"infer_{size}", 60, args.deadline,
                 lambda size=size, pool=pool: run_infer(size, args, tiny_dir, {"infer": pool}, peak, decode_best, device))
     print(table())
