@@ -18,6 +18,11 @@ shapes at the caption batch (64 rows, S = 3,328 slots):
 Each variant's output is compared with a float32 reference on the valid slots; time per call is
 the median of CUDA-event timings; bandwidth = K + V bytes read / time.
 
+It also times the token choice that follows every decode step on (64, 151,936) float32 logits
+with the recipe's caption sampling (temperature 0.7, top-k 20, top-p 0.8, presence penalty 1.5,
+min_tokens) and greedy: `transformers_warpers` (transformers' warpers over the whole vocabulary, the
+engine's way until 2026-11-24) against avcap.engines.fast_generate.Chooser (top-k candidates only).
+
     python3 benchmarks/bench_decode_attention.py --out $OUT
 """
 
@@ -114,6 +119,35 @@ def time_call(fn, iters: int = 50, repeats: int = 5) -> float:
     return statistics.median(meds) / 1000.0
 
 
+def time_choosers(batch: int, vocab: int = 151936) -> dict:
+    from avcap.engines.fast_generate import Chooser, SamplingSpec
+
+    def warpers_way(spec, seen):
+        def run(logits):
+            x = logits - spec.presence_penalty * seen.to(logits.dtype)
+            for w in spec.warpers():
+                x = w(None, x)
+            return torch.multinomial(torch.softmax(x, dim=-1), num_samples=1).squeeze(1)
+        return run
+
+    out = {}
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(batch, vocab, device="cuda", generator=g) * 3
+    caption = SamplingSpec(temperature=0.7, top_k=20, top_p=0.8, presence_penalty=1.5, min_new_tokens=256)
+    seen = torch.zeros(batch, vocab, dtype=torch.bool, device="cuda")
+    seen[:, :200] = True
+    ch = Chooser(caption, batch, vocab, eos=[151645, 151643], pad=151643, device="cuda")
+    greedy = Chooser(SamplingSpec(), batch, vocab, eos=[151645, 151643], pad=151643, device="cuda")
+    ways = {"caption_transformers_warpers": lambda: warpers_way(caption, seen)(logits),
+            "caption_chooser": lambda: ch(logits.clone(), 0),
+            "greedy_chooser": lambda: greedy(logits.clone(), 0),
+            "clone_only": lambda: logits.clone()}
+    for name, fn in ways.items():
+        out[name] = {"ms": round(time_call(fn) * 1e3, 4)}
+        print("chooser", name, out[name], flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT") or ".")
@@ -162,6 +196,7 @@ def main(argv=None) -> int:
             print(name, vn, out[vn], flush=True)
         res["shapes"][name] = {"batch": b, "heads": heads, "kv_heads": kv, "slots": s, "kv_gb": round(kv_bytes / 1e9, 3),
                                "variants": out}
+    res["chooser"] = time_choosers(args.batch)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_decode_attention.json"), "w") as f:
         json.dump(res, f, indent=1)

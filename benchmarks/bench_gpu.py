@@ -747,12 +747,37 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
            "peak_gib": peak_gb()}
     if fast is not None:
         out["fast_phases"] = {k: round(fast.timings[k] - t_fast0[k], 3) for k in fast.timings}
+        graph = getattr(fast, "_graph", None)
+        if graph is not None and not args_tiny():  # the decode step alone: graph replays back to back
+            out["decode_step_replay_ms"] = round(_time_replay(graph["run"]) * 1e3, 3)
         out["prep_s_total"] = round(sum(r.extra.get("prep_s", 0) for r in ok), 3)
         if fast.graph_error:
             out["graph_error"] = fast.graph_error
     log(f"engine {label}: { {k: v for k, v in out.items() if k != 'chunks'} }")
     save()
     return out
+
+
+def args_tiny() -> bool:
+    return bool(RESULTS.get("args", {}).get("tiny"))
+
+
+def _time_replay(run, n: int = 20) -> float:
+    """Median seconds of one decode-step replay (rewrites the current slot: the batch is done)."""
+    import torch
+
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(5):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record()
+        for _ in range(n):
+            run()
+        en.record()
+        torch.cuda.synchronize()
+        times.append(st.elapsed_time(en) / n / 1e3)
+    return statistics.median(times)
 
 
 def unpatch(model) -> None:

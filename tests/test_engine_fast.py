@@ -236,3 +236,41 @@ def test_compiled_engine_gives_the_eager_outputs(varied_model_dir, engines, clip
         assert (got - ref).abs().max() / ref.abs().max() < 1e-5
     finally:
         compiled.close()
+
+
+def test_chooser_probabilities_equal_transformers_warpers():
+    """The fast path's top-k/top-p on the top candidates = transformers' warpers on the whole vocabulary."""
+    from avcap.engines.fast_generate import Chooser, SamplingSpec
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5000, generator=g) * 4
+    logits[0, :40] = 30.0  # 40 tokens tied at the top: more than top-k, fewer than top-k + margin
+    for top_k, top_p in ((20, 0.8), (20, 1.0), (5, 0.3), (50, 0.95)):
+        spec = SamplingSpec(temperature=0.7, top_k=top_k, top_p=top_p)
+        ch = Chooser(spec, 6, 5000, eos=[], pad=0, device="cpu")
+        got = ch._top_k_top_p(logits / 0.7)
+        ref = logits / 0.7
+        for w in spec.warpers()[1:]:  # temperature applied above
+            ref = w(None, ref)
+        ref = torch.softmax(ref, dim=-1)
+        rows = slice(1, None) if top_p < 1 else slice(None)  # ties + top-p: the order among ties is arbitrary
+        assert torch.allclose(got[rows], ref[rows], atol=1e-7, rtol=1e-6), (top_k, top_p)
+        assert ((got > 0) == (ref > 0))[rows].all()
+        assert torch.allclose(got.sum(-1), torch.ones(6))
+        if top_p == 1.0:
+            assert int((got[0] > 0).sum()) == 40  # every tie kept, like transformers
+
+
+def test_chooser_presence_penalty_and_min_tokens():
+    from avcap.engines.fast_generate import Chooser, SamplingSpec
+
+    spec = SamplingSpec(temperature=0.0, presence_penalty=1.5, min_new_tokens=2)
+    ch = Chooser(spec, 2, 10, eos=[9], pad=0, device="cpu")
+    logits = torch.zeros(2, 10)
+    logits[:, 9] = 5.0  # EOS is best but masked for the first 2 tokens
+    logits[:, 3] = 1.0
+    logits[:, 4] = 0.9
+    assert ch(logits.clone(), 0).tolist() == [3, 3]
+    assert ch(logits.clone(), 1).tolist() == [4, 4]  # 3 was seen: 1.0 - 1.5 < 0.9
+    assert ch(logits.clone(), 2).tolist() == [9, 9]  # EOS allowed now
+    assert ch(logits.clone(), 3).tolist() == [0, 0] and not ch.unfinished.any()  # finished rows emit pad

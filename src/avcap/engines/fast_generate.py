@@ -176,8 +176,20 @@ class SamplingSpec:
         return out
 
 
+TIE_MARGIN = 32  # extra top-k candidates kept for logits tied with the k-th (bf16 logits tie often)
+
+
 class Chooser:
-    """Next tokens from float32 logits (B, V), generate's processors in generate's order."""
+    """Next tokens from float32 logits (B, V), generate's processors in generate's order.
+
+    The same distribution as transformers' warpers with less work on a 152k vocabulary: the
+    presence penalty is one subtraction of a (B, V) tensor that holds the penalty at seen tokens;
+    with top-k (and top-p) only the top k + TIE_MARGIN candidates are sorted and filtered (every
+    other token is -inf after top-k, so transformers' full-vocabulary sort only moves -inf values,
+    which add exactly 0 to the softmax and its cumulative sum); the kept probabilities are scattered
+    into a zero (B, V) tensor and drawn with `torch.multinomial` over the full vocabulary, so the
+    random draws are those of `generate`. Logits tied with the k-th beyond the margin are dropped
+    (transformers keeps every tie). Top-p without top-k uses transformers' own warper."""
 
     def __init__(self, spec: SamplingSpec, batch: int, vocab: int, eos: Sequence[int], pad: int, device):
         import torch
@@ -186,29 +198,53 @@ class Chooser:
         self.eos = torch.tensor(sorted(set(int(e) for e in eos)), dtype=torch.long, device=device)
         self.pad = int(pad)
         self.sample = spec.temperature > 0
-        self.warpers = spec.warpers() if self.sample else []
-        self.seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device) if spec.presence_penalty else None
+        self.top_k = min(spec.top_k, vocab) if spec.top_k > 0 else 0
+        self.candidates = min(vocab, self.top_k + TIE_MARGIN)
+        self.warpers = [] if not self.sample or self.top_k else spec.warpers()
+        self.penalty = (torch.zeros(batch, vocab, dtype=torch.float32, device=device)
+                        if spec.presence_penalty else None)
         self.unfinished = torch.ones(batch, dtype=torch.bool, device=device)
 
     def __call__(self, logits, step: int):
         import torch
 
         if step < self.spec.min_new_tokens and self.eos.numel():
-            logits[:, self.eos] = float("-inf")
-        if self.seen is not None:
-            logits = logits - self.spec.presence_penalty * self.seen.to(logits.dtype)
+            logits.index_fill_(1, self.eos, float("-inf"))
+        if self.penalty is not None:
+            logits = logits - self.penalty
         if self.sample:
-            for w in self.warpers:
-                logits = w(None, logits)
-            tok = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(1)
+            if self.spec.temperature != 1.0:
+                logits = logits / self.spec.temperature
+            if self.top_k:
+                probs = self._top_k_top_p(logits)
+            else:
+                for w in self.warpers:
+                    logits = w(None, logits)
+                probs = torch.softmax(logits, dim=-1)
+            tok = torch.multinomial(probs, num_samples=1).squeeze(1)
         else:
             tok = torch.argmax(logits, dim=-1)
         tok = torch.where(self.unfinished, tok, torch.full_like(tok, self.pad))
         if self.eos.numel():
             self.unfinished &= ~torch.isin(tok, self.eos)
-        if self.seen is not None:
-            self.seen.scatter_(1, tok[:, None], True)
+        if self.penalty is not None:
+            self.penalty.scatter_(1, tok[:, None], self.spec.presence_penalty)
         return tok
+
+    def _top_k_top_p(self, logits):
+        """Probabilities (B, V) after transformers' TopK then TopP warpers (min_tokens_to_keep 1)."""
+        import torch
+
+        vals, idx = torch.topk(logits, self.candidates, dim=-1)  # descending
+        kth = vals[:, self.top_k - 1: self.top_k]
+        vals = vals.masked_fill(vals < kth, float("-inf"))
+        if self.spec.top_p < 1.0:
+            asc = vals.flip(-1)  # transformers sorts ascending and removes the low tail
+            cum = torch.softmax(asc, dim=-1).cumsum(dim=-1)
+            remove = cum <= 1 - self.spec.top_p
+            remove[:, -1] = False
+            vals = asc.masked_fill(remove, float("-inf")).flip(-1)
+        return torch.zeros_like(logits).scatter_(1, idx, torch.softmax(vals, dim=-1))
 
 
 # ----------------------------------------------------------------------------- batch layout
