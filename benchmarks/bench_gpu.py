@@ -690,13 +690,13 @@ def run_plain_batched(model, processor, names, vision, factor, args, device) -> 
 
 
 def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True, graphs: bool = True,
-                processes: bool = False, compile: bool = False):
+                processes: bool = False, compile: bool = False, decoder: str | None = None):
     from avcap.config import Engine as EngineConfig
     from avcap.engines.transformers_engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
-                       **({"decoder": args.decoder} if args.decoder != "cpu" else {}))
+                       decoder=decoder or args.decoder)
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
                               decode_workers=args.decode_workers, decode_processes=processes)
 
@@ -951,7 +951,8 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 res[f"engine_caption{tag}"] = {"skipped": "deadline"}
                 continue
             eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, processes=processes,
-                              compile=variant == "compile")
+                              compile="compile" in variant.split("+"),
+                              decoder="nvdec" if "nvdec" in variant.split("+") else None)
             try:
                 n = cap_batch * (args.caption_chunks_2b or args.caption_chunks if size == "2B" else args.caption_chunks)
                 reqs = [Request(f"c{i}", caption_messages(p)) for i, p in enumerate(pool[offset: offset + n])]
@@ -1109,7 +1110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mcq-batch", type=int, default=48)
     ap.add_argument("--mcq-chunks", type=int, default=3)
     ap.add_argument("--prefill-batch", type=int, default=8)
-    ap.add_argument("--engine-variants", default="eager", help="comma-separated: eager, compile ([avcap.engine] compile)")
+    ap.add_argument("--engine-variants", default="eager", help="comma-separated: eager, compile ([avcap.engine] compile), nvdec ([avcap.engine] decoder), "
+                         "compile+nvdec")
     ap.add_argument("--engine-tasks", default="caption,mcq")
     ap.add_argument("--decoder", default="cpu", help="[avcap.engine] decoder for the engine runs (cpu | nvdec)")
     ap.add_argument("--questions", type=int, default=12)
