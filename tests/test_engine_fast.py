@@ -274,3 +274,23 @@ def test_chooser_presence_penalty_and_min_tokens():
     assert ch(logits.clone(), 1).tolist() == [4, 4]  # 3 was seen: 1.0 - 1.5 < 0.9
     assert ch(logits.clone(), 2).tolist() == [9, 9]  # EOS allowed now
     assert ch(logits.clone(), 3).tolist() == [0, 0] and not ch.unfinished.any()  # finished rows emit pad
+
+
+def test_prefetched_requests_are_prepared_during_the_previous_batch(engines, clips, infer_data_dir):
+    """prefetch(next) + generate(current): the next list's processor work runs in the background;
+    its results equal a plain call's, a bad video still fails only its own request."""
+    fast, plain = engines
+    bad = str(infer_data_dir / "AV_CAPTION" / "videos" / "av99999.mp4")
+    first = _mixed_requests(clips)[:4]
+    nxt = [Request(f"n{i}", build_messages(SYSTEM, f"Describe clip {i}.", c)) for i, c in enumerate(clips)]
+    nxt.append(Request("bad", build_messages(SYSTEM, "Describe.", bad)))
+    s = Sampling(temperature=0, max_tokens=8)
+    fast.prefetch(nxt)
+    a = fast.generate(first, s)
+    assert fast._prep is not None and fast._prep[0] == tuple(r.key for r in nxt)
+    b = fast.generate(nxt, s)
+    assert not any(r.extra.get("prepared_ahead") for r in a)
+    assert all(r.extra["prepared_ahead"] for r in b if r.error is None)
+    assert b[-1].error and "av99999.mp4" in b[-1].error and all(r.error is None for r in b[:-1])
+    assert _outputs(b) == _outputs(plain.generate(nxt, s))
+    assert _outputs(a) == _outputs(plain.generate(first, s))

@@ -46,6 +46,9 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
 from avcap.config import Engine as EngineConfig
@@ -195,42 +198,99 @@ class TransformersEngine:
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
                                   capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder)
         self.prefetch_videos = self.frames.lookahead
+        # the fast path's processor work for the next prefetched request list runs on this thread
+        # while the model works on the current one (see `prefetch`)
+        self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="avcap-prep") if self.fast is not None else None
+        self._prep_lock = threading.Lock()  # the processor is not thread-safe (inputs_for toggles it)
+        self._pending: deque[list[Request]] = deque()
+        self._prep: Optional[tuple[tuple[str, ...], Future]] = None
 
     # ------------------------------------------------------------------ interface
 
     def prefetch(self, requests: list[Request]) -> None:
+        """Decode the videos of `requests` ahead; on the fast path also run the processor for
+        them in the background during the next `generate` call, when that call is for other
+        requests (`avcap infer` prefetches the next batches while one runs)."""
         self.frames.prefetch(requests)
+        if self._prep_pool is not None:
+            self._pending.append(list(requests))
 
     def generate(self, requests: list[Request], sampling: Sampling, *, min_tokens: int = 0) -> list[Result]:
         """Results in request order. `min_tokens`: no end-of-sequence before that many new tokens
         (vLLM's `min_tokens`; for throughput measurements, every row then really generates)."""
         self.frames.prefetch(requests)
-        results: dict[str, Result] = {}
-        ready: list[tuple[Request, list]] = []
-        self.frame_wait_s = 0.0
-        for req in requests:
-            t0 = time.perf_counter()
-            frames, error = load_request_frames(self.frames, req)
-            self.frame_wait_s += time.perf_counter() - t0
-            if error is not None:
-                results[req.key] = Result(key=req.key, text=None, error=error)
-            else:
-                ready.append((req, frames))
-        for i in range(0, len(ready), self.batch_size):
-            chunk = ready[i : i + self.batch_size]
-            for res in self._generate_safely(chunk, sampling, min_tokens):
+        t0 = time.perf_counter()
+        prepared = self._take_prepared(requests)
+        if prepared is None:
+            prepared = self._prepare(requests)
+        self.frame_wait_s = time.perf_counter() - t0
+        self._start_next_prep(requests)
+        results, chunks = prepared
+        for chunk, inputs in chunks:
+            for res in self._generate_safely(chunk, sampling, min_tokens, inputs):
                 results[res.key] = res
         return [results[r.key] for r in requests]
 
     def close(self) -> None:
+        if self._prep_pool is not None:
+            self._prep_pool.shutdown(wait=True, cancel_futures=True)
         self.frames.close()
+
+    # ------------------------------------------------------------------ preparation
+
+    def _prepare(self, requests: list[Request], shared: bool = False):
+        """Frames of every request (errors as Results) and the batches; with `shared` also each
+        batch's fast-path inputs (`shared_inputs_for`), else None."""
+        results: dict[str, Result] = {}
+        ready: list[tuple[Request, list]] = []
+        for req in requests:
+            frames, error = load_request_frames(self.frames, req)
+            if error is not None:
+                results[req.key] = Result(key=req.key, text=None, error=error)
+            else:
+                ready.append((req, frames))
+        chunks = []
+        for i in range(0, len(ready), self.batch_size):
+            chunk = ready[i : i + self.batch_size]
+            inputs = None
+            if shared:
+                try:
+                    with self._prep_lock:
+                        inputs = self.shared_inputs_for(chunk)
+                except Exception:  # the batch then prepares (and fails request by request) inline
+                    inputs = None
+            chunks.append((chunk, inputs))
+        return results, chunks
+
+    def _take_prepared(self, requests: list[Request]):
+        if self._prep is None or self._prep[0] != tuple(r.key for r in requests):
+            return None
+        fut = self._prep[1]
+        self._prep = None
+        try:
+            return fut.result()
+        except Exception:
+            return None
+
+    def _start_next_prep(self, current: list[Request]) -> None:
+        """Prepare the first prefetched request list that is not `current`, if none is in flight."""
+        if self._prep_pool is None or self._prep is not None:
+            return
+        keys = tuple(r.key for r in current)
+        while self._pending and tuple(r.key for r in self._pending[0]) == keys:
+            self._pending.popleft()
+        if self._pending:
+            nxt = self._pending.popleft()
+            self._prep = (tuple(r.key for r in nxt), self._prep_pool.submit(self._prepare, nxt, True))
 
     # ------------------------------------------------------------------ batches
 
-    def _generate_safely(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0) -> list[Result]:
-        """One batch; if it fails, each request alone, so only the culprit gets the error."""
+    def _generate_safely(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0,
+                         inputs=None) -> list[Result]:
+        """One batch; if it fails, each request alone, so only the culprit gets the error.
+        `inputs`: the batch's `shared_inputs_for`, when prepared ahead."""
         try:
-            return self._generate_batch(chunk, sampling, min_tokens)
+            return self._generate_batch(chunk, sampling, min_tokens, inputs)
         except Exception as exc:
             if len(chunk) > 1:
                 self._free_memory()
@@ -361,11 +421,12 @@ class TransformersEngine:
             out["video_grid_thw"] = torch.cat(grids)
         return out, (pixels or None)
 
-    def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0) -> list[Result]:
+    def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0,
+                        inputs=None) -> list[Result]:
         import torch
 
         with torch.inference_mode():
-            return self._generate_batch_nograd(chunk, sampling, min_tokens)
+            return self._generate_batch_nograd(chunk, sampling, min_tokens, inputs)
 
     def _fast_spec(self, sampling: Sampling, min_tokens: int):
         if self.fast is None:
@@ -377,17 +438,22 @@ class TransformersEngine:
         except NotSupported:
             return None
 
-    def _generate_batch_nograd(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0) -> list[Result]:
+    def _generate_batch_nograd(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0,
+                               inputs=None) -> list[Result]:
         import torch
 
         t0 = time.perf_counter()
         spec = self._fast_spec(sampling, min_tokens)
         new = None
         path = "fast"
+        ahead = inputs is not None
         if spec is not None:
             from avcap.engines.fast_generate import NotSupported
 
-            batch, video_pixels = self.shared_inputs_for(chunk)
+            if inputs is None:
+                with self._prep_lock:
+                    inputs = self.shared_inputs_for(chunk)
+            batch, video_pixels = inputs
             ids = batch["input_ids"]
             mask = batch["attention_mask"]
             row_videos = [[id(vf) for vf in frames] for _, frames in chunk]
@@ -404,7 +470,9 @@ class TransformersEngine:
         if new is None:
             path = "generate"
             t0 = time.perf_counter()
-            inputs = self.inputs_for(chunk).to(self.device)
+            with self._prep_lock:
+                inputs = self.inputs_for(chunk)
+            inputs = inputs.to(self.device)
             videos = [id(vf) for _, frames in chunk for vf in frames]  # the loader shares one object per video
             if self.share_vision and len(set(videos)) < len(videos):
                 inputs = self._encode_videos_once(inputs, videos)
@@ -435,6 +503,7 @@ class TransformersEngine:
                 "batch_size": len(chunk),
                 "path": path,
                 "prep_s": round(t_prep / len(chunk), 4),
+                "prepared_ahead": ahead and path == "fast",
                 "generate_s": round(t_gen / len(chunk), 4),
             }
             if frames:
