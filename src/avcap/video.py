@@ -657,7 +657,14 @@ def _nvdec_hwaccel(path: Path):
         if "cuda" not in hwdevices_available():
             raise VideoError(path, f"decoder='nvdec': PyAV {av.__version__}'s FFmpeg has no CUDA device support "
                              f"(it has: {', '.join(hwdevices_available()) or 'none'}); use decoder='cpu'")
-        return HWAccel("cuda", allow_software_fallback=False, is_hw_owned=True)
+        # FFmpeg decodes into torch's own CUDA context (the device's primary one), made current on
+        # this thread first: its default, retaining the primary context itself, refuses one that torch
+        # already started ("incompatible flags"), and a context of its own would hold surfaces that
+        # torch kernels cannot read
+        device = torch.cuda.current_device()
+        torch.cuda.current_stream(device).query()  # a runtime call: binds the primary context here
+        return HWAccel("cuda", device=str(device), allow_software_fallback=False, is_hw_owned=True,
+                       options={"primary_ctx": "0", "current_ctx": "1"})
     except (ImportError, TypeError) as exc:
         raise VideoError(path, f"decoder='nvdec' needs PyAV >= 18 (CUDA hwaccel with frames kept on the GPU); "
                          f"PyAV {av.__version__}: {exc}") from None
