@@ -302,6 +302,7 @@ def loader_throughput(clip: Path, decoder: str, workers: int, processes: bool, p
         dt = time.perf_counter() - t
     finally:
         loader.close()
+        loader._pool.shutdown(wait=True)  # workers gone before the next measurement reads GPU memory
     return {"decoder": decoder, "workers": workers, "processes": processes, "videos": len(timed),
             "seconds": round(dt, 2), "clips_per_s": round(len(timed) / dt, 2), "warmup_s": round(warm_s, 1),
             "gpu_mib_held_by_workers": round(used - used0)}
