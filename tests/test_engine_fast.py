@@ -221,6 +221,9 @@ def test_compiled_engine_gives_the_eager_outputs(varied_model_dir, engines, clip
         blocks = compiled.model.model.visual.blocks
         assert all(getattr(m, "_avcap_compiled", False) for m in [*layers, *blocks])
         assert all(getattr(b.attn, "_avcap_packed", False) for b in blocks)
+        from avcap.engines.fast_generate import attention_inputs, attention_output_and_mlp
+
+        assert compiled.fast.pieces != (attention_inputs, attention_output_and_mlp)  # decode steps compiled too
         reqs = _mixed_requests(clips)
         s = Sampling(temperature=0, max_tokens=10)
         a, b = compiled.generate(reqs, s), eager.generate(reqs, s)

@@ -107,35 +107,51 @@ def _round_up(n: int, k: int) -> int:
 # ----------------------------------------------------------------------------- the text stack
 
 
-def text_forward(model, hidden, cos, sin, kc, vc, slots, mask):
-    """Qwen3-VL's text decoder over the static cache: `hidden` (B, L, H) at cache `slots` (L,),
-    attending where `mask` (B, 1, L, S) is true. Writes the new keys/values into kc/vc
-    (layers, B, kv_heads, S, D) and returns the final-normed hidden states (B, L, H)."""
-    import torch.nn.functional as F
-
+def attention_inputs(layer, hidden, cos, sin):
+    """q, k, v (B, heads, L, D) of one Qwen3-VL text decoder layer: norm, projections, q/k norms, RoPE."""
     from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
+    a = layer.self_attn
+    b, n, _ = hidden.shape
+    d = a.head_dim
+    x = layer.input_layernorm(hidden)
+    q = a.q_norm(a.q_proj(x).view(b, n, -1, d)).transpose(1, 2)
+    k = a.k_norm(a.k_proj(x).view(b, n, -1, d)).transpose(1, 2)
+    v = a.v_proj(x).view(b, n, -1, d).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k, v
+
+
+def attention_output_and_mlp(layer, hidden, o):
+    """The rest of the layer after attention: `o` (B, heads, L, D) -> o_proj, residual, norm, MLP, residual."""
+    b, heads, n, d = o.shape
+    hidden = hidden + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, n, heads * d))
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+
+def text_forward(model, hidden, cos, sin, kc, vc, slots, mask, pieces=(attention_inputs, attention_output_and_mlp)):
+    """Qwen3-VL's text decoder over the static cache: `hidden` (B, L, H) at cache `slots` (L,),
+    attending where `mask` (B, 1, L, S) is true. Writes the new keys/values into kc/vc
+    (layers, B, kv_heads, S, D) and returns the final-normed hidden states (B, L, H).
+    `pieces`: the two halves of a layer around the cache write and attention (torch.compile'd
+    ones with `[avcap.engine] compile`; the cache write stays outside: in place, no copies)."""
+    import torch.nn.functional as F
+
+    pre, post = pieces
     lm = model.model.language_model
     b, n, _ = hidden.shape
+    m = None
     for i, layer in enumerate(lm.layers):
-        a = layer.self_attn
-        d = a.head_dim
-        x = layer.input_layernorm(hidden)
-        q = a.q_norm(a.q_proj(x).view(b, n, -1, d)).transpose(1, 2)
-        k = a.k_norm(a.k_proj(x).view(b, n, -1, d)).transpose(1, 2)
-        v = a.v_proj(x).view(b, n, -1, d).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k, v = pre(layer, hidden, cos, sin)
         kc[i].index_copy_(2, slots, k)
         vc[i].index_copy_(2, slots, v)
-        heads, kv_heads = q.shape[1], k.shape[1]
+        heads, kv_heads, d = q.shape[1], k.shape[1], q.shape[3]
         g = heads // kv_heads
-        # query heads h = kv * g + j share KV head kv: fold j into the query length
-        qg = q.reshape(b, kv_heads, g * n, d)
-        m = mask if g == 1 else mask.expand(b, 1, n, mask.shape[-1]).repeat(1, 1, g, 1)
-        o = F.scaled_dot_product_attention(qg, kc[i], vc[i], attn_mask=m, scale=a.scaling)
-        o = o.reshape(b, heads, n, d).transpose(1, 2).reshape(b, n, heads * d)
-        hidden = hidden + a.o_proj(o)
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        if m is None:  # query heads h = kv * g + j share KV head kv: fold j into the query length
+            m = mask if g == 1 else mask.expand(b, 1, n, mask.shape[-1]).repeat(1, 1, g, 1)
+        o = F.scaled_dot_product_attention(q.reshape(b, kv_heads, g * n, d), kc[i], vc[i], attn_mask=m,
+                                           scale=layer.self_attn.scaling)
+        hidden = post(layer, hidden, o.reshape(b, heads, n, d))
     return lm.norm(hidden)
 
 
@@ -302,10 +318,17 @@ class FastGenerator:
     """See the module docstring. One instance per engine; not thread-safe."""
 
     def __init__(self, model, *, pad_token_id: int, eos_token_ids: Sequence[int], prefill_batch: int = 8,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, compile: bool = False):
         if not supports(model):
             raise NotSupported(f"{type(model).__name__}: not a Qwen3-VL model")
         self.model = model
+        # the layer halves of text_forward (suffixes, decode steps); compiled: one graph serves every
+        # layer (parameters are graph inputs), fused norms/RoPE/SwiGLU inside the captured decode step
+        self.pieces = (attention_inputs, attention_output_and_mlp)
+        if compile:
+            import torch
+
+            self.pieces = tuple(torch.compile(f) for f in self.pieces)
         self.pad = int(pad_token_id)
         self.eos = [int(e) for e in eos_token_ids]
         self.prefill_batch = max(1, int(prefill_batch))
@@ -436,7 +459,7 @@ class FastGenerator:
         m = valid[:, None, None, :] & (kslot[None, None, None, :] <= slots[None, None, :, None])
         h = model.model.language_model.embed_tokens(sfx)
         cos, sin = rotary(model, h, pos[None].expand(3, b, ls))
-        h = text_forward(model, h, cos, sin, kc, vc, slots, m)
+        h = text_forward(model, h, cos, sin, kc, vc, slots, m, self.pieces)
         logits = model.lm_head(h[:, -1]).float()
         _sync(device)
         self.timings["suffix_s"] += time.perf_counter() - t1
@@ -520,7 +543,7 @@ class FastGenerator:
             valid.index_fill_(1, slot, True)
             h = model.model.language_model.embed_tokens(tok)[:, None, :]
             cos, sin = rotary(model, h, pos.view(1, b, 1).expand(3, b, 1))
-            h = text_forward(model, h, cos, sin, kc, vc, slot, valid[:, None, None, :])
+            h = text_forward(model, h, cos, sin, kc, vc, slot, valid[:, None, None, :], self.pieces)
             return model.lm_head(h[:, -1]).float()
 
         entry: dict[str, Any] = {"shape": (b, s_len), "tok": tok, "pos": pos, "slot": slot, "run": eager}

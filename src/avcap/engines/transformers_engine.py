@@ -109,6 +109,20 @@ def presence_penalty_processor(penalty: float, prompt_len: int):
     return PresencePenaltyLogitsProcessor()
 
 
+def _allow_recompiles(n: int) -> None:
+    """Let dynamo keep `n` compiled versions per function. transformers' DynamicCache makes each
+    decoder layer's compiled forward guard on that layer's cache entry, so a prefill compiles once
+    per layer (the inductor cache makes the repeats cheap); at the default limit of 8 the other
+    layers would silently run eagerly."""
+    import torch._dynamo
+
+    c = torch._dynamo.config
+    name = "recompile_limit" if hasattr(c, "recompile_limit") else "cache_size_limit"
+    setattr(c, name, max(getattr(c, name), n))
+    if hasattr(c, "accumulated_recompile_limit"):
+        c.accumulated_recompile_limit = max(c.accumulated_recompile_limit, 4 * n)
+
+
 class TransformersEngine:
     name = "transformers"
 
@@ -152,7 +166,8 @@ class TransformersEngine:
         if cfg.compile:
             from avcap.trainer.compile import compile_blocks
 
-            compile_blocks(self.model, linear_patch_embed=cuda)
+            counts = compile_blocks(self.model, linear_patch_embed=cuda)
+            _allow_recompiles(2 * sum(counts.values()) + 8)
         if processor is None or isinstance(processor, (str, os.PathLike)):
             self.processor = AutoProcessor.from_pretrained(processor or model)
         else:
@@ -192,7 +207,8 @@ class TransformersEngine:
                 eos = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
                 self.fast = FastGenerator(self.model, pad_token_id=gc.pad_token_id,
                                           eos_token_ids=[e for e in eos if e is not None],
-                                          prefill_batch=cfg.prefill_batch, cuda_graphs=cfg.cuda_graphs)
+                                          prefill_batch=cfg.prefill_batch, cuda_graphs=cfg.cuda_graphs,
+                                          compile=cfg.compile)
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
