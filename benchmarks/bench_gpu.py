@@ -945,7 +945,8 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
     cap_batch = args.caption_batch_8b if size == "8B" else args.caption_batch
     offset = 0
     if "engine" in args.paths:  # avcap's engine first: it is what the targets are about
-        for variant in args.engine_variants.split(","):  # eager, compile: [avcap.engine] compile
+        variants = (args.engine_variants_8b or args.engine_variants) if size == "8B" else args.engine_variants
+        for variant in variants.split(","):  # eager, compile: [avcap.engine] compile
             tag = "" if variant == "eager" else f"_{variant}"
             if left(args.deadline) <= args.need_engine:
                 res[f"engine_caption{tag}"] = {"skipped": "deadline"}
@@ -1112,6 +1113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prefill-batch", type=int, default=8)
     ap.add_argument("--engine-variants", default="eager", help="comma-separated: eager, compile ([avcap.engine] compile), nvdec ([avcap.engine] decoder), "
                          "compile+nvdec")
+    ap.add_argument("--engine-variants-8b", default=None, help="default: --engine-variants")
     ap.add_argument("--engine-tasks", default="caption,mcq")
     ap.add_argument("--decoder", default="cpu", help="[avcap.engine] decoder for the engine runs (cpu | nvdec)")
     ap.add_argument("--questions", type=int, default=12)
