@@ -807,17 +807,33 @@ def check_equivalence(model, tiny_dir, vision, names, args) -> dict[str, Any]:
     s = Sampling(temperature=0.0, max_tokens=args.check_tokens)
     outs: dict[str, Any] = {}
     logits_check: dict[str, Any] = {}
-    for label, fast, graphs in (("plain", False, False), ("fast_eager", True, False), ("fast_graph", True, True)):
-        eng = make_engine(model, tiny_dir, vision, args, batch=len(reqs), fast=fast, graphs=graphs)
+    labels = [("plain", False, False, False), ("fast_eager", True, False, False), ("fast_graph", True, True, False)]
+    if args.check_compile:
+        labels.append(("fast_compile", True, True, True))
+    compile_check: dict[str, Any] = {}
+    for label, fast, graphs, comp in labels:
+        eng = make_engine(model, tiny_dir, vision, args, batch=len(reqs), fast=fast, graphs=graphs, compile=comp)
         # token ids instead of text: the tiny tokenizer cannot spell most of the real vocabulary
         eng.processor.batch_decode = lambda new, **kw: [" ".join(str(int(t)) for t in row) for row in new]
         try:
             res = eng.generate(reqs, s, min_tokens=args.check_tokens)
             if label == "fast_eager":
-                logits_check = _logits_check(eng, reqs[:4] + reqs[-2:])
-                _profile_fast(eng, [Request(f"p{i}", caption_messages(names[4 + i])) for i in range(8)])
+                logits_check = _logits_check(eng, reqs[:4] + reqs[-2:], keep=compile_check)
+                if not args.check_compile:
+                    _profile_fast(eng, [Request(f"p{i}", caption_messages(names[4 + i])) for i in range(8)])
+            if label == "fast_compile":  # compiled prefill vs the eager fast path's, same inputs
+                kept: dict[str, Any] = {}
+                _logits_check(eng, reqs[:4] + reqs[-2:], keep=kept)
+                got = kept["got"]
+                ref = compile_check["got"]
+                d = (got - ref).abs()
+                compile_check = {"max_abs_diff": float(d.max()), "ref_abs_max": float(ref.abs().max()),
+                                 "rel_max": float(d.max() / ref.abs().max()),
+                                 "argmax_equal": int((got.argmax(-1) == ref.argmax(-1)).sum()), "rows": int(got.shape[0])}
         finally:
             eng.close()
+            if comp:
+                unpatch(model)
         outs[label] = [[int(t) for t in r.raw_text.split()] if r.error is None else None for r in res]
         outs[label + "_paths"] = sorted({r.extra.get("path") for r in res if r.error is None})
         outs[label + "_errors"] = [r.error for r in res if r.error][:2]
@@ -842,8 +858,13 @@ def check_equivalence(model, tiny_dir, vision, names, args) -> dict[str, Any]:
             "fast_vs_plain_identical_rows": sum(a == b for a, b in zip(outs["fast_graph"], outs["plain"])),
             "first_ids": {k: [r[:4] if r else None for r in outs[k][:3]] for k in ("plain", "fast_graph")},
             "first_logits": logits_check,
-            "paths": {k: outs[k + "_paths"] for k in ("plain", "fast_eager", "fast_graph")},
-            "errors": {k: outs[k + "_errors"] for k in ("plain", "fast_eager", "fast_graph")}}
+            **({"compile_vs_eager_first_logits": compile_check,
+                "compile_vs_graph_common_prefix": agree(outs["fast_compile"], outs["fast_graph"]),
+                "compile_vs_graph_identical_rows": sum(a == b for a, b in zip(outs["fast_compile"], outs["fast_graph"])),
+                "compile_vs_plain_common_prefix": agree(outs["fast_compile"], outs["plain"])}
+               if args.check_compile else {}),
+            "paths": {k[0]: outs[k[0] + "_paths"] for k in labels},
+            "errors": {k[0]: outs[k[0] + "_errors"] for k in labels}}
 
 
 def _chunk_of(eng, reqs):
@@ -852,8 +873,9 @@ def _chunk_of(eng, reqs):
     return [(r, [eng.frames.frames(p) for p in video_parts(r.messages)]) for r in reqs]
 
 
-def _logits_check(eng, reqs) -> dict[str, Any]:
-    """Next-token logits: fast prefill (shared prefix + static cache) vs transformers' forward."""
+def _logits_check(eng, reqs, keep: dict | None = None) -> dict[str, Any]:
+    """Next-token logits: fast prefill (shared prefix + static cache) vs transformers' forward.
+    `keep` receives the fast path's logits ("got")."""
     import torch
 
     chunk = _chunk_of(eng, reqs)
@@ -863,6 +885,8 @@ def _logits_check(eng, reqs) -> dict[str, Any]:
         batch, pixels = eng.shared_inputs_for(chunk)
         got, _ = eng.fast.prefill(batch, [[id(vf) for vf in f] for _, f in chunk], max_new_tokens=4,
                                   video_pixels=pixels, device=eng.device)
+    if keep is not None:
+        keep["got"] = got
     diff = (got - ref).abs()
     return {"rows": len(reqs), "max_abs_diff": float(diff.max()), "ref_abs_max": float(ref.abs().max()),
             "rel_max": float(diff.max() / ref.abs().max()),
@@ -1115,6 +1139,7 @@ def main(argv=None) -> int:
                          "compile+nvdec")
     ap.add_argument("--engine-variants-8b", default=None, help="default: --engine-variants")
     ap.add_argument("--engine-tasks", default="caption,mcq")
+    ap.add_argument("--check-compile", action="store_true", help="the check path also runs the compiled engine")
     ap.add_argument("--decoder", default="cpu", help="[avcap.engine] decoder for the engine runs (cpu | nvdec)")
     ap.add_argument("--questions", type=int, default=12)
     ap.add_argument("--caption-tokens", type=int, default=256)
