@@ -297,3 +297,9 @@ def test_prefetched_requests_are_prepared_during_the_previous_batch(engines, cli
     assert b[-1].error and "av99999.mp4" in b[-1].error and all(r.error is None for r in b[:-1])
     assert _outputs(b) == _outputs(plain.generate(nxt, s))
     assert _outputs(a) == _outputs(plain.generate(first, s))
+    # a caller that prefetches one list and then asks for another: the prepared work is dropped
+    fast.prefetch(nxt)
+    fast.generate(first, s)
+    assert fast._prep is not None
+    c = fast.generate(first[:2], s)
+    assert fast._prep is None and not any(r.extra["prepared_ahead"] for r in c)

@@ -218,7 +218,7 @@ class TransformersEngine:
         # while the model works on the current one (see `prefetch`)
         self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="avcap-prep") if self.fast is not None else None
         self._prep_lock = threading.Lock()  # the processor is not thread-safe (inputs_for toggles it)
-        self._pending: deque[list[Request]] = deque()
+        self._pending: deque[list[Request]] = deque(maxlen=64)  # prefetched lists not generated yet
         self._prep: Optional[tuple[tuple[str, ...], Future]] = None
 
     # ------------------------------------------------------------------ interface
@@ -279,10 +279,13 @@ class TransformersEngine:
         return results, chunks
 
     def _take_prepared(self, requests: list[Request]):
-        if self._prep is None or self._prep[0] != tuple(r.key for r in requests):
+        if self._prep is None:
             return None
-        fut = self._prep[1]
+        keys, fut = self._prep
         self._prep = None
+        if keys != tuple(r.key for r in requests):  # the caller went another way: drop it
+            fut.cancel()
+            return None
         try:
             return fut.result()
         except Exception:
