@@ -303,3 +303,9 @@ def test_prefetched_requests_are_prepared_during_the_previous_batch(engines, cli
     assert fast._prep is not None
     c = fast.generate(first[:2], s)
     assert fast._prep is None and not any(r.extra["prepared_ahead"] for r in c)
+
+
+def test_compile_on_cpu_without_a_compiler_is_a_clear_error(varied_model_dir, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ValueError, match=r"\[avcap.engine\] compile = true on the CPU needs a C\+\+ compiler"):
+        make_engine(_cfg(compile=True), vision=VISION, model=str(varied_model_dir))

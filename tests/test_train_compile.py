@@ -199,3 +199,16 @@ def test_avcap_train_with_compile_logs_the_eager_losses(curated, tiny_model_dir,
     for step in (1, 2):
         assert runs["compiled"][step]["loss"] == pytest.approx(runs["eager"][step]["loss"], rel=1e-4)
         assert runs["compiled"][step]["grad_norm"] == pytest.approx(runs["eager"][step]["grad_norm"], rel=1e-3)
+
+
+def test_train_compile_on_cpu_without_a_compiler_is_a_clear_error(curated, tiny_model_dir, monkeypatch):  # noqa: F811
+    from test_train import train_config
+
+    from avcap.config import load_config
+    from avcap.train import TrainError, train
+
+    path = train_config(curated, tiny_model_dir, "compile_no_cxx", per_rank=2, gc=True)
+    cfg = load_config(path, overrides={"train": {"compile": True, "max_num_steps": 1}})
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(TrainError, match=r"\[train\] compile = true on the CPU needs a C\+\+ compiler"):
+        train(cfg, echo=lambda s: None)

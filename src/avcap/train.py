@@ -339,8 +339,12 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
 
     model = load_model(model_src, cfg, d, init_random=init_random and resume_from is None)
     if t.compile:  # regional torch.compile of the repeated blocks, packed vision attention
-        from avcap.trainer.compile import compile_blocks
+        from avcap.trainer.compile import compile_blocks, require_compiler
 
+        try:
+            require_compiler(d.device.type, "[train] compile")
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
         compile_blocks(model, activation_memory_budget=cfg.avcap.train.activation_memory_budget)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.optm_lr, betas=tuple(t.optm_betas),
                                   weight_decay=t.optm_weight_decay, **({"fused": True} if d.device.type == "cuda" else {}))

@@ -164,7 +164,9 @@ class TransformersEngine:
             linear_patch_embed(self.model)  # cuDNN's Conv3d for the patch embedding can be very slow
             pack_vision_attention(self.model)  # one attention call per block, not one per frame group
         if cfg.compile:
-            from avcap.trainer.compile import compile_blocks
+            from avcap.trainer.compile import compile_blocks, require_compiler
+
+            require_compiler("cuda" if cuda else "cpu", "[avcap.engine] compile")
 
             counts = compile_blocks(self.model, linear_patch_embed=cuda)
             _allow_recompiles(2 * sum(counts.values()) + 8)

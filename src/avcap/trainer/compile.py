@@ -29,6 +29,16 @@ import torch.nn.functional as F
 _LENGTHS_ATTR = "_avcap_equal_length_runs"
 
 
+def require_compiler(device_type: str, key: str) -> None:
+    """torch.compile's inductor builds C++ on the CPU: without a compiler the first forward would
+    fail deep inside; say so up front, naming the config key that asked for compilation."""
+    import shutil
+
+    if device_type != "cuda" and not any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang")):
+        raise ValueError(f"{key} = true on the CPU needs a C++ compiler for torch.compile (inductor): none of "
+                         "c++, g++, gcc, clang is on PATH; install one or set it to false")
+
+
 def block_modules(model) -> list[Any]:
     """The repeated blocks: instances of the classes named in `model._no_split_modules`."""
     names = set(getattr(model, "_no_split_modules", None) or [])
