@@ -689,25 +689,14 @@ def run_plain_batched(model, processor, names, vision, factor, args, device) -> 
     return out
 
 
-def _decoder_of(variant: str) -> dict[str, Any]:
-    """'compile+nvdec' -> decoder nvdec; 'compile+mixed6' -> decoder mixed with 6 NVDEC workers."""
-    for tok in variant.split("+"):
-        if tok == "nvdec":
-            return {"decoder": "nvdec"}
-        if tok.startswith("mixed"):
-            return {"decoder": "mixed", **({"nvdec_workers": int(tok[5:])} if tok[5:] else {})}
-    return {}
-
-
 def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True, graphs: bool = True,
-                processes: bool = False, compile: bool = False, decoder: str | None = None,
-                nvdec_workers: int | None = None):
+                processes: bool = False, compile: bool = False, decoder: str | None = None):
     from avcap.config import Engine as EngineConfig
     from avcap.engines.transformers_engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
-                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers or args.nvdec_workers)
+                       decoder=decoder or args.decoder, nvdec_workers=args.nvdec_workers)
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
                               decode_workers=args.decode_workers, decode_processes=processes)
 
@@ -988,7 +977,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 continue
             eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, processes=processes,
                               compile="compile" in variant.split("+"),
-                              **_decoder_of(variant))
+                              decoder=next((d for d in ("nvdec", "mixed") if d in variant.split("+")), None))
             try:
                 n = cap_batch * (args.caption_chunks_2b or args.caption_chunks if size == "2B" else args.caption_chunks)
                 reqs = [Request(f"c{i}", caption_messages(p)) for i, p in enumerate(pool[offset: offset + n])]
