@@ -696,7 +696,7 @@ def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True,
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
-                       decoder=decoder or args.decoder, nvdec_workers=args.nvdec_workers)
+                       decoder=decoder or args.decoder)
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
                               decode_workers=args.decode_workers, decode_processes=processes)
 
@@ -977,7 +977,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 continue
             eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, processes=processes,
                               compile="compile" in variant.split("+"),
-                              decoder=next((d for d in ("nvdec", "mixed") if d in variant.split("+")), None))
+                              decoder="nvdec" if "nvdec" in variant.split("+") else None)
             try:
                 n = cap_batch * (args.caption_chunks_2b or args.caption_chunks if size == "2B" else args.caption_chunks)
                 reqs = [Request(f"c{i}", caption_messages(p)) for i, p in enumerate(pool[offset: offset + n])]
@@ -1135,13 +1135,12 @@ def main(argv=None) -> int:
     ap.add_argument("--mcq-batch", type=int, default=48)
     ap.add_argument("--mcq-chunks", type=int, default=3)
     ap.add_argument("--prefill-batch", type=int, default=8)
-    ap.add_argument("--engine-variants", default="eager", help="comma-separated: eager, compile ([avcap.engine] compile), nvdec / mixed ([avcap.engine] "
-                         "decoder), combined with + (compile+nvdec, compile+mixed)")
+    ap.add_argument("--engine-variants", default="eager", help="comma-separated: eager, compile ([avcap.engine] compile), nvdec ([avcap.engine] decoder), "
+                         "compile+nvdec")
     ap.add_argument("--engine-variants-8b", default=None, help="default: --engine-variants")
     ap.add_argument("--engine-tasks", default="caption,mcq")
     ap.add_argument("--check-compile", action="store_true", help="the check path also runs the compiled engine")
-    ap.add_argument("--decoder", default="cpu", help="[avcap.engine] decoder for the engine runs (cpu | nvdec | mixed)")
-    ap.add_argument("--nvdec-workers", type=int, default=None, help="[avcap.engine] nvdec_workers (decoder mixed)")
+    ap.add_argument("--decoder", default="cpu", help="[avcap.engine] decoder for the engine runs (cpu | nvdec)")
     ap.add_argument("--questions", type=int, default=12)
     ap.add_argument("--caption-tokens", type=int, default=256)
     ap.add_argument("--mcq-tokens", type=int, default=8)

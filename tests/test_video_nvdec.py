@@ -199,6 +199,7 @@ def test_frame_loader_passes_the_decoder_to_its_workers(h264_clip):
     default = V.load_video(h264_clip, nframes=4)
     loader = FrameLoader(Vision(nframes=4), 32, workers=1, processes=True, decoder="cpu")
     try:
+        assert loader._key(part)[1]["decoder"] == "cpu"
         assert np.array_equal(loader.frames(part).frames, default.frames)
     finally:
         loader.close()
@@ -211,49 +212,3 @@ def test_frame_loader_passes_the_decoder_to_its_workers(h264_clip):
                 nv.frames(part)
         finally:
             nv.close()
-
-
-def test_mixed_loader_spreads_videos_over_nvdec_and_cpu_workers(h264_clip, monkeypatch):
-    """decoder="mixed": each video goes to the pool with the fewer jobs in flight per worker, with
-    that pool's decoder (recorded here by a stand-in for the worker's load, threads, no GPU)."""
-    import threading
-
-    import avcap.engines.frames as frames_module
-    from avcap.config import Vision
-    from avcap.engines.frames import FrameLoader
-
-    seen, release = [], threading.Event()
-
-    def fake_load(path, kw):
-        seen.append(kw["decoder"])
-        release.wait(5)  # keep jobs in flight while the next ones are placed
-        return V.load_video(path, **{**kw, "decoder": "cpu"})
-
-    monkeypatch.setattr(frames_module, "_load", fake_load)
-    loader = FrameLoader(Vision(nframes=4), 32, workers=4, decoder="mixed", nvdec_workers=1)
-    try:
-        parts = [{"type": "video", "video": str(h264_clip), "nframes": n} for n in (2, 4, 6, 8)]
-        for part in parts:
-            loader._future(part)
-        assert loader._in_flight == {"nvdec": 1, "cpu": 3}  # 1 per worker in each pool
-        release.set()
-        default = V.load_video(h264_clip, nframes=4)
-        assert np.array_equal(loader.frames(parts[1]).frames, default.frames)
-        for part in parts:
-            loader.frames(part)
-        assert sorted(seen) == ["cpu", "cpu", "cpu", "nvdec"]
-        assert loader._in_flight == {"nvdec": 0, "cpu": 0}
-    finally:
-        release.set()
-        loader.close()
-    with pytest.raises(ValueError, match="nvdec_workers"):
-        FrameLoader(Vision(nframes=4), 32, workers=2, decoder="mixed", nvdec_workers=2)
-
-
-def test_engine_mixed_decoder_keys(tmp_path):
-    from avcap.config import load_config
-
-    p = tmp_path / "r.toml"
-    p.write_text('[avcap.engine]\ndecoder = "mixed"\nnvdec_workers = 6\ndecode_workers = 15\n')
-    e = load_config(p).avcap.engine
-    assert (e.decoder, e.nvdec_workers, e.decode_workers) == ("mixed", 6, 15)

@@ -316,10 +316,7 @@ class Engine(_Model):
     decode_processes: bool = False  # decode in worker processes instead of threads
     # "nvdec": decode on the GPU (PyAV's CUDA hwaccel), colour conversion and resize there too, same
     # pixels as "cpu" (avcap.video.load_video); each decode worker holds a CUDA context
-    decoder: Literal["cpu", "nvdec", "mixed"] = "cpu"
-    # with decoder = "mixed": workers that decode on NVDEC (default: half of decode_workers), the rest
-    # decode on the CPU; a video's pixels then depend on its pool (within 1 level after the resize)
-    nvdec_workers: Optional[int] = Field(None, ge=1)
+    decoder: Literal["cpu", "nvdec"] = "cpu"
     # torch.compile the repeated blocks (vision blocks, decoder layers) that the prefill runs: fused
     # RMSNorm/RoPE/SwiGLU (avcap.trainer.compile); the first batches of each shape pay the compile time
     compile: bool = False

@@ -72,57 +72,39 @@ class FrameLoader:
     """Decode videos on a thread pool; share and keep recent results (see module docstring)."""
 
     def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32,
-                 processes: bool = False, decoder: str = "cpu", nvdec_workers: int | None = None):
-        """`decoder="mixed"`: `nvdec_workers` of the `workers` decode on NVDEC (default half), the
-        rest on the CPU; each video goes to the pool with the fewer jobs in flight per worker."""
+                 processes: bool = False, decoder: str = "cpu"):
         from avcap.video import DECODERS
 
-        if decoder not in (*DECODERS, "mixed"):
-            raise ValueError(f"decoder must be one of {', '.join((*DECODERS, 'mixed'))}, got {decoder!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         self.vision = vision
         self.decoder = decoder
         self.factor = int(factor)
         self.capacity = max(1, int(capacity))
         n = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
-        if decoder == "mixed":
-            k = nvdec_workers if nvdec_workers is not None else max(1, n // 2)
-            if not 1 <= k < n:
-                raise ValueError(f"decoder='mixed' needs 1 <= nvdec_workers < workers, got {k} of {n}")
-            sizes = {"nvdec": k, "cpu": n - k}
+        if processes:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
+                                             initializer=_worker_init)
         else:
-            sizes = {decoder: n}
-        self._pools = {name: _make_pool(size, processes) for name, size in sizes.items()}
-        self._workers = sizes
-        self._in_flight = {name: 0 for name in sizes}
+            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="avcap-frames")
         self._cache: OrderedDict[tuple, Future] = OrderedDict()
         self._lock = threading.Lock()
-        self._count_lock = threading.Lock()  # in-flight counts (done callbacks may run under _lock)
 
     def _key(self, part: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple]:
         kw = video_kwargs(self.vision, part, self.factor)
+        kw["decoder"] = self.decoder
         path = str(part["video"])
-        return path, kw, (path, self.decoder, tuple(sorted(kw.items())))
-
-    def _submit(self, path: str, kw: dict[str, Any]) -> Future:
-        """On the pool with the fewest jobs in flight per worker (the only pool unless mixed)."""
-        with self._count_lock:
-            name = min(self._pools, key=lambda d: (self._in_flight[d] / self._workers[d], d != "nvdec"))
-            self._in_flight[name] += 1
-        fut = self._pools[name].submit(_load, path, {**kw, "decoder": name})
-
-        def done(_, name=name):
-            with self._count_lock:
-                self._in_flight[name] -= 1
-
-        fut.add_done_callback(done)
-        return fut
+        return path, kw, (path, tuple(sorted(kw.items())))
 
     def _future(self, part: Mapping[str, Any]) -> Future:
         path, kw, key = self._key(part)
         with self._lock:
             fut = self._cache.get(key)
             if fut is None:
-                fut = self._submit(path, kw)
+                fut = self._pool.submit(_load, path, kw)
                 self._cache[key] = fut
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
@@ -146,19 +128,9 @@ class FrameLoader:
         return self._future(part).result()
 
     def close(self) -> None:
-        for pool in self._pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._cache.clear()
-
-
-def _make_pool(n: int, processes: bool):
-    if processes:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        return ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init)
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="avcap-frames")
 
 
 def _worker_init() -> None:

@@ -214,8 +214,7 @@ class TransformersEngine:
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
-                                  capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder,
-                                  nvdec_workers=cfg.nvdec_workers)
+                                  capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder)
         self.prefetch_videos = self.frames.lookahead
         # the fast path's processor work for the next prefetched request list runs on this thread
         # while the model works on the current one (see `prefetch`)
