@@ -167,7 +167,6 @@ class TransformersEngine:
             from avcap.trainer.compile import compile_blocks, require_compiler
 
             require_compiler("cuda" if cuda else "cpu", "[avcap.engine] compile")
-
             counts = compile_blocks(self.model, linear_patch_embed=cuda)
             _allow_recompiles(2 * sum(counts.values()) + 8)
         if processor is None or isinstance(processor, (str, os.PathLike)):
