@@ -600,6 +600,9 @@ def run_inference(
             raise InferError(f"{ck.path}: cannot load the model ({' '.join(str(exc).split())[:300]})") from None
         timings["engine_load_s"] = round(time.perf_counter() - t0, 3)
         info["device"] = getattr(engine, "device", None)
+        if ecfg.compile and ecfg.name == "transformers":
+            log("  note: [avcap.engine] compile = true — the first batch of each new shape compiles first "
+                "(about a minute at real size on a GPU)")
         try:
             prompts = cfg.avcap.prompts
             reasoning_suffix = prompts.reasoning_suffix if ecfg.reasoning else None
