@@ -264,6 +264,24 @@ def test_chooser_probabilities_equal_transformers_warpers():
             assert int((got[0] > 0).sum()) == 40  # every tie kept, like transformers
 
 
+def test_chooser_without_top_k_draws_like_transformers_warpers():
+    """Temperature + top-p without top-k: transformers' warpers (temperature applied once), the
+    same seeded draws as softmax + multinomial over their output."""
+    from avcap.engines.fast_generate import Chooser, SamplingSpec
+
+    logits = torch.randn(64, 1000, generator=torch.Generator().manual_seed(1)) * 3
+    for spec in (SamplingSpec(temperature=0.4, top_p=0.9), SamplingSpec(temperature=2.5)):
+        ch = Chooser(spec, 64, 1000, eos=[], pad=0, device="cpu")
+        torch.manual_seed(0)
+        got = ch(logits.clone(), 0)
+        ref = logits.clone()
+        for w in spec.warpers():
+            ref = w(None, ref)
+        torch.manual_seed(0)
+        want = torch.multinomial(torch.softmax(ref, dim=-1), num_samples=1).squeeze(1)
+        assert torch.equal(got, want), spec
+
+
 def test_chooser_presence_penalty_and_min_tokens():
     from avcap.engines.fast_generate import Chooser, SamplingSpec
 

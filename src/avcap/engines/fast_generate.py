@@ -229,11 +229,11 @@ class Chooser:
         if self.penalty is not None:
             logits = logits - self.penalty
         if self.sample:
-            if self.spec.temperature != 1.0:
-                logits = logits / self.spec.temperature
             if self.top_k:
+                if self.spec.temperature != 1.0:
+                    logits = logits / self.spec.temperature
                 probs = self._top_k_top_p(logits)
-            else:
+            else:  # transformers' own warpers, temperature included
                 for w in self.warpers:
                     logits = w(None, logits)
                 probs = torch.softmax(logits, dim=-1)
