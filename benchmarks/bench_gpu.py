@@ -764,20 +764,9 @@ def args_tiny() -> bool:
 
 def _time_replay(run, n: int = 20) -> float:
     """Median seconds of one decode-step replay (rewrites the current slot: the batch is done)."""
-    import torch
+    from bench_decode_attention import time_call  # this directory is on sys.path when run as a script
 
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(5):
-        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        st.record()
-        for _ in range(n):
-            run()
-        en.record()
-        torch.cuda.synchronize()
-        times.append(st.elapsed_time(en) / n / 1e3)
-    return statistics.median(times)
+    return time_call(run, iters=n)
 
 
 def unpatch(model) -> None:

@@ -47,7 +47,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-# qwen-vl-utils 0.0.14 constants (vision_process.py)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")  # what a videos/ directory may hold
 
 
@@ -56,6 +55,7 @@ def is_video_path(p: Path) -> bool:
     return p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES
 
 
+# qwen-vl-utils 0.0.14 constants (vision_process.py)
 MAX_RATIO = 200
 SPATIAL_MERGE_SIZE = 2
 VIDEO_MIN_TOKEN_NUM = 128
@@ -710,9 +710,7 @@ def _nvdec_resized(path: Path, frame, size_of: Callable[[tuple[int, int]], tuple
     """An NVDEC frame converted to RGB and resized on the GPU; only the resized frame is downloaded.
     The surface views live until the download has synchronised, then go back to the decoder."""
     y, uv = _nvdec_planes(path, frame)
-    out = _nv12_resized(path, y, uv, frame.colorspace, frame.color_range, frame.height, frame.width, size_of)
-    del y, uv
-    return out
+    return _nv12_resized(path, y, uv, frame.colorspace, frame.color_range, frame.height, frame.width, size_of)
 
 
 def decode_all(path: str | os.PathLike, *, threads: int = 1) -> np.ndarray:
