@@ -183,6 +183,38 @@ def test_frame_loader_decodes_each_video_once(monkeypatch, h264_clip):
     assert frames[0].frames.shape[0] == 4
 
 
+
+def test_frame_loader_processes_survive_a_bad_video_and_a_dead_worker(tmp_path, h264_clip):
+    """In worker processes a corrupt video fails only itself (its VideoError crosses the process
+    boundary; it used to break the pool for the rest of the run), and a killed worker process costs
+    no video: the pool is started again and the video retried."""
+    import os
+    import signal
+    import time
+
+    from avcap.video import load_video
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    loader = FrameLoader(Vision(nframes=4), 32, workers=1, processes=True)
+    try:
+        with pytest.raises(ValueError, match=f"{broken}: not a video"):
+            loader.frames({"video": str(broken)})
+        first = loader.frames({"video": str(h264_clip)})
+        assert (first.frames == load_video(h264_clip, nframes=4).frames).all()
+        pool = loader._procs
+        for pid in list(pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 30
+        while not pool._broken and time.time() < deadline:
+            time.sleep(0.05)
+        assert pool._broken
+        again = loader.frames({"video": str(h264_clip), "nframes": 6})
+        assert again.frames.shape[0] == 6 and loader._procs is not pool
+    finally:
+        loader.close()
+
+
 # ----------------------------------------------------------------------------- transformers
 
 

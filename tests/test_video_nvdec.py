@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import warnings
+
 import pytest
 import torch
 
@@ -199,8 +201,8 @@ def test_frame_loader_passes_the_decoder_to_its_workers(h264_clip):
     default = V.load_video(h264_clip, nframes=4)
     loader = FrameLoader(Vision(nframes=4), 32, workers=1, processes=True, decoder="cpu")
     try:
-        assert loader._key(part)[1]["decoder"] == "cpu"
         assert np.array_equal(loader.frames(part).frames, default.frames)
+        assert loader.decoded_by == {"cpu": 1}
     finally:
         loader.close()
     with pytest.raises(ValueError, match="decoder must be one of"):
@@ -212,3 +214,61 @@ def test_frame_loader_passes_the_decoder_to_its_workers(h264_clip):
                 nv.frames(part)
         finally:
             nv.close()
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, processes):
+    """decoder="nvdec+cpu": NVDEC threads and CPU decoders take videos from one queue; a video NVDEC
+    cannot decode (here: no GPU) goes to the CPU decoders, with one warning, and decodes to the CPU
+    path's frames. A broken video still fails with its own error, once."""
+    from avcap.config import Vision
+    from avcap.engines.frames import FrameLoader, load_request_frames
+    from avcap.engines.base import Request
+
+    clips = []
+    for i in range(5):
+        clips.append(tmp_path / f"c{i}.mp4")
+        V.write_video(clips[-1], np.full((6, 64, 96, 3), 40 * i, dtype=np.uint8), fps=6)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    loader = FrameLoader(Vision(nframes=4), 32, workers=2, processes=processes, decoder="nvdec+cpu", nvdec_workers=2)
+    assert loader.lanes == [("nvdec", False, 2), ("cpu", processes, 2)]
+    reqs = [Request(f"r{i}", [{"role": "user", "content": [{"type": "video", "video": str(c)}]}])
+            for i, c in enumerate(clips + [broken])]
+    try:
+        gpu = torch.cuda.is_available()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loader.prefetch(reqs)
+            got = [load_request_frames(loader, r) for r in reqs]
+        for (frames, err), clip in zip(got[:-1], clips):
+            assert err is None
+            ref = V.load_video(clip, nframes=4).frames
+            assert np.abs(frames[0].frames.astype(int) - ref).max() <= (1 if gpu else 0)
+        frames, err = got[-1]
+        assert frames == [] and err.startswith(str(broken)) and "not a video" in err
+        assert sum(loader.decoded_by.values()) == len(clips)
+        if not gpu:
+            assert loader.decoded_by == {"nvdec": 0, "cpu": len(clips)}
+            # each video NVDEC took went on to the CPU (the broken one too, if NVDEC took it)
+            assert 1 <= loader.nvdec_fallbacks <= len(clips) + 1
+            msgs = [str(w.message) for w in caught if "nvdec+cpu" in str(w.message)]
+            assert len(msgs) == 1 and "needs a CUDA GPU" in msgs[0]
+    finally:
+        loader.close()
+
+
+def test_frame_loader_close_cancels_waiting_videos(tmp_path):
+    from avcap.config import Vision
+    from avcap.engines.frames import FrameLoader
+
+    clip = tmp_path / "c.mp4"
+    V.write_video(clip, np.zeros((6, 64, 96, 3), dtype=np.uint8), fps=6)
+    loader = FrameLoader(Vision(nframes=4), 32, workers=1)
+    parts = [{"type": "video", "video": str(clip), "nframes": n} for n in (2, 4, 6)]
+    futs = [loader._future(p) for p in parts]
+    loader.close()
+    for f in futs:
+        assert f.cancelled() or f.done()
+    with pytest.raises(RuntimeError, match="closed"):
+        loader._future({"type": "video", "video": str(clip), "nframes": 8})

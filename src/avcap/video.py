@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -77,6 +78,9 @@ class VideoError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self):  # from worker processes: the default would call __init__(message) and fail
+        return type(self), (self.path, self.problem)
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,11 +710,38 @@ def _nv12_resized(path: Path, y, uv, colorspace: int, color_range: int, height: 
     return out.permute(1, 2, 0).contiguous().cpu().numpy()  # a GPU download synchronises
 
 
+_conversion = threading.local()
+
+
+def _conversion_stream():
+    """This thread's CUDA stream for NVDEC frame conversion, made to wait for FFmpeg's work first.
+
+    FFmpeg copies each decoded picture into its surface on the legacy default stream. Our kernels
+    run on a stream of their own, low priority, not on the default stream: a decoder thread beside
+    a model that runs on its own (non-blocking) stream then neither waits for the model's queued
+    kernels nor delays them (`avcap.engines`' model stream), and decoder threads do not wait for each
+    other. The wait on an event of the default stream orders the conversion after FFmpeg's copy."""
+    import torch
+
+    device = torch.cuda.current_device()
+    streams = getattr(_conversion, "streams", None)
+    if streams is None:
+        streams = _conversion.streams = {}
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)  # priority 0: torch's lowest
+    stream = streams[device]
+    stream.wait_stream(torch.cuda.default_stream(device))
+    return stream
+
+
 def _nvdec_resized(path: Path, frame, size_of: Callable[[tuple[int, int]], tuple[int, int]]) -> np.ndarray:
     """An NVDEC frame converted to RGB and resized on the GPU; only the resized frame is downloaded.
     The surface views live until the download has synchronised, then go back to the decoder."""
+    import torch
+
     y, uv = _nvdec_planes(path, frame)
-    return _nv12_resized(path, y, uv, frame.colorspace, frame.color_range, frame.height, frame.width, size_of)
+    with torch.cuda.stream(_conversion_stream()):
+        return _nv12_resized(path, y, uv, frame.colorspace, frame.color_range, frame.height, frame.width, size_of)
 
 
 def decode_all(path: str | os.PathLike, *, threads: int = 1) -> np.ndarray:

@@ -7,11 +7,20 @@ for the frames of a request's video parts. The loader
   `min_pixels`, ... on the video content part, cosmos-rl style) into `avcap.video.load_video`
   keyword arguments, with the model's resize factor (patch size x spatial merge: 32 for Qwen3-VL,
   28 for Qwen2.5-VL);
-- decodes on a thread pool (PyAV and the resize release the GIL), or with `processes=True` in
+- decodes on worker threads (PyAV and the resize release the GIL), or with `processes=True` in
   worker processes (spawned, one torch thread each: no GIL, no thread oversubscription; the frames
   come back pickled), so `prefetch(next_batch)` decodes the next batch's videos while the model
-  works on this one; `decoder="nvdec"` has each worker decode on the GPU (`load_video(decoder=)`:
-  same pixels, only the resized frames leave the GPU);
+  works on this one. Workers take the oldest waiting video, so videos finish in the order asked;
+- `decoder="nvdec"` decodes on the GPU (`load_video(decoder=)`: same sparse decode, exact colour
+  conversion, resize on the GPU; only the resized frames leave it). In threads that is NVDEC in the
+  model's own CUDA context: the engine runs its model on a non-blocking stream and the decoders
+  convert on streams of their own, so neither waits for the other. In worker processes each worker
+  holds its own CUDA context, and the GPU time-slices between contexts (measured: the model loses
+  ~20 % of its speed beside 15 such workers, benchmarks/RESULTS.md);
+- `decoder="nvdec+cpu"` runs `nvdec_workers` NVDEC threads in this process and `workers` CPU
+  decoders (threads or processes) side by side, all taking from one queue: for when neither alone
+  keeps up. Which decoder gets a video depends on timing; the two give the same full-size pixels,
+  and resized frames within one level on ~0.01 % of the values (GPU vs CPU resize);
 - keeps the last `capacity` decoded videos, so the 12 MCQ questions of one video decode it once
   even when they straddle two batches.
 
@@ -23,12 +32,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import OrderedDict, deque
+from concurrent.futures import Future
 from typing import Any, Iterable, Mapping
 
 from avcap.config import Vision
 from avcap.engines.base import Request, video_parts
+
+NVDEC_AND_CPU = "nvdec+cpu"  # both at once: NVDEC threads in this process and CPU decoders
 
 VIDEO_OPTIONS = ("nframes", "fps", "min_pixels", "max_pixels", "total_pixels", "min_frames", "max_frames")
 
@@ -69,33 +80,110 @@ def describe_error(exc: BaseException, path: str) -> str:
 
 
 class FrameLoader:
-    """Decode videos on a thread pool; share and keep recent results (see module docstring)."""
+    """Decode videos on worker lanes; share and keep recent results (see module docstring)."""
 
     def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32,
-                 processes: bool = False, decoder: str = "cpu"):
+                 processes: bool = False, decoder: str = "cpu", nvdec_workers: int | None = None):
         from avcap.video import DECODERS
 
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        if decoder not in DECODERS + (NVDEC_AND_CPU,):
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS + (NVDEC_AND_CPU,))}, got {decoder!r}")
         self.vision = vision
         self.decoder = decoder
         self.factor = int(factor)
         self.capacity = max(1, int(capacity))
         n = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
-        if processes:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
-                                             initializer=_worker_init)
+        self._procs = self._new_pool(n) if processes else None
+        # (decoder, in worker processes?, workers): NVDEC beside the CPU always decodes in this
+        # process, so that it shares the model's CUDA context (see module docstring)
+        if decoder == NVDEC_AND_CPU:
+            lanes = [("nvdec", False, max(1, nvdec_workers or 8)), ("cpu", processes, n)]
         else:
-            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="avcap-frames")
+            lanes = [(decoder, processes, n)]
+        self.lanes = lanes
+        self._todo: deque[tuple[str, dict[str, Any], Future]] = deque()
+        self._cpu_only: deque[tuple[str, dict[str, Any], Future]] = deque()  # NVDEC could not
+        self.nvdec_fallbacks = 0
+        self._ready = threading.Condition()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, args=(dec, proc), daemon=True,
+                                          name=f"avcap-frames-{dec}-{i}")
+                         for dec, proc, count in lanes for i in range(count)]
+        for t in self._threads:
+            t.start()
         self._cache: OrderedDict[tuple, Future] = OrderedDict()
         self._lock = threading.Lock()
+        self.decoded_by: dict[str, int] = {dec: 0 for dec, _, _ in lanes}
+
+    def _work(self, decoder: str, in_process_pool: bool) -> None:
+        """One worker: takes the oldest waiting video, whichever lane it belongs to (CPU workers
+        first take the videos NVDEC could not decode)."""
+        while True:
+            with self._ready:
+                while not self._closed and not self._todo and not (decoder == "cpu" and self._cpu_only):
+                    self._ready.wait()
+                if self._closed:
+                    return
+                path, kw, fut = (self._cpu_only if decoder == "cpu" and self._cpu_only else self._todo).popleft()
+            if not fut.running() and not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                kw = {**kw, "decoder": decoder}
+                result = self._in_worker_process(path, kw) if in_process_pool else _load(path, kw)
+            except BaseException as exc:  # noqa: BLE001 — the error belongs to whoever asks for this video
+                if decoder == "nvdec" and self.decoder == NVDEC_AND_CPU and _nvdec_specific(exc):
+                    self._to_cpu(path, kw, fut, exc)
+                else:
+                    fut.set_exception(exc)
+            else:
+                with self._ready:
+                    self.decoded_by[decoder] += 1
+                fut.set_result(result)
+
+    def _in_worker_process(self, path: str, kw: dict[str, Any]):
+        """Decode in the process pool. A worker that dies (killed, out of memory, a crash in FFmpeg)
+        breaks the whole pool: start a new one and try this video once more there, so one bad
+        video fails itself, not the rest of the run."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        from avcap.video import VideoError
+
+        for attempt in range(2):
+            pool = self._procs
+            try:
+                return pool.submit(_load, path, kw).result()
+            except BrokenProcessPool as exc:
+                with self._ready:
+                    if self._closed:
+                        raise
+                    if self._procs is pool:
+                        self._procs = self._new_pool(pool._max_workers)
+                        pool.shutdown(wait=False, cancel_futures=True)
+                if attempt:
+                    raise VideoError(path, f"the decoder process died twice while decoding this video ({exc})") from None
+
+    @staticmethod
+    def _new_pool(workers: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+
+    def _to_cpu(self, path: str, kw: dict[str, Any], fut: Future, exc: BaseException) -> None:
+        """A video NVDEC cannot decode (no GPU, codec or pixel format it lacks) goes to the CPU lane."""
+        import warnings
+
+        with self._ready:
+            self.nvdec_fallbacks += 1
+            first = self.nvdec_fallbacks == 1
+            self._cpu_only.append((path, {k: v for k, v in kw.items() if k != "decoder"}, fut))
+            self._ready.notify_all()
+        if first:
+            warnings.warn(f"decoder='nvdec+cpu': {' '.join(str(exc).split())} — this video and any others "
+                          f"NVDEC cannot decode go to the CPU decoders", stacklevel=2)
 
     def _key(self, part: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple]:
         kw = video_kwargs(self.vision, part, self.factor)
-        kw["decoder"] = self.decoder
         path = str(part["video"])
         return path, kw, (path, tuple(sorted(kw.items())))
 
@@ -104,7 +192,12 @@ class FrameLoader:
         with self._lock:
             fut = self._cache.get(key)
             if fut is None:
-                fut = self._pool.submit(_load, path, kw)
+                fut = Future()
+                with self._ready:
+                    if self._closed:
+                        raise RuntimeError("FrameLoader is closed")
+                    self._todo.append((path, kw, fut))
+                    self._ready.notify()
                 self._cache[key] = fut
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
@@ -128,9 +221,25 @@ class FrameLoader:
         return self._future(part).result()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._ready:
+            self._closed = True
+            waiting = list(self._todo) + list(self._cpu_only)
+            self._todo.clear()
+            self._cpu_only.clear()
+            self._ready.notify_all()
+        for _, _, fut in waiting:
+            fut.cancel()
+        if self._procs is not None:
+            self._procs.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._cache.clear()
+
+
+def _nvdec_specific(exc: BaseException) -> bool:
+    """An error of NVDEC itself (avcap.video says "decoder='nvdec': ..."), not of the video."""
+    from avcap.video import VideoError
+
+    return isinstance(exc, VideoError) and "decoder='nvdec'" in str(exc)
 
 
 def _worker_init() -> None:
@@ -142,7 +251,17 @@ def _worker_init() -> None:
 def _load(path: str, kw: dict[str, Any]):
     from avcap.video import load_video
 
-    return load_video(path, **kw)
+    try:
+        return load_video(path, **kw)
+    except Exception as exc:
+        # an error that cannot be unpickled in the parent would break the whole process pool
+        import pickle
+
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+        raise
 
 
 def load_request_frames(loader: FrameLoader, req: Request) -> tuple[list[Any], str | None]:

@@ -43,6 +43,7 @@ batch: reproducible for the same batches, not per request.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import time
@@ -109,6 +110,24 @@ def presence_penalty_processor(penalty: float, prompt_len: int):
     return PresencePenaltyLogitsProcessor()
 
 
+def model_stream(device: str):
+    """A high-priority, non-blocking CUDA stream for the engine's model.
+
+    NVDEC decoding in the engine's process (`[avcap.engine] decoder = "nvdec"`, threads) has
+    FFmpeg copy every decoded picture on the legacy default stream, which waits for all work queued
+    on the default stream and holds back what is queued after it. With the model on a stream of its
+    own that does not synchronise with the default stream, decoding and the model do not wait for
+    each other; the priority gives the model's kernels the SMs first when the decoders' colour and
+    resize kernels run beside them."""
+    import torch
+
+    dev = torch.device(device)
+    high = torch.cuda.Stream.priority_range()[1] if hasattr(torch.cuda.Stream, "priority_range") else -1
+    stream = torch.cuda.Stream(dev, priority=high)
+    stream.wait_stream(torch.cuda.current_stream(dev))  # the weights were put there on the default stream
+    return stream
+
+
 def _allow_recompiles(n: int) -> None:
     """Let dynamo keep `n` compiled versions per function. transformers' DynamicCache makes each
     decoder layer's compiled forward guard on that layer's cache entry, so a prefill compiles once
@@ -157,6 +176,7 @@ class TransformersEngine:
             self.dtype = next(self.model.parameters()).dtype
         self.model.eval()
         cuda = self.device.startswith("cuda")
+        self._stream = model_stream(self.device) if cuda else None
         if cuda:
             from avcap.engines.fast_generate import linear_patch_embed
             from avcap.trainer.compile import pack_vision_attention
@@ -213,7 +233,8 @@ class TransformersEngine:
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
-                                  capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder)
+                                  capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder,
+                                  nvdec_workers=cfg.nvdec_workers)
         self.prefetch_videos = self.frames.lookahead
         # the fast path's processor work for the next prefetched request list runs on this thread
         # while the model works on the current one (see `prefetch`)
@@ -236,17 +257,27 @@ class TransformersEngine:
         """Results in request order. `min_tokens`: no end-of-sequence before that many new tokens
         (vLLM's `min_tokens`; for throughput measurements, every row then really generates)."""
         self.frames.prefetch(requests)
-        t0 = time.perf_counter()
-        prepared = self._take_prepared(requests)
-        if prepared is None:
-            prepared = self._prepare(requests)
-        self.frame_wait_s = time.perf_counter() - t0
-        self._start_next_prep(requests)
-        results, chunks = prepared
-        for chunk, inputs in chunks:
-            for res in self._generate_safely(chunk, sampling, min_tokens, inputs):
-                results[res.key] = res
+        with self._on_model_stream():
+            t0 = time.perf_counter()
+            prepared = self._take_prepared(requests)
+            if prepared is None:
+                prepared = self._prepare(requests)
+            self.frame_wait_s = time.perf_counter() - t0
+            self._start_next_prep(requests)
+            results, chunks = prepared
+            for chunk, inputs in chunks:
+                for res in self._generate_safely(chunk, sampling, min_tokens, inputs):
+                    results[res.key] = res
         return [results[r.key] for r in requests]
+
+    def _on_model_stream(self):
+        """Every model and processor kernel of this engine runs on its own CUDA stream (see
+        `model_stream`); on the CPU nothing changes."""
+        if self._stream is None:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.cuda.stream(self._stream)
 
     def close(self) -> None:
         if self._prep_pool is not None:
@@ -258,6 +289,10 @@ class TransformersEngine:
     def _prepare(self, requests: list[Request], shared: bool = False):
         """Frames of every request (errors as Results) and the batches; with `shared` also each
         batch's fast-path inputs (`shared_inputs_for`), else None."""
+        with self._on_model_stream():  # also on the background thread: same stream, same order
+            return self._prepare_on_stream(requests, shared)
+
+    def _prepare_on_stream(self, requests: list[Request], shared: bool):
         results: dict[str, Result] = {}
         ready: list[tuple[Request, list]] = []
         for req in requests:
