@@ -690,15 +690,40 @@ def run_plain_batched(model, processor, names, vision, factor, args, device) -> 
 
 
 def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True, graphs: bool = True,
-                processes: bool = False, compile: bool = False, decoder: str | None = None):
+                processes: bool = False, compile: bool = False, decoder: str | None = None,
+                nvdec_workers: int | None = None, decode_workers: int | None = None):
     from avcap.config import Engine as EngineConfig
     from avcap.engines.transformers_engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
-                       decoder=decoder or args.decoder)
+                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers)
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
-                              decode_workers=args.decode_workers, decode_processes=processes)
+                              decode_workers=decode_workers or args.decode_workers, decode_processes=processes)
+
+
+def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
+    """make_engine keywords of an --engine-variants entry: "+"-joined tokens, e.g. compile+nvdec.
+    compile: [avcap.engine] compile; nvdec: decoder "nvdec" in --decode-mode; nvdecT<N>: decoder
+    "nvdec" in N threads of the engine's process; hybrid<N>[c<M>]: decoder "nvdec+cpu" with N NVDEC
+    threads (and M CPU decoders, default --decode-workers)."""
+    import re
+
+    kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
+    for tok in variant.split("+"):
+        if tok == "compile":
+            kw["compile"] = True
+        elif tok == "nvdec":
+            kw["decoder"] = "nvdec"
+        elif m := re.fullmatch(r"nvdecT(\d+)", tok):
+            kw.update(decoder="nvdec", processes=False, decode_workers=int(m[1]))
+        elif m := re.fullmatch(r"hybrid(\d+)(?:c(\d+))?", tok):
+            kw.update(decoder="nvdec+cpu", nvdec_workers=int(m[1]))
+            if m[2]:
+                kw["decode_workers"] = int(m[2])
+        elif tok != "eager":
+            raise SystemExit(f"unknown engine variant token {tok!r} in {variant!r}")
+    return kw
 
 
 def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: float, label: str,
@@ -745,6 +770,10 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
            "prompt_tokens": max((r.num_input_tokens or 0) for r in ok) if ok else None,
            "prep_s_per_request": round(statistics.mean(r.extra.get("prep_s", 0) for r in ok), 4) if ok else None,
            "peak_gib": peak_gb()}
+    frames = getattr(engine, "frames", None)
+    if frames is not None:
+        out["decoded_by"] = dict(frames.decoded_by)
+        out["nvdec_fallbacks"] = frames.nvdec_fallbacks
     if fast is not None:
         out["fast_phases"] = {k: round(fast.timings[k] - t_fast0[k], 3) for k in fast.timings}
         graph = getattr(fast, "_graph", None)
@@ -964,9 +993,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             if left(args.deadline) <= args.need_engine:
                 res[f"engine_caption{tag}"] = {"skipped": "deadline"}
                 continue
-            eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, processes=processes,
-                              compile="compile" in variant.split("+"),
-                              decoder="nvdec" if "nvdec" in variant.split("+") else None)
+            eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, **engine_variant(variant, processes))
             try:
                 n = cap_batch * (args.caption_chunks_2b or args.caption_chunks if size == "2B" else args.caption_chunks)
                 reqs = [Request(f"c{i}", caption_messages(p)) for i, p in enumerate(pool[offset: offset + n])]

@@ -143,7 +143,10 @@ def main() -> None:
     import bench_decode
 
     clip = Path(a.clip)
-    if not clip.exists():
+    if clip.is_dir():
+        out["clips"] = len(list(clip.glob("*.mp4")))
+        a.skip_single = True  # parity and single-clip timings take one clip
+    elif not clip.exists():
         clip.parent.mkdir(parents=True, exist_ok=True)
         bench_decode.make_clip(clip)
     index, idx = _index(clip)
@@ -258,13 +261,16 @@ def resized_parity(path: Path) -> dict:
 
 
 def _names(clip: Path, root: Path, count: int, tag: str) -> list[str]:
+    """`count` distinct names (symlinks) for the clip, or cycling through the .mp4 files of a
+    directory (e.g. bench_gpu.py's synth clips), so no video is served from the loader's cache."""
+    sources = sorted(clip.glob("*.mp4")) if clip.is_dir() else [clip]
     d = root / tag
     d.mkdir(parents=True, exist_ok=True)
     out = []
     for k in range(count):
         p = d / f"v{k:04d}.mp4"
         if not p.exists():
-            p.symlink_to(clip.resolve())
+            p.symlink_to(sources[k % len(sources)].resolve())
         out.append(str(p))
     return out
 
@@ -272,39 +278,63 @@ def _names(clip: Path, root: Path, count: int, tag: str) -> list[str]:
 def _gpu_used_mib() -> float:
     import torch
 
+    if not torch.cuda.is_available():
+        return 0.0
     free, total = torch.cuda.mem_get_info()
     return (total - free) / 2**20
 
 
-def loader_throughput(clip: Path, decoder: str, workers: int, processes: bool, per_worker: int = 3) -> dict:
-    """clips/s through the engine's FrameLoader: warm the workers (spawn, imports, CUDA) on `workers`
-    videos, then time `per_worker * workers` distinct videos queued at once."""
+def loader_spec(spec: str) -> dict:
+    """FrameLoader keywords of a --loaders entry: "<decoder>:<t|p><workers>" (threads or worker
+    processes), or "nvdec+cpu:<nvdec threads>:<t|p><cpu workers>"."""
+    parts = spec.split(":")
+    decoder, lane = parts[0], parts[-1]
+    kw = {"decoder": decoder, "workers": int(lane[1:]), "processes": lane[0] == "p"}
+    if decoder == "nvdec+cpu":
+        kw["nvdec_workers"] = int(parts[1])
+    return kw
+
+
+def loader_throughput(clip: Path, spec: str, per_worker: int = 3) -> dict:
+    """clips/s through the engine's FrameLoader: warm the workers (spawn, imports, CUDA) on one
+    video per worker, then time `per_worker` videos per worker queued at once. CPU seconds per clip
+    are this process's (the NVDEC threads' and the loader's; worker processes not included)."""
+    import resource
+
     from avcap.config import Vision
     from avcap.engines.frames import FrameLoader
 
+    kw = loader_spec(spec)
+    workers = kw["workers"] + kw.get("nvdec_workers", 0)
     vision = Vision(nframes=LOAD_KW["nframes"], max_pixels=LOAD_KW["max_pixels"])
-    tag = f"{decoder}-{'p' if processes else 't'}{workers}"
-    names = _names(clip, clip.parent / "names", workers * (per_worker + 1), tag)
+    root = (clip if clip.is_dir() else clip.parent) / "names"
+    names = _names(clip, root, workers * (per_worker + 1), spec.replace(":", "-").replace("+", "_"))
     warm, timed = names[:workers], names[workers:]
     parts = lambda ns: [{"type": "video", "video": n} for n in ns]  # noqa: E731
     used0 = _gpu_used_mib()
-    loader = FrameLoader(vision, LOAD_KW["factor"], workers=workers, processes=processes,
-                         capacity=len(names) + 1, decoder=decoder)
+    loader = FrameLoader(vision, LOAD_KW["factor"], capacity=len(names) + 1, **kw)
     try:
         t = time.perf_counter()
         futs = [loader._future(p) for p in parts(warm)]
         [f.result() for f in futs]
         warm_s = time.perf_counter() - t
         used = _gpu_used_mib()
+        before = dict(loader.decoded_by)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
         futs = [loader._future(p) for p in parts(timed)]
         [f.result() for f in futs]
         dt = time.perf_counter() - t
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        by = {k: v - before.get(k, 0) for k, v in loader.decoded_by.items()}
     finally:
         loader.close()
-        loader._pool.shutdown(wait=True)  # workers gone before the next measurement reads GPU memory
-    return {"decoder": decoder, "workers": workers, "processes": processes, "videos": len(timed),
+        if loader._procs is not None:
+            loader._procs.shutdown(wait=True)  # workers gone before the next measurement reads GPU memory
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return {"spec": spec, **kw, "videos": len(timed), "decoded_by": by,
             "seconds": round(dt, 2), "clips_per_s": round(len(timed) / dt, 2), "warmup_s": round(warm_s, 1),
+            "this_process_cpu_s_per_clip": round(cpu / len(timed), 3),
             "gpu_mib_held_by_workers": round(used - used0)}
 
 
@@ -326,17 +356,32 @@ def bench_load_video(a) -> None:
                  "cpus": os.cpu_count()}
 
     def dump():
-        print(json.dumps(out), flush=True)
         if a.json:
             Path(a.json).write_text(json.dumps(out, indent=1))
+        else:
+            print(json.dumps(out), flush=True)
 
-    if not clip.exists():
+    if clip.is_dir():
+        out["clips"] = len(list(clip.glob("*.mp4")))
+        a.skip_single = True  # parity and single-clip timings take one clip
+    elif not clip.exists():
         clip.parent.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         bench_decode.make_clip(clip)
         out["render_s"] = round(time.perf_counter() - t, 1)
-    out["clip_mbytes"] = round(clip.stat().st_size / 1e6, 1)
+    out["clip_mbytes"] = round(sum(c.stat().st_size for c in (clip.glob("*.mp4") if clip.is_dir() else [clip])) / 1e6, 1)
     torch.zeros(1, device="cuda")  # CUDA context of this process, outside the timings
+    if not a.skip_single:
+        single(a, clip, out, dump)
+    out["frame_loader"] = []
+    for spec in a.loaders.split(","):
+        out["frame_loader"].append(loader_throughput(clip, spec))
+        print(out["frame_loader"][-1], flush=True)
+        dump()
+
+
+def single(a, clip: Path, out: dict, dump) -> None:
+    """Parity of nvdec vs cpu frames and one-clip load_video timings."""
     out["parity_full_size_rgb"] = {"clip": full_size_parity(clip)}
     out["parity_resized"] = {"clip": resized_parity(clip)}
     if a.real and Path(a.real).exists():
@@ -347,13 +392,6 @@ def bench_load_video(a) -> None:
         V.load_video(clip, decoder=decoder, **LOAD_KW)  # warm
         out[f"load_video_{decoder}_s"] = round(median_time(lambda: V.load_video(clip, decoder=decoder, **LOAD_KW), a.runs), 3)
     dump()
-    out["frame_loader"] = []
-    for workers in [int(w) for w in a.workers.split(",")]:
-        out["frame_loader"].append(loader_throughput(clip, "nvdec", workers, processes=True))
-        dump()
-    for decoder, workers, processes in (("nvdec", 8, False), ("cpu", 16, True)):
-        out["frame_loader"].append(loader_throughput(clip, decoder, workers, processes=processes))
-        dump()
 
 
 if __name__ == "__main__":
@@ -363,7 +401,9 @@ if __name__ == "__main__":
         ap.add_argument("--clip", default="/tmp/avcap-nvdec/clip.mp4")
         ap.add_argument("--real", default=None, help="real footage for the parity check (e.g. the udacity clip)")
         ap.add_argument("--runs", type=int, default=5)
-        ap.add_argument("--workers", default="4,8,12")
+        ap.add_argument("--loaders", default="nvdec:p4,nvdec:p8,nvdec:p12,nvdec:t8,cpu:p16",
+                        help="FrameLoader set-ups to time (see loader_spec)")
+        ap.add_argument("--skip-single", action="store_true", help="no parity checks / single-clip timings")
         ap.add_argument("--json", default=None)
         bench_load_video(ap.parse_args())
     else:

@@ -574,7 +574,10 @@ class FastGenerator:
                 eager()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: other threads of this process (the processor ahead, NVDEC decoders) keep
+        # working on their own streams during the capture; "global" would make their allocations
+        # and default-stream work invalidate it
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = eager()
         valid.copy_(saved_valid)
         kc[:, :, :, s_len - 1].zero_()
