@@ -272,3 +272,55 @@ def test_frame_loader_close_cancels_waiting_videos(tmp_path):
         assert f.cancelled() or f.done()
     with pytest.raises(RuntimeError, match="closed"):
         loader._future({"type": "video", "video": str(clip), "nframes": 8})
+
+
+def test_batched_nv12_conversion_and_resize_equal_frame_by_frame(h264_clip):
+    """The NVDEC path converts and resizes up to 8 frames per call; each frame's result equals its
+    own conversion (nv12_to_rgb and resize on a batch are per-frame operations), batches split where
+    the size or the colour tags change, and a picture sampled twice is converted once."""
+    import av
+
+    frames = []
+    with av.open(str(h264_clip)) as c:
+        for i, fr in enumerate(c.decode(video=0)):
+            if i < 11:
+                frames.append(fr)
+    size = lambda hw: (64, 96)  # noqa: E731
+    copies = []
+    for k, fr in enumerate(frames):
+        y, uv = padded_nv12(fr)
+        y, uv = V._cropped_nv12(Path("x.mp4"), y, uv, fr.height, fr.width)
+        cs = 1 if k < 9 else 5  # the tags change after frame 9: a batch of 8, one of 1, one of 2
+        copies.append(V._NV12(y.clone(), uv.clone(), cs, fr.color_range, fr.height, fr.width))
+    batched = V._nv12_batch_resized(Path("x.mp4"), copies, size)
+    alone = [V._nv12_batch_resized(Path("x.mp4"), [c], size)[0] for c in copies]
+    assert len(batched) == 11 and all(np.array_equal(a, b) for a, b in zip(batched, alone))
+    rgb = V._rgb_from_nv12(Path("x.mp4"), copies[0].y, copies[0].uv, 1, frames[0].color_range,
+                           frames[0].height, frames[0].width)
+    assert np.array_equal(alone[0], V.resize_chw(rgb, 64, 96).permute(1, 2, 0).numpy())
+    twice = V._resized_once(Path("x.mp4"), [copies[0], copies[1], copies[0]], size)
+    assert np.array_equal(twice[0], twice[2]) and np.array_equal(twice[0], batched[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with NVDEC (runs on the GPU machine)")
+def test_nvdec_load_video_on_the_gpu_matches_the_cpu(tmp_path, make_frames):
+    """The GPU path end to end: NVDEC decode, NV12 copies, batched conversion and resize, from a
+    thread beside work on a non-blocking stream. Full-size conversion is exact; the GPU resize is
+    within one level of the CPU's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "clip.mp4"
+    V.write_video(path, make_frames(60, 240, 320, seed=5), 30, gop=12)
+    ref = V.load_video(path, nframes=12, max_pixels=160 * 224)
+    busy = torch.cuda.Stream()
+    with torch.cuda.stream(busy):
+        a = torch.randn(2048, 2048, device="cuda")
+        for _ in range(20):
+            a = (a @ a).tanh_()
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda _: V.load_video(path, nframes=12, max_pixels=160 * 224, decoder="nvdec"), range(3)))
+    torch.cuda.synchronize()
+    for g in got:
+        assert g.frame_indices == ref.frame_indices and g.frames.shape == ref.frames.shape
+        assert np.abs(g.frames.astype(int) - ref.frames).max() <= 1
+        assert np.array_equal(g.frames, got[0].frames)

@@ -674,16 +674,31 @@ def _nvdec_hwaccel(path: Path):
                          f"PyAV {av.__version__}: {exc}") from None
 
 
+def _colour_coefficients(path: Path, colorspace: int, color_range: int):
+    from avcap.video_colour import UnsupportedColour, swscale_coefficients
+
+    try:
+        return swscale_coefficients(colorspace, color_range)
+    except UnsupportedColour as exc:
+        raise VideoError(path, f"decoder='nvdec': {exc}; use decoder='cpu'") from None
+
+
+def _cropped_nv12(path: Path, y, uv, height: int, width: int):
+    from avcap.video_colour import UnsupportedColour, crop_nv12
+
+    try:
+        return crop_nv12(y, uv, height, width)
+    except UnsupportedColour as exc:
+        raise VideoError(path, f"decoder='nvdec': {exc}; use decoder='cpu'") from None
+
+
 def _rgb_from_nv12(path: Path, y, uv, colorspace: int, color_range: int, height: int, width: int):
     """3 x height x width uint8 RGB (torch, planes' device) from possibly padded NV12 planes, as swscale
     converts the software decoder's frame (avcap.video_colour)."""
-    from avcap.video_colour import UnsupportedColour, crop_nv12, nv12_to_rgb, swscale_coefficients
+    from avcap.video_colour import nv12_to_rgb
 
-    try:
-        coeffs = swscale_coefficients(colorspace, color_range)
-        y, uv = crop_nv12(y, uv, height, width)
-    except UnsupportedColour as exc:
-        raise VideoError(path, f"decoder='nvdec': {exc}; use decoder='cpu'") from None
+    coeffs = _colour_coefficients(path, colorspace, color_range)
+    y, uv = _cropped_nv12(path, y, uv, height, width)
     return nv12_to_rgb(y, uv, coeffs)
 
 
@@ -697,30 +712,74 @@ def _nvdec_planes(path: Path, frame):
     if sw.name != "nv12":
         raise VideoError(path, f"decoder='nvdec': only 8-bit 4:2:0 video (NV12 surfaces) is converted, "
                          f"NVDEC gave {sw.name}; use decoder='cpu'")
-    # PyAV synchronises the decoder itself (stream=None); the capsule holds a reference to the surface
+    # FFmpeg's copy into the surface is on the legacy default stream: `_conversion_stream` waits for it
     y, uv = (torch.from_dlpack(p.__dlpack__(stream=None)) for p in frame.planes[:2])
     return y, uv
 
 
+@dataclass
+class _NV12:
+    """One decoded picture's visible NV12 planes (contiguous torch copies) and colour tags."""
+
+    y: Any
+    uv: Any
+    colorspace: int
+    color_range: int
+    height: int
+    width: int
+
+
+_NV12_BATCH = 8  # frames converted and resized per call: ~30 kernels per call instead of per frame
+
+
+def _nv12_batch_resized(path: Path, frames: Sequence[_NV12],
+                        size_of: Callable[[tuple[int, int]], tuple[int, int]]) -> list[np.ndarray]:
+    """NV12 copies -> RGB -> resized, in batches of frames with the same size and colour tags, on
+    their device (CUDA: this thread's conversion stream); H x W x 3 uint8 numpy each. Frame by frame
+    the same as converting and resizing each alone."""
+    import contextlib
+
+    import torch
+
+    from avcap.video_colour import nv12_to_rgb
+
+    out: list[np.ndarray] = []
+    cuda = bool(frames) and frames[0].y.is_cuda
+    with torch.cuda.stream(_conversion_stream()) if cuda else contextlib.nullcontext():
+        i = 0
+        while i < len(frames):
+            f0 = frames[i]
+            tags = (f0.colorspace, f0.color_range, f0.height, f0.width)
+            j = i + 1
+            while j < len(frames) and j - i < _NV12_BATCH and \
+                    (frames[j].colorspace, frames[j].color_range, frames[j].height, frames[j].width) == tags:
+                j += 1
+            rgb = nv12_to_rgb(torch.stack([f.y for f in frames[i:j]]), torch.stack([f.uv for f in frames[i:j]]),
+                              _colour_coefficients(path, f0.colorspace, f0.color_range))
+            small = resize_nchw(rgb, *size_of((f0.height, f0.width)))
+            out += list(small.permute(0, 2, 3, 1).contiguous().cpu().numpy())  # a GPU download synchronises
+            i = j
+    return out
+
+
 def _nv12_resized(path: Path, y, uv, colorspace: int, color_range: int, height: int, width: int,
                   size_of: Callable[[tuple[int, int]], tuple[int, int]]) -> np.ndarray:
-    """NV12 planes (torch, any device) -> RGB -> resized on their device -> H x W x 3 uint8 numpy."""
-    rgb = _rgb_from_nv12(path, y, uv, colorspace, color_range, height, width)
-    out = resize_chw(rgb, *size_of((height, width)))
-    return out.permute(1, 2, 0).contiguous().cpu().numpy()  # a GPU download synchronises
+    """Possibly padded NV12 planes (torch, any device) -> RGB -> resized on their device -> H x W x 3 uint8."""
+    y, uv = _cropped_nv12(path, y, uv, height, width)
+    return _nv12_batch_resized(path, [_NV12(y, uv, colorspace, color_range, height, width)], size_of)[0]
 
 
 _conversion = threading.local()
 
 
 def _conversion_stream():
-    """This thread's CUDA stream for NVDEC frame conversion, made to wait for FFmpeg's work first.
+    """This thread's CUDA stream for NVDEC frame copies and conversion, made to wait for FFmpeg first.
 
     FFmpeg copies each decoded picture into its surface on the legacy default stream. Our kernels
-    run on a stream of their own, low priority, not on the default stream: a decoder thread beside
-    a model that runs on its own (non-blocking) stream then neither waits for the model's queued
-    kernels nor delays them (`avcap.engines`' model stream), and decoder threads do not wait for each
-    other. The wait on an event of the default stream orders the conversion after FFmpeg's copy."""
+    run on a stream of their own (torch's lowest priority), not on the default stream: decoding in a
+    process whose model runs on its own non-blocking stream (the transformers engine's) then neither
+    waits for the model's queued kernels nor delays them, and decoder threads do not wait for each
+    other. The wait on the default stream orders our work after FFmpeg's copy."""
     import torch
 
     device = torch.cuda.current_device()
@@ -728,20 +787,24 @@ def _conversion_stream():
     if streams is None:
         streams = _conversion.streams = {}
     if device not in streams:
-        streams[device] = torch.cuda.Stream(device)  # priority 0: torch's lowest
+        streams[device] = torch.cuda.Stream(device)
     stream = streams[device]
     stream.wait_stream(torch.cuda.default_stream(device))
     return stream
 
 
-def _nvdec_resized(path: Path, frame, size_of: Callable[[tuple[int, int]], tuple[int, int]]) -> np.ndarray:
-    """An NVDEC frame converted to RGB and resized on the GPU; only the resized frame is downloaded.
-    The surface views live until the download has synchronised, then go back to the decoder."""
+def _nvdec_copy(path: Path, frame) -> _NV12:
+    """The visible NV12 planes of an NVDEC frame copied out of the decoder's surface, which goes back
+    to the decoder when this returns (the copy has finished by then)."""
     import torch
 
-    y, uv = _nvdec_planes(path, frame)
-    with torch.cuda.stream(_conversion_stream()):
-        return _nv12_resized(path, y, uv, frame.colorspace, frame.color_range, frame.height, frame.width, size_of)
+    y, uv = _cropped_nv12(path, *_nvdec_planes(path, frame), frame.height, frame.width)
+    stream = _conversion_stream()
+    with torch.cuda.stream(stream):
+        y = torch.empty_like(y, memory_format=torch.contiguous_format).copy_(y)
+        uv = torch.empty_like(uv, memory_format=torch.contiguous_format).copy_(uv)
+    stream.synchronize()
+    return _NV12(y, uv, frame.colorspace, frame.color_range, frame.height, frame.width)
 
 
 def decode_all(path: str | os.PathLike, *, threads: int = 1) -> np.ndarray:
@@ -955,10 +1018,12 @@ def load_video(
                                              min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
                 return sizes[hw]
 
-            def convert(frame) -> np.ndarray:
-                # RGB, then resized at once: memory holds the output, not T full-size frames
+            def convert(frame):
+                # CPU: RGB, then resized at once (memory holds the output, not T full-size frames);
+                # NVDEC: a copy of the NV12 planes, converted and resized in batches afterwards
                 if hwaccel is not None:
-                    return _nvdec_resized(path, frame, size_of)
+                    size_of((frame.height, frame.width))
+                    return _nvdec_copy(path, frame)
                 rgb = _to_rgb(frame)
                 return resize_frames([rgb], *size_of(rgb.shape[:2]))[0]
 
@@ -975,6 +1040,8 @@ def load_video(
             frames = decode_frames_full(path, plan.frame_indices, threads=threads, convert=convert, hwaccel=hwaccel)
         else:
             frames = [got[i] for i in plan.frame_indices]
+        if hwaccel is not None:
+            frames = _resized_once(path, frames, size_of)
         if len(sizes) > 1:
             raise VideoError(path, f"frame size changes within the clip ({', '.join(f'{w}x{h}' for h, w in sizes)})")
         (src_hw, (plan.resized_height, plan.resized_width)), = sizes.items()
@@ -994,6 +1061,13 @@ def load_video(
         height=info.height,
         width=info.width,
     )
+
+
+def _resized_once(path: Path, frames: list[_NV12], size_of) -> list[np.ndarray]:
+    """`_nv12_batch_resized` of the distinct pictures (a picture sampled twice is converted once)."""
+    distinct = list({id(f): f for f in frames}.values())
+    done = dict(zip((id(f) for f in distinct), _nv12_batch_resized(path, distinct, size_of)))
+    return [done[id(f)] for f in frames]
 
 
 def _load_images(directory: Path, indices: Sequence[int], size: tuple[int, int]) -> list[np.ndarray]:
@@ -1035,7 +1109,13 @@ def resize_frames(frames: np.ndarray | Sequence[np.ndarray], height: int, width:
 
 def resize_chw(frame, height: int, width: int):
     """One 3 x H x W uint8 torch frame (any device) -> 3 x height x width uint8, qwen-vl-utils' call."""
+    return resize_nchw(frame.unsqueeze(0), height, width)[0]
+
+
+def resize_nchw(frames, height: int, width: int):
+    """N x 3 x H x W uint8 torch frames (any device) -> N x 3 x height x width uint8, qwen-vl-utils'
+    call; the filter treats every frame alone, so a batch gives each frame's own result."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
-    return TF.resize(frame.unsqueeze(0), [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)[0]
+    return TF.resize(frames, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)

@@ -119,19 +119,21 @@ def _mulhi(a, c: int):
 
 
 def nv12_to_rgb(y, uv, coeffs: Yuv2Rgb):
-    """3 x H x W uint8 RGB from NV12 planes (y: H x W uint8, uv: H/2 x W/2 x 2 uint8), on their device.
+    """3 x H x W uint8 RGB from NV12 planes (y: H x W uint8, uv: H/2 x W/2 x 2 uint8), on their device;
+    with leading dimensions (y: N x H x W, uv: N x H/2 x W/2 x 2) N x 3 x H x W, frame by frame the same.
 
     Integer arithmetic in int32, exactly swscale's `yuv420_rgb24_ssse3` (module docstring).
     """
     import torch
 
-    h, w = y.shape
-    if uv.shape != (h // 2, w // 2, 2) or h % 2 or w % 2:
+    h, w = y.shape[-2:]
+    lead = tuple(y.shape[:-2])
+    if tuple(uv.shape) != lead + (h // 2, w // 2, 2) or h % 2 or w % 2:
         raise UnsupportedColour(f"NV12 planes {tuple(y.shape)} / {tuple(uv.shape)} do not form an even-sized frame")
-    luma = _mulhi((y.to(torch.int32) << 3) - coeffs.y_offset, coeffs.y)  # H x W
+    luma = _mulhi((y.to(torch.int32) << 3) - coeffs.y_offset, coeffs.y)  # ... x H x W
     c = (uv.to(torch.int32) << 3) - (128 << 3)
-    u, v = c[..., 0], c[..., 1]  # H/2 x W/2
+    u, v = c[..., 0], c[..., 1]  # ... x H/2 x W/2
     chroma = torch.stack([_mulhi(v, coeffs.v2r), _mulhi(u, coeffs.u2g) + _mulhi(v, coeffs.v2g),
-                          _mulhi(u, coeffs.u2b)])  # 3 x H/2 x W/2
-    chroma = chroma[:, :, None, :, None].expand(3, h // 2, 2, w // 2, 2).reshape(3, h, w)  # 2 x 2 repetition
-    return (luma.unsqueeze(0) + chroma).clamp_(0, 255).to(torch.uint8)
+                          _mulhi(u, coeffs.u2b)], dim=-3)  # ... x 3 x H/2 x W/2
+    chroma = chroma[..., :, None, :, None].expand(*lead, 3, h // 2, 2, w // 2, 2).reshape(*lead, 3, h, w)  # 2 x 2
+    return (luma.unsqueeze(-3) + chroma).clamp_(0, 255).to(torch.uint8)
