@@ -706,7 +706,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     """make_engine keywords of an --engine-variants entry: "+"-joined tokens, e.g. compile+nvdec.
     compile: [avcap.engine] compile; nvdec: decoder "nvdec" in --decode-mode; nvdecT<N>: decoder
     "nvdec" in N threads of the engine's process; hybrid<N>[c<M>]: decoder "nvdec+cpu" with N NVDEC
-    threads (and M CPU decoders, default --decode-workers)."""
+    workers and M CPU decoders (default --decode-workers), both in --decode-mode."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}

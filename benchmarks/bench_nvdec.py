@@ -295,6 +295,20 @@ def loader_spec(spec: str) -> dict:
     return kw
 
 
+def _workers_cpu_s(loader) -> float:
+    """User + system CPU seconds of the loader's worker processes so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pool in loader._procs.values():
+        for pid in list(getattr(pool, "_processes", None) or {}):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
+
+
 def loader_throughput(clip: Path, spec: str, per_worker: int = 3) -> dict:
     """clips/s through the engine's FrameLoader: warm the workers (spawn, imports, CUDA) on one
     video per worker, then time `per_worker` videos per worker queued at once. CPU seconds per clip
@@ -320,21 +334,24 @@ def loader_throughput(clip: Path, spec: str, per_worker: int = 3) -> dict:
         warm_s = time.perf_counter() - t
         used = _gpu_used_mib()
         before = dict(loader.decoded_by)
+        w0 = _workers_cpu_s(loader)
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
         futs = [loader._future(p) for p in parts(timed)]
         [f.result() for f in futs]
         dt = time.perf_counter() - t
         r1 = resource.getrusage(resource.RUSAGE_SELF)
+        w1 = _workers_cpu_s(loader)
         by = {k: v - before.get(k, 0) for k, v in loader.decoded_by.items()}
     finally:
         loader.close()
-        if loader._procs is not None:
-            loader._procs.shutdown(wait=True)  # workers gone before the next measurement reads GPU memory
+        for pool in loader._procs.values():
+            pool.shutdown(wait=True)  # workers gone before the next measurement reads GPU memory
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return {"spec": spec, **kw, "videos": len(timed), "decoded_by": by,
             "seconds": round(dt, 2), "clips_per_s": round(len(timed) / dt, 2), "warmup_s": round(warm_s, 1),
             "this_process_cpu_s_per_clip": round(cpu / len(timed), 3),
+            "worker_processes_cpu_s_per_clip": round((w1 - w0) / len(timed), 3),
             "gpu_mib_held_by_workers": round(used - used0)}
 
 

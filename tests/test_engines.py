@@ -202,7 +202,7 @@ def test_frame_loader_processes_survive_a_bad_video_and_a_dead_worker(tmp_path, 
             loader.frames({"video": str(broken)})
         first = loader.frames({"video": str(h264_clip)})
         assert (first.frames == load_video(h264_clip, nframes=4).frames).all()
-        pool = loader._procs
+        pool = loader._procs["cpu"]
         for pid in list(pool._processes):
             os.kill(pid, signal.SIGKILL)
         deadline = time.time() + 30
@@ -210,7 +210,7 @@ def test_frame_loader_processes_survive_a_bad_video_and_a_dead_worker(tmp_path, 
             time.sleep(0.05)
         assert pool._broken
         again = loader.frames({"video": str(h264_clip), "nframes": 6})
-        assert again.frames.shape[0] == 6 and loader._procs is not pool
+        assert again.frames.shape[0] == 6 and loader._procs["cpu"] is not pool
     finally:
         loader.close()
 

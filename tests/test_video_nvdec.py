@@ -232,7 +232,7 @@ def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, 
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     loader = FrameLoader(Vision(nframes=4), 32, workers=2, processes=processes, decoder="nvdec+cpu", nvdec_workers=2)
-    assert loader.lanes == [("nvdec", False, 2), ("cpu", processes, 2)]
+    assert loader.lanes == [("nvdec", processes, 2), ("cpu", processes, 2)]
     reqs = [Request(f"r{i}", [{"role": "user", "content": [{"type": "video", "video": str(c)}]}])
             for i, c in enumerate(clips + [broken])]
     try:

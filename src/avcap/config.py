@@ -317,9 +317,9 @@ class Engine(_Model):
     # "nvdec": decode on the GPU (PyAV's CUDA hwaccel), colour conversion and resize there too, same
     # pixels as "cpu" (avcap.video.load_video); in threads (decode_processes = false) in the
     # model's CUDA context, in processes one context per worker. "nvdec+cpu": nvdec_workers NVDEC
-    # threads and decode_workers CPU decoders at once (avcap.engines.frames)
+    # workers and decode_workers CPU decoders at once (avcap.engines.frames)
     decoder: Literal["cpu", "nvdec", "nvdec+cpu"] = "cpu"
-    nvdec_workers: Optional[int] = Field(None, ge=1)  # NVDEC threads of "nvdec+cpu" (default 8)
+    nvdec_workers: Optional[int] = Field(None, ge=1)  # NVDEC workers of "nvdec+cpu" (default 8)
     # torch.compile the repeated blocks (vision blocks, decoder layers) that the prefill runs: fused
     # RMSNorm/RoPE/SwiGLU (avcap.trainer.compile); the first batches of each shape pay the compile time
     compile: bool = False

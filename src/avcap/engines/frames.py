@@ -12,15 +12,18 @@ for the frames of a request's video parts. The loader
   come back pickled), so `prefetch(next_batch)` decodes the next batch's videos while the model
   works on this one. Workers take the oldest waiting video, so videos finish in the order asked;
 - `decoder="nvdec"` decodes on the GPU (`load_video(decoder=)`: same sparse decode, exact colour
-  conversion, resize on the GPU; only the resized frames leave it). In threads that is NVDEC in the
-  model's own CUDA context: the engine runs its model on a non-blocking stream and the decoders
-  convert on streams of their own, so neither waits for the other. In worker processes each worker
-  holds its own CUDA context, and the GPU time-slices between contexts (measured: the model loses
-  ~20 % of its speed beside 15 such workers, benchmarks/RESULTS.md);
-- `decoder="nvdec+cpu"` runs `nvdec_workers` NVDEC threads in this process and `workers` CPU
-  decoders (threads or processes) side by side, all taking from one queue: for when neither alone
+  conversion, resize on the GPU; only the resized frames leave it). In worker processes each worker
+  holds its own CUDA context, and the GPU time-slices between contexts: the model loses some speed
+  beside them (benchmarks/RESULTS.md). In threads NVDEC shares the model's context (the engine's
+  model runs on a non-blocking stream of its own, the decoders convert on theirs, so neither waits
+  for the other's queue), but the decoder threads' Python work competes with the model's launching
+  thread for the GIL: measured beside a 2B model it halved the model's speed, so processes are the
+  choice beside a model;
+- `decoder="nvdec+cpu"` runs `nvdec_workers` NVDEC workers and `workers` CPU decoders side by
+  side (both in processes or both in threads), all taking from one queue: for when neither alone
   keeps up. Which decoder gets a video depends on timing; the two give the same full-size pixels,
-  and resized frames within one level on ~0.01 % of the values (GPU vs CPU resize);
+  and resized frames within one level on ~0.01 % of the values (GPU vs CPU resize). A video NVDEC
+  cannot decode (codec, pixel format, no GPU) goes to the CPU decoders;
 - keeps the last `capacity` decoded videos, so the 12 MCQ questions of one video decode it once
   even when they straddle two batches.
 
@@ -93,14 +96,14 @@ class FrameLoader:
         self.factor = int(factor)
         self.capacity = max(1, int(capacity))
         n = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
-        self._procs = self._new_pool(n) if processes else None
-        # (decoder, in worker processes?, workers): NVDEC beside the CPU always decodes in this
-        # process, so that it shares the model's CUDA context (see module docstring)
+        # (decoder, in worker processes?, workers); each lane of processes has its own pool, so
+        # only NVDEC workers start a CUDA context
         if decoder == NVDEC_AND_CPU:
-            lanes = [("nvdec", False, max(1, nvdec_workers or 8)), ("cpu", processes, n)]
+            lanes = [("nvdec", processes, max(1, nvdec_workers or 8)), ("cpu", processes, n)]
         else:
             lanes = [(decoder, processes, n)]
         self.lanes = lanes
+        self._procs = {dec: self._new_pool(count) for dec, proc, count in lanes if proc}
         self._todo: deque[tuple[str, dict[str, Any], Future]] = deque()
         self._cpu_only: deque[tuple[str, dict[str, Any], Future]] = deque()  # NVDEC could not
         self.nvdec_fallbacks = 0
@@ -129,7 +132,7 @@ class FrameLoader:
                 continue
             try:
                 kw = {**kw, "decoder": decoder}
-                result = self._in_worker_process(path, kw) if in_process_pool else _load(path, kw)
+                result = self._in_worker_process(decoder, path, kw) if in_process_pool else _load(path, kw)
             except BaseException as exc:  # noqa: BLE001 — the error belongs to whoever asks for this video
                 if decoder == "nvdec" and self.decoder == NVDEC_AND_CPU and _nvdec_specific(exc):
                     self._to_cpu(path, kw, fut, exc)
@@ -140,7 +143,7 @@ class FrameLoader:
                     self.decoded_by[decoder] += 1
                 fut.set_result(result)
 
-    def _in_worker_process(self, path: str, kw: dict[str, Any]):
+    def _in_worker_process(self, decoder: str, path: str, kw: dict[str, Any]):
         """Decode in the process pool. A worker that dies (killed, out of memory, a crash in FFmpeg)
         breaks the whole pool: start a new one and try this video once more there, so one bad
         video fails itself, not the rest of the run."""
@@ -149,15 +152,15 @@ class FrameLoader:
         from avcap.video import VideoError
 
         for attempt in range(2):
-            pool = self._procs
+            pool = self._procs[decoder]
             try:
                 return pool.submit(_load, path, kw).result()
             except BrokenProcessPool as exc:
                 with self._ready:
                     if self._closed:
                         raise
-                    if self._procs is pool:
-                        self._procs = self._new_pool(pool._max_workers)
+                    if self._procs[decoder] is pool:
+                        self._procs[decoder] = self._new_pool(pool._max_workers)
                         pool.shutdown(wait=False, cancel_futures=True)
                 if attempt:
                     raise VideoError(path, f"the decoder process died twice while decoding this video ({exc})") from None
@@ -229,8 +232,8 @@ class FrameLoader:
             self._ready.notify_all()
         for _, _, fut in waiting:
             fut.cancel()
-        if self._procs is not None:
-            self._procs.shutdown(wait=False, cancel_futures=True)
+        for pool in self._procs.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._cache.clear()
 
