@@ -691,13 +691,14 @@ def run_plain_batched(model, processor, names, vision, factor, args, device) -> 
 
 def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True, graphs: bool = True,
                 processes: bool = False, compile: bool = False, decoder: str | None = None,
-                nvdec_workers: int | None = None, decode_workers: int | None = None):
+                nvdec_workers: int | None = None, decode_workers: int | None = None, process_threads: int = 1):
     from avcap.config import Engine as EngineConfig
     from avcap.engines.transformers_engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
-                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers)
+                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers,
+                       decode_process_threads=process_threads)
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
                               decode_workers=decode_workers or args.decode_workers, decode_processes=processes)
 
@@ -706,7 +707,8 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     """make_engine keywords of an --engine-variants entry: "+"-joined tokens, e.g. compile+nvdec.
     compile: [avcap.engine] compile; nvdec: decoder "nvdec" in --decode-mode; nvdecT<N>: decoder
     "nvdec" in N threads of the engine's process; hybrid<N>[c<M>]: decoder "nvdec+cpu" with N NVDEC
-    workers and M CPU decoders (default --decode-workers), both in --decode-mode."""
+    workers and M CPU decoders (default --decode-workers), both in --decode-mode; w<N>: N decode
+    workers (default --decode-workers); pt<N>: N videos at once per worker process, in threads."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -721,6 +723,10 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw.update(decoder="nvdec+cpu", nvdec_workers=int(m[1]))
             if m[2]:
                 kw["decode_workers"] = int(m[2])
+        elif m := re.fullmatch(r"w(\d+)", tok):
+            kw["decode_workers"] = int(m[1])
+        elif m := re.fullmatch(r"pt(\d+)", tok):
+            kw["process_threads"] = int(m[1])
         elif tok != "eager":
             raise SystemExit(f"unknown engine variant token {tok!r} in {variant!r}")
     return kw

@@ -286,10 +286,13 @@ def _gpu_used_mib() -> float:
 
 def loader_spec(spec: str) -> dict:
     """FrameLoader keywords of a --loaders entry: "<decoder>:<t|p><workers>" (threads or worker
-    processes), or "nvdec+cpu:<nvdec threads>:<t|p><cpu workers>"."""
+    processes; "p4x3": 4 processes decoding 3 videos each at once, in threads), or
+    "nvdec+cpu:<nvdec workers>:<t|p><cpu workers>"."""
     parts = spec.split(":")
     decoder, lane = parts[0], parts[-1]
-    kw = {"decoder": decoder, "workers": int(lane[1:]), "processes": lane[0] == "p"}
+    lane, _, per_process = lane.partition("x")
+    kw = {"decoder": decoder, "workers": int(lane[1:]), "processes": lane[0] == "p",
+          "process_threads": int(per_process or 1)}
     if decoder == "nvdec+cpu":
         kw["nvdec_workers"] = int(parts[1])
     return kw
@@ -319,7 +322,7 @@ def loader_throughput(clip: Path, spec: str, per_worker: int = 3) -> dict:
     from avcap.engines.frames import FrameLoader
 
     kw = loader_spec(spec)
-    workers = kw["workers"] + kw.get("nvdec_workers", 0)
+    workers = (kw["workers"] + kw.get("nvdec_workers", 0)) * kw["process_threads"]
     vision = Vision(nframes=LOAD_KW["nframes"], max_pixels=LOAD_KW["max_pixels"])
     root = (clip if clip.is_dir() else clip.parent) / "names"
     names = _names(clip, root, workers * (per_worker + 1), spec.replace(":", "-").replace("+", "_"))

@@ -347,3 +347,43 @@ def test_vllm_engine_says_how_to_install():
     cfg = EngineConfig(name="vllm")
     with pytest.raises(VLLMNotInstalled, match=r"pip install 'avcap\[vllm\]'"):
         make_engine(cfg, vision=Vision(nframes=4), model="whatever")
+
+
+def test_frame_loader_worker_processes_decode_several_videos_at_once(tmp_path, h264_clip):
+    """decode_process_threads: each worker process takes several videos at once (threads there);
+    results and errors still reach each video's own request."""
+    from avcap.engines import Request
+    from avcap.engines.frames import load_request_frames
+    from avcap.video import load_video
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    parts = [{"type": "video", "video": str(h264_clip), "nframes": n} for n in (2, 4, 6, 8)]
+    parts.insert(2, {"type": "video", "video": str(broken)})
+    loader = FrameLoader(Vision(nframes=4), 32, workers=1, processes=True, process_threads=3)
+    try:
+        assert loader.process_threads == 3
+        reqs = [Request(f"r{i}", [{"role": "user", "content": [p]}]) for i, p in enumerate(parts)]
+        loader.prefetch(reqs)
+        got = [load_request_frames(loader, r) for r in reqs]
+    finally:
+        loader.close()
+    for (frames, err), part in zip(got, parts):
+        if part["video"] == str(broken):
+            assert frames == [] and err.startswith(f"{broken}: not a video")
+        else:
+            assert err is None
+            assert (frames[0].frames == load_video(h264_clip, nframes=part["nframes"]).frames).all()
+    assert loader.decoded_by == {"cpu": 4}
+
+
+def test_load_many_keeps_each_videos_outcome(tmp_path, h264_clip):
+    from avcap.engines.frames import _load_many
+    from avcap.video import VideoError, load_video
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    out = _load_many([(str(h264_clip), {"nframes": 4}), (str(broken), {"nframes": 4}), (str(h264_clip), {"nframes": 2})])
+    assert [ok for ok, _ in out] == [True, False, True]
+    assert (out[0][1].frames == load_video(h264_clip, nframes=4).frames).all() and out[2][1].frames.shape[0] == 2
+    assert isinstance(out[1][1], VideoError) and str(out[1][1]).startswith(str(broken))
