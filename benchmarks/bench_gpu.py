@@ -698,7 +698,7 @@ def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True,
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
                        decoder=decoder or args.decoder, nvdec_workers=nvdec_workers,
-                       decode_process_threads=process_threads)
+                       nvdec_process_threads=process_threads)
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
                               decode_workers=decode_workers or args.decode_workers, decode_processes=processes)
 
@@ -708,7 +708,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     compile: [avcap.engine] compile; nvdec: decoder "nvdec" in --decode-mode; nvdecT<N>: decoder
     "nvdec" in N threads of the engine's process; hybrid<N>[c<M>]: decoder "nvdec+cpu" with N NVDEC
     workers and M CPU decoders (default --decode-workers), both in --decode-mode; w<N>: N decode
-    workers (default --decode-workers); pt<N>: N videos at once per worker process, in threads."""
+    workers (default --decode-workers); pt<N>: N videos at once per NVDEC worker process, in threads."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}

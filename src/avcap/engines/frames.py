@@ -104,7 +104,8 @@ class FrameLoader:
         else:
             lanes = [(decoder, processes, n)]
         self.lanes = lanes
-        # videos one worker process decodes at once, in threads (NVDEC: fewer CUDA contexts)
+        # videos one NVDEC worker process decodes at once, in threads: fewer CUDA contexts (CPU
+        # decoders gain nothing from it, a core decodes one video at a time either way)
         self.process_threads = max(1, int(process_threads)) if processes else 1
         self._procs = {dec: self._new_pool(count) for dec, proc, count in lanes if proc}
         self._todo: deque[tuple[str, dict[str, Any], Future]] = deque()
@@ -134,7 +135,8 @@ class FrameLoader:
 
     def _work(self, decoder: str, in_process_pool: bool) -> None:
         """One worker (with `process_threads` > 1: one worker process, several videos at a time)."""
-        while (items := self._take(decoder, self.process_threads if in_process_pool else 1)) is not None:
+        most = self.process_threads if in_process_pool and decoder == "nvdec" else 1
+        while (items := self._take(decoder, most)) is not None:
             items = [(path, {**kw, "decoder": decoder}, fut) for path, kw, fut in items
                      if fut.running() or fut.set_running_or_notify_cancel()]
             if not items:
