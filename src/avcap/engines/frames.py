@@ -282,6 +282,15 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def _start_cuda() -> None:
+    """CUDA started by the worker process's main thread before its decoder threads use it."""
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_initialized():
+        torch.cuda.init()
+        torch.cuda.current_stream().query()
+
+
 def _outcome(fn, *args) -> tuple[bool, Any]:
     try:
         return True, fn(*args)
@@ -293,6 +302,8 @@ def _load_many(items: list[tuple[str, dict[str, Any]]]) -> list[tuple[bool, Any]
     """In a worker process: the videos decoded at once, one thread each; (ok, frames or error)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    if any(kw.get("decoder") == "nvdec" for _, kw in items):
+        _start_cuda()
     with ThreadPoolExecutor(len(items)) as pool:
         return list(pool.map(lambda item: _outcome(_load, *item), items))
 
