@@ -274,8 +274,8 @@ def test_frame_loader_close_cancels_waiting_videos(tmp_path):
         loader._future({"type": "video", "video": str(clip), "nframes": 8})
 
 
-def test_batched_nv12_conversion_and_resize_equal_frame_by_frame(h264_clip):
-    """The NVDEC path converts and resizes up to 8 frames per call; each frame's result equals its
+def test_batched_nv12_conversion_and_resize_equal_frame_by_frame(h264_clip, monkeypatch):
+    """The NVDEC path can convert and resize several frames per call; each frame's result equals its
     own conversion (nv12_to_rgb and resize on a batch are per-frame operations), batches split where
     the size or the colour tags change, and a picture sampled twice is converted once."""
     import av
@@ -292,6 +292,7 @@ def test_batched_nv12_conversion_and_resize_equal_frame_by_frame(h264_clip):
         y, uv = V._cropped_nv12(Path("x.mp4"), y, uv, fr.height, fr.width)
         cs = 1 if k < 9 else 5  # the tags change after frame 9: a batch of 8, one of 1, one of 2
         copies.append(V._NV12(y.clone(), uv.clone(), cs, fr.color_range, fr.height, fr.width))
+    monkeypatch.setattr(V, "_NV12_BATCH", 8)  # the module default is 1 (see its comment)
     batched = V._nv12_batch_resized(Path("x.mp4"), copies, size)
     alone = [V._nv12_batch_resized(Path("x.mp4"), [c], size)[0] for c in copies]
     assert len(batched) == 11 and all(np.array_equal(a, b) for a, b in zip(batched, alone))

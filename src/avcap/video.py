@@ -729,7 +729,10 @@ class _NV12:
     width: int
 
 
-_NV12_BATCH = 8  # frames converted and resized per call: ~30 kernels per call instead of per frame
+# frames converted and resized per call. 8 per call (~30 kernels per call instead of per frame)
+# did not lower the time the model loses beside NVDEC worker processes (benchmarks/gpu_run12) and
+# held 8x the GPU memory in every worker (an engine run with 12 NVDEC threads ran out of memory)
+_NV12_BATCH = 1
 
 
 def _nv12_batch_resized(path: Path, frames: Sequence[_NV12],
