@@ -708,7 +708,8 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     compile: [avcap.engine] compile; nvdec: decoder "nvdec" in --decode-mode; nvdecT<N>: decoder
     "nvdec" in N threads of the engine's process; hybrid<N>[c<M>]: decoder "nvdec+cpu" with N NVDEC
     workers and M CPU decoders (default --decode-workers), both in --decode-mode; w<N>: N decode
-    workers (default --decode-workers); pt<N>: N videos at once per NVDEC worker process, in threads."""
+    workers (default --decode-workers); pt<N>: N videos at once per NVDEC worker process, in threads;
+    si<N>: sys.setswitchinterval(N microseconds) while this variant runs."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -727,6 +728,8 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decode_workers"] = int(m[1])
         elif m := re.fullmatch(r"pt(\d+)", tok):
             kw["process_threads"] = int(m[1])
+        elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
+            kw["switch_interval_s"] = int(m[1]) / 1e6
         elif tok != "eager":
             raise SystemExit(f"unknown engine variant token {tok!r} in {variant!r}")
     return kw
@@ -999,7 +1002,10 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             if left(args.deadline) <= args.need_engine:
                 res[f"engine_caption{tag}"] = {"skipped": "deadline"}
                 continue
-            eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, **engine_variant(variant, processes))
+            kw = engine_variant(variant, processes)
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(kw.pop("switch_interval_s", switch))
+            eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, **kw)
             try:
                 n = cap_batch * (args.caption_chunks_2b or args.caption_chunks if size == "2B" else args.caption_chunks)
                 reqs = [Request(f"c{i}", caption_messages(p)) for i, p in enumerate(pool[offset: offset + n])]
@@ -1020,6 +1026,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 else:
                     res[f"engine_mcq{tag}"] = {"skipped": "deadline or not asked"}
             finally:
+                sys.setswitchinterval(switch)
                 eng.close()
                 del eng
                 unpatch(model)
