@@ -691,14 +691,13 @@ def run_plain_batched(model, processor, names, vision, factor, args, device) -> 
 
 def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True, graphs: bool = True,
                 processes: bool = False, compile: bool = False, decoder: str | None = None,
-                nvdec_workers: int | None = None, decode_workers: int | None = None, process_threads: int = 1):
+                nvdec_workers: int | None = None, decode_workers: int | None = None):
     from avcap.config import Engine as EngineConfig
     from avcap.engines.transformers_engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
-                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers,
-                       nvdec_process_threads=process_threads)
+                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers)
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
                               decode_workers=decode_workers or args.decode_workers, decode_processes=processes)
 
@@ -708,8 +707,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     compile: [avcap.engine] compile; nvdec: decoder "nvdec" in --decode-mode; nvdecT<N>: decoder
     "nvdec" in N threads of the engine's process; hybrid<N>[c<M>]: decoder "nvdec+cpu" with N NVDEC
     workers and M CPU decoders (default --decode-workers), both in --decode-mode; w<N>: N decode
-    workers (default --decode-workers); pt<N>: N videos at once per NVDEC worker process, in threads;
-    si<N>: sys.setswitchinterval(N microseconds) while this variant runs."""
+    workers (default --decode-workers); si<N>: sys.setswitchinterval(N microseconds) while this variant runs."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -726,8 +724,6 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
                 kw["decode_workers"] = int(m[2])
         elif m := re.fullmatch(r"w(\d+)", tok):
             kw["decode_workers"] = int(m[1])
-        elif m := re.fullmatch(r"pt(\d+)", tok):
-            kw["process_threads"] = int(m[1])
         elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
             kw["switch_interval_s"] = int(m[1]) / 1e6
         elif tok != "eager":

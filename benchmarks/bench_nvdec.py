@@ -286,16 +286,12 @@ def _gpu_used_mib() -> float:
 
 def loader_spec(spec: str) -> dict:
     """FrameLoader keywords of a --loaders entry: "<decoder>:<t|p><workers>" (threads or worker
-    processes; "p4x3": 4 processes decoding 3 videos each at once, in threads), or
-    "nvdec+cpu:<nvdec workers>:<t|p><cpu workers>"."""
+    processes), or "nvdec+cpu:<nvdec workers>:<t|p><cpu workers>"."""
     parts = spec.split(":")
     decoder, lane = parts[0], parts[-1]
-    lane, _, per_process = lane.partition("x")
-    kw = {"decoder": decoder, "workers": int(lane[1:]), "processes": lane[0] == "p",
-          "process_threads": int(per_process or 1)}
-    if decoder == "nvdec+cpu":  # nvdec+cpu:<nvdec workers>[x<threads each>]:<t|p><cpu workers>
-        nv, _, per_process = parts[1].partition("x")
-        kw.update(nvdec_workers=int(nv), process_threads=int(per_process or 1))
+    kw = {"decoder": decoder, "workers": int(lane[1:]), "processes": lane[0] == "p"}
+    if decoder == "nvdec+cpu":
+        kw["nvdec_workers"] = int(parts[1])
     return kw
 
 
@@ -313,10 +309,6 @@ def _workers_cpu_s(loader) -> float:
     return total
 
 
-def decoder_is_nvdec(kw: dict) -> bool:
-    return kw["decoder"] == "nvdec"
-
-
 def loader_throughput(clip: Path, spec: str, per_worker: int = 3) -> dict:
     """clips/s through the engine's FrameLoader: warm the workers (spawn, imports, CUDA) on one
     video per worker, then time `per_worker` videos per worker queued at once. CPU seconds per clip
@@ -327,8 +319,7 @@ def loader_throughput(clip: Path, spec: str, per_worker: int = 3) -> dict:
     from avcap.engines.frames import FrameLoader
 
     kw = loader_spec(spec)
-    workers = kw["workers"] * (kw["process_threads"] if decoder_is_nvdec(kw) else 1) + \
-        kw.get("nvdec_workers", 0) * kw["process_threads"]
+    workers = kw["workers"] + kw.get("nvdec_workers", 0)
     vision = Vision(nframes=LOAD_KW["nframes"], max_pixels=LOAD_KW["max_pixels"])
     root = (clip if clip.is_dir() else clip.parent) / "names"
     names = _names(clip, root, workers * (per_worker + 1), spec.replace(":", "-").replace("+", "_"))

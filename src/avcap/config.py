@@ -320,9 +320,6 @@ class Engine(_Model):
     # workers and decode_workers CPU decoders at once (avcap.engines.frames)
     decoder: Literal["cpu", "nvdec", "nvdec+cpu"] = "cpu"
     nvdec_workers: Optional[int] = Field(None, ge=1)  # NVDEC workers of "nvdec+cpu" (default 8)
-    # videos each NVDEC worker process (decode_processes = true) decodes at once, in threads: fewer
-    # processes, so fewer CUDA contexts beside the model's, for the same number of videos in flight
-    nvdec_process_threads: int = Field(1, ge=1)
     # torch.compile the repeated blocks (vision blocks, decoder layers) that the prefill runs: fused
     # RMSNorm/RoPE/SwiGLU (avcap.trainer.compile); the first batches of each shape pay the compile time
     compile: bool = False

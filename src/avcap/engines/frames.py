@@ -86,8 +86,7 @@ class FrameLoader:
     """Decode videos on worker lanes; share and keep recent results (see module docstring)."""
 
     def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32,
-                 processes: bool = False, decoder: str = "cpu", nvdec_workers: int | None = None,
-                 process_threads: int = 1):
+                 processes: bool = False, decoder: str = "cpu", nvdec_workers: int | None = None):
         from avcap.video import DECODERS
 
         if decoder not in DECODERS + (NVDEC_AND_CPU,):
@@ -104,9 +103,6 @@ class FrameLoader:
         else:
             lanes = [(decoder, processes, n)]
         self.lanes = lanes
-        # videos one NVDEC worker process decodes at once, in threads: fewer CUDA contexts (CPU
-        # decoders gain nothing from it, a core decodes one video at a time either way)
-        self.process_threads = max(1, int(process_threads)) if processes else 1
         self._procs = {dec: self._new_pool(count) for dec, proc, count in lanes if proc}
         self._todo: deque[tuple[str, dict[str, Any], Future]] = deque()
         self._cpu_only: deque[tuple[str, dict[str, Any], Future]] = deque()  # NVDEC could not
@@ -122,40 +118,34 @@ class FrameLoader:
         self._lock = threading.Lock()
         self.decoded_by: dict[str, int] = {dec: 0 for dec, _, _ in lanes}
 
-    def _take(self, decoder: str, most: int) -> list[tuple[str, dict[str, Any], Future]] | None:
-        """Up to `most` of the oldest waiting videos (CPU workers first take the ones NVDEC could
-        not decode); waits for one; None once closed."""
+    def _take(self, decoder: str) -> tuple[str, dict[str, Any], Future] | None:
+        """The oldest waiting video (CPU workers first take the ones NVDEC could not decode);
+        waits for one; None once closed."""
         with self._ready:
             while not self._closed and not self._todo and not (decoder == "cpu" and self._cpu_only):
                 self._ready.wait()
             if self._closed:
                 return None
-            queue = self._cpu_only if decoder == "cpu" and self._cpu_only else self._todo
-            return [queue.popleft() for _ in range(min(most, len(queue)))]
+            return (self._cpu_only if decoder == "cpu" and self._cpu_only else self._todo).popleft()
 
     def _work(self, decoder: str, in_process_pool: bool) -> None:
-        """One worker (with `process_threads` > 1: one worker process, several videos at a time)."""
-        most = self.process_threads if in_process_pool and decoder == "nvdec" else 1
-        while (items := self._take(decoder, most)) is not None:
-            items = [(path, {**kw, "decoder": decoder}, fut) for path, kw, fut in items
-                     if fut.running() or fut.set_running_or_notify_cancel()]
-            if not items:
+        """One worker: decodes the videos it takes, here or in its lane's process pool."""
+        while (item := self._take(decoder)) is not None:
+            path, kw, fut = item
+            if not fut.running() and not fut.set_running_or_notify_cancel():
                 continue
-            if not in_process_pool:
-                outcomes = [_outcome(_load, path, kw) for path, kw, _ in items]
-            elif len(items) == 1:
-                outcomes = [_outcome(self._in_worker_process, decoder, items[0][0], items[0][1])]
-            else:
-                outcomes = self._many_in_worker_process(decoder, items)
-            for (path, kw, fut), (ok, value) in zip(items, outcomes):
-                if ok:
-                    with self._ready:
-                        self.decoded_by[decoder] += 1
-                    fut.set_result(value)
-                elif decoder == "nvdec" and self.decoder == NVDEC_AND_CPU and _nvdec_specific(value):
-                    self._to_cpu(path, kw, fut, value)
+            kw = {**kw, "decoder": decoder}
+            try:
+                result = self._in_worker_process(decoder, path, kw) if in_process_pool else _load(path, kw)
+            except Exception as exc:  # noqa: BLE001 — the error belongs to whoever asks for this video
+                if decoder == "nvdec" and self.decoder == NVDEC_AND_CPU and _nvdec_specific(exc):
+                    self._to_cpu(path, kw, fut, exc)
                 else:
-                    fut.set_exception(value)
+                    fut.set_exception(exc)
+            else:
+                with self._ready:
+                    self.decoded_by[decoder] += 1
+                fut.set_result(result)
 
     def _in_worker_process(self, decoder: str, path: str, kw: dict[str, Any]):
         """Decode in the process pool. A worker that dies (killed, out of memory, a crash in FFmpeg)
@@ -173,18 +163,6 @@ class FrameLoader:
                 self._renew_pool(decoder, pool)
                 if attempt:
                     raise VideoError(path, f"the decoder process died twice while decoding this video ({exc})") from None
-
-    def _many_in_worker_process(self, decoder: str, items) -> list[tuple[bool, Any]]:
-        """Several videos decoded at once in one worker process, in threads; if the process dies,
-        each video again alone (`_in_worker_process`), so only a culprit fails."""
-        from concurrent.futures.process import BrokenProcessPool
-
-        pool = self._procs[decoder]
-        try:
-            return pool.submit(_load_many, [(path, kw) for path, kw, _ in items]).result()
-        except BrokenProcessPool:
-            self._renew_pool(decoder, pool)
-            return [_outcome(self._in_worker_process, decoder, path, kw) for path, kw, _ in items]
 
     def _renew_pool(self, decoder: str, broken) -> None:
         from concurrent.futures.process import BrokenProcessPool
@@ -280,32 +258,6 @@ def _worker_init() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def _start_cuda() -> None:
-    """CUDA started by the worker process's main thread before its decoder threads use it."""
-    import torch
-
-    if torch.cuda.is_available() and not torch.cuda.is_initialized():
-        torch.cuda.init()
-        torch.cuda.current_stream().query()
-
-
-def _outcome(fn, *args) -> tuple[bool, Any]:
-    try:
-        return True, fn(*args)
-    except Exception as exc:  # noqa: BLE001 — the error belongs to whoever asks for this video
-        return False, exc
-
-
-def _load_many(items: list[tuple[str, dict[str, Any]]]) -> list[tuple[bool, Any]]:
-    """In a worker process: the videos decoded at once, one thread each; (ok, frames or error)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if any(kw.get("decoder") == "nvdec" for _, kw in items):
-        _start_cuda()
-    with ThreadPoolExecutor(len(items)) as pool:
-        return list(pool.map(lambda item: _outcome(_load, *item), items))
 
 
 def _load(path: str, kw: dict[str, Any]):

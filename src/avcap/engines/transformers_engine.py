@@ -234,7 +234,7 @@ class TransformersEngine:
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
                                   capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder,
-                                  nvdec_workers=cfg.nvdec_workers, process_threads=cfg.nvdec_process_threads)
+                                  nvdec_workers=cfg.nvdec_workers)
         self.prefetch_videos = self.frames.lookahead
         # the fast path's processor work for the next prefetched request list runs on this thread
         # while the model works on the current one (see `prefetch`)
