@@ -48,6 +48,7 @@ import inspect
 import os
 import time
 import threading
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
@@ -232,6 +233,10 @@ class TransformersEngine:
                                           compile=cfg.compile)
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
+        if cfg.decoder != "cpu" and not processes and cuda:
+            warnings.warn(f"[avcap.engine] decoder = {cfg.decoder!r} with decode_processes = false decodes on NVDEC in "
+                          f"the model's process: measured beside a 2B model on an H100 it slowed the model 1.7-3x "
+                          f"(benchmarks/RESULTS.md); set decode_processes = true", stacklevel=2)
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
                                   capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder,
                                   nvdec_workers=cfg.nvdec_workers)
