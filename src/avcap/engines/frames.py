@@ -17,7 +17,7 @@ for the frames of a request's video parts. The loader
   beside them (benchmarks/RESULTS.md). In threads NVDEC shares the model's context (the engine's
   model runs on a non-blocking stream of its own, the decoders convert on theirs, so neither waits
   for the other's queue), but the decoder threads' Python work competes with the model's launching
-  thread for the GIL: measured beside a 2B model it halved the model's speed, so processes are the
+  thread: measured beside a 2B model it made the model 1.7-3.6x slower, so processes are the
   choice beside a model;
 - `decoder="nvdec+cpu"` runs `nvdec_workers` NVDEC workers and `workers` CPU decoders side by
   side (both in processes or both in threads), all taking from one queue: for when neither alone
@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping
 from avcap.config import Vision
 from avcap.engines.base import Request, video_parts
 
-NVDEC_AND_CPU = "nvdec+cpu"  # both at once: NVDEC threads in this process and CPU decoders
+NVDEC_AND_CPU = "nvdec+cpu"  # NVDEC workers and CPU decoders at once, one queue
 
 VIDEO_OPTIONS = ("nframes", "fps", "min_pixels", "max_pixels", "total_pixels", "min_frames", "max_frames")
 
