@@ -13,15 +13,18 @@ Checks the luma plane of every sampled frame against the software decoder's (NVD
 for conformant H.264 in principle; the RGB conversion may differ). Not a test; figures go to
 benchmarks/RESULTS.md.
 
-    python3 benchmarks/bench_nvdec.py --load-video [--clip PATH] [--real PATH] [--runs 5]
-                                      [--workers 4,8,12] [--json OUT]
+    python3 benchmarks/bench_nvdec.py --load-video [--clip PATH|DIR] [--real PATH] [--runs 5]
+                                      [--loaders nvdec:p12,cpu:p16,nvdec+cpu:10:p5,...] [--json OUT]
 
 measures avcap's own paths instead: `avcap.video.load_video(decoder="nvdec")` against
 `decoder="cpu"` (16 frames, max_pixels 360000 -> 736x448, the caption benchmark's settings):
 per-clip seconds (median of --runs, one process, decoder thread_count 1), clips/s through the
-engine's `FrameLoader(processes=True)` with each --workers count (distinct file names, so every
-video is decoded anew), GPU memory the workers hold, and parity — full-size RGB (our NV12 colour
-conversion vs swscale's) and the final resized uint8 frames — on the clip and on --real footage.
+engine's `FrameLoader` in each --loaders set-up ("<decoder>:<t|p><workers>": threads or worker
+processes; "nvdec+cpu:<nvdec workers>:<t|p><cpu workers>"; distinct file names, so every video is
+decoded anew; a --clip directory cycles through its .mp4 files), CPU seconds per clip (this
+process, worker processes), GPU memory the workers hold, and parity — full-size RGB (our NV12
+colour conversion vs swscale's) and the final resized uint8 frames — on the clip and on --real
+footage (a single --clip only).
 """
 
 from __future__ import annotations
