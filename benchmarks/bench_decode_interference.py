@@ -1,0 +1,191 @@
+"""How much GPU time does a model lose while other processes decode video, and to what?
+
+    python3 benchmarks/bench_decode_interference.py --clips DIR [--procs 10] [--seconds 15]
+        [--modes none,cpu,nvdec_decode,nvdec_copy,nvdec] [--json OUT]
+
+Runs 12-17 (benchmarks/RESULTS.md, "Decoding beside the model") found that NVDEC decoding in
+other processes costs the 2B model ~20 % of its GPU time whatever the number of processes, and
+converting 8 frames per call instead of one did not change that. This separates the causes.
+
+A fixed GPU workload stands in for the model: one CUDA graph of bf16 matmuls (compute-bound, like
+a prefill), a large device copy (bandwidth-bound, like decode attention over the KV cache) and 200
+small kernels (launch-bound, like a decode step), replayed back to back in this process. For each
+mode, --procs spawned worker processes decode the clips (16 frames, the caption benchmark's
+settings) in a loop while the replay time is measured:
+
+* none          no decoding: the baseline
+* cpu           load_video(decoder="cpu"): no GPU work at all
+* nvdec_decode  NVDEC decodes what the 16 frames need; frames stay on the GPU and are dropped:
+                FFmpeg's own per-picture work only (map, copy into its surface), no avcap kernels
+* nvdec_copy    + avcap's copy of each sampled picture's NV12 planes out of the surface
+* nvdec         load_video(decoder="nvdec"): + colour conversion, resize and download
+
+Per mode: replay ms (median of windows of 10 replays), slowdown against none, clips/s decoded.
+`--cpu-smoke` runs the orchestration on the CPU (matmul workload, modes none,cpu) for a check
+without a GPU. Not a test; figures go to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+LOAD_KW = dict(nframes=16, max_pixels=360000, factor=32)
+MODES = ("none", "cpu", "nvdec_decode", "nvdec_copy", "nvdec")
+
+
+def decode_once(path: str, mode: str) -> None:
+    """One clip's worth of the mode's work (see module docstring)."""
+    from avcap import video as V
+
+    if mode in ("cpu", "nvdec"):
+        V.load_video(path, decoder=mode, **LOAD_KW)
+        return
+    p = Path(path)
+    container = V._open(p, V._nvdec_hwaccel(p))
+    try:
+        stream = container.streams.video[0]
+        index = V._build_index(p, container, stream)
+        plan = V.plan_sampling(V._info_from(p, stream, index), **LOAD_KW)
+        convert = (lambda frame: None) if mode == "nvdec_decode" else (lambda frame: V._nvdec_copy(p, frame))
+        V._decode_sparse(p, container, stream, index, plan.frame_indices, convert=convert)
+    finally:
+        container.close()
+
+
+def worker(clips: list[str], mode: str, start: int, stop, done, ready) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    k = start
+    first = True
+    while not stop.is_set():
+        decode_once(clips[k % len(clips)], mode)
+        k += 1
+        with done.get_lock():
+            done.value += 1
+        if first:
+            ready.release()
+            first = False
+
+
+def workload(device: str):
+    """A replay function of the stand-in model step, and what it runs."""
+    import torch
+
+    if device == "cpu":
+        a = torch.randn(512, 512)
+
+        def step():
+            for _ in range(4):
+                a.matmul(a)
+
+        return step, "4 x 512^3 fp32 matmuls (CPU smoke)"
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    src = torch.empty(256 * 2**20, device=device, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    small = torch.zeros(1024, device=device)
+
+    def eager():
+        for _ in range(4):
+            torch.mm(a, a)
+        dst.copy_(src)
+        for _ in range(200):
+            small.add_(1)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        eager()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        eager()
+    return graph.replay, "4 x 8192^3 bf16 matmuls + 256 MiB device copy + 200 small kernels, one CUDA graph"
+
+
+def measure(step, device: str, seconds: float) -> list[float]:
+    """Milliseconds per replay, one value per window of 10 replays, for `seconds`."""
+    import torch
+
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    out = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sync()
+        t = time.perf_counter()
+        for _ in range(10):
+            step()
+        sync()
+        out.append((time.perf_counter() - t) * 100)
+    return out
+
+
+def run_mode(mode: str, clips: list[str], procs: int, step, device: str, seconds: float) -> dict:
+    if mode == "none":
+        ms = measure(step, device, seconds)
+        return {"mode": mode, "replay_ms": round(statistics.median(ms), 3), "windows": len(ms)}
+    ctx = mp.get_context("spawn")
+    stop, done, ready = ctx.Event(), ctx.Value("i", 0), ctx.Semaphore(0)
+    workers = [ctx.Process(target=worker, args=(clips, mode, i, stop, done, ready), daemon=True) for i in range(procs)]
+    for w in workers:
+        w.start()
+    t0 = time.perf_counter()
+    for _ in workers:  # every worker has started, imported and decoded one clip
+        if not ready.acquire(timeout=300):
+            break
+    warm = time.perf_counter() - t0
+    n0, t = done.value, time.perf_counter()
+    ms = measure(step, device, seconds)
+    clips_per_s = (done.value - n0) / (time.perf_counter() - t)
+    stop.set()
+    for w in workers:
+        w.join(timeout=60)
+        if w.is_alive():
+            w.kill()
+    return {"mode": mode, "procs": procs, "replay_ms": round(statistics.median(ms), 3), "windows": len(ms),
+            "clips_per_s": round(clips_per_s, 2), "warmup_s": round(warm, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clips", required=True, help="directory of .mp4 clips (e.g. bench_gpu.py's synth clips)")
+    ap.add_argument("--procs", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--cpu-smoke", action="store_true")
+    a = ap.parse_args()
+    import torch
+
+    device = "cpu" if a.cpu_smoke else "cuda"
+    modes = [m for m in a.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise SystemExit(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
+    clips = sorted(str(p) for p in Path(a.clips).glob("*.mp4"))
+    if not clips:
+        raise SystemExit(f"{a.clips}: no .mp4 clips")
+    step, what = workload(device)
+    out = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+           "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+           "workload": what, "clips": len(clips), "load_video": LOAD_KW, "results": []}
+    for mode in modes:
+        res = run_mode(mode, clips, a.procs, step, device, a.seconds)
+        base = next((r["replay_ms"] for r in out["results"] if r["mode"] == "none"), None)
+        if base:
+            res["slowdown"] = round(res["replay_ms"] / base, 3)
+        out["results"].append(res)
+        print(res, flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
