@@ -19,6 +19,10 @@ settings) in a loop while the replay time is measured:
                 FFmpeg's own per-picture work only (map, copy into its surface), no avcap kernels
 * nvdec_copy    + avcap's copy of each sampled picture's NV12 planes out of the surface
 * nvdec         load_video(decoder="nvdec"): + colour conversion, resize and download
+* nvdec_decode_direct, nvdec_full_direct
+                nvdec_decode / the nvdec work with FFmpeg's `hwaccel_flags=+unsafe_output`: NVDEC
+                hands out its mapped surfaces instead of copying every decoded picture into a
+                frame pool (safe here: avcap releases each frame, or copies a sampled one, at once)
 
 Per mode: replay ms (median of windows of 10 replays), slowdown against none, clips/s decoded.
 `--cpu-smoke` runs the orchestration on the CPU (matmul workload, modes none,cpu) for a check
@@ -37,7 +41,7 @@ import time
 from pathlib import Path
 
 LOAD_KW = dict(nframes=16, max_pixels=360000, factor=32)
-MODES = ("none", "cpu", "nvdec_decode", "nvdec_copy", "nvdec")
+MODES = ("none", "cpu", "nvdec_decode", "nvdec_copy", "nvdec", "nvdec_decode_direct", "nvdec_full_direct")
 
 
 def decode_once(path: str, mode: str) -> None:
@@ -51,9 +55,17 @@ def decode_once(path: str, mode: str) -> None:
     container = V._open(p, V._nvdec_hwaccel(p))
     try:
         stream = container.streams.video[0]
+        if mode.endswith("_direct"):
+            stream.codec_context.options = {"hwaccel_flags": "+unsafe_output"}
         index = V._build_index(p, container, stream)
         plan = V.plan_sampling(V._info_from(p, stream, index), **LOAD_KW)
-        convert = (lambda frame: None) if mode == "nvdec_decode" else (lambda frame: V._nvdec_copy(p, frame))
+        size = (plan.resized_height, plan.resized_width)
+        convert = {
+            "nvdec_decode": lambda frame: None,
+            "nvdec_decode_direct": lambda frame: None,
+            "nvdec_copy": lambda frame: V._nvdec_copy(p, frame),
+            "nvdec_full_direct": lambda frame: V._nv12_batch_resized(p, [V._nvdec_copy(p, frame)], lambda hw: size)[0],
+        }[mode]
         V._decode_sparse(p, container, stream, index, plan.frame_indices, convert=convert)
     finally:
         container.close()
