@@ -45,10 +45,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-T0 = time.perf_counter()
-RESULTS: dict[str, Any] = {"sections": {}}
-OUT_DIR = Path(".")
-LOG: list[str] = []
+from bench_log import RunLog
+
+RUN = RunLog("bench_gpu", {"sections": {}})
+RESULTS = RUN.results
+log = RUN.log
+save = RUN.save
 
 MCQ_QUESTIONS = [
     ("What is the weather in the video?", ["Clear", "Rain", "Fog", "Snow"]),
@@ -69,20 +71,8 @@ MCQ_QUESTIONS = [
 # ----------------------------------------------------------------------------- small helpers
 
 
-def log(msg: str) -> None:
-    line = f"[{time.perf_counter() - T0:7.1f}s] {msg}"
-    print(line, flush=True)
-    LOG.append(line)
-
-
-def save() -> None:
-    RESULTS["elapsed_s"] = round(time.perf_counter() - T0, 1)
-    (OUT_DIR / "bench_gpu.json").write_text(json.dumps(RESULTS, indent=1, default=str) + "\n")
-    (OUT_DIR / "bench_gpu.log").write_text("\n".join(LOG) + "\n")
-
-
 def left(deadline: float) -> float:
-    return deadline - (time.perf_counter() - T0)
+    return deadline - RUN.elapsed()
 
 
 def section(name: str, need_s: float, deadline: float, fn: Callable[[], Any]) -> Any:
@@ -497,7 +487,7 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
             names_p = [n for n in args.sft_profile.split(",") if n] if isinstance(args.sft_profile, str) else [variants[0][0]]
             for n, v in variants:
                 if n in names_p:
-                    v["profile_path"] = OUT_DIR / f"profile_sft_{size}_{n}.txt"
+                    v["profile_path"] = RUN.out_dir / f"profile_sft_{size}_{n}.txt"
         for name, v in variants:
             if left(args.deadline) < (60 if size == "8B" else 25):
                 res[name] = {"skipped": "deadline"}
@@ -938,7 +928,7 @@ def _profile_fast(eng, reqs) -> None:
             sync()
     phases = {k: round(eng.fast.timings[k] - t0[k], 4) for k in ("prefix_s", "suffix_s", "decode_s")}
     text = f"phases: {phases}\n" + prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
-    (OUT_DIR / f"profile_infer_{RESULTS.get('current_size', 'x')}.txt").write_text(text)
+    (RUN.out_dir / f"profile_infer_{RESULTS.get('current_size', 'x')}.txt").write_text(text)
 
 
 def floors(model, peak, prompt_tokens: int, suffix_tokens: int, args, batch: int) -> dict[str, Any]:
@@ -1130,7 +1120,6 @@ def table() -> str:
 
 
 def main(argv=None) -> int:
-    global OUT_DIR
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="8B,2B")
     ap.add_argument("--sft-sizes", default="2B,8B")
@@ -1192,8 +1181,7 @@ def main(argv=None) -> int:
     args.suffix_tokens = 0
     args.need_naive, args.need_plain, args.need_engine, args.need_engine_mcq, args.need_check = (
         (45, 70, 50, 15, 30) if not args.tiny else (0, 0, 0, 0, 0))
-    OUT_DIR = Path(args.out)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    RUN.use_out_dir(args.out)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     RESULTS["args"] = {k: v for k, v in vars(args).items()}
@@ -1269,7 +1257,7 @@ def main(argv=None) -> int:
         section(f"infer_{size}", 60, args.deadline,
                 lambda size=size, pool=pool: run_infer(size, args, tiny_dir, {"infer": pool}, peak, decode_best, device))
     print(table())
-    (OUT_DIR / "bench_gpu_table.txt").write_text(table() + "\n")
+    (RUN.out_dir / "bench_gpu_table.txt").write_text(table() + "\n")
     save()
     return 0
 

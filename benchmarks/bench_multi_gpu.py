@@ -65,6 +65,8 @@ from typing import Any
 
 import tomllib
 
+from bench_log import RunLog
+
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
 # the recipe's TOML as published (placeholders filled in), shipped with avcap (avcap.config.RECIPE_PATH)
@@ -74,22 +76,10 @@ SFT_TARGET, CAPTION_TARGET = 0.85, 0.95
 SOURCES = ("cv_annotated", "human_annotated", "reason1_sft")  # the recipe's subdirectories (avcap.synth's kinds)
 
 
-T0 = time.perf_counter()
-LOG: list[str] = []
-RESULTS: dict[str, Any] = {}
-OUT_DIR = Path(".")
-
-
-def log(msg: str) -> None:
-    line = f"[{time.perf_counter() - T0:7.1f}s] {msg}"
-    print(line, flush=True)
-    LOG.append(line)
-
-
-def save() -> None:
-    RESULTS["elapsed_s"] = round(time.perf_counter() - T0, 1)
-    (OUT_DIR / "bench_multi_gpu.json").write_text(json.dumps(RESULTS, indent=1, default=str) + "\n")
-    (OUT_DIR / "bench_multi_gpu.log").write_text("\n".join(LOG) + "\n")
+RUN = RunLog("bench_multi_gpu")
+RESULTS = RUN.results
+log = RUN.log
+save = RUN.save
 
 
 # ----------------------------------------------------------------------------- environment
@@ -357,7 +347,7 @@ class Ctx:
         self.caption_set = self.work / "caption_set"
 
     def left(self) -> float:
-        return self.deadline - (time.perf_counter() - T0)
+        return self.deadline - RUN.elapsed()
 
 
 def import_bench_gpu():
@@ -966,14 +956,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    global OUT_DIR
     args = parse_args(argv)
     if args.worker:
         ensure_deps(Path(args.wheels))
         return {"sft": worker_sft, "write-model": worker_write_model}[args.worker](args)
     os.environ.update(NCCL_ENV)  # this process too (and so every child that inherits it)
-    OUT_DIR = Path(args.out)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    RUN.use_out_dir(args.out)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     ensure_deps(Path(args.wheels))
     gpus = [] if args.smoke else gpus_present()
@@ -1094,7 +1082,7 @@ def main(argv=None) -> int:
     RESULTS["not_run"] = not_run
     text = table()
     print(text, flush=True)
-    (OUT_DIR / "bench_multi_gpu_table.txt").write_text(text + "\n")
+    (RUN.out_dir / "bench_multi_gpu_table.txt").write_text(text + "\n")
     save()
     failed = [f"{s} K={k}" for s in ("sft", "caption") for k, r in (RESULTS.get(s, {}).get("runs") or {}).items()
               if r.get("status") != "ok"]
