@@ -45,7 +45,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from bench_log import RunLog
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, also when imported by path
+from bench_log import RunLog  # noqa: E402
 
 RUN = RunLog("bench_gpu", {"sections": {}})
 RESULTS = RUN.results

@@ -65,7 +65,8 @@ from typing import Any
 
 import tomllib
 
-from bench_log import RunLog
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, also when imported by path
+from bench_log import RunLog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
@@ -561,7 +562,8 @@ def summarize_sft(ctx: Ctx, k: int, run_dir: Path, rc: int, wall: float, shape, 
         tokens_per_s=round(tokens / seconds, 1), tokens_per_s_per_gpu=round(tokens / seconds / k, 1),
         samples_per_s_per_gpu=round(samples / seconds / k, 3),
         loss=[round(r["loss"], 4) for r in recs],
-        tflops_per_s_per_gpu=round(per_sample * samples / seconds / k / 1e12, 2),
+        # 4 significant digits: hundreds on a GPU, thousandths for the CPU smoke run's tiny model
+        tflops_per_s_per_gpu=float(f"{per_sample * samples / seconds / k / 1e12:.4g}"),
     )
     if ctx.peak_flops:
         res["mfu"] = round(per_sample * samples / seconds / (k * ctx.peak_flops), 4)
