@@ -17,7 +17,7 @@ for the frames of a request's video parts. The loader
   beside them (benchmarks/RESULTS.md). In threads NVDEC shares the model's context (the engine's
   model runs on a non-blocking stream of its own, the decoders convert on theirs, so neither waits
   for the other's queue), but the decoder threads' Python work competes with the model's launching
-  thread: measured beside a 2B model it made the model 1.7-3.6x slower, so processes are the
+  thread: measured beside a 2B model it made the model 1.7-2.4x slower, so processes are the
   choice beside a model;
 - `decoder="nvdec+cpu"` runs `nvdec_workers` NVDEC workers and `workers` CPU decoders side by
   side (both in processes or both in threads), all taking from one queue: for when neither alone

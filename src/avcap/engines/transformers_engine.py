@@ -235,7 +235,7 @@ class TransformersEngine:
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         if cfg.decoder != "cpu" and not processes and cuda:
             warnings.warn(f"[avcap.engine] decoder = {cfg.decoder!r} with decode_processes = false decodes on NVDEC in "
-                          f"the model's process: measured beside a 2B model on an H100 it slowed the model 1.7-3.6x "
+                          f"the model's process: measured beside a 2B model on an H100 it slowed the model 1.7-2.4x "
                           f"(benchmarks/RESULTS.md); set decode_processes = true", stacklevel=2)
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
                                   capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder,
