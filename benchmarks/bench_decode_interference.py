@@ -149,20 +149,24 @@ def run_mode(mode: str, clips: list[str], procs: int, step, device: str, seconds
     for w in workers:
         w.start()
     t0 = time.perf_counter()
-    for _ in workers:  # every worker has started, imported and decoded one clip
-        if not ready.acquire(timeout=300):
-            break
+    started = 0
+    while started < procs and time.perf_counter() - t0 < 300 and any(w.is_alive() for w in workers):
+        started += ready.acquire(timeout=1)  # each worker has started, imported and decoded one clip
     warm = time.perf_counter() - t0
     n0, t = done.value, time.perf_counter()
     ms = measure(step, device, seconds)
     clips_per_s = (done.value - n0) / (time.perf_counter() - t)
+    died = [w.exitcode for w in workers if not w.is_alive()]  # a decoder that failed (its traceback is on stderr)
     stop.set()
     for w in workers:
         w.join(timeout=60)
         if w.is_alive():
             w.kill()
-    return {"mode": mode, "procs": procs, "replay_ms": round(statistics.median(ms), 3), "windows": len(ms),
-            "clips_per_s": round(clips_per_s, 2), "warmup_s": round(warm, 1)}
+    out = {"mode": mode, "procs": procs, "replay_ms": round(statistics.median(ms), 3), "windows": len(ms),
+           "clips_per_s": round(clips_per_s, 2), "warmup_s": round(warm, 1), "workers_started": started}
+    if died:
+        out["workers_died"] = len(died)
+    return out
 
 
 def main() -> None:
