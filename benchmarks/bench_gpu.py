@@ -682,13 +682,13 @@ def run_plain_batched(model, processor, names, vision, factor, args, device) -> 
 
 def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True, graphs: bool = True,
                 processes: bool = False, compile: bool = False, decoder: str | None = None,
-                nvdec_workers: int | None = None, decode_workers: int | None = None):
+                nvdec_workers: int | None = None, decode_workers: int | None = None, resize_on_gpu: bool = False):
     from avcap.config import Engine as EngineConfig
     from avcap.engines.transformers_engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
-                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers)
+                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers, resize_on_gpu=resize_on_gpu)
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
                               decode_workers=decode_workers or args.decode_workers, decode_processes=processes)
 
@@ -697,7 +697,8 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     """make_engine keywords of an --engine-variants entry: "+"-joined tokens, e.g. compile+nvdec.
     compile: [avcap.engine] compile; nvdec: decoder "nvdec" in --decode-mode; nvdecT<N>: decoder
     "nvdec" in N threads of the engine's process; hybrid<N>[c<M>]: decoder "nvdec+cpu" with N NVDEC
-    workers and M CPU decoders (default --decode-workers), both in --decode-mode; w<N>: N decode
+    workers and M CPU decoders (default --decode-workers), both in --decode-mode; gpuresize: the CPU
+    decoders' pictures are converted and resized on the engine's GPU (resize_on_gpu); w<N>: N decode
     workers (default --decode-workers); si<N>: sys.setswitchinterval(N microseconds) while this variant runs."""
     import re
 
@@ -707,6 +708,8 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["compile"] = True
         elif tok == "nvdec":
             kw["decoder"] = "nvdec"
+        elif tok == "gpuresize":  # [avcap.engine] resize_on_gpu
+            kw["resize_on_gpu"] = True
         elif m := re.fullmatch(r"nvdecT(\d+)", tok):
             kw.update(decoder="nvdec", processes=False, decode_workers=int(m[1]))
         elif m := re.fullmatch(r"hybrid(\d+)(?:c(\d+))?", tok):
@@ -1251,7 +1254,7 @@ def main(argv=None) -> int:
         if d:
             decode_best = d["best"]
     offset = 0
-    for size in args.sizes.split(","):
+    for size in (args.sizes.split(",") if "infer" in sections else []):
         # each size gets its own file names (no decoded video is ever reused across sections)
         pool = names_infer[offset:]
         offset += 600 if not args.tiny else 80

@@ -289,10 +289,17 @@ def _gpu_used_mib() -> float:
 
 def loader_spec(spec: str) -> dict:
     """FrameLoader keywords of a --loaders entry: "<decoder>:<t|p><workers>" (threads or worker
-    processes), or "nvdec+cpu:<nvdec workers>:<t|p><cpu workers>"."""
+    processes), or "nvdec+cpu:<nvdec workers>:<t|p><cpu workers>"; a trailing ":gpu" makes the CPU
+    decoders hand their pictures over for conversion and resize on this process's GPU
+    (`[avcap.engine] resize_on_gpu`)."""
     parts = spec.split(":")
+    finish = parts[-1] == "gpu"
+    if finish:
+        parts = parts[:-1]
     decoder, lane = parts[0], parts[-1]
     kw = {"decoder": decoder, "workers": int(lane[1:]), "processes": lane[0] == "p"}
+    if finish:
+        kw["finish_device"] = "cuda"
     if decoder == "nvdec+cpu":
         kw["nvdec_workers"] = int(parts[1])
     return kw

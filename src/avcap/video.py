@@ -1005,51 +1005,7 @@ def load_video(
         arr = resize_frames(_load_images(path, plan.frame_indices, (info.height, info.width)),
                             plan.resized_height, plan.resized_width)
     else:
-        hwaccel = _nvdec_hwaccel(path) if decoder == "nvdec" else None
-        container = _open(path, hwaccel)
-        try:
-            stream = container.streams.video[0]
-            _set_threads(stream, threads)
-            index = _build_index(path, container, stream)
-            info = _info_from(path, stream, index)
-            plan = plan_sampling(info, **kw)
-            sizes: dict[tuple[int, int], tuple[int, int]] = {}
-
-            def size_of(hw: tuple[int, int]) -> tuple[int, int]:
-                if hw not in sizes:
-                    sizes[hw] = resized_size(hw[0], hw[1], len(plan.frame_indices), factor=factor,
-                                             min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
-                return sizes[hw]
-
-            def convert(frame):
-                # CPU: RGB, then resized at once (memory holds the output, not T full-size frames);
-                # NVDEC: a copy of the NV12 planes, converted and resized in batches afterwards
-                if hwaccel is not None:
-                    size_of((frame.height, frame.width))
-                    return _nvdec_copy(path, frame)
-                rgb = _to_rgb(frame)
-                return resize_frames([rgb], *size_of(rgb.shape[:2]))[0]
-
-            if sparse:
-                got = _decode_sparse(path, container, stream, index, plan.frame_indices, convert=convert)
-                missing = [i for i in plan.frame_indices if i not in got]
-            else:
-                missing = plan.frame_indices
-        finally:
-            container.close()
-        if missing:
-            if sparse:
-                plan.notes.append(f"sparse decode missed frames {missing[:4]}; decoded the whole clip instead")
-            frames = decode_frames_full(path, plan.frame_indices, threads=threads, convert=convert, hwaccel=hwaccel)
-        else:
-            frames = [got[i] for i in plan.frame_indices]
-        if hwaccel is not None:
-            frames = _resized_once(path, frames, size_of)
-        if len(sizes) > 1:
-            raise VideoError(path, f"frame size changes within the clip ({', '.join(f'{w}x{h}' for h, w in sizes)})")
-        (src_hw, (plan.resized_height, plan.resized_width)), = sizes.items()
-        if src_hw != (info.height, info.width):  # the stream header disagreed with the decoded frames
-            info.height, info.width = src_hw
+        info, plan, frames, _ = _sample_file(path, kw, threads=threads, sparse=sparse, decoder=decoder)
         arr = np.stack(frames)
     return VideoFrames(
         frames=arr,
@@ -1064,6 +1020,160 @@ def load_video(
         height=info.height,
         width=info.width,
     )
+
+
+_PLANAR_420 = ("yuv420p", "yuvj420p")  # what DecodedVideo carries as planes (8-bit 4:2:0, separate U and V)
+_PLANES_BATCH = 4  # frames converted and resized per call in DecodedVideo.finish (~60 MB per 1936x1220 frame on the GPU)
+
+
+class _NotPlanar(Exception):
+    """A picture `DecodedVideo` does not carry as planes: decode_video converts on the CPU instead."""
+
+
+@dataclass
+class DecodedVideo:
+    """A video's sampled pictures as the CPU decoder gave them, before colour conversion and resize.
+
+    `decode_video` does `load_video`'s decoding only; `finish(device)` does the rest — swscale's
+    exact YUV -> RGB conversion (avcap.video_colour) and qwen-vl-utils' resize — on any torch
+    device. On the CPU the result equals `load_video`'s bit for bit; on a GPU the conversion is
+    still exact and the resize within one level of the CPU's (torchvision's bicubic on CUDA).
+    The point: colour conversion and resize are ~half of the CPU time `load_video` spends per
+    clip, and a GPU does them in milliseconds. `planes` is None when the video is not even-sized
+    8-bit 4:2:0 (or a frame directory): `frames` then already holds `load_video`'s result.
+    """
+
+    video: VideoFrames  # every field final; `frames` is empty until finished when `planes` is set
+    planes: Optional[np.ndarray] = None  # T x (H*W*3/2) uint8: Y (H x W), U, V (H/2 x W/2 each)
+    colorspace: int = 2
+    color_range: int = 0
+
+    def finish(self, device: Any = "cpu") -> VideoFrames:
+        """`load_video`'s VideoFrames, converted and resized on `device` (see class docstring)."""
+        if self.planes is None:
+            return self.video
+        import contextlib
+
+        import torch
+
+        from avcap.video_colour import interleave_uv, nv12_to_rgb, swscale_coefficients
+
+        v = self.video
+        dev = torch.device(device)
+        coeffs = swscale_coefficients(self.colorspace, self.color_range)
+        hh, ww, n = v.height, v.width, v.height * v.width
+        out = np.empty((len(self.planes), v.resized_height, v.resized_width, 3), dtype=np.uint8)
+        cuda = dev.type == "cuda"
+        with torch.cuda.device(dev) if cuda else contextlib.nullcontext():
+            with torch.cuda.stream(_conversion_stream()) if cuda else contextlib.nullcontext():
+                for i in range(0, len(self.planes), _PLANES_BATCH):
+                    p = torch.from_numpy(self.planes[i: i + _PLANES_BATCH]).to(dev)
+                    y = p[:, :n].view(-1, hh, ww)
+                    u = p[:, n: n + n // 4].view(-1, hh // 2, ww // 2)
+                    w = p[:, n + n // 4:].view(-1, hh // 2, ww // 2)
+                    rgb = nv12_to_rgb(y, interleave_uv(u, w), coeffs)
+                    small = resize_nchw(rgb, v.resized_height, v.resized_width)
+                    out[i: i + len(p)] = small.permute(0, 2, 3, 1).cpu().numpy()  # a GPU download synchronises
+        return VideoFrames(**{**v.__dict__, "frames": out})
+
+
+def decode_video(path: str | os.PathLike, *, source_fps: Optional[float] = None, threads: int = 1,
+                 sparse: bool = True, **kw: Any) -> DecodedVideo:
+    """`load_video(path, **kw)` up to the decoded pictures (CPU decoder): a `DecodedVideo` whose
+    `finish(device)` converts and resizes them. Takes load_video's sampling keywords."""
+    path = _clean_path(path)
+    if not path.exists():
+        raise VideoError(path, "no such file or directory")
+    if path.is_dir():
+        return DecodedVideo(load_video(path, source_fps=source_fps, threads=threads, sparse=sparse, **kw))
+    sampling = dict(nframes=None, fps=None, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=None, total_pixels=None,
+                    factor=32, min_frames=FPS_MIN_FRAMES, max_frames=None)
+    unknown = set(kw) - set(sampling)
+    if unknown:
+        raise TypeError(f"decode_video() got unexpected keyword arguments {sorted(unknown)}")
+    sampling.update(kw)
+    from avcap.video_colour import UnsupportedColour, swscale_coefficients
+
+    try:
+        info, plan, planes, tags = _sample_file(path, sampling, threads=threads, sparse=sparse, decoder="cpu",
+                                               planes=True)
+        swscale_coefficients(*tags)
+    except (_NotPlanar, UnsupportedColour):
+        return DecodedVideo(load_video(path, threads=threads, sparse=sparse, **kw))
+    video = VideoFrames(
+        frames=np.empty((0, plan.resized_height, plan.resized_width, 3), dtype=np.uint8),
+        frame_indices=list(plan.frame_indices), timestamps=[i / info.fps for i in plan.frame_indices], fps=info.fps,
+        total_frames=info.total_frames, resized_height=plan.resized_height, resized_width=plan.resized_width,
+        path=str(path), notes=plan.notes, height=info.height, width=info.width)
+    return DecodedVideo(video, np.stack(planes), colorspace=tags[0], color_range=tags[1])
+
+
+def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, decoder: str,
+                 planes: bool = False) -> tuple[VideoInfo, SamplePlan, list, Optional[tuple[int, int]]]:
+    """Decode the sampled frames of a video file: (info, plan, frames, colour tags).
+
+    frames: resized RGB (H x W x 3 uint8) per sampled index; with `planes=True` (CPU decoder) the
+    decoded I420 pictures instead, each flattened (Y, then U, then V), colour tags (colorspace,
+    range) of the first one, and `_NotPlanar` raised for a picture that is not even-sized 8-bit
+    4:2:0 or whose tags differ."""
+    hwaccel = _nvdec_hwaccel(path) if decoder == "nvdec" else None
+    container = _open(path, hwaccel)
+    tags: list[tuple[int, int]] = []
+    try:
+        stream = container.streams.video[0]
+        _set_threads(stream, threads)
+        index = _build_index(path, container, stream)
+        info = _info_from(path, stream, index)
+        plan = plan_sampling(info, **kw)
+        sizes: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def size_of(hw: tuple[int, int]) -> tuple[int, int]:
+            if hw not in sizes:
+                sizes[hw] = resized_size(hw[0], hw[1], len(plan.frame_indices), **_size_kw(kw))
+            return sizes[hw]
+
+        def convert(frame):
+            # CPU: RGB, then resized at once (memory holds the output, not T full-size frames);
+            # NVDEC: a copy of the NV12 planes, converted and resized in batches afterwards;
+            # planes: the I420 picture as decoded (converted and resized by DecodedVideo.finish)
+            size_of((frame.height, frame.width))
+            if hwaccel is not None:
+                return _nvdec_copy(path, frame)
+            if planes:
+                if frame.format.name not in _PLANAR_420 or frame.height % 2 or frame.width % 2:
+                    raise _NotPlanar(f"{frame.format.name} {frame.width}x{frame.height}")
+                tags.append((frame.colorspace, frame.color_range))
+                if tags[-1] != tags[0]:
+                    raise _NotPlanar("colour tags change within the clip")
+                return frame.to_ndarray().reshape(-1)
+            rgb = _to_rgb(frame)
+            return resize_frames([rgb], *size_of(rgb.shape[:2]))[0]
+
+        if sparse:
+            got = _decode_sparse(path, container, stream, index, plan.frame_indices, convert=convert)
+            missing = [i for i in plan.frame_indices if i not in got]
+        else:
+            missing = plan.frame_indices
+    finally:
+        container.close()
+    if missing:
+        if sparse:
+            plan.notes.append(f"sparse decode missed frames {missing[:4]}; decoded the whole clip instead")
+        frames = decode_frames_full(path, plan.frame_indices, threads=threads, convert=convert, hwaccel=hwaccel)
+    else:
+        frames = [got[i] for i in plan.frame_indices]
+    if hwaccel is not None:
+        frames = _resized_once(path, frames, size_of)
+    if len(sizes) > 1:
+        raise VideoError(path, f"frame size changes within the clip ({', '.join(f'{w}x{h}' for h, w in sizes)})")
+    (src_hw, (plan.resized_height, plan.resized_width)), = sizes.items()
+    if src_hw != (info.height, info.width):  # the stream header disagreed with the decoded frames
+        info.height, info.width = src_hw
+    return info, plan, frames, (tags[0] if tags else None)
+
+
+def _size_kw(kw: dict[str, Any]) -> dict[str, Any]:
+    return {k: kw[k] for k in ("factor", "min_pixels", "max_pixels", "total_pixels")}
 
 
 def _resized_once(path: Path, frames: list[_NV12], size_of) -> list[np.ndarray]:

@@ -41,6 +41,7 @@ from typing import Any, Iterable, Mapping
 
 from avcap.config import Vision
 from avcap.engines.base import Request, video_parts
+from avcap.engines.spool import Spool, spooled, unspool
 
 NVDEC_AND_CPU = "nvdec+cpu"  # NVDEC workers and CPU decoders at once, one queue
 
@@ -86,7 +87,8 @@ class FrameLoader:
     """Decode videos on worker lanes; share and keep recent results (see module docstring)."""
 
     def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32,
-                 processes: bool = False, decoder: str = "cpu", nvdec_workers: int | None = None):
+                 processes: bool = False, decoder: str = "cpu", nvdec_workers: int | None = None,
+                 finish_device: Any = None):
         from avcap.video import DECODERS
 
         if decoder not in DECODERS + (NVDEC_AND_CPU,):
@@ -103,6 +105,9 @@ class FrameLoader:
         else:
             lanes = [(decoder, processes, n)]
         self.lanes = lanes
+        self.finish_device = finish_device
+        self._finish_lock = threading.Lock()  # one video at a time converts on the device (bounded memory)
+        self._spool = Spool.create() if any(proc for _, proc, _ in lanes) else None
         self._procs = {dec: self._new_pool(count) for dec, proc, count in lanes if proc}
         self._todo: deque[tuple[str, dict[str, Any], Future]] = deque()
         self._cpu_only: deque[tuple[str, dict[str, Any], Future]] = deque()  # NVDEC could not
@@ -135,8 +140,15 @@ class FrameLoader:
             if not fut.running() and not fut.set_running_or_notify_cancel():
                 continue
             kw = {**kw, "decoder": decoder}
+            planes = decoder == "cpu" and self.finish_device is not None
             try:
-                result = self._in_worker_process(decoder, path, kw) if in_process_pool else _load(path, kw)
+                if in_process_pool:
+                    result = unspool(self._in_worker_process(decoder, path, kw, planes))
+                else:
+                    result = _load(path, kw, planes)
+                if planes:
+                    with self._finish_lock:
+                        result = result.finish(self.finish_device)
             except Exception as exc:  # noqa: BLE001 — the error belongs to whoever asks for this video
                 if decoder == "nvdec" and self.decoder == NVDEC_AND_CPU and _nvdec_specific(exc):
                     self._to_cpu(path, kw, fut, exc)
@@ -147,7 +159,7 @@ class FrameLoader:
                     self.decoded_by[decoder] += 1
                 fut.set_result(result)
 
-    def _in_worker_process(self, decoder: str, path: str, kw: dict[str, Any]):
+    def _in_worker_process(self, decoder: str, path: str, kw: dict[str, Any], planes: bool):
         """Decode in the process pool. A worker that dies (killed, out of memory, a crash in FFmpeg)
         breaks the whole pool: start a new one and try this video once more there, so one bad
         video fails itself, not the rest of the run."""
@@ -158,7 +170,7 @@ class FrameLoader:
         for attempt in range(2):
             pool = self._procs[decoder]
             try:
-                return pool.submit(_load, path, kw).result()
+                return pool.submit(_load, path, kw, planes, self._spool and self._spool.path).result()
             except BrokenProcessPool as exc:
                 self._renew_pool(decoder, pool)
                 if attempt:
@@ -245,6 +257,8 @@ class FrameLoader:
             pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._cache.clear()
+        if self._spool is not None:
+            self._spool.remove()
 
 
 def _nvdec_specific(exc: BaseException) -> bool:
@@ -260,11 +274,18 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _load(path: str, kw: dict[str, Any]):
-    from avcap.video import load_video
+def _load(path: str, kw: dict[str, Any], planes: bool = False, spool: str | None = None):
+    """load_video, or with `planes` decode_video (CPU decoder: conversion and resize left to the
+    caller); with `spool` (a directory) the big arrays go back through files there (`spooled`)."""
+    from avcap.video import decode_video, load_video
 
     try:
-        return load_video(path, **kw)
+        if planes:
+            kw = {k: v for k, v in kw.items() if k != "decoder"}
+            result = decode_video(path, **kw)
+        else:
+            result = load_video(path, **kw)
+        return spooled(result, spool) if spool else result
     except Exception as exc:
         # an error that cannot be unpickled in the parent would break the whole process pool
         import pickle
