@@ -100,6 +100,13 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _to_device(t, device):
+    """A host tensor on `device` without waiting for the device's queue (pinned, asynchronous copy)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
@@ -408,6 +415,8 @@ class FastGenerator:
         ids = [ids_cpu[r][mask_cpu[r]].tolist() for r in range(b)]
         types = [types_cpu[r][mask_cpu[r]].tolist() for r in range(b)]
         grid = inputs.get("video_grid_thw")
+        if grid is not None:
+            grid = grid.cpu()  # host-side planning (positions, splits) without waiting for the device
         n_videos = [len(v) for v in row_videos]
         if len(n_videos) != b or sum(n_videos) != (0 if grid is None else grid.shape[0]):
             raise NotSupported("videos per row do not match video_grid_thw")
@@ -507,23 +516,32 @@ class FastGenerator:
             types[j, n - c:] = torch.tensor(g.types, dtype=torch.long)
             att[j, n - c:] = 1
             vids += g.videos
-        ids, types, att = ids.to(device), types.to(device), att.to(device)
-        kw: dict[str, Any] = {}
-        if vids:
-            sub_grid = grid[vids]
-            kw.update(pixel_values_videos=torch.cat([pixels[v] for v in vids]).to(device), video_grid_thw=sub_grid.to(device))
+        sub_grid = grid[vids].cpu() if vids else None
+        # mRoPE positions on the host: get_rope_index walks every row and video with many tiny
+        # ops; on the GPU each waits for the queue (the previous prefill call) and leaves it idle
         positions, _ = model.model.get_rope_index(ids, mm_token_type_ids=types, attention_mask=att,
-                                                  video_grid_thw=kw.get("video_grid_thw"))
+                                                  video_grid_thw=sub_grid)
         for j in range(nb):
             prefix_max[gidx[j]] = int(positions[:, j][:, att[j].bool()].max())
+        ids, types, att, positions = (_to_device(t, device) for t in (ids, types, att, positions))
+        kw: dict[str, Any] = {}
+        if vids:
+            kw.update(pixel_values_videos=torch.cat([pixels[v] for v in vids]).to(device),
+                      video_grid_thw=_to_device(sub_grid, device))
         cache = DynamicCache(config=model.config)
         model.model(input_ids=ids, attention_mask=att, position_ids=positions, mm_token_type_ids=types,
                     use_cache=True, **{self._cache_kw: cache}, **kw)
-        rows = torch.tensor([r for g in groups for r in g.rows], dtype=torch.long, device=device)
-        src = torch.tensor([j for j, g in enumerate(groups) for _ in g.rows], dtype=torch.long, device=device)
+        row_list = [r for g in groups for r in g.rows]
+        src_list = [j for j, g in enumerate(groups) for _ in g.rows]
+        one_each = src_list == list(range(nb)) and row_list == list(range(row_list[0], row_list[0] + nb))
+        rows = _to_device(torch.tensor(row_list, dtype=torch.long), device)
+        src = _to_device(torch.tensor(src_list, dtype=torch.long), device)
         for li, layer in enumerate(cache.layers):
-            kc[li, rows, :, pp - n:pp] = layer.keys.index_select(0, src).to(kc.dtype)
-            vc[li, rows, :, pp - n:pp] = layer.values.index_select(0, src).to(vc.dtype)
+            for dst, new in ((kc[li, :, :, pp - n:pp], layer.keys), (vc[li, :, :, pp - n:pp], layer.values)):
+                if one_each:  # consecutive rows, one per prefix (captions): a plain strided copy
+                    dst[row_list[0]: row_list[0] + nb].copy_(new)
+                else:
+                    dst.index_copy_(0, rows, new.index_select(0, src).to(dst.dtype))
         valid[rows, pp - n:pp] = att.bool().index_select(0, src)
         del cache
 

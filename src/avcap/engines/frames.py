@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict, deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterable, Mapping
 
 from avcap.config import Vision
@@ -44,6 +44,7 @@ from avcap.engines.base import Request, video_parts
 from avcap.engines.spool import Spool, spooled, unspool
 
 NVDEC_AND_CPU = "nvdec+cpu"  # NVDEC workers and CPU decoders at once, one queue
+FINISHERS = 3  # threads converting and resizing CPU-decoded pictures on the finish device
 
 VIDEO_OPTIONS = ("nframes", "fps", "min_pixels", "max_pixels", "total_pixels", "min_frames", "max_frames")
 
@@ -106,7 +107,10 @@ class FrameLoader:
             lanes = [(decoder, processes, n)]
         self.lanes = lanes
         self.finish_device = finish_device
-        self._finish_lock = threading.Lock()  # one video at a time converts on the device (bounded memory)
+        # convert + resize CPU decoders' pictures on `finish_device` (a few videos at once: bounded
+        # device memory), while the decoders go on with the next videos
+        self._finishers = (ThreadPoolExecutor(FINISHERS, thread_name_prefix="avcap-frames-finish")
+                           if finish_device is not None else None)
         self._spool = Spool.create() if any(proc for _, proc, _ in lanes) else None
         self._procs = {dec: self._new_pool(count) for dec, proc, count in lanes if proc}
         self._todo: deque[tuple[str, dict[str, Any], Future]] = deque()
@@ -134,30 +138,42 @@ class FrameLoader:
             return (self._cpu_only if decoder == "cpu" and self._cpu_only else self._todo).popleft()
 
     def _work(self, decoder: str, in_process_pool: bool) -> None:
-        """One worker: decodes the videos it takes, here or in its lane's process pool."""
+        """One worker: decodes the videos it takes, here or in its lane's process pool. With a
+        finish device the CPU decoders' pictures go to the finishers, and the worker goes on."""
         while (item := self._take(decoder)) is not None:
             path, kw, fut = item
             if not fut.running() and not fut.set_running_or_notify_cancel():
                 continue
             kw = {**kw, "decoder": decoder}
-            planes = decoder == "cpu" and self.finish_device is not None
+            planes = decoder == "cpu" and self._finishers is not None
             try:
                 if in_process_pool:
                     result = unspool(self._in_worker_process(decoder, path, kw, planes))
                 else:
                     result = _load(path, kw, planes)
-                if planes:
-                    with self._finish_lock:
-                        result = result.finish(self.finish_device)
             except Exception as exc:  # noqa: BLE001 — the error belongs to whoever asks for this video
                 if decoder == "nvdec" and self.decoder == NVDEC_AND_CPU and _nvdec_specific(exc):
                     self._to_cpu(path, kw, fut, exc)
                 else:
                     fut.set_exception(exc)
             else:
-                with self._ready:
-                    self.decoded_by[decoder] += 1
-                fut.set_result(result)
+                if planes:
+                    self._finishers.submit(self._finish, result, fut)
+                else:
+                    self._done(decoder, fut, result)
+
+    def _finish(self, decoded, fut: Future) -> None:
+        try:
+            frames = decoded.finish(self.finish_device)
+        except Exception as exc:  # noqa: BLE001 — e.g. out of GPU memory: this video's error
+            fut.set_exception(exc)
+        else:
+            self._done("cpu", fut, frames)
+
+    def _done(self, decoder: str, fut: Future, result) -> None:
+        with self._ready:
+            self.decoded_by[decoder] += 1
+        fut.set_result(result)
 
     def _in_worker_process(self, decoder: str, path: str, kw: dict[str, Any], planes: bool):
         """Decode in the process pool. A worker that dies (killed, out of memory, a crash in FFmpeg)
@@ -257,6 +273,8 @@ class FrameLoader:
             pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._cache.clear()
+        if self._finishers is not None:
+            self._finishers.shutdown(wait=False)  # videos being converted finish for whoever waits
         if self._spool is not None:
             self._spool.remove()
 
