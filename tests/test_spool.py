@@ -96,6 +96,16 @@ def test_frame_loader_hands_pictures_over_through_the_spool(vga_clip):
         assert not os.path.exists(spool.path)
 
 
+def test_decode_worker_processes_yield_the_cpu_to_the_engine(h264_clip):
+    from avcap.engines.frames import WORKER_NICE
+
+    loader = FrameLoader(Vision(nframes=4), 32, workers=1, processes=True)
+    try:
+        assert loader._procs["cpu"].submit(os.nice, 0).result() == min(19, os.nice(0) + WORKER_NICE)
+    finally:
+        loader.close()
+
+
 def test_frame_loader_in_threads_finishes_on_the_device_too(h264_clip):
     loader = FrameLoader(Vision(nframes=4), 32, workers=1, finish_device="cpu")
     try:
