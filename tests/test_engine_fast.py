@@ -68,6 +68,20 @@ def test_greedy_equals_generate_with_shared_prefixes(engines, clips):
     assert len({r.raw_text for r in a}) > 3  # outputs depend on video and question (the test can fail)
 
 
+def test_decode_attending_over_cache_blocks_equals_generate(engines, clips, monkeypatch):
+    """With 4-slot KV blocks every decode step of 14 tokens moves to a new block (a new step
+    function): outputs stay generate's, and the steps are keyed by the slots they attend over."""
+    from avcap.engines import fast_generate
+
+    monkeypatch.setattr(fast_generate, "KV_BLOCK", 4)
+    fast, plain = engines
+    reqs = _mixed_requests(clips)
+    s = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=14, seed=5)
+    assert _outputs(fast.generate(reqs, s, min_tokens=14)) == _outputs(plain.generate(reqs, s, min_tokens=14))
+    kv = sorted(k[2] for k in fast.fast._steps)
+    assert len(kv) >= 3 and all(n % 4 == 0 or n == k[1] for k in fast.fast._steps for n in [k[2]])
+
+
 def test_min_tokens_and_seeded_sampling_equal_generate(engines, clips):
     fast, plain = engines
     reqs = [Request(f"c{i}", build_messages(SYSTEM, "Describe the clip.", c)) for i, c in enumerate(clips)]

@@ -16,9 +16,12 @@ tokens, faster:
    so that every row's next token goes to the same slot; `valid` marks the slots a row may attend.
    Text positions after the video continue from the prefix's largest mRoPE position (all three
    axes equal), exactly as `get_rope_index` and `generate` number them.
-3. **Decode** repeats one-token `text_forward` steps. On CUDA the step is captured once per batch
-   shape as a CUDA graph (static inputs: token, position, slot) and replayed, so a step costs the
-   GPU's time instead of ~700 kernel launches from Python; on CPU it runs eagerly (same code).
+3. **Decode** repeats one-token `text_forward` steps. A step attends over the cache only up to
+   the end of the KV_BLOCK-slot block holding its own slot (the rest is masked anyway), so early
+   steps read less of the cache. On CUDA the step is captured as a CUDA graph once per batch shape
+   and block count (static inputs: token, position, slot; 3 graphs for a 256-token caption) and
+   replayed, so a step costs the GPU's time instead of ~700 kernel launches from Python; on CPU it
+   runs eagerly (same code).
 
 Layout of one batch in the cache (S slots, multiple of 256 so graphs are reused across batches):
 
@@ -45,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 SLOT_ALIGN = 256
+KV_BLOCK = 128  # a decode step attends over whole blocks of cache slots, up to its own (one graph each)
 
 
 class NotSupported(Exception):
@@ -343,7 +347,8 @@ class FastGenerator:
         base_params = inspect.signature(model.model.forward).parameters
         self._cache_kw = "cache" if "cache" in base_params else "past_key_values"
         self._buffers: Optional[dict[str, Any]] = None  # kc, vc, valid for the current (B, S)
-        self._graph: Optional[dict[str, Any]] = None
+        self._steps: dict[tuple[int, int, int], dict[str, Any]] = {}  # decode steps by (B, S, kv_len)
+        self._graph: Optional[dict[str, Any]] = None  # the step used last
         self.graph_error: Optional[str] = None
         # cumulative seconds per phase (the device is synchronised at phase ends): what limits a run
         self.timings: dict[str, float] = {"prefix_s": 0.0, "suffix_s": 0.0, "decode_s": 0.0, "decode_steps": 0,
@@ -374,7 +379,7 @@ class FastGenerator:
             out = out[:, :1].cpu()
             self.timings["decode_s"] += time.perf_counter() - t_dec
             return out
-        step = self._step_fn(b, s_len, device)
+        step = self._step_fn(b, s_len, device, self._kv_len(p, s_len))
         st_tok, st_pos, st_slot = step["tok"], step["pos"], step["slot"]
         st_tok.copy_(tok)
         st_pos.copy_(st["last_pos"] + 1)
@@ -383,6 +388,9 @@ class FastGenerator:
         for t in range(1, max_new_tokens):
             if t % check_every == 0 and not bool(chooser.unfinished.any()):
                 break
+            kv_len = self._kv_len(p + t - 1, s_len)  # step t writes slot p + t - 1 and attends up to it
+            if kv_len != step["kv_len"]:
+                step = self._step_fn(b, s_len, device, kv_len)
             logits = step["run"]()
             tok = chooser(logits, t)
             out[:, t] = tok
@@ -486,6 +494,7 @@ class FastGenerator:
         if buf is not None and buf["shape"] == (b, s_len) and buf["device"] == device:
             return buf["kc"], buf["vc"], buf["valid"]
         self._buffers = self._graph = None
+        self._steps = {}
         if device.type == "cuda":
             torch.cuda.empty_cache()
         tc = self.model.config.text_config
@@ -545,30 +554,44 @@ class FastGenerator:
         valid[rows, pp - n:pp] = att.bool().index_select(0, src)
         del cache
 
-    def _step_fn(self, b: int, s_len: int, device) -> dict[str, Any]:
-        """The one-token decode step over the current cache: eager, or a CUDA graph replay."""
+    @staticmethod
+    def _kv_len(slot: int, s_len: int) -> int:
+        """Cache slots a decode step writing `slot` attends over: whole KV_BLOCKs up to the slot."""
+        return min(s_len, _round_up(slot + 1, KV_BLOCK))
+
+    def _step_fn(self, b: int, s_len: int, device, kv_len: int) -> dict[str, Any]:
+        """The one-token decode step over the first `kv_len` cache slots: eager, or a CUDA graph
+        replay (one graph per kv_len; all share the step's inputs tok, pos, slot)."""
         import torch
 
-        if self._graph is not None and self._graph["shape"] == (b, s_len):
+        key = (b, s_len, kv_len)
+        if key in self._steps:
+            self._graph = self._steps[key]
             return self._graph
         model = self.model
         kc, vc, valid = self._buffers["kc"], self._buffers["vc"], self._buffers["valid"]
-        tok = torch.zeros(b, dtype=torch.long, device=device)
-        pos = torch.zeros(b, dtype=torch.long, device=device)
-        slot = torch.zeros(1, dtype=torch.long, device=device)
+        shared = next(iter(self._steps.values()), None)
+        if shared is not None:
+            tok, pos, slot = shared["tok"], shared["pos"], shared["slot"]
+        else:
+            tok = torch.zeros(b, dtype=torch.long, device=device)
+            pos = torch.zeros(b, dtype=torch.long, device=device)
+            slot = torch.zeros(1, dtype=torch.long, device=device)
+        kv, vv, mask = kc[..., :kv_len, :], vc[..., :kv_len, :], valid[:, None, None, :kv_len]
 
         def eager():
             valid.index_fill_(1, slot, True)
             h = model.model.language_model.embed_tokens(tok)[:, None, :]
             cos, sin = rotary(model, h, pos.view(1, b, 1).expand(3, b, 1))
-            h = text_forward(model, h, cos, sin, kc, vc, slot, valid[:, None, None, :], self.pieces)
+            h = text_forward(model, h, cos, sin, kv, vv, slot, mask, self.pieces)
             return model.lm_head(h[:, -1]).float()
 
-        entry: dict[str, Any] = {"shape": (b, s_len), "tok": tok, "pos": pos, "slot": slot, "run": eager}
+        entry: dict[str, Any] = {"shape": (b, s_len), "kv_len": kv_len, "tok": tok, "pos": pos, "slot": slot,
+                                 "run": eager}
         if device.type == "cuda" and self.cuda_graphs:
             saved = valid.clone()
             try:
-                entry["run"] = self._capture(eager, kc, vc, valid, slot, s_len)
+                entry["run"] = self._capture(eager, kc, vc, valid, slot, kv_len)
             except Exception as exc:  # keep going eagerly (same results, slower); say why once
                 import warnings
 
@@ -576,14 +599,15 @@ class FastGenerator:
                 self.cuda_graphs = False
                 self.graph_error = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"avcap fast generate: CUDA graph capture failed, decoding eagerly ({self.graph_error})")
-        self._graph = entry
+        self._steps[key] = self._graph = entry
         return entry
 
     def _capture(self, eager, kc, vc, valid, slot, s_len: int):
-        """Capture `eager` as a CUDA graph; the warm-up writes land in the last slot and are undone."""
+        """Capture `eager` as a CUDA graph; the warm-up writes land in slot `s_len - 1` (the last
+        one `eager` attends over: not yet written by the decode) and are undone."""
         import torch
 
-        saved_valid = valid.clone()
+        saved_valid, saved_slot = valid.clone(), slot.clone()  # a capture may come mid-decode
         slot.fill_(s_len - 1)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -598,6 +622,7 @@ class FastGenerator:
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = eager()
         valid.copy_(saved_valid)
+        slot.copy_(saved_slot)
         kc[:, :, :, s_len - 1].zero_()
         vc[:, :, :, s_len - 1].zero_()
 
