@@ -149,3 +149,16 @@ def test_finish_on_the_gpu_is_within_one_level_of_the_cpu(vga_clip):
     cpu, gpu = d.finish("cpu"), d.finish("cuda")
     diff = np.abs(cpu.frames.astype(int) - gpu.frames.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_frame_loader_finishing_on_the_gpu_through_pinned_memory(vga_clip):
+    loader = FrameLoader(Vision(nframes=8), 32, workers=2, processes=True, finish_device="cuda")
+    try:
+        assert loader._pin
+        got = loader.frames({"video": str(vga_clip)})
+    finally:
+        loader.close()
+    ref = load_video(vga_clip, nframes=8)
+    diff = np.abs(ref.frames.astype(int) - got.frames.astype(int))
+    assert got.frames.shape == ref.frames.shape and diff.max() <= 1 and (diff > 0).mean() < 0.01

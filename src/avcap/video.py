@@ -1044,7 +1044,8 @@ class DecodedVideo:
     """
 
     video: VideoFrames  # every field final; `frames` is empty until finished when `planes` is set
-    planes: Optional[np.ndarray] = None  # T x (H*W*3/2) uint8: Y (H x W), U, V (H/2 x W/2 each)
+    # T x (H*W*3/2) uint8: Y (H x W), U, V (H/2 x W/2 each); numpy, or a (pinned) torch tensor
+    planes: Any = None
     colorspace: int = 2
     color_range: int = 0
 
@@ -1067,7 +1068,7 @@ class DecodedVideo:
         with torch.cuda.device(dev) if cuda else contextlib.nullcontext():
             with torch.cuda.stream(_conversion_stream()) if cuda else contextlib.nullcontext():
                 for i in range(0, len(self.planes), _PLANES_BATCH):
-                    p = torch.from_numpy(self.planes[i: i + _PLANES_BATCH]).to(dev)
+                    p = torch.as_tensor(self.planes[i: i + _PLANES_BATCH]).to(dev, non_blocking=True)
                     y = p[:, :n].view(-1, hh, ww)
                     u = p[:, n: n + n // 4].view(-1, hh // 2, ww // 2)
                     w = p[:, n + n // 4:].view(-1, hh // 2, ww // 2)

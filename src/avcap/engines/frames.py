@@ -112,6 +112,7 @@ class FrameLoader:
         # device memory), while the decoders go on with the next videos
         self._finishers = (ThreadPoolExecutor(FINISHERS, thread_name_prefix="avcap-frames-finish")
                            if finish_device is not None else None)
+        self._pin = finish_device is not None and str(finish_device).startswith("cuda")
         self._spool = Spool.create() if any(proc for _, proc, _ in lanes) else None
         self._procs = {dec: self._new_pool(count) for dec, proc, count in lanes if proc}
         self._todo: deque[tuple[str, dict[str, Any], Future]] = deque()
@@ -149,7 +150,7 @@ class FrameLoader:
             planes = decoder == "cpu" and self._finishers is not None
             try:
                 if in_process_pool:
-                    result = unspool(self._in_worker_process(decoder, path, kw, planes))
+                    result = unspool(self._in_worker_process(decoder, path, kw, planes), pin=self._pin)
                 else:
                     result = _load(path, kw, planes)
             except Exception as exc:  # noqa: BLE001 — the error belongs to whoever asks for this video

@@ -40,10 +40,20 @@ class SpooledArray:
     shape: tuple[int, ...]
     dtype: str
 
-    def load(self) -> np.ndarray:
-        """The array, mapped copy-on-write (writable, private); the file is unlinked."""
+    def load(self, pin: bool = False):
+        """The array, mapped copy-on-write (writable, private); with `pin` read into page-locked
+        host memory instead (a torch tensor, ready for an asynchronous copy to a GPU: no page
+        faults, no staging copy). The file is unlinked."""
         try:
             size = int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+            if pin:
+                import torch
+
+                t = torch.empty(self.shape, dtype=torch.from_numpy(np.empty(0, self.dtype)).dtype, pin_memory=True)
+                with open(self.file, "rb", buffering=0) as f:
+                    if size and f.readinto(memoryview(t.numpy()).cast("B")) != size:
+                        raise OSError(f"{self.file}: short read")
+                return t
             if size == 0:
                 return np.empty(self.shape, dtype=self.dtype)
             with open(self.file, "rb") as f:
@@ -134,8 +144,9 @@ def spooled(result: Any, directory: str) -> Any:
     return result
 
 
-def unspool(result: Any) -> Any:
-    """The inverse of `spooled`, in the parent (a result that was not spooled passes through)."""
+def unspool(result: Any, pin: bool = False) -> Any:
+    """The inverse of `spooled`, in the parent (a result that was not spooled passes through).
+    `pin`: a DecodedVideo's planes come back in page-locked memory (see SpooledArray.load)."""
     from avcap.video import DecodedVideo, VideoFrames
 
     if isinstance(result, VideoFrames) and isinstance(result.frames, SpooledArray):
@@ -143,5 +154,5 @@ def unspool(result: Any) -> Any:
     elif isinstance(result, DecodedVideo):
         unspool(result.video)
         if isinstance(result.planes, SpooledArray):
-            result.planes = result.planes.load()
+            result.planes = result.planes.load(pin=pin)
     return result
