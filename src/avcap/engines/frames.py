@@ -8,8 +8,7 @@ for the frames of a request's video parts. The loader
   keyword arguments, with the model's resize factor (patch size x spatial merge: 32 for Qwen3-VL,
   28 for Qwen2.5-VL);
 - decodes on worker threads (PyAV and the resize release the GIL), or with `processes=True` in
-  worker processes (spawned, one torch thread each: no GIL, no thread oversubscription; the frames
-  come back pickled), so `prefetch(next_batch)` decodes the next batch's videos while the model
+  worker processes (spawned, one torch thread each: no GIL, no thread oversubscription), so `prefetch(next_batch)` decodes the next batch's videos while the model
   works on this one. Workers take the oldest waiting video, so videos finish in the order asked;
 - `decoder="nvdec"` decodes on the GPU (`load_video(decoder=)`: same sparse decode, exact colour
   conversion, resize on the GPU; only the resized frames leave it). In worker processes each worker
@@ -24,6 +23,11 @@ for the frames of a request's video parts. The loader
   keeps up. Which decoder gets a video depends on timing; the two give the same full-size pixels,
   and resized frames within one level on ~0.01 % of the values (GPU vs CPU resize). A video NVDEC
   cannot decode (codec, pixel format, no GPU) goes to the CPU decoders;
+- with a `finish_device` (`[avcap.engine] resize_on_gpu`), CPU decoders only decode
+  (`avcap.video.decode_video`) and hand the I420 pictures to `FINISHERS` threads of this process,
+  which convert and resize them there (`DecodedVideo.finish`); the decoders go on meanwhile;
+- worker processes run at nice +`WORKER_NICE` and return their arrays through a tmpfs spool
+  (`avcap.engines.spool`), not the pool's pipe;
 - keeps the last `capacity` decoded videos, so the 12 MCQ questions of one video decode it once
   even when they straddle two batches.
 
