@@ -8,8 +8,9 @@ for the frames of a request's video parts. The loader
   keyword arguments, with the model's resize factor (patch size x spatial merge: 32 for Qwen3-VL,
   28 for Qwen2.5-VL);
 - decodes on worker threads (PyAV and the resize release the GIL), or with `processes=True` in
-  worker processes (spawned, one torch thread each: no GIL, no thread oversubscription), so `prefetch(next_batch)` decodes the next batch's videos while the model
-  works on this one. Workers take the oldest waiting video, so videos finish in the order asked;
+  worker processes (spawned, one torch thread each: no GIL, no thread oversubscription), so
+  `prefetch(next_batch)` decodes the next batch's videos while the model works on this one.
+  Workers take the oldest waiting video, so videos finish in the order asked;
 - `decoder="nvdec"` decodes on the GPU (`load_video(decoder=)`: same sparse decode, exact colour
   conversion, resize on the GPU; only the resized frames leave it). In worker processes each worker
   holds its own CUDA context, and the GPU time-slices between contexts: the model loses some speed
@@ -164,7 +165,10 @@ class FrameLoader:
                     fut.set_exception(exc)
             else:
                 if planes:
-                    self._finishers.submit(self._finish, result, fut)
+                    try:
+                        self._finishers.submit(self._finish, result, fut)
+                    except RuntimeError:  # closed meanwhile
+                        fut.set_exception(RuntimeError("FrameLoader is closed"))
                 else:
                     self._done(decoder, fut, result)
 
