@@ -162,3 +162,17 @@ def test_frame_loader_finishing_on_the_gpu_through_pinned_memory(vga_clip):
     ref = load_video(vga_clip, nframes=8)
     diff = np.abs(ref.frames.astype(int) - got.frames.astype(int))
     assert got.frames.shape == ref.frames.shape and diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_engine_resize_on_gpu_reaches_the_loader_only_on_cuda(varied_model_dir):
+    """`[avcap.engine] resize_on_gpu` is a config key; on a CPU device it changes nothing (the CPU
+    decoders convert and resize as before), on CUDA the engine's device finishes the pictures."""
+    from avcap.config import load_config
+    from avcap.engines import make_engine
+
+    cfg = load_config(None).avcap.engine.model_copy(update={"device": "cpu", "resize_on_gpu": True, "batch_size": 2})
+    eng = make_engine(cfg, vision=Vision(nframes=4, max_pixels=64 * 96), model=str(varied_model_dir))
+    try:
+        assert eng.frames.finish_device is None
+    finally:
+        eng.close()
