@@ -736,8 +736,9 @@ _NV12_BATCH = 1
 
 
 def _nv12_batch_resized(path: Path, frames: Sequence[_NV12],
-                        size_of: Callable[[tuple[int, int]], tuple[int, int]]) -> list[np.ndarray]:
-    """NV12 copies -> RGB -> resized, in batches of frames with the same size and colour tags, on
+                        size_of: Callable[[tuple[int, int]], tuple[int, int]],
+                        batch: int = _NV12_BATCH) -> list[np.ndarray]:
+    """NV12 copies -> RGB -> resized, `batch` frames at a time with the same size and colour tags, on
     their device (CUDA: this thread's conversion stream); H x W x 3 uint8 numpy each. Frame by frame
     the same as converting and resizing each alone."""
     import contextlib
@@ -754,7 +755,7 @@ def _nv12_batch_resized(path: Path, frames: Sequence[_NV12],
             f0 = frames[i]
             tags = (f0.colorspace, f0.color_range, f0.height, f0.width)
             j = i + 1
-            while j < len(frames) and j - i < _NV12_BATCH and \
+            while j < len(frames) and j - i < batch and \
                     (frames[j].colorspace, frames[j].color_range, frames[j].height, frames[j].width) == tags:
                 j += 1
             rgb = nv12_to_rgb(torch.stack([f.y for f in frames[i:j]]), torch.stack([f.uv for f in frames[i:j]]),
@@ -1022,6 +1023,7 @@ def load_video(
     )
 
 
+_SAMPLING_KEYS = ("nframes", "fps", "min_pixels", "max_pixels", "total_pixels", "factor", "min_frames", "max_frames")
 _PLANAR_420 = ("yuv420p", "yuvj420p")  # what DecodedVideo carries as planes (8-bit 4:2:0, separate U and V)
 _PLANES_BATCH = 4  # frames converted and resized per call in DecodedVideo.finish (~60 MB per 1936x1220 frame on the GPU)
 
@@ -1057,41 +1059,42 @@ class DecodedVideo:
 
         import torch
 
-        from avcap.video_colour import interleave_uv, nv12_to_rgb, swscale_coefficients
+        from avcap.video_colour import interleave_uv
 
         v = self.video
         dev = torch.device(device)
-        coeffs = swscale_coefficients(self.colorspace, self.color_range)
         hh, ww, n = v.height, v.width, v.height * v.width
-        out = np.empty((len(self.planes), v.resized_height, v.resized_width, 3), dtype=np.uint8)
+        out: list[np.ndarray] = []
         cuda = dev.type == "cuda"
         with torch.cuda.device(dev) if cuda else contextlib.nullcontext():
             with torch.cuda.stream(_conversion_stream()) if cuda else contextlib.nullcontext():
                 for i in range(0, len(self.planes), _PLANES_BATCH):
                     p = torch.as_tensor(self.planes[i: i + _PLANES_BATCH]).to(dev, non_blocking=True)
-                    y = p[:, :n].view(-1, hh, ww)
-                    u = p[:, n: n + n // 4].view(-1, hh // 2, ww // 2)
-                    w = p[:, n + n // 4:].view(-1, hh // 2, ww // 2)
-                    rgb = nv12_to_rgb(y, interleave_uv(u, w), coeffs)
-                    small = resize_nchw(rgb, v.resized_height, v.resized_width)
-                    out[i: i + len(p)] = small.permute(0, 2, 3, 1).cpu().numpy()  # a GPU download synchronises
-        return VideoFrames(**{**v.__dict__, "frames": out})
+                    pictures = [_NV12(f[:n].view(hh, ww), interleave_uv(f[n: n + n // 4].view(hh // 2, ww // 2),
+                                                                        f[n + n // 4:].view(hh // 2, ww // 2)),
+                                      self.colorspace, self.color_range, hh, ww) for f in p]
+                    out += _nv12_batch_resized(Path(v.path), pictures, lambda hw: (v.resized_height, v.resized_width),
+                                               batch=_PLANES_BATCH)
+        return VideoFrames(**{**v.__dict__, "frames": np.stack(out)})
 
 
 def decode_video(path: str | os.PathLike, *, source_fps: Optional[float] = None, threads: int = 1,
                  sparse: bool = True, **kw: Any) -> DecodedVideo:
     """`load_video(path, **kw)` up to the decoded pictures (CPU decoder): a `DecodedVideo` whose
-    `finish(device)` converts and resizes them. Takes load_video's sampling keywords."""
+    `finish(device)` converts and resizes them. Takes load_video's sampling keywords (same defaults).
+    A clip it cannot carry as planes is decoded again by `load_video` (rare: not 8-bit 4:2:0)."""
+    import inspect
+
     path = _clean_path(path)
     if not path.exists():
         raise VideoError(path, "no such file or directory")
-    if path.is_dir():
-        return DecodedVideo(load_video(path, source_fps=source_fps, threads=threads, sparse=sparse, **kw))
-    sampling = dict(nframes=None, fps=None, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=None, total_pixels=None,
-                    factor=32, min_frames=FPS_MIN_FRAMES, max_frames=None)
+    params = inspect.signature(load_video).parameters
+    sampling = {k: params[k].default for k in _SAMPLING_KEYS}
     unknown = set(kw) - set(sampling)
     if unknown:
         raise TypeError(f"decode_video() got unexpected keyword arguments {sorted(unknown)}")
+    if path.is_dir():
+        return DecodedVideo(load_video(path, source_fps=source_fps, threads=threads, sparse=sparse, **kw))
     sampling.update(kw)
     from avcap.video_colour import UnsupportedColour, swscale_coefficients
 
