@@ -296,6 +296,51 @@ def test_chooser_without_top_k_draws_like_transformers_warpers():
         assert torch.equal(got, want), spec
 
 
+def test_draw_is_torch_multinomial_without_its_checks():
+    """Same generator state, same tokens as torch.multinomial(probs, 1): dense rows, top-k-like
+    rows with few non-zero probabilities, and a row with all its mass on one token."""
+    from avcap.engines.fast_generate import draw
+
+    g = torch.Generator().manual_seed(2)
+    dense = torch.softmax(torch.randn(16, 3000, generator=g) * 3, dim=-1)
+    sparse = torch.zeros(16, 3000).scatter_(1, torch.randint(0, 3000, (16, 5), generator=g),
+                                            torch.rand(16, 5, generator=g))
+    sparse /= sparse.sum(-1, keepdim=True)
+    sparse[3] = 0.0
+    sparse[3, 7] = 1.0
+    for probs in (dense, sparse):
+        for seed in range(5):
+            torch.manual_seed(seed)
+            want = torch.multinomial(probs, num_samples=1).squeeze(1)
+            torch.manual_seed(seed)
+            got = draw(probs)
+            assert torch.equal(got, want)
+            assert probs[torch.arange(16), got].gt(0).all()
+    assert int(draw(sparse)[3]) == 7
+
+
+def test_stop_check_answers_one_check_late_with_lag():
+    from avcap.engines.fast_generate import StopCheck
+
+    unfinished = torch.tensor([True, True])
+    now, late = StopCheck(unfinished, lag=False), StopCheck(unfinished, lag=True)
+    assert not now.all_finished() and not late.all_finished()
+    unfinished[0] = False
+    assert not now.all_finished() and not late.all_finished()
+    unfinished[1] = False
+    assert now.all_finished()
+    assert not late.all_finished()  # answers what the previous check saw
+    assert late.all_finished()
+
+
+def test_long_generation_with_lagged_stop_equals_generate(engines, clips):
+    """Over 16 new tokens the loop checks for the end every 8 steps, one check late."""
+    fast, plain = engines
+    reqs = [Request(f"c{i}", build_messages(SYSTEM, "Describe the clip.", c)) for i, c in enumerate(clips[:2])]
+    s = Sampling(temperature=0.7, top_p=0.8, top_k=20, presence_penalty=1.5, max_tokens=30, seed=4)
+    assert _outputs(fast.generate(reqs, s)) == _outputs(plain.generate(reqs, s))
+
+
 def test_chooser_presence_penalty_and_min_tokens():
     from avcap.engines.fast_generate import Chooser, SamplingSpec
 

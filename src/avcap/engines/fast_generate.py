@@ -34,8 +34,11 @@ each KV head once (the masked, memory-efficient kernel on CUDA).
 
 Sampling follows transformers' order: min-new-tokens (EOS masked), presence penalty (the engine's
 vLLM semantics), then temperature, top-k, top-p with transformers' own warpers, softmax and
-`torch.multinomial` on the global RNG (the engine seeds it per batch). Rows that finished emit
-the pad token, like `generate`. `repetition_penalty != 1` is not handled here: the engine then uses
+`torch.multinomial`'s draw on the global RNG (the engine seeds it per batch; `draw` makes the same
+draw without multinomial's host syncs). Rows that finished emit the pad token, like `generate`. The
+decode loop never waits for the GPU: whether every row has finished is copied to the host
+asynchronously every few steps and read one check later, so the GPU never runs dry while the host
+catches up (a stop comes a few steps late, those steps emit pad). `repetition_penalty != 1` is not handled here: the engine then uses
 plain `generate`. Greedy outputs equal `generate`'s (tests/test_engine_fast.py, tiny model, fp32);
 in bf16 the logits agree within bf16 rounding (attention sums in a different order).
 """
@@ -203,6 +206,18 @@ class SamplingSpec:
         return out
 
 
+def draw(probs):
+    """One token per row of probabilities (B, V): `torch.multinomial(probs, 1)` without its host
+    syncs. For one sample torch draws argmax(probs / q) with q ~ Exp(1), after two `.item()`
+    checks of the probabilities that drain the GPU queue once per decode step; these are the same
+    draws from the same generator state (tested), the checks left out: the probabilities here come
+    from a softmax (finite, non-negative, each row summing to 1)."""
+    import torch
+
+    q = torch.empty_like(probs).exponential_(1)
+    return torch.div(probs, q, out=q).argmax(dim=-1)
+
+
 TIE_MARGIN = 32  # extra top-k candidates kept for logits tied with the k-th (bf16 logits tie often)
 
 
@@ -214,8 +229,8 @@ class Chooser:
     with top-k (and top-p) only the top k + TIE_MARGIN candidates are sorted and filtered (every
     other token is -inf after top-k, so transformers' full-vocabulary sort only moves -inf values,
     which add exactly 0 to the softmax and its cumulative sum); the kept probabilities are scattered
-    into a zero (B, V) tensor and drawn with `torch.multinomial` over the full vocabulary, so the
-    random draws are those of `generate`. Logits tied with the k-th beyond the margin are dropped
+    into a zero (B, V) tensor and drawn over the full vocabulary as `torch.multinomial` draws
+    (`draw`), so the random draws are those of `generate`. Logits tied with the k-th beyond the margin are dropped
     (transformers keeps every tie). Top-p without top-k uses transformers' own warper."""
 
     def __init__(self, spec: SamplingSpec, batch: int, vocab: int, eos: Sequence[int], pad: int, device):
@@ -248,7 +263,7 @@ class Chooser:
                 for w in self.warpers:
                     logits = w(None, logits)
                 probs = torch.softmax(logits, dim=-1)
-            tok = torch.multinomial(probs, num_samples=1).squeeze(1)
+            tok = draw(probs)
         else:
             tok = torch.argmax(logits, dim=-1)
         tok = torch.where(self.unfinished, tok, torch.full_like(tok, self.pad))
@@ -272,6 +287,40 @@ class Chooser:
             remove[:, -1] = False
             vals = asc.masked_fill(remove, float("-inf")).flip(-1)
         return torch.zeros_like(logits).scatter_(1, idx, torch.softmax(vals, dim=-1))
+
+
+class StopCheck:
+    """Whether every row has finished, as the decode loop asks every few steps.
+
+    With `lag`, a check never waits for the GPU: it queues an asynchronous copy of the flag to the
+    host and answers with the flag the previous check queued (by then long computed), so the loop
+    stops one check late (those steps emit pad) but the GPU's queue never runs dry while the host
+    catches up. Without `lag` it answers at once (short generations, where a wasted step costs
+    more than a wait)."""
+
+    def __init__(self, unfinished, *, lag: bool):
+        import torch
+
+        self.unfinished = unfinished
+        self.lag = lag
+        pinned = lag and unfinished.is_cuda
+        self.host = torch.ones(1, dtype=torch.bool, pin_memory=pinned)
+        self.event = torch.cuda.Event() if pinned else None
+        self.queued = False
+
+    def all_finished(self) -> bool:
+        if not self.lag:
+            return not bool(self.unfinished.any())
+        done = False
+        if self.queued:
+            if self.event is not None:
+                self.event.synchronize()
+            done = not bool(self.host[0])
+        self.host.copy_(self.unfinished.any().view(1), non_blocking=self.event is not None)
+        if self.event is not None:
+            self.event.record()
+        self.queued = True
+        return done
 
 
 # ----------------------------------------------------------------------------- batch layout
@@ -385,8 +434,9 @@ class FastGenerator:
         st_pos.copy_(st["last_pos"] + 1)
         st_slot.fill_(p)
         check_every = 1 if max_new_tokens <= 16 else 8
+        stop = StopCheck(chooser.unfinished, lag=check_every > 1)
         for t in range(1, max_new_tokens):
-            if t % check_every == 0 and not bool(chooser.unfinished.any()):
+            if t % check_every == 0 and stop.all_finished():
                 break
             kv_len = self._kv_len(p + t - 1, s_len)  # step t writes slot p + t - 1 and attends up to it
             if kv_len != step["kv_len"]:
