@@ -699,7 +699,9 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     "nvdec" in N threads of the engine's process; hybrid<N>[c<M>]: decoder "nvdec+cpu" with N NVDEC
     workers and M CPU decoders (default --decode-workers), both in --decode-mode; gpuresize: the CPU
     decoders' pictures are converted and resized on the engine's GPU (resize_on_gpu); w<N>: N decode
-    workers (default --decode-workers); si<N>: sys.setswitchinterval(N microseconds) while this variant runs."""
+    workers (default --decode-workers); si<N>: sys.setswitchinterval(N microseconds) while this variant runs;
+    syncchoice: the decode loop as before 2026-11-25 (torch.multinomial with its host syncs, the end
+    checked without lag), the same-run baseline for the sync-free loop."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -720,9 +722,31 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decode_workers"] = int(m[1])
         elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
             kw["switch_interval_s"] = int(m[1]) / 1e6
+        elif tok == "syncchoice":
+            kw["sync_choice"] = True
         elif tok != "eager":
             raise SystemExit(f"unknown engine variant token {tok!r} in {variant!r}")
     return kw
+
+
+def sync_choice():
+    """Patch avcap's decode loop back to its host-syncing form; returns the undo."""
+    import torch
+
+    from avcap.engines import fast_generate as fg
+
+    saved = fg.draw, fg.StopCheck.__init__
+
+    def init(self, unfinished, *, lag):
+        saved[1](self, unfinished, lag=False)
+
+    fg.draw = lambda probs: torch.multinomial(probs, num_samples=1).squeeze(1)
+    fg.StopCheck.__init__ = init
+
+    def undo():
+        fg.draw, fg.StopCheck.__init__ = saved
+
+    return undo
 
 
 def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: float, label: str,
@@ -995,6 +1019,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             kw = engine_variant(variant, processes)
             switch = sys.getswitchinterval()
             sys.setswitchinterval(kw.pop("switch_interval_s", switch))
+            restore = sync_choice() if kw.pop("sync_choice", False) else (lambda: None)
             eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, **kw)
             try:
                 n = cap_batch * (args.caption_chunks_2b or args.caption_chunks if size == "2B" else args.caption_chunks)
@@ -1017,6 +1042,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                     res[f"engine_mcq{tag}"] = {"skipped": "deadline or not asked"}
             finally:
                 sys.setswitchinterval(switch)
+                restore()
                 eng.close()
                 del eng
                 unpatch(model)

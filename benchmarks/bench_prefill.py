@@ -7,7 +7,8 @@ through `FastGenerator.prefill` (vision tower + language model + cache fill), ti
 Reports per video: the prefill's wall time (median of --repeats), the GPU's busy time within it
 (union of kernel, copy and memset intervals from torch.profiler, under the profiler's overhead)
 and so the time the GPU waits for the host, per phase (vision tower, language model, rope index)
-its host time and GPU span, the top kernels, and a Chrome trace (prefill_trace.json.gz). The frames come from a short 1936x1220 clip sampled
+its host time and GPU span, the top kernels, a Chrome trace (prefill_trace.json.gz), and where the
+host waits for the GPU in a prefill and a short caption decode (`--syncs`). The frames come from a short 1936x1220 clip sampled
 to 16 frames (the token count of the real clips: decoding is not what this measures).
 """
 
@@ -55,6 +56,45 @@ def labelled(obj, name: str, label: str) -> None:
     setattr(obj, name, wrapped)
 
 
+def host_syncs(eng, batch, keys, pixels, tokens: int) -> dict[str, Any]:
+    """Where the host waits for the GPU in a prefill and in a caption decode of `tokens` tokens:
+    torch's sync debug mode warns at every synchronizing call; each warning's Python stack (the
+    innermost avcap / transformers frames) is counted."""
+    import traceback
+    import warnings
+
+    import torch
+
+    from avcap.engines.fast_generate import SamplingSpec
+
+    sites: dict[str, dict[str, int]] = {}
+    phase = ["prefill"]
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if "/avcap/" in f.filename or "/transformers/" in f.filename or "bench_" in f.filename]
+        where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))
+        counts = sites.setdefault(phase[0], {})
+        counts[where or f"{filename}:{lineno}"] = counts.get(where or f"{filename}:{lineno}", 0) + 1
+
+    spec = SamplingSpec.from_sampling(bg.caption_sampling(argparse.Namespace(caption_tokens=tokens)), tokens)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            torch.cuda.set_sync_debug_mode("warn")
+            with torch.inference_mode():
+                eng.fast.prefill(batch, keys, max_new_tokens=tokens, video_pixels=pixels, device=eng.device)
+                torch.cuda.set_sync_debug_mode(0)
+                bg.sync()
+                phase[0] = f"generate ({tokens} tokens, prefill included)"
+                torch.cuda.set_sync_debug_mode("warn")
+                eng.fast.generate(batch, keys, spec, max_new_tokens=tokens, video_pixels=pixels, device=eng.device)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return {ph: dict(sorted(c.items(), key=lambda kv: -kv[1])) for ph, c in sites.items()}
+
+
 def main(argv=None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -68,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prefill-batches", default="8,4,16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--syncs", type=int, default=40, metavar="TOKENS",
+                    help="also list where the host waits for the GPU (torch's sync debug mode) in one "
+                         "prefill + a TOKENS-token caption decode (0: skip)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", default="benchmarks/prefill_out")
     ap.add_argument("--work", default="/tmp/avcap-bench")
@@ -148,6 +191,9 @@ def main(argv=None) -> int:
             g.write(f.read())
         tmp.unlink()
         RUN.results["prefill"] = res
+        if a.syncs and device == "cuda":
+            RUN.results["syncs"] = host_syncs(eng, batch, keys, pixels, a.syncs)
+            RUN.log(f"host syncs: {RUN.results['syncs']}")
     finally:
         eng.close()
         RUN.save()
