@@ -701,7 +701,9 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     decoders' pictures are converted and resized on the engine's GPU (resize_on_gpu); w<N>: N decode
     workers (default --decode-workers); si<N>: sys.setswitchinterval(N microseconds) while this variant runs;
     syncchoice: the decode loop as before 2026-11-25 (torch.multinomial with its host syncs, the end
-    checked without lag), the same-run baseline for the sync-free loop."""
+    checked without lag); nohost: the vision tower derives its inputs from a GPU grid (FastGenerator
+    host_vision off); eagerfinish: the colour conversion op by op (not compiled); s5: all three, the
+    engine as session 5 left it (the same-run baseline)."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -722,8 +724,10 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decode_workers"] = int(m[1])
         elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
             kw["switch_interval_s"] = int(m[1]) / 1e6
-        elif tok == "syncchoice":
-            kw["sync_choice"] = True
+        elif tok in ("syncchoice", "nohost", "eagerfinish"):
+            kw[tok] = True
+        elif tok == "s5":
+            kw.update(syncchoice=True, nohost=True, eagerfinish=True)
         elif tok != "eager":
             raise SystemExit(f"unknown engine variant token {tok!r} in {variant!r}")
     return kw
@@ -1019,8 +1023,16 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             kw = engine_variant(variant, processes)
             switch = sys.getswitchinterval()
             sys.setswitchinterval(kw.pop("switch_interval_s", switch))
-            restore = sync_choice() if kw.pop("sync_choice", False) else (lambda: None)
+            restore = sync_choice() if kw.pop("syncchoice", False) else (lambda: None)
+            nohost = kw.pop("nohost", False)
+            from avcap import video_colour
+
+            video_colour._compiled.clear()
+            if kw.pop("eagerfinish", False):
+                video_colour._compiled["fn"] = None
             eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, **kw)
+            if nohost and eng.fast is not None:
+                eng.fast.host_vision = False
             try:
                 n = cap_batch * (args.caption_chunks_2b or args.caption_chunks if size == "2B" else args.caption_chunks)
                 reqs = [Request(f"c{i}", caption_messages(p)) for i, p in enumerate(pool[offset: offset + n])]
@@ -1043,6 +1055,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             finally:
                 sys.setswitchinterval(switch)
                 restore()
+                video_colour._compiled.clear()
                 eng.close()
                 del eng
                 unpatch(model)
@@ -1269,7 +1282,7 @@ def main(argv=None) -> int:
         print(table())
         return 1
 
-    names_infer = clip_names(work, clips["clips"], 1200, "infer")
+    names_infer = clip_names(work, clips["clips"], 2400, "infer")
     decode_best = args.decode_mode if args.decode_mode != "auto" else "threads"
     if "decode" in sections and args.decode_mode == "auto":
         names_dec = clip_names(work, clips["clips"], 3 * args.decode_workers, "decode")
@@ -1283,7 +1296,7 @@ def main(argv=None) -> int:
     for size in (args.sizes.split(",") if "infer" in sections else []):
         # each size gets its own file names (no decoded video is ever reused across sections)
         pool = names_infer[offset:]
-        offset += 600 if not args.tiny else 80
+        offset += 1200 if not args.tiny else 80
         section(f"infer_{size}", 60, args.deadline,
                 lambda size=size, pool=pool: run_infer(size, args, tiny_dir, {"infer": pool}, peak, decode_best, device))
     print(table())

@@ -151,11 +151,21 @@ def main(argv=None) -> int:
             res: dict[str, Any] = {"videos": a.videos, "prompt_tokens": int(batch["input_ids"].shape[1])}
             for pb in [int(x) for x in a.prefill_batches.split(",")]:
                 eng.fast.prefill_batch = pb
-                t_warm = prefill()  # the first of a shape compiles
-                times = [prefill() for _ in range(a.repeats)]
-                res[f"pb{pb}"] = {"warm_s": round(t_warm, 2), "s": [round(x, 3) for x in times],
-                                  "ms_per_video": round(statistics.median(times) / a.videos * 1e3, 2)}
-                RUN.log(f"prefill batch {pb}: {res[f'pb{pb}']}")
+                t_warm = prefill()  # the first of a shape compiles (and compares the host's vision inputs)
+                res["host_vision"] = {"on": eng.fast.host_vision, "error": eng.fast.host_vision_error}
+                # interleaved A/B: vision inputs from the host (if on) against the plain call
+                kinds = ("host", "plain") if eng.fast.host_vision else ("plain",)
+                times: dict[str, list[float]] = {k: [] for k in kinds}
+                for _ in range(a.repeats):
+                    for k in kinds:
+                        eng.fast.host_vision = k == "host"
+                        times[k].append(prefill())
+                eng.fast.host_vision = "host" in kinds
+                for k in kinds:
+                    key = f"pb{pb}" + ("" if k == kinds[0] else f"_{k}")
+                    res[key] = {"vision_inputs": k, "warm_s": round(t_warm, 2), "s": [round(x, 3) for x in times[k]],
+                                "ms_per_video": round(statistics.median(times[k]) / a.videos * 1e3, 2)}
+                    RUN.log(f"prefill batch {pb} ({k}): {res[key]}")
                 RUN.results["prefill"] = res
                 RUN.save()
             eng.fast.prefill_batch = int(a.prefill_batches.split(",")[0])

@@ -109,6 +109,65 @@ def test_first_logits_match_the_model_forward(engines, clips):
     assert err < 1e-5, err
 
 
+def test_vision_inputs_come_from_the_host(engines, clips, monkeypatch):
+    """After the first prefill compared them with the plain call, the vision tower takes its
+    grid-derived inputs precomputed (transformers' helpers return them instead of deriving them)
+    and the deepstack features are merged at rows known on the host; outputs stay generate's."""
+    import transformers.models.qwen3_vl.modeling_qwen3_vl as mq
+
+    from avcap.engines.host_vision import HostVision
+
+    fast, plain = engines
+    seen = {"precomputed": 0, "derived": 0, "deepstack": 0}
+    helper = mq.get_vision_position_ids
+
+    def position_ids(grid_thw, merge, *a, kwargs=None, **k):
+        seen["precomputed" if kwargs and "position_ids" in kwargs else "derived"] += 1
+        return helper(grid_thw, merge, *a, kwargs=kwargs, **k)
+
+    deepstack = HostVision._deepstack
+
+    def counted(self, *a):
+        seen["deepstack"] += 1
+        return deepstack(self, *a)
+
+    monkeypatch.setattr(mq, "get_vision_position_ids", position_ids)
+    monkeypatch.setattr(HostVision, "_deepstack", counted)
+    reqs = _mixed_requests(clips)
+    s = Sampling(temperature=0, max_tokens=6)
+    want = _outputs(plain.generate(reqs, s))
+    fast.generate(reqs[:2], s)  # a first prefill with videos (the comparison) if no test made one yet
+    assert fast.fast.host_vision is True and fast.fast.host_vision_error is None
+    seen.update(precomputed=0, derived=0, deepstack=0)
+    assert _outputs(fast.generate(reqs, s)) == want
+    assert seen["precomputed"] >= 1 and seen["derived"] == 0
+    assert seen["deepstack"] >= 1
+
+
+def test_vision_inputs_that_differ_keep_the_plain_call(varied_model_dir, clips, monkeypatch):
+    """If the host's inputs do not give the plain call's numbers, the first prefill says so and
+    every later one uses the plain call."""
+    from avcap.engines import host_vision
+
+    init = host_vision.HostVision.__init__
+
+    def off_by_a_bit(self, *a):
+        init(self, *a)
+        self.vision_kwargs["interp_weights"] = self.vision_kwargs["interp_weights"] * 1.001
+
+    monkeypatch.setattr(host_vision.HostVision, "__init__", off_by_a_bit)
+    eng = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
+    try:
+        reqs = [Request(f"c{i}", build_messages(SYSTEM, "Describe the clip.", c)) for i, c in enumerate(clips)]
+        with pytest.warns(UserWarning, match="vision inputs from the host kept off"):
+            first = eng.generate(reqs, Sampling(temperature=0, max_tokens=6))
+        assert eng.fast.host_vision is False and "differ" in eng.fast.host_vision_error
+        again = eng.generate(reqs, Sampling(temperature=0, max_tokens=6))
+        assert _outputs(first) == _outputs(again)
+    finally:
+        eng.close()
+
+
 def test_plan_groups_shares_only_prefixes_that_hold_the_video():
     from avcap.engines.fast_generate import NotSupported, plan_groups
 

@@ -87,6 +87,26 @@ def test_every_yuv_value_converts_like_swscale():
         assert np.array_equal(_convert(fr), fr.to_ndarray(format="rgb24")), cs
 
 
+def test_compiled_conversion_gives_the_same_integers():
+    """What the engine runs on CUDA tensors (nv12_to_rgb through torch.compile) equals the eager
+    function on a batch of random planes for each colour matrix and range; here on the CPU, where
+    inductor needs a C compiler."""
+    import shutil
+
+    from avcap import video_colour
+
+    if not any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang")):
+        pytest.skip("torch.compile on the CPU needs a C compiler on PATH")
+    fn = video_colour.compiled_nv12_to_rgb()
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 256, (3, 24, 40), dtype=torch.uint8, generator=g)
+    uv = torch.randint(0, 256, (3, 12, 20, 2), dtype=torch.uint8, generator=g)
+    for cs, rng in ((1, 0), (2, 0), (2, 2), (9, 1)):
+        c = swscale_coefficients(cs, rng)
+        assert torch.equal(fn(y, uv, c), video_colour.nv12_to_rgb(y, uv, c)), (cs, rng)
+    assert torch.equal(video_colour.nv12_to_rgb_fast(y, uv, c), video_colour.nv12_to_rgb(y, uv, c))  # CPU: eager
+
+
 def test_coefficients_are_swscales():
     """BT.601 limited range, the untagged H.264 case, as FFmpeg's ff_yuv2rgb_c_init_tables gives them."""
     c = swscale_coefficients(2, 0)

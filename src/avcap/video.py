@@ -745,7 +745,7 @@ def _nv12_batch_resized(path: Path, frames: Sequence[_NV12],
 
     import torch
 
-    from avcap.video_colour import nv12_to_rgb
+    from avcap.video_colour import nv12_to_rgb_fast
 
     out: list[np.ndarray] = []
     cuda = bool(frames) and frames[0].y.is_cuda
@@ -758,8 +758,8 @@ def _nv12_batch_resized(path: Path, frames: Sequence[_NV12],
             while j < len(frames) and j - i < batch and \
                     (frames[j].colorspace, frames[j].color_range, frames[j].height, frames[j].width) == tags:
                 j += 1
-            rgb = nv12_to_rgb(torch.stack([f.y for f in frames[i:j]]), torch.stack([f.uv for f in frames[i:j]]),
-                              _colour_coefficients(path, f0.colorspace, f0.color_range))
+            rgb = nv12_to_rgb_fast(torch.stack([f.y for f in frames[i:j]]), torch.stack([f.uv for f in frames[i:j]]),
+                                   _colour_coefficients(path, f0.colorspace, f0.color_range))
             small = resize_nchw(rgb, *size_of((f0.height, f0.width)))
             out += list(small.permute(0, 2, 3, 1).contiguous().cpu().numpy())  # a GPU download synchronises
             i = j

@@ -45,6 +45,7 @@ in bf16 the logits agree within bf16 rounding (attention sums in a different ord
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass
@@ -374,6 +375,23 @@ def plan_groups(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]],
 # ----------------------------------------------------------------------------- the generator
 
 
+def _same_prefill(plain, run_other) -> Optional[str]:
+    """None when `run_other()` gives `plain`'s (hidden states, cache) bit for bit, else why not."""
+    import torch
+
+    try:
+        hidden, cache = run_other()
+    except Exception as exc:  # noqa: BLE001 — any failure keeps the plain call
+        return f"{type(exc).__name__}: {exc}"
+    if not torch.equal(hidden, plain[0]):
+        return "hidden states differ from the plain call's"
+    for a, b in zip(plain[1].layers, cache.layers):
+        if not (torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)):
+            return "cached keys/values differ from the plain call's"
+    return None
+
+
+
 class FastGenerator:
     """See the module docstring. One instance per engine; not thread-safe."""
 
@@ -399,6 +417,12 @@ class FastGenerator:
         self._steps: dict[tuple[int, int, int], dict[str, Any]] = {}  # decode steps by (B, S, kv_len)
         self._graph: Optional[dict[str, Any]] = None  # the step used last
         self.graph_error: Optional[str] = None
+        from avcap.engines import host_vision
+
+        # the vision tower's grid-derived inputs from the host (avcap.engines.host_vision): None until
+        # the first prefill with videos has compared them with the plain call, then True or False
+        self.host_vision: Optional[bool] = None if host_vision.supported(model) else False
+        self.host_vision_error: Optional[str] = None if self.host_vision is None else "not supported by this model"
         # cumulative seconds per phase (the device is synchronised at phase ends): what limits a run
         self.timings: dict[str, float] = {"prefix_s": 0.0, "suffix_s": 0.0, "decode_s": 0.0, "decode_steps": 0,
                                           "rows": 0, "prefixes": 0}
@@ -582,14 +606,31 @@ class FastGenerator:
                                                   video_grid_thw=sub_grid)
         for j in range(nb):
             prefix_max[gidx[j]] = int(positions[:, j][:, att[j].bool()].max())
+        host = self._host_vision(ids, sub_grid, device) if vids else None
         ids, types, att, positions = (_to_device(t, device) for t in (ids, types, att, positions))
-        kw: dict[str, Any] = {}
+        pix: dict[str, Any] = {}
         if vids:
-            kw.update(pixel_values_videos=torch.cat([pixels[v] for v in vids]).to(device),
-                      video_grid_thw=_to_device(sub_grid, device))
-        cache = DynamicCache(config=model.config)
-        model.model(input_ids=ids, attention_mask=att, position_ids=positions, mm_token_type_ids=types,
-                    use_cache=True, **{self._cache_kw: cache}, **kw)
+            pix["pixel_values_videos"] = torch.cat([pixels[v] for v in vids]).to(device)
+
+        def forward(hv):
+            cache = DynamicCache(config=model.config)
+            grid = {} if not vids else {"video_grid_thw": hv.grid if hv else _to_device(sub_grid, device)}
+            with hv.applied(model) if hv else contextlib.nullcontext():
+                out = model.model(input_ids=ids, attention_mask=att, position_ids=positions, mm_token_type_ids=types,
+                                  use_cache=True, **{self._cache_kw: cache}, **pix, **grid)
+            return out.last_hidden_state, cache
+
+        if host is not None and self.host_vision is None:  # first time: the same numbers as the plain call?
+            hidden, cache = forward(None)
+            self.host_vision_error = _same_prefill((hidden, cache), lambda: forward(host))
+            self.host_vision = self.host_vision_error is None
+            if not self.host_vision:
+                import warnings
+
+                warnings.warn(f"avcap fast generate: vision inputs from the host kept off ({self.host_vision_error})")
+        else:
+            hidden, cache = forward(host if self.host_vision else None)
+        del hidden
         row_list = [r for g in groups for r in g.rows]
         src_list = [j for j, g in enumerate(groups) for _ in g.rows]
         one_each = src_list == list(range(nb)) and row_list == list(range(row_list[0], row_list[0] + nb))
@@ -603,6 +644,18 @@ class FastGenerator:
                     dst.index_copy_(0, rows, new.index_select(0, src).to(dst.dtype))
         valid[rows, pp - n:pp] = att.bool().index_select(0, src)
         del cache
+
+    def _host_vision(self, ids, grid, device):
+        """This call's vision inputs from the host (None when they are off or do not apply)."""
+        if self.host_vision is False:
+            return None
+        from avcap.engines.host_vision import HostVision
+
+        try:
+            return HostVision(self.model, ids, grid, device)
+        except NotSupported as exc:
+            self.host_vision_error = str(exc)
+            return None
 
     @staticmethod
     def _kv_len(slot: int, s_len: int) -> int:

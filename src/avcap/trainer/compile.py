@@ -115,6 +115,15 @@ def _runs_of(cu_seqlens) -> list[tuple[int, int, int]]:
     return runs
 
 
+def remember_runs(cu_seqlens, host_copy) -> None:
+    """Give a device `cu_seqlens` its runs from a host copy of it, so `packed_sdpa` never reads it back."""
+    runs = equal_length_runs([int(n) for n in (host_copy[1:] - host_copy[:-1]).tolist()])
+    try:
+        setattr(cu_seqlens, _LENGTHS_ATTR, runs)
+    except (AttributeError, RuntimeError):
+        pass
+
+
 def _groups(t, start: int, length: int, count: int):
     """Rows start .. start + length * count of (n, heads, dim) as (count, heads, length, dim)."""
     return t[start:start + length * count].view(count, length, t.shape[1], t.shape[2]).transpose(1, 2)
