@@ -807,6 +807,7 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
         if graph is not None and not args_tiny():  # the decode step alone: graph replays back to back
             out["decode_step_replay_ms"] = round(_time_replay(graph["run"]) * 1e3, 3)
         out["prep_s_total"] = round(sum(r.extra.get("prep_s", 0) for r in ok), 3)
+        out["host_vision"] = {"on": fast.host_vision, "error": fast.host_vision_error}
         if fast.graph_error:
             out["graph_error"] = fast.graph_error
     log(f"engine {label}: { {k: v for k, v in out.items() if k != 'chunks'} }")
