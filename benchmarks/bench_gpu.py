@@ -30,7 +30,6 @@ sdpa; token ids from avcap's tiny tokenizer, all < the real vocab of 151,936):
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -701,8 +700,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     workers and M CPU decoders (default --decode-workers), both in --decode-mode; gpuresize: the CPU
     decoders' pictures are converted and resized on the engine's GPU (resize_on_gpu); w<N>: N decode
     workers (default --decode-workers); si<N>: sys.setswitchinterval(N microseconds) while this variant runs;
-    nvT: with hybrid, the NVDEC workers are threads of the engine's process (CPU decoders stay
-    processes); syncchoice: the decode loop as before 2026-11-25 (torch.multinomial with its host syncs, the end
+    syncchoice: the decode loop as before 2026-11-25 (torch.multinomial with its host syncs, the end
     checked without lag); nohost: the vision tower derives its inputs from a GPU grid (FastGenerator
     host_vision off); eagerfinish: the colour conversion op by op (not compiled); s5: all three, the
     engine as session 5 left it (the same-run baseline)."""
@@ -726,7 +724,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decode_workers"] = int(m[1])
         elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
             kw["switch_interval_s"] = int(m[1]) / 1e6
-        elif tok in ("syncchoice", "nohost", "eagerfinish", "nvT"):
+        elif tok in ("syncchoice", "nohost", "eagerfinish"):
             kw[tok] = True
         elif tok == "s5":
             kw.update(syncchoice=True, nohost=True, eagerfinish=True)
@@ -1028,11 +1026,6 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             sys.setswitchinterval(kw.pop("switch_interval_s", switch))
             restore = sync_choice() if kw.pop("syncchoice", False) else (lambda: None)
             nohost = kw.pop("nohost", False)
-            import avcap.engines.transformers_engine as te
-
-            loader_class = te.FrameLoader
-            if kw.pop("nvT", False):  # the NVDEC lane in threads of the engine's process
-                te.FrameLoader = functools.partial(loader_class, nvdec_processes=False)
             from avcap import video_colour
 
             video_colour._compiled.clear()
@@ -1064,7 +1057,6 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 sys.setswitchinterval(switch)
                 restore()
                 video_colour._compiled.clear()
-                te.FrameLoader = loader_class
                 eng.close()
                 del eng
                 unpatch(model)

@@ -236,12 +236,11 @@ def test_frame_loader_passes_the_decoder_to_its_workers(h264_clip):
             nv.close()
 
 
-@pytest.mark.parametrize("processes,nvdec_processes", [(False, None), (True, None), (True, False)])
-def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, processes, nvdec_processes):
-    """decoder="nvdec+cpu": NVDEC workers and CPU decoders take videos from one queue (NVDEC in
-    threads beside CPU processes with nvdec_processes=False); a video NVDEC cannot decode (here: no
-    GPU) goes to the CPU decoders, with one warning, and decodes to the CPU path's frames. A broken
-    video still fails with its own error, once."""
+@pytest.mark.parametrize("processes", [False, True])
+def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, processes):
+    """decoder="nvdec+cpu": NVDEC threads and CPU decoders take videos from one queue; a video NVDEC
+    cannot decode (here: no GPU) goes to the CPU decoders, with one warning, and decodes to the CPU
+    path's frames. A broken video still fails with its own error, once."""
     from avcap.config import Vision
     from avcap.engines.frames import FrameLoader, load_request_frames
     from avcap.engines.base import Request
@@ -252,10 +251,8 @@ def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, 
         V.write_video(clips[-1], np.full((6, 64, 96, 3), 40 * i, dtype=np.uint8), fps=6)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
-    loader = FrameLoader(Vision(nframes=4), 32, workers=2, processes=processes, decoder="nvdec+cpu", nvdec_workers=2,
-                         nvdec_processes=nvdec_processes)
-    nvdec_in = processes if nvdec_processes is None else nvdec_processes
-    assert loader.lanes == [("nvdec", nvdec_in, 2), ("cpu", processes, 2)]
+    loader = FrameLoader(Vision(nframes=4), 32, workers=2, processes=processes, decoder="nvdec+cpu", nvdec_workers=2)
+    assert loader.lanes == [("nvdec", processes, 2), ("cpu", processes, 2)]
     reqs = [Request(f"r{i}", [{"role": "user", "content": [{"type": "video", "video": str(c)}]}])
             for i, c in enumerate(clips + [broken])]
     try:

@@ -20,8 +20,7 @@ for the frames of a request's video parts. The loader
   thread: measured beside a 2B model it made the model 1.7-2.4x slower, so processes are the
   choice beside a model;
 - `decoder="nvdec+cpu"` runs `nvdec_workers` NVDEC workers and `workers` CPU decoders side by
-  side (both in processes or both in threads, or `nvdec_processes=False`: NVDEC in threads of this
-  process beside CPU decoder processes), all taking from one queue: for when neither alone
+  side (both in processes or both in threads), all taking from one queue: for when neither alone
   keeps up. Which decoder gets a video depends on timing; the two give the same full-size pixels,
   and resized frames within one level on ~0.01 % of the values (GPU vs CPU resize). A video NVDEC
   cannot decode (codec, pixel format, no GPU) goes to the CPU decoders;
@@ -96,7 +95,7 @@ class FrameLoader:
 
     def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32,
                  processes: bool = False, decoder: str = "cpu", nvdec_workers: int | None = None,
-                 finish_device: Any = None, nvdec_processes: bool | None = None):
+                 finish_device: Any = None):
         from avcap.video import DECODERS
 
         if decoder not in DECODERS + (NVDEC_AND_CPU,):
@@ -109,8 +108,7 @@ class FrameLoader:
         # (decoder, in worker processes?, workers); each lane of processes has its own pool, so
         # only NVDEC workers start a CUDA context
         if decoder == NVDEC_AND_CPU:
-            nvdec_in = processes if nvdec_processes is None else bool(nvdec_processes)
-            lanes = [("nvdec", nvdec_in, max(1, nvdec_workers or 8)), ("cpu", processes, n)]
+            lanes = [("nvdec", processes, max(1, nvdec_workers or 8)), ("cpu", processes, n)]
         else:
             lanes = [(decoder, processes, n)]
         self.lanes = lanes
