@@ -9,7 +9,9 @@ tokens, faster:
    after it). Each distinct prefix goes through transformers' own forward once (vision tower,
    DeepStack, mRoPE positions from `get_rope_index`), `prefill_batch` prefixes per call, and its KV
    is copied into every row that shares it. A row alone in its group (a caption request) has its
-   whole prompt but the last token as prefix.
+   whole prompt but the last token as prefix. mRoPE positions and the vision tower's grid-derived
+   inputs are computed on the host (avcap.engines.host_vision), so the call does not stop to read
+   sizes back from the GPU.
 2. **The rest of every row** (the question text, the generation prompt) is run by `text_forward`,
    a transcription of Qwen3-VL's text decoder layer (same modules, same weights, same math) over a
    preallocated cache: keys and values of all rows live in one tensor per layer, rows right-aligned
