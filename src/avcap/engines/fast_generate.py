@@ -37,12 +37,13 @@ each KV head once (the masked, memory-efficient kernel on CUDA).
 Sampling follows transformers' order: min-new-tokens (EOS masked), presence penalty (the engine's
 vLLM semantics), then temperature, top-k, top-p with transformers' own warpers, softmax and
 `torch.multinomial`'s draw on the global RNG (the engine seeds it per batch; `draw` makes the same
-draw without multinomial's host syncs). Rows that finished emit the pad token, like `generate`. The
-decode loop never waits for the GPU: whether every row has finished is copied to the host
-asynchronously every few steps and read one check later, so the GPU never runs dry while the host
-catches up (a stop comes a few steps late, those steps emit pad). `repetition_penalty != 1` is not handled here: the engine then uses
-plain `generate`. Greedy outputs equal `generate`'s (tests/test_engine_fast.py, tiny model, fp32);
-in bf16 the logits agree within bf16 rounding (attention sums in a different order).
+draw without multinomial's host syncs). Rows that finished emit the pad token, like `generate`.
+The decode loop never waits for the GPU: whether every row has finished is copied to the host
+asynchronously every few steps and read one check later (`StopCheck`), so the GPU never runs dry
+while the host catches up (a stop comes a few steps late; those steps emit pad).
+`repetition_penalty != 1` is not handled here: the engine then uses plain `generate`. Greedy
+outputs equal `generate`'s (tests/test_engine_fast.py, tiny model, fp32); in bf16 the logits agree
+within bf16 rounding (attention sums in a different order).
 """
 
 from __future__ import annotations
@@ -233,8 +234,8 @@ class Chooser:
     other token is -inf after top-k, so transformers' full-vocabulary sort only moves -inf values,
     which add exactly 0 to the softmax and its cumulative sum); the kept probabilities are scattered
     into a zero (B, V) tensor and drawn over the full vocabulary as `torch.multinomial` draws
-    (`draw`), so the random draws are those of `generate`. Logits tied with the k-th beyond the margin are dropped
-    (transformers keeps every tie). Top-p without top-k uses transformers' own warper."""
+    (`draw`), so the random draws are those of `generate`. Logits tied with the k-th beyond the
+    margin are dropped (transformers keeps every tie). Top-p without top-k uses transformers' own warper."""
 
     def __init__(self, spec: SamplingSpec, batch: int, vocab: int, eos: Sequence[int], pad: int, device):
         import torch
@@ -391,7 +392,6 @@ def _same_prefill(plain, run_other) -> Optional[str]:
         if not (torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)):
             return "cached keys/values differ from the plain call's"
     return None
-
 
 
 class FastGenerator:
