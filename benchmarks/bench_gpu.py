@@ -703,7 +703,8 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     syncchoice: the decode loop as before 2026-11-25 (torch.multinomial with its host syncs, the end
     checked without lag); nohost: the vision tower derives its inputs from a GPU grid (FastGenerator
     host_vision off); eagerfinish: the colour conversion op by op (not compiled); s5: all three, the
-    engine as session 5 left it (the same-run baseline)."""
+    engine as session 5 left it (the same-run baseline); spin: waits for the GPU spin a core
+    (avcap.gpu_wait.BLOCKING off, as before 2026-11-25)."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -724,7 +725,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decode_workers"] = int(m[1])
         elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
             kw["switch_interval_s"] = int(m[1]) / 1e6
-        elif tok in ("syncchoice", "nohost", "eagerfinish"):
+        elif tok in ("syncchoice", "nohost", "eagerfinish", "spin"):
             kw[tok] = True
         elif tok == "s5":
             kw.update(syncchoice=True, nohost=True, eagerfinish=True)
@@ -765,6 +766,7 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
     t_fast0 = dict(fast.timings) if fast is not None else {}
     reset_peak()
     t = time.perf_counter()
+    cpu0 = time.process_time()  # every thread of this (the engine's) process; decode workers not included
     per = []
     results = []
     queued = 0  # chunks handed to prefetch
@@ -782,6 +784,7 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
                     "gpu_s": round(time.perf_counter() - c0 - engine.frame_wait_s, 2)})
         results += res
     dt = time.perf_counter() - t
+    engine_cpu_s = time.process_time() - cpu0
     errors = [r.error for r in results if r.error]
     videos = len(requests) * videos_per_request
     steady = per[1:] or per
@@ -792,6 +795,7 @@ def run_engine(engine, requests, sampling, min_tokens: int, videos_per_request: 
            "videos_per_s_steady": round(steady_videos / sum(c["seconds"] for c in steady), 3),
            "videos_per_s_gpu_steady": round(steady_videos / max(1e-9, sum(c["gpu_s"] for c in steady)), 3),
            "chunks": per, "errors": errors[:3], "n_errors": len(errors),
+           "engine_process_cpu_s": round(engine_cpu_s, 1), "engine_process_cores": round(engine_cpu_s / dt, 2),
            "paths": sorted({r.extra.get("path") for r in ok}),
            "new_tokens_mean": round(statistics.mean(r.num_output_tokens or 0 for r in ok), 1) if ok else None,
            "prompt_tokens": max((r.num_input_tokens or 0) for r in ok) if ok else None,
@@ -1026,6 +1030,9 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             sys.setswitchinterval(kw.pop("switch_interval_s", switch))
             restore = sync_choice() if kw.pop("syncchoice", False) else (lambda: None)
             nohost = kw.pop("nohost", False)
+            from avcap import gpu_wait
+
+            gpu_wait.BLOCKING = not kw.pop("spin", False)
             from avcap import video_colour
 
             video_colour._compiled.clear()
@@ -1057,6 +1064,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 sys.setswitchinterval(switch)
                 restore()
                 video_colour._compiled.clear()
+                gpu_wait.BLOCKING = True
                 eng.close()
                 del eng
                 unpatch(model)

@@ -105,10 +105,11 @@ def linear_patch_embed(model) -> bool:
 
 
 def _sync(device) -> None:
-    import torch
-
+    """Wait for the work queued on this thread's stream (asleep: avcap.gpu_wait)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        from avcap import gpu_wait
+
+        gpu_wait.wait()
 
 
 def _to_device(t, device):
@@ -309,7 +310,12 @@ class StopCheck:
         self.lag = lag
         pinned = lag and unfinished.is_cuda
         self.host = torch.ones(1, dtype=torch.bool, pin_memory=pinned)
-        self.event = torch.cuda.Event() if pinned else None
+        if pinned:
+            from avcap import gpu_wait
+
+            self.event = gpu_wait.event()  # waits asleep
+        else:
+            self.event = None
         self.queued = False
 
     def all_finished(self) -> bool:
@@ -474,6 +480,7 @@ class FastGenerator:
             st_pos.add_(1)
             st_slot.add_(1)
             steps = t + 1
+        _sync(device)
         out = out[:, :steps].cpu()
         self.timings["decode_s"] += time.perf_counter() - t_dec
         self.timings["decode_steps"] += steps - 1
