@@ -703,8 +703,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     syncchoice: the decode loop as before 2026-11-25 (torch.multinomial with its host syncs, the end
     checked without lag); nohost: the vision tower derives its inputs from a GPU grid (FastGenerator
     host_vision off); eagerfinish: the colour conversion op by op (not compiled); s5: all three, the
-    engine as session 5 left it (the same-run baseline); spin: waits for the GPU spin a core
-    (avcap.gpu_wait.BLOCKING off, as before 2026-11-25)."""
+    engine as session 5 left it (the same-run baseline)."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -725,7 +724,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decode_workers"] = int(m[1])
         elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
             kw["switch_interval_s"] = int(m[1]) / 1e6
-        elif tok in ("syncchoice", "nohost", "eagerfinish", "spin"):
+        elif tok in ("syncchoice", "nohost", "eagerfinish"):
             kw[tok] = True
         elif tok == "s5":
             kw.update(syncchoice=True, nohost=True, eagerfinish=True)
@@ -1030,9 +1029,6 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             sys.setswitchinterval(kw.pop("switch_interval_s", switch))
             restore = sync_choice() if kw.pop("syncchoice", False) else (lambda: None)
             nohost = kw.pop("nohost", False)
-            from avcap import gpu_wait
-
-            gpu_wait.BLOCKING = not kw.pop("spin", False)
             from avcap import video_colour
 
             video_colour._compiled.clear()
@@ -1064,7 +1060,6 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 sys.setswitchinterval(switch)
                 restore()
                 video_colour._compiled.clear()
-                gpu_wait.BLOCKING = True
                 eng.close()
                 del eng
                 unpatch(model)

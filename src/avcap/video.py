@@ -760,12 +760,8 @@ def _nv12_batch_resized(path: Path, frames: Sequence[_NV12],
                 j += 1
             rgb = nv12_to_rgb_fast(torch.stack([f.y for f in frames[i:j]]), torch.stack([f.uv for f in frames[i:j]]),
                                    _colour_coefficients(path, f0.colorspace, f0.color_range))
-            small = resize_nchw(rgb, *size_of((f0.height, f0.width))).permute(0, 2, 3, 1).contiguous()
-            if cuda:  # the download would wait spinning a core; wait asleep first (avcap.gpu_wait)
-                from avcap import gpu_wait
-
-                gpu_wait.wait()
-            out += list(small.cpu().numpy())
+            small = resize_nchw(rgb, *size_of((f0.height, f0.width)))
+            out += list(small.permute(0, 2, 3, 1).contiguous().cpu().numpy())  # a GPU download synchronises
             i = j
     return out
 
@@ -807,13 +803,11 @@ def _nvdec_copy(path: Path, frame) -> _NV12:
     import torch
 
     y, uv = _cropped_nv12(path, *_nvdec_planes(path, frame), frame.height, frame.width)
-    from avcap import gpu_wait
-
     stream = _conversion_stream()
     with torch.cuda.stream(stream):
         y = torch.empty_like(y, memory_format=torch.contiguous_format).copy_(y)
         uv = torch.empty_like(uv, memory_format=torch.contiguous_format).copy_(uv)
-    gpu_wait.wait(stream)
+    stream.synchronize()
     return _NV12(y, uv, frame.colorspace, frame.color_range, frame.height, frame.width)
 
 

@@ -105,11 +105,10 @@ def linear_patch_embed(model) -> bool:
 
 
 def _sync(device) -> None:
-    """Wait for the work queued on this thread's stream (asleep: avcap.gpu_wait)."""
-    if device.type == "cuda":
-        from avcap import gpu_wait
+    import torch
 
-        gpu_wait.wait()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _to_device(t, device):
@@ -310,12 +309,7 @@ class StopCheck:
         self.lag = lag
         pinned = lag and unfinished.is_cuda
         self.host = torch.ones(1, dtype=torch.bool, pin_memory=pinned)
-        if pinned:
-            from avcap import gpu_wait
-
-            self.event = gpu_wait.event()  # waits asleep
-        else:
-            self.event = None
+        self.event = torch.cuda.Event() if pinned else None
         self.queued = False
 
     def all_finished(self) -> bool:
@@ -480,7 +474,6 @@ class FastGenerator:
             st_pos.add_(1)
             st_slot.add_(1)
             steps = t + 1
-        _sync(device)
         out = out[:, :steps].cpu()
         self.timings["decode_s"] += time.perf_counter() - t_dec
         self.timings["decode_steps"] += steps - 1
