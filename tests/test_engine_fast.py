@@ -393,7 +393,7 @@ def test_stop_check_answers_one_check_late_with_lag():
 
 
 def test_long_generation_with_lagged_stop_equals_generate(engines, clips):
-    """Over 16 new tokens the loop checks for the end every 8 steps, one check late."""
+    """Over 16 new tokens the loop checks for the end every 4 steps, one check late."""
     fast, plain = engines
     reqs = [Request(f"c{i}", build_messages(SYSTEM, "Describe the clip.", c)) for i, c in enumerate(clips[:2])]
     s = Sampling(temperature=0.7, top_p=0.8, top_k=20, presence_penalty=1.5, max_tokens=30, seed=4)
