@@ -152,7 +152,11 @@ def environment() -> dict[str, Any]:
         env.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count,
                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     try:
-        env["cpu_model"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        info = open("/proc/cpuinfo").read().splitlines()
+        env["cpu_model"] = next(l.split(":", 1)[1].strip() for l in info if l.startswith("model name"))
+        flags = set(next(l.split(":", 1)[1] for l in info if l.startswith("flags")).split())
+        # the SIMD levels FFmpeg's decoders pick from at run time (a VM may hide some)
+        env["cpu_simd"] = [f for f in ("ssse3", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw") if f in flags]
     except (OSError, StopIteration):
         pass
     return env
