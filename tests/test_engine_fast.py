@@ -400,6 +400,40 @@ def test_long_generation_with_lagged_stop_equals_generate(engines, clips):
     assert _outputs(fast.generate(reqs, s)) == _outputs(plain.generate(reqs, s))
 
 
+def test_lagged_stop_ends_early_with_every_row_cut_at_its_eos(engines, clips):
+    """Rows that end at different steps: each is cut at its own EOS (pad after it), the loop stops
+    at most 7 steps after the last row's end instead of running to max_new_tokens."""
+    from avcap.engines.fast_generate import SamplingSpec
+
+    fast, _ = engines
+    reqs = [Request(f"c{i}", build_messages(SYSTEM, "Describe the clip.", c)) for i, c in enumerate(clips)]
+    chunk = [(r, [fast.frames.frames(p) for p in r.messages[1]["content"] if isinstance(p, dict) and p.get("type") == "video"])
+             for r in reqs]
+    batch, pixels = fast.shared_inputs_for(chunk)
+    keys = [[id(vf) for vf in f] for _, f in chunk]
+    gen = fast.fast
+    with torch.inference_mode():
+        free = gen.generate(batch, keys, SamplingSpec(), max_new_tokens=40, video_pixels=pixels, device=torch.device("cpu"))
+    # the "end" token of each row: what it emits at step 3 + row (rows end at different steps)
+    ends = {int(free[r, 3 + r]) for r in range(len(reqs))}
+    cut = []
+    for r in range(len(reqs)):
+        row = free[r].tolist()
+        stop = next(t for t, tok in enumerate(row) if tok in ends)
+        cut.append(row[: stop + 1] + [gen.pad] * (len(row) - stop - 1))
+    last_end = max(next(t for t, tok in enumerate(row) if tok in ends) for row in free.tolist())
+    saved = gen.eos
+    gen.eos = sorted(ends)
+    try:
+        with torch.inference_mode():
+            got = gen.generate(batch, keys, SamplingSpec(), max_new_tokens=40, video_pixels=pixels, device=torch.device("cpu"))
+    finally:
+        gen.eos = saved
+    assert got.shape[1] < 40 and got.shape[1] <= last_end + 1 + 7  # stopped early: at most 7 steps after the last end
+    assert got.tolist() == [row[: got.shape[1]] for row in cut]
+    assert all(row[got.shape[1]:] == [gen.pad] * (40 - got.shape[1]) for row in cut)
+
+
 def test_chooser_presence_penalty_and_min_tokens():
     from avcap.engines.fast_generate import Chooser, SamplingSpec
 

@@ -107,6 +107,36 @@ def test_compiled_conversion_gives_the_same_integers():
     assert torch.equal(video_colour.nv12_to_rgb_fast(y, uv, c), video_colour.nv12_to_rgb(y, uv, c))  # CPU: eager
 
 
+def test_a_conversion_that_fails_to_compile_falls_back_to_eager_once(monkeypatch):
+    """The compiled path's first call failing (no compiler, an inductor bug) warns once and converts
+    eagerly from then on; UnsupportedColour is the caller's error either way."""
+    from avcap import video_colour
+
+    class OnGpu(torch.Tensor):  # a CPU tensor that says it is on CUDA: only the dispatch is tested
+        @property
+        def is_cuda(self):
+            return True
+
+    calls = []
+
+    def broken(*a):
+        calls.append(1)
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(video_colour, "_compiled", {"fn": broken})
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 256, (2, 8, 12), dtype=torch.uint8, generator=g)
+    uv = torch.randint(0, 256, (2, 4, 6, 2), dtype=torch.uint8, generator=g)
+    c = swscale_coefficients(1, 0)
+    with pytest.warns(UserWarning, match="compiling the colour conversion failed"):
+        first = video_colour.nv12_to_rgb_fast(y.as_subclass(OnGpu), uv.as_subclass(OnGpu), c)
+    assert torch.equal(first.as_subclass(torch.Tensor), video_colour.nv12_to_rgb(y, uv, c))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = video_colour.nv12_to_rgb_fast(y.as_subclass(OnGpu), uv.as_subclass(OnGpu), c)
+    assert torch.equal(again.as_subclass(torch.Tensor), first.as_subclass(torch.Tensor)) and calls == [1]
+
+
 def test_coefficients_are_swscales():
     """BT.601 limited range, the untagged H.264 case, as FFmpeg's ff_yuv2rgb_c_init_tables gives them."""
     c = swscale_coefficients(2, 0)

@@ -163,8 +163,12 @@ def nv12_to_rgb_fast(y, uv, coeffs: Yuv2Rgb):
     fn = compiled_nv12_to_rgb() if getattr(y, "is_cuda", False) else None
     if fn is None:
         return nv12_to_rgb(y, uv, coeffs)
-    try:
+    if _compiled.get("ran"):  # compiled fine once: later errors (out of memory, ...) are the caller's
         return fn(y, uv, coeffs)
+    try:
+        rgb = fn(y, uv, coeffs)
+        _compiled["ran"] = True
+        return rgb
     except UnsupportedColour:
         raise
     except Exception as exc:  # noqa: BLE001 — no compiler, an inductor bug: the eager function is the same
