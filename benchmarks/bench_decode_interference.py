@@ -19,11 +19,15 @@ settings) in a loop while the replay time is measured:
                 FFmpeg's own per-picture work only (map, copy into its surface), no avcap kernels
 * nvdec_copy    + avcap's copy of each sampled picture's NV12 planes out of the surface
 * nvdec         load_video(decoder="nvdec"): + colour conversion, resize and download
+* cuvid_decode, cuvid_copy, cuvid_full
+                nvdec_decode / nvdec_copy / the nvdec work, decoded through NVIDIA's parser (FFmpeg's
+                h264_cuvid, `avcap.video._cuvid_context`) instead of FFmpeg's parser + hwaccel
 * nvdec_decode_direct, nvdec_full_direct
                 nvdec_decode / the nvdec work with FFmpeg's `hwaccel_flags=+unsafe_output`: NVDEC
                 hands out its mapped surfaces instead of copying every decoded picture into a
                 frame pool (safe here: avcap releases each frame, or copies a sampled one, at once)
 
+A mode may name its own worker count: `--modes none,nvdec_decode:10,cuvid_decode:4`.
 Per mode: replay ms (median of windows of 10 replays), slowdown against none, clips/s decoded.
 `--cpu-smoke` runs the orchestration on the CPU (matmul workload, modes none,cpu) for a check
 without a GPU. Not a test; figures go to benchmarks/RESULTS.md.
@@ -41,7 +45,8 @@ import time
 from pathlib import Path
 
 LOAD_KW = dict(nframes=16, max_pixels=360000, factor=32)
-MODES = ("none", "cpu", "nvdec_decode", "nvdec_copy", "nvdec", "nvdec_decode_direct", "nvdec_full_direct")
+MODES = ("none", "cpu", "nvdec_decode", "nvdec_copy", "nvdec", "nvdec_decode_direct", "nvdec_full_direct",
+         "cuvid_decode", "cuvid_copy", "cuvid_full")
 
 
 def decode_once(path: str, mode: str) -> None:
@@ -52,21 +57,34 @@ def decode_once(path: str, mode: str) -> None:
         V.load_video(path, decoder=mode, **LOAD_KW)
         return
     p = Path(path)
-    container = V._open(p, V._nvdec_hwaccel(p))
+    cuvid = mode.startswith("cuvid")
+    container = V._open(p, None if cuvid else V._nvdec_hwaccel(p))
     try:
         stream = container.streams.video[0]
+        cc = None
+        if cuvid:
+            import bench_cuvid
+
+            bench_cuvid.VARIANT = os.environ.get("AVCAP_CUVID_VARIANT", "avcap")
+            cc = bench_cuvid.open_cuvid(p, stream)
         if mode.endswith("_direct"):
             stream.codec_context.options = {"hwaccel_flags": "+unsafe_output"}
         index = V._build_index(p, container, stream)
         plan = V.plan_sampling(V._info_from(p, stream, index), **LOAD_KW)
         size = (plan.resized_height, plan.resized_width)
+        full = lambda frame: V._nv12_batch_resized(p, [V._nvdec_copy(p, frame)], lambda hw: size)[0]  # noqa: E731
         convert = {
             "nvdec_decode": lambda frame: None,
             "nvdec_decode_direct": lambda frame: None,
             "nvdec_copy": lambda frame: V._nvdec_copy(p, frame),
-            "nvdec_full_direct": lambda frame: V._nv12_batch_resized(p, [V._nvdec_copy(p, frame)], lambda hw: size)[0],
+            "nvdec_full_direct": full,
+            "cuvid_decode": lambda frame: None,
+            "cuvid_copy": lambda frame: V._nvdec_copy(p, frame),
+            "cuvid_full": full,
         }[mode]
-        V._decode_sparse(p, container, stream, index, plan.frame_indices, convert=convert)
+        if cuvid and bench_cuvid.VARIANT == "sysmem":  # frames arrive in system memory: keep the sampled ones
+            convert = bench_cuvid.sysmem_nv12
+        V._decode_sparse(p, container, stream, index, plan.frame_indices, convert=convert, cc=cc)
     finally:
         container.close()
 
@@ -181,8 +199,8 @@ def main() -> None:
     import torch
 
     device = "cpu" if a.cpu_smoke else "cuda"
-    modes = [m for m in a.modes.split(",") if m]
-    unknown = sorted(set(modes) - set(MODES))
+    modes = [(m.split(":")[0], int(m.split(":")[1]) if ":" in m else a.procs) for m in a.modes.split(",") if m]
+    unknown = sorted({m for m, _ in modes} - set(MODES))
     if unknown:
         raise SystemExit(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
     clips = sorted(str(p) for p in Path(a.clips).glob("*.mp4"))
@@ -192,8 +210,8 @@ def main() -> None:
     out = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
            "workload": what, "clips": len(clips), "load_video": LOAD_KW, "results": []}
-    for mode in modes:
-        res = run_mode(mode, clips, a.procs, step, device, a.seconds)
+    for mode, procs in modes:
+        res = run_mode(mode, clips, procs, step, device, a.seconds)
         base = next((r["replay_ms"] for r in out["results"] if r["mode"] == "none"), None)
         if base:
             res["slowdown"] = round(res["replay_ms"] / base, 3)
