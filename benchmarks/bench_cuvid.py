@@ -34,6 +34,7 @@ from avcap import video as V
 LOAD_KW = dict(nframes=16, max_pixels=360000, factor=32)
 
 
+CONTINUOUS = False  # --continuous: no flush between seek groups (continuous_sparse)
 VARIANT = "avcap"  # how the cuvid decoder is set up (see open_cuvid); --variant / the first that opens
 
 
@@ -126,6 +127,65 @@ def primary_first(path: Path) -> dict:
     return {"rc": r.returncode, "out": r.stdout.strip()[-400:], "err": r.stderr.strip()[-800:]}
 
 
+def _is_idr(packet, nal_len) -> bool:
+    data = bytes(packet)
+    i = 0
+    while i + nal_len < len(data):
+        size = int.from_bytes(data[i: i + nal_len], "big")
+        if data[i + nal_len] & 0x1F in (1, 5):
+            return data[i + nal_len] & 0x1F == 5
+        i += nal_len + size
+    return False
+
+
+def continuous_sparse(path: Path, container, stream, index, indices, convert, cc) -> dict[int, object]:
+    """`_decode_sparse`'s packets (each target's reference chain from its keyframe), fed to one
+    decoder without a flush between groups: every group starts at an IDR picture, which resets the
+    decoder's references by itself (checked; a group that does not start at one stops the probe).
+    For cuvid a flush destroys and re-creates the hardware decoder."""
+    import bisect
+
+    order = sorted(range(len(index.pts)), key=index.pts.__getitem__)
+    keypos = [d for d, k in enumerate(index.key) if k]
+    targets = {order[i]: i for i in set(indices)}
+    groups: list[list[int]] = []
+    for d in sorted(targets):
+        start = keypos[bisect.bisect_right(keypos, d) - 1]
+        if groups and start <= groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], d)
+        else:
+            groups.append([start, d])
+    want = {index.pts[d]: i for d, i in targets.items()}
+    pos_of_pts = {p: d for d, p in enumerate(index.pts)}
+    nal_len = V._nal_length_size(stream.codec_context.extradata)
+    got: dict[int, object] = {}
+
+    def take(frames):
+        for frame in frames:
+            if frame.pts in want:
+                got[want[frame.pts]] = convert(frame)
+
+    for start, end in groups:
+        container.seek(index.dts[start] if index.dts[start] is not None else index.pts[start], stream=stream,
+                       backward=True, any_frame=False)
+        first = True
+        for packet in container.demux(stream):
+            d = pos_of_pts.get(packet.pts) if packet.size else None
+            if d is None or d < start:
+                continue
+            if d > end:
+                break
+            if first:
+                if d != start or not _is_idr(packet, nal_len):
+                    raise RuntimeError(f"{path}: group at {start} does not start at an IDR picture")
+                first = False
+            if index.nonref[d] and d not in targets:
+                continue
+            take(cc.decode(packet))
+    take(cc.decode(None))
+    return got
+
+
 def sparse_nv12(path: Path, cuvid: bool, stats: dict | None = None) -> dict[int, object]:
     """The sampled frames' NV12 copies (on the GPU; cuvid "sysmem": in system memory), decoded by
     hwaccel or cuvid."""
@@ -136,8 +196,11 @@ def sparse_nv12(path: Path, cuvid: bool, stats: dict | None = None) -> dict[int,
         index = V._build_index(path, container, stream)
         plan = V.plan_sampling(V._info_from(path, stream, index), **LOAD_KW)
         convert = sysmem_nv12 if cuvid and VARIANT == "sysmem" else (lambda frame: V._nvdec_copy(path, frame))
-        got = V._decode_sparse(path, container, stream, index, plan.frame_indices, stats=stats,
-                               convert=convert, cc=cc)
+        if cuvid and CONTINUOUS:
+            got = continuous_sparse(path, container, stream, index, plan.frame_indices, convert, cc)
+        else:
+            got = V._decode_sparse(path, container, stream, index, plan.frame_indices, stats=stats,
+                                   convert=convert, cc=cc)
     finally:
         container.close()
     if len(got) != len(set(plan.frame_indices)):
@@ -223,6 +286,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2,4")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--continuous", action="store_true", help="thread rates without flushes between groups")
     ap.add_argument("--variant", default=None, help="cuvid set-up (open_cuvid); default: the first that opens")
     a = ap.parse_args()
     import av
@@ -253,6 +317,14 @@ def main() -> None:
     sparse_nv12(clips[0], cuvid=False)  # warm both paths
     out["hwaccel"] = per_clip(clips, False, a.runs)
     out["cuvid"] = per_clip(clips, True, a.runs)
+    global CONTINUOUS
+    CONTINUOUS = True
+    try:
+        out["parity_continuous"] = [parity(c) for c in clips[:2]]
+        out["cuvid_continuous"] = per_clip(clips, True, a.runs)
+    except Exception as exc:  # recorded: the NVIDIA parser may not take the stream this way
+        out["continuous_error"] = f"{type(exc).__name__}: {exc}"
+    CONTINUOUS = a.continuous
     out["cuvid_flush_s"] = flush_cost(clips[0])
     save()
     out["cuvid_threads"] = [threads_rate(clips, int(n), a.seconds) for n in a.threads.split(",") if n]

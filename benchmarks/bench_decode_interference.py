@@ -66,6 +66,7 @@ def decode_once(path: str, mode: str) -> None:
             import bench_cuvid
 
             bench_cuvid.VARIANT = os.environ.get("AVCAP_CUVID_VARIANT", "avcap")
+            bench_cuvid.CONTINUOUS = os.environ.get("AVCAP_CUVID_CONTINUOUS") == "1"
             cc = bench_cuvid.open_cuvid(p, stream)
         if mode.endswith("_direct"):
             stream.codec_context.options = {"hwaccel_flags": "+unsafe_output"}
@@ -84,7 +85,10 @@ def decode_once(path: str, mode: str) -> None:
         }[mode]
         if cuvid and bench_cuvid.VARIANT == "sysmem":  # frames arrive in system memory: keep the sampled ones
             convert = bench_cuvid.sysmem_nv12
-        V._decode_sparse(p, container, stream, index, plan.frame_indices, convert=convert, cc=cc)
+        if cuvid and bench_cuvid.CONTINUOUS:
+            bench_cuvid.continuous_sparse(p, container, stream, index, plan.frame_indices, convert, cc)
+        else:
+            V._decode_sparse(p, container, stream, index, plan.frame_indices, convert=convert, cc=cc)
     finally:
         container.close()
 
