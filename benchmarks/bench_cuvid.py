@@ -35,24 +35,22 @@ LOAD_KW = dict(nframes=16, max_pixels=360000, factor=32)
 
 
 CONTINUOUS = False  # --continuous: no flush between seek groups (continuous_sparse)
-VARIANT = "avcap"  # how the cuvid decoder is set up (see open_cuvid); --variant / the first that opens
+VARIANT = "current"  # how the cuvid decoder is set up (see open_cuvid); --variant / the first that opens
 
 
 def open_cuvid(path: Path, stream, variant: str | None = None):
-    """An h264_cuvid decoder for `stream`: "avcap" = `avcap.video._cuvid_context`; "nosize" = the
-    same without width/height; "primary" = PyAV's default CUDA device (its own retain of the primary
-    context); "sysmem" = no hwaccel: cuvid makes its own device and frames come to system memory."""
+    """An h264_cuvid decoder for `stream`. "current" = the device avcap's NVDEC path uses (torch's
+    context, made current: `avcap.video._nvdec_hwaccel`), frames on the GPU; "nosize" = the same
+    without width/height; "primary" = PyAV's default CUDA device (its own retain of the primary
+    context); "sysmem" = no hwaccel: cuvid makes a CUDA context of its own and frames come to
+    system memory."""
     import av
     from av.codec.hwaccel import HWAccel
 
     variant = variant or VARIANT
-    if variant == "avcap":
-        return V._cuvid_context(path, stream)
-    if variant != "sysmem":
-        V._nvdec_hwaccel(path)  # binds torch's context on this thread
-    hw = {"nosize": V._nvdec_hwaccel(path) if variant == "nosize" else None, "sysmem": None,
-          "primary": HWAccel("cuda", device="0", allow_software_fallback=False, is_hw_owned=True)}[variant]
-    cc = av.CodecContext.create("h264_cuvid", "r", hwaccel=hw)
+    hw = {"current": V._nvdec_hwaccel, "nosize": V._nvdec_hwaccel, "sysmem": lambda path: None,
+          "primary": lambda path: HWAccel("cuda", device="0", allow_software_fallback=False, is_hw_owned=True)}
+    cc = av.CodecContext.create("h264_cuvid", "r", hwaccel=hw[variant](path))
     cc.extradata = stream.codec_context.extradata
     if variant != "nosize":
         cc.width, cc.height = stream.codec_context.width, stream.codec_context.height
@@ -65,7 +63,7 @@ def diagnose(path: Path) -> dict:
     import av.logging
 
     out = {}
-    for variant in ("avcap", "nosize", "primary", "sysmem"):
+    for variant in ("current", "nosize", "primary", "sysmem"):
         with av.logging.Capture() as logs:
             old = av.logging.get_level()
             av.logging.set_level(av.logging.VERBOSE)

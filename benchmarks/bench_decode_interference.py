@@ -21,7 +21,9 @@ settings) in a loop while the replay time is measured:
 * nvdec         load_video(decoder="nvdec"): + colour conversion, resize and download
 * cuvid_decode, cuvid_copy, cuvid_full
                 nvdec_decode / nvdec_copy / the nvdec work, decoded through NVIDIA's parser (FFmpeg's
-                h264_cuvid, `avcap.video._cuvid_context`) instead of FFmpeg's parser + hwaccel
+                h264_cuvid, `bench_cuvid.open_cuvid`) instead of FFmpeg's parser + hwaccel; env
+                AVCAP_CUVID_VARIANT picks the set-up ("sysmem" is the one that opens beside torch,
+                frames in system memory), AVCAP_CUVID_CONTINUOUS=1 feeds the seek groups without flushes
 * nvdec_decode_direct, nvdec_full_direct
                 nvdec_decode / the nvdec work with FFmpeg's `hwaccel_flags=+unsafe_output`: NVDEC
                 hands out its mapped surfaces instead of copying every decoded picture into a
@@ -65,7 +67,7 @@ def decode_once(path: str, mode: str) -> None:
         if cuvid:
             import bench_cuvid
 
-            bench_cuvid.VARIANT = os.environ.get("AVCAP_CUVID_VARIANT", "avcap")
+            bench_cuvid.VARIANT = os.environ.get("AVCAP_CUVID_VARIANT", "current")
             bench_cuvid.CONTINUOUS = os.environ.get("AVCAP_CUVID_CONTINUOUS") == "1"
             cc = bench_cuvid.open_cuvid(p, stream)
         if mode.endswith("_direct"):

@@ -222,6 +222,36 @@ def test_sparse_decode_skips_non_reference_frames(h264_clip):
     assert index.nonref[0] is False
 
 
+def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
+    """`cc`: another decoder instance (benchmarks pass NVIDIA's parser) gets every packet and gives
+    the same frames; the stream's own decoder is left untouched."""
+    import av
+
+    full = V.decode_all(h264_clip)
+    idx = [0, 9, 23, 47]
+    c = V._open(h264_clip)
+    try:
+        stream = c.streams.video[0]
+        index = V._build_index(h264_clip, c, stream)
+        fed = []
+        other = av.CodecContext.create("h264", "r")
+        other.extradata = stream.codec_context.extradata
+
+        class Counting:
+            def decode(self, packet):
+                fed.append(packet)
+                return other.decode(packet)
+
+            def flush_buffers(self):
+                other.flush_buffers()
+
+        got = V._decode_sparse(h264_clip, c, stream, index, idx, cc=Counting())
+    finally:
+        c.close()
+    assert all(np.array_equal(got[i], full[i]) for i in idx)
+    assert len(fed) > len(idx) and not stream.codec_context.is_open
+
+
 @pytest.mark.parametrize("threads", [0, 3])
 def test_threaded_decode_is_identical(tmp_path, make_frames, threads):
     path = _clip(tmp_path, make_frames, "threads.mp4", n=60, gop=12)

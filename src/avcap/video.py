@@ -674,33 +674,6 @@ def _nvdec_hwaccel(path: Path):
                          f"PyAV {av.__version__}: {exc}") from None
 
 
-# FFmpeg's decoders that drive NVDEC through NVIDIA's own bitstream parser (libnvcuvid)
-_CUVID = {"h264": "h264_cuvid", "hevc": "hevc_cuvid", "av1": "av1_cuvid", "vp9": "vp9_cuvid"}
-
-
-def _cuvid_context(path: Path, stream):
-    """A decoder for `stream` on NVDEC through NVIDIA's parser (FFmpeg's `<codec>_cuvid`): frames on
-    the GPU in torch's context, as `_nvdec_hwaccel` gives them. Unlike the hwaccel, which keeps
-    FFmpeg's software parser and waits for each picture in turn, the parser queues several pictures
-    on the hardware before the first is mapped."""
-    import av
-
-    name = _CUVID.get(stream.codec_context.name)
-    if name is None or name not in av.codecs_available:
-        raise VideoError(path, f"decoder='nvdec': no NVDEC parser for {stream.codec_context.name} in PyAV "
-                         f"{av.__version__}'s FFmpeg; use decoder='cpu'")
-    hwaccel = _nvdec_hwaccel(path)
-    try:
-        cc = av.CodecContext.create(name, "r", hwaccel=hwaccel)
-        cc.extradata = stream.codec_context.extradata
-        cc.width, cc.height = stream.codec_context.width, stream.codec_context.height
-        cc.open()
-    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-        raise VideoError(path, f"decoder='nvdec': NVDEC could not be set up for this video ({exc}); "
-                         f"use decoder='cpu'") from None
-    return cc
-
-
 def _colour_coefficients(path: Path, colorspace: int, color_range: int):
     from avcap.video_colour import UnsupportedColour, swscale_coefficients
 
@@ -881,7 +854,7 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
     """Decode only what `indices` (presentation order) need; returns index -> RGB frame.
 
     `stats`, when given, receives counts: groups (seeks), packets_decoded, packets_skipped.
-    `cc`: the decoder to feed (default: the stream's own; `_cuvid_context` gives NVIDIA's parser).
+    `cc`: the decoder to feed (default: the stream's own; benchmarks/bench_cuvid.py passes others).
     """
     import av
 
