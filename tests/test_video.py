@@ -222,6 +222,18 @@ def test_sparse_decode_skips_non_reference_frames(h264_clip):
     assert index.nonref[0] is False
 
 
+def test_opening_a_video_decodes_no_picture(h264_clip):
+    """FFmpeg's stream probe would decode the first picture only to learn the pixel format (a whole
+    keyframe's CPU time per clip); avcap's decoders find it in the bitstream and decode the same."""
+    c = V._open(h264_clip)
+    try:
+        assert c.streams.video[0].codec_context.pix_fmt is None  # the probe decoded nothing
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    finally:
+        c.close()
+    assert np.array_equal(np.stack(frames), V.decode_all(h264_clip))
+
+
 def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
     """`cc`: another decoder instance (benchmarks pass NVIDIA's parser) gets every packet and gives
     the same frames; the stream's own decoder is left untouched."""
