@@ -707,7 +707,8 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     syncchoice: the decode loop as before 2026-11-25 (torch.multinomial with its host syncs, the end
     checked without lag); nohost: the vision tower derives its inputs from a GPU grid (FastGenerator
     host_vision off); eagerfinish: the colour conversion op by op (not compiled); s5: all three, the
-    engine as session 5 left it (the same-run baseline)."""
+    engine as session 5 left it (the same-run baseline); fullprobe: decode workers open videos with
+    FFmpeg's full stream probe (it decodes the first picture), as before 2026-11-25."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -728,13 +729,36 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decode_workers"] = int(m[1])
         elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
             kw["switch_interval_s"] = int(m[1]) / 1e6
-        elif tok in ("syncchoice", "nohost", "eagerfinish"):
+        elif tok in ("syncchoice", "nohost", "eagerfinish", "fullprobe"):
             kw[tok] = True
         elif tok == "s5":
             kw.update(syncchoice=True, nohost=True, eagerfinish=True)
         elif tok != "eager":
             raise SystemExit(f"unknown engine variant token {tok!r} in {variant!r}")
     return kw
+
+
+def _full_probe_worker_init() -> None:
+    """A decode worker's initializer that opens videos with FFmpeg's full stream probe (token fullprobe)."""
+    from avcap import video
+    from avcap.engines import frames
+
+    video._PROBE_OPTIONS = {}
+    frames._worker_init()
+
+
+def full_probe():
+    """Decode workers started from now on probe streams fully (before 2026-11-25); returns the undo."""
+    from avcap import video
+    from avcap.engines import frames
+
+    saved = frames._worker_init, video._PROBE_OPTIONS
+    frames._worker_init, video._PROBE_OPTIONS = _full_probe_worker_init, {}
+
+    def undo():
+        frames._worker_init, video._PROBE_OPTIONS = saved
+
+    return undo
 
 
 def sync_choice():
@@ -1031,7 +1055,12 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             kw = engine_variant(variant, processes)
             switch = sys.getswitchinterval()
             sys.setswitchinterval(kw.pop("switch_interval_s", switch))
-            restore = sync_choice() if kw.pop("syncchoice", False) else (lambda: None)
+            restore_choice = sync_choice() if kw.pop("syncchoice", False) else (lambda: None)
+            restore_probe = full_probe() if kw.pop("fullprobe", False) else (lambda: None)
+
+            def restore():
+                restore_choice()
+                restore_probe()
             nohost = kw.pop("nohost", False)
             from avcap import video_colour
 
