@@ -265,74 +265,72 @@ def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
 
 
 class _SoftwareAsNV12:
-    """A second software decoder standing in for NVDEC inside `IdrDecoder`: it counts what it is
-    fed and flushed, and hands out NV12 frames in system memory, as PyAV's CUDA hwaccel does."""
+    """A second software decoder standing in for NVDEC in `keyframe_cc`: it counts what it is fed
+    and hands out NV12 frames in system memory, as PyAV's CUDA hwaccel does."""
 
     def __init__(self, stream, fail: bool = False):
         import av
 
         self.cc = av.CodecContext.create(stream.codec_context.name, "r")
         self.cc.extradata = stream.codec_context.extradata
-        self.fed, self.fail, self.flushes = 0, fail, 0
+        self.fed, self.fail = [], fail
 
     def decode(self, packet):
         import av
 
         if self.fail and packet is not None:
             raise av.error.InvalidDataError(1094995529, "stand-in NVDEC failure")
-        self.fed += packet is not None
+        if packet is not None:
+            self.fed.append(packet.pts)
         return [f.reformat(format="nv12") for f in self.cc.decode(packet)]
 
     def flush_buffers(self):
-        self.flushes += 1
         self.cc.flush_buffers()
 
 
-def _keyframe_run(paths, nframes, monkeypatch, fail=False):
-    """decode_video(nvdec_keyframes=True) of each path with one stand-in IdrDecoder (kept from clip
-    to clip, as the real one is); (results, stand-in, stats per clip)."""
-    made, stats, out = [], [], []
+def _keyframe_run(path, nframes, fail=False, monkeypatch=None):
+    """decode_video(nvdec_keyframes=True) with the stand-in decoder; (result, stand-in, stats)."""
+    made, stats = [], {}
     real = V._decode_sparse
 
     def stand_in(path_, stream):
-        if not made:
-            made.append(V.IdrDecoder(_SoftwareAsNV12(stream, fail)))
-        return made[0]
+        made.append(_SoftwareAsNV12(stream, fail))
+        return made[-1]
 
     def spy(*a, **kw):
-        stats.append({})
-        kw["stats"] = stats[-1]
+        kw["stats"] = stats
         return real(*a, **kw)
 
-    with monkeypatch.context() as m:
-        m.setattr(V, "_nvdec_keyframe_decoder", stand_in)
-        m.setattr(V, "_decode_sparse", spy)
-        for path in paths:
-            out.append(V.decode_video(path, nframes=nframes, nvdec_keyframes=True))
-    return out, made[0].cc, stats
+    monkeypatch.setattr(V, "_nvdec_keyframe_decoder", stand_in)
+    monkeypatch.setattr(V, "_decode_sparse", spy)
+    out = V.decode_video(path, nframes=nframes, nvdec_keyframes=True)
+    monkeypatch.undo()
+    return out, made[0], stats
 
 
 @pytest.mark.parametrize("name,nframes,lone", [("default.mp4", 6, 2), ("intra.mp4", 16, 16), ("no_b.mp4", 4, 1),
                                                ("open_gop.mp4", 6, 0), ("bpyramid_strict.mp4", 8, 0)])
 def test_lone_keyframes_go_to_their_own_decoder(tmp_path, make_frames, name, nframes, lone, monkeypatch):
     """nvdec_keyframes: sampled keyframes that start no other sample's chain are decoded alone on
-    the second decoder (NV12, as NVDEC gives them), never flushed; the pictures equal the CPU-only
-    decode's, also for a clip decoded twice and another clip in between on the same decoder."""
+    the second decoder (NV12, as NVDEC gives them); the pictures equal the CPU-only decode's."""
     kw = dict(CLIPS[name])
     path = _clip(tmp_path, make_frames, name, **kw)
-    other = _clip(tmp_path, make_frames, "other_" + name, **kw)
     plain = V.decode_video(path, nframes=nframes)
-    plain_other = V.decode_video(other, nframes=nframes)
-    got, stand_in, stats = _keyframe_run([path, other, path], nframes, monkeypatch)
-    for g, ref in zip(got, [plain, plain_other, plain]):
-        assert np.array_equal(g.planes, ref.planes) and (g.colorspace, g.color_range) == (ref.colorspace, ref.color_range)
-    assert got[0].finish().frames.tolist() == plain.finish().frames.tolist()
-    assert stats[0]["lone_keyframes"] >= lone and stats[0] == stats[2]
-    assert stand_in.flushes == 0  # for NVDEC a flush would mean a new hardware decoder
-    assert stand_in.fed >= sum(st["lone_keyframes"] for st in stats)
-    if name == "intra.mp4":  # every sample is a keyframe of its own; no reordering, so nothing pushed
-        assert stats[0]["lone_keyframes"] == len(set(got[0].video.frame_indices)) == stats[0]["packets_decoded"]
-        assert stand_in.fed == sum(st["lone_keyframes"] for st in stats)
+    got, stand_in, stats = _keyframe_run(path, nframes, monkeypatch=monkeypatch)
+    assert np.array_equal(got.planes, plain.planes) and (got.colorspace, got.color_range) == (plain.colorspace, plain.color_range)
+    assert got.finish().frames.tolist() == plain.finish().frames.tolist()
+    # every packet the stand-in saw is a lone sampled keyframe, one per group
+    c = V._open(path)
+    try:
+        index = V._build_index(path, c, c.streams.video[0])
+    finally:
+        c.close()
+    key_pts = {p for p, k in zip(index.pts, index.key) if k}
+    sampled_pts = {sorted(index.pts)[i] for i in got.video.frame_indices}
+    assert set(stand_in.fed) <= key_pts & sampled_pts
+    assert len(stand_in.fed) == stats["lone_keyframes"] >= lone
+    if name == "intra.mp4":  # every sample is a keyframe of its own
+        assert stats["lone_keyframes"] == len(set(got.video.frame_indices)) == stats["packets_decoded"]
 
 
 def test_a_failing_keyframe_decoder_hands_its_frames_to_the_cpu(tmp_path, make_frames, monkeypatch):
@@ -340,8 +338,8 @@ def test_a_failing_keyframe_decoder_hands_its_frames_to_the_cpu(tmp_path, make_f
     plain = V.decode_video(path, nframes=6)  # two of its six samples are lone keyframes
     monkeypatch.setattr(V, "_keyframe_warned", [])
     with pytest.warns(RuntimeWarning, match="keyframes are decoded on the CPU"):
-        got, _, stats = _keyframe_run([path], 6, monkeypatch, fail=True)
-    assert np.array_equal(got[0].planes, plain.planes) and stats[0]["lone_keyframes"] == 0
+        got, _, stats = _keyframe_run(path, 6, fail=True, monkeypatch=monkeypatch)
+    assert np.array_equal(got.planes, plain.planes) and stats["lone_keyframes"] == 0
 
 
 def test_nvdec_keyframes_without_a_gpu_decodes_on_the_cpu(h264_clip, monkeypatch):

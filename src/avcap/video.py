@@ -441,18 +441,6 @@ def _nal_length_size(extradata: Optional[bytes]) -> Optional[int]:
 
 def _h264_is_nonref(data: memoryview, nal_len: Optional[int]) -> bool:
     """True when the access unit's first slice NAL has nal_ref_idc == 0 (a non-reference picture)."""
-    hdr = _h264_first_slice(data, nal_len)
-    return hdr is not None and (hdr >> 5) & 3 == 0
-
-
-def _h264_is_idr(data: memoryview, nal_len: Optional[int]) -> bool:
-    """True when the access unit's first slice NAL is an IDR slice (nal_unit_type 5)."""
-    hdr = _h264_first_slice(data, nal_len)
-    return hdr is not None and hdr & 0x1F == 5
-
-
-def _h264_first_slice(data: memoryview, nal_len: Optional[int]) -> Optional[int]:
-    """The header byte of the access unit's first slice NAL (types 1 and 5), or None."""
     n = len(data)
     if nal_len is not None:
         i = 0
@@ -460,17 +448,17 @@ def _h264_first_slice(data: memoryview, nal_len: Optional[int]) -> Optional[int]
             size = int.from_bytes(data[i : i + nal_len], "big")
             hdr = data[i + nal_len]
             if hdr & 0x1F in (1, 5):
-                return hdr
+                return (hdr >> 5) & 3 == 0
             i += nal_len + size
-        return None
+        return False
     raw = bytes(data[: min(n, 1 << 16)])
     i = raw.find(b"\x00\x00\x01")
     while 0 <= i < len(raw) - 3:
         hdr = raw[i + 3]
         if hdr & 0x1F in (1, 5):
-            return hdr
+            return (hdr >> 5) & 3 == 0
         i = raw.find(b"\x00\x00\x01", i + 3)
-    return None
+    return False
 
 
 # for avformat_find_stream_info's probing decoders only (PyAV hands `options` to them, not to the
@@ -701,10 +689,9 @@ def _nvdec_keyframe_decoder(path: Path, stream):
     """A decoder for `stream` on NVDEC whose frames come back in system memory (PyAV's CUDA hwaccel,
     a CUDA context of FFmpeg's own: no torch needed), or None where NVDEC is not available.
 
-    H.264 only (IDR pictures are recognised there), wrapped in an `IdrDecoder`: one per process and
-    stream format (codec, extradata, size), kept open from clip to clip, since creating an NVDEC
-    decoder costs more than decoding a keyframe. Its pictures are bit-identical to FFmpeg's
-    software decoder's (H.264 decoding is exact; benchmarks/RESULTS.md, "NVDEC decode")."""
+    One per process and stream format (codec, extradata, size), reused from clip to clip: creating
+    an NVDEC decoder costs far more than decoding one keyframe. Its pictures are bit-identical to
+    FFmpeg's software decoder's (H.264 decoding is exact; benchmarks/RESULTS.md, "NVDEC decode")."""
     if _keyframe_warned:  # failed once in this process: the CPU decodes them from now on
         return None
     cc0 = stream.codec_context
@@ -717,18 +704,15 @@ def _nvdec_keyframe_decoder(path: Path, stream):
     try:
         from av.codec.hwaccel import HWAccel, hwdevices_available
 
-        if "cuda" in hwdevices_available() and cc0.name == "h264":  # IDR pictures are recognised for H.264
+        if "cuda" in hwdevices_available():
             dec = av.CodecContext.create(cc0.name, "r", hwaccel=HWAccel("cuda", allow_software_fallback=False))
             dec.extradata = cc0.extradata
             dec.width, dec.height = cc0.width, cc0.height
             dec.thread_count = 1
             dec.open()
-            dec = IdrDecoder(dec)
     except (av.error.FFmpegError, ImportError, NotImplementedError, TypeError, ValueError) as exc:  # type: ignore[attr-defined]
         _keyframe_decoder_failed(path, exc)
         dec = None
-    if len(_keyframe_decoders) >= 4:  # a few formats at a time (each holds its surfaces on the GPU)
-        _keyframe_decoders.pop(next(iter(_keyframe_decoders)))
     _keyframe_decoders[key] = dec
     return dec
 
@@ -962,28 +946,31 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
     cc = cc or stream.codec_context
     result: dict[int, np.ndarray] = {}
     counts = {"sent": 0, "skipped": 0, "lone_keyframes": 0}
-    if keyframe_cc is not None:  # sampled keyframes nothing else here needs: one packet each, on their decoder
-        lone = [start for start, end in groups if start == end and index.key[start]]
-        try:
-            done = keyframe_cc.decode(container, stream, index, pos_of_pts,
-                                      {d: targets[d] for d in lone}, convert, result)
-        except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-            _keyframe_decoder_failed(path, exc)
-            done = set()
-        counts["lone_keyframes"] = counts["sent"] = len(done)
-        groups = [g for g in groups if g[0] not in done]
-    for gi, (start, end) in enumerate(groups):
-        if gi:
-            cc.flush_buffers()
+    drained = False  # `cc` has decoded a group since its last flush
+    for start, end in groups:
         want_pts = {index.pts[d]: targets[d] for d in targets if start <= d <= end}
+        if keyframe_cc is not None and start == end and index.key[start]:
+            # a sampled keyframe nothing else here needs: one packet, decoded on its own decoder
+            try:
+                _decode_group(container, stream, index, pos_of_pts, targets, start, end, want_pts, keyframe_cc,
+                              convert, result, counts)
+                counts["lone_keyframes"] += 1
+                keyframe_cc.flush_buffers()
+                continue
+            except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+                _keyframe_decoder_failed(path, exc)
+                keyframe_cc = None
+        if drained:
+            cc.flush_buffers()
         try:
             _decode_group(container, stream, index, pos_of_pts, targets, start, end, want_pts, cc, convert, result,
                           counts)
         except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
             raise VideoError(path, f"corrupt or truncated video: decoding failed near frame {min(min(v) for v in want_pts.values())} ({exc})") from None
+        drained = True
     if stats is not None:
-        stats.update(groups=len(groups) + counts["lone_keyframes"], packets_decoded=counts["sent"],
-                     packets_skipped=counts["skipped"], lone_keyframes=counts["lone_keyframes"])
+        stats.update(groups=len(groups), packets_decoded=counts["sent"], packets_skipped=counts["skipped"],
+                     lone_keyframes=counts["lone_keyframes"])
     return result
 
 
@@ -1017,78 +1004,6 @@ def _decode_group(container, stream, index: _Index, pos_of_pts: dict, targets: d
         if fed_start:
             return
         cc.flush_buffers()
-
-
-class IdrDecoder:
-    """A decoder that is only ever fed IDR pictures, kept open from clip to clip.
-
-    Each IDR picture resets the decoder's references, so pictures from anywhere (other GOPs, other
-    clips of the same format) can follow each other without a flush. That matters on NVDEC: a
-    flush makes FFmpeg tear down and create its hardware decoder again (~30 ms). Pictures are fed
-    with running ticket numbers as timestamps, so what comes out is matched to what went in; a
-    decoder that holds pictures back for reordering (the stream's SPS says so) is pushed with
-    copies of the last picture, whose output is dropped whenever it comes."""
-
-    PUSHES = 8  # copies fed at most to push a clip's last pictures out; then it is drained and flushed
-
-    def __init__(self, cc):
-        self.cc = cc
-        self.ticket = 0
-        self.open_tickets: dict[int, tuple[list[int], Callable, dict]] = {}
-
-    def _feed(self, data: bytes, job: Optional[tuple] = None) -> int:
-        """Decode one picture under a new ticket; `job` (indices, convert, result) receives its frame."""
-        import av
-
-        self.ticket += 1
-        if job is not None:
-            self.open_tickets[self.ticket] = job
-        packet = av.Packet(data)
-        packet.pts = packet.dts = self.ticket
-        self._take(self.cc.decode(packet))
-        return self.ticket
-
-    def _take(self, frames) -> None:
-        for frame in frames:
-            job = self.open_tickets.pop(frame.pts, None)
-            if job is not None:  # else: a push copy, or a ticket of a clip that gave up on it
-                indices, convert, result = job
-                converted = convert(frame)
-                for i in indices:
-                    result[i] = converted
-
-    def decode(self, container, stream, index: _Index, pos_of_pts: dict, wanted: dict[int, list[int]],
-               convert: Callable, result: dict) -> set[int]:
-        """Decode the keyframes at decode positions `wanted` (-> their presentation indices) into
-        `result`; returns the positions done. A keyframe that is not an IDR picture is left to the
-        caller. FFmpeg errors propagate (nothing of this clip is left open then)."""
-        nal_len = _nal_length_size(stream.codec_context.extradata)
-        mine: dict[int, int] = {}  # ticket -> position
-        last = None
-        try:
-            for start in sorted(wanted):
-                container.seek(index.dts[start] if index.dts[start] is not None else index.pts[start],
-                               stream=stream, backward=True, any_frame=False)
-                for packet in container.demux(stream):
-                    d = pos_of_pts.get(packet.pts) if packet.size and packet.pts is not None else None
-                    if d is None or d < start:
-                        continue
-                    if d == start and _h264_is_idr(memoryview(packet), nal_len):
-                        last = bytes(packet)
-                        mine[self.ticket + 1] = start  # before feeding: the frame may come out at once
-                        self._feed(last, (wanted[start], convert, result))
-                    break
-            pushes = 0
-            while last is not None and any(t in self.open_tickets for t in mine) and pushes < self.PUSHES:
-                self._feed(last)
-                pushes += 1
-            if any(t in self.open_tickets for t in mine):
-                self._take(self.cc.decode(None))
-                self.cc.flush_buffers()
-        finally:
-            for t in mine:
-                self.open_tickets.pop(t, None)
-        return {mine[t] for t in mine if all(i in result for i in wanted[mine[t]])}
 
 
 def _take(frames, want_pts: dict, convert: Callable, result: dict) -> None:
