@@ -15,8 +15,6 @@ settings) in a loop while the replay time is measured:
 
 * none          no decoding: the baseline
 * cpu           load_video(decoder="cpu"): no GPU work at all
-* cpu_planes    decode_video: the CPU decoders of `resize_on_gpu` (decode only, no GPU work)
-* cpu_nvkey     decode_video(nvdec_keyframes=True): lone sampled keyframes decoded on NVDEC
 * nvdec_decode  NVDEC decodes what the 16 frames need; frames stay on the GPU and are dropped:
                 FFmpeg's own per-picture work only (map, copy into its surface), no avcap kernels
 * nvdec_copy    + avcap's copy of each sampled picture's NV12 planes out of the surface
@@ -49,7 +47,7 @@ import time
 from pathlib import Path
 
 LOAD_KW = dict(nframes=16, max_pixels=360000, factor=32)
-MODES = ("none", "cpu", "cpu_planes", "cpu_nvkey", "nvdec_decode", "nvdec_copy", "nvdec", "nvdec_decode_direct", "nvdec_full_direct",
+MODES = ("none", "cpu", "nvdec_decode", "nvdec_copy", "nvdec", "nvdec_decode_direct", "nvdec_full_direct",
          "cuvid_decode", "cuvid_copy", "cuvid_full")
 
 
@@ -59,9 +57,6 @@ def decode_once(path: str, mode: str) -> None:
 
     if mode in ("cpu", "nvdec"):
         V.load_video(path, decoder=mode, **LOAD_KW)
-        return
-    if mode in ("cpu_planes", "cpu_nvkey"):  # what resize_on_gpu's CPU decoders do (without / with nvdec_keyframes)
-        V.decode_video(path, nvdec_keyframes=mode == "cpu_nvkey", **LOAD_KW)
         return
     p = Path(path)
     cuvid = mode.startswith("cuvid")

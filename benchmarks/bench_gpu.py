@@ -686,15 +686,13 @@ def run_plain_batched(model, processor, names, vision, factor, args, device) -> 
 
 def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True, graphs: bool = True,
                 processes: bool = False, compile: bool = False, decoder: str | None = None,
-                nvdec_workers: int | None = None, decode_workers: int | None = None, resize_on_gpu: bool = False,
-                nvdec_keyframes: bool = False):
+                nvdec_workers: int | None = None, decode_workers: int | None = None, resize_on_gpu: bool = False):
     from avcap.config import Engine as EngineConfig
     from avcap.engines.transformers_engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
-                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers, resize_on_gpu=resize_on_gpu,
-                       nvdec_keyframes=nvdec_keyframes)
+                       decoder=decoder or args.decoder, nvdec_workers=nvdec_workers, resize_on_gpu=resize_on_gpu)
     return TransformersEngine(cfg, vision=vision, model=model, processor=str(tiny_dir),
                               decode_workers=decode_workers or args.decode_workers, decode_processes=processes)
 
@@ -710,8 +708,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     checked without lag); nohost: the vision tower derives its inputs from a GPU grid (FastGenerator
     host_vision off); eagerfinish: the colour conversion op by op (not compiled); s5: all three, the
     engine as session 5 left it (the same-run baseline); fullprobe: decode workers open videos with
-    FFmpeg's full stream probe (it decodes the first picture), as before 2026-11-25; nvkey: the CPU
-    decoders hand lone sampled keyframes to NVDEC ([avcap.engine] nvdec_keyframes, with gpuresize)."""
+    FFmpeg's full stream probe (it decodes the first picture), as before 2026-11-25."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -722,8 +719,6 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decoder"] = "nvdec"
         elif tok == "gpuresize":  # [avcap.engine] resize_on_gpu
             kw["resize_on_gpu"] = True
-        elif tok == "nvkey":  # [avcap.engine] nvdec_keyframes
-            kw["nvdec_keyframes"] = True
         elif m := re.fullmatch(r"nvdecT(\d+)", tok):
             kw.update(decoder="nvdec", processes=False, decode_workers=int(m[1]))
         elif m := re.fullmatch(r"hybrid(\d+)(?:c(\d+))?", tok):

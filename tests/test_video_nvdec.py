@@ -379,15 +379,3 @@ def test_nvdec_load_video_on_the_gpu_matches_the_cpu(tmp_path, make_frames):
         assert g.frame_indices == ref.frame_indices and g.frames.shape == ref.frames.shape
         assert np.abs(g.frames.astype(int) - ref.frames).max() <= 1
         assert np.array_equal(g.frames, got[0].frames)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with NVDEC (runs on the GPU machine)")
-def test_nvdec_keyframes_give_the_cpu_decoders_pictures(tmp_path, make_frames):
-    """decode_video(nvdec_keyframes=True) on NVDEC: the same I420 pictures and tags as the CPU alone."""
-    path = tmp_path / "clip.mp4"
-    V.write_video(path, make_frames(90, 240, 320, seed=7), 30, gop=15)
-    plain = V.decode_video(path, nframes=6)
-    got = V.decode_video(path, nframes=6, nvdec_keyframes=True)
-    assert not V._keyframe_warned, V._keyframe_warned
-    assert any(d is not None for d in V._keyframe_decoders.values())
-    assert np.array_equal(got.planes, plain.planes) and (got.colorspace, got.color_range) == (plain.colorspace, plain.color_range)

@@ -325,11 +325,6 @@ class Engine(_Model):
     # and no GPU work in other processes; resized pixels within one level of the CPU's
     # (avcap.video.DecodedVideo). No effect on a CPU device or on NVDEC workers
     resize_on_gpu: bool = False
-    # with resize_on_gpu: the CPU decoders send each sampled keyframe that starts no other sample's
-    # reference chain to NVDEC (one picture, in the decoder worker's own CUDA context) and keep the
-    # chains; the same pictures, less CPU per clip (avcap.video.decode_video). Without NVDEC the CPU
-    # decodes them (one warning per worker)
-    nvdec_keyframes: bool = False
     # torch.compile the repeated blocks (vision blocks, decoder layers) that the prefill runs: fused
     # RMSNorm/RoPE/SwiGLU (avcap.trainer.compile); the first batches of each shape pay the compile time
     compile: bool = False

@@ -681,53 +681,6 @@ def _nvdec_hwaccel(path: Path):
                          f"PyAV {av.__version__}: {exc}") from None
 
 
-_keyframe_decoders: dict[tuple, Any] = {}  # this process's NVDEC decoders for lone keyframes
-_keyframe_warned: list[str] = []
-
-
-def _nvdec_keyframe_decoder(path: Path, stream):
-    """A decoder for `stream` on NVDEC whose frames come back in system memory (PyAV's CUDA hwaccel,
-    a CUDA context of FFmpeg's own: no torch needed), or None where NVDEC is not available.
-
-    One per process and stream format (codec, extradata, size), reused from clip to clip: creating
-    an NVDEC decoder costs far more than decoding one keyframe. Its pictures are bit-identical to
-    FFmpeg's software decoder's (H.264 decoding is exact; benchmarks/RESULTS.md, "NVDEC decode")."""
-    if _keyframe_warned:  # failed once in this process: the CPU decodes them from now on
-        return None
-    cc0 = stream.codec_context
-    key = (cc0.name, bytes(cc0.extradata or b""), cc0.width, cc0.height)
-    if key in _keyframe_decoders:
-        return _keyframe_decoders[key]
-    import av
-
-    dec = None
-    try:
-        from av.codec.hwaccel import HWAccel, hwdevices_available
-
-        if "cuda" in hwdevices_available():
-            dec = av.CodecContext.create(cc0.name, "r", hwaccel=HWAccel("cuda", allow_software_fallback=False))
-            dec.extradata = cc0.extradata
-            dec.width, dec.height = cc0.width, cc0.height
-            dec.thread_count = 1
-            dec.open()
-    except (av.error.FFmpegError, ImportError, NotImplementedError, TypeError, ValueError) as exc:  # type: ignore[attr-defined]
-        _keyframe_decoder_failed(path, exc)
-        dec = None
-    _keyframe_decoders[key] = dec
-    return dec
-
-
-def _keyframe_decoder_failed(path: Path, exc: Exception) -> None:
-    """Say once per process that sampled keyframes go to the CPU decoder after all."""
-    if not _keyframe_warned:
-        import warnings
-
-        _keyframe_warned.append(f"{type(exc).__name__}: {exc}")
-        warnings.warn(f"{path}: NVDEC could not decode a sampled keyframe ({_keyframe_warned[0]}); "
-                      "keyframes are decoded on the CPU instead", RuntimeWarning, stacklevel=3)
-    _keyframe_decoders.clear()
-
-
 def _colour_coefficients(path: Path, colorspace: int, color_range: int):
     from avcap.video_colour import UnsupportedColour, swscale_coefficients
 
@@ -904,15 +857,11 @@ def decode_frames_full(path: Path, indices: Optional[Sequence[int]], *, threads:
 
 
 def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequence[int],
-                   stats: Optional[dict] = None, convert: Callable = _to_rgb, cc=None,
-                   keyframe_cc=None) -> dict[int, np.ndarray]:
+                   stats: Optional[dict] = None, convert: Callable = _to_rgb, cc=None) -> dict[int, np.ndarray]:
     """Decode only what `indices` (presentation order) need; returns index -> RGB frame.
 
-    `stats`, when given, receives counts: groups (seeks), packets_decoded, packets_skipped,
-    lone_keyframes. `cc`: the decoder to feed (default: the stream's own; benchmarks/bench_cuvid.py
-    passes others). `keyframe_cc`: a second decoder for sampled keyframes that start no other
-    target's chain (one packet each; see `_nvdec_keyframe_decoder`); should it fail, those frames
-    go to `cc` from then on.
+    `stats`, when given, receives counts: groups (seeks), packets_decoded, packets_skipped.
+    `cc`: the decoder to feed (default: the stream's own; benchmarks/bench_cuvid.py passes others).
     """
     import av
 
@@ -945,73 +894,53 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
 
     cc = cc or stream.codec_context
     result: dict[int, np.ndarray] = {}
-    counts = {"sent": 0, "skipped": 0, "lone_keyframes": 0}
-    drained = False  # `cc` has decoded a group since its last flush
-    for start, end in groups:
-        want_pts = {index.pts[d]: targets[d] for d in targets if start <= d <= end}
-        if keyframe_cc is not None and start == end and index.key[start]:
-            # a sampled keyframe nothing else here needs: one packet, decoded on its own decoder
-            try:
-                _decode_group(container, stream, index, pos_of_pts, targets, start, end, want_pts, keyframe_cc,
-                              convert, result, counts)
-                counts["lone_keyframes"] += 1
-                keyframe_cc.flush_buffers()
-                continue
-            except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-                _keyframe_decoder_failed(path, exc)
-                keyframe_cc = None
-        if drained:
+    n_sent = n_skipped = 0
+    for gi, (start, end) in enumerate(groups):
+        if gi:
             cc.flush_buffers()
-        try:
-            _decode_group(container, stream, index, pos_of_pts, targets, start, end, want_pts, cc, convert, result,
-                          counts)
-        except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-            raise VideoError(path, f"corrupt or truncated video: decoding failed near frame {min(min(v) for v in want_pts.values())} ({exc})") from None
-        drained = True
-    if stats is not None:
-        stats.update(groups=len(groups), packets_decoded=counts["sent"], packets_skipped=counts["skipped"],
-                     lone_keyframes=counts["lone_keyframes"])
-    return result
-
-
-def _decode_group(container, stream, index: _Index, pos_of_pts: dict, targets: dict, start: int, end: int,
-                  want_pts: dict, cc, convert: Callable, result: dict, counts: dict) -> None:
-    """Feed `cc` the packets from keyframe `start` to target `end` (decode positions) that the
-    targets need and drain it; converted frames of `want_pts` go to `result`. FFmpeg errors propagate."""
-    seek_ts = index.dts[start] if index.dts[start] is not None else index.pts[start]
-    fed_start = False
-    for attempt in range(2):
-        container.seek(seek_ts if attempt == 0 else (stream.start_time or 0) - 1, stream=stream,
-                       backward=True, any_frame=False)
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.pts is None:
-                continue
-            d = pos_of_pts.get(packet.pts)
-            if d is None or d < start:
-                continue
-            if not fed_start:
-                if d != start:
-                    break  # seek landed after the keyframe: retry from the stream start
-                fed_start = True
-            if d > end:
+        want_pts = {index.pts[d]: targets[d] for d in targets if start <= d <= end}
+        seek_ts = index.dts[start] if index.dts[start] is not None else index.pts[start]
+        fed_start = False
+        for attempt in range(2):
+            container.seek(seek_ts if attempt == 0 else (stream.start_time or 0) - 1, stream=stream,
+                           backward=True, any_frame=False)
+            try:
+                for packet in container.demux(stream):
+                    if packet.size == 0 or packet.pts is None:
+                        continue
+                    d = pos_of_pts.get(packet.pts)
+                    if d is None:
+                        continue
+                    if d < start:
+                        continue
+                    if not fed_start:
+                        if d != start:
+                            break  # seek landed after the keyframe: retry from the stream start
+                        fed_start = True
+                    if d > end:
+                        break
+                    if index.nonref[d] and d not in targets:
+                        n_skipped += 1
+                        continue  # a non-reference picture nobody needs: no other pixel depends on it
+                    n_sent += 1
+                    for frame in cc.decode(packet):
+                        if frame.pts in want_pts:
+                            rgb = convert(frame)
+                            for i in want_pts[frame.pts]:
+                                result[i] = rgb
+                for frame in cc.decode(None):
+                    if frame.pts in want_pts:
+                        rgb = convert(frame)
+                        for i in want_pts[frame.pts]:
+                            result[i] = rgb
+            except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+                raise VideoError(path, f"corrupt or truncated video: decoding failed near frame {min(min(v) for v in want_pts.values())} ({exc})") from None
+            if fed_start:
                 break
-            if index.nonref[d] and d not in targets:
-                counts["skipped"] += 1
-                continue  # a non-reference picture nobody needs: no other pixel depends on it
-            counts["sent"] += 1
-            _take(cc.decode(packet), want_pts, convert, result)
-        _take(cc.decode(None), want_pts, convert, result)
-        if fed_start:
-            return
-        cc.flush_buffers()
-
-
-def _take(frames, want_pts: dict, convert: Callable, result: dict) -> None:
-    for frame in frames:
-        if frame.pts in want_pts:
-            converted = convert(frame)
-            for i in want_pts[frame.pts]:
-                result[i] = converted
+            cc.flush_buffers()
+    if stats is not None:
+        stats.update(groups=len(groups), packets_decoded=n_sent, packets_skipped=n_skipped)
+    return result
 
 
 def decode_frames(
@@ -1158,16 +1087,10 @@ class DecodedVideo:
 
 
 def decode_video(path: str | os.PathLike, *, source_fps: Optional[float] = None, threads: int = 1,
-                 sparse: bool = True, nvdec_keyframes: bool = False, **kw: Any) -> DecodedVideo:
+                 sparse: bool = True, **kw: Any) -> DecodedVideo:
     """`load_video(path, **kw)` up to the decoded pictures (CPU decoder): a `DecodedVideo` whose
     `finish(device)` converts and resizes them. Takes load_video's sampling keywords (same defaults).
-    A clip it cannot carry as planes is decoded again by `load_video` (rare: not 8-bit 4:2:0).
-
-    `nvdec_keyframes=True`: sampled frames that are keyframes nothing else needs (about half of
-    them at 16 frames from 30 s of GOP-30 video) are decoded on NVDEC, one picture each, instead of
-    the CPU; the CPU keeps the reference chains. Bit-identical pictures; the CPU time per clip
-    falls by those keyframes' share. Without NVDEC (no CUDA, a format it cannot decode) the CPU
-    decodes them, with one warning per process."""
+    A clip it cannot carry as planes is decoded again by `load_video` (rare: not 8-bit 4:2:0)."""
     import inspect
 
     path = _clean_path(path)
@@ -1185,7 +1108,7 @@ def decode_video(path: str | os.PathLike, *, source_fps: Optional[float] = None,
 
     try:
         info, plan, planes, tags = _sample_file(path, sampling, threads=threads, sparse=sparse, decoder="cpu",
-                                               planes=True, nvdec_keyframes=nvdec_keyframes)
+                                               planes=True)
         swscale_coefficients(*tags)
     except (_NotPlanar, UnsupportedColour):
         return DecodedVideo(load_video(path, threads=threads, sparse=sparse, **kw))
@@ -1198,8 +1121,7 @@ def decode_video(path: str | os.PathLike, *, source_fps: Optional[float] = None,
 
 
 def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, decoder: str,
-                 planes: bool = False, nvdec_keyframes: bool = False
-                 ) -> tuple[VideoInfo, SamplePlan, list, Optional[tuple[int, int]]]:
+                 planes: bool = False) -> tuple[VideoInfo, SamplePlan, list, Optional[tuple[int, int]]]:
     """Decode the sampled frames of a video file: (info, plan, frames, colour tags).
 
     frames: resized RGB (H x W x 3 uint8) per sampled index; with `planes=True` (CPU decoder) the
@@ -1230,8 +1152,6 @@ def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, 
             if hwaccel is not None:
                 return _nvdec_copy(path, frame)
             if planes:
-                if frame.format.name == "nv12":  # from NVDEC (nvdec_keyframes): the same samples, interleaved
-                    frame = frame.reformat(format="yuv420p")
                 if frame.format.name not in _PLANAR_420 or frame.height % 2 or frame.width % 2:
                     raise _NotPlanar(f"{frame.format.name} {frame.width}x{frame.height}")
                 tags.append((frame.colorspace, frame.color_range))
@@ -1242,9 +1162,7 @@ def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, 
             return resize_frames([rgb], *size_of(rgb.shape[:2]))[0]
 
         if sparse:
-            keyframe_cc = _nvdec_keyframe_decoder(path, stream) if planes and nvdec_keyframes else None
-            got = _decode_sparse(path, container, stream, index, plan.frame_indices, convert=convert,
-                                 keyframe_cc=keyframe_cc)
+            got = _decode_sparse(path, container, stream, index, plan.frame_indices, convert=convert)
             missing = [i for i in plan.frame_indices if i not in got]
         else:
             missing = plan.frame_indices

@@ -95,7 +95,7 @@ class FrameLoader:
 
     def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32,
                  processes: bool = False, decoder: str = "cpu", nvdec_workers: int | None = None,
-                 finish_device: Any = None, nvdec_keyframes: bool = False):
+                 finish_device: Any = None):
         from avcap.video import DECODERS
 
         if decoder not in DECODERS + (NVDEC_AND_CPU,):
@@ -113,8 +113,6 @@ class FrameLoader:
             lanes = [(decoder, processes, n)]
         self.lanes = lanes
         self.finish_device = finish_device
-        # CPU decoders with a finish device hand sampled lone keyframes to NVDEC (decode_video's nvdec_keyframes)
-        self.nvdec_keyframes = bool(nvdec_keyframes)
         # convert + resize CPU decoders' pictures on `finish_device` (a few videos at once: bounded
         # device memory), while the decoders go on with the next videos
         self._finishers = (ThreadPoolExecutor(FINISHERS, thread_name_prefix="avcap-frames-finish")
@@ -155,8 +153,6 @@ class FrameLoader:
                 continue
             kw = {**kw, "decoder": decoder}
             planes = decoder == "cpu" and self._finishers is not None
-            if planes and self.nvdec_keyframes:
-                kw["nvdec_keyframes"] = True
             try:
                 if in_process_pool:
                     result = unspool(self._in_worker_process(decoder, path, kw, planes), pin=self._pin)
@@ -324,7 +320,7 @@ def _load(path: str, kw: dict[str, Any], planes: bool = False, spool: str | None
             kw = {k: v for k, v in kw.items() if k != "decoder"}
             result = decode_video(path, **kw)
         else:
-            result = load_video(path, **{k: v for k, v in kw.items() if k != "nvdec_keyframes"})
+            result = load_video(path, **kw)
         return spooled(result, spool) if spool else result
     except Exception as exc:
         # an error that cannot be unpickled in the parent would break the whole process pool

@@ -239,7 +239,7 @@ class TransformersEngine:
                           f"(benchmarks/RESULTS.md); set decode_processes = true", stacklevel=2)
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
                                   capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder,
-                                  nvdec_workers=cfg.nvdec_workers, nvdec_keyframes=cfg.nvdec_keyframes,
+                                  nvdec_workers=cfg.nvdec_workers,
                                   finish_device=self.device if cfg.resize_on_gpu and self.device.startswith("cuda") else None)
         self.prefetch_videos = self.frames.lookahead
         # the fast path's processor work for the next prefetched request list runs on this thread
