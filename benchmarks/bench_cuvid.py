@@ -8,13 +8,17 @@ clips/s for the whole GPU whatever the worker count: benchmarks/RESULTS.md). h26
 several pictures on the hardware before mapping the first. For the first clips of DIR (16
 frames, the caption benchmark's sampling), one process:
 
+* diagnose    which cuvid set-up opens (`open_cuvid`), with FFmpeg's log
 * parity      full-size RGB of the 16 sampled frames, cuvid vs the CPU decoder (must be 0)
-* per clip    seconds per clip, sparse decode to NV12 copies on the GPU, hwaccel vs cuvid
-              (median of --runs; a new decoder per clip, as the engine's workers make)
+* per clip    seconds per clip, sparse decode, hwaccel (NV12 copies on the GPU) vs cuvid
+              (median of --runs; a new decoder per clip, as the engine's workers make); also
+              cuvid fed all seek groups without flushes (`continuous_sparse`)
 * flush       seconds per `flush_buffers()` of a cuvid decoder (done between seek groups)
 * threads     clips/s with N threads of this process decoding at once (cuvid), the GIL shared
 
-Not a test; figures go to benchmarks/RESULTS.md.
+Result (runs 33-36, benchmarks/RESULTS.md): exact, but it opens only with a CUDA context of its
+own (frames to system memory), and it is slower than the hwaccel per clip (0.74 s fed without
+flushes, 4.7 s with, against 0.55 s). Not a test; figures go to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
