@@ -269,6 +269,70 @@ def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
     assert len(fed) > len(idx) and not stream.codec_context.is_open
 
 
+class _NoFlush:
+    """A software decoder standing in for NVDEC in `_Continuous`; a flush fails the test."""
+
+    def __init__(self, extradata):
+        import av
+
+        self.cc = av.CodecContext.create("h264", "r")
+        self.cc.extradata = extradata
+        self.fed = 0
+
+    def decode(self, packet):
+        self.fed += 1
+        return self.cc.decode(packet)
+
+    def flush_buffers(self):
+        raise AssertionError("_Continuous must never flush its decoder")
+
+
+def _continuous_frames(dec, path, nframes):
+    c = V._open(path)
+    try:
+        stream = c.streams.video[0]
+        index = V._build_index(path, c, stream)
+        plan = V.plan_sampling(V._info_from(path, stream, index), nframes=nframes)
+        return plan.frame_indices, dec.decode(c, stream, index, plan.frame_indices, V._to_rgb)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("names", [("default.mp4", "long_gop.mp4", "default.mp4"), ("intra.mp4", "intra.mp4"),
+                                   ("no_b.mp4", "bpyramid_strict.mp4", "no_b.mp4"), ("clip.mkv", "clip.mov", "ntsc.mp4")])
+@pytest.mark.parametrize("nframes", [4, 16])
+def test_continuous_decoding_equals_the_flushed_decode(tmp_path, make_frames, names, nframes):
+    """`_Continuous` (NVDEC's decoder kept from clip to clip, never flushed): clip after clip on one
+    decoder, the sampled frames equal decode_frames'; pictures held back by reordering are pushed
+    out at the end of each clip."""
+    decoders = {}  # one per stream format, as _continuous_nvdec keeps them
+    for name in names:
+        kw = dict(CLIPS[name])
+        path = tmp_path / name
+        if not path.exists():
+            path = _clip(tmp_path, make_frames, name, **kw)
+        c = V._open(path)
+        extradata = bytes(c.streams.video[0].codec_context.extradata)
+        c.close()
+        dec = decoders.setdefault(extradata, V._Continuous(_NoFlush(extradata)))
+        indices, got = _continuous_frames(dec, path, nframes)
+        assert got is not None, name
+        assert sorted(got) == sorted(set(indices))
+        for i, frame in zip(indices, V.decode_frames(path, indices)):
+            assert np.array_equal(got[i], frame), (name, i)
+    assert len(decoders) < len(names) or names[0] != names[-1]  # a decoder carried on to a later clip
+
+
+def test_continuous_decoding_leaves_open_gop_clips_to_the_usual_path(tmp_path, make_frames):
+    """Open-GOP keyframes are not IDR pictures: the decoder's references would not be reset."""
+    path = _clip(tmp_path, make_frames, "open_gop.mp4", **CLIPS["open_gop.mp4"])
+    c = V._open(path)
+    dec = V._Continuous(_NoFlush(c.streams.video[0].codec_context.extradata))
+    c.close()
+    assert _continuous_frames(dec, path, 8)[1] is None
+    assert V._continuous_nvdec(path, type("S", (), {"codec_context": type("C", (), {"name": "hevc"})()})()) is None
+
+
 @pytest.mark.parametrize("threads", [0, 3])
 def test_threaded_decode_is_identical(tmp_path, make_frames, threads):
     path = _clip(tmp_path, make_frames, "threads.mp4", n=60, gop=12)

@@ -441,6 +441,18 @@ def _nal_length_size(extradata: Optional[bytes]) -> Optional[int]:
 
 def _h264_is_nonref(data: memoryview, nal_len: Optional[int]) -> bool:
     """True when the access unit's first slice NAL has nal_ref_idc == 0 (a non-reference picture)."""
+    hdr = _h264_first_slice(data, nal_len)
+    return hdr is not None and (hdr >> 5) & 3 == 0
+
+
+def _h264_is_idr(data: memoryview, nal_len: Optional[int]) -> bool:
+    """True when the access unit's first slice NAL is an IDR slice (nal_unit_type 5)."""
+    hdr = _h264_first_slice(data, nal_len)
+    return hdr is not None and hdr & 0x1F == 5
+
+
+def _h264_first_slice(data: memoryview, nal_len: Optional[int]) -> Optional[int]:
+    """The header byte of the access unit's first slice NAL (nal_unit_type 1 or 5), or None."""
     n = len(data)
     if nal_len is not None:
         i = 0
@@ -448,17 +460,17 @@ def _h264_is_nonref(data: memoryview, nal_len: Optional[int]) -> bool:
             size = int.from_bytes(data[i : i + nal_len], "big")
             hdr = data[i + nal_len]
             if hdr & 0x1F in (1, 5):
-                return (hdr >> 5) & 3 == 0
+                return hdr
             i += nal_len + size
-        return False
+        return None
     raw = bytes(data[: min(n, 1 << 16)])
     i = raw.find(b"\x00\x00\x01")
     while 0 <= i < len(raw) - 3:
         hdr = raw[i + 3]
         if hdr & 0x1F in (1, 5):
-            return (hdr >> 5) & 3 == 0
+            return hdr
         i = raw.find(b"\x00\x00\x01", i + 3)
-    return False
+    return None
 
 
 # for avformat_find_stream_info's probing decoders only (PyAV hands `options` to them, not to the
@@ -856,6 +868,134 @@ def decode_frames_full(path: Path, indices: Optional[Sequence[int]], *, threads:
     return [got[j] for j in indices]  # type: ignore[union-attr]
 
 
+def _seek_groups(index: _Index, indices: Sequence[int]) -> tuple[dict[int, list[int]], list[list[int]]]:
+    """(decode position -> presentation indices of the targets there, [start, end] decode-position
+    groups): each target's chain starts at the last keyframe at or before it in decode order whose
+    pts is not after the target's (open-GOP leading pictures go one GOP back); overlapping chains
+    decode as one group."""
+    import bisect
+
+    order = sorted(range(len(index.pts)), key=index.pts.__getitem__)  # presentation rank -> decode pos
+    keypos = [d for d, k in enumerate(index.key) if k]
+    if not keypos or keypos[0] != 0 and not index.key[0]:
+        # no keyframe flags (or stream starts without one): decode from the start
+        keypos = [0] + keypos
+    targets: dict[int, list[int]] = {}
+    for i in set(indices):
+        targets.setdefault(order[i], []).append(i)
+    spans = []
+    for d in targets:
+        j = bisect.bisect_right(keypos, d) - 1
+        while j > 0 and index.pts[keypos[j]] > index.pts[d]:
+            j -= 1
+        spans.append((keypos[max(j, 0)], d))
+    groups: list[list[int]] = []
+    for start, d in sorted(spans):
+        if groups and start <= groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], d)
+        else:
+            groups.append([start, d])
+    return targets, groups
+
+
+class _Continuous:
+    """A decoder fed the seek groups of clip after clip without a flush.
+
+    For NVDEC a flush costs a new hardware decoder: FFmpeg's H.264 flush resets its context and the
+    next picture sets the hwaccel up again (benchmarks/RESULTS.md, runs 38-40: without flushes an
+    NVDEC worker decodes twice the clips). Every group starts at an IDR picture, which resets the
+    decoder's references, so groups can follow each other; their packets carry running tickets as
+    timestamps (a group's presentation order kept) so frames are matched to what went in, and at
+    the end of a clip copies of its last IDR picture push out what reordering holds back (their
+    frames are dropped whenever they come out)."""
+
+    PUSHES = 8
+
+    def __init__(self, cc):
+        self.cc = cc
+        self.ticket = 0
+
+    def decode(self, container, stream, index: _Index, indices: Sequence[int],
+               convert: Callable) -> Optional[dict[int, Any]]:
+        """index -> convert(frame) for `indices`; None (nothing converted) where this clip cannot be
+        decoded this way (a group not starting at an IDR picture, pictures held back beyond the
+        pushes): the caller decodes it the usual way. FFmpeg errors propagate."""
+        import av
+
+        targets, groups = _seek_groups(index, indices)
+        pos_of_pts = {p: d for d, p in enumerate(index.pts)}
+        nal_len = _nal_length_size(stream.codec_context.extradata)
+        want: dict[int, list[int]] = {}
+        got: dict[int, Any] = {}
+
+        def feed(data: bytes, ticket: int) -> None:
+            packet = av.Packet(data)
+            packet.pts = ticket
+            for frame in self.cc.decode(packet):
+                for i in want.pop(frame.pts, ()):
+                    got[i] = convert(frame)
+
+        last_idr = None
+        for start, end in groups:
+            container.seek(index.dts[start] if index.dts[start] is not None else index.pts[start], stream=stream,
+                           backward=True, any_frame=False)
+            base, fed_start = self.ticket + 1, False
+            for packet in container.demux(stream):
+                d = pos_of_pts.get(packet.pts) if packet.size and packet.pts is not None else None
+                if d is None or d < start:
+                    continue
+                if not fed_start:
+                    if d != start or not _h264_is_idr(memoryview(packet), nal_len):
+                        return None
+                    fed_start, last_idr = True, bytes(packet)
+                if d > end:
+                    break
+                if index.nonref[d] and d not in targets:
+                    continue  # a non-reference picture nobody needs
+                ticket = base + (packet.pts - index.pts[start])  # closed GOP: nothing shows before its IDR
+                self.ticket = max(self.ticket, ticket)
+                if d in targets:
+                    want[ticket] = targets[d]
+                feed(bytes(packet), ticket)
+            if not fed_start:
+                return None
+        for _ in range(self.PUSHES):
+            if not want:
+                break
+            self.ticket += 1
+            feed(last_idr, self.ticket)
+        return None if want else got
+
+
+_continuous = threading.local()  # each decoding thread's _Continuous decoders, by stream format
+
+
+def _continuous_nvdec(path: Path, stream) -> Optional[_Continuous]:
+    """This thread's NVDEC decoder for `stream`'s format (H.264 only: its IDR pictures are
+    recognised), kept from clip to clip; None for other codecs."""
+    import av
+
+    cc0 = stream.codec_context
+    if cc0.name != "h264":
+        return None
+    key = (bytes(cc0.extradata or b""), cc0.width, cc0.height)
+    cache = getattr(_continuous, "decoders", None)
+    if cache is None:
+        cache = _continuous.decoders = {}
+    if key not in cache:
+        cc = av.CodecContext.create("h264", "r", hwaccel=_nvdec_hwaccel(path))
+        cc.extradata = cc0.extradata
+        if len(cache) >= 2:  # a couple of formats at a time: each holds its surfaces on the GPU
+            cache.pop(next(iter(cache)))
+        cache[key] = _Continuous(cc)
+    return cache[key]
+
+
+def _forget_continuous(stream) -> None:
+    cc0 = stream.codec_context
+    getattr(_continuous, "decoders", {}).pop((bytes(cc0.extradata or b""), cc0.width, cc0.height), None)
+
+
 def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequence[int],
                    stats: Optional[dict] = None, convert: Callable = _to_rgb, cc=None) -> dict[int, np.ndarray]:
     """Decode only what `indices` (presentation order) need; returns index -> RGB frame.
@@ -865,32 +1005,8 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
     """
     import av
 
-    order = sorted(range(len(index.pts)), key=index.pts.__getitem__)  # presentation rank -> decode pos
     pos_of_pts = {p: d for d, p in enumerate(index.pts)}
-    keypos = [d for d, k in enumerate(index.key) if k]
-    if not keypos or keypos[0] != 0 and not index.key[0]:
-        # no keyframe flags (or stream starts without one): decode from the start
-        keypos = [0] + keypos
-    targets: dict[int, list[int]] = {}  # decode position -> presentation indices
-    for i in set(indices):
-        targets.setdefault(order[i], []).append(i)
-
-    # group targets by the keyframe to start from: the last keyframe at or before the target in
-    # decode order whose pts is not after the target's (open-GOP leading pictures go one GOP back)
-    import bisect
-
-    spans = []
-    for d in targets:
-        j = bisect.bisect_right(keypos, d) - 1
-        while j > 0 and index.pts[keypos[j]] > index.pts[d]:
-            j -= 1
-        spans.append((keypos[max(j, 0)], d))
-    groups: list[list[int]] = []  # [start, end] decode positions; overlapping spans decode as one
-    for start, d in sorted(spans):
-        if groups and start <= groups[-1][1]:
-            groups[-1][1] = max(groups[-1][1], d)
-        else:
-            groups.append([start, d])
+    targets, groups = _seek_groups(index, indices)
 
     cc = cc or stream.codec_context
     result: dict[int, np.ndarray] = {}
@@ -1162,7 +1278,10 @@ def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, 
             return resize_frames([rgb], *size_of(rgb.shape[:2]))[0]
 
         if sparse:
-            got = _decode_sparse(path, container, stream, index, plan.frame_indices, convert=convert)
+            got = _nvdec_continuous_or_none(path, container, stream, index, plan.frame_indices, convert) \
+                if hwaccel is not None else None
+            if got is None:
+                got = _decode_sparse(path, container, stream, index, plan.frame_indices, convert=convert)
             missing = [i for i in plan.frame_indices if i not in got]
         else:
             missing = plan.frame_indices
@@ -1182,6 +1301,23 @@ def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, 
     if src_hw != (info.height, info.width):  # the stream header disagreed with the decoded frames
         info.height, info.width = src_hw
     return info, plan, frames, (tags[0] if tags else None)
+
+
+def _nvdec_continuous_or_none(path: Path, container, stream, index: _Index, indices: Sequence[int],
+                              convert: Callable) -> Optional[dict]:
+    """The sampled frames by this thread's unflushed NVDEC decoder (`_Continuous`), or None: the
+    caller then decodes them with flushes (a codec other than H.264, a group not starting at an IDR
+    picture, or an FFmpeg error — the decoder is dropped then, and the usual path reports it)."""
+    import av
+
+    dec = _continuous_nvdec(path, stream)
+    if dec is None:
+        return None
+    try:
+        return dec.decode(container, stream, index, indices, convert)
+    except av.error.FFmpegError:  # type: ignore[attr-defined]
+        _forget_continuous(stream)
+        return None
 
 
 def _size_kw(kw: dict[str, Any]) -> dict[str, Any]:
