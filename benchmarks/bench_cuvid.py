@@ -129,17 +129,6 @@ def primary_first(path: Path) -> dict:
     return {"rc": r.returncode, "out": r.stdout.strip()[-400:], "err": r.stderr.strip()[-800:]}
 
 
-def _is_idr(packet, nal_len) -> bool:
-    data = bytes(packet)
-    i = 0
-    while i + nal_len < len(data):
-        size = int.from_bytes(data[i: i + nal_len], "big")
-        if data[i + nal_len] & 0x1F in (1, 5):
-            return data[i + nal_len] & 0x1F == 5
-        i += nal_len + size
-    return False
-
-
 def continuous_sparse(path: Path, container, stream, index, indices, convert, cc) -> dict[int, object]:
     """`_decode_sparse`'s packets (each target's reference chain from its keyframe), fed to one
     decoder without a flush between groups: every group starts at an IDR picture, which resets the
@@ -178,7 +167,7 @@ def continuous_sparse(path: Path, container, stream, index, indices, convert, cc
             if d > end:
                 break
             if first:
-                if d != start or not _is_idr(packet, nal_len):
+                if d != start or not V._h264_is_idr(memoryview(packet), nal_len):
                     raise RuntimeError(f"{path}: group at {start} does not start at an IDR picture")
                 first = False
             if index.nonref[d] and d not in targets:

@@ -24,9 +24,9 @@ settings) in a loop while the replay time is measured:
                 h264_cuvid, `bench_cuvid.open_cuvid`) instead of FFmpeg's parser + hwaccel; env
                 AVCAP_CUVID_VARIANT picks the set-up ("sysmem" is the one that opens beside torch,
                 frames in system memory), AVCAP_CUVID_CONTINUOUS=1 feeds the seek groups without flushes
-* nvdec_cdecode  nvdec_decode without flushes: one decoder per worker for all its clips, seek
-                groups fed one after another under running ticket timestamps (`continuous_nvdec`);
-                a flush makes FFmpeg create the hardware decoder anew (benchmarks/RESULTS.md)
+* nvdec_cdecode  nvdec_decode without flushes: avcap's `_Continuous` decoder, one per worker for all
+                its clips (what decoder="nvdec" does since run 40); nvdec_decode keeps the flushed
+                path, which makes FFmpeg create the hardware decoder anew per seek group
 * nvdec_decode_direct, nvdec_full_direct
                 nvdec_decode / the nvdec work with FFmpeg's `hwaccel_flags=+unsafe_output`: NVDEC
                 hands out its mapped surfaces instead of copying every decoded picture into a
@@ -54,102 +54,22 @@ MODES = ("none", "cpu", "nvdec_decode", "nvdec_copy", "nvdec", "nvdec_decode_dir
          "cuvid_decode", "cuvid_copy", "cuvid_full", "nvdec_cdecode")
 
 
-_CONTINUOUS: dict = {}  # this worker's decoder and ticket counter (nvdec_cdecode)
-
-
 def continuous_nvdec(path: Path, convert) -> dict[int, object]:
-    """The 16 sampled frames of `path` decoded on NVDEC (torch's context, frames on the GPU) by a
-    decoder this process keeps from clip to clip and never flushes: each seek group starts at an
-    IDR picture, which resets the decoder's references, and its packets carry running tickets as
-    timestamps (a group's presentation order kept), so frames are matched to what went in; at the
-    end of a clip, copies of its last IDR picture push out what reordering holds back (their own
-    frames are dropped whenever they come). Returns presentation index -> convert(frame)."""
-    import bisect
-
-    import av
-
+    """The 16 sampled frames of `path` through avcap's unflushed NVDEC decoder (`avcap.video._Continuous`,
+    kept by this thread from clip to clip): presentation index -> convert(frame)."""
     from avcap import video as V
 
     container = V._open(path)
     try:
         stream = container.streams.video[0]
-        key = bytes(stream.codec_context.extradata or b"")
-        if _CONTINUOUS.get("key") != key:
-            cc = av.CodecContext.create("h264", "r", hwaccel=V._nvdec_hwaccel(path))
-            cc.extradata = stream.codec_context.extradata
-            _CONTINUOUS.update(key=key, cc=cc, ticket=0)
-        cc = _CONTINUOUS["cc"]
         index = V._build_index(path, container, stream)
         plan = V.plan_sampling(V._info_from(path, stream, index), **LOAD_KW)
-        order = sorted(range(len(index.pts)), key=index.pts.__getitem__)
-        keypos = [d for d, k in enumerate(index.key) if k]
-        targets: dict[int, list[int]] = {}
-        for i in set(plan.frame_indices):
-            targets.setdefault(order[i], []).append(i)
-        groups: list[list[int]] = []
-        for d in sorted(targets):
-            start = keypos[bisect.bisect_right(keypos, d) - 1]
-            if groups and start <= groups[-1][1]:
-                groups[-1][1] = max(groups[-1][1], d)
-            else:
-                groups.append([start, d])
-        pos_of_pts = {p: d for d, p in enumerate(index.pts)}
-        nal_len = V._nal_length_size(stream.codec_context.extradata)
-        want: dict[int, list[int]] = {}
-        got: dict[int, object] = {}
-
-        def take(frames):
-            for frame in frames:
-                for i in want.pop(frame.pts, ()):
-                    got[i] = convert(frame)
-
-        def feed(data: bytes, ticket: int):
-            packet = av.Packet(data)
-            packet.pts = ticket
-            take(cc.decode(packet))
-
-        last_idr = None
-        for start, end in groups:
-            container.seek(index.dts[start] if index.dts[start] is not None else index.pts[start], stream=stream,
-                           backward=True, any_frame=False)
-            base = _CONTINUOUS["ticket"] + 1
-            for packet in container.demux(stream):
-                d = pos_of_pts.get(packet.pts) if packet.size and packet.pts is not None else None
-                if d is None or d < start:
-                    continue
-                if d > end:
-                    break
-                if d == start:
-                    if V._h264_is_nonref(memoryview(packet), nal_len) or not _is_idr(bytes(packet), nal_len):
-                        raise RuntimeError(f"{path}: a group does not start at an IDR picture")
-                    last_idr = bytes(packet)
-                if index.nonref[d] and d not in targets:
-                    continue
-                ticket = base + (packet.pts - index.pts[start])
-                _CONTINUOUS["ticket"] = max(_CONTINUOUS["ticket"], ticket)
-                if d in targets:
-                    want[ticket] = targets[d]
-                feed(bytes(packet), ticket)
-        for _ in range(8):
-            if not want:
-                break
-            _CONTINUOUS["ticket"] += 1
-            feed(last_idr, _CONTINUOUS["ticket"])
-        if want:
-            raise RuntimeError(f"{path}: {len(want)} frames still held back after 8 pushes")
-        return got
+        got = V._nvdec_continuous_or_none(path, container, stream, index, plan.frame_indices, convert)
     finally:
         container.close()
-
-
-def _is_idr(data: bytes, nal_len) -> bool:
-    i = 0
-    while i + nal_len < len(data):
-        size = int.from_bytes(data[i: i + nal_len], "big")
-        if data[i + nal_len] & 0x1F in (1, 5):
-            return data[i + nal_len] & 0x1F == 5
-        i += nal_len + size
-    return False
+    if got is None:
+        raise RuntimeError(f"{path}: not decodable without flushes (not H.264, or a group not at an IDR picture)")
+    return got
 
 
 def check_continuous(clips: list[str]) -> list[dict]:
