@@ -1115,7 +1115,9 @@ def load_video(
     converts to RGB exactly as swscale does on the CPU (avcap.video_colour), resizes there with the
     same torchvision call and downloads only the resized frames. No fallback: without a CUDA GPU,
     NVDEC support in PyAV's FFmpeg, or NVDEC support for the codec it raises a VideoError saying so.
-    Frame directories are read with PIL either way.
+    Each thread keeps its NVDEC decoder for H.264 from clip to clip and never flushes it (a flush
+    would set the hardware decoder up again; `_Continuous`); open-GOP clips and other codecs take
+    a decoder per clip. Frame directories are read with PIL either way.
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
