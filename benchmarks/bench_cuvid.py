@@ -134,18 +134,7 @@ def continuous_sparse(path: Path, container, stream, index, indices, convert, cc
     decoder without a flush between groups: every group starts at an IDR picture, which resets the
     decoder's references by itself (checked; a group that does not start at one stops the probe).
     For cuvid a flush destroys and re-creates the hardware decoder."""
-    import bisect
-
-    order = sorted(range(len(index.pts)), key=index.pts.__getitem__)
-    keypos = [d for d, k in enumerate(index.key) if k]
-    targets = {order[i]: i for i in set(indices)}
-    groups: list[list[int]] = []
-    for d in sorted(targets):
-        start = keypos[bisect.bisect_right(keypos, d) - 1]
-        if groups and start <= groups[-1][1]:
-            groups[-1][1] = max(groups[-1][1], d)
-        else:
-            groups.append([start, d])
+    targets, groups = V._seek_groups(index, indices)
     want = {index.pts[d]: i for d, i in targets.items()}
     pos_of_pts = {p: d for d, p in enumerate(index.pts)}
     nal_len = V._nal_length_size(stream.codec_context.extradata)
@@ -154,7 +143,9 @@ def continuous_sparse(path: Path, container, stream, index, indices, convert, cc
     def take(frames):
         for frame in frames:
             if frame.pts in want:
-                got[want[frame.pts]] = convert(frame)
+                converted = convert(frame)
+                for i in want[frame.pts]:
+                    got[i] = converted
 
     for start, end in groups:
         container.seek(index.dts[start] if index.dts[start] is not None else index.pts[start], stream=stream,

@@ -277,10 +277,8 @@ class _NoFlush:
 
         self.cc = av.CodecContext.create("h264", "r")
         self.cc.extradata = extradata
-        self.fed = 0
 
     def decode(self, packet):
-        self.fed += 1
         return self.cc.decode(packet)
 
     def flush_buffers(self):
@@ -320,7 +318,6 @@ def test_continuous_decoding_equals_the_flushed_decode(tmp_path, make_frames, na
         assert sorted(got) == sorted(set(indices))
         for i, frame in zip(indices, V.decode_frames(path, indices)):
             assert np.array_equal(got[i], frame), (name, i)
-    assert len(decoders) < len(names) or names[0] != names[-1]  # a decoder carried on to a later clip
 
 
 def test_continuous_decoding_leaves_open_gop_clips_to_the_usual_path(tmp_path, make_frames):

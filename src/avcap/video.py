@@ -978,7 +978,7 @@ def _continuous_nvdec(path: Path, stream) -> Optional[_Continuous]:
     cc0 = stream.codec_context
     if cc0.name != "h264":
         return None
-    key = (bytes(cc0.extradata or b""), cc0.width, cc0.height)
+    key = _stream_format(stream)
     cache = getattr(_continuous, "decoders", None)
     if cache is None:
         cache = _continuous.decoders = {}
@@ -991,9 +991,14 @@ def _continuous_nvdec(path: Path, stream) -> Optional[_Continuous]:
     return cache[key]
 
 
-def _forget_continuous(stream) -> None:
+def _stream_format(stream) -> tuple:
+    """What a decoder kept from clip to clip must share with the stream: its headers and size."""
     cc0 = stream.codec_context
-    getattr(_continuous, "decoders", {}).pop((bytes(cc0.extradata or b""), cc0.width, cc0.height), None)
+    return bytes(cc0.extradata or b""), cc0.width, cc0.height
+
+
+def _forget_continuous(stream) -> None:
+    getattr(_continuous, "decoders", {}).pop(_stream_format(stream), None)
 
 
 def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequence[int],

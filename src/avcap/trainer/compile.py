@@ -105,23 +105,18 @@ def equal_length_runs(lengths: list[int]) -> list[tuple[int, int, int]]:
 def _runs_of(cu_seqlens) -> list[tuple[int, int, int]]:
     """Runs of `cu_seqlens`, read to the host once per tensor (every block gets the same tensor)."""
     runs = getattr(cu_seqlens, _LENGTHS_ATTR, None)
-    if runs is None:
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-        runs = equal_length_runs([int(n) for n in lengths])
-        try:
-            setattr(cu_seqlens, _LENGTHS_ATTR, runs)
-        except (AttributeError, RuntimeError):  # a tensor subclass that refuses attributes: read again next time
-            pass
-    return runs
+    return runs if runs is not None else remember_runs(cu_seqlens, cu_seqlens)
 
 
-def remember_runs(cu_seqlens, host_copy) -> None:
-    """Give a device `cu_seqlens` its runs from a host copy of it, so `packed_sdpa` never reads it back."""
+def remember_runs(cu_seqlens, host_copy) -> list[tuple[int, int, int]]:
+    """The runs of `host_copy` (equal to `cu_seqlens`, possibly on the host), kept on `cu_seqlens` so
+    `packed_sdpa` never reads it back."""
     runs = equal_length_runs([int(n) for n in (host_copy[1:] - host_copy[:-1]).tolist()])
     try:
         setattr(cu_seqlens, _LENGTHS_ATTR, runs)
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError):  # a tensor subclass that refuses attributes: read again next time
         pass
+    return runs
 
 
 def _groups(t, start: int, length: int, count: int):
