@@ -254,10 +254,14 @@ def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
         other = av.CodecContext.create("h264", "r")
         other.extradata = stream.codec_context.extradata
 
+        returned = []
+
         class Counting:
             def decode(self, packet):
                 fed.append(packet)
-                return other.decode(packet)
+                frames = other.decode(packet)
+                returned.extend(frames)
+                return frames
 
             def flush_buffers(self):
                 other.flush_buffers()
@@ -267,6 +271,45 @@ def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
         c.close()
     assert all(np.array_equal(got[i], full[i]) for i in idx)
     assert len(fed) > len(idx) and not stream.codec_context.is_open
+    # the reference pictures decoded on the way were discarded inside the decoder: only the targets came out
+    assert sorted(f.pts for f in returned) == sorted(index.presentation[i] for i in idx)
+
+
+def test_a_discarded_packet_is_decoded_but_returns_no_frame(h264_clip):
+    """AV_PKT_FLAG_DISCARD (set through the AVPacket, PyAV has no setter): the picture is decoded,
+    so pictures predicted from it are exact, but its own frame never comes out of the decoder."""
+    import av
+
+    full = V.decode_all(h264_clip)
+    with av.open(str(h264_clip)) as c:
+        stream = c.streams.video[0]
+        pts = sorted(p.pts for p in c.demux(stream) if p.size)
+        c.seek(0)
+        out, marked = {}, 0
+        for i, packet in enumerate(c.demux(stream)):
+            if packet.size and i % 3:
+                assert V._mark_discard(packet) and packet.is_discard
+                marked += 1
+            for frame in stream.codec_context.decode(packet if packet.size else None):
+                out[pts.index(frame.pts)] = frame.to_ndarray(format="rgb24")
+    assert marked and len(out) == len(full) - marked
+    assert all(np.array_equal(frame, full[i]) for i, frame in out.items())
+
+
+def test_discarding_is_skipped_where_the_packet_cannot_be_located(h264_clip, monkeypatch):
+    """An unknown PyAV layout (no AVPacket pointer found) or the benchmarks' switch: nothing is
+    marked, every frame comes out, and the sampled frames are the same."""
+    import av
+
+    idx = [0, 9, 23, 47]
+    want = V.decode_frames(h264_clip, idx)
+    for patch in ({"_packet_ptr_offset": -1}, {"_DISCARD_UNSAMPLED": False}):
+        with monkeypatch.context() as m:
+            for k, v in patch.items():
+                m.setattr(V, k, v)
+            packet = av.Packet(b"\x00\x00\x01\x65")
+            assert V._mark_discard(packet) is False and not packet.is_discard
+            assert all(np.array_equal(a, b) for a, b in zip(V.decode_frames(h264_clip, idx), want))
 
 
 class _NoFlush:
@@ -278,8 +321,12 @@ class _NoFlush:
         self.cc = av.CodecContext.create("h264", "r")
         self.cc.extradata = extradata
 
+        self.returned = 0
+
     def decode(self, packet):
-        return self.cc.decode(packet)
+        frames = self.cc.decode(packet)
+        self.returned += len(frames)
+        return frames
 
     def flush_buffers(self):
         raise AssertionError("_Continuous must never flush its decoder")
@@ -313,9 +360,13 @@ def test_continuous_decoding_equals_the_flushed_decode(tmp_path, make_frames, na
         extradata = bytes(c.streams.video[0].codec_context.extradata)
         c.close()
         dec = decoders.setdefault(extradata, V._Continuous(_NoFlush(extradata)))
+        returned = dec.cc.returned
         indices, got = _continuous_frames(dec, path, nframes)
         assert got is not None, name
         assert sorted(got) == sorted(set(indices))
+        # reference pictures and pushes were discarded inside the decoder (a picture held back by
+        # reordering may come out in the next clip)
+        assert dec.cc.returned - returned <= len(set(indices)), name
         for i, frame in zip(indices, V.decode_frames(path, indices)):
             assert np.array_equal(got[i], frame), (name, i)
 

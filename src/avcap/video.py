@@ -480,6 +480,59 @@ def _h264_first_slice(data: memoryview, nal_len: Optional[int]) -> Optional[int]
 _PROBE_OPTIONS = {"skip_frame": "all"}
 
 
+_AV_PKT_FLAG_DISCARD = 0x0004  # libavcodec/packet.h
+# benchmarks' A/B switch (read here so that spawned decoder processes see it too): "0" returns every
+# decoded picture to Python as before 2026-11-25
+_DISCARD_UNSAMPLED = os.environ.get("AVCAP_DISCARD_UNSAMPLED", "1") != "0"
+_packet_ptr_offset: Optional[int] = None  # where PyAV's Packet object keeps its AVPacket pointer; -1: not found
+
+
+def _find_packet_ptr_offset() -> int:
+    """The byte offset of `AVPacket *ptr` inside PyAV's Packet object, found on a packet of our own:
+    the pointer whose AVPacket's data and size (FFmpeg >= 5 layout: buf, pts, dts, data, size,
+    stream_index, flags) are the packet's; -1 when no field qualifies."""
+    import ctypes
+
+    import av
+
+    probe = av.Packet(b"avcap")
+    for off in range(16, type(probe).__basicsize__ - 7, 8):
+        ptr = ctypes.c_void_p.from_address(id(probe) + off).value
+        if ptr and ctypes.c_void_p.from_address(ptr + 24).value == probe.buffer_ptr \
+                and ctypes.c_int.from_address(ptr + 32).value == probe.size:
+            return off
+    return -1
+
+
+def _mark_discard(packet) -> bool:
+    """Flag `packet` AV_PKT_FLAG_DISCARD: the decoder decodes it (it stays a reference for what
+    follows) but never returns its frame. For NVDEC that skips mapping and copying the picture out
+    of the hardware decoder, which is GPU work in the decoding process's context; on the CPU it
+    skips wrapping a frame nobody reads. PyAV exposes the flag read-only, so it is set in the
+    AVPacket itself, located once on a packet of our own and confirmed through PyAV's getters on
+    every packet; False (nothing changed) where that does not hold."""
+    import ctypes
+
+    global _packet_ptr_offset
+    if not _DISCARD_UNSAMPLED or not packet.size:
+        return False
+    if _packet_ptr_offset is None:
+        _packet_ptr_offset = _find_packet_ptr_offset()
+    if _packet_ptr_offset < 0:
+        return False
+    ptr = ctypes.c_void_p.from_address(id(packet) + _packet_ptr_offset).value
+    if not ptr or ctypes.c_int.from_address(ptr + 32).value != packet.size \
+            or ctypes.c_void_p.from_address(ptr + 24).value != packet.buffer_ptr:
+        return False
+    flags = ctypes.c_int.from_address(ptr + 40)
+    old = flags.value
+    flags.value = old | _AV_PKT_FLAG_DISCARD
+    if not packet.is_discard:  # not the flags field after all: undo
+        flags.value = old
+        return False
+    return True
+
+
 def _open(path: Path, hwaccel=None):
     """The container, its video stream decoded in software or (`hwaccel`, see `_nvdec_hwaccel`) on NVDEC."""
     import av
@@ -931,6 +984,8 @@ class _Continuous:
         def feed(data: bytes, ticket: int) -> None:
             packet = av.Packet(data)
             packet.pts = ticket
+            if ticket not in want:
+                _mark_discard(packet)
             for frame in self.cc.decode(packet):
                 for i in want.pop(frame.pts, ()):
                     got[i] = convert(frame)
@@ -1044,6 +1099,8 @@ def _decode_sparse(path: Path, container, stream, index: _Index, indices: Sequen
                         n_skipped += 1
                         continue  # a non-reference picture nobody needs: no other pixel depends on it
                     n_sent += 1
+                    if d not in targets:
+                        _mark_discard(packet)  # decoded as a reference only: its frame never comes out
                     for frame in cc.decode(packet):
                         if frame.pts in want_pts:
                             rgb = convert(frame)
