@@ -32,7 +32,9 @@ settings) in a loop while the replay time is measured:
                 hands out its mapped surfaces instead of copying every decoded picture into a
                 frame pool (safe here: avcap releases each frame, or copies a sampled one, at once)
 
-A mode may name its own worker count: `--modes none,nvdec_decode:10,cuvid_decode:4`.
+A mode may name its own worker count: `--modes none,nvdec_decode:10,cuvid_decode:4`. The suffix
+`_keep` (`nvdec_keep:4`) runs a mode with every decoded picture returned by the decoder, as before
+avcap flagged reference-only packets AV_PKT_FLAG_DISCARD (2026-11-25, run 42).
 Per mode: replay ms (median of windows of 10 replays), slowdown against none, clips/s decoded.
 `--cpu-smoke` runs the orchestration on the CPU (matmul workload, modes none,cpu) for a check
 without a GPU. Not a test; figures go to benchmarks/RESULTS.md.
@@ -141,7 +143,12 @@ def decode_once(path: str, mode: str) -> None:
 def worker(clips: list[str], mode: str, start: int, stop, done, ready) -> None:
     import torch
 
+    from avcap import video as V
+
     torch.set_num_threads(1)
+    if mode.endswith("_keep"):  # every decoded picture returned, as before AV_PKT_FLAG_DISCARD
+        V._DISCARD_UNSAMPLED = False
+        mode = mode[: -len("_keep")]
     k = start
     first = True
     while not stop.is_set():
@@ -250,7 +257,7 @@ def main() -> None:
 
     device = "cpu" if a.cpu_smoke else "cuda"
     modes = [(m.split(":")[0], int(m.split(":")[1]) if ":" in m else a.procs) for m in a.modes.split(",") if m]
-    unknown = sorted({m for m, _ in modes} - set(MODES))
+    unknown = sorted({m.removesuffix("_keep") for m, _ in modes} - set(MODES))
     if unknown:
         raise SystemExit(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
     clips = sorted(str(p) for p in Path(a.clips).glob("*.mp4"))

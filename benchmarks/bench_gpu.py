@@ -30,6 +30,7 @@ sdpa; token ids from avcap's tiny tokenizer, all < the real vocab of 151,936):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -520,15 +521,17 @@ def _config_of(size: str, tiny_dir: Path):
 # ----------------------------------------------------------------------------- decode ceiling
 
 
-def run_decode(names: list[str], vision, factor: int, workers: int) -> dict[str, Any]:
-    """Videos/s of FrameLoader alone with `workers` threads or processes: the CPU ceiling of any
-    end-to-end figure. The pool is warmed with `workers` videos first (start-up is paid once)."""
+def run_decode(names: list[str], vision, factor: int, workers: int,
+               modes: tuple[str, ...] = ("threads", "processes")) -> dict[str, Any]:
+    """Videos/s of FrameLoader alone (CPU decoders) with `workers` threads or processes: the CPU
+    ceiling of any end-to-end figure, and how fast this lease's host decodes (hosts of one kind
+    differ by ~25 %). The pool is warmed with `workers` videos first (start-up is paid once)."""
     from avcap.engines.base import Request, build_messages
     from avcap.engines.frames import FrameLoader, load_request_frames
 
     out = {}
     warm, timed = names[:workers], names[workers:]
-    for mode in ("threads", "processes"):
+    for mode in modes:
         loader = FrameLoader(vision, factor, workers=workers, processes=(mode == "processes"), capacity=len(names) + 1)
         wreqs = [Request(f"w{i}", build_messages(None, "x", p)) for i, p in enumerate(warm)]
         loader.prefetch(wreqs)
@@ -543,7 +546,7 @@ def run_decode(names: list[str], vision, factor: int, workers: int) -> dict[str,
         out[mode] = {"videos": len(reqs), "seconds": round(dt, 2), "videos_per_s": round(len(reqs) / dt, 2),
                      "errors": errs[:3]}
         log(f"decode {mode}: {out[mode]}")
-    out["best"] = max(("threads", "processes"), key=lambda m: out[m]["videos_per_s"])
+    out["best"] = max(modes, key=lambda m: out[m]["videos_per_s"])
     out["workers"] = workers
     return out
 
@@ -708,7 +711,9 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     checked without lag); nohost: the vision tower derives its inputs from a GPU grid (FastGenerator
     host_vision off); eagerfinish: the colour conversion op by op (not compiled); s5: all three, the
     engine as session 5 left it (the same-run baseline); fullprobe: decode workers open videos with
-    FFmpeg's full stream probe (it decodes the first picture), as before 2026-11-25."""
+    FFmpeg's full stream probe (it decodes the first picture), as before 2026-11-25; keep: decoders
+    return every decoded picture (no AV_PKT_FLAG_DISCARD on reference-only packets), as before
+    session 8 (2026-11-25)."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -729,7 +734,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decode_workers"] = int(m[1])
         elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
             kw["switch_interval_s"] = int(m[1]) / 1e6
-        elif tok in ("syncchoice", "nohost", "eagerfinish", "fullprobe"):
+        elif tok in ("syncchoice", "nohost", "eagerfinish", "fullprobe", "keep"):
             kw[tok] = True
         elif tok == "s5":
             kw.update(syncchoice=True, nohost=True, eagerfinish=True)
@@ -738,25 +743,30 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     return kw
 
 
-def _full_probe_worker_init() -> None:
-    """A decode worker's initializer that opens videos with FFmpeg's full stream probe (token fullprobe)."""
+def _video_attrs_worker_init(attrs: dict[str, Any]) -> None:
+    """A decode worker's initializer that sets avcap.video module attributes first (tokens fullprobe, keep)."""
     from avcap import video
     from avcap.engines import frames
 
-    video._PROBE_OPTIONS = {}
+    for k, v in attrs.items():
+        setattr(video, k, v)
     frames._worker_init()
 
 
-def full_probe():
-    """Decode workers started from now on probe streams fully (before 2026-11-25); returns the undo."""
+def patch_video(**attrs):
+    """avcap.video attributes set here and in every decode worker started from now on; returns the undo."""
     from avcap import video
     from avcap.engines import frames
 
-    saved = frames._worker_init, video._PROBE_OPTIONS
-    frames._worker_init, video._PROBE_OPTIONS = _full_probe_worker_init, {}
+    saved_init, saved = frames._worker_init, {k: getattr(video, k) for k in attrs}
+    frames._worker_init = functools.partial(_video_attrs_worker_init, attrs)
+    for k, v in attrs.items():
+        setattr(video, k, v)
 
     def undo():
-        frames._worker_init, video._PROBE_OPTIONS = saved
+        frames._worker_init = saved_init
+        for k, v in saved.items():
+            setattr(video, k, v)
 
     return undo
 
@@ -1056,7 +1066,12 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             switch = sys.getswitchinterval()
             sys.setswitchinterval(kw.pop("switch_interval_s", switch))
             restore_choice = sync_choice() if kw.pop("syncchoice", False) else (lambda: None)
-            restore_probe = full_probe() if kw.pop("fullprobe", False) else (lambda: None)
+            video_attrs = {}
+            if kw.pop("fullprobe", False):
+                video_attrs["_PROBE_OPTIONS"] = {}
+            if kw.pop("keep", False):
+                video_attrs["_DISCARD_UNSAMPLED"] = False
+            restore_probe = patch_video(**video_attrs) if video_attrs else (lambda: None)
 
             def restore():
                 restore_choice()
@@ -1155,9 +1170,10 @@ def table() -> str:
         lines.append(f"measured peak: bf16 matmul {peak['matmul_tflops']} TFLOP/s, copy {peak['copy_tb_s']} TB/s; "
                      f"patch embed {peak.get('patch_embed_8_videos')}")
     dec = S.get("decode") or {}
-    if "threads" in dec:
-        lines.append(f"decode ceiling ({dec.get('workers')} workers): threads {dec['threads']['videos_per_s']} videos/s, "
-                     f"processes {dec['processes']['videos_per_s']} videos/s")
+    measured = [m for m in ("threads", "processes") if m in dec]
+    if measured:
+        lines.append(f"decode ceiling, CPU decoders alone ({dec.get('workers')} workers): "
+                     + ", ".join(f"{m} {dec[m]['videos_per_s']} videos/s" for m in measured))
     lines.append("")
     lines.append(f"{'model':5} {'task':8} {'path':26} {'videos/s':>9} {'steady':>8} {'GPU-only':>9} {'peak GiB':>9}  floor v/s")
     for size in ("tiny", "2B", "8B"):
@@ -1220,6 +1236,8 @@ def main(argv=None) -> int:
     ap.add_argument("--caption-batch-8b", type=int, default=64)
     ap.add_argument("--caption-chunks", type=int, default=2)
     ap.add_argument("--caption-chunks-2b", type=int, default=None, help="default: --caption-chunks")
+    ap.add_argument("--decode-rounds", type=int, default=3,
+                    help="decode section: videos per worker (the first round warms the pool, the rest are timed)")
     ap.add_argument("--decode-mode", default="auto", choices=["auto", "threads", "processes"],
                     help="auto: the faster one in the decode section (threads without it)")
     ap.add_argument("--sft-variants", default="trainer_as_is,fused_adamw_linear_pe,bf16_params_fused")
@@ -1321,12 +1339,14 @@ def main(argv=None) -> int:
 
     names_infer = clip_names(work, clips["clips"], 2400, "infer")
     decode_best = args.decode_mode if args.decode_mode != "auto" else "threads"
-    if "decode" in sections and args.decode_mode == "auto":
-        names_dec = clip_names(work, clips["clips"], 3 * args.decode_workers, "decode")
+    if "decode" in sections:  # --decode-mode auto: both modes, the faster one for inference
+        names_dec = clip_names(work, clips["clips"], args.decode_rounds * args.decode_workers, "decode")
         from avcap.config import Vision
 
+        modes = ("threads", "processes") if args.decode_mode == "auto" else (args.decode_mode,)
         d = section("decode", 40, args.deadline,
-                    lambda: run_decode(names_dec, Vision(nframes=args.nframes, max_pixels=args.max_pixels), 32, args.decode_workers))
+                    lambda: run_decode(names_dec, Vision(nframes=args.nframes, max_pixels=args.max_pixels), 32,
+                                       args.decode_workers, modes))
         if d:
             decode_best = d["best"]
     offset = 0
