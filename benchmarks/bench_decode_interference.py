@@ -24,6 +24,9 @@ settings) in a loop while the replay time is measured:
                 h264_cuvid, `bench_cuvid.open_cuvid`) instead of FFmpeg's parser + hwaccel; env
                 AVCAP_CUVID_VARIANT picks the set-up ("sysmem" is the one that opens beside torch,
                 frames in system memory), AVCAP_CUVID_CONTINUOUS=1 feeds the seek groups without flushes
+* nvdec_planes   decode_video(decoder="nvdec"): NVDEC's sampled pictures downloaded as NV12 by
+                FFmpeg, nothing converted (what an NVDEC worker does when the engine's finishers
+                convert, `[avcap.engine] resize_on_gpu`, since run 43)
 * nvdec_cdecode  nvdec_decode without flushes: avcap's `_Continuous` decoder, one per worker for all
                 its clips (what decoder="nvdec" does since run 40); nvdec_decode keeps the flushed
                 path, which makes FFmpeg create the hardware decoder anew per seek group
@@ -53,7 +56,7 @@ from pathlib import Path
 
 LOAD_KW = dict(nframes=16, max_pixels=360000, factor=32)
 MODES = ("none", "cpu", "nvdec_decode", "nvdec_copy", "nvdec", "nvdec_decode_direct", "nvdec_full_direct",
-         "cuvid_decode", "cuvid_copy", "cuvid_full", "nvdec_cdecode")
+         "cuvid_decode", "cuvid_copy", "cuvid_full", "nvdec_cdecode", "nvdec_planes")
 
 
 def continuous_nvdec(path: Path, convert) -> dict[int, object]:
@@ -99,6 +102,9 @@ def decode_once(path: str, mode: str) -> None:
 
     if mode in ("cpu", "nvdec"):
         V.load_video(path, decoder=mode, **LOAD_KW)
+        return
+    if mode == "nvdec_planes":
+        V.decode_video(path, decoder="nvdec", **LOAD_KW)
         return
     p = Path(path)
     if mode == "nvdec_cdecode":

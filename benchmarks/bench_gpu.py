@@ -713,7 +713,8 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     engine as session 5 left it (the same-run baseline); fullprobe: decode workers open videos with
     FFmpeg's full stream probe (it decodes the first picture), as before 2026-11-25; keep: decoders
     return every decoded picture (no AV_PKT_FLAG_DISCARD on reference-only packets), as before
-    session 8 (2026-11-25)."""
+    session 8 (2026-11-25); nvconvert: with gpuresize, NVDEC workers still convert and resize in
+    their own CUDA contexts (frames.NVDEC_FINISHED_HERE off), as before session 8."""
     import re
 
     kw: dict[str, Any] = {"compile": False, "decoder": None, "processes": processes}
@@ -734,7 +735,7 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
             kw["decode_workers"] = int(m[1])
         elif m := re.fullmatch(r"si(\d+)", tok):  # Python's GIL switch interval, microseconds
             kw["switch_interval_s"] = int(m[1]) / 1e6
-        elif tok in ("syncchoice", "nohost", "eagerfinish", "fullprobe", "keep"):
+        elif tok in ("syncchoice", "nohost", "eagerfinish", "fullprobe", "keep", "nvconvert"):
             kw[tok] = True
         elif tok == "s5":
             kw.update(syncchoice=True, nohost=True, eagerfinish=True)
@@ -1072,6 +1073,10 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             if kw.pop("keep", False):
                 video_attrs["_DISCARD_UNSAMPLED"] = False
             restore_probe = patch_video(**video_attrs) if video_attrs else (lambda: None)
+            from avcap.engines import frames as frames_mod
+
+            finished_here = frames_mod.NVDEC_FINISHED_HERE
+            frames_mod.NVDEC_FINISHED_HERE = not kw.pop("nvconvert", False)
 
             def restore():
                 restore_choice()
@@ -1107,6 +1112,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             finally:
                 sys.setswitchinterval(switch)
                 restore()
+                frames_mod.NVDEC_FINISHED_HERE = finished_here
                 video_colour._compiled.clear()
                 eng.close()
                 del eng

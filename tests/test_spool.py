@@ -55,8 +55,21 @@ def test_decode_video_converts_on_the_cpu_what_it_cannot_carry(tmp_path, make_fr
     d = decode_video(frames_dir, nframes=2)
     assert d.planes is None
     _same(d.finish("cpu"), load_video(frames_dir, nframes=2))
-    with pytest.raises(TypeError, match="decoder"):
-        decode_video(clip, decoder="nvdec")
+    with pytest.raises(ValueError, match="decoder"):
+        decode_video(clip, decoder="gpu")
+    with pytest.raises(TypeError, match="colour"):
+        decode_video(clip, colour="bt709")
+
+
+def test_nv12_planes_finish_like_i420_planes(h264_clip):
+    """NVDEC's pictures come as NV12 (U and V interleaved): finished, the same frames as the CPU
+    decoder's I420 planes."""
+    d = decode_video(h264_clip, nframes=4)
+    n = 48 * 64
+    y, u, v = d.planes[:, :n], d.planes[:, n: n + n // 4], d.planes[:, n + n // 4:]
+    nv12 = np.concatenate([y, np.stack([u, v], -1).reshape(len(y), -1)], 1)
+    got = DecodedVideo(d.video, nv12, colorspace=d.colorspace, color_range=d.color_range, chroma="nv12")
+    _same(got.finish("cpu"), load_video(h264_clip, nframes=4))
 
 
 def test_spooled_results_come_back_equal_and_leave_no_file(tmp_path, vga_clip):

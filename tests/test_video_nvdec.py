@@ -266,11 +266,12 @@ def test_frame_loader_passes_the_decoder_to_its_workers(h264_clip):
             nv.close()
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, processes):
+@pytest.mark.parametrize("processes,finish_device", [(False, None), (True, None), (True, "cpu")])
+def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, processes, finish_device):
     """decoder="nvdec+cpu": NVDEC threads and CPU decoders take videos from one queue; a video NVDEC
     cannot decode (here: no GPU) goes to the CPU decoders, with one warning, and decodes to the CPU
-    path's frames. A broken video still fails with its own error, once."""
+    path's frames. A broken video still fails with its own error, once. With a finish device both
+    lanes only decode (`decode_video`) and the loader's finishers convert."""
     from avcap.config import Vision
     from avcap.engines.frames import FrameLoader, load_request_frames
     from avcap.engines.base import Request
@@ -281,7 +282,8 @@ def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, 
         V.write_video(clips[-1], np.full((6, 64, 96, 3), 40 * i, dtype=np.uint8), fps=6)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
-    loader = FrameLoader(Vision(nframes=4), 32, workers=2, processes=processes, decoder="nvdec+cpu", nvdec_workers=2)
+    loader = FrameLoader(Vision(nframes=4), 32, workers=2, processes=processes, decoder="nvdec+cpu", nvdec_workers=2,
+                         finish_device=finish_device)
     assert loader.lanes == [("nvdec", processes, 2), ("cpu", processes, 2)]
     reqs = [Request(f"r{i}", [{"role": "user", "content": [{"type": "video", "video": str(c)}]}])
             for i, c in enumerate(clips + [broken])]
@@ -379,3 +381,10 @@ def test_nvdec_load_video_on_the_gpu_matches_the_cpu(tmp_path, make_frames):
         assert g.frame_indices == ref.frame_indices and g.frames.shape == ref.frames.shape
         assert np.abs(g.frames.astype(int) - ref.frames).max() <= 1
         assert np.array_equal(g.frames, got[0].frames)
+    # decoded on NVDEC, downloaded as NV12, finished elsewhere: full-size pixels exact
+    d = V.decode_video(path, nframes=12, max_pixels=160 * 224, decoder="nvdec")
+    assert d.chroma == "nv12" and d.planes.shape == (12, 240 * 320 * 3 // 2)
+    cpu = V.decode_video(path, nframes=12, max_pixels=160 * 224)
+    assert np.array_equal(d.finish("cpu").frames, cpu.finish("cpu").frames)
+    assert np.array_equal(d.finish("cpu").frames, ref.frames)
+    assert np.abs(d.finish("cuda").frames.astype(int) - ref.frames).max() <= 1

@@ -774,16 +774,23 @@ def _rgb_from_nv12(path: Path, y, uv, colorspace: int, color_range: int, height:
     return nv12_to_rgb(y, uv, coeffs)
 
 
+def _nvdec_sw_format(path: Path, frame) -> str:
+    """The pixel format of a CUDA frame's surface (nv12, p010le, ...); a VideoError for a frame NVDEC
+    did not decode."""
+    sw = getattr(frame, "sw_format", None)
+    if frame.format.name != "cuda" or sw is None:
+        raise VideoError(path, f"decoder='nvdec': NVDEC did not decode this stream (it gave {frame.format.name} frames)")
+    return sw.name
+
+
 def _nvdec_planes(path: Path, frame):
     """(y, uv) of a CUDA frame: torch views of the decoder's NV12 surface (no copy)."""
     import torch
 
-    sw = getattr(frame, "sw_format", None)
-    if frame.format.name != "cuda" or sw is None:
-        raise VideoError(path, f"decoder='nvdec': NVDEC did not decode this stream (it gave {frame.format.name} frames)")
-    if sw.name != "nv12":
+    sw = _nvdec_sw_format(path, frame)
+    if sw != "nv12":
         raise VideoError(path, f"decoder='nvdec': only 8-bit 4:2:0 video (NV12 surfaces) is converted, "
-                         f"NVDEC gave {sw.name}; use decoder='cpu'")
+                         f"NVDEC gave {sw}; use decoder='cpu'")
     # FFmpeg's copy into the surface is on the legacy default stream: `_conversion_stream` waits for it
     y, uv = (torch.from_dlpack(p.__dlpack__(stream=None)) for p in frame.planes[:2])
     return y, uv
@@ -1212,7 +1219,7 @@ def load_video(
 
 
 _SAMPLING_KEYS = ("nframes", "fps", "min_pixels", "max_pixels", "total_pixels", "factor", "min_frames", "max_frames")
-_PLANAR_420 = ("yuv420p", "yuvj420p")  # what DecodedVideo carries as planes (8-bit 4:2:0, separate U and V)
+_PLANAR_420 = ("yuv420p", "yuvj420p", "nv12")  # what DecodedVideo carries as planes (8-bit 4:2:0)
 _PLANES_BATCH = 4  # frames converted and resized per call in DecodedVideo.finish (~60 MB per 1936x1220 frame on the GPU)
 
 
@@ -1222,22 +1229,26 @@ class _NotPlanar(Exception):
 
 @dataclass
 class DecodedVideo:
-    """A video's sampled pictures as the CPU decoder gave them, before colour conversion and resize.
+    """A video's sampled pictures as the decoder gave them, before colour conversion and resize.
 
     `decode_video` does `load_video`'s decoding only; `finish(device)` does the rest — swscale's
     exact YUV -> RGB conversion (avcap.video_colour) and qwen-vl-utils' resize — on any torch
     device. On the CPU the result equals `load_video`'s bit for bit; on a GPU the conversion is
     still exact and the resize within one level of the CPU's (torchvision's bicubic on CUDA).
     The point: colour conversion and resize are ~half of the CPU time `load_video` spends per
-    clip, and a GPU does them in milliseconds. `planes` is None when the video is not even-sized
+    clip, and a GPU does them in milliseconds — in the process whose CUDA context runs the model
+    (NVDEC workers in other processes would otherwise convert in contexts of their own, which
+    the GPU time-slices with the model's). `planes` is None when the video is not even-sized
     8-bit 4:2:0 (or a frame directory): `frames` then already holds `load_video`'s result.
     """
 
     video: VideoFrames  # every field final; `frames` is empty until finished when `planes` is set
-    # T x (H*W*3/2) uint8: Y (H x W), U, V (H/2 x W/2 each); numpy, or a (pinned) torch tensor
+    # T x (H*W*3/2) uint8: Y (H x W), then chroma: "i420" U, V (H/2 x W/2 each; the CPU decoder's),
+    # "nv12" U and V interleaved (H/2 x W/2 x 2; NVDEC's); numpy, or a (pinned) torch tensor
     planes: Any = None
     colorspace: int = 2
     color_range: int = 0
+    chroma: str = "i420"
 
     def finish(self, device: Any = "cpu") -> VideoFrames:
         """`load_video`'s VideoFrames, converted and resized on `device` (see class docstring)."""
@@ -1258,19 +1269,27 @@ class DecodedVideo:
             with torch.cuda.stream(_conversion_stream()) if cuda else contextlib.nullcontext():
                 for i in range(0, len(self.planes), _PLANES_BATCH):
                     p = torch.as_tensor(self.planes[i: i + _PLANES_BATCH]).to(dev, non_blocking=True)
-                    pictures = [_NV12(f[:n].view(hh, ww), interleave_uv(f[n: n + n // 4].view(hh // 2, ww // 2),
-                                                                        f[n + n // 4:].view(hh // 2, ww // 2)),
+                    pictures = [_NV12(f[:n].view(hh, ww), self._uv(f[n:], hh, ww, interleave_uv),
                                       self.colorspace, self.color_range, hh, ww) for f in p]
                     out += _nv12_batch_resized(Path(v.path), pictures, lambda hw: (v.resized_height, v.resized_width),
                                                batch=_PLANES_BATCH)
         return VideoFrames(**{**v.__dict__, "frames": np.stack(out)})
 
+    def _uv(self, chroma, hh: int, ww: int, interleave_uv):
+        """The H/2 x W/2 x 2 chroma of one flattened picture's bytes after its luma."""
+        q = hh * ww // 4
+        if self.chroma == "nv12":
+            return chroma.view(hh // 2, ww // 2, 2)
+        return interleave_uv(chroma[:q].view(hh // 2, ww // 2), chroma[q:].view(hh // 2, ww // 2))
+
 
 def decode_video(path: str | os.PathLike, *, source_fps: Optional[float] = None, threads: int = 1,
-                 sparse: bool = True, **kw: Any) -> DecodedVideo:
-    """`load_video(path, **kw)` up to the decoded pictures (CPU decoder): a `DecodedVideo` whose
-    `finish(device)` converts and resizes them. Takes load_video's sampling keywords (same defaults).
-    A clip it cannot carry as planes is decoded again by `load_video` (rare: not 8-bit 4:2:0)."""
+                 sparse: bool = True, decoder: str = "cpu", **kw: Any) -> DecodedVideo:
+    """`load_video(path, **kw)` up to the decoded pictures: a `DecodedVideo` whose `finish(device)`
+    converts and resizes them. Takes load_video's sampling keywords (same defaults). `decoder`:
+    "cpu", or "nvdec" (the sampled pictures are downloaded from the GPU as NVDEC made them, NV12,
+    by FFmpeg's pitched copy: no kernel of ours runs in this process's CUDA context). A clip it
+    cannot carry as planes is decoded again by `load_video` (rare: not 8-bit 4:2:0)."""
     import inspect
 
     path = _clean_path(path)
@@ -1281,33 +1300,36 @@ def decode_video(path: str | os.PathLike, *, source_fps: Optional[float] = None,
     unknown = set(kw) - set(sampling)
     if unknown:
         raise TypeError(f"decode_video() got unexpected keyword arguments {sorted(unknown)}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if path.is_dir():
         return DecodedVideo(load_video(path, source_fps=source_fps, threads=threads, sparse=sparse, **kw))
     sampling.update(kw)
     from avcap.video_colour import UnsupportedColour, swscale_coefficients
 
     try:
-        info, plan, planes, tags = _sample_file(path, sampling, threads=threads, sparse=sparse, decoder="cpu",
+        info, plan, planes, tags = _sample_file(path, sampling, threads=threads, sparse=sparse, decoder=decoder,
                                                planes=True)
         swscale_coefficients(*tags)
     except (_NotPlanar, UnsupportedColour):
-        return DecodedVideo(load_video(path, threads=threads, sparse=sparse, **kw))
+        return DecodedVideo(load_video(path, threads=threads, sparse=sparse, decoder=decoder, **kw))
     video = VideoFrames(
         frames=np.empty((0, plan.resized_height, plan.resized_width, 3), dtype=np.uint8),
         frame_indices=list(plan.frame_indices), timestamps=[i / info.fps for i in plan.frame_indices], fps=info.fps,
         total_frames=info.total_frames, resized_height=plan.resized_height, resized_width=plan.resized_width,
         path=str(path), notes=plan.notes, height=info.height, width=info.width)
-    return DecodedVideo(video, np.stack(planes), colorspace=tags[0], color_range=tags[1])
+    return DecodedVideo(video, np.stack(planes), colorspace=tags[0], color_range=tags[1],
+                        chroma="nv12" if decoder == "nvdec" else "i420")
 
 
 def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, decoder: str,
                  planes: bool = False) -> tuple[VideoInfo, SamplePlan, list, Optional[tuple[int, int]]]:
     """Decode the sampled frames of a video file: (info, plan, frames, colour tags).
 
-    frames: resized RGB (H x W x 3 uint8) per sampled index; with `planes=True` (CPU decoder) the
-    decoded I420 pictures instead, each flattened (Y, then U, then V), colour tags (colorspace,
-    range) of the first one, and `_NotPlanar` raised for a picture that is not even-sized 8-bit
-    4:2:0 or whose tags differ."""
+    frames: resized RGB (H x W x 3 uint8) per sampled index; with `planes=True` the decoded
+    pictures instead, each flattened (Y, then U and V: I420 from the CPU decoder, NV12 from NVDEC),
+    colour tags (colorspace, range) of the first one, and `_NotPlanar` raised for a picture that
+    is not even-sized 8-bit 4:2:0 or whose tags differ."""
     hwaccel = _nvdec_hwaccel(path) if decoder == "nvdec" else None
     container = _open(path, hwaccel)
     tags: list[tuple[int, int]] = []
@@ -1329,15 +1351,17 @@ def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, 
             # NVDEC: a copy of the NV12 planes, converted and resized in batches afterwards;
             # planes: the I420 picture as decoded (converted and resized by DecodedVideo.finish)
             size_of((frame.height, frame.width))
-            if hwaccel is not None:
-                return _nvdec_copy(path, frame)
             if planes:
-                if frame.format.name not in _PLANAR_420 or frame.height % 2 or frame.width % 2:
-                    raise _NotPlanar(f"{frame.format.name} {frame.width}x{frame.height}")
+                fmt = frame.format.name if hwaccel is None else _nvdec_sw_format(path, frame)
+                if fmt not in _PLANAR_420 or frame.height % 2 or frame.width % 2:
+                    raise _NotPlanar(f"{fmt} {frame.width}x{frame.height}")
                 tags.append((frame.colorspace, frame.color_range))
                 if tags[-1] != tags[0]:
                     raise _NotPlanar("colour tags change within the clip")
+                # NVDEC: FFmpeg downloads the visible picture (av_hwframe_transfer_data, pitched copies)
                 return frame.to_ndarray().reshape(-1)
+            if hwaccel is not None:
+                return _nvdec_copy(path, frame)
             rgb = _to_rgb(frame)
             return resize_frames([rgb], *size_of(rgb.shape[:2]))[0]
 
@@ -1357,7 +1381,7 @@ def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, 
         frames = decode_frames_full(path, plan.frame_indices, threads=threads, convert=convert, hwaccel=hwaccel)
     else:
         frames = [got[i] for i in plan.frame_indices]
-    if hwaccel is not None:
+    if hwaccel is not None and not planes:
         frames = _resized_once(path, frames, size_of)
     if len(sizes) > 1:
         raise VideoError(path, f"frame size changes within the clip ({', '.join(f'{w}x{h}' for h, w in sizes)})")

@@ -24,9 +24,10 @@ for the frames of a request's video parts. The loader
   keeps up. Which decoder gets a video depends on timing; the two give the same full-size pixels,
   and resized frames within one level on ~0.01 % of the values (GPU vs CPU resize). A video NVDEC
   cannot decode (codec, pixel format, no GPU) goes to the CPU decoders;
-- with a `finish_device` (`[avcap.engine] resize_on_gpu`), CPU decoders only decode
-  (`avcap.video.decode_video`) and hand the I420 pictures to `FINISHERS` threads of this process,
-  which convert and resize them there (`DecodedVideo.finish`); the decoders go on meanwhile;
+- with a `finish_device` (`[avcap.engine] resize_on_gpu`), decoders only decode
+  (`avcap.video.decode_video`: CPU decoders' I420 pictures, NVDEC's NV12 pictures downloaded) and
+  hand them to `FINISHERS` threads of this process, which convert and resize them there
+  (`DecodedVideo.finish`); the decoders go on meanwhile;
 - worker processes run at nice +`WORKER_NICE` and return their arrays through a tmpfs spool
   (`avcap.engines.spool`), not the pool's pipe;
 - keeps the last `capacity` decoded videos, so the 12 MCQ questions of one video decode it once
@@ -49,7 +50,11 @@ from avcap.engines.base import Request, video_parts
 from avcap.engines.spool import Spool, spooled, unspool
 
 NVDEC_AND_CPU = "nvdec+cpu"  # NVDEC workers and CPU decoders at once, one queue
-FINISHERS = 3  # threads converting and resizing CPU-decoded pictures on the finish device
+FINISHERS = 3  # threads converting and resizing decoded pictures on the finish device
+# with a finish device NVDEC workers download their pictures and the finishers convert them here,
+# in the model's CUDA context, rather than in contexts of their own that the GPU time-slices with
+# the model's (benchmarks/RESULTS.md, run 42); False: NVDEC workers convert and resize themselves
+NVDEC_FINISHED_HERE = True
 WORKER_NICE = 10  # decode worker processes yield the CPU to the engine's process
 
 VIDEO_OPTIONS = ("nframes", "fps", "min_pixels", "max_pixels", "total_pixels", "min_frames", "max_frames")
@@ -152,7 +157,7 @@ class FrameLoader:
             if not fut.running() and not fut.set_running_or_notify_cancel():
                 continue
             kw = {**kw, "decoder": decoder}
-            planes = decoder == "cpu" and self._finishers is not None
+            planes = self._finishers is not None and (decoder == "cpu" or NVDEC_FINISHED_HERE)
             try:
                 if in_process_pool:
                     result = unspool(self._in_worker_process(decoder, path, kw, planes), pin=self._pin)
@@ -166,19 +171,19 @@ class FrameLoader:
             else:
                 if planes:
                     try:
-                        self._finishers.submit(self._finish, result, fut)
+                        self._finishers.submit(self._finish, decoder, result, fut)
                     except RuntimeError:  # closed meanwhile
                         fut.set_exception(RuntimeError("FrameLoader is closed"))
                 else:
                     self._done(decoder, fut, result)
 
-    def _finish(self, decoded, fut: Future) -> None:
+    def _finish(self, decoder: str, decoded, fut: Future) -> None:
         try:
             frames = decoded.finish(self.finish_device)
         except Exception as exc:  # noqa: BLE001 — e.g. out of GPU memory: this video's error
             fut.set_exception(exc)
         else:
-            self._done("cpu", fut, frames)
+            self._done(decoder, fut, frames)
 
     def _done(self, decoder: str, fut: Future, result) -> None:
         with self._ready:
@@ -311,16 +316,12 @@ def _worker_init() -> None:
 
 
 def _load(path: str, kw: dict[str, Any], planes: bool = False, spool: str | None = None):
-    """load_video, or with `planes` decode_video (CPU decoder: conversion and resize left to the
-    caller); with `spool` (a directory) the big arrays go back through files there (`spooled`)."""
+    """load_video, or with `planes` decode_video (conversion and resize left to the caller); with
+    `spool` (a directory) the big arrays go back through files there (`spooled`)."""
     from avcap.video import decode_video, load_video
 
     try:
-        if planes:
-            kw = {k: v for k, v in kw.items() if k != "decoder"}
-            result = decode_video(path, **kw)
-        else:
-            result = load_video(path, **kw)
+        result = (decode_video if planes else load_video)(path, **kw)
         return spooled(result, spool) if spool else result
     except Exception as exc:
         # an error that cannot be unpickled in the parent would break the whole process pool
