@@ -521,18 +521,19 @@ def _config_of(size: str, tiny_dir: Path):
 # ----------------------------------------------------------------------------- decode ceiling
 
 
-def run_decode(names: list[str], vision, factor: int, workers: int,
-               modes: tuple[str, ...] = ("threads", "processes")) -> dict[str, Any]:
-    """Videos/s of FrameLoader alone (CPU decoders) with `workers` threads or processes: the CPU
-    ceiling of any end-to-end figure, and how fast this lease's host decodes (hosts of one kind
-    differ by ~25 %). The pool is warmed with `workers` videos first (start-up is paid once)."""
+def run_decode(names: list[str], vision, factor: int, setups: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Videos/s of FrameLoader alone (no model) for each set-up (label -> FrameLoader keywords): the
+    decode ceiling of any end-to-end figure, and how fast this lease's host decodes (hosts of one
+    kind differ by ~25 %). Each pool is warmed with one video per worker first (start-up is paid
+    once); the other videos are timed."""
     from avcap.engines.base import Request, build_messages
     from avcap.engines.frames import FrameLoader, load_request_frames
 
-    out = {}
-    warm, timed = names[:workers], names[workers:]
-    for mode in modes:
-        loader = FrameLoader(vision, factor, workers=workers, processes=(mode == "processes"), capacity=len(names) + 1)
+    out: dict[str, Any] = {}
+    for label, kw in setups.items():
+        warm_n = kw.get("workers", 1) + kw.get("nvdec_workers", 0)
+        warm, timed = names[:warm_n], names[warm_n:]
+        loader = FrameLoader(vision, factor, capacity=len(names) + 1, **kw)
         wreqs = [Request(f"w{i}", build_messages(None, "x", p)) for i, p in enumerate(warm)]
         loader.prefetch(wreqs)
         for r in wreqs:
@@ -543,11 +544,26 @@ def run_decode(names: list[str], vision, factor: int, workers: int,
         errs = [e for _, e in (load_request_frames(loader, r) for r in reqs) if e]
         dt = time.perf_counter() - t
         loader.close()
-        out[mode] = {"videos": len(reqs), "seconds": round(dt, 2), "videos_per_s": round(len(reqs) / dt, 2),
-                     "errors": errs[:3]}
-        log(f"decode {mode}: {out[mode]}")
-    out["best"] = max(modes, key=lambda m: out[m]["videos_per_s"])
-    out["workers"] = workers
+        out[label] = {"videos": len(reqs), "seconds": round(dt, 2), "videos_per_s": round(len(reqs) / dt, 2),
+                      "errors": errs[:3], "loader": {k: str(v) for k, v in kw.items()}}
+        log(f"decode {label}: {out[label]}")
+    out["best"] = max(setups, key=lambda m: out[m]["videos_per_s"])
+    return out
+
+
+def decode_setups(args, device: str) -> dict[str, dict[str, Any]]:
+    """The decode section's set-ups: --decode-mode auto compares CPU decoders in threads and in
+    processes (load_video, converted on the CPU); an explicit mode measures what the engine runs
+    with resize_on_gpu: CPU decoders, and on a GPU NVDEC workers, both finished on the GPU."""
+    n = args.decode_workers
+    if args.decode_mode == "auto":
+        return {"threads": {"workers": n, "processes": False}, "processes": {"workers": n, "processes": True}}
+    proc = args.decode_mode == "processes"
+    finish = device if device.startswith("cuda") else None
+    out = {f"cpu{n}": {"workers": n, "processes": proc, "finish_device": finish}}
+    if finish:
+        out[f"nvdec{args.decode_nvdec_workers}"] = {"workers": args.decode_nvdec_workers, "processes": proc,
+                                                     "decoder": "nvdec", "finish_device": finish}
     return out
 
 
@@ -1176,9 +1192,9 @@ def table() -> str:
         lines.append(f"measured peak: bf16 matmul {peak['matmul_tflops']} TFLOP/s, copy {peak['copy_tb_s']} TB/s; "
                      f"patch embed {peak.get('patch_embed_8_videos')}")
     dec = S.get("decode") or {}
-    measured = [m for m in ("threads", "processes") if m in dec]
+    measured = [m for m, r in dec.items() if isinstance(r, dict) and "videos_per_s" in r]
     if measured:
-        lines.append(f"decode ceiling, CPU decoders alone ({dec.get('workers')} workers): "
+        lines.append("decode ceiling, decoders alone (no model): "
                      + ", ".join(f"{m} {dec[m]['videos_per_s']} videos/s" for m in measured))
     lines.append("")
     lines.append(f"{'model':5} {'task':8} {'path':26} {'videos/s':>9} {'steady':>8} {'GPU-only':>9} {'peak GiB':>9}  floor v/s")
@@ -1242,6 +1258,7 @@ def main(argv=None) -> int:
     ap.add_argument("--caption-batch-8b", type=int, default=64)
     ap.add_argument("--caption-chunks", type=int, default=2)
     ap.add_argument("--caption-chunks-2b", type=int, default=None, help="default: --caption-chunks")
+    ap.add_argument("--decode-nvdec-workers", type=int, default=8, help="decode section: NVDEC workers measured")
     ap.add_argument("--decode-rounds", type=int, default=3,
                     help="decode section: videos per worker (the first round warms the pool, the rest are timed)")
     ap.add_argument("--decode-mode", default="auto", choices=["auto", "threads", "processes"],
@@ -1349,11 +1366,10 @@ def main(argv=None) -> int:
         names_dec = clip_names(work, clips["clips"], args.decode_rounds * args.decode_workers, "decode")
         from avcap.config import Vision
 
-        modes = ("threads", "processes") if args.decode_mode == "auto" else (args.decode_mode,)
         d = section("decode", 40, args.deadline,
                     lambda: run_decode(names_dec, Vision(nframes=args.nframes, max_pixels=args.max_pixels), 32,
-                                       args.decode_workers, modes))
-        if d:
+                                       decode_setups(args, device)))
+        if d and args.decode_mode == "auto":
             decode_best = d["best"]
     offset = 0
     for size in (args.sizes.split(",") if "infer" in sections else []):
