@@ -165,11 +165,15 @@ def test_finish_on_the_gpu_is_within_one_level_of_the_cpu(vga_clip):
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
-def test_frame_loader_finishing_on_the_gpu_through_pinned_memory(vga_clip):
-    loader = FrameLoader(Vision(nframes=8), 32, workers=2, processes=True, finish_device="cuda")
+@pytest.mark.parametrize("decoder", ["cpu", "nvdec"])
+def test_frame_loader_finishing_on_the_gpu_through_pinned_memory(vga_clip, decoder):
+    """CPU decoder processes hand I420 pictures, NVDEC worker processes downloaded NV12 ones, to the
+    loader's finishers, which convert and resize them on the GPU."""
+    loader = FrameLoader(Vision(nframes=8), 32, workers=2, processes=True, finish_device="cuda", decoder=decoder)
     try:
         assert loader._pin
         got = loader.frames({"video": str(vga_clip)})
+        assert loader.decoded_by == {decoder: 1}
     finally:
         loader.close()
     ref = load_video(vga_clip, nframes=8)

@@ -320,10 +320,11 @@ class Engine(_Model):
     # workers and decode_workers CPU decoders at once (avcap.engines.frames)
     decoder: Literal["cpu", "nvdec", "nvdec+cpu"] = "cpu"
     nvdec_workers: Optional[int] = Field(None, ge=1)  # NVDEC workers of "nvdec+cpu" (default 8)
-    # CPU decoders hand the decoded YUV pictures to the engine's process, which converts them to RGB
-    # (exactly as on the CPU) and resizes them on the model's GPU: about half the CPU time per clip
-    # and no GPU work in other processes; resized pixels within one level of the CPU's
-    # (avcap.video.DecodedVideo). No effect on a CPU device or on NVDEC workers
+    # decoders hand the decoded YUV pictures to the engine's process, which converts them to RGB
+    # (exactly as on the CPU) and resizes them on the model's GPU: for CPU decoders about half the
+    # CPU time per clip, for NVDEC worker processes no conversion kernels in CUDA contexts of their
+    # own; resized pixels within one level of the CPU's (avcap.video.DecodedVideo). No effect on a
+    # CPU device or on NVDEC threads (they convert in the model's context already)
     resize_on_gpu: bool = False
     # torch.compile the repeated blocks (vision blocks, decoder layers) that the prefill runs: fused
     # RMSNorm/RoPE/SwiGLU (avcap.trainer.compile); the first batches of each shape pay the compile time

@@ -51,9 +51,10 @@ from avcap.engines.spool import Spool, spooled, unspool
 
 NVDEC_AND_CPU = "nvdec+cpu"  # NVDEC workers and CPU decoders at once, one queue
 FINISHERS = 3  # threads converting and resizing decoded pictures on the finish device
-# with a finish device NVDEC workers download their pictures and the finishers convert them here,
-# in the model's CUDA context, rather than in contexts of their own that the GPU time-slices with
-# the model's (benchmarks/RESULTS.md, run 42); False: NVDEC workers convert and resize themselves
+# with a finish device NVDEC worker processes download their pictures and the finishers convert
+# them here, in the model's CUDA context, rather than in contexts of their own that the GPU
+# time-slices with the model's (benchmarks/RESULTS.md, runs 43-44: less GPU time lost beside a
+# fixed workload, the same 2B captions end to end); False: they convert and resize themselves
 NVDEC_FINISHED_HERE = True
 WORKER_NICE = 10  # decode worker processes yield the CPU to the engine's process
 
@@ -157,7 +158,8 @@ class FrameLoader:
             if not fut.running() and not fut.set_running_or_notify_cancel():
                 continue
             kw = {**kw, "decoder": decoder}
-            planes = self._finishers is not None and (decoder == "cpu" or NVDEC_FINISHED_HERE)
+            # NVDEC threads already convert in this process's context: no download and upload again
+            planes = self._finishers is not None and (decoder == "cpu" or NVDEC_FINISHED_HERE and in_process_pool)
             try:
                 if in_process_pool:
                     result = unspool(self._in_worker_process(decoder, path, kw, planes), pin=self._pin)
