@@ -19,7 +19,9 @@ for H.264, whether the picture is a reference picture — then for each group of
 the keyframe before them and decodes forward to the last target, sending the decoder only the
 keyframe, the reference pictures and the targets themselves. A non-reference picture is, by the
 H.264 definition, never used to predict another picture, so leaving it out changes no pixel of the
-frames we keep; tests check frame-for-frame equality with a full decode.
+frames we keep; tests check frame-for-frame equality with a full decode. The reference pictures
+that are not targets go in flagged AV_PKT_FLAG_DISCARD: FFmpeg decodes them but never returns
+their frames (for NVDEC, no copy out of the hardware decoder).
 
 Frame index i is the i-th frame in presentation order (the i-th smallest packet pts), which is what
 a full sequential decode produces. Timestamps are `index / fps` with fps the stream's average rate,
@@ -498,7 +500,9 @@ def _find_packet_ptr_offset() -> int:
     probe = av.Packet(b"avcap")
     for off in range(16, type(probe).__basicsize__ - 7, 8):
         ptr = ctypes.c_void_p.from_address(id(probe) + off).value
-        if ptr and ctypes.c_void_p.from_address(ptr + 24).value == probe.buffer_ptr \
+        if not ptr or ptr < 1 << 16 or ptr % 8:  # only what looks like a heap pointer is read through
+            continue
+        if ctypes.c_void_p.from_address(ptr + 24).value == probe.buffer_ptr \
                 and ctypes.c_int.from_address(ptr + 32).value == probe.size:
             return off
     return -1
