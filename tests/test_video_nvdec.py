@@ -366,8 +366,8 @@ def test_nvdec_load_video_on_the_gpu_matches_the_cpu(tmp_path, make_frames):
     within one level of the CPU's."""
     from concurrent.futures import ThreadPoolExecutor
 
-    path = tmp_path / "clip.mp4"
-    V.write_video(path, make_frames(60, 240, 320, seed=5), 30, gop=12)
+    path = tmp_path / "clip.mp4"  # 236 x 328: coded as 240 x 336, NVDEC's surfaces cropped on both paths
+    V.write_video(path, make_frames(60, 236, 328, seed=5), 30, gop=12)
     ref = V.load_video(path, nframes=12, max_pixels=160 * 224)
     busy = torch.cuda.Stream()
     with torch.cuda.stream(busy):
@@ -383,7 +383,7 @@ def test_nvdec_load_video_on_the_gpu_matches_the_cpu(tmp_path, make_frames):
         assert np.array_equal(g.frames, got[0].frames)
     # decoded on NVDEC, downloaded as NV12, finished elsewhere: full-size pixels exact
     d = V.decode_video(path, nframes=12, max_pixels=160 * 224, decoder="nvdec")
-    assert d.chroma == "nv12" and d.planes.shape == (12, 240 * 320 * 3 // 2)
+    assert d.chroma == "nv12" and d.planes.shape == (12, 236 * 328 * 3 // 2)
     cpu = V.decode_video(path, nframes=12, max_pixels=160 * 224)
     assert np.array_equal(d.finish("cpu").frames, cpu.finish("cpu").frames)
     assert np.array_equal(d.finish("cpu").frames, ref.frames)

@@ -1262,8 +1262,6 @@ class DecodedVideo:
 
         import torch
 
-        from avcap.video_colour import interleave_uv
-
         v = self.video
         dev = torch.device(device)
         hh, ww, n = v.height, v.width, v.height * v.width
@@ -1273,14 +1271,16 @@ class DecodedVideo:
             with torch.cuda.stream(_conversion_stream()) if cuda else contextlib.nullcontext():
                 for i in range(0, len(self.planes), _PLANES_BATCH):
                     p = torch.as_tensor(self.planes[i: i + _PLANES_BATCH]).to(dev, non_blocking=True)
-                    pictures = [_NV12(f[:n].view(hh, ww), self._uv(f[n:], hh, ww, interleave_uv),
+                    pictures = [_NV12(f[:n].view(hh, ww), self._uv(f[n:], hh, ww),
                                       self.colorspace, self.color_range, hh, ww) for f in p]
                     out += _nv12_batch_resized(Path(v.path), pictures, lambda hw: (v.resized_height, v.resized_width),
                                                batch=_PLANES_BATCH)
         return VideoFrames(**{**v.__dict__, "frames": np.stack(out)})
 
-    def _uv(self, chroma, hh: int, ww: int, interleave_uv):
+    def _uv(self, chroma, hh: int, ww: int):
         """The H/2 x W/2 x 2 chroma of one flattened picture's bytes after its luma."""
+        from avcap.video_colour import interleave_uv
+
         q = hh * ww // 4
         if self.chroma == "nv12":
             return chroma.view(hh // 2, ww // 2, 2)
@@ -1353,7 +1353,8 @@ def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, 
         def convert(frame):
             # CPU: RGB, then resized at once (memory holds the output, not T full-size frames);
             # NVDEC: a copy of the NV12 planes, converted and resized in batches afterwards;
-            # planes: the I420 picture as decoded (converted and resized by DecodedVideo.finish)
+            # planes: the picture as decoded, I420 or (NVDEC) NV12 in system memory (converted and
+            # resized by DecodedVideo.finish)
             size_of((frame.height, frame.width))
             if planes:
                 fmt = frame.format.name if hwaccel is None else _nvdec_sw_format(path, frame)
