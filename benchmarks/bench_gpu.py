@@ -1088,7 +1088,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 video_attrs["_PROBE_OPTIONS"] = {}
             if kw.pop("keep", False):
                 video_attrs["_DISCARD_UNSAMPLED"] = False
-            restore_probe = patch_video(**video_attrs) if video_attrs else (lambda: None)
+            restore_video = patch_video(**video_attrs) if video_attrs else (lambda: None)
             from avcap.engines import frames as frames_mod
 
             finished_here = frames_mod.NVDEC_FINISHED_HERE
@@ -1096,7 +1096,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
 
             def restore():
                 restore_choice()
-                restore_probe()
+                restore_video()
             nohost = kw.pop("nohost", False)
             from avcap import video_colour
 

@@ -275,6 +275,45 @@ def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
     assert sorted(f.pts for f in returned) == sorted(index.presentation[i] for i in idx)
 
 
+OTHER_CODECS = {"mpeg4.avi": dict(codec="mpeg4", options={"bf": "2"}), "vp9.webm": dict(codec="libvpx-vp9"),
+                "hevc.mp4": dict(codec="libx265")}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_CODECS))
+def test_sparse_decode_of_other_codecs_discards_and_stays_exact(tmp_path, make_frames, name):
+    """Reference-only packets are flagged for every codec, not only H.264: the sampled frames come
+    out of the sparse decode itself (no full-decode fallback), equal to a full decode, and only
+    they leave the decoder."""
+    import av
+
+    kw = OTHER_CODECS[name]
+    if kw["codec"] not in av.codecs_available:
+        pytest.skip(f"this PyAV's FFmpeg has no {kw['codec']} encoder")
+    path = _clip(tmp_path, make_frames, name, gop=8, **kw)
+    full = V.decode_all(path)
+    idx = [0, 5, 9, 17, 23, 31, 39, 39]
+    c = V._open(path)
+    try:
+        stream = c.streams.video[0]
+        index = V._build_index(path, c, stream)
+        returned = []
+
+        class Counting:
+            def decode(self, packet):
+                frames = stream.codec_context.decode(packet)
+                returned.extend(frames)
+                return frames
+
+            def flush_buffers(self):
+                stream.codec_context.flush_buffers()
+
+        got = V._decode_sparse(path, c, stream, index, idx, cc=Counting())
+    finally:
+        c.close()
+    assert all(i in got and np.array_equal(got[i], full[i]) for i in idx), name
+    assert sorted(f.pts for f in returned) == sorted(index.presentation[i] for i in set(idx)), name
+
+
 def test_a_discarded_packet_is_decoded_but_returns_no_frame(h264_clip):
     """AV_PKT_FLAG_DISCARD (set through the AVPacket, PyAV has no setter): the picture is decoded,
     so pictures predicted from it are exact, but its own frame never comes out of the decoder."""

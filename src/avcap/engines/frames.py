@@ -159,7 +159,7 @@ class FrameLoader:
                 continue
             kw = {**kw, "decoder": decoder}
             # NVDEC threads already convert in this process's context: no download and upload again
-            planes = self._finishers is not None and (decoder == "cpu" or NVDEC_FINISHED_HERE and in_process_pool)
+            planes = self._finishers is not None and (decoder == "cpu" or (NVDEC_FINISHED_HERE and in_process_pool))
             try:
                 if in_process_pool:
                     result = unspool(self._in_worker_process(decoder, path, kw, planes), pin=self._pin)
