@@ -155,6 +155,55 @@ def test_parse_choice_with_sentence_options(text, expected):
     assert parse_choice(text, CHOICES_CAR) == expected
 
 
+WEATHER = {"A": "Clear", "B": "Rain", "C": "Snow", "D": "Fog"}
+LANES = {"A": "Left", "B": "Left lane", "C": "Right lane", "D": "Straight"}
+
+# a full sentence that restates one choice's text (rule 6 of the parser): (choices, text, expected)
+MENTION_CASES: list[tuple[dict, str, object]] = [
+    # exactly one choice's text, as whole words, case and punctuation ignored
+    (WEATHER, "There is rain on the windshield and the road is wet.", "B"),
+    (WEATHER, "The weather in the video: RAIN, and lots of it.", "B"),
+    (WEATHER, "Visibility is poor because of the fog ahead.", "D"),
+    (WEATHER, "The sky is clear and the road is dry.", "A"),
+    (WEATHER, "<think>Wet road.</think>I see rain falling on the road.", "B"),
+    (WEATHER, "<answer>It looks like snow covers the road</answer>", "C"),
+    # no stemming: "rainy" / "raining" / "snowing" are not the choice "Rain" / "Snow" (never guess)
+    (WEATHER, "The weather in the video is rainy... it is raining", None),
+    (WEATHER, "It is snowing heavily.", None),
+    (WEATHER, "The road looks rain-soaked.", None),  # a hyphenated word is not the word
+    (WEATHER, "Rainfall is heavy.", None),
+    # several choices mentioned: ambiguous, negated or not
+    (WEATHER, "The weather is clear, no rain.", None),
+    (WEATHER, "It is not snow, it is rain.", None),
+    (WEATHER, "Rain or snow, hard to say.", None),
+    (WEATHER, "Fog and rain.", None),
+    # none mentioned
+    (WEATHER, "The road is wet and the wipers are on.", None),
+    # refusals still win
+    (WEATHER, "I cannot tell whether it is rain.", None),
+    # a letter in the sentence is read as before (rule 5), the choice text does not override it
+    (WEATHER, "I think it's B, there is rain.", "B"),
+    (WEATHER, "Either A or B, rain maybe.", None),
+    # choice texts that are substrings of each other: the longer occurrence owns its words
+    (LANES, "The ego vehicle moves into the left lane.", "B"),
+    (LANES, "The ego vehicle turns left at the junction.", "A"),
+    (LANES, "It turns left, then merges into the left lane.", None),  # "left" on its own as well
+    (LANES, "The truck is in the right lane.", "C"),
+    (LANES, "It drives in the left lane; a truck passes in the right lane.", None),
+    (LANES, "The car keeps to its lanes and goes straight on.", "D"),
+    (LANES, "The car is in the left-lane queue.", None),
+    # the existing option-text rules are unchanged
+    (LANES, "Left lane", "B"),
+    (LANES, "left", "A"),
+]
+
+
+@pytest.mark.parametrize("choices,text,expected", MENTION_CASES,
+                         ids=[f"{i:02d}:{c[1][:40]!r}" for i, c in enumerate(MENTION_CASES)])
+def test_parse_choice_sentence_restating_one_choice(choices, text, expected):
+    assert parse_choice(text, choices) == expected
+
+
 def test_parse_choice_non_strings_and_empty_choices():
     assert parse_choice(None, CHOICES) is None  # type: ignore[arg-type]
     assert parse_choice("B", {}) is None

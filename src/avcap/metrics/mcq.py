@@ -18,7 +18,12 @@ no first-capital-letter rule (which reads "A car ahead brakes, so the answer is 
 5. otherwise the standalone capital letters of the choices in the text ("I think it's B.") —
    exactly one distinct letter or None. Not counted: "A" or "I" followed by a word (the article /
    pronoun: "A car ahead ..."), letters inside words or hyphenated terms ("BMW", "B-pillar"),
-   letters right after a negation ("not A", "rule out C").
+   letters right after a negation ("not A", "rule out C");
+6. otherwise, when the text holds no such letter at all: a sentence that restates exactly one
+   choice's text as a phrase ("There is rain on the windshield." for B = "Rain") — whole words,
+   case and punctuation ignored, no stemming ("rainy", "raining" are not "Rain"); an occurrence
+   inside a longer choice's occurrence counts only for the longer one ("the left lane" is
+   "Left lane", not "Left"); zero or several choices mentioned ("clear, no rain") -> None.
 Refusals ("I cannot determine ...", "not possible to tell") give None unless the text also
 declares an answer explicitly. Two letters offered as equally possible ("A or B") give None.
 
@@ -277,7 +282,28 @@ def _free_text(plain: str, choices: Mapping[str, str]) -> Optional[str]:
     letters = _standalone(plain, choices)
     if len(letters) == 1:
         return letters.pop()
-    return None
+    if letters:
+        return None
+    return _mentioned_choice(plain, choices)
+
+
+def _mentioned_choice(text: str, choices: Mapping[str, str]) -> Optional[str]:
+    """The one choice whose whole text the sentence contains as a phrase, or None (rule 6)."""
+    t = _norm_text(text)
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for k, v in choices.items():
+        phrase = _norm_text(str(v))
+        if not phrase:
+            continue
+        # whole words: a hyphen or slash joins words ("rain-soaked" is not "rain")
+        rx = re.compile(rf"(?<![\w/-]){re.escape(phrase)}(?![\w/-])")
+        spans[k] = [m.span() for m in rx.finditer(t)]
+
+    def covered(k: str, s: int, e: int) -> bool:  # inside a longer choice's occurrence
+        return any(o != k and (os_, oe) != (s, e) and os_ <= s and e <= oe for o, sp in spans.items() for os_, oe in sp)
+
+    hits = {k for k, sp in spans.items() if any(not covered(k, s, e) for s, e in sp)}
+    return hits.pop() if len(hits) == 1 else None
 
 
 # ----------------------------------------------------------------------------- scores
