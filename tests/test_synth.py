@@ -149,8 +149,8 @@ def test_same_seed_same_bytes_and_frames(world, tmp_path):
     a, b = _files(world), _files(again)
     assert set(a) == set(b)
     for name in a:
-        if name.endswith((".json", ".jsonl")) and name != "manifest.json":
-            assert a[name] == b[name], name
+        if name.endswith((".json", ".jsonl")) and name != "timings.json":
+            assert a[name] == b[name], name  # manifest.json included: it holds no wall-clock figure
     for name in a:
         if name.endswith(".mp4"):
             assert np.array_equal(decode_all(world / name), decode_all(again / name)), name
@@ -161,6 +161,24 @@ def test_same_seed_same_bytes_and_frames(world, tmp_path):
     import pandas as pd
 
     assert pd.read_parquet(world / "eval/LINGOQA/val.parquet").equals(pd.read_parquet(again / "eval/LINGOQA/val.parquet"))
+
+
+def test_manifest_is_byte_identical_across_runs(tmp_path):
+    """Two runs with the same seed write the same manifest.json; the run's timings go elsewhere."""
+    runs = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        m = synthesize(out, videos=1, train_videos=0, lingoqa_segments=0, seed=3, workers=1,
+                       width=32, height=32, seconds=0.5, fps=4.0)
+        runs.append((out, m))
+    (a, ma), (b, mb) = runs
+    assert (a / "manifest.json").read_bytes() == (b / "manifest.json").read_bytes()
+    man = json.loads((a / "manifest.json").read_text())
+    assert "render_seconds_mean" not in man and not [k for k in man if "time" in k or "seconds" in k]
+    t = json.loads((a / "timings.json").read_text())
+    assert t["videos_rendered"] == 1 and t["render_seconds_mean"] > 0 and t["wall_seconds"] > 0
+    assert ma["render_seconds_mean"] == t["render_seconds_mean"]  # returned to callers (demo, benchmarks)
+    assert {k: v for k, v in ma.items() if k != "render_seconds_mean"} == man
 
 
 def test_different_seed_differs(tmp_path, world):
@@ -185,7 +203,7 @@ def test_rerun_resumes_and_other_settings_refused(world):
     before = _files(world)
     synthesize(world, videos=2, train_videos=1, lingoqa_segments=2, seed=7, workers=1, **TINY)
     after = _files(world)
-    assert {k: v for k, v in before.items() if k != "manifest.json"} == {k: v for k, v in after.items() if k != "manifest.json"}
+    assert {k: v for k, v in before.items() if k != "timings.json"} == {k: v for k, v in after.items() if k != "timings.json"}
     with pytest.raises(SynthError, match="other settings"):
         synthesize(world, videos=2, train_videos=1, seed=8, workers=1, **TINY)
 

@@ -1,6 +1,7 @@
 """`avcap synth --out DIR`: render the procedural world in the layout of docs/formats.md.
 
-    DIR/manifest.json
+    DIR/manifest.json                             deterministic: settings, counts, seeds (no timings)
+    DIR/timings.json                              the last run's render times (wall clock)
     DIR/train/<source>/videos/<id>.mp4            source: human_annotated, cv_annotated, reason1_sft
     DIR/train/<source>/annotations/<id>.json      the recipe's published shape for that source
     DIR/train/world/<id>.json                     SceneRecord of every training video
@@ -27,6 +28,7 @@ _SPLIT_CODE = {"eval": 1, "human_annotated": 2, "cv_annotated": 3, "reason1_sft"
 _ID_PREFIX = {"eval": "av", "human_annotated": "hu", "cv_annotated": "cv", "reason1_sft": "rs"}
 LINGOQA_QUESTIONS_PER_SEGMENT = 5
 LINGOQA_FRAMES = 5
+TIMINGS_FILE = "timings.json"  # this run's wall-clock figures (differ from run to run)
 
 
 class SynthError(ValueError):
@@ -130,7 +132,10 @@ def synthesize(
     workers: Optional[int] = None,
     progress: bool = False,
 ) -> dict:
-    """Write the synthetic world under `out`; returns the manifest (also written to manifest.json)."""
+    """Write the synthetic world under `out`; returns the manifest written to manifest.json plus
+    `render_seconds_mean`, this run's mean render time per video (None when nothing was rendered),
+    which only `timings.json` holds: manifest.json has no wall-clock figure, so a rerun or another
+    run with the same seed and settings writes it byte for byte the same."""
     import pandas as pd
 
     from avcap import __version__
@@ -228,10 +233,17 @@ def synthesize(
         "sources": list(SOURCES),
         "layout": "docs/formats.md#synthetic-world",
         "video_seeds": {j["id"] if j["kind"] == "eval" else f"{j['kind']}/{j['id']}": j["seed"] for j in jobs},
-        "render_seconds_mean": round(sum(timings) / len(timings), 3) if timings else None,
     }
     write_json_atomic(manifest_path, manifest)
-    return manifest
+    # wall-clock figures of this run only: never in manifest.json (the same seed gives the same bytes)
+    run_timings = {
+        "videos_rendered": len(timings),
+        "render_seconds_mean": round(sum(timings) / len(timings), 3) if timings else None,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "workers": n_workers,
+    }
+    write_json_atomic(out / TIMINGS_FILE, run_timings)
+    return {**manifest, "render_seconds_mean": run_timings["render_seconds_mean"]}
 
 
 def _progress(k: int, n: int, res: dict, t0: float) -> None:
@@ -262,3 +274,5 @@ def main(
     typer.echo(f"{out}: {c['eval_videos']} eval videos, {c['train_videos_per_source']} training videos per source, "
                f"{c['lingoqa_segments']} LingoQA segments ({c['lingoqa_questions']} questions); "
                f"{m['frames_per_video']} frames of {width}x{height} per video")
+    if m.get("render_seconds_mean") is not None:
+        typer.echo(f"  render time: {m['render_seconds_mean']:.1f} s per video this run ({out / TIMINGS_FILE})")
