@@ -71,15 +71,26 @@ SIZES = [(1, 1), (1, 3), (10, 10), (28, 28), (32, 32), (48, 64), (49, 63), (112,
 
 @pytest.mark.parametrize("factor", [28, 32])
 def test_smart_resize_matches_qwen(factor):
+    """The same size wherever qwen-vl-utils gives a usable one; where it returns a side of 0 (a very
+    narrow frame shrunk to a small max_pixels) avcap refuses it with a ValueError."""
     pixel_ranges = [(None, None), (3136, 360000), (3136, 16384 * 28 * 28), (128 * factor**2, 768 * factor**2),
                     (256 * 28 * 28, 1280 * 28 * 28), (4 * factor**2, 4 * factor**2), (50000, 60000), (3136, 12845056)]
-    n = 0
+    n = zero = 0
     for h, w in SIZES + [(h, w) for h in range(20, 2000, 97) for w in range(30, 2500, 131)]:
         for lo, hi in pixel_ranges:
             q = _qwen(qvp.smart_resize, h, w, factor=factor, min_pixels=lo, max_pixels=hi)
+            if isinstance(q, tuple) and min(q) == 0:
+                q, zero = "ValueError", zero + 1
             assert _ours(V.smart_resize, h, w, factor=factor, min_pixels=lo, max_pixels=hi) == q, (h, w, lo, hi)
             n += 1
-    assert n > 2000
+    assert n > 2000 and zero > 0
+
+
+@pytest.mark.parametrize("h,w,max_pixels", [(10, 1504, 15000), (1504, 10, 15000), (17, 3000, 60000), (2, 300, 3136)])
+def test_smart_resize_refuses_a_side_of_zero(h, w, max_pixels):
+    assert min(qvp.smart_resize(h, w, factor=32, min_pixels=3136, max_pixels=max_pixels)) == 0  # qwen-vl-utils
+    with pytest.raises(ValueError, match="short side falls below 32"):
+        V.smart_resize(h, w, factor=32, min_pixels=3136, max_pixels=max_pixels)
 
 
 def test_recipe_example_1936x1220():
@@ -599,6 +610,20 @@ def test_absurd_aspect_ratio(tmp_path):
     assert str(e.value).startswith(str(d))
 
 
+def test_too_narrow_for_max_pixels(tmp_path, make_frames):
+    """150:1 passes qwen-vl-utils' 200:1 check but shrinks to a height of 0 under a small max_pixels:
+    a VideoError naming the file, from plan_sampling and load_video alike."""
+    clip = tmp_path / "strip.mp4"
+    V.write_video(clip, make_frames(4, 10, 1504), 8)
+    with pytest.raises(V.VideoError, match="short side falls below 32") as e:
+        V.load_video(clip, nframes=4, max_pixels=15000)
+    assert str(e.value).startswith(str(clip))
+    info = V.probe(clip)
+    with pytest.raises(V.VideoError, match="1504x10"):
+        V.plan_sampling(info, nframes=4, max_pixels=15000)
+    assert V.plan_sampling(info, nframes=4, max_pixels=360000).resized_height == 32  # enough pixels: usable
+
+
 def test_write_video_sizes_and_args(tmp_path, make_frames):
     p = tmp_path / "odd.mp4"
     V.write_video(p, make_frames(4, 47, 33), 10, gop=2, crf=18)
@@ -656,6 +681,18 @@ def test_cli_inspect_errors(tmp_path, h264_clip):
     assert r.exit_code == 2 and "missing.mp4" in r.output and "Traceback" not in r.output
     r = _inspect(h264_clip, "--patch-size", 15)
     assert r.exit_code == 2
+
+
+def test_cli_inspect_too_narrow_clip_exits_2(tmp_path, make_frames):
+    clip = tmp_path / "strip.mp4"
+    V.write_video(clip, make_frames(4, 10, 1504), 8)
+    for extra in ([], ["--json"]):
+        r = _inspect(clip, "--nframes", 4, "--max-pixels", 15000, *extra)
+        assert r.exit_code == 2, r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {clip}: ") and "short side falls below 32" in lines[0]
+        assert "video tokens" not in r.output and "Traceback" not in r.output
+    assert _inspect(clip, "--nframes", 4).exit_code == 0  # the default max_pixels leaves a usable size
 
 
 @pytest.mark.skipif(not UDACITY.exists(), reason="shared sample video absent")

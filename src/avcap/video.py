@@ -8,6 +8,9 @@ Sampling and resizing follow qwen-vl-utils 0.0.14 (`qwen_vl_utils.vision_process
 * `sample_indices`: `linspace(0, total - 1, n).round()` — first and last frame always included.
 * `smart_resize`: each side rounded to `factor` (32 for Qwen3-VL / Cosmos-Reason2, patch 16;
   28 for Qwen2.5-VL / Cosmos-Reason1, patch 14), then scaled into [min_pixels, max_pixels].
+  Where qwen-vl-utils would return a side of 0 (a very narrow clip, e.g. 150:1, with a small
+  max_pixels; it refuses only aspect ratios > 200) avcap raises a ValueError instead —
+  `plan_sampling` / `load_video` a VideoError naming the file.
 * the per-frame pixel cap for video: `max(min(768·factor², total_pixels / nframes · 2),
   int(min_pixels · 1.05))`, then the smaller of that and the caller's `max_pixels`.
 * frames are resized as RGB with torchvision's `resize(..., BICUBIC, antialias=True)` on uint8,
@@ -130,6 +133,11 @@ def smart_resize(
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = ceil_by_factor(height * beta, factor)
         w_bar = ceil_by_factor(width * beta, factor)
+    if min(h_bar, w_bar) < factor:  # qwen-vl-utils returns this size (0) and the resize then fails
+        raise ValueError(
+            f"a {width}x{height} frame ({max(height, width) / min(height, width):.0f}:1) shrunk to at most "
+            f"{max_pixels} pixels is {w_bar}x{h_bar}: its short side falls below {factor}; raise max_pixels or crop the video"
+        )
     return h_bar, w_bar
 
 
@@ -682,8 +690,11 @@ def plan_sampling(
     else:
         indices = _all_frames_even(total)
         notes.append(f"clip has {total} frame: used it twice (the temporal patch is {FRAME_FACTOR} frames)")
-    h, w = resized_size(info.height, info.width, len(indices), factor=factor, min_pixels=min_pixels,
-                        max_pixels=max_pixels, total_pixels=total_pixels)
+    try:
+        h, w = resized_size(info.height, info.width, len(indices), factor=factor, min_pixels=min_pixels,
+                            max_pixels=max_pixels, total_pixels=total_pixels)
+    except ValueError as exc:
+        raise VideoError(path, str(exc)) from None
     return SamplePlan(indices, h, w, notes)
 
 
@@ -1347,7 +1358,10 @@ def _sample_file(path: Path, kw: dict[str, Any], *, threads: int, sparse: bool, 
 
         def size_of(hw: tuple[int, int]) -> tuple[int, int]:
             if hw not in sizes:
-                sizes[hw] = resized_size(hw[0], hw[1], len(plan.frame_indices), **_size_kw(kw))
+                try:
+                    sizes[hw] = resized_size(hw[0], hw[1], len(plan.frame_indices), **_size_kw(kw))
+                except ValueError as exc:  # a picture of another size than the stream's (mid-stream change)
+                    raise VideoError(path, str(exc)) from None
             return sizes[hw]
 
         def convert(frame):
