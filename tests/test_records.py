@@ -21,6 +21,7 @@ from avcap.records import (
     latest_by_key,
     read_json,
     read_records,
+    remove_stale_temp_files,
     write_json_atomic,
     write_records_atomic,
 )
@@ -125,6 +126,41 @@ def test_write_json_atomic_failure_keeps_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert read_json(p) == {"step": 1}
     assert sorted(x.name for x in tmp_path.iterdir()) == ["run.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask):
+    """mkstemp makes 0600 files; the written file must have open()'s mode: 0666 less the umask for
+    a new file, the old mode for a replaced one."""
+    old = os.umask(umask)
+    try:
+        with open(tmp_path / "plain.json", "w") as fh:
+            fh.write("{}")
+        write_json_atomic(tmp_path / "run.json", {"a": 1})
+        write_records_atomic(tmp_path / "caption.jsonl", [{"key": "v1"}])
+        (tmp_path / "private.json").write_text("{}")
+        os.chmod(tmp_path / "private.json", 0o600)
+        write_json_atomic(tmp_path / "private.json", {"a": 2})
+    finally:
+        os.umask(old)
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("run.json") == mode("caption.jsonl") == mode("plain.json") == 0o666 & ~umask
+    assert mode("private.json") == 0o600 and read_json(tmp_path / "private.json") == {"a": 2}
+
+
+def test_remove_stale_temp_files_takes_only_the_writers_own(tmp_path):
+    import tempfile
+
+    # what a write_text_atomic killed between mkstemp and rename leaves
+    left = [Path(tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=tmp_path)[1])
+            for name in ("v1.json", "meta.json", ".progress.jsonl")]
+    others = [".preview.png.tmp", "notes.tmp", ".v1.json.ABCDEFGH.tmp", "v1.json", ".v1.json.abc.tmp"]
+    for name in others:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".dir.json.abcdefgh.tmp").mkdir()
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + [".dir.json.abcdefgh.tmp"])
+    assert remove_stale_temp_files(tmp_path / "absent") == []
 
 
 def test_write_records_atomic(tmp_path):

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,10 +138,18 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int = 2) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to a temp file beside `path` (`.<name>.<random>.tmp`) and rename it over `path`.
+    The file ends with the mode a plain `open(path, "w")` gives: an existing file's mode, else
+    0666 less the umask (mkstemp's own 0600 would make results unreadable to others)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -148,6 +159,48 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+TEMP_SUFFIX = ".tmp"
+# `.<name>.<8 characters of tempfile's alphabet>.tmp`: what write_text_atomic's mkstemp names
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files a killed `write_text_atomic` left in `directory` (only that name
+    pattern, `.<name>.<random>.tmp`, only regular files); returns what was deleted. Call it where
+    no other process is writing into `directory`."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+    return removed
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (os.umask sets it, which
+    races with files other threads create meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def write_records_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
