@@ -479,3 +479,66 @@ def test_compile_on_cpu_without_a_compiler_is_a_clear_error(varied_model_dir, mo
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ValueError, match=r"\[avcap.engine\] compile = true on the CPU needs a C\+\+ compiler"):
         make_engine(_cfg(compile=True), vision=VISION, model=str(varied_model_dir))
+
+
+# ----------------------------------------------------------------------------- splicing after videos
+
+VS, VP, VE = 90, 91, 92  # vision start / video pad / vision end, as token ids
+
+
+def _u(before, after):
+    return before + [VS, VP, VE] + after
+
+
+@pytest.mark.parametrize("layout", ["outer pair kept (transformers 5.17)", "outer pair collapsed (5.25)"])
+def test_splice_after_videos_finds_where_the_video_ends_in_either_layout(layout):
+    from avcap.engines.transformers_engine import splice_after_videos
+
+    frames = [7, 8, VS, VP, VP, VE, 7, 9, VS, VP, VP, VE]  # "<t s>" text + per-frame-group markers
+    before, after_rep, after_row = [1, 2, 3], [40, 41, 42, 5], [43, 44, 5]
+    video = [VS] + frames + [VE] if layout.startswith("outer pair kept") else frames
+    x_rep = before + video + after_rep
+    cut, tail = splice_after_videos(_u(before, after_rep), x_rep, _u(before, after_row), VP, {VP})
+    assert tail == [VE] + after_row  # the placeholder's closing marker and the row's own text
+    assert x_rep[:cut] + tail == before + video + after_row  # what the processor makes of the row
+
+
+def test_splice_after_videos_says_why_it_cannot():
+    from avcap.engines.transformers_engine import splice_after_videos
+
+    x = [1, 7, VS, VP, VP, VE, 40, 5]
+    ok = _u([1], [40, 5])
+    assert "differs" in splice_after_videos(ok, x, _u([2], [41, 5]), VP, {VP})
+    assert "media after" in splice_after_videos(ok, x, _u([1], [41, VP, 5]), VP, {VP})
+    assert "does not end with" in splice_after_videos(ok, [1, 7, VS, VP, VE, 41, 5], _u([1], [43, 5]), VP, {VP})
+    assert "no video placeholder" in splice_after_videos([1, 40, 5], x, [1, 41, 5], VP, {VP})
+
+
+def test_shared_inputs_are_spliced_without_fallback_and_recorded(engines, clips):
+    fast, _ = engines
+    reqs = _mixed_requests(clips)
+    chunk = [(r, [fast.frames.frames(p) for p in r.messages[1]["content"] if isinstance(p, dict) and p.get("type") == "video"])
+             for r in reqs]
+    before = dict(fast.run_record()["counts"])
+    fast.shared_inputs_for(chunk)
+    rec = fast.run_record()
+    assert rec["counts"].get("shared_inputs_spliced", 0) - before.get("shared_inputs_spliced", 0) == 6
+    assert not any(k.startswith("shared inputs") for k in rec["fallbacks"])
+    assert rec["representation"]["kind"] == "frames"
+
+
+def test_a_fallback_is_counted_with_its_reason_and_warned_once(varied_model_dir, clips):
+    eng = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
+    try:
+        reqs = [Request(f"q{i}", build_messages(system, "Which lane?", clips[0]))
+                for i, system in enumerate([SYSTEM, "Another system prompt.", SYSTEM])]
+        s = Sampling(temperature=0, max_tokens=4)
+        with pytest.warns(UserWarning, match="text before a shared video differs") as seen:
+            out = eng.generate(reqs, s)
+            eng.generate(reqs, s)
+        assert len([w for w in seen if "differs" in str(w.message)]) == 1
+        assert all(r.error is None and r.extra["path"] == "fast" for r in out)
+        fb = eng.run_record()["fallbacks"]
+        assert [v for k, v in fb.items() if "differs" in k] == [2]  # once per batch, two batches
+    finally:
+        eng.close()

@@ -16,8 +16,8 @@ import pytest
 
 from avcap.checkpoints import CheckpointError, resolve_checkpoint
 from avcap.config import load_config
-from avcap.infer import InferError, merge_only, parse_caption, run_inference
-from avcap.records import read_records
+from avcap.infer import InferError, library_versions, merge_only, parse_caption, run_inference
+from avcap.records import read_json, read_records
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -198,6 +198,23 @@ def test_rerun_skips_and_retry_errors_supersedes(reference, cfg_file, tmp_path):
     changed = load_config(cfg_file, {"avcap": {"prompts": {"mcq_suffix": "Just the letter."}}})
     with pytest.raises(InferError, match="different settings.*prompts"):
         run_inference(changed, dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, progress=False)
+
+
+def test_a_resume_under_other_library_versions_is_refused(reference, cfg_file, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference.parent, out / "tiny")
+    run_json = out / "tiny" / "base" / "AV_CAPTION" / "run.json"
+    run = read_json(run_json)
+    assert set(run["library_versions"]) >= {"avcap", "av", "torch", "transformers"}
+    assert run["engine_run"]["paths"] and "fallbacks" in run["engine_run"]
+    run["library_versions"]["transformers"] = "5.17.0"
+    run["fingerprint"] = "0" * 64  # as made by that run
+    run_json.write_text(json.dumps(run))
+    now = library_versions("transformers")["transformers"]
+    with pytest.raises(InferError, match=f"library versions: transformers 5.17.0 -> {now}"):
+        run_inference(load_config(cfg_file), dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, progress=False)
 
 
 def _avcap(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:

@@ -347,7 +347,27 @@ def describe_settings(cfg: RecipeConfig, engine_name: str, ck: Any) -> dict[str,
         "prompts_sha256": {k: _sha(v) for k, v in prompts.items()},
         "sampling": cfg.avcap.sampling.model_dump(),
         "vision": cfg.eval_vision.model_dump(),
+        "library_versions": library_versions(engine_name),
     }
+
+
+def library_versions(engine_name: str) -> dict[str, Optional[str]]:
+    """The libraries whose versions change what a run writes (fingerprinted: a resume under other
+    versions is refused): avcap and PyAV (decoding) always; torch and transformers for the local
+    engines (prompt tokens, kernels), vLLM for vllm. An OpenAI-compatible server's own versions
+    are out of avcap's sight."""
+    import importlib.metadata as md
+
+    import avcap
+
+    pkgs = ["av"] if engine_name == "openai" else ["av", "torch", "transformers"] + (["vllm"] if engine_name == "vllm" else [])
+    out: dict[str, Optional[str]] = {"avcap": avcap.__version__}
+    for pkg in pkgs:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -378,6 +398,10 @@ def check_fingerprint(out_dir: Path, settings: dict[str, Any]) -> None:
             continue
         if isinstance(old, dict) and old.get("fingerprint") not in (None, fp):
             changed = [k for k in settings if old.get(k) != settings[k]]
+            was, now = old.get("library_versions") or {}, settings["library_versions"]
+            if "library_versions" in changed and isinstance(was, dict):
+                diffs = [f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+                changed[changed.index("library_versions")] = f"library versions: {', '.join(diffs)}"
             raise InferError(
                 f"{path}: these outputs were made with different settings ({', '.join(changed) or 'fingerprint'} "
                 "changed); use another --outputs-dir or --model-name, or remove the directory"
@@ -615,6 +639,7 @@ def run_inference(
                         progress=progress, desc=f"{task}{shard_txt}",
                     )
         finally:
+            info["engine_run"] = engine.run_record() if hasattr(engine, "run_record") else {}
             engine.close()
     for task, st in stats.items():
         timings[task] = st.as_dict()

@@ -40,6 +40,13 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
+    def run_record(self) -> dict[str, Any]:
+        """What the engine did during the run, for `run.json` ("engine_run"): the representation
+        of the inputs it sent (e.g. frames at which size, or a video file), the code paths taken
+        and how many requests each took, and every fallback with its count and reason. Engines
+        without one are recorded as `{}`."""
+        ...
+
 
 def final_answer(text: str) -> str:
     """What follows the last `</think>`; the whole text when there is none."""

@@ -49,7 +49,7 @@ import os
 import time
 import threading
 import warnings
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -248,6 +248,13 @@ class TransformersEngine:
         self._prep_lock = threading.Lock()  # the processor is not thread-safe (inputs_for toggles it)
         self._pending: deque[list[Request]] = deque(maxlen=64)  # prefetched lists not generated yet
         self._prep: Optional[tuple[tuple[str, ...], Future]] = None
+        self._paths: Counter[str] = Counter()  # requests per generation path ("fast" / "generate")
+        self._counts: Counter[str] = Counter()
+        self._fallbacks: Counter[str] = Counter()  # requests per fallback reason
+        self._warned: set[str] = set()
+        if cfg.fast_generate and self.fast is None:
+            self._note_fallback(f"fast path off: {type(self.model).__name__} is not a Qwen3-VL model it supports; "
+                                "every request uses generate", requests=0)
 
     # ------------------------------------------------------------------ interface
 
@@ -395,10 +402,12 @@ class TransformersEngine:
     def shared_inputs_for(self, chunk: list[tuple[Request, list]]):
         """`inputs_for` (expanded ids, mask, mm_token_type_ids, grid) plus the pixels per request
         video, with the processor run once per distinct video: each other request that shows the
-        same videos gets the first one's tokens up to the end of the video and its own tokenized
-        text after it. Tokenizers split at special tokens (the video ends with one), so this is
-        the processor's own result (checked against it in tests/test_engine_fast.py); a request
-        whose text before the video differs falls back to the processor."""
+        same videos gets the first one's tokens up to the end of its last video and its own
+        tokenized text after it (`splice_after_videos`). Tokenizers split at special tokens (the
+        video placeholder ends with one), so this is the processor's own result (checked against
+        it in tests/test_engine_fast.py). A request whose text before its last video differs, or
+        a processor whose expansion does not keep the text around the placeholder, falls back to
+        running the processor on the whole batch — counted with its reason (`run_record`)."""
         import torch
 
         keys = [tuple(id(vf) for vf in frames) for _, frames in chunk]
@@ -408,9 +417,7 @@ class TransformersEngine:
                 first.setdefault(k, r)
         reps = sorted(set(first.values()) | {r for r, k in enumerate(keys) if not k})
         if len(reps) == len(chunk):
-            inputs = self.inputs_for(chunk, expand_videos=False)
-            return ({k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_unique_index")},
-                    _video_pixels(inputs))
+            return self._processor_inputs(chunk)
         rep_in = self.inputs_for([chunk[r] for r in reps])
         tok = self.processor.tokenizer
         rep_rows = {r: j for j, r in enumerate(reps)}
@@ -425,14 +432,12 @@ class TransformersEngine:
             starts.append(n)
             n += len(chunk[r][1])
         others = [r for r in range(len(chunk)) if r not in rep_rows]
+        sharing = sorted({first[keys[r]] for r in others})
         texts = [self.processor.apply_chat_template(chunk[r][0].messages, tokenize=False, add_generation_prompt=True)
-                 for r in others]
-        rep_texts = {first[keys[r]]: None for r in others}
-        for r in rep_texts:
-            rep_texts[r] = self.processor.apply_chat_template(chunk[r][0].messages, tokenize=False, add_generation_prompt=True)
-        enc = tok(texts + list(rep_texts.values()))["input_ids"]
+                 for r in others + sharing]
+        enc = tok(texts)["input_ids"]
         u_other = dict(zip(others, enc[: len(others)]))
-        u_rep = dict(zip(rep_texts, enc[len(others):]))
+        u_rep = dict(zip(sharing, enc[len(others):]))
         media = {t for t in (self.video_token_id, getattr(self.processor, "image_token_id", None)) if t is not None}
         ids_rows: list[list[int]] = [[] for _ in chunk]
         type_rows: list[list[int]] = [[] for _ in chunk]
@@ -448,23 +453,15 @@ class TransformersEngine:
                 ids_rows[r] = x[j]
                 type_rows[r] = xt[j] if xt is not None else []
                 continue
-            u0, x0 = u_rep[reps[j]], x[j]
-            p = 0
-            while p < min(len(u0), len(x0)) and u0[p] == x0[p]:
-                p += 1
-            sfx = 0
-            while sfx < min(len(u0), len(x0)) - p and u0[-1 - sfx] == x0[-1 - sfx]:
-                sfx += 1
-            q = len(u0) - sfx
-            ur = u_other[r]
-            if q <= p or ur[:q] != u0[:q] or any(t in media for t in ur[q:]):
-                inputs = self.inputs_for(chunk, expand_videos=False)  # unusual layout: the processor decides
-                return ({k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_unique_index")},
-                        _video_pixels(inputs))
-            cut = len(x0) - sfx
-            ids_rows[r] = x0[:cut] + ur[q:]
+            spliced = splice_after_videos(u_rep[reps[j]], x[j], u_other[r], self.video_token_id, media)
+            if isinstance(spliced, str):
+                self._note_fallback(f"shared inputs: {spliced}; the processor ran on the whole batch")
+                return self._processor_inputs(chunk)
+            cut, tail = spliced
+            ids_rows[r] = x[j][:cut] + tail
             if xt is not None:
-                type_rows[r] = xt[j][:cut] + [0] * (len(ur) - q)
+                type_rows[r] = xt[j][:cut] + [0] * len(tail)
+        self._counts["shared_inputs_spliced"] += len(others)
         length = max(len(v) for v in ids_rows)
         pad = tok.pad_token_id
         b = len(chunk)
@@ -482,6 +479,30 @@ class TransformersEngine:
             out["video_grid_thw"] = torch.cat(grids)
         return out, (pixels or None)
 
+    def _processor_inputs(self, chunk: list[tuple[Request, list]]):
+        inputs = self.inputs_for(chunk, expand_videos=False)
+        return ({k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_unique_index")},
+                _video_pixels(inputs))
+
+    # ------------------------------------------------------------------ run record
+
+    def _note_fallback(self, reason: str, requests: int = 1) -> None:
+        """Count a fallback by reason; warn the first time each reason occurs in this engine."""
+        self._fallbacks[reason] += requests
+        if reason not in self._warned:
+            self._warned.add(reason)
+            warnings.warn(f"avcap transformers engine: {reason} (counted in run.json's engine_run)", stacklevel=3)
+
+    def run_record(self) -> dict[str, Any]:
+        return {
+            "representation": {"kind": "frames", "via": "processor", "factor": self.factor,
+                               "video_kwargs": {k: v for k, v in self._video_kwargs.items() if k != "device"}},
+            "fast_generate": self.fast is not None,
+            "paths": dict(self._paths),
+            "counts": dict(self._counts),
+            "fallbacks": dict(self._fallbacks),
+        }
+
     def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0,
                         inputs=None) -> list[Result]:
         import torch
@@ -490,21 +511,22 @@ class TransformersEngine:
             return self._generate_batch_nograd(chunk, sampling, min_tokens, inputs)
 
     def _fast_spec(self, sampling: Sampling, min_tokens: int):
+        """The fast path's sampling spec, or None with the reason it cannot serve these settings."""
         if self.fast is None:
-            return None
+            return None, ""
         from avcap.engines.fast_generate import NotSupported, SamplingSpec
 
         try:
-            return SamplingSpec.from_sampling(sampling, min_tokens)
-        except NotSupported:
-            return None
+            return SamplingSpec.from_sampling(sampling, min_tokens), ""
+        except NotSupported as exc:
+            return None, f"fast path: sampling with {exc} is not supported; generate answered"
 
     def _generate_batch_nograd(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0,
                                inputs=None) -> list[Result]:
         import torch
 
         t0 = time.perf_counter()
-        spec = self._fast_spec(sampling, min_tokens)
+        spec, why_not = self._fast_spec(sampling, min_tokens)
         new = None
         path = "fast"
         ahead = inputs is not None
@@ -525,11 +547,14 @@ class TransformersEngine:
             try:
                 new = self.fast.generate(batch, row_videos, spec, max_new_tokens=sampling.max_tokens,
                                          video_pixels=video_pixels, device=self.device)
-            except NotSupported:
+            except NotSupported as exc:
                 new = None
+                why_not = f"fast path: {exc}; generate answered"
             t_gen = time.perf_counter() - t1
         if new is None:
             path = "generate"
+            if self.fast is not None:
+                self._note_fallback(why_not, len(chunk))
             t0 = time.perf_counter()
             with self._prep_lock:
                 inputs = self.inputs_for(chunk)
@@ -553,6 +578,7 @@ class TransformersEngine:
             t_gen = time.perf_counter() - t1
             new = out[:, prompt_len:].cpu()
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        self._paths[path] += len(chunk)
         n_out = _output_lengths(new, self.model.generation_config.eos_token_id, self.model.generation_config.pad_token_id)
         texts = self.processor.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         mask = mask.cpu()
@@ -642,6 +668,36 @@ class _OncePerVideo:
         if "video_metadata" in out:
             out["video_metadata"] = [out["video_metadata"][j] for j in order]
         return out
+
+
+def splice_after_videos(u_rep: list[int], x_rep: list[int], u_row: list[int], video_token_id: Optional[int],
+                        media: set[int]) -> "tuple[int, list[int]] | str":
+    """Where a row's expanded prompt comes from another row's that shows the same videos.
+
+    `u_rep` / `u_row`: the two rows' prompts tokenized as written (one placeholder token per
+    video); `x_rep`: the representative's prompt as the processor expanded it. The videos end at
+    the representative's last placeholder token, so everything after it (`u_rep[k:]`) is text the
+    processor leaves as is, and `x_rep` ends with exactly those tokens: the videos' expansion ends
+    at `cut = len(x_rep) - len(u_rep[k:])`, whatever markers the processor puts around each video
+    (transformers 5.17 keeps the template's outer vision start/end pair, 5.25 collapses it). The
+    row then expands to `x_rep[:cut] + u_row[k:]` when its tokens up to and including the last
+    placeholder equal the representative's and no media token follows. Returns `(cut, u_row[k:])`,
+    or why the row cannot be spliced."""
+    if video_token_id is None:
+        return "the processor has no video token"
+    pads = [i for i, t in enumerate(u_rep) if t == video_token_id]
+    if not pads:
+        return "no video placeholder in the prompt"
+    k = pads[-1] + 1
+    after = u_rep[k:]
+    cut = len(x_rep) - len(after)
+    if cut <= k or x_rep[cut:] != after:
+        return "the processor's expanded prompt does not end with the text after the video"
+    if u_row[:k] != u_rep[:k]:
+        return "the text before a shared video differs between requests"
+    if any(t in media for t in u_row[k:]):
+        return "a request has media after the shared videos"
+    return cut, u_row[k:]
 
 
 def _video_pixels(inputs) -> Optional[list]:
