@@ -352,6 +352,73 @@ def test_curate_rejects_a_bad_request(tmp_path):
     assert res.exit_code == 2 and "kind" in res.output
 
 
+@pytest.mark.parametrize("size,max_pixels,accepted,why", [
+    ((10, 1504), 6144, False, "short side falls below"),   # 150:1 (qwen-vl-utils' limit is 200:1): height 0
+    ((8, 2000), 360000, False, "aspect ratio"),             # 250:1
+    ((10, 1504), 360000, True, None),                      # 150:1 with room: 32x1504
+])
+def test_curate_accepts_only_clips_train_can_resize(tmp_path, size, max_pixels, accepted, why):
+    """A sample curate writes is one the trainer can load: its video is sampled and resized with
+    [custom.vision] at curate time (both resize factors, 32 and 28), not only probed."""
+    from avcap.curate.sources import curate
+    from avcap.video import load_video
+
+    make_source(tmp_path / "raw/human", "human_annotated", 1, seed=0)
+    write_clip(tmp_path / "raw/human/videos/strip.mp4", seed=1, frames=4, size=size)
+    (tmp_path / "raw/human/annotations/strip.json").write_text(json.dumps(HUMAN))
+    cfg = write_config(tmp_path / "r.toml", f"""
+[custom.dataset]
+dataset_root = "data"
+subdirectories = ["human_annotated"]
+[custom.vision]
+nframes = 4
+max_pixels = {max_pixels}
+[avcap.curate.sources.human_annotated]
+kind = "human_annotated"
+path = "raw/human"
+""")
+    lines: list[str] = []
+    report = curate(load_config(cfg), echo=lines.append)
+    problems = [p for p in report.problems if p.file.endswith("strip.mp4")]
+    assert report.sources["human_annotated"].written == (2 if accepted else 1)
+    if accepted:
+        assert not problems
+    else:
+        (p,) = problems
+        assert p.reason.startswith("unusable video: ") and why in p.reason and f"max_pixels = {max_pixels}" in p.reason
+        assert any(p.file in line and why in line for line in lines)
+    meta = json.loads((tmp_path / "data/human_annotated/meta.json").read_text())
+    for s in meta["samples"]:  # every written sample loads the way avcap train loads it
+        video = load_conversation(tmp_path / "data/human_annotated" / s["conversation"])[1]["content"][0]
+        kw = {k: v for k, v in video.items() if k not in ("type", "video")}
+        for factor in (32, 28):
+            assert min(load_video(video["video"], factor=factor, **kw).frames.shape[1:3]) >= factor
+
+
+def test_curate_removes_the_temp_files_a_killed_run_left(raw_world):
+    """A kill between an atomic write's temp file and its rename leaves `.<name>.<random>.tmp`; the
+    next run removes those (and only those), and its files have open()'s mode, not mkstemp's 0600."""
+    import os
+    import tempfile
+
+    root, cfg_path = raw_world
+    ds = root / "data/train"
+    assert _run_curate(cfg_path).exit_code == 0
+    conv_dir = ds / "human_annotated/conversations"
+    left = [Path(tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=d)[1]) for prefix, d in [
+        (".hu00.json.", conv_dir), (".meta.json.", ds / "human_annotated"),
+        (".progress.jsonl.", ds / "cv_annotated"), (".report.json.", ds)]]
+    foreign = [conv_dir / ".notes.tmp", ds / "human_annotated/my.json.tmp", ds / ".report.json.tmp"]
+    for f in foreign:
+        f.write_text("not avcap's")
+    assert _run_curate(cfg_path).exit_code == 0
+    assert not any(p.exists() for p in left) and all(f.exists() for f in foreign)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for f in (ds / "report.json", ds / "human_annotated/meta.json", conv_dir / "hu00.json"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
+
+
 # ----------------------------------------------------------------------------- blend
 
 

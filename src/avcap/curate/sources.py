@@ -28,11 +28,14 @@ behaviour reasoning and its effect; the reasoning-SFT description, driving-diffi
 and timestamped notices; the MCQ answer letter.
 
 Nothing is dropped silently: every input that cannot be used (annotation without a video, video
-without an annotation, malformed JSON, wrong schema, unreadable video) becomes a `Problem` in the
-report, and per source `inputs == written + unusable`. Curation is idempotent and resumable: each
+without an annotation, malformed JSON, wrong schema, unreadable video, a video the trainer could
+not sample with `[custom.vision]` — aspect ratio over 200:1, or so narrow that a side would shrink
+to 0 under max_pixels) becomes a `Problem` in the report, and per source `inputs == written + unusable`.
+A sample curate writes is one `avcap train` can load. Curation is idempotent and resumable: each
 finished input is appended to `.progress.jsonl` with a fingerprint of its annotation bytes, its
 video's size and mtime and the settings; a rerun reuses every input whose fingerprint matches
-(no re-probe), redoes the rest, and removes conversation files of inputs that are gone.
+(no re-probe), redoes the rest, and removes conversation files of inputs that are gone, and the
+temp files (`.<name>.<random>.tmp`) of writes a kill interrupted.
 """
 
 from __future__ import annotations
@@ -57,7 +60,14 @@ from avcap.curate.schemas import (
     schema_error_text,
     validate_source,
 )
-from avcap.records import RecordWriter, iter_records, latest_by_key, write_json_atomic, write_records_atomic
+from avcap.records import (
+    RecordWriter,
+    iter_records,
+    latest_by_key,
+    remove_stale_temp_files,
+    write_json_atomic,
+    write_records_atomic,
+)
 from avcap.video import VIDEO_SUFFIXES, is_video_path
 
 FORMAT = "avcap.curate/1"
@@ -147,11 +157,86 @@ def target_reason1(ann: Reason1SFTAnnotation) -> str:
     return "\n\n".join(parts)
 
 
+class ConversationError(ValueError):
+    """A conversation file that is not JSON or not a conversation list; the message names the file
+    and the field (`<file>: [1].content[0].video: ...`)."""
+
+
+_ROLES = ("system", "user", "assistant")
+_SAMPLING_KEYS = ("nframes", "fps", "min_pixels", "max_pixels", "total_pixels", "min_frames", "max_frames")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    for t, name in ((bool, "boolean"), (str, "string"), (dict, "object"), (list, "array"), ((int, float), "number")):
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+def conversation_problem(conv: Any, *, sampling_keys: bool = True) -> Optional[str]:
+    """What makes `conv` unusable as a training conversation ("<field>: <problem>", the field as a
+    path into the list, e.g. `[1].content[0].video`), or None. A conversation is a non-empty list of
+    `{"role": system|user|assistant, "content": str | [parts]}`, a part `{"type": "text", "text":
+    str}` or `{"type": "video", "video": path, <positive sampling keys>}` (checked when
+    `sampling_keys`), with at least one assistant turn that has text."""
+    if not isinstance(conv, list) or not conv:
+        return f"expected a non-empty list of messages, got {_json_type(conv) if conv != [] else 'an empty list'}"
+    answered = False
+    for i, msg in enumerate(conv):
+        at = f"[{i}]"
+        if not isinstance(msg, dict):
+            return f"{at}: expected a message object, got {_json_type(msg)}"
+        role = msg.get("role")
+        if role not in _ROLES:
+            return f"{at}.role: expected one of {', '.join(_ROLES)}, got {json.dumps(role)}"
+        content = msg.get("content")
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            text = ""
+            for j, part in enumerate(content):
+                pat = f"{at}.content[{j}]"
+                if not isinstance(part, dict):
+                    return f"{pat}: expected a content part object, got {_json_type(part)}"
+                kind = part.get("type")
+                if kind == "text":
+                    if not isinstance(part.get("text"), str):
+                        return f"{pat}.text: expected a string, got {_json_type(part.get('text'))}"
+                    text += part["text"]
+                elif kind == "video":
+                    video = part.get("video")
+                    if not isinstance(video, str) or not video:
+                        return f"{pat}.video: expected a video path (a non-empty string), got {_json_type(video)}"
+                    for k in _SAMPLING_KEYS if sampling_keys else ():
+                        v = part.get(k)
+                        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+                            return f"{pat}.{k}: expected a positive number, got {json.dumps(v)}"
+                else:
+                    return f"{pat}.type: expected \"text\" or \"video\", got {json.dumps(kind)}"
+        else:
+            return f"{at}.content: expected a string or a list of parts, got {_json_type(content)}"
+        answered = answered or (role == "assistant" and bool(text.strip()))
+    if not answered:
+        return "no assistant turn with text to train on"
+    return None
+
+
 def load_conversation(path: str | Path, *, vision: Optional[Vision] = None) -> list[dict[str, Any]]:
     """A curated conversation with its video paths made absolute; `vision` replaces the sampling
-    keys of the video items (serve a dataset with the current [custom.vision])."""
+    keys of the video items (serve a dataset with the current [custom.vision]). A file that is not
+    a conversation raises ConversationError naming the file and field; a missing one FileNotFoundError."""
     path = Path(path)
-    conv = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        conv = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConversationError(f"{path}: malformed JSON (not UTF-8: {exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise ConversationError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    problem = conversation_problem(conv, sampling_keys=vision is None)
+    if problem:
+        raise ConversationError(f"{path}: {problem}")
     for msg in conv:
         content = msg.get("content")
         if not isinstance(content, list):
@@ -282,6 +367,30 @@ def _safe_id(key: str) -> str:
 
 # ----------------------------------------------------------------------------- one input
 
+# the resize factors (patch x merge) of the models avcap trains: 32 for Qwen3-VL / Cosmos-Reason2
+# (patch 16), 28 for Qwen2.5-VL / Cosmos-Reason1 (patch 14)
+TRAIN_FACTORS = (32, 28)
+
+
+def sampling_problem(info, vision: Vision) -> Optional[str]:
+    """Why the trainer could not sample and resize this video with `vision` (an aspect ratio over
+    200:1, or a clip so narrow that a side would shrink to 0 under max_pixels), or None: the
+    check `avcap.video.load_video` makes before decoding, done here so that curate accepts only
+    what train can use."""
+    from avcap.video import plan_sampling
+
+    for factor in TRAIN_FACTORS:
+        try:
+            plan_sampling(info, factor=factor, **vision.sampling())
+        except ValueError as exc:  # VideoError included
+            return f"{getattr(exc, 'problem', None) or exc} (with [custom.vision] {_vision_text(vision)}, factor {factor})"
+    return None
+
+
+def _vision_text(vision: Vision) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in vision.sampling().items() if v is not None)
+
+
 
 def _sha256_file(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
@@ -348,6 +457,9 @@ def _build(item: _Item, kind: str, cfg: RecipeConfig, vqa_dir: Optional[Path], p
     except Exception as exc:  # VideoError, or anything a broken file makes PyAV raise
         problem = getattr(exc, "problem", None) or str(exc)
         return None, (str(item.video), f"unreadable video: {problem}")
+    unusable = sampling_problem(info, cfg.custom.vision)
+    if unusable:
+        return None, (str(item.video), f"unusable video: {unusable}")
     sample = {
         "id": item.id,
         "target": target,
@@ -368,7 +480,8 @@ def _build(item: _Item, kind: str, cfg: RecipeConfig, vqa_dir: Optional[Path], p
 def _settings_hash(kind: str, cfg: RecipeConfig) -> str:
     p = cfg.avcap.prompts
     settings = {"format": FORMAT, "kind": kind, "system": p.system, "caption": p.caption,
-                "mcq_suffix": p.mcq_suffix, "vision": cfg.custom.vision.model_dump(mode="json")}
+                "mcq_suffix": p.mcq_suffix, "vision": cfg.custom.vision.model_dump(mode="json"),
+                "checks": ["probe", "sampling plan"]}  # inputs accepted before a check was added get it
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -394,6 +507,8 @@ def curate_source(name: str, src: CurateSource, cfg: RecipeConfig, out_dir: Path
 
     conv_dir = out_dir / CONVERSATIONS
     conv_dir.mkdir(parents=True, exist_ok=True)
+    for d in (out_dir, conv_dir):  # what a killed run's atomic writes left
+        remove_stale_temp_files(d)
     progress_path = out_dir / PROGRESS
     done = latest_by_key(iter_records(progress_path))
     settings = _settings_hash(src.kind, cfg)
@@ -482,6 +597,7 @@ def curate(cfg: RecipeConfig, out: Optional[str | Path] = None, *, workers: int 
         raise CurateError(f"{cfg.source or '<config>'}: no [avcap.curate.sources.<subdirectory>] tables; nothing to curate")
     root = Path(out) if out is not None else cfg.resolve(cfg.custom.dataset.dataset_root)
     root = root.resolve()
+    remove_stale_temp_files(root)  # a killed run's report.json.tmp (each source cleans its own directories)
     report = CurationReport(dataset_root=str(root))
     for name, src in sources.items():
         if "/" in name or name in ("", ".", ".."):
