@@ -137,6 +137,133 @@ def test_score_contract_files(tmp_path, judge_dir):
     lq = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")["lingoqa"]
     assert lq["rows"] == 2 and lq["questions"] == 2 and lq["reference_rows"] == 4
     assert lq["score"] == lq["correct"] / 2 and lq["judge"] == str(judge_dir) and "judge.py" in lq["implementation"]
+    # coverage per task: records scored against the keys the dataset holds
+    cov = m["coverage"]
+    assert {k: cov["caption"][k] for k in ("planned", "records", "scored", "errors", "missing", "status")} == \
+        {"planned": 3, "records": 3, "scored": 2, "errors": 1, "missing": 0, "status": "partial"}
+    assert cov["caption"]["first_error"] == "decode failed" and cov["caption"]["file"] == "caption.jsonl"
+    assert {k: cov["mcq"][k] for k in ("planned", "scored", "errors", "missing", "status")} == \
+        {"planned": 6, "scored": 5, "errors": 1, "missing": 0, "status": "partial"}
+    assert cov["mcq"]["planned_from"].endswith("vqa.jsonl") and cov["mcq"]["fraction"] == pytest.approx(5 / 6)
+    lcov = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")["coverage"]["lingoqa"]
+    assert (lcov["planned"], lcov["scored"], lcov["status"]) == (2, 2, "complete")
+    assert lcov["predictions_match"] == {"predictions": 2, "matched": 2, "unmatched_predictions": 0, "questions": 2,
+                                         "questions_matched": 2, "absent": 0, "reference_file": "val.parquet"}
+    from avcap.score import summary_lines
+
+    assert summary_lines(m) == [f"BLEU-4 {expected:.4f} over 2/3 captions (1 error)",
+                                "VQA accuracy 50.0% over 5/6 questions (1 error); parseable 66.7%"]
+
+
+def test_partial_outputs_say_what_they_cover(tmp_path):
+    """Outputs of 2 of the dataset's 3 videos (e.g. --limit 2): every score says 2/3, never more."""
+    from avcap.score import score_outputs, summary_lines
+
+    data = _dataset(tmp_path / "data")
+    out = tmp_path / "outputs"
+    _outputs(out, data, captions={"v1": "The ego vehicle slows down.", "v2": "It turns left."},
+             mcq_texts={"v1/q0": "A", "v1/q1": "B", "v2/q0": "A", "v2/q1": "B"})
+    shutil.rmtree(out / "tiny" / "base" / "LINGOQA")
+    (videos := data / "AV_CAPTION" / "videos").mkdir()
+    for vid in ("v1", "v2", "v3", "v4"):  # the videos infer plans: one more than the references
+        (videos / f"{vid}.mp4").write_bytes(b"")
+    m = score_outputs(out, cfg=load_config(None), log=lambda m: None)[0]
+    cap, mcq = m["coverage"]["caption"], m["coverage"]["mcq"]
+    assert (cap["planned"], cap["scored"], cap["missing"], cap["status"]) == (4, 2, 2, "partial")
+    assert cap["planned_from"].endswith("videos") and "first_error" not in cap
+    assert (mcq["planned"], mcq["scored"], mcq["missing"], mcq["errors"]) == (6, 4, 2, 0)
+    assert m["vqa_accuracy"]["overall"] == 1.0  # over the 4 answered questions, and said so:
+    lines = summary_lines(m)
+    assert lines[0].startswith("BLEU-4 ") and lines[0].endswith(" over 2/4 captions (2 missing)")
+    assert lines[1] == "VQA accuracy 100.0% over 4/6 questions (2 missing); parseable 100.0%"
+
+
+def _failing_outputs(out: Path, data: Path) -> Path:
+    """Every request failed, as against a server that answered HTTP 422 to each."""
+    err = "HTTPStatusError: 422 Unprocessable Entity: video_url is not supported"
+    d = out / "tiny" / "base" / "AV_CAPTION"
+    d.mkdir(parents=True)
+    with RecordWriter(d / "caption.jsonl") as w:
+        for vid in ("v1", "v2"):
+            w.append({"key": vid, "video_id": vid, "text": None, "caption": None, "caption_text": "", "error": err})
+    with RecordWriter(d / "mcq.jsonl") as w:
+        for vid in ("v1", "v2", "v3"):
+            w.append({"key": f"{vid}/q0", "video_id": vid, "question_id": "q0", "category": "Scene Description",
+                      "choices": CHOICES, "answer": "A", "text": None, "error": err})
+    (d / "run.json").write_text(json.dumps({"model_name": "tiny", "checkpoint_label": "base", "dataset": "AV_CAPTION",
+                                            "dataset_root": str(data / "AV_CAPTION"),
+                                            "engine": {"name": "openai", "reasoning": False}, "engine_run": {}}))
+    lq = out / "tiny" / "base" / "LINGOQA"
+    lq.mkdir(parents=True)
+    with RecordWriter(lq / "lingoqa.jsonl") as w:
+        for q in ("q1", "q2"):
+            w.append({"key": q, "question_id": q, "segment_id": "s1", "question": "Is there a car ahead?", "text": None, "error": err})
+    (lq / "run.json").write_text(json.dumps({"model_name": "tiny", "checkpoint_label": "base", "dataset": "LINGOQA",
+                                             "dataset_root": str(data / "LINGOQA")}))
+    return d
+
+
+def test_all_requests_failed_is_an_error_not_a_zero(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import avcap.engines
+    from avcap.cli import app
+
+    data = _dataset(tmp_path / "data")
+    out = tmp_path / "outputs"
+    d = _failing_outputs(out, data)
+    made = []
+    monkeypatch.setattr(avcap.engines, "make_engine", lambda *a, **k: made.append(1))  # must not be needed
+    cfg_file = tmp_path / "recipe.toml"
+    cfg_file.write_text('[avcap.metrics]\nlingoqa_judge = "/no/such/judge"\n'
+                        '[avcap.metrics.caption_mode_answerer]\nname = "openai"\nmodel = "answerer"\n')
+    res = CliRunner().invoke(app, ["score", "--outputs-dir", str(out), "--config", str(cfg_file)])
+    assert res.exit_code == 2, res.output
+    errors = [l for l in res.stderr.splitlines() if l.startswith("error: ")]
+    assert errors == [
+        f"error: {d / 'caption.jsonl'}: all 2 caption requests failed, so there is no bleu score "
+        "(first error: HTTPStatusError: 422 Unprocessable Entity: video_url is not supported)",
+        f"error: {d / 'mcq.jsonl'}: all 3 MCQ requests failed, so there is no vqa_accuracy score "
+        "(first error: HTTPStatusError: 422 Unprocessable Entity: video_url is not supported)",
+        f"error: {out / 'tiny' / 'base' / 'LINGOQA' / 'lingoqa.jsonl'}: all 2 LingoQA requests failed, so there is "
+        "no lingoqa score (first error: HTTPStatusError: 422 Unprocessable Entity: video_url is not supported)",
+    ]
+    assert "Traceback" not in res.output and not made  # no answerer started for captions that do not exist
+    m = read_json(d / "metrics.json")
+    assert m["bleu"]["value"] is None and m["bleu"]["status"] == "all_failed" and "422" in m["bleu"]["error"]
+    assert m["vqa_accuracy"]["overall"] is None and m["vqa_accuracy"]["status"] == "all_failed"
+    assert "per_category" not in m["vqa_accuracy"]  # no 0.0 anywhere in place of a score
+    assert "every caption request failed" in m["vqa_accuracy_caption_mode_error"]
+    assert m["coverage"]["caption"]["status"] == m["coverage"]["mcq"]["status"] == "all_failed"
+    assert m["engine"] == {"name": "openai", "representation": None}
+    lq = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")
+    assert lq["lingoqa"]["score"] is None and lq["lingoqa"]["status"] == "all_failed"
+    assert "lingoqa_error" not in lq  # the judge was never needed
+    assert "all failed" in res.stdout and "0.0000" not in res.stdout and "0.0%" not in res.stdout
+
+
+def test_real_lingoqa_predictions_match_without_a_judge(tmp_path):
+    """The published val.parquet and example predictions.csv: 369 of the 500 ids match, judge or not."""
+    from avcap.score import score_outputs, summary_lines
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lingoqa"
+    if not ((shared / "val.parquet").is_file() and (shared / "predictions.csv").is_file()):
+        pytest.skip(f"{shared} is absent (a fresh clone): the real LingoQA files are not checked")
+    d = tmp_path / "outputs" / "example" / "base" / "LINGOQA"
+    d.mkdir(parents=True)
+    (d / "lingoqa_predictions.csv").symlink_to(shared / "predictions.csv")  # read in place, never copied
+    (d / "run.json").write_text(json.dumps({"dataset": "LINGOQA", "dataset_root": str(shared)}))
+    cfg = load_config(None, {"avcap": {"metrics": {"lingoqa_judge": str(tmp_path / "no-judge")}}})
+    m = score_outputs(tmp_path / "outputs", cfg=cfg, log=lambda m: None)[0]
+    assert "lingoqa" not in m and "could not be loaded" in m["lingoqa_error"]
+    cov = m["coverage"]["lingoqa"]
+    assert (cov["planned"], cov["records"], cov["scored"], cov["missing"], cov["not_in_dataset"]) == (500, 500, 369, 131, 131)
+    assert cov["predictions_match"]["matched"] == 369 and cov["predictions_match"]["absent"] == 131
+    assert summary_lines(m) == [
+        "LingoQA not computed (see lingoqa_error); 369/500 questions (131 missing, 131 not in the dataset)",
+        "LingoQA predictions: 369 of 500 question ids match val.parquet (500 questions); 131 absent, "
+        "131 predictions match no question",
+    ]
 
 
 def test_references_from_annotations_and_dataset_filter(tmp_path, judge_dir):

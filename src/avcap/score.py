@@ -19,6 +19,14 @@ what the files there allow, writes `metrics.json` beside them (atomically) and p
   predictions file is kept);
 - `lingoqa_llm_judge` only when asked (--lingoqa-llm-judge MODEL): an LLM's yes/no verdicts, a
   second opinion that is never reported as `lingoqa`.
+
+`coverage` says, per task, how many records each metric is computed over against the keys the
+dataset holds for that task (the keys `avcap infer` plans without --limit): scored, errors,
+missing, not in the dataset; every printed score says "over n/N". A task whose records are all
+errors gets no score (its block has a null value and status "all_failed") and `avcap score` exits 2
+with one line naming the outputs file and the first error. `engine` records run.json's engine name
+and its frame representation (engine_run.representation), so the report can say when it compares
+scores of different engines or representations.
 """
 
 from __future__ import annotations
@@ -36,6 +44,14 @@ from avcap.config import ConfigError, RecipeConfig, load_config
 from avcap.records import iter_records, read_json, write_json_atomic, write_text_atomic
 
 OUTPUT_FILES = ("caption.jsonl", "mcq.jsonl", "lingoqa.jsonl", "lingoqa_predictions.csv")
+# metric -> the task (key of metrics.json's `coverage`) whose records it is computed over
+METRIC_TASK = {"bleu": "caption", "vqa_accuracy": "mcq", "vqa_accuracy_caption_mode": "mcq_caption_mode",
+               "lingoqa": "lingoqa"}
+METRIC_VALUE_KEY = {"bleu": "value", "vqa_accuracy": "overall", "vqa_accuracy_caption_mode": "overall",
+                    "lingoqa": "score"}
+TASK_NOUN = {"caption": "captions", "mcq": "questions", "mcq_caption_mode": "questions", "lingoqa": "questions"}
+TASK_REQUESTS = {"caption": "caption", "mcq": "MCQ", "mcq_caption_mode": "caption-mode answerer",
+                 "lingoqa": "LingoQA"}
 
 
 class ScoreError(ValueError):
@@ -65,6 +81,76 @@ def _records(path: Path) -> list[dict[str, Any]]:
         if k not in best or not rec.get("error") or best[k].get("error"):
             best[k] = rec
     return list(best.values())
+
+
+def _one_line(text: Any, limit: int = 300) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def coverage_block(records: list[tuple[str, Any]], planned: Optional[set[str]], planned_from: Optional[str],
+                   file: str) -> dict[str, Any]:
+    """`coverage` of one task: `records` are (key, error or None), one per key, in file order;
+    `planned` the keys the dataset holds for the task (None when the dataset cannot be read)."""
+    ok = {k for k, e in records if not e}
+    failed = {k for k, e in records if e}
+    have = ok | failed
+    cov: dict[str, Any] = {
+        "file": file,
+        "planned": None if planned is None else len(planned),
+        "planned_from": planned_from,
+        "records": len(have),
+        "scored": len(ok) if planned is None else len(ok & planned),
+        "errors": len(failed),
+    }
+    if planned is not None:
+        cov["missing"] = len(planned - have)
+        cov["not_in_dataset"] = len(have - planned)
+        cov["fraction"] = cov["scored"] / len(planned) if planned else None
+    first = next((e for _, e in records if e), None)
+    if first:
+        cov["first_error"] = _one_line(first)
+    if have and not ok:
+        cov["status"] = "all_failed"
+    elif planned is None:
+        cov["status"] = "dataset_unknown"
+    else:
+        cov["status"] = "complete" if planned and planned <= ok else "partial"
+    return cov
+
+
+def coverage_text(cov: dict[str, Any], noun: str) -> str:
+    """'38/40 captions (2 errors)': scored / planned, and what the rest is."""
+    planned = cov.get("planned")
+    head = f"{cov.get('scored')}/{planned} {noun}" if planned is not None else f"{cov.get('scored')} {noun}"
+    extra = []
+    n = cov.get("errors") or 0
+    if n:
+        extra.append(f"{n} error{'s' if n != 1 else ''}")
+    if cov.get("missing"):
+        extra.append(f"{cov['missing']} missing")
+    if cov.get("not_in_dataset"):
+        extra.append(f"{cov['not_in_dataset']} not in the dataset")
+    if planned is None:
+        extra.append("dataset not found: its size is unknown")
+    return head + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _all_failed_block(metric: str, cov: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """The block of a metric whose requests all failed: no score (never 0.0), the first reason."""
+    return {METRIC_VALUE_KEY[metric]: None, "status": "all_failed", **fields,
+            "error": f"all {cov['records']} {TASK_REQUESTS[METRIC_TASK[metric]]} requests failed; "
+                     f"first error: {cov.get('first_error')}"}
+
+
+def engine_summary(run: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """run.json's engine name and the representation the engine sent (engine_run), or None."""
+    eng = run.get("engine")
+    name = eng.get("name") if isinstance(eng, dict) else eng if isinstance(eng, str) else None
+    er = run.get("engine_run")
+    rep = er.get("representation") if isinstance(er, dict) else None
+    if name is None and rep is None:
+        return None
+    return {"name": name, "representation": rep}
 
 
 # ----------------------------------------------------------------------------- references
@@ -109,6 +195,31 @@ def reference_captions(root: Path) -> tuple[dict[str, list[str]], str]:
 def _dataset_entry(cfg: RecipeConfig, dataset: str, kind: str):
     ds = cfg.avcap.datasets.get(dataset)
     return ds if ds is not None and ds.kind == kind else None
+
+
+def _planned_videos(root: Optional[Path]) -> tuple[Optional[set[str]], Optional[str]]:
+    """The videos `avcap infer` captions (videos/), else those with a reference caption."""
+    if root is None:
+        return None, None
+    from avcap.infer import _video_files  # the same listing as infer's plan
+
+    videos = _video_files(root / "videos")
+    if videos:
+        return set(videos), str(root / "videos")
+    refs, src = reference_captions(root)
+    return (set(refs), src) if refs else (None, None)
+
+
+def _vqa_path(root: Optional[Path], cfg: RecipeConfig, dataset: str) -> Optional[Path]:
+    ds = _dataset_entry(cfg, dataset, "av_caption")
+    return root / (ds.vqa if ds else "vqa.jsonl") if root else None
+
+
+def _planned_questions(vqa: Optional[Path]) -> tuple[Optional[set[str]], Optional[str]]:
+    if vqa is None or not vqa.is_file():
+        return None, None
+    keys = {str(r.get("key") or f"{r.get('video_id')}/{r.get('question_id')}") for r in iter_records(vqa)}
+    return (keys, str(vqa)) if keys else (None, None)
 
 
 # ----------------------------------------------------------------------------- one output set
@@ -192,6 +303,8 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
             run = read_json(run_dir / "run.json")
         except Exception as exc:
             log(f"  warning: {run_dir / 'run.json'}: unreadable ({exc}); using directory names")
+        if not isinstance(run, dict):
+            run = {}
     dataset = str(run.get("dataset") or run_dir.name)
     metrics: dict[str, Any] = {
         "model": run.get("model_name") or run.get("model") or run_dir.parent.parent.name,
@@ -202,7 +315,11 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
     if metrics["step"] is None:
         m = re.fullmatch(r"ckpt-(\d+)", str(metrics["checkpoint_label"]))
         metrics["step"] = int(m.group(1)) if m else None
+    engine = engine_summary(run)
+    if engine is not None:
+        metrics["engine"] = engine
     notes: list[str] = []
+    coverage: dict[str, dict[str, Any]] = {}
     root = _dataset_root(run, dataset, cfg)
 
     # BLEU
@@ -210,12 +327,17 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
     captions: dict[str, Optional[str]] = {}
     caption_errors: set[str] = set()
     if cap_path.is_file():
+        cap_records = []
         for r in _records(cap_path):
             vid = str(r.get("video_id") or r.get("key"))
             captions[vid] = None if r.get("error") else r.get("caption_text")
             if r.get("error"):
                 caption_errors.add(vid)
-        if root is None:
+            cap_records.append((vid, r.get("error")))
+        coverage["caption"] = cov = coverage_block(cap_records, *_planned_videos(root), cap_path.name)
+        if cov["status"] == "all_failed":
+            metrics["bleu"] = _all_failed_block("bleu", cov, caption_errors=len(caption_errors))
+        elif root is None:
             notes.append(f"bleu: no reference captions (dataset {dataset} root not found via run.json or config)")
         else:
             from avcap.metrics.bleu import bleu_report
@@ -237,16 +359,24 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
 
     # MCQ, direct
     mcq_path = run_dir / "mcq.jsonl"
+    vqa = _vqa_path(root, cfg, dataset)
     if mcq_path.is_file():
-        from avcap.metrics.mcq import mcq_scores
+        from avcap.metrics.mcq import PARSER, mcq_scores
 
-        metrics["vqa_accuracy"] = mcq_scores(_records(mcq_path), mode="direct")
+        recs = _records(mcq_path)
+        coverage["mcq"] = cov = coverage_block([(str(r.get("key")), r.get("error")) for r in recs],
+                                               *_planned_questions(vqa), mcq_path.name)
+        if cov["status"] == "all_failed":
+            metrics["vqa_accuracy"] = _all_failed_block("vqa_accuracy", cov, mode="direct", parser=PARSER,
+                                                        total_predictions=len(recs), engine_errors=len(recs))
+        else:
+            metrics["vqa_accuracy"] = mcq_scores(recs, mode="direct")
 
     # MCQ, caption mode
     if captions and cfg.avcap.metrics.caption_mode_answerer is not None:
-        ds = _dataset_entry(cfg, dataset, "av_caption")
-        vqa = root / (ds.vqa if ds else "vqa.jsonl") if root else None
-        if vqa is None or not vqa.is_file():
+        if coverage["caption"]["status"] == "all_failed":
+            metrics["vqa_accuracy_caption_mode_error"] = f"not run: every caption request failed ({cap_path.name})"
+        elif vqa is None or not vqa.is_file():
             notes.append(f"vqa_accuracy_caption_mode: no vqa.jsonl for dataset {dataset}")
         else:
             from avcap.metrics.mcq import CAPTION_MODE_FILE, caption_mode_records, mcq_scores
@@ -262,7 +392,12 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
                     f"[avcap.metrics.caption_mode_answerer]: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 )
             else:
-                block = mcq_scores(recs, mode="caption")
+                coverage["mcq_caption_mode"] = cov = coverage_block(
+                    [(str(r.get("key")), r.get("error")) for r in recs], *_planned_questions(vqa), CAPTION_MODE_FILE)
+                if cov["status"] == "all_failed":
+                    block = _all_failed_block("vqa_accuracy_caption_mode", cov, mode="caption", total_predictions=len(recs))
+                else:
+                    block = mcq_scores(recs, mode="caption")
                 block["answerer"] = answerer
                 block["answers_file"] = CAPTION_MODE_FILE
                 metrics["vqa_accuracy_caption_mode"] = block
@@ -272,14 +407,52 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
     if pred_csv is not None:
         ds = _dataset_entry(cfg, dataset, "lingoqa")
         parquet = root / (ds.parquet if ds else "val.parquet") if root else None
-        if parquet is None or not parquet.is_file():
+        if parquet is not None and not parquet.is_file():
+            parquet = None
+        coverage["lingoqa"] = cov = _lingoqa_coverage(run_dir, pred_csv, parquet, metrics)
+        if cov["status"] == "all_failed":
+            metrics["lingoqa"] = _all_failed_block("lingoqa", cov, predictions_file=pred_csv.name)
+        elif parquet is None:
             metrics["lingoqa_error"] = f"no LingoQA parquet for dataset {dataset} (run.json dataset_root / [avcap.datasets])"
-        else:
+        elif "lingoqa_error" not in metrics:
             _score_lingoqa(metrics, run_dir, pred_csv, parquet, cfg, judges, log)
 
+    if coverage:
+        metrics["coverage"] = coverage
     if notes:
         metrics["notes"] = notes
     return metrics
+
+
+def _lingoqa_coverage(run_dir: Path, pred_csv: Path, parquet: Optional[Path], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Coverage of the LingoQA questions (keys question_id/segment_id, as the official merge), from
+    lingoqa.jsonl when present (it knows which requests failed), else the predictions file; and,
+    judge or no judge, how the predictions file matches the parquet (`predictions_match`)."""
+    from avcap.metrics.lingoqa import LingoQAError, load_predictions, load_references, match_predictions
+
+    jl = run_dir / "lingoqa.jsonl"
+    planned, match = None, None
+    if parquet is not None:
+        try:
+            refs = load_references(parquet)
+            planned = {f"{q}/{s}" for q, s in zip(refs["question_id"], refs["segment_id"])}
+            match = match_predictions(pred_csv, parquet)
+        except LingoQAError as exc:
+            metrics["lingoqa_error"] = str(exc)
+    if jl.is_file():
+        records = [(f"{r.get('question_id')}/{r.get('segment_id')}", r.get("error")) for r in _records(jl)]
+        cov = coverage_block(records, planned, str(parquet) if parquet else None, jl.name)
+    else:
+        try:
+            preds = load_predictions(pred_csv)
+            records = [(f"{q}/{s}", None) for q, s in zip(preds["question_id"], preds["segment_id"])]
+        except LingoQAError as exc:
+            metrics["lingoqa_error"] = str(exc)
+            records = []
+        cov = coverage_block(records, planned, str(parquet) if parquet else None, pred_csv.name)
+    if match is not None:
+        cov["predictions_match"] = match
+    return cov
 
 
 def _score_lingoqa(metrics, run_dir, pred_csv, parquet, cfg, judges: _Judges, log) -> None:
@@ -332,6 +505,20 @@ def score_outputs(
     log=None,
 ) -> list[dict[str, Any]]:
     """Score every output set under `outputs_dir`; write each metrics.json; return them in order."""
+    return [m for _, m in score_sets(outputs_dir, datasets=datasets, cfg=cfg, lingoqa_judge=lingoqa_judge,
+                                     lingoqa_llm_judge=lingoqa_llm_judge, log=log)]
+
+
+def score_sets(
+    outputs_dir: str | Path,
+    *,
+    datasets: Optional[list[str]] = None,
+    cfg: Optional[RecipeConfig] = None,
+    lingoqa_judge: Optional[str] = None,
+    lingoqa_llm_judge: Optional[str] = None,
+    log=None,
+) -> list[tuple[Path, dict[str, Any]]]:
+    """`score_outputs`, each metrics dict with the directory it was written to."""
     log = log or (lambda msg: typer.echo(msg, err=True))
     cfg = cfg or load_config(None)
     outputs_dir = Path(outputs_dir)
@@ -351,12 +538,14 @@ def score_outputs(
             log(f"avcap score: {d}")
             m = score_one(d, cfg, judges, log)
             write_json_atomic(d / "metrics.json", m)
+            for line in summary_lines(m):
+                log(f"  {line}")
             for key in ("lingoqa_error", "vqa_accuracy_caption_mode_error", "lingoqa_llm_judge_error"):
                 if m.get(key):
                     log(f"  {key}: {m[key]}")
             for n in m.get("notes", []):
                 log(f"  note: {n}")
-            results.append(m)
+            results.append((d, m))
     finally:
         judges.close()
     return results
@@ -367,6 +556,75 @@ def _run_dataset(d: Path) -> Optional[str]:
         return str(read_json(d / "run.json").get("dataset"))
     except Exception:
         return None
+
+
+_TITLES = (("bleu", "BLEU-4"), ("vqa_accuracy", "VQA accuracy"), ("vqa_accuracy_caption_mode", "VQA accuracy (caption mode)"),
+           ("lingoqa", "LingoQA"))
+
+
+def _fmt_metric(metric: str, v: Any) -> str:
+    if not isinstance(v, (int, float)):
+        return "—"
+    return f"{v:.4f}" if metric == "bleu" else f"{100 * v:.1f}%"
+
+
+def summary_lines(m: dict[str, Any]) -> list[str]:
+    """One line per metric of a metrics dict, each saying what it is computed over, e.g.
+    'BLEU-4 0.2310 over 38/40 captions (2 errors)'; and how LingoQA predictions match the parquet."""
+    cov_all = m.get("coverage") or {}
+    lines = []
+    for metric, title in _TITLES:
+        task = METRIC_TASK[metric]
+        cov, block = cov_all.get(task), m.get(metric)
+        if cov is None and not isinstance(block, dict):
+            continue
+        over = coverage_text(cov, TASK_NOUN[task]) if cov else None
+        if isinstance(block, dict) and block.get("status") == "all_failed":
+            lines.append(f"{title}: no score, {block.get('error')}")
+            continue
+        value = block.get(METRIC_VALUE_KEY[metric]) if isinstance(block, dict) else None
+        if isinstance(value, (int, float)):
+            line = f"{title} {_fmt_metric(metric, value)}" + (f" over {over}" if over else "")
+            if metric.startswith("vqa_accuracy") and isinstance(block.get("parseable_rate"), (int, float)):
+                line += f"; parseable {100 * block['parseable_rate']:.1f}%"
+            lines.append(line)
+        else:
+            noted = any(str(n).startswith(f"{metric}:") for n in m.get("notes") or [])
+            why = f" (see {metric}_error)" if m.get(f"{metric}_error") else " (see notes)" if noted else ""
+            lines.append(f"{title} not computed{why}" + (f"; {over}" if over else ""))
+    match = (cov_all.get("lingoqa") or {}).get("predictions_match")
+    if match:
+        from avcap.metrics.lingoqa import match_line
+
+        lines.append("LingoQA " + match_line(match))
+    return lines
+
+
+def failure_lines(run_dir: Path, m: dict[str, Any]) -> list[str]:
+    """One line per task whose requests all failed: the outputs file and the first error."""
+    out = []
+    for metric, task in METRIC_TASK.items():
+        block = m.get(metric)
+        if isinstance(block, dict) and block.get("status") == "all_failed":
+            cov = (m.get("coverage") or {}).get(task) or {}
+            out.append(f"{Path(run_dir) / str(cov.get('file', '?'))}: all {cov.get('records')} "
+                       f"{TASK_REQUESTS[task]} requests failed, so there is no {metric} score "
+                       f"(first error: {cov.get('first_error')})")
+    return out
+
+
+def _cell(m: dict[str, Any], metric: str, fmt) -> str:
+    """A table cell: the value, '(n/N)' when computed over fewer records than the dataset holds."""
+    block = m.get(metric)
+    if isinstance(block, dict) and block.get("status") == "all_failed":
+        return "all failed"
+    v = block.get(METRIC_VALUE_KEY[metric]) if isinstance(block, dict) else None
+    if not isinstance(v, (int, float)):
+        return "—"
+    cov = (m.get("coverage") or {}).get(METRIC_TASK[metric]) or {}
+    if cov.get("status") == "partial":
+        return f"{fmt(v)} ({cov.get('scored')}/{cov.get('planned')})"
+    return fmt(v)
 
 
 def render_table(results: list[dict[str, Any]]):
@@ -380,14 +638,13 @@ def render_table(results: list[dict[str, Any]]):
                       ("VQA acc", "right"), ("parseable", "right"), ("VQA (caption)", "right"), ("LingoQA", "right")):
         t.add_column(col, justify=just)
     for m in results:
-        b = (m.get("bleu") or {}).get("value")
         v = m.get("vqa_accuracy") or {}
-        c = m.get("vqa_accuracy_caption_mode") or {}
-        lq = m.get("lingoqa") or {}
-        lq_txt = pct(lq.get("score")) if lq else ("error" if m.get("lingoqa_error") else "—")
+        lq_txt = _cell(m, "lingoqa", pct) if m.get("lingoqa") else ("error" if m.get("lingoqa_error") else "—")
         t.add_row(str(m.get("model")), str(m.get("checkpoint_label")), str(m.get("dataset")),
-                  "—" if b is None else f"{b:.4f}", pct(v.get("overall")), pct(v.get("parseable_rate")),
-                  pct(c.get("overall")), lq_txt)
+                  _cell(m, "bleu", lambda x: f"{x:.4f}"), _cell(m, "vqa_accuracy", pct), pct(v.get("parseable_rate")),
+                  _cell(m, "vqa_accuracy_caption_mode", pct), lq_txt)
+    if any((m.get("coverage") or {}).get(t_, {}).get("status") == "partial" for m in results for t_ in TASK_NOUN):
+        t.caption = "(n/N): computed over n of the N records the dataset holds (metrics.json coverage)"
     return t
 
 
@@ -408,12 +665,17 @@ def main(
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2)
     try:
-        results = score_outputs(outputs_dir, datasets=dataset, cfg=cfg, lingoqa_judge=lingoqa_judge,
-                                lingoqa_llm_judge=lingoqa_llm_judge)
+        pairs = score_sets(outputs_dir, datasets=dataset, cfg=cfg, lingoqa_judge=lingoqa_judge,
+                           lingoqa_llm_judge=lingoqa_llm_judge)
     except ScoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     console = Console(file=sys.stdout)
     if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
         console = Console(file=sys.stdout, width=200)
-    console.print(render_table(results))
+    console.print(render_table([m for _, m in pairs]))
+    failures = [line for d, m in pairs for line in failure_lines(d, m)]
+    for line in failures:
+        typer.echo(f"error: {line}", err=True)
+    if failures:
+        raise typer.Exit(2)

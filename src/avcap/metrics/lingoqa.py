@@ -104,6 +104,35 @@ def merge(predictions, references):
     return pd.merge(preds, references, on=["question_id", "segment_id"])
 
 
+def match_predictions(predictions_csv: str | Path, parquet: str | Path) -> dict[str, Any]:
+    """How the predictions file lines up with the evaluation parquet, judge or no judge: the
+    official merge's keys (question_id, segment_id). `matched` prediction rows are what the judge
+    scores (`rows`); `absent` questions have no prediction; `unmatched_predictions` match none."""
+    refs = load_references(parquet)
+    preds = load_predictions(predictions_csv)
+    ref_keys = set(zip(refs["question_id"], refs["segment_id"]))
+    pred_keys = list(zip(preds["question_id"], preds["segment_id"]))
+    matched = [k for k in pred_keys if k in ref_keys]
+    return {
+        "predictions": len(pred_keys),
+        "matched": len(matched),
+        "unmatched_predictions": len(pred_keys) - len(matched),
+        "questions": len(ref_keys),
+        "questions_matched": len(set(matched)),
+        "absent": len(ref_keys - set(matched)),
+        "reference_file": Path(parquet).name,
+    }
+
+
+def match_line(m: dict[str, Any]) -> str:
+    """One line for a `match_predictions` result."""
+    line = (f"predictions: {m['matched']} of {m['predictions']} question ids match {m['reference_file']} "
+            f"({m['questions']} questions); {m['absent']} absent")
+    if m["unmatched_predictions"]:
+        line += f", {m['unmatched_predictions']} predictions match no question"
+    return line
+
+
 def judge_texts(cls_token: str, question: str, references: Sequence[Any], prediction: Any) -> list[str]:
     """The judge inputs of one merged row (one per reference)."""
     pred = preprocess(prediction)
