@@ -143,6 +143,22 @@ def test_matches_official_rule(tmp_path, tiny_judge_dir, batch_questions):
     assert 0 < sum(ref_correct) < len(ref_correct), "the test judge should accept some and reject some"
 
 
+def test_prediction_match_without_a_judge(tmp_path):
+    """How the predictions line up with the parquet, before (and without) any judge."""
+    from avcap.metrics.lingoqa import match_line, match_predictions
+
+    parquet, csv = _data(tmp_path)
+    m = match_predictions(csv, parquet)
+    assert m == {"predictions": 7, "matched": 6, "unmatched_predictions": 1, "questions": 7, "questions_matched": 6,
+                 "absent": 1, "reference_file": "val.parquet"}
+    assert match_line(m) == ("predictions: 6 of 7 question ids match val.parquet (7 questions); 1 absent, "
+                             "1 predictions match no question")
+    # a segment id that differs is no match either (the official merge is on both ids)
+    csv.write_text("question_id,segment_id,answer\nq1,s2,green\nq2,s1,two\n")
+    m = match_predictions(csv, parquet)
+    assert (m["matched"], m["unmatched_predictions"], m["absent"]) == (1, 1, 6)
+
+
 def test_template_and_preprocessing():
     from avcap.metrics.lingoqa import judge_texts, preprocess
 
@@ -211,3 +227,8 @@ def test_real_lingoqa_files_parse():
     q_csv = pd.read_csv(csv).set_index("question_id")["question"]
     assert all(q_csv[q] == qq for q, qq in zip(merged["question_id"], merged["question"]))
     assert int(merged["prediction"].isna().sum()) == int(official["prediction"].isna().sum())
+    from avcap.metrics.lingoqa import match_line, match_predictions
+
+    m = match_predictions(csv, parquet)
+    assert (m["predictions"], m["matched"], m["questions"], m["absent"], m["unmatched_predictions"]) == (500, 369, 500, 131, 131)
+    assert match_line(m).startswith("predictions: 369 of 500 question ids match val.parquet (500 questions); 131 absent")
