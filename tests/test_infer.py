@@ -217,6 +217,28 @@ def test_a_resume_under_other_library_versions_is_refused(reference, cfg_file, t
         run_inference(load_config(cfg_file), dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, progress=False)
 
 
+def test_a_second_writer_is_refused_and_a_killed_holder_leaves_no_stuck_lock(reference, cfg_file, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference.parent, out / "tiny")
+    d = out / "tiny" / "base" / "AV_CAPTION"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from avcap.records import WriterLock; "
+         "WriterLock(sys.argv[1], '.infer.lock', 'avcap infer').__enter__(); print('held', flush=True); time.sleep(120)",
+         str(d)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InferError, match=f"another avcap infer is writing here \\(pid {holder.pid} since"):
+            run_inference(load_config(cfg_file), dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, progress=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    before = texts(d / "mcq.jsonl")
+    summary = run_inference(load_config(cfg_file), dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, progress=False)
+    assert summary["merged"] and summary["stats"]["mcq"]["skipped"] == 15 and texts(d / "mcq.jsonl") == before
+
+
 def _avcap(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "avcap", *args], env=e, stdout=subprocess.PIPE,
@@ -238,7 +260,10 @@ def test_resume_after_sigkill_gives_the_same_records(reference, cfg_file, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(read_records(d / "caption.jsonl")) + len(read_records(d / "mcq.jsonl"))
-    assert 2 <= done < 5 + 15 and not (d / "run.json").exists()
+    assert 2 <= done < 5 + 15 and read_json(d / "run.json")["finished_at"] is None  # settings on disk from the start
+    other = load_config(cfg_file, {"avcap": {"sampling": {"caption": {"max_tokens": 3}}}})
+    with pytest.raises(InferError, match="different settings.*sampling"):
+        run_inference(other, dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, progress=False)
     proc = _avcap(*args)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log

@@ -27,6 +27,7 @@ Outputs: `<outputs_dir>/<model-name>/<checkpoint-label>/<dataset>/{caption,mcq,l
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -43,7 +44,9 @@ import typer
 
 from avcap.config import ConfigError, RecipeConfig, Sampling, load_config
 from avcap.records import (
+    DirectoryBusy,
     RecordWriter,
+    WriterLock,
     iter_records,
     read_json,
     write_json_atomic,
@@ -336,7 +339,8 @@ def describe_settings(cfg: RecipeConfig, engine_name: str, ck: Any) -> dict[str,
     e = cfg.avcap.engine
     engine: dict[str, Any] = {"name": engine_name, "reasoning": e.reasoning}
     if engine_name == "openai":
-        engine.update(base_url=e.base_url, video_mode=e.video_mode, image_format=e.image_format)
+        engine.update(base_url=e.base_url, server=e.server, video_mode=e.video_mode, image_format=e.image_format,
+                      image_detail=e.image_detail)
     else:
         engine.update(dtype=e.dtype, attn_implementation=e.attn_implementation)
     return {
@@ -572,99 +576,116 @@ def run_inference(
     out_dir = output_dir(cfg, outputs_dir, model_name, ck.label, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    settings = describe_settings(cfg, ecfg.name, ck)
-    fp = fingerprint(settings)
-    check_fingerprint(out_dir, settings)
+    with _one_writer(out_dir, k, i):
+        settings = describe_settings(cfg, ecfg.name, ck)
+        fp = fingerprint(settings)
+        check_fingerprint(out_dir, settings)
 
-    mine = plan.shard_units(k, i)
-    pending: dict[str, list[Item]] = {}
-    stats: dict[str, TaskStats] = {}
-    for task, items in plan.items.items():
-        done = finished_keys(out_dir, task, retry_errors=retry_errors)
-        own = [it for it in items if it.unit in mine]
-        pending[task] = [it for it in own if it.key not in done]
-        stats[task] = TaskStats(skipped=len(own) - len(pending[task]))
-    shard_txt = f" [shard {i + 1}/{k}]" if k > 1 else ""
-    log(
-        f"avcap infer: {model_name} {ck.label} ({ck.path}) on {dataset}{shard_txt} -> {out_dir}\n  "
-        + "; ".join(f"{t}: {len(p)} to do, {stats[t].skipped} already done" for t, p in pending.items())
-    )
+        mine = plan.shard_units(k, i)
+        pending: dict[str, list[Item]] = {}
+        stats: dict[str, TaskStats] = {}
+        for task, items in plan.items.items():
+            done = finished_keys(out_dir, task, retry_errors=retry_errors)
+            own = [it for it in items if it.unit in mine]
+            pending[task] = [it for it in own if it.key not in done]
+            stats[task] = TaskStats(skipped=len(own) - len(pending[task]))
+        shard_txt = f" [shard {i + 1}/{k}]" if k > 1 else ""
+        log(
+            f"avcap infer: {model_name} {ck.label} ({ck.path}) on {dataset}{shard_txt} -> {out_dir}\n  "
+            + "; ".join(f"{t}: {len(p)} to do, {stats[t].skipped} already done" for t, p in pending.items())
+        )
 
-    info: dict[str, Any] = {
-        "model_name": model_name,
-        "checkpoint": ck.to_json(),
-        "checkpoint_label": ck.label,
-        "step": ck.step,
-        "dataset": dataset,
-        "dataset_root": str(plan.root),
-        "tasks": list(plan.items),
-        "limit": limit,
-        **settings,
-        "fingerprint": fp,
-        "engine_config": ecfg.model_dump(),
-        "shard": {"num_shards": k, "shard_index": i},
-        "versions": _versions(),
-        "started_at": started_at,
-    }
-    timings: dict[str, Any] = {}
-    if any(pending.values()):
-        if ecfg.reasoning and cfg.avcap.sampling.mcq.max_tokens < 256 and pending.get("mcq"):
-            log("  note: reasoning mode with mcq max_tokens < 256 — the answer after </think> may be cut off")
-        device = None
-        if local_rank is not None and ecfg.name != "openai":
-            device = _local_device(local_rank, ecfg.device)
-        from avcap.engines import make_engine
+        info: dict[str, Any] = {
+            "model_name": model_name,
+            "checkpoint": ck.to_json(),
+            "checkpoint_label": ck.label,
+            "step": ck.step,
+            "dataset": dataset,
+            "dataset_root": str(plan.root),
+            "tasks": list(plan.items),
+            "limit": limit,
+            **settings,
+            "fingerprint": fp,
+            "engine_config": ecfg.model_dump(),
+            "shard": {"num_shards": k, "shard_index": i},
+            "versions": _versions(),
+            "started_at": started_at,
+        }
+        rf = run_file(out_dir, k, i)
+        if not rf.exists():  # the settings are on disk before the first record: a resume checks them
+            write_json_atomic(rf, {**info, "finished_at": None})
+        timings: dict[str, Any] = {}
+        if any(pending.values()):
+            if ecfg.reasoning and cfg.avcap.sampling.mcq.max_tokens < 256 and pending.get("mcq"):
+                log("  note: reasoning mode with mcq max_tokens < 256 — the answer after </think> may be cut off")
+            device = None
+            if local_rank is not None and ecfg.name != "openai":
+                device = _local_device(local_rank, ecfg.device)
+            from avcap.engines import make_engine
 
-        t0 = time.perf_counter()
-        try:
-            engine = make_engine(ecfg, vision=cfg.eval_vision, model=ck.path, processor=ck.processor, device=device)
-        except (ImportError, ValueError) as exc:
-            raise InferError(str(exc)) from None
-        except OSError as exc:
-            raise InferError(f"{ck.path}: cannot load the model ({' '.join(str(exc).split())[:300]})") from None
-        timings["engine_load_s"] = round(time.perf_counter() - t0, 3)
-        info["device"] = getattr(engine, "device", None)
-        if ecfg.compile and ecfg.name == "transformers":
-            log("  note: [avcap.engine] compile = true — the first batch of each new shape compiles first "
-                "(about a minute at real size on a GPU)")
-        try:
-            prompts = cfg.avcap.prompts
-            reasoning_suffix = prompts.reasoning_suffix if ecfg.reasoning else None
-            for task, todo in pending.items():
-                sampling: Sampling = getattr(cfg.avcap.sampling, task)
-                target = task_file(out_dir, task, k, i)
-                with RecordWriter(target, fsync=False) as writer:  # synced once per batch
-                    _run_task(
-                        engine, task, todo, sampling, writer, stats[task], prompts.system, reasoning_suffix,
-                        progress=progress, desc=f"{task}{shard_txt}",
-                    )
-        finally:
-            info["engine_run"] = engine.run_record() if hasattr(engine, "run_record") else {}
-            engine.close()
-    for task, st in stats.items():
-        timings[task] = st.as_dict()
-    timings["total_s"] = round(time.perf_counter() - t_start, 3)
-    info.update(timings=timings, finished_at=_now())
-    rf = run_file(out_dir, k, i)
-    if any(pending.values()) or not rf.exists():  # a rerun with nothing to do keeps the real timings
-        write_json_atomic(rf, info)
+            t0 = time.perf_counter()
+            try:
+                engine = make_engine(ecfg, vision=cfg.eval_vision, model=ck.path, processor=ck.processor, device=device)
+            except (ImportError, ValueError) as exc:
+                raise InferError(str(exc)) from None
+            except OSError as exc:
+                raise InferError(f"{ck.path}: cannot load the model ({' '.join(str(exc).split())[:300]})") from None
+            timings["engine_load_s"] = round(time.perf_counter() - t0, 3)
+            info["device"] = getattr(engine, "device", None)
+            if ecfg.compile and ecfg.name == "transformers":
+                log("  note: [avcap.engine] compile = true — the first batch of each new shape compiles first "
+                    "(about a minute at real size on a GPU)")
+            try:
+                prompts = cfg.avcap.prompts
+                reasoning_suffix = prompts.reasoning_suffix if ecfg.reasoning else None
+                for task, todo in pending.items():
+                    sampling: Sampling = getattr(cfg.avcap.sampling, task)
+                    target = task_file(out_dir, task, k, i)
+                    with RecordWriter(target, fsync=False) as writer:  # synced once per batch
+                        _run_task(
+                            engine, task, todo, sampling, writer, stats[task], prompts.system, reasoning_suffix,
+                            progress=progress, desc=f"{task}{shard_txt}",
+                        )
+            finally:
+                info["engine_run"] = engine.run_record() if hasattr(engine, "run_record") else {}
+                engine.close()
+        for task, st in stats.items():
+            timings[task] = st.as_dict()
+        timings["total_s"] = round(time.perf_counter() - t_start, 3)
+        info.update(timings=timings, finished_at=_now())
+        if any(pending.values()) or not rf.exists():  # a rerun with nothing to do keeps the real timings
+            write_json_atomic(rf, info)
 
-    for task, st in stats.items():
-        rate = f", {st.videos / st.seconds:.3f} videos/s" if st.seconds > 0 and st.videos else ""
-        log(f"  {task}: {st.done} done, {st.skipped} skipped, {st.failed} failed in {st.seconds:.1f} s{rate}")
-    failed = sum(s.failed for s in stats.values())
-    if failed and not retry_errors:
-        log(f"  {failed} request(s) failed (error records); rerun with --retry-errors to try them again")
-    status = merge_outputs(out_dir, plan, num_shards=k)
-    log(f"  {status.message}")
-    return {
-        "out_dir": str(out_dir),
-        "label": ck.label,
-        "shard": (k, i),
-        "stats": {t: s.as_dict() for t, s in stats.items()},
-        "merged": status.complete,
-        "missing": status.missing,
-    }
+        for task, st in stats.items():
+            rate = f", {st.videos / st.seconds:.3f} videos/s" if st.seconds > 0 and st.videos else ""
+            log(f"  {task}: {st.done} done, {st.skipped} skipped, {st.failed} failed in {st.seconds:.1f} s{rate}")
+        failed = sum(s.failed for s in stats.values())
+        if failed and not retry_errors:
+            log(f"  {failed} request(s) failed (error records); rerun with --retry-errors to try them again")
+        status = merge_outputs(out_dir, plan, num_shards=k)
+        log(f"  {status.message}")
+        return {
+            "out_dir": str(out_dir),
+            "label": ck.label,
+            "shard": (k, i),
+            "stats": {t: s.as_dict() for t, s in stats.items()},
+            "merged": status.complete,
+            "missing": status.missing,
+        }
+
+
+@contextlib.contextmanager
+def _one_writer(out_dir: Path, num_shards: int, shard_index: int):
+    """Hold the output directory's writer lock (one per shard) for the whole run."""
+    name = ".infer.lock" if num_shards == 1 else f".infer.{shard_suffix(num_shards, shard_index)}.lock"
+    try:
+        lock = WriterLock(out_dir, name, "avcap infer").__enter__()
+    except DirectoryBusy as exc:
+        raise InferError(str(exc)) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _local_device(local_rank: int, configured: str) -> str:

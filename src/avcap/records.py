@@ -230,3 +230,47 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class DirectoryBusy(RuntimeError):
+    """Another process holds the writer lock of an output directory."""
+
+
+class WriterLock:
+    """One writer per output directory: an exclusive `flock` on `<dir>/<name>`, taken without
+    waiting. The kernel drops it when the holder exits, however it exits (SIGKILL included), so a
+    killed run never leaves it stuck; the file itself stays and only says who held it last.
+
+        with WriterLock(out_dir, ".infer.lock", "avcap infer"):
+            ...
+    """
+
+    def __init__(self, directory: str | Path, name: str, what: str):
+        self.path = Path(directory) / name
+        self.what = what
+        self._fd: int | None = None
+
+    def __enter__(self) -> "WriterLock":
+        import fcntl
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise DirectoryBusy(
+                f"{self.path.parent}: another {self.what} is writing here ({holder}); wait for it to finish, "
+                "or use another output directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
