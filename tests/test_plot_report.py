@@ -181,3 +181,99 @@ def test_zero_shot_only_report(tmp_path: Path) -> None:
     assert summary.headlines == [] and summary.finetuned_models() == []
     path, _ = build_report(root)
     assert "## Zero-shot MCQ-VQA accuracy (AV_CAPTION)" in path.read_text()
+
+
+# ----------------------------------------------------------------------------- coverage, failures, engines
+
+
+def _run_json(root: Path, model: str, label: str, dataset: str, obj) -> None:
+    p = root / model / label / dataset / "run.json"
+    p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+def _cov(planned, scored, errors=0, missing=0, status=None):
+    return {"file": "mcq.jsonl", "planned": planned, "planned_from": "vqa.jsonl", "records": scored + errors,
+            "scored": scored, "errors": errors, "missing": missing, "not_in_dataset": 0,
+            "fraction": scored / planned, "status": status or ("complete" if scored == planned else "partial")}
+
+
+def test_report_marks_partial_and_all_failed(outputs: Path, tmp_path: Path) -> None:
+    # Qwen3-VL-2B zero-shot: 470 of the 480 questions answered (10 errors), 38 of 40 captions
+    m = _av("Qwen3-VL-2B", "base", None, 0.641, 0.090)
+    m["coverage"] = {"mcq": _cov(480, 470, errors=10), "caption": {**_cov(40, 38, missing=2), "file": "caption.jsonl"},
+                     "mcq_caption_mode": _cov(480, 400, errors=80)}
+    m["vqa_accuracy_caption_mode"] = {"mode": "caption", "overall": 0.5, "parseable_rate": 0.9, "answerer": "openai:judge"}
+    _write(outputs, "Qwen3-VL-2B", "base", "AV_CAPTION", m)
+    # Qwen3-VL-8B zero-shot: every request failed (HTTP 422): no score, not 0
+    failed = {"model": "Qwen3-VL-8B", "checkpoint_label": "base", "step": None, "dataset": "AV_CAPTION",
+              "bleu": {"value": None, "status": "all_failed", "error": "all 40 caption requests failed; first error: 422"},
+              "vqa_accuracy": {"overall": None, "status": "all_failed", "mode": "direct", "total_predictions": 480,
+                               "engine_errors": 480, "error": "all 480 MCQ requests failed; first error: 422"},
+              "coverage": {"mcq": _cov(480, 0, errors=480, status="all_failed"),
+                           "caption": {**_cov(40, 0, errors=40, status="all_failed"), "file": "caption.jsonl"}}}
+    _write(outputs, "Qwen3-VL-8B", "base", "AV_CAPTION", failed)
+    # a checkpoint of the sweep whose MCQ requests all failed, and one scored over a subset
+    ck = _av(BASE, "ckpt-350", 350, 0.780, 0.125, 0.01)
+    ck["vqa_accuracy"] = failed["vqa_accuracy"]
+    ck["coverage"] = {"mcq": failed["coverage"]["mcq"]}
+    _write(outputs, BASE, "ckpt-350", "AV_CAPTION", ck)
+    ck = _av(BASE, "ckpt-500", 500, 0.7513, 0.123, 0.01)
+    ck["coverage"] = {"mcq": _cov(480, 240, missing=240)}
+    _write(outputs, BASE, "ckpt-500", "AV_CAPTION", ck)
+
+    md = build_report(outputs, tmp_path / "r" / "report.md")[0].read_text()
+    assert "A value marked (n/N) was computed over n of the N records" in md
+    assert '"all failed": every request of that task failed, so there is no score (not a score of 0).' in md
+    overall = next(l for l in md.splitlines() if l.startswith("| **Overall** | 74.7%"))
+    assert overall == "| **Overall** | 74.7% | **80.1%** | 64.1% (470/480) | all failed |"
+    details = next(l for l in md.splitlines() if l.startswith("| Questions scored / in the dataset |"))
+    assert "| 470/480 questions (10 errors) |" in details and "| 0/480 questions (480 errors) |" in details
+    assert "| not recorded |" in details  # metrics.json files from before coverage existed
+    assert "| Qwen3-VL-2B | AV_CAPTION | 0.090 (38/40) | 38/40 captions (2 missing) |" in md
+    assert "| Qwen3-VL-8B | AV_CAPTION | all failed | 0/40 captions (40 errors) |" in md
+    assert "| Qwen3-VL-2B | zero-shot | 50.0% (400/480) | 90.0% | 400/480 questions (80 errors) |" in md
+    row350 = next(l for l in md.splitlines() if l.startswith("| ckpt-350 | 350 |"))
+    assert "all failed](" in row350 and "0.0%" not in row350
+    row500 = next(l for l in md.splitlines() if l.startswith("| ckpt-500 | 500 |"))
+    assert ") (240/480)" in row500
+    # the headline's best MCQ checkpoint is still ckpt-250; the failed checkpoint is not a 0 in the sweep
+    assert "| MCQ-VQA accuracy | 80.1% | ckpt-250 | 80.8% | +0.7 pp |" in md
+
+
+def test_report_says_when_engines_or_representations_differ(outputs: Path, tmp_path: Path) -> None:
+    frames = {"kind": "frames", "via": "processor", "factor": 32, "size": [256, 448]}
+    for model in ZERO_SHOT:
+        for ds in ("AV_CAPTION", "LINGOQA"):
+            _run_json(outputs, model, "base", ds, {"engine": {"name": "transformers"}, "engine_run": {"representation": frames}})
+    for step in SWEEP:
+        for ds in ("AV_CAPTION", "LINGOQA"):
+            _run_json(outputs, BASE, f"ckpt-{step}", ds,
+                      {"engine": {"name": "transformers"}, "engine_run": {"representation": frames}})
+    same = build_report(outputs, tmp_path / "same" / "report.md")[0].read_text()
+    assert "Different engines or frame representations" not in same and "Engine; representation" not in same
+
+    # Qwen3-VL-8B through an API that takes the video file; a checkpoint with no engine_run recorded
+    for ds in ("AV_CAPTION", "LINGOQA"):
+        _run_json(outputs, "Qwen3-VL-8B", "base", ds, {"engine": {"name": "openai"}, "engine_run": {"representation": "video_url"}})
+    _run_json(outputs, BASE, "ckpt-500", "AV_CAPTION", {"engine": {"name": "transformers"}})
+    _run_json(outputs, BASE, "ckpt-100", "LINGOQA", "{not json")  # unreadable: read defensively
+    md = build_report(outputs, tmp_path / "mixed" / "report.md")[0].read_text()
+    lines = md.splitlines()
+    want = "`transformers; factor=32, kind=frames, size=256x448, via=processor`"
+    mcq_note = next(l for l in lines if l.startswith("**Different engines or frame representations in this table**"))
+    assert want in mcq_note and "`openai; video_url`: Qwen3-VL-8B" in mcq_note
+    # tables of one row per output set get an engine column
+    assert "| Qwen3-VL-8B | LINGOQA | 0.694 (69.4%) | 694 / 1000 | not recorded | openai; video_url |" in md
+    assert "| Qwen3-VL-8B | AV_CAPTION | 0.110 | 40 | 11.0 | openai; video_url |" in md
+    # the sweep: a checkpoint without a recorded representation, one whose run.json is unreadable
+    sweep = md[md.index("## Checkpoint sweep"):]
+    note = next(l for l in sweep.splitlines() if l.startswith("**Different engines"))
+    assert "`transformers; representation not recorded`: ckpt-500 (AV_CAPTION)" in note
+    assert "`engine not recorded; representation not recorded`: ckpt-100 (LINGOQA)" in note
+    # the headline marks a metric whose zero-shot and best checkpoint differ in engine (LingoQA best is ckpt-350)
+    assert "| LingoQA score (Lingo-Judge) | 63.2% |" in md and "† zero-shot" not in md
+    _run_json(outputs, BASE, "ckpt-350", "LINGOQA", {"engine": {"name": "vllm"}, "engine_run": {"representation": frames}})
+    md = build_report(outputs, tmp_path / "mixed2" / "report.md")[0].read_text()
+    assert "| LingoQA score (Lingo-Judge) † | 63.2% |" in md
+    assert "† zero-shot and best checkpoint come from different engines or frame representations: " \
+           f"{BASE} LingoQA score (Lingo-Judge): zero-shot `transformers; factor=32" in md

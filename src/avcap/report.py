@@ -14,13 +14,20 @@ Reads every `<outputs_dir>/<model>/<label>/<dataset>/metrics.json` (docs/formats
 5. how each number was computed (the implementation names recorded in metrics.json) and the list of
    metrics.json files read.
 Every table ends with a "Source" line linking the metrics.json files its numbers come from.
+A value computed over fewer records than its dataset holds is marked "(n/N)" (metrics.json
+`coverage`), a task whose requests all failed shows "all failed" (never 0), and a table whose
+numbers come from different engines or frame representations (run.json `engine` and
+`engine_run.representation`, read beside each metrics.json) says so: an Engine column where rows
+are output sets, a note under the table otherwise.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,6 +49,8 @@ from avcap.plot import (
     read_metrics,
     render,
 )
+from avcap.score import METRIC_TASK, TASK_NOUN, coverage_text, engine_summary
+
 
 @dataclass
 class Entry:
@@ -54,6 +63,40 @@ class Entry:
     @property
     def step(self) -> Optional[int]:
         return label_step(self.label)
+
+    @cached_property
+    def engine(self) -> str:
+        """'<engine name>; <representation>' from the run.json beside metrics.json (else the copy
+        `avcap score` put in metrics.json); says "not recorded" for what neither holds."""
+        info = None
+        run = self.path.parent / "run.json"
+        if run.is_file():
+            try:
+                data = json.loads(run.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = None
+            info = engine_summary(data) if isinstance(data, dict) else None
+        if info is None and isinstance(self.metrics.get("engine"), dict):
+            info = self.metrics["engine"]
+        info = info or {}
+        name, rep = info.get("name"), info.get("representation")
+        rep_txt = _rep_text(rep) if rep not in (None, "", {}, []) else "representation not recorded"
+        return f"{name or 'engine not recorded'}; {rep_txt}"
+
+
+def _rep_text(v: Any, limit: int = 200) -> str:
+    """A representation (any JSON value) as short text: 'kind=frames, factor=32, size=256x448'."""
+    def fmt(x: Any) -> str:
+        if isinstance(x, dict):
+            return ", ".join(f"{k}=" + (f"({fmt(y)})" if isinstance(y, dict) else fmt(y)) for k, y in sorted(x.items()))
+        if isinstance(x, (list, tuple)):
+            if x and all(isinstance(y, (int, float)) and not isinstance(y, bool) for y in x):
+                return "x".join(str(y) for y in x)
+            return "[" + ", ".join(fmt(y) for y in x) + "]"
+        return str(x)
+
+    text = " ".join(fmt(v).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass
@@ -184,6 +227,74 @@ def _categories(entries: list[Entry], key: str = "vqa_accuracy") -> list[str]:
     return [c for c in CATEGORIES if c in seen] + sorted(seen - set(CATEGORIES))
 
 
+def _cell_text(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _coverage(metrics: dict[str, Any], metric: str) -> Optional[dict[str, Any]]:
+    c = (metrics.get("coverage") or {}).get(METRIC_TASK.get(metric, "")) if isinstance(metrics.get("coverage"), dict) else None
+    return c if isinstance(c, dict) else None
+
+
+def _failed(metrics: dict[str, Any], metric: str) -> bool:
+    b = metrics.get(metric)
+    return isinstance(b, dict) and b.get("status") == "all_failed"
+
+
+def _mark(metrics: dict[str, Any], metric: str) -> str:
+    """' (38/40)' after a value computed over fewer records than the dataset holds."""
+    c = _coverage(metrics, metric)
+    if c and c.get("status") == "partial":
+        return f" ({c.get('scored')}/{c.get('planned')})"
+    return ""
+
+
+def _coverage_cell(metrics: dict[str, Any], metric: str) -> str:
+    c = _coverage(metrics, metric)
+    return coverage_text(c, TASK_NOUN[METRIC_TASK[metric]]) if c else "not recorded"
+
+
+def _value_cell(metrics: dict[str, Any], metric: str, fmt) -> str:
+    """The value with its coverage mark, or 'all failed' (no score), or '—'."""
+    if _failed(metrics, metric):
+        return "all failed"
+    from avcap.plot import metric_value
+
+    key = {"vqa_accuracy_caption_mode": "vqa_accuracy"}.get(metric, metric)
+    block = metrics.get(metric)
+    v = metric_value({key: block}, key) if isinstance(block, dict) else None
+    return "—" if v is None else fmt(v) + _mark(metrics, metric)
+
+
+def _mixed(entries: list[Entry]) -> bool:
+    return len({e.engine for e in entries}) > 1
+
+
+def _engine_note(items: list[tuple[str, Entry]]) -> list[str]:
+    """A note under a table whose numbers come from different engines or representations."""
+    by: dict[str, list[str]] = {}
+    for name, e in items:
+        by.setdefault(e.engine, [])
+        if name not in by[e.engine]:
+            by[e.engine].append(name)
+    if len(by) < 2:
+        return []
+    return ["", "**Different engines or frame representations in this table** (the numbers are not like for like): "
+            + "; ".join(f"`{lab}`: {', '.join(names)}" for lab, names in by.items())]
+
+
+def _legend(entries: list[Entry]) -> list[str]:
+    partial = any(_mark(e.metrics, m) for e in entries for m in METRIC_TASK)
+    failed = any(_failed(e.metrics, m) for e in entries for m in METRIC_TASK)
+    out = []
+    if partial:
+        out.append("A value marked (n/N) was computed over n of the N records its dataset holds for that task "
+                   "(the others failed or are missing: `coverage` in its metrics.json).")
+    if failed:
+        out.append("\"all failed\": every request of that task failed, so there is no score (not a score of 0).")
+    return out + [""] if out else []
+
+
 # ----------------------------------------------------------------------------- sections
 
 
@@ -192,17 +303,30 @@ def _headline_section(summary: Summary) -> list[str]:
         return []
     out = ["## Headline", ""]
     rows = []
+    by_path = {e.path: e for e in summary.entries}
+    mixed_notes = []
     for h in summary.headlines:
+        s = summary.series.get((h.model, h.metric))
+        base_e = by_path.get(s.base.path) if s and s.base else None
+        best_e = by_path.get(s.best.path) if s and s.best else None
+        title = METRIC_TITLES[h.metric]
+        if base_e and best_e and base_e.engine != best_e.engine:
+            title += " †"
+            mixed_notes.append(f"{h.model} {METRIC_TITLES[h.metric]}: zero-shot `{base_e.engine}`, "
+                               f"{h.best_label} `{best_e.engine}`")
         rows.append([
             h.model,
-            METRIC_TITLES[h.metric],
-            fmt_value(h.metric, h.zero_shot),
+            title,
+            fmt_value(h.metric, h.zero_shot) + (_mark(base_e.metrics, h.metric) if base_e else ""),
             h.best_label or "—",
-            fmt_value(h.metric, h.best),
+            fmt_value(h.metric, h.best) + (_mark(best_e.metrics, h.metric) if best_e else ""),
             fmt_delta(h.metric, h.change, h.zero_shot),
         ])
     out.append(_table(["Model", "Metric", "Zero-shot", "Best checkpoint", "Best value", "Change"], rows,
                       ["l", "l", "r", "l", "r", "r"]))
+    if mixed_notes:
+        out += ["", "† zero-shot and best checkpoint come from different engines or frame representations: "
+                + "; ".join(mixed_notes) + "."]
     if any(h.metric == "vqa_accuracy" for h in summary.headlines):
         out += ["", f"MCQ chance level (4 choices): {100 * CHANCE_4_CHOICES:.0f}%."]
     out += ["", "<sub>Sources: the checkpoint sweep tables below.</sub>", ""]
@@ -222,14 +346,20 @@ def _zero_shot_mcq_section(summary: Summary, report_dir: Path) -> list[str]:
             cells = [(e.metrics["vqa_accuracy"].get("per_category") or {}).get(cat) for e in es]
             rows.append([cat] + _bold_max(cells, _pct))
         overall = [e.metrics["vqa_accuracy"].get("overall") for e in es]
-        rows.append(["**Overall**"] + _bold_max(overall, _pct))
+        cells = _bold_max(overall, _pct)
+        cells = [_value_cell(e.metrics, "vqa_accuracy", lambda v, c=c: c) for e, c in zip(es, cells)]
+        rows.append(["**Overall**"] + cells)
         out.append(_table(["Category"] + models, rows))
+        out += _engine_note([(e.model, e) for e in es])
         out += ["", _sources(es, report_dir), "", "**Evaluation details**", ""]
         det = []
 
         def row(name, fn):
             det.append([name] + [fn(e.metrics["vqa_accuracy"]) for e in es])
 
+        det.append(["Questions scored / in the dataset"] + [_coverage_cell(e.metrics, "vqa_accuracy") for e in es])
+        if _mixed(es):
+            det.append(["Engine; representation"] + [_cell_text(e.engine) for e in es])
         row("Total predictions", lambda v: f"{v['total_predictions']:,}" if "total_predictions" in v else "—")
         row("Videos evaluated", lambda v: f"{v['videos_evaluated']:,}" if "videos_evaluated" in v else "—")
         row("Parseable rate", lambda v: _pct(v.get("parseable_rate")))
@@ -249,14 +379,19 @@ def _zero_shot_simple(summary: Summary, report_dir: Path, metric: str) -> list[s
                 key=lambda e: (e.model, e.dataset))
     if not es:
         return []
+    mixed = _mixed(es)
+    eng_h, eng_a = (["Engine; representation"], ["l"]) if mixed else ([], [])
     if metric == "lingoqa":
         out = ["## Zero-shot LingoQA", ""]
         rows = []
         for e in es:
             v = e.metrics["lingoqa"]
-            cr = f"{v.get('correct', '—')} / {v.get('rows', '—')}"
-            rows.append([e.model, e.dataset, f"{v['score']:.3f} ({_pct(v['score'])})", cr])
-        out.append(_table(["Model", "Dataset", "LingoQA score", "Correct / rows"], rows, ["l", "l", "r", "r"]))
+            cr = f"{v.get('correct', '—')} / {v.get('rows', '—')}" if not _failed(e.metrics, "lingoqa") else "—"
+            score = _value_cell(e.metrics, "lingoqa", lambda x: f"{x:.3f} ({_pct(x)})")
+            rows.append([e.model, e.dataset, score, cr, _coverage_cell(e.metrics, "lingoqa")]
+                        + ([_cell_text(e.engine)] if mixed else []))
+        out.append(_table(["Model", "Dataset", "LingoQA score", "Correct / rows", "Questions scored / in the dataset"] + eng_h,
+                          rows, ["l", "l", "r", "r", "r"] + eng_a))
         out += ["", "LingoQA score = evaluated questions whose answer the judge accepts (best of the two references) "
                 "/ evaluated questions (`rows`, 500 on the full benchmark), as the official evaluate.py."]
     else:
@@ -265,10 +400,13 @@ def _zero_shot_simple(summary: Summary, report_dir: Path, metric: str) -> list[s
         for e in es:
             v = e.metrics["bleu"]
             sb = v.get("sacrebleu") or {}
-            rows.append([e.model, e.dataset, f"{v['value']:.3f}", str(v.get("n", "—")),
-                         f"{sb['score']:.1f}" if isinstance(sb.get("score"), (int, float)) else "—"])
-        out.append(_table(["Model", "Dataset", "BLEU-4 (0–1)", "Captions", "sacreBLEU (0–100, cross-check)"], rows,
-                          ["l", "l", "r", "r", "r"]))
+            caps = _coverage_cell(e.metrics, "bleu") if _coverage(e.metrics, "bleu") else str(v.get("n", "—"))
+            rows.append([e.model, e.dataset, _value_cell(e.metrics, "bleu", lambda x: f"{x:.3f}"), caps,
+                         f"{sb['score']:.1f}" if isinstance(sb.get("score"), (int, float)) else "—"]
+                        + ([_cell_text(e.engine)] if mixed else []))
+        out.append(_table(["Model", "Dataset", "BLEU-4 (0–1)", "Captions", "sacreBLEU (0–100, cross-check)"] + eng_h, rows,
+                          ["l", "l", "r", "r", "r"] + eng_a))
+    out += _engine_note([(f"{e.model}/{e.dataset}", e) for e in es])
     out += ["", _sources(es, report_dir), ""]
     return out
 
@@ -282,11 +420,19 @@ def _sweep_section(summary: Summary, model: str, report_dir: Path, plots: dict[s
             labels["base"] = None
         for p in s.checkpoints:
             labels[p.label] = p.step
+    by_path = {e.path: e for e in summary.entries}
+    # checkpoints whose requests all failed for a metric have no value (and no point in the series)
+    failed = {(e.label, m): e for e in summary.entries if e.model == model for m in METRICS if _failed(e.metrics, m)}
+    for (lab, _), e in failed.items():
+        labels.setdefault(lab, e.step)
     ordered = sorted(labels, key=lambda l: -1 if labels[l] is None else labels[l])
     # main table: one row per checkpoint, one column per metric
-    cols = list(series)
+    cols = [m for m in METRICS if m in series or any(fm == m for _, fm in failed)]
     values = {m: {("base" if s.base and p is s.base else p.label): p
                   for p in ([s.base] if s.base else []) + s.checkpoints} for m, s in series.items()}
+    used = [(f"{p.label} ({p.path.parent.name})", by_path[p.path]) for m in cols for p in values.get(m, {}).values()
+            if p.path in by_path]
+    used += [(f"{lab} ({e.dataset})", e) for (lab, _), e in failed.items()]
     parse = {}
     mcq = series.get("vqa_accuracy")
     if mcq:
@@ -297,11 +443,14 @@ def _sweep_section(summary: Summary, model: str, report_dir: Path, plots: dict[s
     for lab in ordered:
         r = ["zero-shot (base)" if lab == "base" else lab, "—" if lab == "base" else str(labels[lab])]
         for m in cols:
-            pt = values[m].get(lab)
+            pt = values.get(m, {}).get(lab)
             cell = fmt_value(m, pt.value if pt else None)
             if pt is not None:
-                cell = f"[{cell}]({_rel(pt.path, report_dir)})"
-            if lab == bests[m]:
+                e = by_path.get(pt.path)
+                cell = f"[{cell}]({_rel(pt.path, report_dir)})" + (_mark(e.metrics, m) if e else "")
+            elif (lab, m) in failed:
+                cell = f"[all failed]({_rel(failed[(lab, m)].path, report_dir)})"
+            if lab == bests.get(m):
                 cell = f"**{cell}**"
             r.append(cell)
         if mcq:
@@ -309,6 +458,7 @@ def _sweep_section(summary: Summary, model: str, report_dir: Path, plots: dict[s
         rows.append(r)
     header = ["Checkpoint", "Step"] + [METRIC_TITLES[m] for m in cols] + (["MCQ parseable"] if mcq else [])
     out.append(_table(header, rows, ["l", "r"] + ["r"] * (len(header) - 2)))
+    out += _engine_note(used)
     out += ["", "Bold: the best checkpoint of each metric. Every value links to the metrics.json it comes from.", ""]
 
     # best checkpoint per metric
@@ -366,7 +516,9 @@ def _sweep_section(summary: Summary, model: str, report_dir: Path, plots: dict[s
             rows.append([c] + _bold_max(cells, _pct))
         rows.append(["**Overall**"] + _bold_max([p.value for p in pts], _pct))
         out += ["**MCQ-VQA accuracy per category and checkpoint** (bold: best per row)", "",
-                _table(hdr, rows), "",
+                _table(hdr, rows)]
+        out += _engine_note([(p.label, by_path[p.path]) for p in pts if p.path in by_path])
+        out += ["",
                 "<sub>Source: " + ", ".join(f"[{p.label}]({_rel(p.path, report_dir)})" for p in pts) + "</sub>", ""]
 
     # plots
@@ -439,12 +591,20 @@ def _caption_mode_section(summary: Summary, report_dir: Path) -> list[str]:
                 key=lambda e: (e.model, -1 if e.step is None else e.step))
     if not es:
         return []
+    mixed = _mixed(es)
+    answerers = {str(e.metrics["vqa_accuracy_caption_mode"].get("answerer")) for e in es}
     rows = [[e.model, "zero-shot" if e.label == "base" else e.label,
-             _pct(e.metrics["vqa_accuracy_caption_mode"].get("overall")),
-             _pct(e.metrics["vqa_accuracy_caption_mode"].get("parseable_rate"))] for e in es]
+             _value_cell(e.metrics, "vqa_accuracy_caption_mode", _pct),
+             _pct(e.metrics["vqa_accuracy_caption_mode"].get("parseable_rate")),
+             _coverage_cell(e.metrics, "vqa_accuracy_caption_mode")]
+            + ([_cell_text(str(e.metrics["vqa_accuracy_caption_mode"].get("answerer")))] if len(answerers) > 1 else [])
+            + ([_cell_text(e.engine)] if mixed else []) for e in es]
+    header = (["Model", "Checkpoint", "Accuracy", "Parseable", "Questions scored / in the dataset"]
+              + (["Answerer"] if len(answerers) > 1 else []) + (["Caption engine; representation"] if mixed else []))
     return ["## MCQ-VQA answered from the generated captions", "",
             "The MCQs answered by a separate answerer reading only each model's caption (how useful the captions are).", "",
-            _table(["Model", "Checkpoint", "Accuracy", "Parseable"], rows), "", _sources(es, report_dir), ""]
+            _table(header, rows), *_engine_note([(f"{e.model}/{e.label}", e) for e in es]), "",
+            _sources(es, report_dir), ""]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -482,6 +642,7 @@ def build_report(
              f"generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by avcap {__version__}", ""]
     if intro:
         lines += intro + [""]
+    lines += _legend(summary.entries)
     lines += _headline_section(summary)
     lines += _zero_shot_mcq_section(summary, report_dir)
     lines += _zero_shot_simple(summary, report_dir, "lingoqa")
