@@ -465,6 +465,13 @@ root = "{data / 'LINGOQA'}"
     assert v["total_predictions"] == len(mcq) == len(read_records(data / "AV_CAPTION" / "vqa.jsonl"))
     assert v["overall"] == pytest.approx(right / len(mcq)) and v["videos_evaluated"] == len(caps)
     assert v["engine_errors"] == sum(1 for r in mcq if r["error"]) > 0  # the corrupt clip's questions
+    # coverage against what infer planned: every video and question, the corrupt clip's as errors
+    cov = m["coverage"]
+    assert (cov["caption"]["planned"], cov["caption"]["missing"]) == (len(caps), 0)
+    assert cov["caption"]["errors"] == sum(1 for r in caps.values() if r["error"]) > 0
+    assert cov["caption"]["scored"] == len(caps) - cov["caption"]["errors"] and cov["caption"]["status"] == "partial"
+    assert (cov["mcq"]["planned"], cov["mcq"]["scored"]) == (len(mcq), len(mcq) - v["engine_errors"])
+    assert m["engine"]["name"] == "transformers"
 
     questions = pd.read_parquet(data / "LINGOQA" / "val.parquet")
     lq = read_json(out / "tiny" / "base" / "LINGOQA" / "metrics.json")["lingoqa"]
