@@ -374,3 +374,52 @@ def test_real_lingoqa_parquet_plans_500_questions_and_official_csv_columns(tmp_p
         rows = list(ours)
         assert set(ours.fieldnames) <= set(official.fieldnames)
     assert len(rows) == 500 and rows[0]["answer"] == "Yes."
+
+
+def _private_mounts() -> list[str] | None:
+    """`unshare` arguments for a private mount namespace this user may mount tmpfs in, or None."""
+    import shutil
+
+    if not shutil.which("unshare"):
+        return None
+    for args in (["unshare", "-m"], ["unshare", "-rm"]):
+        probe = subprocess.run([*args, "sh", "-c", "mount -t tmpfs -o size=1k tmpfs /mnt 2>/dev/null || "
+                                "mount -t tmpfs -o size=1k tmpfs /tmp"], capture_output=True)
+        if probe.returncode == 0:
+            return args
+    return None
+
+
+@pytest.mark.slow
+def test_a_full_disk_and_a_read_only_directory_are_one_line_exit_2_and_a_rerun_completes(reference, cfg_file, tmp_path):
+    """A real tmpfs of 12 KiB fills mid-run (amid the records); then, with room, the rerun completes the same records."""
+    unshare = _private_mounts()
+    if unshare is None:
+        pytest.skip("needs a private mount namespace (unshare -m as root, or unshare -rm) to mount a small tmpfs")
+    out, keep = tmp_path / "out", tmp_path / "kept"
+    out.mkdir()
+    keep.mkdir()
+    common = f"{sys.executable} -m avcap infer --model-name tiny --config {cfg_file} --outputs-dir {out} --no-progress"
+    script = f"""
+    mount -t tmpfs -o size=12k tmpfs {out}
+    {common} --dataset AV_CAPTION 2>&1; echo "rc=$?"
+    echo ==== room
+    mount -o remount,size=16m {out}
+    {common} --dataset AV_CAPTION 2>&1; echo "rc=$?"
+    echo ==== read-only
+    mount -o remount,ro {out}
+    {common} --dataset LINGOQA 2>&1; echo "rc=$?"
+    cp -r {out}/. {keep}/
+    """
+    log = subprocess.run([*unshare, "sh", "-c", script], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+    full, room, ro = log.split("==== ")
+    d = out / "tiny" / "base" / "AV_CAPTION"
+    assert "rc=2" in full and "Traceback" not in full, full
+    assert f"error: {d}/" in full and ": no space left on device (free some space and rerun" in full, full
+    assert "rc=0" in room and "merged" in room, room
+    assert "rc=2" in ro and "Traceback" not in ro and ": read-only file system (write the outputs somewhere" in ro, ro
+    kept = keep / "tiny" / "base" / "AV_CAPTION"
+    for task in ("caption", "mcq"):
+        assert texts(kept / f"{task}.jsonl") == texts(reference / "AV_CAPTION" / f"{task}.jsonl")
+    assert not [p.name for p in kept.iterdir() if p.name.endswith(".tmp")]

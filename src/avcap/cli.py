@@ -12,6 +12,8 @@ import sys
 
 import typer
 
+from avcap.records import is_user_fs_error, os_error_line
+
 app = typer.Typer(
     name="avcap",
     help="Post-train and evaluate video VLMs as autonomous-vehicle video captioners "
@@ -74,6 +76,11 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if not is_user_fs_error(exc):
+            raise
+        typer.echo(f"error: {os_error_line(exc)}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Records are keyed (`record["key"]`); `done_keys` tells a rerun what to skip.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -60,6 +62,43 @@ def latest_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]
     return out
 
 
+# file-system errors the user causes and can fix (a full disk, a read-only or foreign directory):
+# the CLI prints them as one line naming the path and exits 2 (`os_error_line`)
+USER_FS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+_FS_HINTS = {
+    errno.ENOSPC: "free some space and rerun: finished work is kept",
+    errno.EDQUOT: "free some space and rerun: finished work is kept",
+    errno.EFBIG: "the file system or a limit refuses a file this large",
+    errno.EROFS: "write the outputs somewhere writable",
+    errno.EACCES: "write the outputs somewhere this user may write",
+    errno.EPERM: "write the outputs somewhere this user may write",
+}
+
+
+def is_user_fs_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in USER_FS_ERRNOS
+
+
+def os_error_line(exc: OSError) -> str:
+    """`<path>: <cause> (<what to do>)` for a file-system error the user can fix."""
+    where = exc.filename if exc.filename is not None else "(path unknown)"
+    cause = (exc.strerror or os.strerror(exc.errno or 0)).lower()
+    hint = _FS_HINTS.get(exc.errno or 0)
+    return f"{where}: {cause}" + (f" ({hint})" if hint else "")
+
+
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """Re-raise an OSError that names no file (a write or fsync on an open descriptor: a full disk
+    says only "No space left on device") as the same error naming `path`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
+        raise
+
+
 def _repair_torn_tail(path: Path) -> None:
     """Truncate a trailing partial line left by a killed writer."""
     if not path.exists():
@@ -100,16 +139,18 @@ class RecordWriter:
         if "key" not in record:
             raise ValueError("a record needs a 'key'")
         data = (json.dumps(record, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8")
-        written = os.write(self._fd, data)
-        if written != len(data):  # pragma: no cover - regular files write whole buffers
-            raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes)")
-        if self._fsync:
-            os.fsync(self._fd)
+        with naming(self.path):
+            written = os.write(self._fd, data)
+            if written != len(data):  # a full disk can take part of a line; the next open repairs it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+            if self._fsync:
+                os.fsync(self._fd)
 
     def sync(self) -> None:
         """fsync what was appended: a writer opened with `fsync=False` syncs once per batch."""
         if self._fd >= 0:
-            os.fsync(self._fd)
+            with naming(self.path):
+                os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -150,7 +191,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with naming(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
