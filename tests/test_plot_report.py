@@ -238,6 +238,13 @@ def test_report_marks_partial_and_all_failed(outputs: Path, tmp_path: Path) -> N
     assert ") (240/480)" in row500
     # the headline's best MCQ checkpoint is still ckpt-250; the failed checkpoint is not a 0 in the sweep
     assert "| MCQ-VQA accuracy | 80.1% | ckpt-250 | 80.8% | +0.7 pp |" in md
+    # the CLI's headline lines carry the marks too (BLEU's best, ckpt-200, covers 20 of 40 captions)
+    ck = _av(BASE, "ckpt-200", 200, 0.803, 0.125, 0.01)
+    ck["coverage"] = {"caption": {**_cov(40, 20, missing=20), "file": "caption.jsonl"}}
+    _write(outputs, BASE, "ckpt-200", "AV_CAPTION", ck)
+    r = CliRunner().invoke(app, ["report", "--outputs-dir", str(outputs)])
+    assert r.exit_code == 0, r.output
+    assert f"  {BASE} bleu: zero-shot 0.113 -> best ckpt-200 0.125 (20/40) (+0.012, +10.6%)" in r.output
 
 
 def test_report_says_when_engines_or_representations_differ(outputs: Path, tmp_path: Path) -> None:

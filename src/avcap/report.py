@@ -681,8 +681,17 @@ def main(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     typer.echo(f"wrote {path}")
+    by_path = {e.path: e for e in summary.entries}
+
+    def mark(pt, metric: str) -> str:  # ' (n/N)' for a value over fewer records than the dataset holds
+        e = by_path.get(pt.path) if pt is not None else None
+        return _mark(e.metrics, metric) if e else ""
+
     for h in summary.headlines:
+        s = summary.series.get((h.model, h.metric))
+        base, best = (s.base, s.best) if s else (None, None)
         typer.echo(
-            f"  {h.model} {h.metric}: zero-shot {fmt_value(h.metric, h.zero_shot)} -> best {h.best_label} "
-            f"{fmt_value(h.metric, h.best)} ({fmt_delta(h.metric, h.change, h.zero_shot)})"
+            f"  {h.model} {h.metric}: zero-shot {fmt_value(h.metric, h.zero_shot)}{mark(base, h.metric)} -> best "
+            f"{h.best_label} {fmt_value(h.metric, h.best)}{mark(best, h.metric)} "
+            f"({fmt_delta(h.metric, h.change, h.zero_shot)})"
         )
