@@ -512,3 +512,17 @@ def test_preview_grid_png_and_mp4(raw_world):
     labelled = [c for c in corners if c != (0, 0, 0)]
     assert len(labelled) == 9
     assert {c for c in labelled} == {PALETTE[i] for i in range(len(names))}
+
+
+def test_a_duplicated_vqa_key_is_reported_once_and_the_first_identical_line_kept(raw_world):
+    root, cfg_path = raw_world
+    vqa = root / "raw" / "eval" / "vqa.jsonl"
+    first = vqa.read_text().splitlines()[0]
+    vqa.write_text(vqa.read_text() + first + "\n")  # line 6: line 1 again
+    res = _run_curate(cfg_path)
+    assert res.exit_code == 0, res.output
+    report = json.loads((root / "data/train/report.json").read_text())
+    vqa_problems = [p for p in report["problems"] if "vqa.jsonl" in p["file"]]
+    assert [p["file"] for p in vqa_problems].count(f"{vqa}:6") == 1
+    assert "duplicate of line 1" in next(p["reason"] for p in vqa_problems if p["file"] == f"{vqa}:6")
+    assert report["sources"]["vqa"]["written"] == 2  # e1/q1 (line 1) and e1/q2 are still used

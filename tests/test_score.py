@@ -15,6 +15,7 @@ from avcap.records import RecordWriter, read_json, read_records
 pd = pytest.importorskip("pandas")
 
 CHOICES = {"A": "clear", "B": "rain", "C": "fog", "D": "snow"}
+QIDS = ("sd01", "ko01")  # pool questions (Scene Description, Key Objects): vqa.jsonl is checked against the pool
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -61,7 +62,7 @@ def _dataset(root: Path, *, with_captions_jsonl: bool = True) -> Path:
     with RecordWriter(av / "vqa.jsonl") as w:
         for vid in refs:
             for q, (cat, ans) in enumerate([("Scene Description", "A"), ("Key Objects", "B")]):
-                w.append({"key": f"{vid}/q{q}", "video_id": vid, "question_id": f"q{q}", "category": cat,
+                w.append({"key": f"{vid}/{QIDS[q]}", "video_id": vid, "question_id": QIDS[q], "category": cat,
                           "question": f"Question {q} about {vid}?", "choices": CHOICES, "answer": ans, "provenance": "agreed"})
     lq = root / "LINGOQA"
     lq.mkdir()
@@ -80,13 +81,13 @@ def _outputs(out: Path, data: Path, label: str = "base", step=None, captions=Non
         for vid, text in captions.items():
             w.append({"key": vid, "video_id": vid, "text": text, "caption": None, "caption_text": text,
                       "error": None if text else "decode failed"})
-    mcq_texts = mcq_texts or {"v1/q0": "A", "v1/q1": "The answer is B.", "v2/q0": "C", "v2/q1": "I cannot tell.",
-                              "v3/q0": "(A) clear", "v3/q1": None}
+    mcq_texts = mcq_texts or {"v1/sd01": "A", "v1/ko01": "The answer is B.", "v2/sd01": "C", "v2/ko01": "I cannot tell.",
+                              "v3/sd01": "(A) clear", "v3/ko01": None}
     with RecordWriter(d / "mcq.jsonl") as w:
         for key, text in mcq_texts.items():
             vid, q = key.split("/")
-            w.append({"key": key, "video_id": vid, "question_id": q, "category": "Scene Description" if q == "q0" else "Key Objects",
-                      "choices": CHOICES, "answer": "A" if q == "q0" else "B", "text": text,
+            w.append({"key": key, "video_id": vid, "question_id": q, "category": "Scene Description" if q == "sd01" else "Key Objects",
+                      "choices": CHOICES, "answer": "A" if q == "sd01" else "B", "text": text,
                       "error": None if text is not None else "timeout"})
     (d / "run.json").write_text(json.dumps({"model_name": "tiny", "checkpoint_label": label, "step": step,
                                             "dataset": "AV_CAPTION", "dataset_root": str(data / "AV_CAPTION")}))
@@ -110,7 +111,7 @@ def test_score_contract_files(tmp_path, judge_dir):
     data = _dataset(tmp_path / "data")
     out = tmp_path / "outputs"
     _outputs(out, data)
-    _outputs(out, data, label="ckpt-20", step=20, mcq_texts={k: "A" for k in ("v1/q0", "v1/q1", "v2/q0", "v2/q1", "v3/q0", "v3/q1")})
+    _outputs(out, data, label="ckpt-20", step=20, mcq_texts={k: "A" for k in ("v1/sd01", "v1/ko01", "v2/sd01", "v2/ko01", "v3/sd01", "v3/ko01")})
     cfg = load_config(None, {"avcap": {"metrics": {"lingoqa_judge": str(judge_dir)}}})
     results = score_outputs(out, cfg=cfg, log=lambda m: None)
     assert len(results) == 4
@@ -125,7 +126,7 @@ def test_score_contract_files(tmp_path, judge_dir):
     assert b["value"] == expected and b["n"] == 3 and b["caption_errors"] == 1 and b["empty_captions"] == 0
     assert set(b["per_video"]) == {"v1", "v2", "v3"} and b["references"].endswith("captions.jsonl")
     assert "BleuScorer" in b["implementation"] and "PTBTokenizer" in b["tokenization"] and "signature" in b["sacrebleu"]
-    # MCQ: right v1/q0 v1/q1 v3/q0; wrong v2/q0; unparseable v2/q1; failed v3/q1
+    # MCQ: right v1/sd01 v1/ko01 v3/sd01; wrong v2/sd01; unparseable v2/ko01; failed v3/ko01
     v = m["vqa_accuracy"]
     assert v["mode"] == "direct" and v["overall"] == pytest.approx(3 / 6) and v["parseable_rate"] == pytest.approx(4 / 6)
     assert v["per_category"] == pytest.approx({"Key Objects": 1 / 3, "Scene Description": 2 / 3})
@@ -162,7 +163,7 @@ def test_partial_outputs_say_what_they_cover(tmp_path):
     data = _dataset(tmp_path / "data")
     out = tmp_path / "outputs"
     _outputs(out, data, captions={"v1": "The ego vehicle slows down.", "v2": "It turns left."},
-             mcq_texts={"v1/q0": "A", "v1/q1": "B", "v2/q0": "A", "v2/q1": "B"})
+             mcq_texts={"v1/sd01": "A", "v1/ko01": "B", "v2/sd01": "A", "v2/ko01": "B"})
     shutil.rmtree(out / "tiny" / "base" / "LINGOQA")
     (videos := data / "AV_CAPTION" / "videos").mkdir()
     for vid in ("v1", "v2", "v3", "v4"):  # the videos infer plans: one more than the references
@@ -188,7 +189,7 @@ def _failing_outputs(out: Path, data: Path) -> Path:
             w.append({"key": vid, "video_id": vid, "text": None, "caption": None, "caption_text": "", "error": err})
     with RecordWriter(d / "mcq.jsonl") as w:
         for vid in ("v1", "v2", "v3"):
-            w.append({"key": f"{vid}/q0", "video_id": vid, "question_id": "q0", "category": "Scene Description",
+            w.append({"key": f"{vid}/sd01", "video_id": vid, "question_id": "sd01", "category": "Scene Description",
                       "choices": CHOICES, "answer": "A", "text": None, "error": err})
     (d / "run.json").write_text(json.dumps({"model_name": "tiny", "checkpoint_label": "base", "dataset": "AV_CAPTION",
                                             "dataset_root": str(data / "AV_CAPTION"),

@@ -42,6 +42,8 @@ from typing import Any, Optional
 
 import typer
 
+from avcap.bench.pool import PoolError
+from avcap.bench.vqa import read_vqa_for
 from avcap.config import ConfigError, RecipeConfig, Sampling, load_config
 from avcap.records import (
     DirectoryBusy,
@@ -84,6 +86,7 @@ class Plan:
     root: Path
     units: list[str]  # every video/segment id, sorted (after --limit)
     items: dict[str, list[Item]]  # task -> items in unit order
+    problems: list[str] = field(default_factory=list)  # input lines that cannot be used, one line each
 
     def shard_units(self, num_shards: int, shard_index: int) -> set[str]:
         return {u for i, u in enumerate(self.units) if i % num_shards == shard_index}
@@ -134,9 +137,13 @@ def build_plan(cfg: RecipeConfig, dataset: str, tasks: Optional[list[str]], limi
         videos = _video_files(root / "videos")
         vqa_path = root / ds.vqa
         vqa: list[dict[str, Any]] = []
+        problems: list[str] = []
         if "mcq" in tasks:
             if vqa_path.is_file():
-                vqa = list(iter_records(vqa_path))
+                try:
+                    vqa, problems = read_vqa_for(cfg, vqa_path)
+                except PoolError as exc:
+                    raise InferError(f"[avcap.bench] pool: {exc}") from None
             elif explicit:
                 raise InferError(f"{vqa_path}: no MCQ benchmark (build it with `avcap bench build/apply`)")
             else:
@@ -176,6 +183,7 @@ def build_plan(cfg: RecipeConfig, dataset: str, tasks: Optional[list[str]], limi
                 for r in recs
             ]
     else:  # lingoqa
+        problems = []
         rows = _lingoqa_rows(root / ds.parquet)
         images_root = cfg.resolve(ds.images_root) if ds.images_root else root
         units = sorted({r["segment_id"] for r in rows})[: limit if limit is not None else None]
@@ -192,7 +200,7 @@ def build_plan(cfg: RecipeConfig, dataset: str, tasks: Optional[list[str]], limi
             )
             for r in rows
         ]
-    return Plan(dataset=dataset, kind=ds.kind, root=root, units=units, items=items)
+    return Plan(dataset=dataset, kind=ds.kind, root=root, units=units, items=items, problems=problems)
 
 
 def _lingoqa_rows(parquet: Path) -> list[dict[str, Any]]:
@@ -589,6 +597,8 @@ def run_inference(
             own = [it for it in items if it.unit in mine]
             pending[task] = [it for it in own if it.key not in done]
             stats[task] = TaskStats(skipped=len(own) - len(pending[task]))
+        for problem in plan.problems:
+            log(f"  skipped: {problem}")
         shard_txt = f" [shard {i + 1}/{k}]" if k > 1 else ""
         log(
             f"avcap infer: {model_name} {ck.label} ({ck.path}) on {dataset}{shard_txt} -> {out_dir}\n  "
@@ -604,6 +614,7 @@ def run_inference(
             "dataset_root": str(plan.root),
             "tasks": list(plan.items),
             "limit": limit,
+            "input_problems": plan.problems,
             **settings,
             "fingerprint": fp,
             "engine_config": ecfg.model_dump(),

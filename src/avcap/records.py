@@ -315,3 +315,16 @@ class WriterLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
+
+
+def schema_error_text(exc: Exception) -> str:
+    """A pydantic ValidationError as one line, 'field.path: message; ...' (other errors: str)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for err in errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # a whole-record check names its fields itself
+    return "; ".join(parts)

@@ -40,6 +40,8 @@ from typing import Any, Optional
 
 import typer
 
+from avcap.bench.pool import PoolError
+from avcap.bench.vqa import read_vqa_for
 from avcap.config import ConfigError, RecipeConfig, load_config
 from avcap.records import iter_records, read_json, write_json_atomic, write_text_atomic
 
@@ -215,10 +217,18 @@ def _vqa_path(root: Optional[Path], cfg: RecipeConfig, dataset: str) -> Optional
     return root / (ds.vqa if ds else "vqa.jsonl") if root else None
 
 
-def _planned_questions(vqa: Optional[Path]) -> tuple[Optional[set[str]], Optional[str]]:
+def _checked_vqa(cfg: RecipeConfig, vqa: Optional[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """vqa.jsonl's usable records and its problems (`avcap.bench.vqa.read_vqa_for`, as infer reads it)."""
     if vqa is None or not vqa.is_file():
-        return None, None
-    keys = {str(r.get("key") or f"{r.get('video_id')}/{r.get('question_id')}") for r in iter_records(vqa)}
+        return [], []
+    try:
+        return read_vqa_for(cfg, vqa)
+    except PoolError as exc:
+        raise ScoreError(f"[avcap.bench] pool: {exc}") from None
+
+
+def _planned_questions(vqa: Optional[Path], usable: list[dict[str, Any]]) -> tuple[Optional[set[str]], Optional[str]]:
+    keys = {str(r["key"]) for r in usable}
     return (keys, str(vqa)) if keys else (None, None)
 
 
@@ -360,12 +370,21 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
     # MCQ, direct
     mcq_path = run_dir / "mcq.jsonl"
     vqa = _vqa_path(root, cfg, dataset)
+    vqa_usable, vqa_problems = _checked_vqa(cfg, vqa) if mcq_path.is_file() or cfg.avcap.metrics.caption_mode_answerer else ([], [])
+    notes += [f"vqa.jsonl: {problem}" for problem in vqa_problems]
     if mcq_path.is_file():
         from avcap.metrics.mcq import PARSER, mcq_scores
 
         recs = _records(mcq_path)
+        if vqa_usable or vqa_problems:  # score only the questions vqa.jsonl holds, as infer asks them
+            usable = {str(r["key"]) for r in vqa_usable}
+            dropped = [r for r in recs if str(r.get("key")) not in usable]
+            if dropped:
+                notes.append(f"vqa_accuracy: {len(dropped)} record(s) of {mcq_path.name} not scored: their questions "
+                             f"are not usable lines of {vqa} (e.g. {dropped[0].get('key')!r})")
+                recs = [r for r in recs if str(r.get("key")) in usable]
         coverage["mcq"] = cov = coverage_block([(str(r.get("key")), r.get("error")) for r in recs],
-                                               *_planned_questions(vqa), mcq_path.name)
+                                               *_planned_questions(vqa, vqa_usable), mcq_path.name)
         if cov["status"] == "all_failed":
             metrics["vqa_accuracy"] = _all_failed_block("vqa_accuracy", cov, mode="direct", parser=PARSER,
                                                         total_predictions=len(recs), engine_errors=len(recs))
@@ -384,7 +403,7 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
             try:
                 engine, answerer = judges.answerer()
                 recs = caption_mode_records(
-                    iter_records(vqa), captions, engine, cfg.avcap.sampling.mcq, run_dir / CAPTION_MODE_FILE,
+                    vqa_usable, captions, engine, cfg.avcap.sampling.mcq, run_dir / CAPTION_MODE_FILE,
                     answerer=answerer, system=cfg.avcap.prompts.system, mcq_suffix=cfg.avcap.prompts.mcq_suffix, log=log,
                 )
             except Exception as exc:  # the answerer cannot start: the other metrics still count
@@ -393,7 +412,7 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
                 )
             else:
                 coverage["mcq_caption_mode"] = cov = coverage_block(
-                    [(str(r.get("key")), r.get("error")) for r in recs], *_planned_questions(vqa), CAPTION_MODE_FILE)
+                    [(str(r.get("key")), r.get("error")) for r in recs], *_planned_questions(vqa, vqa_usable), CAPTION_MODE_FILE)
                 if cov["status"] == "all_failed":
                     block = _all_failed_block("vqa_accuracy_caption_mode", cov, mode="caption", total_predictions=len(recs))
                 else:

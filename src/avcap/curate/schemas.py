@@ -10,7 +10,8 @@ One annotation JSON file per video:
 - `Reason1SFTAnnotation` — reasoning SFT data (`reason1_sft`): `response` with `description`,
   `driving difficulty explanation` (a key with spaces) and timestamped `notice`s.
 
-`VQARecord` is one line of an evaluation set's `vqa.jsonl` (what `avcap bench apply` writes).
+`VQARecord` (from `avcap.bench.vqa`) is one line of an evaluation set's `vqa.jsonl` (what `avcap bench
+apply` writes).
 
 Unknown extra keys are kept (real exports carry more fields than the recipe shows); a missing
 required key or a value of the wrong type is a schema error. `validate_source(kind, obj)` is the
@@ -20,11 +21,11 @@ one entry point the curation step and other helpers' tests use.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from avcap.config import CATEGORIES
+from avcap.bench.vqa import VQARecord
 
 SOURCE_KINDS = ("human_annotated", "cv_annotated", "reason1_sft", "vqa")
 
@@ -133,37 +134,6 @@ class Reason1SFTAnnotation(_Open):
 # ----------------------------------------------------------------------------- vqa.jsonl
 
 
-class VQARecord(_Open):
-    key: str
-    video_id: str = Field(min_length=1)
-    question_id: str = Field(min_length=1)
-    category: str
-    question: str = Field(min_length=1)
-    choices: dict[Literal["A", "B", "C", "D"], str]
-    answer: Literal["A", "B", "C", "D"]
-    provenance: Literal["agreed", "reviewed"]
-
-    @field_validator("question_id", mode="before")
-    @classmethod
-    def _id_text(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @field_validator("category")
-    @classmethod
-    def _known_category(cls, v: str) -> str:
-        if v not in CATEGORIES:
-            raise ValueError(f"category {v!r} is not one of {list(CATEGORIES)}")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "VQARecord":
-        if set(self.choices) != {"A", "B", "C", "D"}:
-            raise ValueError(f"choices must have exactly the letters A-D, got {sorted(self.choices)}")
-        if self.key != f"{self.video_id}/{self.question_id}":
-            raise ValueError(f"key {self.key!r} must be '<video_id>/<question_id>'")
-        return self
-
-
 # ----------------------------------------------------------------------------- dispatch
 
 SCHEMAS: dict[str, type[BaseModel]] = {
@@ -184,15 +154,3 @@ def validate_source(kind: str, obj: Any) -> Annotation:
     except KeyError:
         raise KeyError(f"unknown source kind {kind!r} (known: {', '.join(SOURCE_KINDS)})") from None
     return model.model_validate(obj)
-
-
-def schema_error_text(exc: Exception) -> str:
-    """One line per problem, 'field.path: message' — for curation reports."""
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc)
-    parts = []
-    for err in errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<top>"
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)

@@ -52,19 +52,15 @@ from typing import Any, Callable, Optional
 from pydantic import ValidationError
 
 from avcap import __version__
+from avcap.bench.vqa import VQARecord, check_vqa_lines
 from avcap.config import CurateSource, RecipeConfig, Vision
-from avcap.curate.schemas import (
-    CVAnnotation,
-    Reason1SFTAnnotation,
-    VQARecord,
-    schema_error_text,
-    validate_source,
-)
+from avcap.curate.schemas import CVAnnotation, Reason1SFTAnnotation, validate_source
 from avcap.records import (
     RecordWriter,
     iter_records,
     latest_by_key,
     remove_stale_temp_files,
+    schema_error_text,
     write_json_atomic,
     write_records_atomic,
 )
@@ -302,34 +298,18 @@ def _vqa_file(path: Path) -> Path:
 
 
 def _vqa_items(path: Path) -> list[_Item]:
+    """One item per line of vqa.jsonl; a line `avcap.bench.vqa` finds unusable carries its problem."""
     file = _vqa_file(path)
     videos, dups = _video_files(file.parent / "videos")
     items: list[_Item] = []
-    seen: dict[str, str] = {}
-    with file.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            text = raw.decode("utf-8", errors="replace").strip()
-            if not text:
-                continue
-            where = f"{file}:{lineno}"
-            item = _Item(f"line{lineno}", raw_text=text, where=where)
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                item.problem = f"malformed JSON ({exc.msg} at column {exc.colno})"
-                items.append(item)
-                continue
-            key = obj.get("key") if isinstance(obj, dict) else None
-            if isinstance(key, str):
-                item.id = _safe_id(key)
-                if key in seen:
-                    item.problem = f"duplicate key {key!r} (first at {seen[key]})"
-                else:
-                    seen[key] = where
-            vid = obj.get("video_id") if isinstance(obj, dict) else None
-            if isinstance(vid, str) and item.problem is None:
-                item.video = videos.get(vid)
-            items.append(item)
+    for line in check_vqa_lines(file):
+        item = _Item(f"line{line.lineno}", raw_text=line.text, where=f"{file}:{line.lineno}")
+        if line.usable:
+            item.id = _safe_id(line.record.key)
+            item.video = videos.get(line.record.video_id)
+        else:
+            item.problem = line.problem
+        items.append(item)
     items += [_Item(f"{p.name}#dup", video=p, where=str(p), problem=why) for p, why in dups]
     return items
 
