@@ -11,6 +11,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -277,29 +278,33 @@ root = "{av}"
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(uninterrupted, curated, tiny_model_dir, monkeypatch):
+    import avcap.train as tr
     import avcap.trainer.checkpoint as ck
+    from avcap.records import read_records
     from avcap.train import train
 
     full_out, _, _ = uninterrupted
     cfg = load_config(train_config(curated, tiny_model_dir, "resumed", per_rank=2, workers=0, gc=True))
     out = cfg.resolve(cfg.train.output_dir)
-    real_save = ck.save
+    real_step = tr.Logger.step
 
-    def save_then_die(*a, **kw):
-        path = real_save(*a, **kw)
-        if kw["step"] == 2:
-            raise KeyboardInterrupt  # killed right after the step-2 checkpoint
-        return path
+    def log_then_die(self, rec):
+        real_step(self, rec)
+        if rec["step"] == 3:
+            raise KeyboardInterrupt  # killed after step 3 was logged, before its checkpoint (step 4)
 
-    monkeypatch.setattr(ck, "save", save_then_die)
+    monkeypatch.setattr(tr.Logger, "step", log_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, echo=lambda s: None)
-    monkeypatch.setattr(ck, "save", real_save)
+    monkeypatch.setattr(tr.Logger, "step", real_step)
     assert [p.name for _, p in ck.list_checkpoints(out)] == ["step_2"]
+    assert [r["key"] for r in read_records(out / "train_log.jsonl")] == ["1", "2", "3"]
     lines: list[str] = []
     written = train(cfg, echo=lines.append)  # resume = true (the default)
     assert [p.name for p in written] == ["step_4"]
     assert any(line.startswith("resuming from") and "step 2/4" in line for line in lines)
+    # step 3 is redone from the step-2 checkpoint: logged once, the redone record
+    assert [r["key"] for r in read_records(out / "train_log.jsonl")] == ["1", "2", "3", "4"]
     full, resumed = log_of(full_out), log_of(out)
     for step in (1, 2, 3, 4):
         assert resumed[step]["batch"] == full[step]["batch"]  # same data order
@@ -308,6 +313,28 @@ def test_resume_after_interruption_equals_uninterrupted_run(uninterrupted, curat
     a, b = weights_of(full_out / "checkpoints/step_4"), weights_of(out / "checkpoints/step_4")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_trim_log_keeps_one_record_per_step_up_to_the_start(tmp_path):
+    from avcap.records import read_records, write_records_atomic
+    from avcap.train import TrainError, trim_log
+
+    log = tmp_path / "train_log.jsonl"
+    assert trim_log(log, 5) == 0 and not log.exists()
+    # a log from before this fix: steps 3-4 logged, killed, resumed at 2 and logged again
+    write_records_atomic(log, [{"key": str(k), "loss": v} for k, v in
+                               [(1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7), (3, 0.81), (4, 0.71), (5, 0.6)]])
+    with open(log, "a") as fh:
+        fh.write('{"key": "6", "lo')  # torn by a kill
+    assert trim_log(log, 4) == 3
+    assert read_records(log) == [{"key": "1", "loss": 1.0}, {"key": "2", "loss": 0.9}, {"key": "3", "loss": 0.81},
+                                 {"key": "4", "loss": 0.71}]
+    before = log.stat().st_mtime_ns
+    assert trim_log(log, 4) == 0 and log.stat().st_mtime_ns == before  # nothing to change: not rewritten
+    assert trim_log(log, 0) == 4 and read_records(log) == []  # a fresh run (resume = false) starts a fresh log
+    log.write_text('{"key": "1"}\nnot json\n')
+    with pytest.raises(TrainError, match="train_log.jsonl:2"):
+        trim_log(log, 1)
 
 
 def test_resume_refuses_a_changed_blend(uninterrupted, curated, tiny_model_dir):
@@ -389,6 +416,76 @@ model_max_length = 1500
     assert "model_max_length 1500" in proc.stderr
 
 
+def _proc_stat(pid: int) -> Optional[list[str]]:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, ...), or None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _children_of(pid: int) -> set[int]:
+    kids = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            st = _proc_stat(int(d.name))
+            if st is not None and int(st[1]) == pid:
+                kids.add(int(d.name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X")  # a zombie has exited (nobody may reap it here)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux's")
+def test_dataloader_workers_exit_at_once_when_train_is_killed(tmp_path, tiny_model_dir):
+    """SIGKILL to `avcap train`: its DataLoader worker goes within a second (PR_SET_PDEATHSIG), not
+    at PyTorch's 5-second parent check."""
+    import signal
+    import time
+
+    cfg_path = curated_human_source(tmp_path, f"""
+[train]
+output_dir = "run"
+epoch = 1000
+train_batch_per_replica = 1
+[train.train_policy]
+mini_batch = 1
+dataloader_num_workers = 1
+[train.ckpt]
+enable_checkpoint = false
+[policy]
+model_name_or_path = "{tiny_model_dir}"
+""")
+    workers: set[int] = set()
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "avcap.train", "--config", str(cfg_path)], stdout=subprocess.DEVNULL,
+                                stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while not workers and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            workers = _children_of(proc.pid)  # the worker starts with the first batch's loading
+        time.sleep(1.0)  # let it get to work (a worker killed earlier, before its set-up, is covered too)
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
+        assert workers and all(_running(w) for w in workers)
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        while any(_running(w) for w in workers) and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        assert time.monotonic() - t0 < 1.0, f"workers {sorted(workers)} outlived the killed trainer"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for w in workers:
+            if _running(w):
+                os.kill(w, signal.SIGKILL)
+
+
 def test_train_cli_errors_exit_2(tmp_path, curated, tiny_model_dir):
     from typer.testing import CliRunner
 
@@ -461,7 +558,8 @@ def test_cosmos_rl_module_main_calls_worker_entry(curated, tmp_path, monkeypatch
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "cosmos_rl.launcher.worker_entry", fake)
     mod.main(["--config", str(cfg), "--port", "8000"])  # cosmos-rl's own flags are passed through
-    assert len(seen["dataset"]) == 4 and callable(seen["sampler"]) and seen["kw"] == {}
+    assert len(seen["dataset"]) == 4 and callable(seen["sampler"])
+    assert seen["kw"] == {"data_packer": mod.data_packer, "val_data_packer": mod.data_packer}  # a factory cosmos-rl calls
     _check_conversation(seen["dataset"][3], vision_nframes=4)
 
     monkeypatch.setitem(sys.modules, "cosmos_rl.launcher.worker_entry", None)  # not installed
@@ -499,6 +597,149 @@ def test_per_sample_loss_is_the_mean_of_each_samples_token_mean(tiny_model_dir):
     assert float(summed) / n_tok != pytest.approx(float(per_sample) / n_smp, rel=1e-3)
     batch = collate(samples)
     assert loss_units(batch["labels"], True) == 2 and loss_units(batch["labels"], False) == n_tok
+
+
+# ----------------------------------------------------------------------------- bad samples
+
+
+def _conv_file(src: Path, i: int) -> Path:
+    return src / json.loads((src / "meta.json").read_text())["samples"][i]["conversation"]
+
+
+def _edit_conv(src: Path, i: int, edit) -> Path:
+    f = _conv_file(src, i)
+    conv = json.loads(f.read_text())
+    f.write_text(json.dumps(edit(conv)))
+    return f
+
+
+def _set_video(conv: list, video: str) -> list:
+    conv[1]["content"][0]["video"] = video
+    return conv
+
+
+def _missing_conversation(src, i, tmp):
+    f = _conv_file(src, i)
+    f.unlink()
+    return [str(f), "no such file"]
+
+
+def _not_a_list(src, i, tmp):
+    f = _conv_file(src, i)
+    f.write_text(json.dumps({"role": "user", "content": "hello"}))
+    return [str(f), "expected a non-empty list of messages, got object"]
+
+
+def _malformed_json(src, i, tmp):
+    f = _conv_file(src, i)
+    f.write_text('[{"role": "system", ')
+    return [str(f), "malformed JSON"]
+
+
+def _video_part_without_path(src, i, tmp):
+    f = _edit_conv(src, i, lambda c: _set_video(c, 5))
+    return [str(f), "[1].content[0].video: expected a video path"]
+
+
+def _no_assistant_turn(src, i, tmp):
+    f = _edit_conv(src, i, lambda c: c[:2])
+    return [str(f), "no assistant turn"]
+
+
+def _meta_sample_without_conversation(src, i, tmp):
+    meta = json.loads((src / "meta.json").read_text())
+    del meta["samples"][i]["conversation"]
+    (src / "meta.json").write_text(json.dumps(meta))
+    return [str(src / "meta.json"), f"samples[{i}].conversation: missing"]
+
+
+def _narrow_clip(src, i, tmp):
+    """150:1, accepted by an older curate (or curated with a larger max_pixels): height 0 at 6144 pixels."""
+    from test_curate import write_clip
+
+    clip = write_clip(tmp / f"strip{i}.mp4", seed=9, frames=4, size=(10, 1504))
+    f = _edit_conv(src, i, lambda c: _set_video(c, str(clip)))
+    return [str(f), "[1].content[0].video", str(clip), "short side falls below 32"]
+
+
+def _unreadable_video(src, i, tmp):
+    clip = tmp / f"broken{i}.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    f = _edit_conv(src, i, lambda c: _set_video(c, str(clip)))
+    return [str(f), "[1].content[0].video", str(clip)]
+
+
+BAD_SAMPLES = [  # (how the sample is broken, the reason it is counted under)
+    (_missing_conversation, "missing_conversation"),
+    (_not_a_list, "bad_conversation"),
+    (_malformed_json, "bad_conversation"),
+    (_video_part_without_path, "bad_conversation"),
+    (_no_assistant_turn, "bad_conversation"),
+    (_meta_sample_without_conversation, "bad_meta_sample"),
+    (_narrow_clip, "bad_video"),
+    (_unreadable_video, "bad_video"),
+]
+
+
+@pytest.mark.parametrize("breaks,reason", BAD_SAMPLES, ids=[f.__name__.strip("_") for f, _ in BAD_SAMPLES])
+def test_a_bad_sample_is_skipped_with_its_reason_file_and_field(tmp_path, tiny_model_dir, breaks, reason):
+    from transformers import AutoProcessor
+
+    from avcap.curate.sources import CurateError
+    from avcap.trainer.data import SFTDataset, index_sources
+
+    cfg = load_config(curated_human_source(tmp_path, "", n=2))
+    expect = breaks(tmp_path / "data/human_annotated", 0, tmp_path)
+    index = index_sources(tmp_path / "data", ["human_annotated"], skip_bad=True)
+    assert index.sizes == [2]  # a skipped sample keeps its place: the global sample order is meta.json's
+    ds = SFTDataset(index, AutoProcessor.from_pretrained(tiny_model_dir), vision=cfg.custom.vision)
+    bad, good = ds[0], ds[1]
+    assert bad["index"] == 0 and bad["reason"] == reason and "input_ids" not in bad
+    assert all(text in bad["skipped"] for text in expect), (bad["skipped"], expect)
+    assert "\n" not in bad["skipped"] and good["index"] == 1 and good["input_ids"].shape[1] > 0
+    if reason == "bad_meta_sample":  # cosmos-rl cannot skip: without skip_bad it is one clear error
+        with pytest.raises(CurateError, match=r"meta\.json: samples\[0\]\.conversation: missing"):
+            index_sources(tmp_path / "data", ["human_annotated"])
+
+
+def test_training_skips_and_counts_every_bad_sample_by_reason(tmp_path, tiny_model_dir):
+    """One step over a source whose samples are all broken in a different way but the last: the run
+    finishes, every skip is one warning naming file and field, and the counts by reason are in
+    train_log.jsonl and the checkpoint's state (a DataLoader worker process does the loading)."""
+    from collections import Counter
+
+    from avcap.train import train
+
+    n = len(BAD_SAMPLES) + 1
+    cfg = load_config(curated_human_source(tmp_path, f"""
+[train]
+output_dir = "run"
+epoch = 1
+train_batch_per_replica = {n}
+[train.train_policy]
+mini_batch = 1
+dataloader_num_workers = 1
+[train.ckpt]
+save_freq = 1
+[policy]
+model_name_or_path = "{tiny_model_dir}"
+""", n=n))
+    expect = [breaks(tmp_path / "data/human_annotated", i, tmp_path) for i, (breaks, _) in enumerate(BAD_SAMPLES)]
+    lines: list[str] = []
+    train(cfg, echo=lines.append)
+    log = log_of(tmp_path / "run")
+    counts = dict(Counter(reason for _, reason in BAD_SAMPLES))
+    assert sorted(log) == [1] and sorted(log[1]["batch"]) == list(range(n))
+    assert log[1]["samples_skipped"] == len(BAD_SAMPLES) and log[1]["assistant_tokens"] > 0
+    assert log[1]["samples_skipped_by_reason"] == log[1]["samples_skipped_by_reason_total"] == counts
+    warnings = [line for line in lines if line.startswith("warning: rank 0 step 1: skipped sample")]
+    assert len(warnings) == len(BAD_SAMPLES)
+    for i, ((_, reason), texts) in enumerate(zip(BAD_SAMPLES, expect)):
+        (line,) = [w for w in warnings if w.startswith(f"warning: rank 0 step 1: skipped sample {i} ({reason}): ")]
+        assert all(t in line for t in texts), (line, texts)
+    state = json.loads((tmp_path / "run/checkpoints/step_1/avcap_train_state.json").read_text())
+    assert state["samples_skipped"] == len(BAD_SAMPLES) and state["samples_skipped_by_reason"] == counts
+    assert any(line.startswith("done:") and "bad_conversation 4" in line for line in lines)
 
 
 def test_conversation_sizes_count_an_unreadable_file_as_zero(tmp_path):

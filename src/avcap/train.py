@@ -9,8 +9,11 @@ whole global batches), capped by `max_num_steps`.
 
 Loss: token-level cross-entropy on the assistant tokens only (avcap.trainer.data), averaged over
 every assistant token of the global batch (all micro-batches, all ranks), so 1 rank and N ranks
-with the same global batch compute the same update. A sample longer than
-`policy.model_max_length` tokens is skipped and counted (never truncated).
+with the same global batch compute the same update. A sample that cannot be used — longer than
+`policy.model_max_length` tokens (never truncated), a missing or malformed conversation file, a
+meta.json entry without one, an unreadable video or one [custom.vision] cannot resize — is skipped
+with one warning naming file and field, and counted by reason (avcap.trainer.data.SKIP_REASONS) in
+`train_log.jsonl` and the checkpoint state.
 
 Runs: CPU (fp32) or GPU (bf16 autocast; FSDP2 mixed precision with `train.param_dtype`). Several
 processes via `torchrun --nproc-per-node N -m avcap.train --config FILE` (or `avcap train`
@@ -21,12 +24,15 @@ processor run in `dataloader_num_workers` DataLoader worker processes, prefetchi
 Checkpoints every `[train.ckpt] save_freq` steps (and at the end with `save_final`) as
 `<output_dir>/checkpoints/step_<N>/` (avcap.trainer.checkpoint). `resume = true` continues from
 the latest one (a path: from that one) with the same data order — the blend order is a function
-of (seed, step) — and the saved optimizer, scheduler and RNG state.
+of (seed, step) — and the saved optimizer, scheduler and RNG state; `train_log.jsonl` is first cut
+back to the checkpoint's steps, so the steps redone after it are logged once. DataLoader workers
+exit as soon as the training process dies (PR_SET_PDEATHSIG on Linux).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import time
@@ -222,13 +228,21 @@ def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool
 
 
 class Logger:
-    """Console always; `train_log.jsonl` in the output dir; wandb when listed and importable."""
+    """Console always; `train_log.jsonl` in the output dir; wandb when listed and importable.
+    The log starts as the run's history up to `start_step` (see `trim_log`): a resumed run
+    appends the steps it redoes after its checkpoint once, not a second time."""
 
-    def __init__(self, cfg: RecipeConfig, out: Path, d: Dist, echo: Callable[[str], None]):
+    def __init__(self, cfg: RecipeConfig, out: Path, d: Dist, echo: Callable[[str], None], start_step: int = 0):
         from avcap.records import RecordWriter
 
         self.echo, self.main, self.wandb = echo, d.main, None
-        self.writer = RecordWriter(out / "train_log.jsonl") if d.main else None
+        self.writer = None
+        if d.main:
+            dropped = trim_log(out / "train_log.jsonl", start_step)
+            if dropped:
+                echo(f"warning: {out / 'train_log.jsonl'}: this run starts at step {start_step}: kept one record per "
+                     f"step up to it, removed {dropped} (later steps are logged again as they are redone)")
+            self.writer = RecordWriter(out / "train_log.jsonl")
         if d.main and "wandb" in cfg.logging.logger:
             try:
                 import wandb  # noqa: F401
@@ -264,6 +278,31 @@ class Logger:
             self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def trim_log(path: Path, start_step: int) -> int:
+    """Make `path` (train_log.jsonl) hold one record per step 1..`start_step` — the last one written
+    for each — and nothing after; rewritten atomically, only when that changes it. Returns how
+    many records were removed."""
+    from avcap.records import RecordError, iter_records, write_records_atomic
+
+    try:
+        records = list(iter_records(path))
+    except RecordError as exc:
+        raise TrainError(f"{exc}: cannot continue this log; move it aside") from None
+    latest: dict[int, dict[str, Any]] = {}
+    for rec in records:
+        try:
+            step = int(rec["key"])
+        except (KeyError, TypeError, ValueError):
+            raise TrainError(f"{path}: a record without a step number in 'key' ({str(rec)[:80]}); "
+                             "cannot continue this log; move it aside") from None
+        if step <= start_step:
+            latest[step] = rec
+    keep = [latest[k] for k in sorted(latest)]
+    if keep != records:
+        write_records_atomic(path, keep)
+    return len(records) - len(keep)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -309,7 +348,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     from avcap.curate.blend import BlendPlan
     from avcap.curate.sources import CurateError
     from avcap.trainer import checkpoint as ckpt
-    from avcap.trainer.data import Collator, SFTDataset, StepBatches, conversation_sizes, index_sources
+    from avcap.trainer.data import SKIP_REASONS, Collator, SFTDataset, StepBatches, conversation_sizes, index_sources
     from avcap.trainer.schedule import build_scheduler
 
     t = cfg.train
@@ -327,7 +366,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
 
     ds_cfg = cfg.custom.dataset
     try:
-        index = index_sources(cfg.resolve(ds_cfg.dataset_root), ds_cfg.subdirectories, ds_cfg.meta_file)
+        index = index_sources(cfg.resolve(ds_cfg.dataset_root), ds_cfg.subdirectories, ds_cfg.meta_file, skip_bad=True)
         plan = BlendPlan(tuple(index.sizes), tuple(ds_cfg.normalized_weights()), t.seed,
                          t.train_batch_per_replica * d.world_size,
                          names=tuple(index.names))
@@ -350,6 +389,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                                   weight_decay=t.optm_weight_decay, **({"fused": True} if d.device.type == "cuda" else {}))
     scheduler = build_scheduler(optimizer, t, total_steps)
     start_step, skipped_total, samples_seen = 0, 0, 0
+    skipped_by_reason = dict.fromkeys(SKIP_REASONS, 0)  # skipped draws of the run so far, by reason
     if resume_from is not None:
         state = ckpt.load_training_state(model, optimizer, scheduler, resume_from, rank=d.rank)
         if state.get("plan") != _plan_summary(plan) or state.get("total_steps") != total_steps:
@@ -359,6 +399,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 "steps. Resume needs the same dataset, weights, seed and global batch (or set resume = false)."
             )
         start_step, skipped_total, samples_seen = state["step"], state.get("samples_skipped", 0), state.get("samples_seen", 0)
+        skipped_by_reason.update({k: v for k, v in (state.get("samples_skipped_by_reason") or {}).items()
+                                  if k in skipped_by_reason})
         if d.main:
             echo(f"resuming from {resume_from} at step {start_step}/{total_steps}")
 
@@ -374,7 +416,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         num_workers=workers,
         pin_memory=d.device.type == "cuda",  # page-locked batches: faster copies to the GPU
         prefetch_factor=(t.train_policy.dataloader_prefetch_factor or 2) if workers > 0 else None,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers > 0 else None,
     )
     slice_logits = _accepts(type(model).forward, "logits_to_keep")
     per_sample = cfg.avcap.train.loss_reduction == "sample"
@@ -385,7 +427,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         return contextlib.nullcontext()
 
     fsdp = d.world_size > 1 and hasattr(model, "set_requires_gradient_sync")
-    log = Logger(cfg, out, d, echo)
+    log = Logger(cfg, out, d, echo, start_step=start_step)
     if d.main:
         mix = ", ".join(f"{n} {w:.0%} ({s})" for n, w, s in zip(plan.names, plan.weights, plan.sizes))
         init = " (random weights, --init-random)" if init_random and resume_from is None else ""
@@ -400,17 +442,19 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         for step in range(start_step, total_steps):
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(accum)]
-            skipped = [(i, why) for mb in micro for i, why in mb["skipped"]]
-            for i, why in skipped:
-                echo(f"warning: rank {d.rank} step {step + 1}: skipped {index.files[i]}: {why}")
+            skipped = [s for mb in micro for s in mb["skipped"]]
+            for i, reason, why in skipped:  # why: names the file and field
+                echo(f"warning: rank {d.rank} step {step + 1}: skipped sample {i} ({reason}): {why}")
             local_units = sum(loss_units(mb["labels"], per_sample) for mb in micro if "labels" in mb)
             local_tokens = sum(loss_units(mb["labels"], False) for mb in micro if "labels" in mb)
-            n_units, n_tokens, n_skipped, n_input = all_reduce_sum(
+            n_units, n_tokens, n_skipped, n_input, *n_by_reason = all_reduce_sum(
                 [local_units, local_tokens, len(skipped),
-                 sum(int(mb["attention_mask"].sum()) for mb in micro if "attention_mask" in mb)], d)
+                 sum(int(mb["attention_mask"].sum()) for mb in micro if "attention_mask" in mb),
+                 *(sum(r == reason for _, r, _ in skipped) for reason in SKIP_REASONS)], d)
+            step_by_reason = {r: int(n) for r, n in zip(SKIP_REASONS, n_by_reason) if n}
             if n_tokens == 0:
                 raise TrainError(f"step {step + 1}: every sample of the global batch was skipped "
-                                 f"(policy.model_max_length = {cfg.policy.model_max_length}?)")
+                                 f"({_reasons_text(step_by_reason)}; the warnings above name each file)")
             loss_sum = 0.0
             for k, mb in enumerate(micro):
                 scale = d.world_size / n_units  # FSDP averages gradients over ranks
@@ -438,6 +482,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             optimizer.zero_grad(set_to_none=True)
             (loss_total,) = all_reduce_sum([loss_sum], d)
             skipped_total += int(n_skipped)
+            for r, n in step_by_reason.items():
+                skipped_by_reason[r] += n
             samples_seen += plan.global_batch
             done = step + 1
             dt = time.perf_counter() - t0
@@ -446,12 +492,15 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 "loss": loss_total / n_units, "lr": lr, "grad_norm": float(grad_norm),
                 "tokens_per_s": n_input / dt, "step_time_s": dt, "assistant_tokens": int(n_tokens),
                 "samples_skipped": int(n_skipped), "samples_skipped_total": skipped_total,
+                "samples_skipped_by_reason": step_by_reason,
+                "samples_skipped_by_reason_total": {r: n for r, n in skipped_by_reason.items() if n},
                 "batch": plan.step_indices(step).tolist(),  # the global batch (sample indices), for audits
             })
             if t.ckpt.enable_checkpoint and (done % t.ckpt.save_freq == 0 or (done == total_steps and t.ckpt.save_final)):
                 state = {"total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
                          "steps_per_epoch": plan.steps_per_epoch, "samples_seen": samples_seen,
                          "samples_skipped": skipped_total, "seed": t.seed, "world_size": d.world_size,
+                         "samples_skipped_by_reason": {r: n for r, n in skipped_by_reason.items() if n},
                          "plan": _plan_summary(plan), "base_model": _model_source(cfg),
                          "loss": loss_total / n_units, "config": cfg.source}
                 path = ckpt.save(model, optimizer, scheduler, processor, output_dir=out, step=done, state=state,
@@ -462,8 +511,13 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     finally:
         log.close()
     if d.main:
-        echo(f"done: {total_steps} steps, {skipped_total} sample(s) skipped; checkpoints in {ckpt.checkpoints_dir(out)}")
+        why = f" ({_reasons_text(skipped_by_reason)})" if skipped_total else ""
+        echo(f"done: {total_steps} steps, {skipped_total} sample(s) skipped{why}; checkpoints in {ckpt.checkpoints_dir(out)}")
     return written
+
+
+def _reasons_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{r} {n}" for r, n in counts.items() if n) or "none"
 
 
 def _first_usable(dataset, collate) -> dict[str, Any]:
@@ -472,13 +526,33 @@ def _first_usable(dataset, collate) -> dict[str, Any]:
         sample = dataset[i]
         if "skipped" not in sample:
             return collate([sample])
-    raise TrainError("no sample of the dataset fits policy.model_max_length")
+    raise TrainError("no sample of the dataset can be trained on (the warnings above say why)")
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(parent: int, _: int) -> None:
+    """DataLoader worker set-up: one thread, and exit when the training process dies — at once
+    (Linux: SIGKILL from the kernel via PR_SET_PDEATHSIG, sent when the thread that started the
+    worker ends: the one that iterates the loader), not at PyTorch's next 5-second check."""
     import torch
 
     torch.set_num_threads(1)
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    try:
+        os.kill(parent, 0)  # the training process died before prctl took effect
+    except ProcessLookupError:
+        os._exit(1)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -17,15 +17,34 @@ vision span: tokens before it keep their index, tokens after it shift by the exp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 IGNORE_INDEX = -100
 
 
+# why a sample is skipped: the keys of the counts in train_log.jsonl and the checkpoint state
+SKIP_REASONS = (
+    "bad_meta_sample",       # a meta.json sample without a usable `conversation` field
+    "missing_conversation",  # the conversation file meta.json names does not exist
+    "bad_conversation",      # not readable, not JSON, or not a conversation (field named)
+    "bad_video",             # unreadable, or not sampleable with [custom.vision] (aspect, size)
+    "too_long",              # more tokens than policy.model_max_length
+)
+
+
 class SampleSkipped(Exception):
-    """A sample that cannot be trained on (too long for model_max_length, unreadable video)."""
+    """A sample that cannot be trained on: `reason` (one of SKIP_REASONS) and a message that names
+    the file and field."""
+
+    def __init__(self, message: str, reason: str):
+        assert reason in SKIP_REASONS, reason
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return type(self), (str(self), self.reason)
 
 
 # ----------------------------------------------------------------------------- label masking
@@ -103,17 +122,17 @@ def encode(processor, messages: list[dict[str, Any]], *, model_max_length: Optio
 
     videos, metas = [], []
     factor = video_factor(processor)
-    for m in messages:
+    for i, m in enumerate(messages):
         content = m.get("content")
         if not isinstance(content, list):
             continue
-        for part in content:
+        for j, part in enumerate(content):
             if isinstance(part, dict) and part.get("type") == "video":
                 kw = {k: part[k] for k in _SAMPLING_KEYS if part.get(k) is not None}
                 try:
                     vf = load_video(part["video"], factor=factor, **kw)
-                except (VideoError, OSError) as exc:
-                    raise SampleSkipped(f"unreadable video: {exc}") from None
+                except (VideoError, OSError) as exc:  # a VideoError's message starts with the video's path
+                    raise SampleSkipped(f"[{i}].content[{j}].video: unusable video: {exc}", "bad_video") from None
                 videos.append(vf.frames)
                 metas.append(vf.metadata())
     text, spans = assistant_char_spans(processor, messages)
@@ -126,7 +145,7 @@ def encode(processor, messages: list[dict[str, Any]], *, model_max_length: Optio
     inputs = processor(**kwargs)
     expanded = inputs["input_ids"][0].tolist()
     if model_max_length is not None and len(expanded) > model_max_length:
-        raise SampleSkipped(f"{len(expanded)} tokens > model_max_length {model_max_length}")
+        raise SampleSkipped(f"{len(expanded)} tokens > model_max_length {model_max_length}", "too_long")
     ids, mask = label_mask(processor.tokenizer, text, spans)
     labels = align_labels(ids, mask, expanded)
     out = {k: v for k, v in inputs.items()}
@@ -141,19 +160,47 @@ def encode(processor, messages: list[dict[str, Any]], *, model_max_length: Optio
 class SourceIndex:
     names: list[str]
     sizes: list[int]
-    files: list[Path]  # conversation files, sources concatenated in `names` order
+    files: list[Optional[Path]]  # conversation files, sources concatenated in `names` order
+    # global index -> why its meta.json entry names no conversation file (its `files` entry is None)
+    problems: dict[int, str] = field(default_factory=dict)
 
 
-def index_sources(dataset_root: str | Path, subdirectories: Sequence[str], meta_file: str = "meta.json") -> SourceIndex:
-    from avcap.curate.sources import read_source
+def meta_sample_problem(sample: Any) -> Optional[str]:
+    """What is wrong with one `samples[i]` entry of a meta.json ("<field>: <problem>"), or None."""
+    if not isinstance(sample, dict):
+        return f"expected an object, got {type(sample).__name__}"
+    conv = sample.get("conversation")
+    if conv is None:
+        return "conversation: missing"
+    if not isinstance(conv, str) or not conv:
+        return f"conversation: expected a file path (a non-empty string), got {conv!r}"
+    return None
 
-    names, sizes, files = [], [], []
+
+def index_sources(dataset_root: str | Path, subdirectories: Sequence[str], meta_file: str = "meta.json", *,
+                  skip_bad: bool = False) -> SourceIndex:
+    """The curated sources' conversation files in global sample order. A meta.json sample without a
+    usable `conversation` raises CurateError, or with `skip_bad` keeps its place (None in `files`)
+    and its reason in `problems` (the trainer skips and counts it)."""
+    from avcap.curate.sources import CurateError, read_source
+
+    index = SourceIndex([], [], [])
     for name in subdirectories:
         src = read_source(dataset_root, name, meta_file)
-        names.append(name)
-        sizes.append(len(src.samples))
-        files += [src.conversation_path(i) for i in range(len(src.samples))]
-    return SourceIndex(names, sizes, files)
+        index.names.append(name)
+        index.sizes.append(len(src.samples))
+        for i, sample in enumerate(src.samples):
+            problem = meta_sample_problem(sample)
+            if problem is None:
+                index.files.append(src.conversation_path(i))
+                continue
+            line = f"{src.root / meta_file}: samples[{i}].{problem}" if problem.startswith("conversation") \
+                else f"{src.root / meta_file}: samples[{i}]: {problem}"
+            if not skip_bad:
+                raise CurateError(line)
+            index.problems[len(index.files)] = line
+            index.files.append(None)
+    return index
 
 
 class SFTDataset:
@@ -167,15 +214,31 @@ class SFTDataset:
         return len(self.index.files)
 
     def conversation(self, i: int) -> list[dict[str, Any]]:
-        from avcap.curate.sources import load_conversation
+        """Sample i's conversation; raises SampleSkipped (missing, unreadable or malformed file)."""
+        from avcap.curate.sources import ConversationError, load_conversation
 
-        return load_conversation(self.index.files[i], vision=self.vision)
+        file = self.index.files[i]
+        if file is None:
+            raise SampleSkipped(self.index.problems.get(i, f"sample {i}: no conversation file"), "bad_meta_sample")
+        try:
+            return load_conversation(file, vision=self.vision)
+        except FileNotFoundError:
+            raise SampleSkipped(f"{file}: no such file (named by its source's meta.json)", "missing_conversation") from None
+        except ConversationError as exc:
+            raise SampleSkipped(str(exc), "bad_conversation") from None
+        except OSError as exc:
+            raise SampleSkipped(f"{file}: unreadable ({exc.strerror or exc})", "bad_conversation") from None
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        """The encoded sample, or `{"index", "skipped": message, "reason": one of SKIP_REASONS}`."""
         try:
-            sample = encode(self.processor, self.conversation(i), model_max_length=self.model_max_length)
+            messages = self.conversation(i)
+            try:
+                sample = encode(self.processor, messages, model_max_length=self.model_max_length)
+            except SampleSkipped as exc:  # name the conversation file in front of the field
+                raise SampleSkipped(f"{self.index.files[i]}: {exc}", exc.reason) from None
         except SampleSkipped as exc:
-            return {"index": i, "skipped": str(exc)}
+            return {"index": i, "skipped": str(exc), "reason": exc.reason}
         sample["index"] = i
         return sample
 
@@ -197,7 +260,7 @@ class Collator:
         kept = [s for s in samples if "skipped" not in s]
         out: dict[str, Any] = {
             "indices": [s["index"] for s in kept],
-            "skipped": [(s["index"], s["skipped"]) for s in samples if "skipped" in s],
+            "skipped": [(s["index"], s["reason"], s["skipped"]) for s in samples if "skipped" in s],
         }
         if not kept:
             return out
@@ -226,7 +289,7 @@ def conversation_sizes(files: Sequence[Path]) -> list[int]:
     sizes = []
     for f in files:
         try:
-            sizes.append(f.stat().st_size)
+            sizes.append(f.stat().st_size if f is not None else 0)
         except OSError:
             sizes.append(0)
     return sizes
