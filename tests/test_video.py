@@ -362,6 +362,18 @@ def test_discarding_is_skipped_where_the_packet_cannot_be_located(h264_clip, mon
             assert all(np.array_equal(a, b) for a, b in zip(V.decode_frames(h264_clip, idx), want))
 
 
+def test_the_discard_probe_cannot_crash_and_stays_off_on_unchecked_pyav(monkeypatch):
+    """The probe reads memory through /proc/self/mem (an unmapped address is a miss, not a
+    segfault), and on a PyAV release it was not checked on it is off, with a warning."""
+    import av
+
+    assert V._read_memory(8, 8) is None  # address 8 is never mapped: a plain read would crash
+    assert V._read_memory(id(av), 8) is not None
+    monkeypatch.setattr(av, "__version__", "99.0.0")
+    with pytest.warns(UserWarning, match="PyAV 99.0.0 is not a release the AV_PKT_FLAG_DISCARD probe was checked on"):
+        assert V._find_packet_ptr_offset() == -1
+
+
 class _NoFlush:
     """A software decoder standing in for NVDEC in `_Continuous`; a flush fails the test."""
 

@@ -44,7 +44,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -497,21 +499,47 @@ _DISCARD_UNSAMPLED = os.environ.get("AVCAP_DISCARD_UNSAMPLED", "1") != "0"
 _packet_ptr_offset: Optional[int] = None  # where PyAV's Packet object keeps its AVPacket pointer; -1: not found
 
 
+# PyAV releases whose Packet layout the discard flag was checked on (tests/test_video.py's discard
+# tests and the GPU runs of benchmarks/RESULTS.md): on any other release it stays off, with a warning
+_DISCARD_CHECKED_PYAV = ("18.1.0",)
+
+
+def _read_memory(address: int, size: int) -> Optional[bytes]:
+    """`size` bytes of this process's memory at `address`, read through /proc/self/mem: an
+    unmapped address is an OSError there (None here), never a segmentation fault."""
+    try:
+        with open("/proc/self/mem", "rb", buffering=0) as mem:
+            mem.seek(address)
+            data = mem.read(size)
+    except (OSError, OverflowError, ValueError):
+        return None
+    return data if len(data) == size else None
+
+
 def _find_packet_ptr_offset() -> int:
     """The byte offset of `AVPacket *ptr` inside PyAV's Packet object, found on a packet of our own:
     the pointer whose AVPacket's data and size (FFmpeg >= 5 layout: buf, pts, dts, data, size,
-    stream_index, flags) are the packet's; -1 when no field qualifies."""
-    import ctypes
-
+    stream_index, flags) are the packet's; -1 when no field qualifies, when the PyAV release is not
+    one the layout was checked on, or where /proc/self/mem cannot be read. Every candidate pointer
+    is followed through `_read_memory`, so a wrong guess is a miss, not a crash."""
     import av
 
+    if av.__version__ not in _DISCARD_CHECKED_PYAV:
+        warnings.warn(f"avcap.video: PyAV {av.__version__} is not a release the AV_PKT_FLAG_DISCARD probe was "
+                      f"checked on ({', '.join(_DISCARD_CHECKED_PYAV)}): every decoded picture is returned "
+                      "(correct, a little slower)", stacklevel=3)
+        return -1
     probe = av.Packet(b"avcap")
     for off in range(16, type(probe).__basicsize__ - 7, 8):
-        ptr = ctypes.c_void_p.from_address(id(probe) + off).value
-        if not ptr or ptr < 1 << 16 or ptr % 8:  # only what looks like a heap pointer is read through
+        raw = _read_memory(id(probe) + off, 8)
+        if raw is None:
+            return -1  # no /proc/self/mem: stay off
+        ptr = int.from_bytes(raw, sys.byteorder)
+        if not ptr or ptr < 1 << 16 or ptr % 8:
             continue
-        if ctypes.c_void_p.from_address(ptr + 24).value == probe.buffer_ptr \
-                and ctypes.c_int.from_address(ptr + 32).value == probe.size:
+        fields = _read_memory(ptr + 24, 12)  # data pointer, size
+        if fields is not None and int.from_bytes(fields[:8], sys.byteorder) == probe.buffer_ptr \
+                and int.from_bytes(fields[8:12], sys.byteorder, signed=True) == probe.size:
             return off
     return -1
 
