@@ -13,7 +13,8 @@ scripts):
   with `--config <a copy of the TOML>` among its arguments (`COSMOS_ROLE` set in the environment);
   the script reads the free-form `[custom]` table itself — here `[custom.dataset]` (dataset_root,
   subdirectories, weights, meta_file) and `[custom.vision]`, validated with avcap's schema — and
-  calls `cosmos_rl.launcher.worker_entry.main(dataset=..., sampler=...)`;
+  calls `cosmos_rl.launcher.worker_entry.main(dataset=..., sampler=..., data_packer=...,
+  val_data_packer=...)`;
 - `dataset` is a `torch.utils.data.Dataset` whose `__getitem__` returns one conversation list
   (system turn, user turn with the video item first then the prompt, assistant turn with the
   target — avcap.curate.sources), video paths absolute, the video item's sampling keys taken from
@@ -22,7 +23,15 @@ scripts):
   dataset factory; the config's `custom` dict is read there;
 - `sampler` is a factory with cosmos-rl's call signature `sampler(dataset, num_replicas=,
   rank=, shuffle=, drop_last=)` returning avcap's blend sampler (avcap.curate.blend), so the
-  `weights` of `[custom.dataset]` shape the batches exactly as in `avcap train`.
+  `weights` of `[custom.dataset]` shape the batches exactly as in `avcap train`;
+- `data_packer` / `val_data_packer` are a factory cosmos-rl calls with its `Config`
+  (`cosmos_rl/comm/base.py`): for Qwen3-VL dense (`model_type` "qwen3_vl": Cosmos-Reason2-2B/8B)
+  it returns cosmos-rl's `HFVLMDataPacker`, the packer of the Hugging Face model path that
+  cosmos-rl trains dense Qwen3-VL with (it reads videos through qwen-vl-utils for "qwen3_vl"). cosmos-rl
+  registers no default packer for "qwen3_vl" (its `Qwen3_VL_DataPacker` is registered for
+  "qwen3_vl_moe", whose own model takes the position ids that packer adds) and would fall back to the
+  same class with a warning; naming it here makes the choice explicit, and any other model type is
+  refused with one line rather than trained with a packer nobody checked.
 
 cosmos-rl copies the TOML to a temporary file before handing it to the script, so a relative
 `dataset_root` is looked up next to that file first, then in the directory cosmos-rl was started
@@ -123,6 +132,19 @@ def blend_sampler_factory(dataset: AvcapConversations, *, train_batch_per_replic
     return make
 
 
+def data_packer(config) -> Any:
+    """cosmos-rl's data packer for the policy model (see module doc); `config` is cosmos-rl's `Config`."""
+    from cosmos_rl.dispatcher.data.packer.hf_vlm_data_packer import HFVLMDataPacker
+    from transformers import AutoConfig
+
+    name = config.policy.model_name_or_path
+    model_type = AutoConfig.from_pretrained(name, trust_remote_code=True).model_type
+    if model_type != "qwen3_vl":
+        raise CosmosRLDatasetError(f"[policy] model_name_or_path {name!r}: model_type {model_type!r}; "
+                                   "avcap's cosmos-rl script feeds Qwen3-VL dense models (model_type 'qwen3_vl')")
+    return HFVLMDataPacker()
+
+
 def from_config_file(path: str | Path) -> tuple[AvcapConversations, Callable]:
     """Dataset and sampler factory from a cosmos-rl TOML (its [custom], [train] tables)."""
     from avcap.config import tomllib
@@ -168,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print("error: cosmos-rl is not installed (pip install 'avcap[cosmos-rl]'); "
               "or train without it: avcap train --config FILE", file=sys.stderr)
         raise SystemExit(2) from None
-    launch(dataset=dataset, sampler=sampler)
+    launch(dataset=dataset, sampler=sampler, data_packer=data_packer, val_data_packer=data_packer)
 
 
 if __name__ == "__main__":
