@@ -542,3 +542,35 @@ def test_a_fallback_is_counted_with_its_reason_and_warned_once(varied_model_dir,
         assert [v for k, v in fb.items() if "differs" in k] == [2]  # once per batch, two batches
     finally:
         eng.close()
+
+
+def test_the_transcribed_layer_checks_itself_against_transformers(varied_model_dir, clips, monkeypatch):
+    """The fast path's own decoder layer is compared with transformers' layer before it serves
+    anything; a layer that differs (here: a residual left out) turns the fast path off, loudly,
+    and generate answers with its own outputs."""
+    from avcap.engines import fast_generate
+
+    ok = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
+    try:
+        assert fast_generate.check_layer_against_library(ok.model) is None
+    finally:
+        ok.close()
+
+    def no_mlp_residual(layer, hidden, o):
+        b, heads, n, d = o.shape
+        hidden = hidden + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, n, heads * d))
+        return layer.mlp(layer.post_attention_layernorm(hidden))
+
+    monkeypatch.setattr(fast_generate, "attention_output_and_mlp", no_mlp_residual)
+    fast = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
+    plain = make_engine(_cfg(batch_size=16, fast_generate=False), vision=VISION, model=str(varied_model_dir))
+    try:
+        reqs = _mixed_requests(clips)[:4]
+        s = Sampling(temperature=0, max_tokens=6)
+        with pytest.warns(UserWarning, match="its text decoder layer differs from transformers'"):
+            a = fast.generate(reqs, s)
+        assert {r.extra["path"] for r in a} == {"generate"} and _outputs(a) == _outputs(plain.generate(reqs, s))
+        assert [v for k, v in fast.run_record()["fallbacks"].items() if "differs from transformers'" in k] == [4]
+    finally:
+        fast.close()
+        plain.close()

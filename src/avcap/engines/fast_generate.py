@@ -153,24 +153,69 @@ def text_forward(model, hidden, cos, sin, kc, vc, slots, mask, pieces=(attention
     (layers, B, kv_heads, S, D) and returns the final-normed hidden states (B, L, H).
     `pieces`: the two halves of a layer around the cache write and attention (torch.compile'd
     ones with `[avcap.engine] compile`; the cache write stays outside: in place, no copies)."""
+    lm = model.model.language_model
+    m = None
+    for i, layer in enumerate(lm.layers):
+        hidden, m = layer_forward(layer, hidden, cos, sin, kc[i], vc[i], slots, mask, m, pieces)
+    return lm.norm(hidden)
+
+
+def layer_forward(layer, hidden, cos, sin, kc, vc, slots, mask, folded=None, pieces=(attention_inputs, attention_output_and_mlp)):
+    """One decoder layer of `text_forward` over its cache kc/vc (B, kv_heads, S, D); returns the
+    hidden states and the mask folded for grouped-query attention (reused by the next layer)."""
     import torch.nn.functional as F
 
     pre, post = pieces
-    lm = model.model.language_model
     b, n, _ = hidden.shape
-    m = None
-    for i, layer in enumerate(lm.layers):
-        q, k, v = pre(layer, hidden, cos, sin)
-        kc[i].index_copy_(2, slots, k)
-        vc[i].index_copy_(2, slots, v)
-        heads, kv_heads, d = q.shape[1], k.shape[1], q.shape[3]
-        g = heads // kv_heads
-        if m is None:  # query heads h = kv * g + j share KV head kv: fold j into the query length
-            m = mask if g == 1 else mask.expand(b, 1, n, mask.shape[-1]).repeat(1, 1, g, 1)
-        o = F.scaled_dot_product_attention(q.reshape(b, kv_heads, g * n, d), kc[i], vc[i], attn_mask=m,
-                                           scale=layer.self_attn.scaling)
-        hidden = post(layer, hidden, o.reshape(b, heads, n, d))
-    return lm.norm(hidden)
+    q, k, v = pre(layer, hidden, cos, sin)
+    kc.index_copy_(2, slots, k)
+    vc.index_copy_(2, slots, v)
+    heads, kv_heads, d = q.shape[1], k.shape[1], q.shape[3]
+    g = heads // kv_heads
+    if folded is None:  # query heads h = kv * g + j share KV head kv: fold j into the query length
+        folded = mask if g == 1 else mask.expand(b, 1, n, mask.shape[-1]).repeat(1, 1, g, 1)
+    o = F.scaled_dot_product_attention(q.reshape(b, kv_heads, g * n, d), kc, vc, attn_mask=folded,
+                                       scale=layer.self_attn.scaling)
+    return post(layer, hidden, o.reshape(b, heads, n, d)), folded
+
+
+def check_layer_against_library(model, pieces=(attention_inputs, attention_output_and_mlp), device=None) -> Optional[str]:
+    """None when `layer_forward` (the transcription) gives what transformers' own first text
+    decoder layer gives on a few random tokens, within the dtype's rounding; else why not. Run
+    once before the fast path serves anything: a transformers release that changes the layer
+    (a new norm, another RoPE) turns the fast path off instead of changing its answers."""
+    import torch
+
+    lm = model.model.language_model
+    layer = lm.layers[0]
+    p = next(layer.parameters())
+    device = device or p.device
+    dtype = p.dtype
+    n = 5
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, n, model.config.get_text_config().hidden_size, generator=g).to(device, dtype)
+    positions = torch.arange(n, device=device).view(1, 1, n).expand(3, 1, n)
+    cos, sin = rotary(model, hidden, positions)
+    try:
+        with torch.no_grad():
+            ref = layer(hidden, position_embeddings=(cos, sin), attention_mask=None, position_ids=positions[0])
+            ref = ref[0] if isinstance(ref, tuple) else ref
+            a = layer.self_attn
+            kv_heads = a.k_proj.out_features // a.head_dim
+            kc = torch.zeros(1, kv_heads, n, a.head_dim, device=device, dtype=dtype)
+            vc = torch.zeros_like(kc)
+            causal = torch.ones(n, n, dtype=torch.bool, device=device).tril().view(1, 1, n, n)
+            ours, _ = layer_forward(layer, hidden, cos, sin, kc, vc, torch.arange(n, device=device), causal,
+                                    pieces=pieces)
+    except Exception as exc:  # noqa: BLE001 — a layer we cannot even call is a layer we do not match
+        return f"{type(exc).__name__}: {exc}"
+    diff = float((ours.float() - ref.float()).abs().max())
+    scale = 1.0 + float(ref.float().abs().max())
+    tol = (1e-4 if dtype == torch.float32 else 3e-2) * scale
+    if not diff <= tol:
+        return (f"its text decoder layer differs from transformers' {type(layer).__name__} "
+                f"(max abs diff {diff:.3g}, tolerance {tol:.3g})")
+    return None
 
 
 def rotary(model, hidden, positions):
@@ -404,7 +449,7 @@ class FastGenerator:
         self.model = model
         # the layer halves of text_forward (suffixes, decode steps); compiled: one graph serves every
         # layer (parameters are graph inputs), fused norms/RoPE/SwiGLU inside the captured decode step
-        self.pieces = (attention_inputs, attention_output_and_mlp)
+        self.pieces = self._plain_pieces = (attention_inputs, attention_output_and_mlp)
         if compile:
             import torch
 
@@ -428,6 +473,9 @@ class FastGenerator:
         # cumulative seconds per phase (the device is synchronised at phase ends): what limits a run
         self.timings: dict[str, float] = {"prefix_s": 0.0, "suffix_s": 0.0, "decode_s": 0.0, "decode_steps": 0,
                                           "rows": 0, "prefixes": 0}
+        # the transcribed decoder layer against transformers' own, checked on the first call
+        self.layer_error: Optional[str] = None
+        self._layer_checked = False
 
     # ---------------------------------------------------------------- public
 
@@ -441,6 +489,11 @@ class FastGenerator:
         pixel patches (default: `pixel_values_videos` split by the grid)."""
         import torch
 
+        if not self._layer_checked:
+            self.layer_error = check_layer_against_library(self.model, self._plain_pieces, device=device)
+            self._layer_checked = True
+        if self.layer_error is not None:
+            raise NotSupported(self.layer_error)
         logits, st = self.prefill(inputs, row_videos, max_new_tokens=max_new_tokens, video_pixels=video_pixels,
                                   device=device)
         b, s_len, p, device = st["batch"], st["slots"], st["prompt_slots"], st["device"]
