@@ -332,8 +332,14 @@ class Engine(_Model):
     # openai-compatible HTTP
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable only
+    # which server answers: "openai" sends standard chat-completions fields only; "vllm" and
+    # "transformers-serve" also their own sampling fields (top_k, repetition_penalty) and the
+    # frames' size hint (avcap.engines.openai_engine); a setting a server cannot take is warned
+    # about and recorded in run.json's engine_run
+    server: Literal["openai", "vllm", "transformers-serve"] = "openai"
     video_mode: Literal["frames", "video_url"] = "frames"
     image_format: Literal["jpeg", "png"] = "jpeg"
+    image_detail: Literal["auto", "low", "high"] = "auto"  # each frame's image_url detail (server = "openai")
     concurrency: int = Field(8, ge=1)
     max_retries: int = Field(5, ge=0)
     timeout_s: float = Field(120.0, gt=0)
