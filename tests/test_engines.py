@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -128,13 +129,13 @@ def test_openai_video_url_mode_sampling_extensions_and_bad_video(monkeypatch, h2
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"garbage")
     with ChatServer([(200, {}, completion("ok"))]) as srv:
-        eng = openai_engine(srv.base_url, video_mode="video_url")
+        eng = openai_engine(srv.base_url, video_mode="video_url", server="vllm")
         s = Sampling(temperature=0.7, top_p=0.8, top_k=20, presence_penalty=1.5, max_tokens=9, seed=3)
         good, missing = eng.generate(
             [Request("a", build_messages(SYSTEM, "hi", str(h264_clip))),
              Request("b", build_messages(SYSTEM, "hi", str(tmp_path / "nope.mp4")))], s)
         eng.close()
-        eng2 = openai_engine(srv.base_url)  # frames mode: a corrupt file fails before any HTTP
+        eng2 = openai_engine(srv.base_url, server="vllm")  # frames mode: a corrupt file fails before any HTTP
         [broken] = eng2.generate([Request("c", build_messages(SYSTEM, "hi", str(bad)))], s)
         eng2.close()
     assert good.text == "ok" and missing.error and str(tmp_path / "nope.mp4") in missing.error
@@ -146,6 +147,79 @@ def test_openai_video_url_mode_sampling_extensions_and_bad_video(monkeypatch, h2
     assert base64.b64decode(video["video_url"]["url"].split(",", 1)[1]) == h264_clip.read_bytes()
     assert video["video_url"]["url"].startswith("data:video/mp4;base64,")
     assert (body["top_p"], body["top_k"], body["presence_penalty"], body["seed"]) == (0.8, 20, 1.5, 3)
+    assert body["repetition_penalty"] == 1.0 and "mm_processor_kwargs" not in body  # no frames: no size hint
+    rec = eng.run_record()
+    assert rec["representation"]["video_url"]["videos"] == 1 and rec["representation"]["frames"]["frame_size"] == {}
+    assert rec["counts"] == {"requests": 2, "answered": 1, "errors": 1, "retries": 0} and rec["errors"] == {"bad video": 1}
+
+
+def test_openai_server_kinds_send_their_fields_and_drop_with_a_warning(h264_clip):
+    """What each `server` kind sends for the recipe's caption sampling and greedy MCQ, the frames' size
+    hint, and the settings that cannot be sent: one warning per engine, recorded in run_record."""
+    caption = Sampling(temperature=0.7, top_p=0.8, top_k=20, presence_penalty=1.5, max_tokens=9, seed=0)
+    greedy = Sampling(temperature=0, max_tokens=3)
+    bodies, records = {}, {}
+    for server in ("openai", "vllm", "transformers-serve"):
+        with ChatServer([(200, {}, completion("ok"))]) as srv:
+            eng = openai_engine(srv.base_url, server=server)
+            reqs = [Request(k, build_messages(SYSTEM, "hi", str(h264_clip))) for k in ("a", "b")]
+            with pytest.warns(UserWarning) if server != "vllm" else _no_warning():
+                results = eng.generate(reqs, caption)
+            with _no_warning():  # once per engine, and greedy drops nothing
+                results += eng.generate(reqs[:1], caption) + eng.generate(reqs[:1], greedy)
+            records[server] = eng.run_record()
+            eng.close()
+        assert all(r.error is None for r in results)
+        bodies[server] = [r["json"] for r in srv.requests]
+    standard = {"model", "messages", "max_tokens", "temperature", "top_p", "presence_penalty", "seed"}
+    for server, body in zip(bodies, (b[0] for b in bodies.values())):
+        images = [p for p in body["messages"][1]["content"] if p["type"] == "image_url"]
+        assert len(images) == 4 and body["top_p"] == 0.8 and body["seed"] == 0
+        assert ("detail" in images[0]["image_url"]) == (server == "openai")
+    o, v, t = (bodies[k][0] for k in ("openai", "vllm", "transformers-serve"))
+    from PIL import Image
+
+    url = o["messages"][1]["content"][0]["image_url"]["url"]
+    w, h = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size  # the sampled size, sent as is
+    hint = {"size": {"shortest_edge": w * h, "longest_edge": w * h}}
+    assert set(o) == standard and o["presence_penalty"] == 1.5 and o["messages"][1]["content"][0]["image_url"]["detail"] == "auto"
+    assert (v["top_k"], v["repetition_penalty"], v["presence_penalty"]) == (20, 1.0, 1.5)
+    assert v["mm_processor_kwargs"] == hint
+    assert "presence_penalty" not in t and "top_k" not in t and "repetition_penalty" not in t
+    assert json.loads(t["generation_config"]) == {"do_sample": True, "top_k": 20, "top_p": 0.8, "repetition_penalty": 1.0}
+    assert t["chat_template_kwargs"] == {"images_kwargs": hint}
+    assert json.loads(bodies["transformers-serve"][-1]["generation_config"])["do_sample"] is False
+    assert bodies["vllm"][-1]["top_k"] == -1  # off is sent too: vLLM would take the checkpoint's top_k
+    for server, rec in records.items():
+        assert rec["server"] == server and rec["counts"]["requests"] == 4 and rec["counts"]["errors"] == 0
+        frames = rec["representation"]["frames"]
+        assert frames["frame_size"] == {f"{w}x{h}": 4} and frames["frames_per_video"] == {"4": 4}
+        assert [e["requests"] for e in rec["sampling"]] == [3, 1]
+        assert rec["prompt_tokens"] == {"min": 11, "max": 11, "mean": 11.0}
+    assert set(records["openai"]["sampling"][0]["dropped"]) == {"top_k"}
+    assert set(records["transformers-serve"]["sampling"][0]["dropped"]) == {"presence_penalty"}
+    assert records["vllm"]["sampling"][0]["dropped"] == {} and records["openai"]["sampling"][1]["dropped"] == {}
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+
+
+def test_server_kind_is_validated(tmp_path):
+    from avcap.config import ConfigError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[avcap.engine]\nserver = "sglang"\n')
+    with pytest.raises(ConfigError, match=r"avcap\.engine\.server: Input should be 'openai', 'vllm' or 'transformers-serve'"):
+        load_config(bad)
 
 
 def test_retry_after_parsing():
