@@ -216,10 +216,10 @@ def test_redact_values_and_credential_patterns(monkeypatch):
     monkeypatch.setenv("AVCAP_SOME_KEY", "k-live-abcdefgh")
     text = ('HTTP 401: {"authorization": "Bearer sk-zzz.yyy", "x-api-key": "abc123", "note": "k-live-abcdefgh"} '
             "GET /v1?api_key=q1w2e3r4&page=2 Authorization: Basic dXNlcjpwYXNz password=hunter22 "
-            "prompt_tokens: 149, max_tokens=5, token budget")
+            "POST https://me:s3cr3tpw@proxy.local/v1 prompt_tokens: 149, max_tokens=5, token budget")
     out = redact(text, ["sk-zzz.yyy"], env_names=["AVCAP_SOME_KEY", "AVCAP_UNSET_VAR"])
-    for secret in ("sk-zzz.yyy", "abc123", "k-live-abcdefgh", "q1w2e3r4", "dXNlcjpwYXNz", "hunter22"):
+    for secret in ("sk-zzz.yyy", "abc123", "k-live-abcdefgh", "q1w2e3r4", "dXNlcjpwYXNz", "hunter22", "s3cr3tpw"):
         assert secret not in out
-    assert "Bearer [REDACTED]" in out and "api_key=[REDACTED]&page=2" in out
+    assert "Bearer [REDACTED]" in out and "api_key=[REDACTED]&page=2" in out and "https://[REDACTED]@proxy.local/v1" in out
     assert "prompt_tokens: 149, max_tokens=5, token budget" in out  # ordinary words and numbers stay
     assert redact("abc", ["abc"]) == "abc"  # too short to search for

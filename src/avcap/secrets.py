@@ -8,7 +8,7 @@ exception message) before it becomes an error record, a log line or a warning:
 - `Bearer <token>` / `Basic <token>` (an echoed Authorization header), `Authorization: <value>`
   and `api_key=<value>`-style pairs (api_key, api-key, apikey, access_token, token, secret,
   password, with `=` or `:` and optional quotes, as in a query string, a header or JSON) keep
-  their name and lose their value;
+  their name and lose their value, and so does a URL's `user:password@`;
 - values shorter than 4 characters are not searched for (they would blank ordinary words).
 """
 
@@ -24,6 +24,7 @@ MIN_SECRET_LEN = 4
 _SCHEME = re.compile(r"\b(Bearer|Basic)(\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _HEADER = re.compile(r"\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)(?!\s*(?:Bearer|Basic)\b)[^\s\"',;}&]+",
                      re.IGNORECASE)
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@:]+:[^/\s@]+@", re.IGNORECASE)
 _PAIR = re.compile(
     r"\b((?:x-)?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|secret|password)[\"']?\s*[:=]\s*[\"']?)"
     r"[^\s\"',;}&]+",
@@ -43,4 +44,5 @@ def redact(text: str, secrets: Iterable[str] = (), *, env_names: Iterable[str] =
         text = text.replace(value, REDACTED)
     text = _SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     text = _HEADER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
     return _PAIR.sub(lambda m: f"{m.group(1)}{REDACTED}", text)

@@ -21,16 +21,18 @@
 - Videos: `video_mode = "frames"` sends the frames `avcap.video` samples (the same frames every
   engine sees) as base64 `image_url` data URLs (`image_format` jpeg|png), each at the sampled
   size, with the size hint above so that the server keeps that size (without one, a Qwen-VL
-  server resizes each image by its image processor's own pixel bounds: 256x256 at least for
-  Qwen3-VL, 4-11x the visual tokens of small frames). An image costs the visual tokens of two
-  video frames (Qwen-VL repeats an image over the temporal patch), so frames as images take about
-  twice the visual tokens that the same frames take as a video in avcap's own engines.
+  server resizes each image by its image processor's own pixel bounds: Qwen3-VL's raise every
+  image to at least 65536 pixels, so a 96x64 frame costs 64 visual tokens instead of 6). An image
+  costs the visual tokens of two video frames (Qwen-VL repeats an image over the temporal patch),
+  so frames as images take about twice the visual tokens that the same frames take as a video in
+  avcap's own engines (tiny Qwen3-VL, 16 frames of 96x64: 165 prompt tokens through transformers
+  serve with the hint, 1189 without, 149 in avcap's transformers engine).
   `"video_url"` sends the file itself as a `video_url` part (a `data:video/...;base64` URL, or the
   URL as given when it is already http(s)/data) and lets the server sample it — a directory of
   frames has no single file, so it is sent as frames in either mode. `transformers serve` (5.x)
   cannot take `video_url` for Qwen3-VL: it classes the model as multimodal (audio too) and loads
-  the audio track of every video, which fails (HTTP 500: no torchcodec, or a file without an audio
-  track); a request cannot turn that off (`chat_template_kwargs.load_audio_from_video` collides
+  the audio track of every video, which fails without torchcodec on the server (HTTP 500, "soundfile
+  cannot decode" the mp4); a request cannot turn that off (`chat_template_kwargs.load_audio_from_video` collides
   with the server's own argument: TypeError, HTTP 500 too). Use frames with that server.
 - The key is read from the environment variable named by `api_key_env` when the engine is built,
   sent only as the `Authorization: Bearer` header, never logged or written anywhere; with the
