@@ -112,7 +112,7 @@ def test_avcap_infer_through_transformers_serve(served_tiny, tiny_model_dir, inf
         env={**os.environ, "AVCAP_SERVE_TEST_KEY": KEY, "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr + log.read_text()[-3000:]
     # the caption recipe's presence_penalty has no equivalent in transformers serve: said once, loudly
     assert proc.stderr.count("presence_penalty = 1.5 not sent") == 1, proc.stderr
     d = out / "served" / "base" / "AV_CAPTION"

@@ -127,6 +127,13 @@ class OpenAIEngine:
         self._sampling: dict[str, dict[str, Any]] = {}
         self._prompt_tokens: list[int] = []
         self._warned: set[str] = set()
+        if cfg.video_mode == "video_url" and cfg.server == "transformers-serve":
+            warnings.warn(
+                "avcap openai engine: transformers serve loads the audio track of every video_url sent to a model it "
+                "classes as multimodal (Qwen3-VL is) and answers HTTP 500 when it cannot (no torchcodec on the "
+                'server); no request field turns that off. video_mode = "frames" avoids it.',
+                stacklevel=2,
+            )
 
     def __repr__(self) -> str:  # never shows headers
         return f"OpenAIEngine(url={self.url!r}, model={self.model!r}, server={self.server!r})"
