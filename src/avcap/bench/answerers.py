@@ -129,7 +129,8 @@ class EngineAnswerer:
         return _sha(
             {
                 "reads": self.reads,
-                "engine": [e.name, e.model, e.reasoning, e.video_mode, e.image_format],
+                "engine": [e.name, e.model, e.reasoning, e.video_mode, e.image_format]
+                + ([e.server, e.image_detail] if e.name == "openai" else []),  # what the server is sent
                 "sampling": self.sampling.model_dump(),
                 "prompts": [self.prompts.system, self.prompts.mcq_suffix, self.prompts.reasoning_suffix],
                 "vision": self.vision.model_dump() if self.reads == "video" else None,
