@@ -6,6 +6,11 @@ import numpy as np
 import pytest
 
 
+def pytest_addoption(parser):
+    parser.addoption("--many", action="store_true", default=False,
+                     help="tests/test_reliability.py: the full SIGKILL campaign (15 kills per verb instead of 2)")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Qwen3-VL checkpoint directory (avcap tiny-model, seed 0), built once per session."""
@@ -91,3 +96,20 @@ def infer_data_dir(tmp_path_factory):
                     "answer": answer(record, q.id) if record else "A", "provenance": "agreed",
                 }) + "\n")
     return out / "eval"
+
+
+@pytest.fixture(scope="session")
+def private_mounts():
+    """`unshare` arguments that run a shell in a private mount namespace where it may mount a small
+    tmpfs (a real full disk, a real read-only directory); skips where the machine allows neither
+    `unshare -m` (root) nor `unshare -rm` (user namespaces)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare"):
+        for args in (["unshare", "-m"], ["unshare", "-rm"]):
+            probe = subprocess.run([*args, "sh", "-c", "mount -t tmpfs -o size=1k tmpfs /mnt 2>/dev/null || "
+                                    "mount -t tmpfs -o size=1k tmpfs /tmp"], capture_output=True)
+            if probe.returncode == 0:
+                return args
+    pytest.skip("needs a private mount namespace (unshare -m as root, or unshare -rm) to mount a small tmpfs")
