@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import threading
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -386,6 +387,38 @@ def test_transformers_encodes_a_shared_video_once_with_identical_answers(hf_engi
         hf_engine.batch_size = 3
     assert [r.raw_text for r in batched] == [r.raw_text for r in singles]
     assert len({r.raw_text for r in batched}) > 1
+
+
+def test_generate_path_encodes_a_shared_video_once_or_says_why_not(varied_model_dir, h264_clip, infer_data_dir):
+    """Plain generate (fast path off): transformers 5 takes pre-encoded features, so the vision
+    tower runs once per distinct video; 4.57's forward cannot, which is warned once and counted."""
+    other = infer_data_dir / "AV_CAPTION" / "videos" / "av00001.mp4"
+    cfg = load_config(None).avcap.engine.model_copy(update={"batch_size": 4, "device": "cpu", "fast_generate": False})
+    eng = make_engine(cfg, vision=Vision(nframes=8, max_pixels=64 * 96), model=str(varied_model_dir))
+    reqs = [Request(f"q{i}", build_messages(SYSTEM, f"Question {i}: what happens?", str(h264_clip))) for i in range(3)]
+    reqs.insert(1, Request("other", build_messages(SYSTEM, "Question 9: what happens?", str(other))))
+    visual = eng.model.model.visual
+    seen = []
+    real_forward = visual.forward
+    visual.forward = lambda pixels, grid_thw=None, **kw: seen.append(len(grid_thw)) or real_forward(pixels, grid_thw=grid_thw, **kw)
+    s = Sampling(temperature=0, max_tokens=6)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batched = eng.generate(reqs, s)
+        eng.batch_size = 1
+        singles = [eng.generate([r], s)[0] for r in reqs]
+    finally:
+        visual.forward = real_forward
+        eng.close()
+    assert {r.extra["path"] for r in batched} == {"generate"}
+    assert [r.raw_text for r in batched] == [r.raw_text for r in singles]
+    fallbacks = {k: v for k, v in eng.run_record()["fallbacks"].items() if "once per request" in k}
+    if eng.share_vision:
+        assert seen[:1] == [2] and not fallbacks  # four requests, two distinct videos, one vision-tower call
+    else:
+        assert seen[:1] == [4] and list(fallbacks.values()) == [4]
+        assert len([w for w in caught if "once per request" in str(w.message)]) == 1
 
 
 def test_generation_config_and_presence_penalty():

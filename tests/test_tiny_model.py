@@ -58,7 +58,8 @@ def test_loads_through_auto_classes_like_a_hub_checkpoint(tiny_model_dir, loaded
     assert cfg.vision_config.patch_size == 16 and cfg.vision_config.spatial_merge_size == 2
     assert cfg.vision_config.temporal_patch_size == 2
     assert cfg.vision_config.out_hidden_size == cfg.text_config.hidden_size
-    rope = cfg.text_config.rope_parameters
+    tc = cfg.text_config  # transformers 5: rope_parameters; 4.57: rope_scaling + rope_theta
+    rope = getattr(tc, "rope_parameters", None) or {**tc.rope_scaling, "rope_theta": tc.rope_theta}
     assert rope["mrope_interleaved"] and sum(rope["mrope_section"]) * 2 == cfg.text_config.head_dim
     # special tokens are wired into the config and the generation config
     tok = processor.tokenizer

@@ -233,22 +233,39 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     for text, _ in ADDED_TOKENS:  # ids in the real order, right after the BPE vocabulary
         vocab[text] = len(vocab)
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges,
-        unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        extra_special_tokens=[t for t, special in ADDED_TOKENS if special and t != "<|endoftext|>"],
-        errors="replace", clean_up_tokenization_spaces=False, split_special_tokens=False,
-        model_max_length=262144,
-    )
+    specials = [t for t, special in ADDED_TOKENS if special and t != "<|endoftext|>"]
+    common = dict(unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                  errors="replace", clean_up_tokenization_spaces=False, split_special_tokens=False,
+                  model_max_length=262144)
+    if "vocab" in inspect.signature(Qwen2Tokenizer.__init__).parameters:  # transformers 5: built from memory
+        tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=specials, **common)
+    else:  # transformers 4.x: the fast tokenizer converts vocab.json + merges.txt (Qwen2Converter)
+        tokenizer = _tokenizer_from_files(vocab, merges, specials, common)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t, special in ADDED_TOKENS if not special])
     return tokenizer
+
+
+def _tokenizer_from_files(vocab: dict, merges: list, specials: list[str], common: dict):
+    """transformers 4.x's Qwen2TokenizerFast from a vocab.json and a merges.txt (it converts the
+    slow tokenizer: the same BPE, NFC, Qwen2 split and byte-level pre-tokenizer and decoder);
+    4.x names the extra special tokens `additional_special_tokens`."""
+    import tempfile
+
+    from transformers import Qwen2TokenizerFast
+
+    with tempfile.TemporaryDirectory(prefix="avcap-tokenizer-") as tmp:
+        vocab_file, merges_file = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        return Qwen2TokenizerFast(vocab_file=str(vocab_file), merges_file=str(merges_file),
+                                  additional_special_tokens=specials, **common)
 
 
 # --------------------------------------------------------------------------- model
 
 
 def make_config(tokenizer, size: str = "tiny"):
-    from transformers import Qwen3VLConfig
+    from transformers import Qwen3VLConfig, Qwen3VLTextConfig
 
     spec = SIZES[size]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t, _ in ADDED_TOKENS}
@@ -262,9 +279,13 @@ def make_config(tokenizer, size: str = "tiny"):
         rms_norm_eps=1e-6, attention_bias=False, attention_dropout=0.0, initializer_range=0.02,
         use_cache=True, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
-        rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
-                         "mrope_section": mrope, "mrope_interleaved": True},
     )
+    rope = {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": mrope, "mrope_interleaved": True}
+    if "rope_parameters" in inspect.signature(Qwen3VLTextConfig.__init__).parameters:  # transformers 5
+        text_config["rope_parameters"] = rope
+    else:  # transformers 4.x: rope_theta + rope_scaling; the text config decides weight tying
+        rope = dict(rope)
+        text_config.update(rope_theta=rope.pop("rope_theta"), rope_scaling=rope, tie_word_embeddings=True)
     v = dict(spec["vision"])
     if max(v["deepstack_visual_indexes"]) >= v["depth"] or len(v["deepstack_visual_indexes"]) > t["num_hidden_layers"]:
         raise ValueError("deepstack_visual_indexes must name vision blocks and fit the text layers")
@@ -331,14 +352,17 @@ def _hub_keys(out: Path) -> None:
     cfg_path = out / "config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     text = cfg["text_config"]
-    rope = dict(text.pop("rope_parameters"))
-    text["rope_theta"] = rope.pop("rope_theta")
-    text["rope_scaling"] = rope
+    if "rope_parameters" in text:  # transformers 5 wrote its own spelling (4.x writes the hub's)
+        rope = dict(text.pop("rope_parameters"))
+        text["rope_theta"] = rope.pop("rope_theta")
+        text["rope_scaling"] = rope
     text["tie_word_embeddings"] = cfg["tie_word_embeddings"]
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tok_path = out / "tokenizer_config.json"
     tok = json.loads(tok_path.read_text(encoding="utf-8"))
-    tok["additional_special_tokens"] = tok.pop("extra_special_tokens")
+    extra = tok.pop("extra_special_tokens", None)
+    if isinstance(extra, list):  # transformers 5's list; 4.x already wrote additional_special_tokens
+        tok["additional_special_tokens"] = extra
     tok_path.write_text(json.dumps(tok, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

@@ -375,6 +375,18 @@ class StopCheck:
 # ----------------------------------------------------------------------------- batch layout
 
 
+def mm_token_types(ids, config):
+    """transformers 5's `mm_token_type_ids` for token ids (B, L): 1 at image tokens, 2 at video
+    tokens, 0 elsewhere (what its processor returns; 4.57's returns none)."""
+    import torch
+
+    types = torch.zeros_like(ids)
+    for value, token in ((1, getattr(config, "image_token_id", None)), (2, getattr(config, "video_token_id", None))):
+        if token is not None:
+            types[ids == token] = value
+    return types
+
+
 @dataclass
 class Group:
     rows: list[int]  # batch rows that share this prefix
@@ -460,6 +472,9 @@ class FastGenerator:
         self.cuda_graphs = bool(cuda_graphs)
         base_params = inspect.signature(model.model.forward).parameters
         self._cache_kw = "cache" if "cache" in base_params else "past_key_values"
+        # transformers 5 numbers mRoPE positions by mm_token_type_ids; 4.57 finds the vision tokens itself
+        rope_params = inspect.signature(model.model.get_rope_index).parameters
+        self._types_kw = "mm_token_type_ids" in rope_params and "mm_token_type_ids" in base_params
         self._buffers: Optional[dict[str, Any]] = None  # kc, vc, valid for the current (B, S)
         self._steps: dict[tuple[int, int, int], dict[str, Any]] = {}  # decode steps by (B, S, kv_len)
         self._graph: Optional[dict[str, Any]] = None  # the step used last
@@ -468,8 +483,8 @@ class FastGenerator:
 
         # the vision tower's grid-derived inputs from the host (avcap.engines.host_vision): None until
         # the first prefill with videos has compared them with the plain call, then True or False
-        self.host_vision: Optional[bool] = None if host_vision.supported(model) else False
-        self.host_vision_error: Optional[str] = None if self.host_vision is None else "not supported by this model"
+        self.host_vision_error: Optional[str] = host_vision.unsupported_reason(model)
+        self.host_vision: Optional[bool] = None if self.host_vision_error is None else False
         # cumulative seconds per phase (the device is synchronised at phase ends): what limits a run
         self.timings: dict[str, float] = {"prefix_s": 0.0, "suffix_s": 0.0, "decode_s": 0.0, "decode_steps": 0,
                                           "rows": 0, "prefixes": 0}
@@ -548,8 +563,8 @@ class FastGenerator:
         mask_t = inputs["attention_mask"].bool()
         types_t = inputs.get("mm_token_type_ids")
         b = ids_t.shape[0]
-        if types_t is None:
-            types_t = torch.zeros_like(ids_t)
+        if types_t is None:  # transformers 4.57's processor has none: the same types from the token ids
+            types_t = mm_token_types(ids_t, model.config)
         ids_cpu, mask_cpu, types_cpu = ids_t.cpu(), mask_t.cpu(), types_t.cpu()
         ids = [ids_cpu[r][mask_cpu[r]].tolist() for r in range(b)]
         types = [types_cpu[r][mask_cpu[r]].tolist() for r in range(b)]
@@ -659,12 +674,13 @@ class FastGenerator:
         sub_grid = grid[vids].cpu() if vids else None
         # mRoPE positions on the host: get_rope_index walks every row and video with many tiny
         # ops; on the GPU each waits for the queue (the previous prefill call) and leaves it idle
-        positions, _ = model.model.get_rope_index(ids, mm_token_type_ids=types, attention_mask=att,
-                                                  video_grid_thw=sub_grid)
+        types_kw = {"mm_token_type_ids": types} if self._types_kw else {}  # transformers 5 (4.57: none)
+        positions, _ = model.model.get_rope_index(ids, attention_mask=att, video_grid_thw=sub_grid, **types_kw)
         for j in range(nb):
             prefix_max[gidx[j]] = int(positions[:, j][:, att[j].bool()].max())
         host = self._host_vision(ids, sub_grid, device) if vids else None
-        ids, types, att, positions = (_to_device(t, device) for t in (ids, types, att, positions))
+        ids, att, positions = (_to_device(t, device) for t in (ids, att, positions))
+        types_kw = {k: _to_device(t, device) for k, t in types_kw.items()}
         pix: dict[str, Any] = {}
         if vids:
             pix["pixel_values_videos"] = torch.cat([pixels[v] for v in vids]).to(device)
@@ -673,8 +689,8 @@ class FastGenerator:
             cache = DynamicCache(config=model.config)
             grid = {} if not vids else {"video_grid_thw": hv.grid if hv else _to_device(sub_grid, device)}
             with hv.applied(model) if hv else contextlib.nullcontext():
-                out = model.model(input_ids=ids, attention_mask=att, position_ids=positions, mm_token_type_ids=types,
-                                  use_cache=True, **{self._cache_kw: cache}, **pix, **grid)
+                out = model.model(input_ids=ids, attention_mask=att, position_ids=positions, use_cache=True,
+                                  **{self._cache_kw: cache}, **types_kw, **pix, **grid)
             return out.last_hidden_state, cache
 
         if host is not None and self.host_vision is None:  # first time: the same numbers as the plain call?

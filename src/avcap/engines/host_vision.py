@@ -16,7 +16,7 @@ call if they differ (or if this transformers has no such helpers).
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Optional
 
 
 def _helpers():
@@ -28,14 +28,25 @@ def _helpers():
     return vu if all(hasattr(vu, n) for n in names) else None
 
 
-def supported(model) -> bool:
-    """Whether `model` (a Qwen3-VL ...ForConditionalGeneration) has what HostVision replaces."""
+def unsupported_reason(model) -> Optional[str]:
+    """None when `model` (a Qwen3-VL ...ForConditionalGeneration) has what HostVision replaces, else why not."""
+    import transformers
+
+    if _helpers() is None:
+        return f"transformers {transformers.__version__} has no transformers.vision_utils helpers"
     visual = getattr(getattr(model, "model", None), "visual", None)
     lm = getattr(getattr(model, "model", None), "language_model", None)
-    return (_helpers() is not None and visual is not None and lm is not None
-            and hasattr(lm, "_deepstack_process") and getattr(model.config, "video_token_id", None) is not None
+    if not (visual is not None and lm is not None and hasattr(lm, "_deepstack_process")
+            and getattr(model.config, "video_token_id", None) is not None
             and all(hasattr(visual, a) for a in ("num_grid_per_side", "interpolation_mode",
-                                                "interpolation_align_corners", "spatial_merge_size")))
+                                                "interpolation_align_corners", "spatial_merge_size"))):
+        return f"{type(model).__name__} lacks the vision tower attributes it replaces"
+    return None
+
+
+def supported(model) -> bool:
+    """Whether `model` (a Qwen3-VL ...ForConditionalGeneration) has what HostVision replaces."""
+    return unsupported_reason(model) is None
 
 
 class HostVision:

@@ -220,6 +220,12 @@ class TransformersEngine:
         self.share_vision = "mm_encoder_outputs" in inspect.signature(self.model.forward).parameters and hasattr(
             self.model, "get_video_features"
         )
+        # transformers 4.5x replaces every field of a passed GenerationConfig that equals the global
+        # default by the checkpoint's (greedy do_sample=False would sample with its temperature 0.7);
+        # use_model_defaults=False keeps ours. transformers 5 fills only unset fields and has no such flag
+        self._generate_kwargs: dict[str, Any] = (
+            {"use_model_defaults": False} if "use_model_defaults" in inspect.signature(self.model.generate).parameters
+            else {})
         self.fast = None
         if cfg.fast_generate:
             from avcap.engines.fast_generate import FastGenerator, supports
@@ -550,6 +556,9 @@ class TransformersEngine:
             except NotSupported as exc:
                 new = None
                 why_not = f"fast path: {exc}; generate answered"
+            if new is not None and batch.get("video_grid_thw") is not None and self.fast.host_vision is False:
+                self._note_fallback(f"fast path: vision inputs from the host kept off ({self.fast.host_vision_error}); "
+                                    "the vision tower derived them on the device", len(chunk))
             t_gen = time.perf_counter() - t1
         if new is None:
             path = "generate"
@@ -560,8 +569,13 @@ class TransformersEngine:
                 inputs = self.inputs_for(chunk)
             inputs = inputs.to(self.device)
             videos = [id(vf) for _, frames in chunk for vf in frames]  # the loader shares one object per video
-            if self.share_vision and len(set(videos)) < len(videos):
-                inputs = self._encode_videos_once(inputs, videos)
+            if len(set(videos)) < len(videos):
+                if self.share_vision:
+                    inputs = self._encode_videos_once(inputs, videos)
+                else:  # transformers 4.57: the forward takes no pre-encoded features (same outputs, slower)
+                    self._note_fallback(f"generate: a video shared by several requests went through the vision "
+                                        f"tower once per request ({type(self.model).__name__}.forward takes no "
+                                        "mm_encoder_outputs)", len(chunk))
             t_prep = time.perf_counter() - t0
             prompt_len = inputs["input_ids"].shape[1]
             processors = []
@@ -574,6 +588,7 @@ class TransformersEngine:
                 **inputs,
                 generation_config=generation_config(sampling, self.model.generation_config, min_new_tokens=min_tokens),
                 logits_processor=processors or None,
+                **self._generate_kwargs,
             )
             t_gen = time.perf_counter() - t1
             new = out[:, prompt_len:].cpu()
