@@ -376,26 +376,11 @@ def test_real_lingoqa_parquet_plans_500_questions_and_official_csv_columns(tmp_p
     assert len(rows) == 500 and rows[0]["answer"] == "Yes."
 
 
-def _private_mounts() -> list[str] | None:
-    """`unshare` arguments for a private mount namespace this user may mount tmpfs in, or None."""
-    import shutil
-
-    if not shutil.which("unshare"):
-        return None
-    for args in (["unshare", "-m"], ["unshare", "-rm"]):
-        probe = subprocess.run([*args, "sh", "-c", "mount -t tmpfs -o size=1k tmpfs /mnt 2>/dev/null || "
-                                "mount -t tmpfs -o size=1k tmpfs /tmp"], capture_output=True)
-        if probe.returncode == 0:
-            return args
-    return None
-
-
 @pytest.mark.slow
-def test_a_full_disk_and_a_read_only_directory_are_one_line_exit_2_and_a_rerun_completes(reference, cfg_file, tmp_path):
+def test_a_full_disk_and_a_read_only_directory_are_one_line_exit_2_and_a_rerun_completes(reference, cfg_file, tmp_path,
+                                                                                         private_mounts):
     """A real tmpfs of 12 KiB fills mid-run (amid the records); then, with room, the rerun completes the same records."""
-    unshare = _private_mounts()
-    if unshare is None:
-        pytest.skip("needs a private mount namespace (unshare -m as root, or unshare -rm) to mount a small tmpfs")
+    unshare = private_mounts
     out, keep = tmp_path / "out", tmp_path / "kept"
     out.mkdir()
     keep.mkdir()

@@ -500,6 +500,39 @@ def test_train_cli_errors_exit_2(tmp_path, curated, tiny_model_dir):
     assert res.exit_code == 2 and "meta.json" in res.output
 
 
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_half_written(uninterrupted, curated, tiny_model_dir,
+                                                                                 tmp_path, private_mounts):
+    """A real 6 MiB tmpfs fills while the first checkpoint is written (torch's own message would be
+    "unexpected pos ..."); avcap says which path and why, exits 2, and removes step_N.tmp; with room
+    the rerun ends with the uninterrupted run's weights."""
+    import subprocess
+    import sys
+
+    out, keep = tmp_path / "out", tmp_path / "kept"
+    out.mkdir()
+    keep.mkdir()
+    cfg = train_config(curated, tiny_model_dir, "fulldisk", per_rank=2, workers=1, gc=True)
+    cmd = f"{sys.executable} -m avcap train --config {cfg} --output-dir {out}"
+    script = f"""
+    mount -t tmpfs -o size=6m tmpfs {out}
+    {cmd} 2>&1; echo "rc=$?"; ls {out}/checkpoints 2>/dev/null; echo "==== room"
+    mount -o remount,size=256m {out}
+    {cmd} 2>&1; echo "rc=$?"
+    cp -r {out}/. {keep}/
+    """
+    log = subprocess.run([*private_mounts, "sh", "-c", script], capture_output=True, text=True, timeout=900).stdout
+    full, room = log.split("==== room")
+    assert "rc=2" in full and "Traceback" not in full and "unexpected pos" not in full, full
+    assert f"error: {out}/checkpoints/step_" in full and ".tmp: no space left on device" in full, full
+    assert ".tmp" not in full.strip().splitlines()[-1], full  # the listing after the failure: no step_N.tmp
+    assert "rc=0" in room, room
+    ref_dir, _, _ = uninterrupted
+    last = max((p.name for p in (ref_dir / "checkpoints").iterdir()), key=lambda n: int(n.split("_")[1]))
+    a, b = weights_of(ref_dir / "checkpoints" / last), weights_of(keep / "checkpoints" / last)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ----------------------------------------------------------------------------- cosmos-rl module
 
 

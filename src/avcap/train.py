@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from avcap.config import ConfigError, RecipeConfig, load_config
+from avcap.records import is_user_fs_error, os_error_line
 
 
 class TrainError(ValueError):
@@ -580,6 +581,11 @@ def main(
         raise typer.Exit(2)
     except TrainError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    except OSError as exc:  # a full disk, a read-only output directory: one line (also under torchrun)
+        if not is_user_fs_error(exc):
+            raise
+        typer.echo(f"error: {os_error_line(exc)}", err=True)
         raise typer.Exit(2)
     finally:
         _shutdown()

@@ -13,7 +13,9 @@ without `avcap_train_state.json` is never resumed from.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -70,10 +72,14 @@ def save(model, optimizer, scheduler, processor, *, output_dir: str | Path, step
             shutil.rmtree(tmp)
         tied = _tied_duplicates(model)  # gathered copies of tied weights are distinct tensors
         model_sd = {k: v.float() if v.is_floating_point() else v for k, v in model_sd.items() if k not in tied}
-        model.save_pretrained(tmp, state_dict=model_sd)
-        processor.save_pretrained(tmp)
-        torch.save({"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "rng": rng}, tmp / OPTIM_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "optimizer_file": OPTIM_FILE}, indent=2) + "\n")
+        try:
+            model.save_pretrained(tmp, state_dict=model_sd)
+            processor.save_pretrained(tmp)
+            torch.save({"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "rng": rng}, tmp / OPTIM_FILE)
+            (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "optimizer_file": OPTIM_FILE}, indent=2) + "\n")
+        except Exception as exc:  # torch, safetensors and transformers each raise their own kind
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left for a rerun to trip over
+            raise write_error(exc, tmp) from exc
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -82,6 +88,23 @@ def save(model, optimizer, scheduler, processor, *, output_dir: str | Path, step
                 shutil.rmtree(old, ignore_errors=True)
     _barrier(world_size)
     return final
+
+
+# what torch's zip writer and safetensors say when a write comes up short
+_SHORT_WRITE = ("unexpected pos", "failed writing", "No space left", "os error 28", "Disk quota")
+
+
+def write_error(exc: BaseException, path: Path) -> BaseException:
+    """`exc` from writing a checkpoint into `path` as an OSError naming the path and the cause
+    when the cause is the file system (torch's writer says only "unexpected pos N vs M" for a full
+    disk); other errors unchanged."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc if exc.filename else OSError(exc.errno, os.strerror(exc.errno), str(path))
+    if any(s in str(exc) for s in _SHORT_WRITE):
+        free = shutil.disk_usage(path.parent if path.parent.exists() else path.anchor).free
+        if free < 64 << 20:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return exc
 
 
 def load_training_state(model, optimizer, scheduler, ckpt: str | Path, *, rank: int) -> dict[str, Any]:
