@@ -212,7 +212,8 @@ def _prompt_texts() -> list[str]:
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int):
-    """Byte-level BPE in Qwen2's layout, then the Qwen3-VL added tokens; returns a Qwen2Tokenizer."""
+    """Byte-level BPE in Qwen2's layout, then the Qwen3-VL added tokens; returns a Qwen2Tokenizer
+    (transformers 5) or a Qwen2TokenizerFast (4.57): the same vocabulary, merges and special tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AddedToken, Qwen2Tokenizer
 

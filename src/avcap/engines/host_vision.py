@@ -5,10 +5,10 @@ rotary position ids and the attention segments. With the grid on the GPU every d
 back to the host (`.tolist()`, `repeat_interleave` with tensor counts, `arange(counts.sum())`), and
 so do the split of the merged embeddings and the deepstack merge (boolean indexing): ~20 waits per
 prefill call, each draining the GPU's queue while Python works out the next step (bench_prefill.py
---syncs lists them). transformers (≥ 5.x `transformers.vision_utils`) takes the derived tensors
-precomputed as keyword arguments of the vision forward; `HostVision` computes them with those same
-helpers on the CPU grid, sends them with pinned asynchronous copies, keeps the grid itself on the CPU,
-and merges the deepstack features at rows known on the host. The same arithmetic gives the same
+--syncs lists them). transformers 5.17 and 5.25 (`transformers.vision_utils`; not 5.12, not 4.57)
+take the derived tensors precomputed as keyword arguments of the vision forward; `HostVision`
+computes them with those same helpers on the CPU grid, sends them with pinned asynchronous copies,
+keeps the grid itself on the CPU, and merges the deepstack features at rows known on the host. The same arithmetic gives the same
 numbers: FastGenerator compares its first prefill with the plain call bit for bit and keeps the plain
 call if they differ (or if this transformers has no such helpers).
 """
@@ -18,14 +18,15 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Optional
 
+_HELPERS = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids", "get_vision_attention_seqlens")
+
 
 def _helpers():
     try:
         from transformers import vision_utils as vu
     except ImportError:
         return None
-    names = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids", "get_vision_attention_seqlens")
-    return vu if all(hasattr(vu, n) for n in names) else None
+    return vu if all(hasattr(vu, n) for n in _HELPERS) else None
 
 
 def unsupported_reason(model) -> Optional[str]:
@@ -33,7 +34,8 @@ def unsupported_reason(model) -> Optional[str]:
     import transformers
 
     if _helpers() is None:
-        return f"transformers {transformers.__version__} has no transformers.vision_utils helpers"
+        return (f"transformers {transformers.__version__} lacks the transformers.vision_utils helpers "
+                f"({', '.join(_HELPERS)})")
     visual = getattr(getattr(model, "model", None), "visual", None)
     lm = getattr(getattr(model, "model", None), "language_model", None)
     if not (visual is not None and lm is not None and hasattr(lm, "_deepstack_process")

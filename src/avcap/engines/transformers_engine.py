@@ -215,8 +215,8 @@ class TransformersEngine:
         if self.device.startswith("cuda") and "device" in getattr(vp.valid_kwargs, "__annotations__", {}):
             self._video_kwargs["device"] = self.device  # normalise + patchify on the GPU
         self.video_token_id = getattr(self.processor, "video_token_id", None)
-        # transformers >= 5 takes pre-encoded vision features: a video shared by several requests of
-        # a batch (the MCQ questions of one clip) then goes through the vision tower once
+        # transformers 5.25 (not 5.17, not 4.57) takes pre-encoded vision features: a video shared by several
+        # requests of a batch (the MCQ questions of one clip) then goes through the vision tower once
         self.share_vision = "mm_encoder_outputs" in inspect.signature(self.model.forward).parameters and hasattr(
             self.model, "get_video_features"
         )
@@ -572,10 +572,12 @@ class TransformersEngine:
             if len(set(videos)) < len(videos):
                 if self.share_vision:
                     inputs = self._encode_videos_once(inputs, videos)
-                else:  # transformers 4.57: the forward takes no pre-encoded features (same outputs, slower)
+                else:  # e.g. transformers 4.57, 5.17: the forward takes no pre-encoded features (same outputs, slower)
+                    import transformers
+
                     self._note_fallback(f"generate: a video shared by several requests went through the vision "
                                         f"tower once per request ({type(self.model).__name__}.forward takes no "
-                                        "mm_encoder_outputs)", len(chunk))
+                                        f"mm_encoder_outputs in transformers {transformers.__version__})", len(chunk))
             t_prep = time.perf_counter() - t0
             prompt_len = inputs["input_ids"].shape[1]
             processors = []
