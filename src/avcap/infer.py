@@ -46,11 +46,13 @@ from avcap.bench.pool import PoolError
 from avcap.bench.vqa import read_vqa_for
 from avcap.config import ConfigError, RecipeConfig, Sampling, load_config
 from avcap.records import (
+    RecordError,
     DirectoryBusy,
     RecordWriter,
     WriterLock,
     iter_records,
     read_json,
+    remove_stale_temp_files,
     write_json_atomic,
     write_records_atomic,
     write_text_atomic,
@@ -585,6 +587,9 @@ def run_inference(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with _one_writer(out_dir, k, i):
+        # what a killed run left between a temp file and its rename (this shard's files; unsharded: all)
+        own = None if k == 1 else [task_file(out_dir, t, k, i).name for t in plan.items] + [run_file(out_dir, k, i).name]
+        remove_stale_temp_files(out_dir, own)
         settings = describe_settings(cfg, ecfg.name, ck)
         fp = fingerprint(settings)
         check_fingerprint(out_dir, settings)
@@ -664,7 +669,8 @@ def run_inference(
             timings[task] = st.as_dict()
         timings["total_s"] = round(time.perf_counter() - t_start, 3)
         info.update(timings=timings, finished_at=_now())
-        if any(pending.values()) or not rf.exists():  # a rerun with nothing to do keeps the real timings
+        # a rerun with nothing to do keeps the real timings, unless the run that had them never finished
+        if any(pending.values()) or not rf.exists() or _unfinished(rf):
             write_json_atomic(rf, info)
 
         for task, st in stats.items():
@@ -683,6 +689,13 @@ def run_inference(
             "merged": status.complete,
             "missing": status.missing,
         }
+
+
+def _unfinished(run_json: Path) -> bool:
+    try:
+        return read_json(run_json).get("finished_at") is None
+    except (RecordError, OSError, AttributeError):
+        return True
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 
 class RecordError(ValueError):
@@ -207,16 +207,18 @@ TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
 
 
-def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+def remove_stale_temp_files(directory: str | Path, names: Optional[Iterable[str]] = None) -> list[Path]:
     """Delete the temp files a killed `write_text_atomic` left in `directory` (only that name
-    pattern, `.<name>.<random>.tmp`, only regular files); returns what was deleted. Call it where
-    no other process is writing into `directory`."""
+    pattern, `.<name>.<random>.tmp`, only regular files; with `names`, only those of these target
+    file names); returns what was deleted. Call it where no other process is writing these files."""
     removed = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed
+    only = set(names) if names is not None else None
     for p in directory.iterdir():
-        if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+        m = _TEMP_NAME.match(p.name)
+        if m and (only is None or m.group("name") in only) and p.is_file() and not p.is_symlink():
             try:
                 p.unlink()
             except FileNotFoundError:
