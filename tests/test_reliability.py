@@ -259,7 +259,7 @@ def kill_once(verb: Verb, run: Path, rng: random.Random, log: Path, figures: Fig
         phase = "rerun of a run with every record"
     elif after >= verb.total:
         phase = "final write"
-    elif after == before:
+    elif after <= before:  # no new record (a resumed trainer first rewinds its log to its checkpoint)
         phase = "start-up"
     else:
         phase = "mid-run"
