@@ -317,6 +317,7 @@ def infer_verb(varied_model_dir, infer_data_dir, tmp_path_factory) -> Verb:
     varied tiny model (its answers depend on the video and the question), batch 2."""
     base = tmp_path_factory.mktemp("rel-infer")
     cfg = infer_config(base / "recipe.toml", varied_model_dir, infer_data_dir)
+
     def out(run: Path) -> Path:
         return run / "out" / "tiny" / "base" / "AV_CAPTION"
 
@@ -416,6 +417,7 @@ def train_verb(tiny_model_dir, tmp_path_factory) -> Verb:
     cfg = base / "recipe.toml"
     cfg.write_text(TRAIN_TOML.format(model=tiny_model_dir))
     assert not curate(load_config(cfg), echo=lambda s: None).problems
+
     def out(run: Path) -> Path:
         return run / "run"
 
@@ -483,6 +485,7 @@ def bench_verb(tmp_path_factory):
                          "--lingoqa-segments", 0, "--workers", 2), check=True, capture_output=True, env=ENV)
     source = base / "synth" / "eval" / "AV_CAPTION"
     oracle = Oracle(source, load_config(None).avcap.prompts.mcq_suffix)
+
     def ds(run: Path) -> Path:
         return run / "AV_CAPTION"
 
@@ -559,6 +562,7 @@ def curate_verb(tmp_path_factory) -> Verb:
     cfg = base / "recipe.toml"
     cfg.write_text(CURATE_TOML)
     subs = ("human_annotated", "cv_annotated", "vqa")
+
     def data(run: Path) -> Path:
         return run / "data"
 
