@@ -1,13 +1,13 @@
 """What finishing a CPU-decoded clip costs the GPU (issue 9, `[avcap.engine] resize_on_gpu`).
 
 With `resize_on_gpu` the CPU decoders hand over I420 pictures (`avcap.video.decode_video`) and the
-engine's process converts them to RGB (avcap.video_colour, swscale's arithmetic) and resizes them
+engine's process converts them to RGB (avcap.video.colour, swscale's arithmetic) and resizes them
 (qwen-vl-utils' torchvision call) on the model's GPU: `DecodedVideo.finish("cuda")`. That GPU time
 is taken from the model. This script decodes --clips clips once on the CPU, then times `finish`
 per clip (wall, synchronised; median over clips and --repeats), profiles one pass (kernel table:
 where the GPU time goes), and does the same for each variant of the conversion:
 
-- `eager`: `avcap.video_colour.nv12_to_rgb` op by op (the engine's way until 2026-11-25);
+- `eager`: `avcap.video.colour.nv12_to_rgb` op by op (the engine's way until 2026-11-25);
 - `compiled`: through torch.compile (`nv12_to_rgb_fast`, its int32 arithmetic fused; what the
   engine runs on CUDA now), checked equal to eager bit for bit on every clip.
 
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from avcap import video_colour
-    from avcap.config import Vision
+    from avcap.video import colour as video_colour
+    from avcap.core.config import Vision
     from avcap.engines.frames import video_kwargs
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

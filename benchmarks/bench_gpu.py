@@ -7,15 +7,15 @@ Not a test. One command per machine; prints a table at the end and writes `bench
 log) to --out (default: $OUT when set, else benchmarks/). Every section is timed against
 --deadline (seconds from start) and skipped, saying so, when too little time is left.
 
-What it measures (random weights, the exact architectures of avcap.perf.realsize_config, bf16,
+What it measures (random weights, the exact architectures of avcap.models.qwen3_vl.cost.realsize_config, bf16,
 sdpa; token ids from avcap's tiny tokenizer, all < the real vocab of 151,936):
 
 - peak:   bf16 8192^3 matmul rate and device-to-device copy bandwidth (bytes read + written):
           the ceilings the floors below use.
-- clips:  `avcap.synth.synthesize` H.264 clips at 1936x1220, 30 fps, 30 s (rendered in worker
+- clips:  `avcap.demo.synth.synthesize` H.264 clips at 1936x1220, 30 fps, 30 s (rendered in worker
           processes while the SFT section runs on the GPU), reused cyclically under distinct
           file names so that every request is decoded anew.
-- sft:    avcap.train's micro_batch_loss / avcap.trainer.data.encode + Collator on 4 samples of
+- sft:    avcap.train.loop's micro_batch_loss / avcap.train.data.encode + Collator on 4 samples of
           ~2.7k tokens (16 frames 448x736 + caption), gradient checkpointing, AdamW: the trainer's
           setup as it is (fp32 master weights, bf16 autocast) and faster variants; 8B: what fits.
 - decode: avcap.engines.frames.FrameLoader alone, threads vs processes: the CPU ceiling.
@@ -23,7 +23,7 @@ sdpa; token ids from avcap's tiny tokenizer, all < the real vocab of 151,936):
           generates them all) and MCQ (12 questions per video, greedy, <= 8 new tokens):
           naive per-request generate loop, plain batched `generate` (batch 32), avcap's
           TransformersEngine (fast path); end to end, decode included; peak GPU memory; and the
-          hardware floor (avcap.perf) from the measured ceilings. Also checks the fast path
+          hardware floor (avcap.models.qwen3_vl.cost) from the measured ceilings. Also checks the fast path
           against plain generate on the GPU (greedy tokens) and graph vs eager decode.
 """
 
@@ -223,7 +223,7 @@ def measure_peak() -> dict[str, Any]:
 
 
 def build_tiny_dir(root: Path) -> Path:
-    from avcap.tiny_model import build_tiny_model
+    from avcap.demo.tiny_model import build_tiny_model
 
     d = root / "tiny-model"
     if not (d / "config.json").exists():
@@ -236,7 +236,7 @@ def build_model(size: str, tiny_dir: Path, device: str, dtype):
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig, Qwen3VLForConditionalGeneration
 
-    from avcap.perf import realsize_config
+    from avcap.models.qwen3_vl.cost import realsize_config
 
     if size == "tiny":
         return AutoModelForImageTextToText.from_pretrained(tiny_dir, dtype=dtype).to(device).eval()
@@ -254,7 +254,7 @@ def build_model(size: str, tiny_dir: Path, device: str, dtype):
 
 
 def shape_numbers(model) -> dict[str, Any]:
-    from avcap.perf import Shape
+    from avcap.models.qwen3_vl.cost import Shape
 
     s = Shape.from_config(model.config)
     return {"params_b": round(s.total_params() / 1e9, 3), "vision_params_b": round(s.vision_params() / 1e9, 3)}
@@ -264,7 +264,7 @@ def shape_numbers(model) -> dict[str, Any]:
 
 
 def render_clips(root: Path, n: int, width: int, height: int, seconds: float, fps: float, workers: int) -> dict[str, Any]:
-    from avcap.synth import synthesize
+    from avcap.demo.synth import synthesize
 
     t = time.perf_counter()
     m = synthesize(root / "world", videos=n, train_videos=0, lingoqa_segments=0, seed=0, width=width, height=height,
@@ -292,8 +292,8 @@ def clip_names(root: Path, clips: list[str], count: int, tag: str) -> list[str]:
 
 
 def sft_samples(processor, clip: str, n: int, nframes: int, max_pixels: int):
-    from avcap.config import Prompts
-    from avcap.trainer.data import Collator, encode
+    from avcap.core.config import Prompts
+    from avcap.train.data import Collator, encode
 
     p = Prompts()
     words = "The ego vehicle drives straight on a wet urban road behind a white van that brakes twice; a cyclist keeps to the right lane and a pedestrian waits at the crossing. "
@@ -315,7 +315,7 @@ def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool |
     import torch
 
     from avcap.engines.fast_generate import linear_patch_embed
-    from avcap.train import micro_batch_loss
+    from avcap.train.loop import micro_batch_loss
 
     reset_peak()
     model = model_fn(torch.float32 if master_fp32 else torch.bfloat16)
@@ -332,16 +332,16 @@ def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool |
                     m.gradient_checkpointing = False
     if linear_pe:
         linear_patch_embed(model)
-    if compile:  # what avcap.train does for [train] compile = true (and [avcap.train] activation_memory_budget)
+    if compile:  # what avcap.train.loop does for [train] compile = true (and [avcap.train.loop] activation_memory_budget)
         import torch._functorch.config as fconf
 
-        from avcap.trainer.compile import compile_blocks
+        from avcap.models.qwen3_vl.compile import compile_blocks
 
         torch._dynamo.reset()  # each variant compiles afresh (its first warm-up step says how long)
         fconf.activation_memory_budget = 1.0  # the default, unless this variant sets one
         compile_blocks(model, activation_memory_budget=mem_budget)
     elif pack:
-        from avcap.trainer.compile import pack_vision_attention
+        from avcap.models.qwen3_vl.compile import pack_vision_attention
 
         pack_vision_attention(model)
     model.train()
@@ -430,7 +430,7 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
     import torch
     from transformers import AutoProcessor
 
-    from avcap.perf import Shape, train_flops
+    from avcap.models.qwen3_vl.cost import Shape, train_flops
 
     processor = AutoProcessor.from_pretrained(tiny_dir)
     batch = sft_samples(processor, clip, 4, args.nframes, args.max_pixels)
@@ -462,7 +462,7 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
             "bf16_no_ckpt_fused": dict(master_fp32=False, fused=True, ckpt=False, linear_pe=True, micro=4),
             "bf16_params_fused_ckpt_micro4": dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=4),
             "bf16_params_fused_ckpt_micro1": dict(master_fp32=False, fused=True, ckpt=True, linear_pe=True, micro=1),
-            # avcap.trainer.compile (the trainer's [train] compile = true): packed vision attention, regional compile
+            # avcap.models.qwen3_vl.compile (the trainer's [train] compile = true): packed vision attention, regional compile
             "trainer_packed": dict(master_fp32=True, fused=False, ckpt=True, linear_pe=False, micro=4, pack=True),
             "trainer_compile": dict(master_fp32=True, fused=False, ckpt=True, linear_pe=False, micro=4, compile=True),
             "compile_fused_linear_pe": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=True, micro=4, compile=True),
@@ -480,7 +480,7 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
                                                        compile=True, pin=True, mem_budget=0.5),
             # the trainer with its CUDA defaults (fused AdamW, pinned batches), fp32 master weights + bf16
             # autocast, gradient checkpointing on as the recipe has it; [train] compile = true; and with
-            # [avcap.train] activation_memory_budget (checkpointing replaced by selective recompute)
+            # [avcap.train.loop] activation_memory_budget (checkpointing replaced by selective recompute)
             "trainer_compile_fused_pinned": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=False, micro=4,
                                                  compile=True, pin=True),
             **{f"trainer_compile_budget{int(b * 10):02d}": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=False,
@@ -513,7 +513,7 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
 
 
 def _config_of(size: str, tiny_dir: Path):
-    from avcap.perf import realsize_config
+    from avcap.models.qwen3_vl.cost import realsize_config
 
     return realsize_config(size)
 
@@ -571,20 +571,20 @@ def decode_setups(args, device: str) -> dict[str, dict[str, Any]]:
 
 
 def caption_sampling(args):
-    from avcap.config import Sampling, SamplingTable
+    from avcap.core.config import Sampling, SamplingTable
 
     s = SamplingTable().caption
     return s.model_copy(update={"max_tokens": args.caption_tokens})
 
 
 def mcq_sampling(args):
-    from avcap.config import Sampling
+    from avcap.core.config import Sampling
 
     return Sampling(temperature=0.0, max_tokens=args.mcq_tokens)
 
 
 def caption_messages(path: str):
-    from avcap.config import Prompts
+    from avcap.core.config import Prompts
     from avcap.engines.base import build_messages
 
     p = Prompts()
@@ -592,9 +592,9 @@ def caption_messages(path: str):
 
 
 def mcq_messages(path: str, k: int):
-    from avcap.config import Prompts
+    from avcap.core.config import Prompts
     from avcap.engines.base import build_messages
-    from avcap.infer import format_mcq
+    from avcap.eval.infer import format_mcq
 
     p = Prompts()
     q, choices = MCQ_QUESTIONS[k % len(MCQ_QUESTIONS)]
@@ -706,7 +706,7 @@ def run_plain_batched(model, processor, names, vision, factor, args, device) -> 
 def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True, graphs: bool = True,
                 processes: bool = False, compile: bool = False, decoder: str | None = None,
                 nvdec_workers: int | None = None, decode_workers: int | None = None, resize_on_gpu: bool = False):
-    from avcap.config import Engine as EngineConfig
+    from avcap.core.config import Engine as EngineConfig
     from avcap.engines.transformers_engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
@@ -903,7 +903,7 @@ def check_equivalence(model, tiny_dir, vision, names, args) -> dict[str, Any]:
     a profile of the fast path (eager decode) on 8 caption rows."""
     import torch
 
-    from avcap.config import Sampling
+    from avcap.core.config import Sampling
     from avcap.engines.base import Request
 
     reqs = [Request(f"q{k}", mcq_messages(names[0], k)) for k in range(args.questions)]
@@ -1002,7 +1002,7 @@ def _profile_fast(eng, reqs) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from avcap.config import Sampling
+    from avcap.core.config import Sampling
 
     chunk = _chunk_of(eng, reqs)
     eng.batch_size = len(reqs)
@@ -1023,8 +1023,8 @@ def _profile_fast(eng, reqs) -> None:
 
 
 def floors(model, peak, prompt_tokens: int, suffix_tokens: int, args, batch: int) -> dict[str, Any]:
-    """Hardware floors per video from avcap.perf with the measured ceilings."""
-    from avcap.perf import Shape, generation_floor
+    """Hardware floors per video from avcap.models.qwen3_vl.cost with the measured ceilings."""
+    from avcap.models.qwen3_vl.cost import Shape, generation_floor
 
     s = Shape.from_config(model.config)
     g, ppg = args.nframes // 2, (args.height_px // 16) * (args.width_px // 16)
@@ -1052,7 +1052,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
     import torch
     from transformers import AutoProcessor
 
-    from avcap.config import Vision
+    from avcap.core.config import Vision
     from avcap.engines.base import Request
 
     res: dict[str, Any] = {}
@@ -1098,7 +1098,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 restore_choice()
                 restore_video()
             nohost = kw.pop("nohost", False)
-            from avcap import video_colour
+            from avcap.video import colour as video_colour
 
             video_colour._compiled.clear()
             if kw.pop("eagerfinish", False):
@@ -1364,7 +1364,7 @@ def main(argv=None) -> int:
     decode_best = args.decode_mode if args.decode_mode != "auto" else "threads"
     if "decode" in sections:  # --decode-mode auto: both modes, the faster one for inference
         names_dec = clip_names(work, clips["clips"], args.decode_rounds * args.decode_workers, "decode")
-        from avcap.config import Vision
+        from avcap.core.config import Vision
 
         d = section("decode", 40, args.deadline,
                     lambda: run_decode(names_dec, Vision(nframes=args.nframes, max_pixels=args.max_pixels), 32,
@@ -1386,8 +1386,8 @@ def main(argv=None) -> int:
 
 def _suffix_tokens(processor, args) -> int:
     """Tokens after the shared video prefix in a typical MCQ prompt (for the MCQ floor)."""
-    from avcap.infer import format_mcq
-    from avcap.config import Prompts
+    from avcap.eval.infer import format_mcq
+    from avcap.core.config import Prompts
 
     p = Prompts()
     q, ch = MCQ_QUESTIONS[0]

@@ -17,19 +17,19 @@ per GPU at every K). On a bare device image the wheels carried in .whl/ are inst
 
 What it measures:
 
-- memory estimate (avcap.perf.sft_memory, pure arithmetic): bytes per GPU of 8B full-parameter SFT
+- memory estimate (avcap.models.qwen3_vl.cost.sft_memory, pure arithmetic): bytes per GPU of 8B full-parameter SFT
   with the recipe's per-GPU settings (mini_batch 4, model_max_length 4096, gradient checkpointing,
   32 samples per step) on 1, 2, 4, 8 GPUs; a K whose estimate exceeds the GPU's memory is skipped.
-- sft: `avcap.train` (via `train(cfg, init_random=True)`, i.e. `avcap train --init-random`) under
+- sft: `avcap.train.loop` (via `train(cfg, init_random=True)`, i.e. `avcap train --init-random`) under
   `torchrun --nproc-per-node K` for K in 1, 2, 4, 8 (<= --gpus) with the SAME per-GPU batch: the
   recipe's TOML (uber_sft_blended.toml, embedded below) with only paths and sizes changed —
   dataset_root, output_dir, model_name_or_path (a config-only directory: the real 8B
   architecture, random weights built on the meta device and sharded, no weights file),
   dp_shard_size = K, max_num_steps, dataloader_num_workers (the recipe's 4 cannot keep up with
-  1936x1220 clips at ~4 s of decode per sample per core), checkpointing off. Data: avcap.synth
-  clips (one per source at the recipe's 1936x1220, 30 s, 30 fps) curated by avcap.curate into the
+  1936x1220 clips at ~4 s of decode per sample per core), checkpointing off. Data: avcap.demo.synth
+  clips (one per source at the recipe's 1936x1220, 30 s, 30 fps) curated by avcap.data into the
   recipe's three sources and weights. Per K: tokens/s per GPU (steps after --warmup-steps), MFU
-  (avcap.perf.train_flops; datasheet bf16 peak), peak memory per GPU (torch max allocated and
+  (avcap.models.qwen3_vl.cost.train_flops; datasheet bf16 peak), peak memory per GPU (torch max allocated and
   reserved, every rank; nvidia-smi's memory.used per GPU, sampled each second), and scaling
   efficiency = tokens/s/GPU at K over that at the smallest K that ran (and 2 -> 8 explicitly).
 - caption: `avcap infer --tasks caption` under `torchrun --nproc-per-node K` (shards = ranks,
@@ -70,11 +70,11 @@ from bench_log import RunLog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
-# the recipe's TOML as published (placeholders filled in), shipped with avcap (avcap.config.RECIPE_PATH)
+# the recipe's TOML as published (placeholders filled in), shipped with avcap (avcap.core.config.RECIPE_PATH)
 RECIPE_TOML = (REPO / "src" / "avcap" / "recipes" / "uber_sft_blended.toml").read_text()
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 SFT_TARGET, CAPTION_TARGET = 0.85, 0.95
-SOURCES = ("cv_annotated", "human_annotated", "reason1_sft")  # the recipe's subdirectories (avcap.synth's kinds)
+SOURCES = ("cv_annotated", "human_annotated", "reason1_sft")  # the recipe's subdirectories (avcap.demo.synth's kinds)
 
 
 RUN = RunLog("bench_multi_gpu")
@@ -152,7 +152,7 @@ def environment(gpus: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def peak_flops_of(gpus: list[dict[str, Any]]) -> float | None:
-    from avcap.perf import PEAK_BF16_FLOPS
+    from avcap.models.qwen3_vl.cost import PEAK_BF16_FLOPS
 
     for g in gpus[:1]:
         for key, v in PEAK_BF16_FLOPS.items():
@@ -269,7 +269,7 @@ def edit_toml(text: str, values: dict[str, Any]) -> str:
     """`text` with `values` ({"table.sub.key": value}) set: a key's line is rewritten in place (its
     comment kept), a new key goes at the end of its table, a new table at the end. Checked: the
     result parses to the original plus exactly these values."""
-    from avcap.config import toml_value
+    from avcap.core.config import toml_value
 
     lines = text.splitlines()
     table = ""
@@ -392,8 +392,8 @@ def config_only_dir(size: str, tiny_dir: Path, dest: Path) -> Path:
 
 
 def prepare_world(ctx: Ctx) -> dict[str, Any]:
-    """avcap.synth: one training clip per source and --eval-clips evaluation clips (reused when done)."""
-    from avcap.synth import synthesize
+    """avcap.demo.synth: one training clip per source and --eval-clips evaluation clips (reused when done)."""
+    from avcap.demo.synth import synthesize
 
     a = ctx.args
     n = a.eval_clips + len(SOURCES) * a.train_clips
@@ -408,14 +408,14 @@ def prepare_world(ctx: Ctx) -> dict[str, Any]:
 
 
 def prepare_train_data(ctx: Ctx) -> dict[str, Any]:
-    """avcap.curate: the synthetic training clips as the recipe's three sources under work/data/train."""
-    from avcap.config import load_config
-    from avcap.curate.sources import curate
+    """avcap.data: the synthetic training clips as the recipe's three sources under work/data/train."""
+    from avcap.core.config import load_config
+    from avcap.data.sources import curate
 
     values: dict[str, Any] = {"custom.dataset.dataset_root": str(ctx.data_root)}
     for s in SOURCES:
-        values[f"avcap.curate.sources.{s}.kind"] = s
-        values[f"avcap.curate.sources.{s}.path"] = str(ctx.world / "train" / s)
+        values[f"avcap.data.sources.{s}.kind"] = s
+        values[f"avcap.data.sources.{s}.path"] = str(ctx.world / "train" / s)
     path = ctx.work / "curate.toml"
     path.write_text(edit_toml(RECIPE_TOML, values))
     lines: list[str] = []
@@ -453,7 +453,7 @@ def clip_geometry(height: int, width: int, shape) -> dict[str, int]:
 def recipe_memory_estimate(ctx: Ctx) -> dict[str, Any]:
     """8B full-parameter SFT with the recipe's per-GPU settings on 1, 2, 4, 8 GPUs (worst case:
     every sequence at model_max_length, every non-vision token labelled; 1936x1220 clips)."""
-    from avcap.perf import GIB, Shape, realsize_config, sft_memory
+    from avcap.models.qwen3_vl.cost import GIB, Shape, realsize_config, sft_memory
 
     recipe = tomllib.loads(RECIPE_TOML)
     shape = Shape.from_config(realsize_config("8B"))
@@ -495,7 +495,7 @@ def sft_values(ctx: Ctx, k: int, run_dir: Path, model_dir: Path) -> dict[str, An
     if a.compile:
         values["train.compile"] = True
     if a.memory_budget is not None:
-        values["avcap.train.activation_memory_budget"] = a.memory_budget
+        values["avcap.train.loop.activation_memory_budget"] = a.memory_budget
     return values
 
 
@@ -518,8 +518,8 @@ def run_sft(ctx: Ctx, k: int, model_dir: Path, shape, geo: dict[str, int]) -> di
 
 
 def summarize_sft(ctx: Ctx, k: int, run_dir: Path, rc: int, wall: float, shape, geo: dict[str, int]) -> dict[str, Any]:
-    from avcap.perf import sft_memory, train_flops
-    from avcap.records import iter_records, latest_by_key
+    from avcap.models.qwen3_vl.cost import sft_memory, train_flops
+    from avcap.core.records import iter_records, latest_by_key
 
     a = ctx.args
     ranks = [json.loads(p.read_text()) for p in sorted((run_dir / "ranks").glob("rank_*.json"))]
@@ -578,13 +578,13 @@ def summarize_sft(ctx: Ctx, k: int, run_dir: Path, rc: int, wall: float, shape, 
 
 
 def worker_sft(args: argparse.Namespace) -> int:
-    """One torchrun rank: avcap.train with --init-random, then this rank's peak memory and env."""
+    """One torchrun rank: avcap.train.loop with --init-random, then this rank's peak memory and env."""
     import resource
 
     import torch
 
-    from avcap.config import load_config
-    from avcap.train import _shutdown, train
+    from avcap.core.config import load_config
+    from avcap.train.loop import _shutdown, train
 
     rank = int(os.environ.get("RANK", "0"))
     stats: dict[str, Any] = {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
@@ -655,7 +655,7 @@ def worker_write_model(args: argparse.Namespace) -> int:
 
 
 def infer_values(ctx: Ctx, model_dir: Path) -> dict[str, Any]:
-    from avcap.config import Engine, SamplingTable
+    from avcap.core.config import Engine, SamplingTable
 
     a = ctx.args
     values: dict[str, Any] = {"avcap.model_name": "bench", "avcap.engine.model": str(model_dir),
@@ -675,8 +675,8 @@ def infer_values(ctx: Ctx, model_dir: Path) -> dict[str, Any]:
 
 
 def run_caption(ctx: Ctx, k: int, model_dir: Path, ids: list[str]) -> dict[str, Any]:
-    from avcap.config import load_config
-    from avcap.infer import output_dir
+    from avcap.core.config import load_config
+    from avcap.eval.infer import output_dir
 
     run_dir = ctx.work / "caption" / f"K{k}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -708,10 +708,10 @@ def run_caption(ctx: Ctx, k: int, model_dir: Path, ids: list[str]) -> dict[str, 
 
 def verify_caption_outputs(out_dir: Path, expected: list[str], k: int) -> dict[str, Any]:
     """The merged caption.jsonl holds every expected video exactly once (no error records) and,
-    with K > 1, part file i holds exactly the videos j with j % K == i (avcap.infer's round-robin
+    with K > 1, part file i holds exactly the videos j with j % K == i (avcap.eval.infer's round-robin
     over the sorted ids), the parts disjoint."""
-    from avcap.infer import task_file
-    from avcap.records import iter_records
+    from avcap.eval.infer import task_file
+    from avcap.core.records import iter_records
 
     problems: list[str] = []
     shard_sizes: list[int] = []
@@ -919,7 +919,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="[train] compile = true (regional torch.compile)")
     ap.add_argument("--memory-budget", type=float, default=None,
-                    help="[avcap.train] activation_memory_budget (with --compile)")
+                    help="[avcap.train.loop] activation_memory_budget (with --compile)")
     ap.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the rates")
     ap.add_argument("--batch-per-gpu", type=int, default=32, help="train_batch_per_replica (recipe: 32)")
     ap.add_argument("--mini-batch", type=int, default=4, help="train_policy.mini_batch (recipe: 4)")
@@ -1018,7 +1018,7 @@ def main(argv=None) -> int:
         save()
         return 1
     log(f"clips: {RESULTS['clips']}")
-    from avcap.perf import Shape
+    from avcap.models.qwen3_vl.cost import Shape
 
     sft_dir = shape = geo = None
     k_sft: list[int] = []

@@ -325,7 +325,7 @@ def loader_throughput(clip: Path, spec: str, per_worker: int = 3) -> dict:
     are this process's (the NVDEC threads' and the loader's; worker processes not included)."""
     import resource
 
-    from avcap.config import Vision
+    from avcap.core.config import Vision
     from avcap.engines.frames import FrameLoader
 
     kw = loader_spec(spec)

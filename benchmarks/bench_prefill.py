@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from avcap.config import Vision
+    from avcap.core.config import Vision
     from avcap.engines.base import Request
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

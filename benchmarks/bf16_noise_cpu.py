@@ -2,9 +2,9 @@
 
     python benchmarks/bf16_noise_cpu.py [--layers 6] [--work /tmp/avcap-noise]
 
-CPU, minutes. A Qwen3-VL with the real 2B widths (avcap.perf.realsize_config) but `--layers` text
+CPU, minutes. A Qwen3-VL with the real 2B widths (avcap.models.qwen3_vl.cost.realsize_config) but `--layers` text
 layers and vision blocks, random weights, bf16; five requests (four questions about one clip, a
-caption of another; avcap.synth clips). Next-token logits, as max |difference| / max |logit|:
+caption of another; avcap.demo.synth clips). Next-token logits, as max |difference| / max |logit|:
 
 - plain batched vs the same requests one at a time (transformers' forward): bf16's own noise,
 - the engine's fast path (shared prefix, static cache) vs plain batched,
@@ -26,12 +26,12 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoConfig, GenerationConfig, Qwen3VLForConditionalGeneration
 
-    from avcap.config import Vision, load_config
+    from avcap.core.config import Vision, load_config
     from avcap.engines.base import Request
     from avcap.engines.transformers_engine import TransformersEngine
-    from avcap.perf import realsize_config
-    from avcap.synth import synthesize
-    from avcap.tiny_model import build_tiny_model
+    from avcap.models.qwen3_vl.cost import realsize_config
+    from avcap.demo.synth import synthesize
+    from avcap.demo.tiny_model import build_tiny_model
     from bench_gpu import _chunk_of, caption_messages, mcq_messages
 
     ap = argparse.ArgumentParser()

@@ -27,8 +27,8 @@ DATA = os.environ.get("AVCAP_DEMO_LEARNING_DATA", "/tmp/avcap-demo-learning")
 
 
 def render(i):
-    from avcap.synth.world import sample_scene
-    from avcap.synth.render import render_frames
+    from avcap.demo.synth.world import sample_scene
+    from avcap.demo.synth.render import render_frames
     p = f"{DATA}/{i}.npy"
     if os.path.exists(p):
         return i
@@ -63,15 +63,15 @@ def main():
     from avcap.bench.pool import load_pool, format_question
     from avcap.bench.select import select_questions
     from avcap.bench import truth
-    from avcap.synth.scene import SceneRecord
-    from avcap.synth import annotate as A
-    from avcap.config import Prompts
+    from avcap.demo.synth.scene import SceneRecord
+    from avcap.demo.synth import annotate as A
+    from avcap.core.config import Prompts
     torch.set_num_threads(a.threads); torch.manual_seed(0)
     if a.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device(a.device)
     if a.size or not os.path.isdir(a.model):
-        from avcap.tiny_model import build_tiny_model
+        from avcap.demo.tiny_model import build_tiny_model
         a.model = str(build_tiny_model(f"/tmp/model_{a.size or 'tiny'}", size=a.size or "tiny", seed=0))
     proc = AutoProcessor.from_pretrained(a.model)
     model = AutoModelForImageTextToText.from_pretrained(a.model, attn_implementation="sdpa").to(dev)

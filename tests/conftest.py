@@ -14,7 +14,7 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Qwen3-VL checkpoint directory (avcap tiny-model, seed 0), built once per session."""
-    from avcap.tiny_model import build_tiny_model
+    from avcap.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", size="tiny", seed=0)
 
@@ -68,17 +68,17 @@ def varied_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def infer_data_dir(tmp_path_factory):
-    """A small synthetic evaluation set (`avcap.synth.synthesize`, 96x64, 3 s at 8 fps):
+    """A small synthetic evaluation set (`avcap.demo.synth.synthesize`, 96x64, 3 s at 8 fps):
     AV_CAPTION with 4 clips plus one corrupt file `av99999.mp4`, and a vqa.jsonl of 3 pool
     questions per clip (world-truth answers; the corrupt clip gets 3 too); LINGOQA with 3 segments."""
     import json
 
     from avcap.bench.pool import load_pool
     from avcap.bench.select import select_questions
-    from avcap.bench.truth import answer
-    from avcap.records import read_json
-    from avcap.synth import synthesize
-    from avcap.synth.scene import SceneRecord
+    from avcap.demo.truth import answer
+    from avcap.core.records import read_json
+    from avcap.demo.synth import synthesize
+    from avcap.demo.synth.scene import SceneRecord
 
     out = tmp_path_factory.mktemp("infer-data")
     synthesize(out, videos=4, train_videos=0, lingoqa_segments=3, seed=0, width=96, height=64, seconds=3.0, fps=8)

@@ -21,8 +21,11 @@ from avcap.bench.answerers import TruthAnswerer, annotation_text
 from avcap.bench.build import BenchError, read_pairs
 from avcap.bench.pool import PoolError, format_question, load_pool, parse_pool
 from avcap.bench.select import select_questions
-from avcap.config import CATEGORIES, load_config
-from avcap.records import iter_records
+from avcap.core.config import CATEGORIES, load_config
+from avcap.core.records import iter_records
+from avcap.demo.truth import SyntheticWorld
+
+WORLD = SyntheticWorld()  # the synthetic world truth the CLI hands the benchmark steps
 
 POOL = load_pool()
 
@@ -151,8 +154,8 @@ def test_selection_six_required_plus_six_sampled_deterministic():
 
 
 def test_truth_answerer_answers_every_question_for_random_worlds():
-    from avcap.bench import truth
-    from avcap.synth.world import sample_scene
+    from avcap.demo import truth
+    from avcap.demo.synth.world import sample_scene
 
     assert set(truth.RULES) == {q.id for q in POOL.questions}
     letters: dict[str, Counter] = {q.id: Counter() for q in POOL.questions}
@@ -270,8 +273,8 @@ class Oracle:
         return vid, q
 
     def truth(self, vid: str, q) -> str:
-        from avcap.bench import truth
-        from avcap.synth.scene import SceneRecord
+        from avcap.demo import truth
+        from avcap.demo.synth.scene import SceneRecord
 
         rec = SceneRecord.model_validate_json((self.dataset / "world" / f"{vid}.json").read_bytes())
         return truth.answer(rec, q.id)
@@ -310,9 +313,9 @@ def built(synth_eval, tmp_path_factory):
     oracle = Oracle(dataset, load_config(None).avcap.prompts.mcq_suffix)
     with ChatServer(_policy(oracle)) as srv:
         cfg = load_config(_config(tmp, srv.url))
-        summary = build_benchmark(cfg, dataset, log=lambda s: None)
+        summary = build_benchmark(cfg, dataset, log=lambda s: None, world=WORLD)
         n_requests = len(srv.prompts)
-        again = build_benchmark(cfg, dataset, log=lambda s: None)  # rerun: nothing left to do
+        again = build_benchmark(cfg, dataset, log=lambda s: None, world=WORLD)  # rerun: nothing left to do
         assert len(srv.prompts) == n_requests
     return dataset, summary, again, n_requests
 
@@ -359,7 +362,7 @@ def test_review_file_and_apply(built, tmp_path):
     import shutil
 
     shutil.copytree(built[0] / "bench", dataset / "bench")
-    path, n = write_review_file(dataset)
+    path, n = write_review_file(dataset, world=WORLD)
     rows = _review_rows(path)
     pairs = {p["key"]: p for p in read_pairs(dataset)}
     queue = [k for k, p in pairs.items() if p["status"] == "review"]
@@ -377,8 +380,8 @@ def test_review_file_and_apply(built, tmp_path):
         r["decision"] = "remove" if i % 5 == 0 else "keep_video" if r["reason"] == "disagree" else f"set:{r['world_truth']}"
     _write_rows(path, rows)
     with pytest.raises(BenchError, match="already exists and holds decisions"):
-        write_review_file(dataset)  # never overwrite a person's decisions by accident
-    res = apply_reviews(dataset, path)
+        write_review_file(dataset, world=WORLD)  # never overwrite a person's decisions by accident
+    res = apply_reviews(dataset, path, world=WORLD)
     vqa = list(iter_records(dataset / "vqa.jsonl"))
     removed = {r["item"] for i, r in enumerate(rows) if i % 5 == 0}
     assert len(vqa) == len(pairs) - len(removed) == res["pairs"]
@@ -392,11 +395,11 @@ def test_review_file_and_apply(built, tmp_path):
             rec = by_key[r["item"]]
             assert rec["provenance"] == "reviewed" and rec["answer"] == r["world_truth"]  # keep_video == truth here
     # the records are what the scoring and curation steps read
-    from avcap.curate.schemas import VQARecord
+    from avcap.data.schemas import VQARecord
 
     for rec in vqa:
         VQARecord.model_validate(rec)
-    s = bench_stats(dataset)
+    s = bench_stats(dataset, world=WORLD)
     assert s["final"]["pairs"] == len(vqa) and s["final"]["removed"] == len(removed)
     assert s["final"]["review_outcomes"]["remove"] == len(removed)
     assert sum(s["final"]["review_outcomes"].values()) == len(queue)
@@ -422,7 +425,7 @@ def test_review_file_and_apply(built, tmp_path):
 def test_apply_refuses_bad_decision_files_and_writes_nothing(built, tmp_path, edit, message):
     dataset = built[0]
     path = tmp_path / "review.csv"
-    write_review_file(dataset, path)
+    write_review_file(dataset, path, world=WORLD)
     rows = _review_rows(path)
     for r in rows:
         r["decision"] = "keep_video"
@@ -431,7 +434,7 @@ def test_apply_refuses_bad_decision_files_and_writes_nothing(built, tmp_path, ed
     edit(rows)
     _write_rows(path, rows)
     with pytest.raises(BenchError) as exc:
-        apply_reviews(dataset, path)
+        apply_reviews(dataset, path, world=WORLD)
     text = "\n".join(exc.value.problems)
     assert str(path) in text
     import re
@@ -445,7 +448,7 @@ def test_apply_cli_auto_and_jsonl_review(built, tmp_path):
     dataset = built[0]
     # JSONL review files work the same way
     path = tmp_path / "review.jsonl"
-    write_review_file(dataset, path)
+    write_review_file(dataset, path, world=WORLD)
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     lines[0]["decision"] = "set:Q"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -525,7 +528,7 @@ batch_size = 12
 """,
         encoding="utf-8",
     )
-    summary = build_benchmark(load_config(cfg_path), dataset, limit=2, log=lambda s: None)
+    summary = build_benchmark(load_config(cfg_path), dataset, limit=2, log=lambda s: None, world=WORLD)
     assert summary["pairs"] == 24
     recs = [r for r in iter_records(dataset / "bench" / "answers.jsonl") if r["role"] == "video"]
     assert len(recs) == 24 and all(r["error"] is None and isinstance(r["text"], str) for r in recs)

@@ -33,7 +33,7 @@ def test_embedded_recipe_is_the_published_one(bench):
 
 
 def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
-    from avcap.config import load_config
+    from avcap.core.config import load_config
 
     class A:
         steps, batch_per_gpu, mini_batch, workers = 3, 32, 4, 14
@@ -89,7 +89,7 @@ def write_jsonl(path: Path, keys: list[str], error_keys=()) -> None:
 
 
 def test_caption_check_catches_missing_duplicated_and_misplaced_videos(bench, tmp_path):
-    from avcap.infer import task_file
+    from avcap.eval.infer import task_file
 
     ids = [f"v{i}" for i in range(6)]
     for i in range(3):

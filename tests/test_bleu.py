@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from avcap.metrics.bleu import (
+from avcap.eval.metrics.bleu import (
     bleu_from_tokens,
     bleu_report,
     bleu_scores,
@@ -18,7 +18,7 @@ from avcap.metrics.bleu import (
     sacrebleu_corpus,
     sentence_bleu,
 )
-from avcap.metrics.ptb_tokenizer import PUNCTUATIONS, coco_tokenize, coco_tokenize_corpus, ptb_tokenize
+from avcap.eval.metrics.ptb_tokenizer import PUNCTUATIONS, coco_tokenize, coco_tokenize_corpus, ptb_tokenize
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LINGOQA_PARQUET = SHARED / "lingoqa" / "val.parquet"

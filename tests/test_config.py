@@ -1,4 +1,4 @@
-"""avcap.config: the recipe TOML loads verbatim and round-trips; every error case; `avcap config check`."""
+"""avcap.core.config: the recipe TOML loads verbatim and round-trips; every error case; `avcap config check`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from avcap.cli import app
-from avcap.config import RECIPE_PATH, ConfigError, load_config, to_toml
+from avcap.core.config import RECIPE_PATH, ConfigError, load_config, to_toml
 
 SHARED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "recipe" / "uber_sft_blended.toml"
 
@@ -125,12 +125,12 @@ def test_error_cases(tmp_path, case):
 
 def test_turns_per_video_is_for_vqa_sources_only(tmp_path):
     p = tmp_path / "t.toml"
-    p.write_text('[avcap.curate.sources.cv]\nkind = "cv_annotated"\npath = "raw/cv"\nturns = "per_video"\n')
+    p.write_text('[avcap.data.sources.cv]\nkind = "cv_annotated"\npath = "raw/cv"\nturns = "per_video"\n')
     with pytest.raises(ConfigError) as e:
         load_config(p)
     (msg,) = e.value.problems
-    assert msg.startswith(f"{p}: avcap.curate.sources.cv") and 'kind = "vqa"' in msg
-    p.write_text('[avcap.curate.sources.q]\nkind = "vqa"\npath = "raw/eval"\nturns = "per_video"\n')
+    assert msg.startswith(f"{p}: avcap.data.sources.cv") and 'kind = "vqa"' in msg
+    p.write_text('[avcap.data.sources.q]\nkind = "vqa"\npath = "raw/eval"\nturns = "per_video"\n')
     assert load_config(p).avcap.curate.sources["q"].turns == "per_video"
 
 
@@ -201,7 +201,7 @@ def test_config_check_missing_and_malformed(tmp_path):
 
 @pytest.mark.parametrize("value,steps", [(1, 1), (1.0, 100), (0.03, 3), (20, 20), (20.0, 20), (0, 0)])
 def test_warmup_int_is_steps_float_is_fraction_as_in_cosmos_rl(value, steps):
-    from avcap.config import load_config
+    from avcap.core.config import load_config
 
     cfg = load_config(None, {"train": {"optm_warmup_steps": value}})
     assert cfg.train.warmup_steps(100) == steps

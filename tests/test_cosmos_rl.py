@@ -40,14 +40,14 @@ def tiny_model_dir(tmp_path_factory):
     if int(transformers.__version__.split(".")[0]) < 5:
         pytest.skip(f"transformers {transformers.__version__} cannot build avcap's tiny model: run "
                     "`avcap tiny-model --out DIR` in avcap's main environment and set AVCAP_TINY_MODEL=DIR")
-    from avcap.tiny_model import build_tiny_model
+    from avcap.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", size="tiny", seed=0)
 
 
 def _load_script():
     """Import avcap's script from its file path, the way `cosmos-rl --config F <path>` runs it."""
-    import avcap.cosmos_rl_dataset as m
+    import avcap.train.cosmos_rl_dataset as m
 
     spec = importlib.util.spec_from_file_location("cosmos_rl_user_script", m.__file__)
     mod = importlib.util.module_from_spec(spec)
@@ -58,7 +58,7 @@ def _load_script():
 def _recipe(model: Path, output_dir: Path, *, model_max_length: int = 4096) -> str:
     """The recipe's TOML, pointed at the tiny model and the curated test data, batch 4 in one
     micro-batch, with avcap's own keys that cosmos-rl ignores ([avcap], train.ckpt.save_final)."""
-    from avcap.config import RECIPE_PATH
+    from avcap.core.config import RECIPE_PATH
 
     text = RECIPE_PATH.read_text()
     for old, new in [
@@ -77,14 +77,14 @@ def _recipe(model: Path, output_dir: Path, *, model_max_length: int = 4096) -> s
     ]:
         assert old in text, old
         text = text.replace(old, new)
-    return text + '\n[avcap.train]\nloss_reduction = "sample"\n'
+    return text + '\n[avcap.train.loop]\nloss_reduction = "sample"\n'
 
 
 @pytest.fixture(scope="module")
 def curated_root(tmp_path_factory):
     """Two curated sources (human 2, cv 2) under root/data/train, 4-frame clips of 64x96."""
-    from avcap.config import load_config
-    from avcap.curate.sources import curate
+    from avcap.core.config import load_config
+    from avcap.data.sources import curate
 
     root = tmp_path_factory.mktemp("cosmos-rl-data")
     make_source(root / "raw/human", "human_annotated", 2, seed=0,
@@ -97,10 +97,10 @@ subdirectories = ["human_annotated", "cv_annotated"]
 [custom.vision]
 nframes = 4
 max_pixels = 6144
-[avcap.curate.sources.human_annotated]
+[avcap.data.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.curate.sources.cv_annotated]
+[avcap.data.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
 """)
@@ -122,14 +122,14 @@ def _cosmos(toml_path: Path):
 
 
 def _avcap_step(toml_path: Path):
-    """Step 1 of `avcap train` on this TOML, one rank: its DataLoader's batch (avcap.train._train's
+    """Step 1 of `avcap train` on this TOML, one rank: its DataLoader's batch (avcap.train.loop._train's
     SFTDataset, StepBatches and Collator)."""
     from torch.utils.data import DataLoader
     from transformers import AutoProcessor
 
-    from avcap.config import load_config
-    from avcap.curate.blend import BlendPlan
-    from avcap.trainer.data import Collator, SFTDataset, StepBatches, index_sources
+    from avcap.core.config import load_config
+    from avcap.data.blend import BlendPlan
+    from avcap.train.data import Collator, SFTDataset, StepBatches, index_sources
 
     cfg = load_config(toml_path)
     t, ds = cfg.train, cfg.custom.dataset
@@ -184,7 +184,7 @@ def test_cosmos_rl_packs_what_avcap_train_packs(curated_root, tiny_model_dir, tm
 def test_cosmos_rl_truncates_what_avcap_train_skips(curated_root, tiny_model_dir, tmp_path):
     """A sample longer than policy.model_max_length whose video tokens fit: cosmos-rl's packer cuts
     its trailing text (and labels); avcap's trainer skips it."""
-    from avcap.trainer.data import IGNORE_INDEX
+    from avcap.train.data import IGNORE_INDEX
 
     full = write_config(curated_root / "full.toml", _recipe(tiny_model_dir, tmp_path / "out"))
     _, _, dataset, _, _ = _cosmos(full)
@@ -205,7 +205,7 @@ def test_cosmos_rl_truncates_what_avcap_train_skips(curated_root, tiny_model_dir
 
 
 def test_data_packer_refuses_other_model_types(tmp_path):
-    from avcap.cosmos_rl_dataset import CosmosRLDatasetError, data_packer
+    from avcap.train.cosmos_rl_dataset import CosmosRLDatasetError, data_packer
 
     model = tmp_path / "qwen2"
     model.mkdir()

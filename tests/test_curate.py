@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from avcap.config import load_config
-from avcap.curate.blend import BlendPlan, BlendSampler, micro_batches, quotas
-from avcap.curate.schemas import validate_source
-from avcap.curate.sources import load_conversation
+from avcap.core.config import load_config
+from avcap.data.blend import BlendPlan, BlendSampler, micro_batches, quotas
+from avcap.data.schemas import validate_source
+from avcap.data.sources import load_conversation
 
 # ----------------------------------------------------------------------------- raw data (the recipe's examples)
 
@@ -108,8 +108,8 @@ def write_config(path: Path, body: str) -> Path:
 def curated_human_source(root: Path, tail: str, *, n: int = 2, annotate=None) -> Path:
     """`n` human-annotated clips under root/raw/human, curated into root/data (4 frames of 64x96)
     by a recipe TOML made of that source and `tail` (the [train]/[policy] tables); returns its path."""
-    from avcap.config import load_config
-    from avcap.curate.sources import curate
+    from avcap.core.config import load_config
+    from avcap.data.sources import curate
 
     make_source(root / "raw/human", "human_annotated", n, seed=0, annotate=annotate or (lambda i: HUMAN))
     cfg_path = write_config(root / "r.toml", """
@@ -119,7 +119,7 @@ subdirectories = ["human_annotated"]
 [custom.vision]
 nframes = 4
 max_pixels = 6144
-[avcap.curate.sources.human_annotated]
+[avcap.data.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
 """ + tail)
@@ -194,16 +194,16 @@ weights = [0.5, 0.3, 0.1, 0.1]
 nframes = 4
 max_pixels = 6144
 
-[avcap.curate.sources.human_annotated]
+[avcap.data.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.curate.sources.cv_annotated]
+[avcap.data.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
-[avcap.curate.sources.reason1_sft]
+[avcap.data.sources.reason1_sft]
 kind = "reason1_sft"
 path = "raw/r1"
-[avcap.curate.sources.vqa]
+[avcap.data.sources.vqa]
 kind = "vqa"
 path = "raw/eval"
 """)
@@ -319,7 +319,7 @@ def test_curate_is_idempotent_and_follows_changes(raw_world):
 
 def test_curate_resumes_after_a_crash(raw_world, monkeypatch):
     import avcap.video
-    from avcap.curate.sources import curate
+    from avcap.data.sources import curate
 
     root, cfg_path = raw_world
     cfg = load_config(cfg_path)
@@ -344,10 +344,10 @@ def test_curate_resumes_after_a_crash(raw_world, monkeypatch):
 
 
 def test_curate_rejects_a_bad_request(tmp_path):
-    cfg = write_config(tmp_path / "r.toml", '[avcap.curate.sources.x]\nkind = "cv_annotated"\npath = "nowhere"\n')
+    cfg = write_config(tmp_path / "r.toml", '[avcap.data.sources.x]\nkind = "cv_annotated"\npath = "nowhere"\n')
     res = _run_curate(cfg)
     assert res.exit_code == 2 and "nowhere" in res.output and "Traceback" not in res.output
-    cfg = write_config(tmp_path / "r2.toml", '[avcap.curate.sources.x]\nkind = "captions"\npath = "raw"\n')
+    cfg = write_config(tmp_path / "r2.toml", '[avcap.data.sources.x]\nkind = "captions"\npath = "raw"\n')
     res = _run_curate(cfg)
     assert res.exit_code == 2 and "kind" in res.output
 
@@ -360,7 +360,7 @@ def test_curate_rejects_a_bad_request(tmp_path):
 def test_curate_accepts_only_clips_train_can_resize(tmp_path, size, max_pixels, accepted, why):
     """A sample curate writes is one the trainer can load: its video is sampled and resized with
     [custom.vision] at curate time (both resize factors, 32 and 28), not only probed."""
-    from avcap.curate.sources import curate
+    from avcap.data.sources import curate
     from avcap.video import load_video
 
     make_source(tmp_path / "raw/human", "human_annotated", 1, seed=0)
@@ -373,7 +373,7 @@ subdirectories = ["human_annotated"]
 [custom.vision]
 nframes = 4
 max_pixels = {max_pixels}
-[avcap.curate.sources.human_annotated]
+[avcap.data.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
 """)
@@ -492,7 +492,7 @@ def test_blend_ranks_take_disjoint_parts_of_every_global_batch():
 def test_preview_grid_png_and_mp4(raw_world):
     from PIL import Image
 
-    from avcap.curate.preview_grid import PALETTE
+    from avcap.data.preview_grid import PALETTE
     from avcap.video import probe
 
     root, cfg_path = raw_world

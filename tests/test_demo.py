@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from avcap.demo import QUICK, DemoError, SimulatedVideoAnswerer, blind_baselines, prepare_workdir, run_demo
-from avcap.records import read_json, write_records_atomic
+from avcap.demo.run import QUICK, DemoError, SimulatedVideoAnswerer, blind_baselines, prepare_workdir, run_demo
+from avcap.core.records import read_json, write_records_atomic
 
 
 def test_workdir_settings_are_checked(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from avcap.config import Sampling, Vision, load_config  # noqa: E402
+from avcap.core.config import Sampling, Vision, load_config  # noqa: E402
 from avcap.engines import Request, build_messages, make_engine  # noqa: E402
 
 SYSTEM = "You are a helpful assistant."
@@ -115,7 +115,7 @@ def test_vision_inputs_come_from_the_host(engines, clips, monkeypatch):
     and the deepstack features are merged at rows known on the host; outputs stay generate's."""
     import transformers.models.qwen3_vl.modeling_qwen3_vl as mq
 
-    from avcap.engines.host_vision import HostVision, unsupported_reason
+    from avcap.models.qwen3_vl.host_vision import HostVision, unsupported_reason
 
     fast, plain = engines
     if unsupported_reason(fast.model):  # transformers 4.57: counted and warned (test_host_vision_off_is_loud)
@@ -149,7 +149,7 @@ def test_vision_inputs_come_from_the_host(engines, clips, monkeypatch):
 def test_vision_inputs_that_differ_keep_the_plain_call(varied_model_dir, clips, monkeypatch):
     """If the host's inputs do not give the plain call's numbers, the first prefill says so and
     every later one uses the plain call."""
-    from avcap.engines import host_vision
+    from avcap.models.qwen3_vl import host_vision
 
     from transformers import AutoModelForImageTextToText
 
@@ -179,7 +179,7 @@ def test_host_vision_off_is_loud(varied_model_dir, clips, monkeypatch):
     """Without transformers' vision helpers (transformers 4.57) the fast path runs with the vision
     tower deriving its inputs on the device: outputs stay generate's, a warning once, the requests
     counted under that reason in the run record."""
-    from avcap.engines import host_vision
+    from avcap.models.qwen3_vl import host_vision
 
     monkeypatch.setattr(host_vision, "_helpers", lambda: None)
     fast = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))

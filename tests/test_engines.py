@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from avcap.config import Engine as EngineConfig
-from avcap.config import Sampling, Vision, load_config
+from avcap.core.config import Engine as EngineConfig
+from avcap.core.config import Sampling, Vision, load_config
 from avcap.engines import Request, build_messages, make_engine
 from avcap.engines.frames import FrameLoader, video_kwargs
 
@@ -215,7 +215,7 @@ class _no_warning:
 
 
 def test_server_kind_is_validated(tmp_path):
-    from avcap.config import ConfigError
+    from avcap.core.config import ConfigError
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[avcap.engine]\nserver = "sglang"\n')

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from avcap.checkpoints import CheckpointError, resolve_checkpoint
-from avcap.config import load_config
-from avcap.infer import InferError, library_versions, merge_only, parse_caption, run_inference
-from avcap.records import read_json, read_records
+from avcap.core.checkpoints import CheckpointError, resolve_checkpoint
+from avcap.core.config import load_config
+from avcap.eval.infer import InferError, library_versions, merge_only, parse_caption, run_inference
+from avcap.core.records import read_json, read_records
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -224,7 +224,7 @@ def test_a_second_writer_is_refused_and_a_killed_holder_leaves_no_stuck_lock(ref
     shutil.copytree(reference.parent, out / "tiny")
     d = out / "tiny" / "base" / "AV_CAPTION"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from avcap.records import WriterLock; "
+        [sys.executable, "-c", "import sys, time; from avcap.core.records import WriterLock; "
          "WriterLock(sys.argv[1], '.infer.lock', 'avcap infer').__enter__(); print('held', flush=True); time.sleep(120)",
          str(d)], stdout=subprocess.PIPE, text=True)
     try:
@@ -357,7 +357,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lingoqa"
 
 @pytest.mark.skipif(not (SHARED / "val.parquet").exists(), reason="../shared/data (real LingoQA val.parquet) is absent")
 def test_real_lingoqa_parquet_plans_500_questions_and_official_csv_columns(tmp_path):
-    from avcap.infer import build_plan, write_lingoqa_csv
+    from avcap.eval.infer import build_plan, write_lingoqa_csv
 
     root = tmp_path / "LINGOQA"
     root.mkdir()

@@ -52,7 +52,7 @@ def tiny_judge_dir(tmp_path_factory):
                           initializer_range=0.5)
     model = DebertaV2ForSequenceClassification(cfg).eval()
     # centre the logits on this test's own judge inputs: about half of the answers are accepted
-    from avcap.metrics.lingoqa import judge_texts
+    from avcap.eval.metrics.lingoqa import judge_texts
 
     with torch.no_grad():
         maxima = []
@@ -123,7 +123,7 @@ def _official(parquet: Path, csv: Path, judge_dir: Path):
 
 @pytest.mark.parametrize("batch_questions", [1, 4, 32])
 def test_matches_official_rule(tmp_path, tiny_judge_dir, batch_questions):
-    from avcap.metrics.lingoqa import LingoJudge, score_predictions
+    from avcap.eval.metrics.lingoqa import LingoJudge, score_predictions
 
     parquet, csv = _data(tmp_path)
     merged, ref_scores, ref_correct, ref_score = _official(parquet, csv, tiny_judge_dir)
@@ -145,7 +145,7 @@ def test_matches_official_rule(tmp_path, tiny_judge_dir, batch_questions):
 
 def test_prediction_match_without_a_judge(tmp_path):
     """How the predictions line up with the parquet, before (and without) any judge."""
-    from avcap.metrics.lingoqa import match_line, match_predictions
+    from avcap.eval.metrics.lingoqa import match_line, match_predictions
 
     parquet, csv = _data(tmp_path)
     m = match_predictions(csv, parquet)
@@ -160,7 +160,7 @@ def test_prediction_match_without_a_judge(tmp_path):
 
 
 def test_template_and_preprocessing():
-    from avcap.metrics.lingoqa import judge_texts, preprocess
+    from avcap.eval.metrics.lingoqa import judge_texts, preprocess
 
     assert preprocess("  Yes, GREEN.\n") == "yes, green."
     assert preprocess(float("nan")) == "nan"
@@ -177,7 +177,7 @@ def test_truncation_at_128_tokens(tiny_judge_dir):
 
 
 def test_missing_judge_says_how_to_fix(tmp_path):
-    from avcap.metrics.lingoqa import JudgeError, LingoJudge
+    from avcap.eval.metrics.lingoqa import JudgeError, LingoJudge
 
     with pytest.raises(JudgeError) as exc:
         LingoJudge(str(tmp_path / "no-such-judge"))
@@ -187,7 +187,7 @@ def test_missing_judge_says_how_to_fix(tmp_path):
 
 def test_llm_judge_is_separate(tmp_path):
     from avcap.engines import Result
-    from avcap.metrics.lingoqa import llm_judge_block, parse_yes_no
+    from avcap.eval.metrics.lingoqa import llm_judge_block, parse_yes_no
 
     parquet, csv = _data(tmp_path)
 
@@ -205,7 +205,7 @@ def test_llm_judge_is_separate(tmp_path):
 
 def test_real_lingoqa_files_parse():
     """The published val.parquet (1000 rows, 500 questions) and example predictions.csv."""
-    from avcap.metrics.lingoqa import load_predictions, load_references, merge
+    from avcap.eval.metrics.lingoqa import load_predictions, load_references, merge
 
     parquet, csv = SHARED / "val.parquet", SHARED / "predictions.csv"
     if not (parquet.exists() and csv.exists()):
@@ -227,7 +227,7 @@ def test_real_lingoqa_files_parse():
     q_csv = pd.read_csv(csv).set_index("question_id")["question"]
     assert all(q_csv[q] == qq for q, qq in zip(merged["question_id"], merged["question"]))
     assert int(merged["prediction"].isna().sum()) == int(official["prediction"].isna().sum())
-    from avcap.metrics.lingoqa import match_line, match_predictions
+    from avcap.eval.metrics.lingoqa import match_line, match_predictions
 
     m = match_predictions(csv, parquet)
     assert (m["predictions"], m["matched"], m["questions"], m["absent"], m["unmatched_predictions"]) == (500, 369, 500, 131, 131)

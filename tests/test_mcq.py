@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from avcap.metrics.mcq import clustered_se, mcq_scores, parse_choice, sample_std
+from avcap.eval.metrics.mcq import clustered_se, mcq_scores, parse_choice, sample_std
 
 CHOICES = {"A": "One lane", "B": "Three lanes", "C": "Two lanes", "D": "Four lanes"}
 CHOICES_CAR = {
@@ -244,7 +244,7 @@ def test_scores_hand_computed():
     cr0 = math.sqrt((0.5**2 + 1.0**2 + 0.5**2) / 6**2)
     assert s["clustered_se_cr0"] == pytest.approx(cr0)
     assert s["clustered_se"] == pytest.approx(cr0 * math.sqrt(3 / 2))
-    assert s["mode"] == "direct" and s["parser"] == "avcap.metrics.mcq.parse_choice"
+    assert s["mode"] == "direct" and s["parser"] == "avcap.bench.parse.parse_choice"
 
 
 def test_clustered_se_balanced_equals_std_over_sqrt_g():

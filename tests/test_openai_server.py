@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from avcap.config import load_config
+from avcap.core.config import load_config
 from avcap.engines import Request, build_messages
-from avcap.records import read_records
+from avcap.core.records import read_records
 
 KEY = "sk-avcap-test-0123456789abcdef"
 
@@ -190,7 +190,7 @@ class EchoHeaders401:
 
 
 def test_error_records_never_hold_the_key(infer_data_dir, tmp_path, monkeypatch, capsys):
-    from avcap.infer import run_inference
+    from avcap.eval.infer import run_inference
 
     monkeypatch.setenv("AVCAP_ECHO_KEY", KEY)
     with EchoHeaders401() as base_url:
@@ -211,7 +211,7 @@ def test_error_records_never_hold_the_key(infer_data_dir, tmp_path, monkeypatch,
 
 
 def test_redact_values_and_credential_patterns(monkeypatch):
-    from avcap.secrets import redact
+    from avcap.core.secrets import redact
 
     monkeypatch.setenv("AVCAP_SOME_KEY", "k-live-abcdefgh")
     text = ('HTTP 401: {"authorization": "Bearer sk-zzz.yyy", "x-api-key": "abc123", "note": "k-live-abcdefgh"} '

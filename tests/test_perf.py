@@ -4,7 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from avcap.perf import Shape, generation_floor, realsize_config, train_flops  # noqa: E402
+from avcap.models.qwen3_vl.cost import Shape, generation_floor, realsize_config, train_flops  # noqa: E402
 
 
 @pytest.mark.parametrize("name,expected_b", [("2B", 2.13), ("8B", 8.77)])

@@ -1,4 +1,4 @@
-"""avcap.perf's SFT memory estimate: the activation terms equal what transformers' Qwen3-VL blocks
+"""avcap.models.qwen3_vl.cost's SFT memory estimate: the activation terms equal what transformers' Qwen3-VL blocks
 really save for backward (traced with saved-tensor hooks), the parameter split is exact, and the
 recipe's 8B setup fits 8 H200s but not one."""
 
@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from avcap.perf import (
+from avcap.models.qwen3_vl.cost import (
     GIB,
     Shape,
     realsize_config,

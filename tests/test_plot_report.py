@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from avcap.cli import app
-from avcap.config import CATEGORIES
-from avcap.plot import collect_series, falls_after_peak, plot_metric
-from avcap.report import build_report, collect
+from avcap.core.config import CATEGORIES
+from avcap.report.plot import collect_series, falls_after_peak, plot_metric
+from avcap.report.markdown import build_report, collect
 
 BASE = "Cosmos-Reason2-8B"
 ZERO_SHOT = {  # model: (MCQ overall, LingoQA, BLEU)
@@ -35,19 +35,19 @@ def _av(model, label, step, acc, bleu, offset=0.0):
     per_cat = {c: round(min(1.0, max(0.0, acc + offset + 0.02 * (i - 2.5))), 4) for i, c in enumerate(CATEGORIES)}
     return {
         "model": model, "checkpoint_label": label, "step": step, "dataset": "AV_CAPTION",
-        "bleu": {"value": bleu, "implementation": "avcap.metrics.bleu (coco-caption BLEU-4)",
+        "bleu": {"value": bleu, "implementation": "avcap.eval.metrics.bleu (coco-caption BLEU-4)",
                  "tokenization": "PTB", "n": 40, "sacrebleu": {"score": 100 * bleu, "signature": "tok:13a"}},
         "vqa_accuracy": {"mode": "direct", "overall": acc, "per_category": per_cat, "parseable_rate": 0.99,
                          "mean_per_video": acc - 0.002, "std_per_video": 0.128, "clustered_se": 0.011,
                          "total_predictions": 480, "videos_evaluated": 40,
-                         "parser": "avcap.metrics.mcq.parse_choice"},
+                         "parser": "avcap.bench.parse.parse_choice"},
     }
 
 
 def _lq(model, label, step, score):
     return {"model": model, "checkpoint_label": label, "step": step, "dataset": "LINGOQA",
             "lingoqa": {"score": score, "correct": round(score * 1000), "rows": 1000,
-                        "judge": "wayveai/Lingo-Judge", "implementation": "avcap.metrics.lingoqa"}}
+                        "judge": "wayveai/Lingo-Judge", "implementation": "avcap.eval.metrics.lingoqa"}}
 
 
 def _write(root: Path, model: str, label: str, dataset: str, obj: dict) -> Path:
@@ -146,7 +146,7 @@ def test_report(outputs: Path, tmp_path: Path) -> None:
     assert links and all((out.parent / l).is_file() for l in links)
     assert len(set(links)) == len(summary.entries) == 2 * len(ZERO_SHOT) + 2 * len(SWEEP)
     # implementation names of the metrics
-    assert "avcap.metrics.mcq.parse_choice" in md and "wayveai/Lingo-Judge" in md and "coco-caption BLEU-4" in md
+    assert "avcap.bench.parse.parse_choice" in md and "wayveai/Lingo-Judge" in md and "coco-caption BLEU-4" in md
     heads = {(h.metric, h.best_label) for h in summary.headlines}
     assert heads == {("vqa_accuracy", "ckpt-250"), ("bleu", "ckpt-200"), ("lingoqa", "ckpt-350")}
 

@@ -1,4 +1,4 @@
-"""avcap.records: torn-tail repair, done_keys, atomic JSON/JSONL writes, a real SIGKILL mid-run."""
+"""avcap.core.records: torn-tail repair, done_keys, atomic JSON/JSONL writes, a real SIGKILL mid-run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avcap.records import (
+from avcap.core.records import (
     RecordError,
     RecordWriter,
     done_keys,
@@ -181,7 +181,7 @@ def test_read_json_errors(tmp_path):
 
 WRITER = """
 import sys
-from avcap.records import RecordWriter
+from avcap.core.records import RecordWriter
 w = RecordWriter(sys.argv[1], fsync=False)
 i = 0
 pad = "x" * 5000

@@ -45,7 +45,7 @@ from test_bench import _config as bench_config
 from test_curate import HUMAN, make_source, vqa_record, write_clip
 from test_infer import write_config as infer_config
 
-from avcap.config import load_config
+from avcap.core.config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -358,10 +358,10 @@ weights = [0.5, 0.5]
 [custom.vision]
 nframes = 4
 max_pixels = 6144
-[avcap.curate.sources.human_annotated]
+[avcap.data.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.curate.sources.cv_annotated]
+[avcap.data.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
 [train]
@@ -408,7 +408,7 @@ def train_verb(tiny_model_dir, tmp_path_factory) -> Verb:
     2 steps, one DataLoader worker process."""
     import torch
 
-    from avcap.curate.sources import curate
+    from avcap.data.sources import curate
 
     base = tmp_path_factory.mktemp("rel-train")
     make_source(base / "raw/human", "human_annotated", 2, seed=0,
@@ -532,13 +532,13 @@ subdirectories = ["human_annotated", "cv_annotated", "vqa"]
 [custom.vision]
 nframes = 4
 max_pixels = 6144
-[avcap.curate.sources.human_annotated]
+[avcap.data.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.curate.sources.cv_annotated]
+[avcap.data.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
-[avcap.curate.sources.vqa]
+[avcap.data.sources.vqa]
 kind = "vqa"
 path = "raw/eval"
 """
@@ -717,7 +717,7 @@ def _infer_vqa_line(name: str, field: str):
 
 def _infer_video(video_id: str):
     def check(r: BadRun) -> list[str]:
-        from avcap.records import read_records
+        from avcap.core.records import read_records
 
         path = r.paths["videos"] / f"{video_id}.mp4"
         problems = one_line_naming(r.output, str(path))
@@ -751,7 +751,7 @@ def curate_bad(tmp_path_factory) -> BadRun:
     cfg = base / "recipe.toml"
     cfg.write_text(CURATE_TOML.replace('subdirectories = ["human_annotated", "cv_annotated", "vqa"]',
                                        'subdirectories = ["human_annotated", "vqa"]')
-                   .replace('[avcap.curate.sources.cv_annotated]\nkind = "cv_annotated"\npath = "raw/cv"\n', ""))
+                   .replace('[avcap.data.sources.cv_annotated]\nkind = "cv_annotated"\npath = "raw/cv"\n', ""))
     rc, log, _ = run_to_end(avcap("curate", "--config", cfg), base / "curate.log")
     return BadRun(rc, log, {"raw": base / "raw", "data": base / "data"})
 
@@ -805,7 +805,7 @@ model_name_or_path = "{tiny_model_dir}"
 
 def _train(where: Callable[[dict], str], reason: str, *says: str):
     def check(r: BadRun) -> list[str]:
-        from avcap.records import read_records
+        from avcap.core.records import read_records
 
         problems = one_line_naming(r.output, f"({reason}): {where(r.paths)}", *says)
         log = read_records(r.paths["run"] / "train_log.jsonl")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from avcap.config import load_config
-from avcap.records import RecordWriter, read_json, read_records
+from avcap.core.config import load_config
+from avcap.core.records import RecordWriter, read_json, read_records
 
 pd = pytest.importorskip("pandas")
 
@@ -105,8 +105,8 @@ def _outputs(out: Path, data: Path, label: str = "base", step=None, captions=Non
 
 
 def test_score_contract_files(tmp_path, judge_dir):
-    from avcap.metrics.bleu import corpus_bleu
-    from avcap.score import score_outputs
+    from avcap.eval.metrics.bleu import corpus_bleu
+    from avcap.eval.score import score_outputs
 
     data = _dataset(tmp_path / "data")
     out = tmp_path / "outputs"
@@ -150,7 +150,7 @@ def test_score_contract_files(tmp_path, judge_dir):
     assert (lcov["planned"], lcov["scored"], lcov["status"]) == (2, 2, "complete")
     assert lcov["predictions_match"] == {"predictions": 2, "matched": 2, "unmatched_predictions": 0, "questions": 2,
                                          "questions_matched": 2, "absent": 0, "reference_file": "val.parquet"}
-    from avcap.score import summary_lines
+    from avcap.eval.score import summary_lines
 
     assert summary_lines(m) == [f"BLEU-4 {expected:.4f} over 2/3 captions (1 error)",
                                 "VQA accuracy 50.0% over 5/6 questions (1 error); parseable 66.7%"]
@@ -158,7 +158,7 @@ def test_score_contract_files(tmp_path, judge_dir):
 
 def test_partial_outputs_say_what_they_cover(tmp_path):
     """Outputs of 2 of the dataset's 3 videos (e.g. --limit 2): every score says 2/3, never more."""
-    from avcap.score import score_outputs, summary_lines
+    from avcap.eval.score import score_outputs, summary_lines
 
     data = _dataset(tmp_path / "data")
     out = tmp_path / "outputs"
@@ -216,8 +216,8 @@ def test_all_requests_failed_is_an_error_not_a_zero(tmp_path, monkeypatch):
     made = []
     monkeypatch.setattr(avcap.engines, "make_engine", lambda *a, **k: made.append(1))  # must not be needed
     cfg_file = tmp_path / "recipe.toml"
-    cfg_file.write_text('[avcap.metrics]\nlingoqa_judge = "/no/such/judge"\n'
-                        '[avcap.metrics.caption_mode_answerer]\nname = "openai"\nmodel = "answerer"\n')
+    cfg_file.write_text('[avcap.eval.metrics]\nlingoqa_judge = "/no/such/judge"\n'
+                        '[avcap.eval.metrics.caption_mode_answerer]\nname = "openai"\nmodel = "answerer"\n')
     res = CliRunner().invoke(app, ["score", "--outputs-dir", str(out), "--config", str(cfg_file)])
     assert res.exit_code == 2, res.output
     errors = [l for l in res.stderr.splitlines() if l.startswith("error: ")]
@@ -245,7 +245,7 @@ def test_all_requests_failed_is_an_error_not_a_zero(tmp_path, monkeypatch):
 
 def test_real_lingoqa_predictions_match_without_a_judge(tmp_path):
     """The published val.parquet and example predictions.csv: 369 of the 500 ids match, judge or not."""
-    from avcap.score import score_outputs, summary_lines
+    from avcap.eval.score import score_outputs, summary_lines
 
     shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lingoqa"
     if not ((shared / "val.parquet").is_file() and (shared / "predictions.csv").is_file()):
@@ -268,7 +268,7 @@ def test_real_lingoqa_predictions_match_without_a_judge(tmp_path):
 
 
 def test_references_from_annotations_and_dataset_filter(tmp_path, judge_dir):
-    from avcap.score import score_outputs
+    from avcap.eval.score import score_outputs
 
     data = _dataset(tmp_path / "data", with_captions_jsonl=False)
     out = tmp_path / "outputs"
@@ -276,7 +276,7 @@ def test_references_from_annotations_and_dataset_filter(tmp_path, judge_dir):
     cfg = load_config(None, {"avcap": {"metrics": {"lingoqa_judge": str(judge_dir)}}})
     results = score_outputs(out, cfg=cfg, datasets=["AV_CAPTION"], log=lambda m: None)
     assert [r["dataset"] for r in results] == ["AV_CAPTION"]
-    from avcap.score import reference_captions
+    from avcap.eval.score import reference_captions
 
     # several lines for one video in captions.jsonl: several references
     with RecordWriter(data / "AV_CAPTION" / "captions.jsonl") as w:
@@ -289,7 +289,7 @@ def test_references_from_annotations_and_dataset_filter(tmp_path, judge_dir):
 
 
 def test_dataset_root_from_config_when_run_json_is_missing(tmp_path):
-    from avcap.score import score_outputs
+    from avcap.eval.score import score_outputs
 
     data = _dataset(tmp_path / "data")
     out = tmp_path / "outputs"
@@ -366,7 +366,7 @@ class _FakeAnswerer:
 
 def test_caption_mode_cached_and_resumable(tmp_path, monkeypatch):
     import avcap.engines
-    from avcap.score import score_outputs
+    from avcap.eval.score import score_outputs
 
     data = _dataset(tmp_path / "data")
     out = tmp_path / "outputs"
@@ -409,10 +409,10 @@ def test_caption_mode_cached_and_resumable(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_end_to_end_on_inference_outputs(tmp_path, tiny_model_dir, infer_data_dir, judge_dir):
     """avcap infer (tiny Qwen3-VL) on the synthetic eval set, then avcap score on its real outputs."""
-    infer = pytest.importorskip("avcap.infer")
-    from avcap.metrics.bleu import corpus_bleu
-    from avcap.metrics.mcq import parse_choice
-    from avcap.score import score_outputs
+    infer = pytest.importorskip("avcap.eval.infer")
+    from avcap.eval.metrics.bleu import corpus_bleu
+    from avcap.bench.parse import parse_choice
+    from avcap.eval.score import score_outputs
 
     data = infer_data_dir
     cfg_file = tmp_path / "recipe.toml"
@@ -432,7 +432,7 @@ max_tokens = 8
 max_tokens = 3
 [avcap.sampling.lingoqa]
 max_tokens = 4
-[avcap.metrics]
+[avcap.eval.metrics]
 lingoqa_judge = "{judge_dir}"
 [avcap.datasets.AV_CAPTION]
 kind = "av_caption"
@@ -481,7 +481,7 @@ root = "{data / 'LINGOQA'}"
 
 
 def test_answerer_that_cannot_start_does_not_stop_scoring(tmp_path):
-    from avcap.score import find_output_sets, score_outputs
+    from avcap.eval.score import find_output_sets, score_outputs
 
     data = _dataset(tmp_path / "data")
     out = tmp_path / "outputs"

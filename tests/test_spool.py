@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from avcap.config import Vision
+from avcap.core.config import Vision
 from avcap.engines import spool as S
 from avcap.engines.frames import FrameLoader
 from avcap.video import DecodedVideo, VideoFrames, decode_video, load_video, write_video
@@ -184,7 +184,7 @@ def test_frame_loader_finishing_on_the_gpu_through_pinned_memory(vga_clip, decod
 def test_engine_resize_on_gpu_reaches_the_loader_only_on_cuda(varied_model_dir):
     """`[avcap.engine] resize_on_gpu` is a config key; on a CPU device it changes nothing (the CPU
     decoders convert and resize as before), on CUDA the engine's device finishes the pictures."""
-    from avcap.config import load_config
+    from avcap.core.config import load_config
     from avcap.engines import make_engine
 
     cfg = load_config(None).avcap.engine.model_copy(update={"device": "cpu", "resize_on_gpu": True, "batch_size": 2})

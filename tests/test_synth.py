@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avcap.synth import annotate as A
-from avcap.synth.cli import SOURCES, SynthError, synthesize
-from avcap.synth.render import Renderer
-from avcap.synth.scene import SceneRecord
-from avcap.synth.world import MANEUVERS, sample_scene
+from avcap.demo.synth import annotate as A
+from avcap.demo.synth.cli import SOURCES, SynthError, synthesize
+from avcap.demo.synth.render import Renderer
+from avcap.demo.synth.scene import SceneRecord
+from avcap.demo.synth.world import MANEUVERS, sample_scene
 
 TINY = dict(width=64, height=40, seconds=2.0, fps=4.0)  # 8 frames
 
@@ -89,7 +89,7 @@ def test_world_records_roundtrip(world):
 
 
 def test_every_emitted_json_validates_against_the_curation_schemas(world, records):
-    from avcap.curate.schemas import validate_source
+    from avcap.data.schemas import validate_source
 
     for src in SOURCES:
         for p in (world / "train" / src / "annotations").glob("*.json"):
@@ -364,7 +364,7 @@ def test_lingoqa_questions_match_the_real_set_style(records):
 
 
 def test_text_corpus_is_deterministic_and_covers_every_text_kind():
-    from avcap.synth import text_corpus
+    from avcap.demo.synth import text_corpus
 
     a = list(text_corpus(n_scenes=4, seed=1))
     assert a == list(text_corpus(n_scenes=4, seed=1))
@@ -379,7 +379,7 @@ def test_text_corpus_is_deterministic_and_covers_every_text_kind():
 
 def test_recipe_resolution_path_is_streamed(tmp_path):
     """1936x1220 at 30 fps works; frames are drawn small and upscaled, one at a time."""
-    from avcap.synth.render import render_video
+    from avcap.demo.synth.render import render_video
     from avcap.video import probe
 
     rec = sample_scene(5, duration_s=0.4, fps=30, width=1936, height=1220)
@@ -401,7 +401,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
 
 
 def _footprint(x, z, hdg, length, width):
-    from avcap.synth import geometry as G
+    from avcap.demo.synth import geometry as G
 
     return G.box_corners(x, z, hdg, length, width, 0.0, 1.0)[:4][:, [0, 2]]
 
@@ -419,7 +419,7 @@ def _separated(a, b) -> bool:
 def test_nobody_drives_or_walks_through_anybody(records):
     import math
 
-    from avcap.synth import geometry as G
+    from avcap.demo.synth import geometry as G
 
     for r in records[:60]:
         ego = np.array(r.ego.track)

@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from avcap.config import Prompts  # noqa: E402
-from avcap.tiny_model import ADDED_TOKENS  # noqa: E402
+from avcap.core.config import Prompts  # noqa: E402
+from avcap.models.qwen3_vl.tiny import ADDED_TOKENS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_loss_falls_on_one_batch(tiny_model_dir):
 
 
 def test_same_seed_same_weights_and_tokenizer(tmp_path, tiny_model_dir):
-    from avcap.tiny_model import build_tiny_model
+    from avcap.demo.tiny_model import build_tiny_model
 
     again = build_tiny_model(tmp_path / "m", size="tiny", seed=0)
     for name in ("model.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"):

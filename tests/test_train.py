@@ -17,8 +17,8 @@ import pytest
 import torch
 from test_curate import HUMAN, curated_human_source, make_source, write_config
 
-from avcap.config import load_config
-from avcap.trainer.schedule import lr_factor
+from avcap.core.config import load_config
+from avcap.train.schedule import lr_factor
 
 # ----------------------------------------------------------------------------- LR schedule
 
@@ -31,7 +31,7 @@ from avcap.trainer.schedule import lr_factor
     ("none", {0: 0.0, 4: 1.0, 50: 1.0, 99: 1.0}),
 ])
 def test_lr_schedule_values(decay, expected):
-    from avcap.config import Train
+    from avcap.core.config import Train
 
     t = Train(optm_warmup_steps=0.05, optm_decay_type=decay)
     w = t.warmup_steps(100)
@@ -43,8 +43,8 @@ def test_lr_schedule_values(decay, expected):
 
 
 def test_lr_schedule_warmup_steps_min_factor_and_torch_scheduler():
-    from avcap.config import Train
-    from avcap.trainer.schedule import build_scheduler
+    from avcap.core.config import Train
+    from avcap.train.schedule import build_scheduler
 
     t = Train(optm_warmup_steps=3, optm_decay_type="linear", optm_min_lr_factor=0.1, optm_lr=1.0)
     assert t.warmup_steps(10) == 3 and Train(optm_warmup_steps=0.03).warmup_steps(50) == 1  # int(1.5): cosmos-rl
@@ -66,7 +66,7 @@ def test_lr_schedule_warmup_steps_min_factor_and_torch_scheduler():
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """Two curated sources (human 2, cv 2): 4-frame clips at 64x96, served at 4 frames of 64x96."""
-    from avcap.curate.sources import curate
+    from avcap.data.sources import curate
 
     root = tmp_path_factory.mktemp("train-data")
     make_source(root / "raw/human", "human_annotated", 2, seed=0,
@@ -82,10 +82,10 @@ weights = [0.5, 0.5]
 nframes = 4
 max_pixels = 6144
 
-[avcap.curate.sources.human_annotated]
+[avcap.data.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.curate.sources.cv_annotated]
+[avcap.data.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
 """
@@ -98,8 +98,8 @@ path = "raw/cv"
 def test_label_mask_covers_exactly_the_assistant_turn(curated, tiny_model_dir):
     from transformers import AutoProcessor
 
-    from avcap.curate.sources import load_conversation
-    from avcap.trainer.data import IGNORE_INDEX, encode
+    from avcap.data.sources import load_conversation
+    from avcap.train.data import IGNORE_INDEX, encode
 
     root, _ = curated
     proc = AutoProcessor.from_pretrained(tiny_model_dir)
@@ -120,7 +120,7 @@ def test_label_mask_covers_exactly_the_assistant_turn(curated, tiny_model_dir):
 def test_label_mask_multi_turn_text_and_alignment(tiny_model_dir):
     from transformers import AutoProcessor
 
-    from avcap.trainer.data import IGNORE_INDEX, align_labels, encode
+    from avcap.train.data import IGNORE_INDEX, align_labels, encode
 
     proc = AutoProcessor.from_pretrained(tiny_model_dir)
     conv = [{"role": "system", "content": "You are a helpful assistant."},
@@ -142,8 +142,8 @@ def test_label_mask_multi_turn_text_and_alignment(tiny_model_dir):
 def test_sample_over_model_max_length_is_skipped(curated, tiny_model_dir):
     from transformers import AutoProcessor
 
-    from avcap.curate.sources import load_conversation
-    from avcap.trainer.data import SampleSkipped, encode
+    from avcap.data.sources import load_conversation
+    from avcap.train.data import SampleSkipped, encode
 
     root, _ = curated
     proc = AutoProcessor.from_pretrained(tiny_model_dir)
@@ -190,7 +190,7 @@ def train_config(curated, tiny_model_dir, name: str, *, per_rank: int = 4, worke
 
 
 def log_of(run: Path) -> dict[int, dict]:
-    from avcap.records import iter_records, latest_by_key
+    from avcap.core.records import iter_records, latest_by_key
 
     return {int(k): v for k, v in latest_by_key(iter_records(run / "train_log.jsonl")).items()}
 
@@ -204,7 +204,7 @@ def weights_of(ckpt: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def uninterrupted(curated, tiny_model_dir):
     """4 samples, global batch 2 (2 per rank, 1 worker process): 2 steps per epoch, 2 epochs."""
-    from avcap.train import train
+    from avcap.train.loop import train
 
     cfg = load_config(train_config(curated, tiny_model_dir, "full", per_rank=2, workers=1, gc=True))
     lines: list[str] = []
@@ -278,10 +278,10 @@ root = "{av}"
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(uninterrupted, curated, tiny_model_dir, monkeypatch):
-    import avcap.train as tr
-    import avcap.trainer.checkpoint as ck
-    from avcap.records import read_records
-    from avcap.train import train
+    import avcap.train.loop as tr
+    import avcap.train.checkpoint as ck
+    from avcap.core.records import read_records
+    from avcap.train.loop import train
 
     full_out, _, _ = uninterrupted
     cfg = load_config(train_config(curated, tiny_model_dir, "resumed", per_rank=2, workers=0, gc=True))
@@ -316,8 +316,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(uninterrupted, curat
 
 
 def test_trim_log_keeps_one_record_per_step_up_to_the_start(tmp_path):
-    from avcap.records import read_records, write_records_atomic
-    from avcap.train import TrainError, trim_log
+    from avcap.core.records import read_records, write_records_atomic
+    from avcap.train.loop import TrainError, trim_log
 
     log = tmp_path / "train_log.jsonl"
     assert trim_log(log, 5) == 0 and not log.exists()
@@ -338,7 +338,7 @@ def test_trim_log_keeps_one_record_per_step_up_to_the_start(tmp_path):
 
 
 def test_resume_refuses_a_changed_blend(uninterrupted, curated, tiny_model_dir):
-    from avcap.train import TrainError, train
+    from avcap.train.loop import TrainError, train
 
     full_out, _, _ = uninterrupted
     root, body = curated
@@ -350,7 +350,7 @@ def test_resume_refuses_a_changed_blend(uninterrupted, curated, tiny_model_dir):
 
 
 def test_too_long_samples_are_skipped_and_counted(curated, tiny_model_dir):
-    from avcap.train import train
+    from avcap.train.loop import train
 
     # the human annotations are long JSON targets (> 400 tokens), the CV targets short
     cfg = load_config(train_config(curated, tiny_model_dir, "short", per_rank=4, max_len=400))
@@ -372,7 +372,7 @@ def test_two_process_gloo_fsdp_matches_one_process(uninterrupted, curated, tiny_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "avcap.train", "--config", str(cfg_path)],
+         "-m", "avcap.train.loop", "--config", str(cfg_path)],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "on 2 x cpu" in proc.stdout
@@ -406,7 +406,7 @@ model_max_length = 1500
 """, annotate=lambda i: {**HUMAN, "safety_analysis": long_text if i == 0 else "Short."})
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "avcap.train", "--config", str(cfg_path)],
+         "-m", "avcap.train.loop", "--config", str(cfg_path)],
         check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = log_of(tmp_path / "run")
@@ -461,7 +461,7 @@ model_name_or_path = "{tiny_model_dir}"
 """)
     workers: set[int] = set()
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "avcap.train", "--config", str(cfg_path)], stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "avcap.train.loop", "--config", str(cfg_path)], stdout=subprocess.DEVNULL,
                                 stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 240
@@ -538,7 +538,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_half_written
 
 def _load_script():
     """Import the module from its file path, the way `cosmos-rl --config F <path>` runs it."""
-    import avcap.cosmos_rl_dataset as m
+    import avcap.train.cosmos_rl_dataset as m
 
     spec = importlib.util.spec_from_file_location("cosmos_rl_user_script", m.__file__)
     mod = importlib.util.module_from_spec(spec)
@@ -608,8 +608,8 @@ def test_per_sample_loss_is_the_mean_of_each_samples_token_mean(tiny_model_dir):
     "token" sums over tokens (the trainer divides by the batch's token count)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from avcap.train import loss_units, micro_batch_loss
-    from avcap.trainer.data import Collator, encode
+    from avcap.train.loop import loss_units, micro_batch_loss
+    from avcap.train.data import Collator, encode
 
     proc = AutoProcessor.from_pretrained(tiny_model_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
@@ -718,8 +718,8 @@ BAD_SAMPLES = [  # (how the sample is broken, the reason it is counted under)
 def test_a_bad_sample_is_skipped_with_its_reason_file_and_field(tmp_path, tiny_model_dir, breaks, reason):
     from transformers import AutoProcessor
 
-    from avcap.curate.sources import CurateError
-    from avcap.trainer.data import SFTDataset, index_sources
+    from avcap.data.sources import CurateError
+    from avcap.train.data import SFTDataset, index_sources
 
     cfg = load_config(curated_human_source(tmp_path, "", n=2))
     expect = breaks(tmp_path / "data/human_annotated", 0, tmp_path)
@@ -741,7 +741,7 @@ def test_training_skips_and_counts_every_bad_sample_by_reason(tmp_path, tiny_mod
     train_log.jsonl and the checkpoint's state (a DataLoader worker process does the loading)."""
     from collections import Counter
 
-    from avcap.train import train
+    from avcap.train.loop import train
 
     n = len(BAD_SAMPLES) + 1
     cfg = load_config(curated_human_source(tmp_path, f"""
@@ -776,7 +776,7 @@ model_name_or_path = "{tiny_model_dir}"
 
 
 def test_conversation_sizes_count_an_unreadable_file_as_zero(tmp_path):
-    from avcap.trainer.data import conversation_sizes
+    from avcap.train.data import conversation_sizes
 
     (tmp_path / "a.json").write_text("[1, 2, 3]")
     assert conversation_sizes([tmp_path / "a.json", tmp_path / "gone.json"]) == [9, 0]

@@ -1,4 +1,4 @@
-"""avcap.trainer.compile (`[train] compile = true`): packed vision attention equals transformers'
+"""avcap.models.qwen3_vl.compile (`[train] compile = true`): packed vision attention equals transformers'
 per-frame loop; regionally compiled blocks give the eager losses and gradients over AdamW steps."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_train import curated  # noqa: F401  (a fixture: two curated sources of tiny clips)
 
-from avcap.trainer.compile import (
+from avcap.models.qwen3_vl.compile import (
     block_modules,
     compile_blocks,
     equal_length_runs,
@@ -33,7 +33,7 @@ def model_and_batches(tiny_model_dir, tmp_path_factory):
     attention groups in the vision tower)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from avcap.trainer.data import Collator, encode
+    from avcap.train.data import Collator, encode
     from avcap.video import write_video
 
     d = tmp_path_factory.mktemp("compile-clips")
@@ -70,7 +70,7 @@ def _grid_lengths(batch):
 
 
 def test_packed_vision_attention_equals_the_per_frame_loop(model_and_batches):
-    from avcap.train import micro_batch_loss
+    from avcap.train.loop import micro_batch_loss
 
     base, same, mixed = model_and_batches
     assert len(set(_grid_lengths(same))) == 1 and len(set(_grid_lengths(mixed))) == 2
@@ -90,7 +90,7 @@ def test_packed_vision_attention_equals_the_per_frame_loop(model_and_batches):
 
 
 def _train_steps(model, batches, steps: int):
-    from avcap.train import micro_batch_loss
+    from avcap.train.loop import micro_batch_loss
 
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
@@ -146,7 +146,7 @@ def test_compiled_blocks_match_eager_aot_eager(model_and_batches):
 
 
 def test_memory_budget_replaces_checkpointing(model_and_batches, default_memory_budget):
-    """[avcap.train] activation_memory_budget: block checkpointing off, the partitioner's budget set."""
+    """[avcap.train.loop] activation_memory_budget: block checkpointing off, the partitioner's budget set."""
     import torch._functorch.config as functorch_config
 
     with pytest.raises(ValueError, match="activation_memory_budget"):
@@ -179,9 +179,9 @@ def test_avcap_train_with_compile_logs_the_eager_losses(curated, tiny_model_dir,
     gradient norms of the run without, step for step (CPU, fp32)."""
     from test_train import log_of, train_config
 
-    import avcap.trainer.compile as compile_module
-    from avcap.config import load_config
-    from avcap.train import train
+    import avcap.models.qwen3_vl.compile as compile_module
+    from avcap.core.config import load_config
+    from avcap.train.loop import train
 
     calls = []
     real = compile_module.compile_blocks
@@ -204,8 +204,8 @@ def test_avcap_train_with_compile_logs_the_eager_losses(curated, tiny_model_dir,
 def test_train_compile_on_cpu_without_a_compiler_is_a_clear_error(curated, tiny_model_dir, monkeypatch):  # noqa: F811
     from test_train import train_config
 
-    from avcap.config import load_config
-    from avcap.train import TrainError, train
+    from avcap.core.config import load_config
+    from avcap.train.loop import TrainError, train
 
     path = train_config(curated, tiny_model_dir, "compile_no_cxx", per_rank=2, gc=True)
     cfg = load_config(path, overrides={"train": {"compile": True, "max_num_steps": 1}})

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_curate import curated_human_source
 
-from avcap.config import load_config
+from avcap.core.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def config_only_dir(tiny_model_dir, tmp_path_factory):
 def test_init_random_matches_transformers_initialisation(config_only_dir):
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from avcap.train import Dist, load_model
+    from avcap.train.loop import Dist, load_model
 
     cfg = load_config(None, overrides={"policy": {"model_gradient_checkpointing": True}})
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def test_train_cli_init_random_trains_from_a_config_only_directory(tmp_path, con
     from typer.testing import CliRunner
 
     from avcap.cli import app
-    from avcap.records import iter_records
+    from avcap.core.records import iter_records
 
     cfg_path = curated_human_source(tmp_path, f"""
 [train]

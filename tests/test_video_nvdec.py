@@ -1,6 +1,6 @@
 """decoder="nvdec": the colour conversion, plane cropping and GPU-side resize, tested on CPU tensors.
 
-The NV12 -> RGB conversion (avcap.video_colour) must reproduce what avcap's CPU path gets from
+The NV12 -> RGB conversion (avcap.video.colour) must reproduce what avcap's CPU path gets from
 PyAV's `to_ndarray(format="rgb24")` (FFmpeg swscale): the tests feed it the software decoder's own
 yuv420p planes, re-laid out as NV12 with padded rows (as NVDEC surfaces are), and require equality
 bit for bit — on every colorspace/range tag, on encoded clips and on real dash-cam footage. The
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from avcap import video as V
-from avcap.video_colour import (
+from avcap.video.colour import (
     SWSCALE_MATRICES,
     UnsupportedColour,
     crop_nv12,
@@ -93,7 +93,7 @@ def test_compiled_conversion_gives_the_same_integers():
     inductor needs a C compiler."""
     import shutil
 
-    from avcap import video_colour
+    from avcap.video import colour as video_colour
 
     if not any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang")):
         pytest.skip("torch.compile on the CPU needs a C compiler on PATH")
@@ -110,7 +110,7 @@ def test_compiled_conversion_gives_the_same_integers():
 def test_a_conversion_that_fails_to_compile_falls_back_to_eager_once(monkeypatch):
     """The compiled path's first call failing (no compiler, an inductor bug) warns once and converts
     eagerly from then on; UnsupportedColour is the caller's error either way."""
-    from avcap import video_colour
+    from avcap.video import colour as video_colour
 
     class OnGpu(torch.Tensor):  # a CPU tensor that says it is on CUDA: only the dispatch is tested
         @property
@@ -230,7 +230,7 @@ def test_cpu_decoder_is_the_default(h264_clip):
 
 
 def test_engine_decoder_key(tmp_path):
-    from avcap.config import ConfigError, load_config
+    from avcap.core.config import ConfigError, load_config
 
     assert load_config().avcap.engine.decoder == "cpu"
     p = tmp_path / "r.toml"
@@ -244,7 +244,7 @@ def test_engine_decoder_key(tmp_path):
 def test_frame_loader_passes_the_decoder_to_its_workers(h264_clip):
     """A spawned worker process gets decoder="cpu" explicitly and returns the default path's frames;
     decoder="nvdec" reaches load_video (on a machine without a GPU: its clear error)."""
-    from avcap.config import Vision
+    from avcap.core.config import Vision
     from avcap.engines.frames import FrameLoader
 
     part = {"type": "video", "video": str(h264_clip)}
@@ -272,7 +272,7 @@ def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, 
     cannot decode (here: no GPU) goes to the CPU decoders, with one warning, and decodes to the CPU
     path's frames. A broken video still fails with its own error, once. With a finish device both
     lanes only decode (`decode_video`) and the loader's finishers convert."""
-    from avcap.config import Vision
+    from avcap.core.config import Vision
     from avcap.engines.frames import FrameLoader, load_request_frames
     from avcap.engines.base import Request
 
@@ -311,7 +311,7 @@ def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, 
 
 
 def test_frame_loader_close_cancels_waiting_videos(tmp_path):
-    from avcap.config import Vision
+    from avcap.core.config import Vision
     from avcap.engines.frames import FrameLoader
 
     clip = tmp_path / "c.mp4"

@@ -55,10 +55,10 @@ def test_a_key_twice_identical_is_kept_once_and_conflicting_is_used_never(tmp_pa
 def test_infer_and_score_skip_bad_vqa_lines_and_say_so(tmp_path, infer_data_dir, varied_model_dir):
     import shutil
 
-    from avcap.config import load_config
-    from avcap.infer import run_inference
-    from avcap.records import read_json, read_records
-    from avcap.score import score_outputs
+    from avcap.core.config import load_config
+    from avcap.eval.infer import run_inference
+    from avcap.core.records import read_json, read_records
+    from avcap.eval.score import score_outputs
 
     data = tmp_path / "data"
     shutil.copytree(infer_data_dir, data)

@@ -3,11 +3,11 @@
 - `EngineAnswerer(reads="annotation")` — an avcap engine that reads only the human annotation JSON
   as text (the recipe's LLM answerer);
 - `EngineAnswerer(reads="video")` — an avcap engine that watches the video (the recipe's VLM);
-- `TruthAnswerer` — the synthetic world: reads `world/<video_id>.json` (a SceneRecord) and maps
-  each packaged pool question to its letter (avcap.bench.truth).
+- `TruthAnswerer` — a synthetic dataset's world truth (`WorldTruth`, e.g. the demo's
+  `avcap.demo.truth.SyntheticWorld`, which reads `world/<video_id>.json`).
 
 `answer(items)` returns one `Answer` per item, in order; a failure of one item is that item's
-`error`, never an exception. Letters come from `avcap.metrics.mcq.parse_choice` (the same parser
+`error`, never an exception. Letters come from `avcap.bench.parse.parse_choice` (the same parser
 scoring uses: unparseable stays unparseable).
 """
 
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from avcap.bench.errors import BenchError
 from avcap.bench.pool import Question, format_question
-from avcap.config import Answerer as AnswererConfig
-from avcap.config import RecipeConfig
+from avcap.core.config import Answerer as AnswererConfig
+from avcap.core.config import RecipeConfig
 
 ANNOTATION_INTRO = (
     "Below is the human annotation of a front dash-cam video recorded by an autonomous vehicle (the ego "
@@ -71,7 +72,7 @@ class Answerer(Protocol):
 
 
 def parse_letter(text: Optional[str], choices: dict[str, str]) -> Optional[str]:
-    from avcap.metrics.mcq import parse_choice
+    from avcap.bench.parse import parse_choice
 
     if not text:
         return None
@@ -108,8 +109,7 @@ class EngineAnswerer:
     def engine(self):
         """Built on first use (after `check`), so a bad config fails before a model loads."""
         if self._engine is None:
-            from avcap.bench.build import BenchError
-            from avcap.engines import make_engine
+            from avcap.engines import make_engine  # an engine's libraries load only when one is used
 
             try:
                 self._engine = make_engine(self.cfg.engine, vision=self.vision, model=self.model)
@@ -188,24 +188,34 @@ class EngineAnswerer:
             self._engine = None
 
 
-class TruthAnswerer:
-    """The synthetic world's ground truth, behind the same interface as an engine."""
+class WorldTruth(Protocol):
+    """Where a synthetic dataset's ground truth comes from: the letter its world record
+    (`world/<video_id>.json`) makes true. The demo's world provides one
+    (`avcap.demo.truth.SyntheticWorld`); the CLI hands it to the benchmark steps."""
 
-    description = "world truth (SceneRecord)"
+    name: str
+    questions: frozenset[str]  # the question ids it has a rule for
+
+    def answer(self, world_file: Path, question_id: str) -> str:
+        """Raises OSError / ValueError for an unreadable record, KeyError for a question without a rule."""
+        ...
+
+
+class TruthAnswerer:
+    """A dataset's world truth (`WorldTruth`), behind the same interface as an engine."""
+
     batch_size = 256
 
-    def __init__(self, role: str):
+    def __init__(self, role: str, world: WorldTruth):
         self.role = role
+        self.world = world
+        self.description = f"world truth ({world.name})"
 
     def fingerprint(self) -> str:
-        from avcap.bench import truth
-
-        return _sha({"truth": "scene-record", "rules": sorted(truth.RULES)})
+        return _sha({"truth": self.world.name, "rules": sorted(self.world.questions)})
 
     def check(self, questions: list[Question]) -> list[str]:
-        from avcap.bench import truth
-
-        missing = sorted({q.id for q in questions} - set(truth.RULES))
+        missing = sorted({q.id for q in questions} - set(self.world.questions))
         if missing:
             return [
                 f"[avcap.bench.{self.role}_answerer] kind = \"truth\" answers only the packaged pool's questions; "
@@ -214,25 +224,16 @@ class TruthAnswerer:
         return []
 
     def answer(self, items: list[Item]) -> list[Answer]:
-        from avcap.bench import truth
-        from avcap.synth.scene import SceneRecord
-
-        records: dict[str, Any] = {}
         out = []
         for item in items:
-            if item.video_id not in records:
-                try:
-                    if item.world is None:
-                        raise FileNotFoundError("no world directory")
-                    records[item.video_id] = SceneRecord.model_validate_json(item.world.read_bytes())
-                except (OSError, ValueError) as exc:
-                    records[item.video_id] = f"{item.world}: no usable world record ({type(exc).__name__}: {exc})"
-            rec = records[item.video_id]
-            if isinstance(rec, str):
-                out.append(Answer(None, None, error=rec))
+            if item.world is None:
+                out.append(Answer(None, None, error=f"{item.video_id}: no world directory"))
                 continue
             try:
-                letter = truth.answer(rec, item.question.id)
+                letter = self.world.answer(item.world, item.question.id)
+            except (OSError, ValueError) as exc:
+                out.append(Answer(None, None, error=f"{item.world}: no usable world record ({type(exc).__name__}: {exc})"))
+                continue
             except KeyError as exc:
                 out.append(Answer(None, None, error=f"{item.world}: {exc}"))
                 continue
@@ -243,8 +244,12 @@ class TruthAnswerer:
         pass
 
 
-def make_answerer(role: str, recipe: RecipeConfig) -> Answerer:
+def make_answerer(role: str, recipe: RecipeConfig, world: Optional[WorldTruth] = None) -> Answerer:
+    """The configured answerer of `role`; `kind = "truth"` needs the dataset's `world` truth."""
     cfg: AnswererConfig = getattr(recipe.avcap.bench, f"{role}_answerer")
     if cfg.kind == "truth":
-        return TruthAnswerer(role)
+        if world is None:
+            raise BenchError([f"[avcap.bench.{role}_answerer] kind = \"truth\": no world truth was given "
+                              "(`avcap bench` gives the synthetic world's)"])
+        return TruthAnswerer(role, world)
     return EngineAnswerer(role, cfg, recipe)

@@ -22,23 +22,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from avcap import __version__
-from avcap.bench.answerers import Answerer, Item, TruthAnswerer, make_answerer
+from avcap.bench.answerers import Answerer, Item, TruthAnswerer, WorldTruth, make_answerer
+from avcap.bench.errors import BenchError
 from avcap.bench.pool import Pool, check_pool_fits, load_pool
 from avcap.bench.select import select_questions
-from avcap.config import RecipeConfig
-from avcap.records import RecordWriter, iter_records, latest_by_key, write_json_atomic, write_records_atomic
+from avcap.core.config import RecipeConfig
+from avcap.core.records import RecordWriter, iter_records, latest_by_key, write_json_atomic, write_records_atomic
 from avcap.video import is_video_path
 
 ROLES = ("annotation", "video")
 PROGRESS_EVERY_S = 10.0
-
-
-class BenchError(ValueError):
-    """A problem the user can fix (bad layout, missing files, bad config): one line per problem."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def bench_dir(dataset: Path) -> Path:
@@ -188,16 +181,18 @@ def build_benchmark(
     *,
     limit: Optional[int] = None,
     answerers: Optional[dict[str, Answerer]] = None,
+    world: Optional[WorldTruth] = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict:
-    """Run (or resume) the build for `dataset`; returns the summary written to bench/build.json."""
+    """Run (or resume) the build for `dataset`; returns the summary written to bench/build.json.
+    `world`: the dataset's world truth, for answerers of kind "truth"."""
     dataset = Path(dataset)
     pool = load_bench_pool(cfg)
     videos = list_videos(dataset)
     if limit is not None:
         videos = dict(list(videos.items())[:limit])
     items = make_items(cfg, pool, dataset, videos)
-    answerers = answerers or {role: make_answerer(role, cfg) for role in ROLES}
+    answerers = answerers or {role: make_answerer(role, cfg, world) for role in ROLES}
     questions = list({it.question.id: it.question for it in items}.values())
     problems = [p for a in answerers.values() for p in a.check(questions)]
     if any(isinstance(a, TruthAnswerer) for a in answerers.values()):

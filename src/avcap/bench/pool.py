@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from avcap.config import CATEGORIES
+from avcap.core.config import CATEGORIES
 
 LETTERS = ("A", "B", "C", "D")
 PACKAGED = "avcap/bench/pool.json"

@@ -31,8 +31,10 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from avcap.bench.build import BenchError, bench_dir, read_pairs
-from avcap.records import write_records_atomic, write_text_atomic
+from avcap.bench.answerers import WorldTruth
+from avcap.bench.build import bench_dir, read_pairs
+from avcap.bench.errors import BenchError
+from avcap.core.records import write_records_atomic, write_text_atomic
 
 LETTERS = ("A", "B", "C", "D")
 DECISIONS = "keep_annotation | keep_video | set:A..D | remove"
@@ -66,27 +68,18 @@ def _excerpt(pair: dict, dataset: Path) -> str:
     return json.dumps({f: obj.get(f) for f in fields if f in obj}, ensure_ascii=False)
 
 
-def world_truth(pair: dict, dataset: Path, cache: dict) -> Optional[str]:
-    """The world's letter for a pair (None when the dataset has no world record for it)."""
-    from avcap.bench import truth
-    from avcap.synth.scene import SceneRecord
-
-    if not pair.get("world"):
+def world_truth(pair: dict, dataset: Path, world: Optional[WorldTruth]) -> Optional[str]:
+    """The world's letter for a pair (None without a world truth, or when the dataset has no usable
+    world record for it, or no rule for its question)."""
+    if world is None or not pair.get("world") or pair["question_id"] not in world.questions:
         return None
-    path = bench_dir(dataset) / pair["world"]
-    if path not in cache:
-        try:
-            cache[path] = SceneRecord.model_validate_json(path.read_bytes())
-        except (OSError, ValueError):
-            cache[path] = None
-    rec = cache[path]
-    if rec is None or pair["question_id"] not in truth.RULES:
+    try:
+        return world.answer(bench_dir(dataset) / pair["world"], pair["question_id"])
+    except (OSError, ValueError, KeyError):
         return None
-    return truth.answer(rec, pair["question_id"])
 
 
-def review_rows(dataset: Path, pairs: list[dict], out_dir: Path) -> list[dict[str, Any]]:
-    cache: dict = {}
+def review_rows(dataset: Path, pairs: list[dict], out_dir: Path, world: Optional[WorldTruth] = None) -> list[dict[str, Any]]:
     rows = []
     for p in pairs:
         if p["status"] != "review":
@@ -105,7 +98,7 @@ def review_rows(dataset: Path, pairs: list[dict], out_dir: Path) -> list[dict[st
                 "video_said": _one_line(p.get("video_error") or p.get("video_text")),
                 "annotation_excerpt": _excerpt(p, dataset),
                 "video": os.path.relpath(video, out_dir.resolve()),
-                "world_truth": world_truth(p, dataset, cache) or "",
+                "world_truth": world_truth(p, dataset, world) or "",
                 "decision": "",
                 "note": "",
             }
@@ -123,7 +116,8 @@ def _dump(rows: list[dict[str, Any]], path: Path, columns: list[str] = COLUMNS) 
     return buf.getvalue()
 
 
-def write_review_file(dataset: str | Path, out: Optional[str | Path] = None, *, force: bool = False) -> tuple[Path, int]:
+def write_review_file(dataset: str | Path, out: Optional[str | Path] = None, *, force: bool = False,
+                      world: Optional[WorldTruth] = None) -> tuple[Path, int]:
     """Write the review queue to `out` (default DIR/bench/review.csv); returns (path, rows).
 
     Refuses to overwrite a file that already holds decisions unless `force`."""
@@ -136,7 +130,7 @@ def write_review_file(dataset: str | Path, out: Optional[str | Path] = None, *, 
             decided = [None]
         if decided:
             raise BenchError([f"{path}: already exists and holds decisions; apply it, move it, or pass --force to overwrite"])
-    rows = review_rows(dataset, read_pairs(dataset), path.parent)
+    rows = review_rows(dataset, read_pairs(dataset), path.parent, world)
     write_text_atomic(path, _dump(rows, path))
     return path, len(rows)
 
@@ -245,7 +239,8 @@ def _check_decisions(path: Path, rows: list[tuple[int, dict]], queue: dict[str, 
     return decided, problems
 
 
-def apply_reviews(dataset: str | Path, reviews: Optional[str | Path] = None, *, auto: bool = False) -> dict:
+def apply_reviews(dataset: str | Path, reviews: Optional[str | Path] = None, *, auto: bool = False,
+                  world: Optional[WorldTruth] = None) -> dict:
     """Validate the decisions and write DIR/vqa.jsonl atomically; returns counts. BenchError if refused."""
     dataset = Path(dataset)
     pairs = read_pairs(dataset)
@@ -253,7 +248,7 @@ def apply_reviews(dataset: str | Path, reviews: Optional[str | Path] = None, *, 
     if auto:
         if reviews is not None:
             raise BenchError(["use either --reviews FILE or --auto, not both"])
-        reviews = write_auto_reviews(dataset, pairs)
+        reviews = write_auto_reviews(dataset, pairs, world)
     if reviews is None:
         if queue:
             raise BenchError([
@@ -285,11 +280,11 @@ def apply_reviews(dataset: str | Path, reviews: Optional[str | Path] = None, *, 
     return {"vqa": str(vqa), "pairs": len(out), "queued": len(queue), "outcomes": outcomes, "reviews": str(path)}
 
 
-def write_auto_reviews(dataset: Path, pairs: list[dict]) -> Path:
+def write_auto_reviews(dataset: Path, pairs: list[dict], world: Optional[WorldTruth]) -> Path:
     """Decide every queued pair from the world truth; refuse if any pair has none."""
     rows, problems = [], []
     out = bench_dir(dataset) / "review.auto.csv"
-    for row in review_rows(dataset, pairs, out.parent):
+    for row in review_rows(dataset, pairs, out.parent, world):
         if not row["world_truth"]:
             problems.append(f"{dataset}: item {row['item']!r} has no world truth (world/<video>.json); --auto needs the synthetic world")
             continue

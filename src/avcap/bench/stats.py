@@ -10,19 +10,21 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from avcap.bench.build import bench_dir, read_pairs
+from avcap.bench.answerers import WorldTruth
 from avcap.bench.review import world_truth
-from avcap.config import CATEGORIES
-from avcap.records import iter_records, write_json_atomic
+from avcap.core.config import CATEGORIES
+from avcap.core.records import iter_records, write_json_atomic
 
 
 def _rate(num: int, den: int) -> float | None:
     return round(num / den, 4) if den else None
 
 
-def bench_stats(dataset: str | Path, *, write: bool = True) -> dict[str, Any]:
+def bench_stats(dataset: str | Path, *, write: bool = True, world: Optional[WorldTruth] = None) -> dict[str, Any]:
+    """Counts, agreement per category, outcomes; with `world`, how often agreed pairs match it."""
     dataset = Path(dataset)
     pairs = read_pairs(dataset)
     vqa_path = dataset / "vqa.jsonl"
@@ -39,8 +41,7 @@ def bench_stats(dataset: str | Path, *, write: bool = True) -> dict[str, Any]:
         }
         for role in ("annotation", "video")
     }
-    cache: dict = {}
-    truth = [(p, world_truth(p, dataset, cache)) for p in pairs if p["status"] == "agreed"]
+    truth = [(p, world_truth(p, dataset, world)) for p in pairs if p["status"] == "agreed"]
     truth = [(p, t) for p, t in truth if t]
     out: dict[str, Any] = {
         "dataset": str(dataset),

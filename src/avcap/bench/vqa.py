@@ -19,8 +19,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from avcap.bench.pool import load_pool
-from avcap.config import CATEGORIES, RecipeConfig
-from avcap.records import schema_error_text
+from avcap.core.config import CATEGORIES, RecipeConfig
+from avcap.core.records import schema_error_text
 
 
 class VQARecord(BaseModel):

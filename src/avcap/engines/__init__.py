@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from avcap.config import Engine as EngineConfig
-from avcap.config import Vision
+from avcap.core.config import Engine as EngineConfig
+from avcap.core.config import Vision
 from avcap.engines.base import Engine, Request, Result, build_messages, final_answer, video_parts, video_paths
 
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
-from avcap.config import Sampling
+from avcap.core.config import Sampling
 
 THINK_END = "</think>"
 

@@ -10,7 +10,7 @@ tokens, faster:
    DeepStack, mRoPE positions from `get_rope_index`), `prefill_batch` prefixes per call, and its KV
    is copied into every row that shares it. A row alone in its group (a caption request) has its
    whole prompt but the last token as prefix. mRoPE positions and the vision tower's grid-derived
-   inputs are computed on the host (avcap.engines.host_vision), so the call does not stop to read
+   inputs are computed on the host (avcap.models.qwen3_vl.host_vision), so the call does not stop to read
    sizes back from the GPU.
 2. **The rest of every row** (the question text, the generation prompt) is run by `text_forward`,
    a transcription of Qwen3-VL's text decoder layer (same modules, same weights, same math) over a
@@ -54,54 +54,22 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from avcap.models.qwen3_vl.text import (
+    NotSupported,
+    attention_inputs,
+    attention_output_and_mlp,
+    check_layer_against_library,
+    linear_patch_embed,
+    rotary,
+    supports,
+    text_forward,
+    to_device,
+)
+
+__all__ = ["FastGenerator", "NotSupported", "SamplingSpec", "linear_patch_embed", "supports", "text_forward"]
+
 SLOT_ALIGN = 256
 KV_BLOCK = 128  # a decode step attends over whole blocks of cache slots, up to its own (one graph each)
-
-
-class NotSupported(Exception):
-    """This batch or model needs plain `generate` (the engine falls back)."""
-
-
-def supports(model: Any) -> bool:
-    """A Qwen3-VL conditional-generation model with the module layout `text_forward` transcribes."""
-    try:
-        base = model.model
-        lm = base.language_model
-        layer = lm.layers[0]
-        attn = layer.self_attn
-        ok = all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"))
-        ok = ok and hasattr(base, "get_rope_index") and hasattr(model, "lm_head") and hasattr(lm, "rotary_emb")
-        return bool(ok) and getattr(model.config, "model_type", "") == "qwen3_vl"
-    except (AttributeError, IndexError, TypeError):
-        return False
-
-
-def linear_patch_embed(model) -> bool:
-    """Run the vision patch embedding (a Conv3d whose stride equals its kernel) as one GEMM.
-
-    Same function: each output is the dot product of one flattened (C, T, P, P) patch with the
-    flattened kernel. cuDNN has no good algorithm for this degenerate convolution on some
-    GPU/dtype/version combinations (transformers #45750, vLLM and SGLang made the same change);
-    cuBLAS has. Returns whether the model was changed."""
-    import torch
-    import torch.nn.functional as F
-
-    pe = getattr(getattr(getattr(model, "model", None), "visual", None), "patch_embed", None)
-    proj = getattr(pe, "proj", None)
-    if not isinstance(proj, torch.nn.Conv3d) or getattr(pe, "_avcap_linear", False):
-        return False
-    if (tuple(proj.kernel_size) != tuple(proj.stride) or any(proj.padding) or proj.groups != 1
-            or any(d != 1 for d in proj.dilation)):
-        return False
-
-    def forward(hidden_states):
-        w = proj.weight
-        x = hidden_states.reshape(-1, w[0].numel()).to(w.dtype)
-        return F.linear(x, w.reshape(w.shape[0], -1), proj.bias)
-
-    pe.forward = forward
-    pe._avcap_linear = True
-    return True
 
 
 def _sync(device) -> None:
@@ -111,116 +79,8 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _to_device(t, device):
-    """A host tensor on `device` without waiting for the device's queue (pinned, asynchronous copy)."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
-
-
-# ----------------------------------------------------------------------------- the text stack
-
-
-def attention_inputs(layer, hidden, cos, sin):
-    """q, k, v (B, heads, L, D) of one Qwen3-VL text decoder layer: norm, projections, q/k norms, RoPE."""
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
-
-    a = layer.self_attn
-    b, n, _ = hidden.shape
-    d = a.head_dim
-    x = layer.input_layernorm(hidden)
-    q = a.q_norm(a.q_proj(x).view(b, n, -1, d)).transpose(1, 2)
-    k = a.k_norm(a.k_proj(x).view(b, n, -1, d)).transpose(1, 2)
-    v = a.v_proj(x).view(b, n, -1, d).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    return q, k, v
-
-
-def attention_output_and_mlp(layer, hidden, o):
-    """The rest of the layer after attention: `o` (B, heads, L, D) -> o_proj, residual, norm, MLP, residual."""
-    b, heads, n, d = o.shape
-    hidden = hidden + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, n, heads * d))
-    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-
-
-def text_forward(model, hidden, cos, sin, kc, vc, slots, mask, pieces=(attention_inputs, attention_output_and_mlp)):
-    """Qwen3-VL's text decoder over the static cache: `hidden` (B, L, H) at cache `slots` (L,),
-    attending where `mask` (B, 1, L, S) is true. Writes the new keys/values into kc/vc
-    (layers, B, kv_heads, S, D) and returns the final-normed hidden states (B, L, H).
-    `pieces`: the two halves of a layer around the cache write and attention (torch.compile'd
-    ones with `[avcap.engine] compile`; the cache write stays outside: in place, no copies)."""
-    lm = model.model.language_model
-    m = None
-    for i, layer in enumerate(lm.layers):
-        hidden, m = layer_forward(layer, hidden, cos, sin, kc[i], vc[i], slots, mask, m, pieces)
-    return lm.norm(hidden)
-
-
-def layer_forward(layer, hidden, cos, sin, kc, vc, slots, mask, folded=None, pieces=(attention_inputs, attention_output_and_mlp)):
-    """One decoder layer of `text_forward` over its cache kc/vc (B, kv_heads, S, D); returns the
-    hidden states and the mask folded for grouped-query attention (reused by the next layer)."""
-    import torch.nn.functional as F
-
-    pre, post = pieces
-    b, n, _ = hidden.shape
-    q, k, v = pre(layer, hidden, cos, sin)
-    kc.index_copy_(2, slots, k)
-    vc.index_copy_(2, slots, v)
-    heads, kv_heads, d = q.shape[1], k.shape[1], q.shape[3]
-    g = heads // kv_heads
-    if folded is None:  # query heads h = kv * g + j share KV head kv: fold j into the query length
-        folded = mask if g == 1 else mask.expand(b, 1, n, mask.shape[-1]).repeat(1, 1, g, 1)
-    o = F.scaled_dot_product_attention(q.reshape(b, kv_heads, g * n, d), kc, vc, attn_mask=folded,
-                                       scale=layer.self_attn.scaling)
-    return post(layer, hidden, o.reshape(b, heads, n, d)), folded
-
-
-def check_layer_against_library(model, pieces=(attention_inputs, attention_output_and_mlp), device=None) -> Optional[str]:
-    """None when `layer_forward` (the transcription) gives what transformers' own first text
-    decoder layer gives on a few random tokens, within the dtype's rounding; else why not. Run
-    once before the fast path serves anything: a transformers release that changes the layer
-    (a new norm, another RoPE) turns the fast path off instead of changing its answers."""
-    import torch
-
-    lm = model.model.language_model
-    layer = lm.layers[0]
-    p = next(layer.parameters())
-    device = device or p.device
-    dtype = p.dtype
-    n = 5
-    g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(1, n, model.config.get_text_config().hidden_size, generator=g).to(device, dtype)
-    positions = torch.arange(n, device=device).view(1, 1, n).expand(3, 1, n)
-    cos, sin = rotary(model, hidden, positions)
-    try:
-        with torch.no_grad():
-            ref = layer(hidden, position_embeddings=(cos, sin), attention_mask=None, position_ids=positions[0])
-            ref = ref[0] if isinstance(ref, tuple) else ref
-            a = layer.self_attn
-            kv_heads = a.k_proj.out_features // a.head_dim
-            kc = torch.zeros(1, kv_heads, n, a.head_dim, device=device, dtype=dtype)
-            vc = torch.zeros_like(kc)
-            causal = torch.ones(n, n, dtype=torch.bool, device=device).tril().view(1, 1, n, n)
-            ours, _ = layer_forward(layer, hidden, cos, sin, kc, vc, torch.arange(n, device=device), causal,
-                                    pieces=pieces)
-    except Exception as exc:  # noqa: BLE001 — a layer we cannot even call is a layer we do not match
-        return f"{type(exc).__name__}: {exc}"
-    diff = float((ours.float() - ref.float()).abs().max())
-    scale = 1.0 + float(ref.float().abs().max())
-    tol = (1e-4 if dtype == torch.float32 else 3e-2) * scale
-    if not diff <= tol:
-        return (f"its text decoder layer differs from transformers' {type(layer).__name__} "
-                f"(max abs diff {diff:.3g}, tolerance {tol:.3g})")
-    return None
-
-
-def rotary(model, hidden, positions):
-    """cos, sin for mRoPE `positions` (3, B, L)."""
-    return model.model.language_model.rotary_emb(hidden, positions)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -479,9 +339,9 @@ class FastGenerator:
         self._steps: dict[tuple[int, int, int], dict[str, Any]] = {}  # decode steps by (B, S, kv_len)
         self._graph: Optional[dict[str, Any]] = None  # the step used last
         self.graph_error: Optional[str] = None
-        from avcap.engines import host_vision
+        from avcap.models.qwen3_vl import host_vision
 
-        # the vision tower's grid-derived inputs from the host (avcap.engines.host_vision): None until
+        # the vision tower's grid-derived inputs from the host (avcap.models.qwen3_vl.host_vision): None until
         # the first prefill with videos has compared them with the plain call, then True or False
         self.host_vision_error: Optional[str] = host_vision.unsupported_reason(model)
         self.host_vision: Optional[bool] = None if self.host_vision_error is None else False
@@ -679,15 +539,15 @@ class FastGenerator:
         for j in range(nb):
             prefix_max[gidx[j]] = int(positions[:, j][:, att[j].bool()].max())
         host = self._host_vision(ids, sub_grid, device) if vids else None
-        ids, att, positions = (_to_device(t, device) for t in (ids, att, positions))
-        types_kw = {k: _to_device(t, device) for k, t in types_kw.items()}
+        ids, att, positions = (to_device(t, device) for t in (ids, att, positions))
+        types_kw = {k: to_device(t, device) for k, t in types_kw.items()}
         pix: dict[str, Any] = {}
         if vids:
             pix["pixel_values_videos"] = torch.cat([pixels[v] for v in vids]).to(device)
 
         def forward(hv):
             cache = DynamicCache(config=model.config)
-            grid = {} if not vids else {"video_grid_thw": hv.grid if hv else _to_device(sub_grid, device)}
+            grid = {} if not vids else {"video_grid_thw": hv.grid if hv else to_device(sub_grid, device)}
             with hv.applied(model) if hv else contextlib.nullcontext():
                 out = model.model(input_ids=ids, attention_mask=att, position_ids=positions, use_cache=True,
                                   **{self._cache_kw: cache}, **types_kw, **pix, **grid)
@@ -707,8 +567,8 @@ class FastGenerator:
         row_list = [r for g in groups for r in g.rows]
         src_list = [j for j, g in enumerate(groups) for _ in g.rows]
         one_each = src_list == list(range(nb)) and row_list == list(range(row_list[0], row_list[0] + nb))
-        rows = _to_device(torch.tensor(row_list, dtype=torch.long), device)
-        src = _to_device(torch.tensor(src_list, dtype=torch.long), device)
+        rows = to_device(torch.tensor(row_list, dtype=torch.long), device)
+        src = to_device(torch.tensor(src_list, dtype=torch.long), device)
         for li, layer in enumerate(cache.layers):
             for dst, new in ((kc[li, :, :, pp - n:pp], layer.keys), (vc[li, :, :, pp - n:pp], layer.values)):
                 if one_each:  # consecutive rows, one per prefix (captions): a plain strided copy
@@ -722,7 +582,7 @@ class FastGenerator:
         """This call's vision inputs from the host (None when they are off or do not apply)."""
         if self.host_vision is False:
             return None
-        from avcap.engines.host_vision import HostVision
+        from avcap.models.qwen3_vl.host_vision import HostVision
 
         try:
             return HostVision(self.model, ids, grid, device)

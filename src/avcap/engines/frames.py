@@ -45,7 +45,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterable, Mapping
 
-from avcap.config import Vision
+from avcap.core.config import Vision
 from avcap.engines.base import Request, video_parts
 from avcap.engines.spool import Spool, spooled, unspool
 

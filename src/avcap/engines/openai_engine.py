@@ -38,7 +38,7 @@
   sent only as the `Authorization: Bearer` header, never logged or written anywhere; with the
   variable unset no Authorization header is sent (a local `vllm serve` needs none). Every error
   text kept or shown (a server's body echoing the request's headers, an exception) goes through
-  `avcap.secrets.redact` first.
+  `avcap.core.secrets.redact` first.
 - 408, 429, 5xx, timeouts and connection errors are retried up to `max_retries` times with exponential
   backoff and jitter, waiting what a `Retry-After` header asks for when there is one; other 4xx
   fail the request at once. A request that still fails becomes `Result.error`, never an exception.
@@ -64,11 +64,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from avcap.config import Engine as EngineConfig
-from avcap.config import Sampling, Vision
+from avcap.core.config import Engine as EngineConfig
+from avcap.core.config import Sampling, Vision
 from avcap.engines.base import Request, Result, final_answer, video_parts
 from avcap.engines.frames import FrameLoader, describe_error
-from avcap.secrets import redact
+from avcap.core.secrets import redact
 
 SERVERS = ("openai", "vllm", "transformers-serve")
 # where each server kind takes the frames' size hint

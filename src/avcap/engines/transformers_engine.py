@@ -30,7 +30,7 @@ On CUDA the video processor normalises and patchifies on the GPU, and the vision
 benchmarks use it so that every row generates all its tokens). The engine also takes a built
 model object (`model=<nn.Module>`, with `processor=`), e.g. random-weight real-size architectures.
 
-Sampling (`avcap.config.Sampling`, vLLM names) maps onto a fresh `GenerationConfig` with every
+Sampling (`avcap.core.config.Sampling`, vLLM names) maps onto a fresh `GenerationConfig` with every
 field set, so nothing is inherited from the checkpoint's generation_config.json:
 temperature 0 -> greedy; otherwise multinomial sampling with temperature, top_k (-1 -> off), top_p;
 repetition_penalty -> HF's (same definition as vLLM: prompt and output tokens);
@@ -53,8 +53,8 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
-from avcap.config import Engine as EngineConfig
-from avcap.config import Sampling, Vision
+from avcap.core.config import Engine as EngineConfig
+from avcap.core.config import Sampling, Vision
 from avcap.engines.base import Request, Result, final_answer
 from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
 
@@ -179,13 +179,13 @@ class TransformersEngine:
         cuda = self.device.startswith("cuda")
         self._stream = model_stream(self.device) if cuda else None
         if cuda:
-            from avcap.engines.fast_generate import linear_patch_embed
-            from avcap.trainer.compile import pack_vision_attention
+            from avcap.models.qwen3_vl.text import linear_patch_embed
+            from avcap.models.qwen3_vl.compile import pack_vision_attention
 
             linear_patch_embed(self.model)  # cuDNN's Conv3d for the patch embedding can be very slow
             pack_vision_attention(self.model)  # one attention call per block, not one per frame group
         if cfg.compile:
-            from avcap.trainer.compile import compile_blocks, require_compiler
+            from avcap.models.qwen3_vl.compile import compile_blocks, require_compiler
 
             require_compiler("cuda" if cuda else "cpu", "[avcap.engine] compile")
             counts = compile_blocks(self.model, linear_patch_embed=cuda)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from avcap.config import Engine as EngineConfig
-from avcap.config import Sampling, Vision
+from avcap.core.config import Engine as EngineConfig
+from avcap.core.config import Sampling, Vision
 from avcap.engines.base import Request, Result, final_answer
 from avcap.engines.frames import FrameLoader, load_request_frames
 

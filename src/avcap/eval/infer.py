@@ -1,0 +1,877 @@
+"""`avcap infer`: captions, MCQ answers and LingoQA answers of one model or checkpoint.
+
+    avcap infer --model-name NAME [--checkpoint PATH] --dataset AV_CAPTION [--config FILE]
+                [--engine transformers|openai|vllm] [--tasks caption,mcq] [--limit N]
+                [--outputs-dir DIR] [--num-shards K --shard-index I] [--batch-size B]
+                [--retry-errors] [--merge]
+
+Outputs: `<outputs_dir>/<model-name>/<checkpoint-label>/<dataset>/{caption,mcq,lingoqa}.jsonl`,
+`lingoqa_predictions.csv` and `run.json` (docs/formats.md, "Inference outputs").
+
+- Resumable and crash-safe: each record is appended with `avcap.core.records.RecordWriter` (one
+  `O_APPEND` write per line) as soon as its batch finishes, and the file is fsynced once per batch;
+  a rerun skips every key that has a record. A kill loses at most the batch in flight and never
+  leaves a torn or duplicated line.
+- A request that fails (a corrupt video, an HTTP error after retries) is written as an error record
+  (`"error": "..."`) and the run goes on. Error records count as finished: a rerun leaves them
+  alone unless `--retry-errors` is given (then they are retried and a success supersedes them).
+- A run refuses (exit 2) to add to outputs made with different settings (model path, engine,
+  prompts, sampling, vision): `run.json` holds their fingerprint.
+- Data parallel: `--num-shards K --shard-index I`, or K = WORLD_SIZE, I = RANK under torchrun
+  (device cuda:LOCAL_RANK). Shards split the videos (all questions of a video in one shard)
+  round-robin over the sorted video ids; each writes `<task>.shard-II-of-KK.jsonl` and
+  `run.shard-II-of-KK.json` and resumes on its own. The shard that finishes last (the first to find
+  every expected key present) merges all part files into `<task>.jsonl`, `run.json` and the CSV;
+  `avcap infer --merge ...` does the same by hand and names what is missing. Part files are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from avcap.bench.pool import PoolError
+from avcap.bench.vqa import read_vqa_for
+from avcap.core.config import ConfigError, RecipeConfig, Sampling, load_config
+from avcap.core.records import (
+    DirectoryBusy,
+    RecordError,
+    RecordWriter,
+    WriterLock,
+    iter_records,
+    read_json,
+    remove_stale_temp_files,
+    write_json_atomic,
+    write_records_atomic,
+    write_text_atomic,
+)
+from avcap.video import VIDEO_SUFFIXES, is_video_path
+
+TASKS_BY_KIND = {"av_caption": ("caption", "mcq"), "lingoqa": ("lingoqa",)}
+ALL_TASKS = ("caption", "mcq", "lingoqa")
+
+
+class InferError(ValueError):
+    """A problem the user can fix (bad flag, missing dataset file); one line naming the file/flag."""
+
+
+# ----------------------------------------------------------------------------- the work list
+
+
+@dataclass
+class Item:
+    """One request: a prompt about one video, and the fields its record carries."""
+
+    key: str
+    unit: str  # the shard unit: video id (AV_CAPTION) or segment id (LingoQA)
+    video: str
+    text: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    dataset: str
+    kind: str
+    root: Path
+    units: list[str]  # every video/segment id, sorted (after --limit)
+    items: dict[str, list[Item]]  # task -> items in unit order
+    problems: list[str] = field(default_factory=list)  # input lines that cannot be used, one line each
+
+    def shard_units(self, num_shards: int, shard_index: int) -> set[str]:
+        return {u for i, u in enumerate(self.units) if i % num_shards == shard_index}
+
+    def shard_of(self, num_shards: int) -> dict[str, int]:
+        return {u: i % num_shards for i, u in enumerate(self.units)}
+
+
+def format_mcq(question: str, choices: dict[str, str], suffix: str) -> str:
+    from avcap.bench.pool import format_question
+
+    return format_question({"question": question, "choices": choices}, suffix)
+
+
+def _video_files(videos_dir: Path) -> dict[str, Path]:
+    """video id -> file (or directory of frames) under `videos/`."""
+    out: dict[str, Path] = {}
+    if not videos_dir.is_dir():
+        return out
+    for p in sorted(videos_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if is_video_path(p):
+            out.setdefault(p.stem if p.is_file() else p.name, p)
+    return out
+
+
+def build_plan(cfg: RecipeConfig, dataset: str, tasks: Optional[list[str]], limit: Optional[int]) -> Plan:
+    """Every request of `tasks` on `dataset` (first `limit` videos/segments), in a fixed order."""
+    try:
+        ds = cfg.dataset(dataset)
+    except ConfigError as exc:
+        raise InferError(exc.problems[0]) from None
+    root = cfg.resolve(ds.root)
+    allowed = TASKS_BY_KIND[ds.kind]
+    explicit = tasks is not None
+    tasks = list(tasks) if tasks is not None else list(allowed)
+    for t in tasks:
+        if t not in allowed:
+            raise InferError(
+                f"--tasks: {t!r} does not apply to dataset {dataset} (kind {ds.kind}: {', '.join(allowed)})"
+            )
+    if not root.is_dir():
+        raise InferError(f"{root}: dataset {dataset} directory does not exist ([avcap.datasets.{dataset}] root)")
+    prompts = cfg.avcap.prompts
+    items: dict[str, list[Item]] = {}
+    if ds.kind == "av_caption":
+        videos = _video_files(root / "videos")
+        vqa_path = root / ds.vqa
+        vqa: list[dict[str, Any]] = []
+        problems: list[str] = []
+        if "mcq" in tasks:
+            if vqa_path.is_file():
+                try:
+                    vqa, problems = read_vqa_for(cfg, vqa_path)
+                except PoolError as exc:
+                    raise InferError(f"[avcap.bench] pool: {exc}") from None
+            elif explicit:
+                raise InferError(f"{vqa_path}: no MCQ benchmark (build it with `avcap bench build/apply`)")
+            else:
+                tasks.remove("mcq")
+        unit_ids = set(videos) | {str(r["video_id"]) for r in vqa}
+        if not unit_ids:
+            raise InferError(f"{root / 'videos'}: no videos ({', '.join(VIDEO_SUFFIXES)} or frame directories)")
+        units = sorted(unit_ids)[: limit if limit is not None else None]
+        keep = set(units)
+
+        def path_of(vid: str) -> str:
+            return str(videos.get(vid, root / "videos" / f"{vid}.mp4"))
+
+        if "caption" in tasks:
+            items["caption"] = [
+                Item(key=v, unit=v, video=path_of(v), text=prompts.caption, fields={"video_id": v})
+                for v in units
+                if v in videos
+            ]
+        if "mcq" in tasks:
+            order = {v: i for i, v in enumerate(units)}
+            recs = sorted((r for r in vqa if str(r["video_id"]) in keep), key=lambda r: order[str(r["video_id"])])
+            items["mcq"] = [
+                Item(
+                    key=str(r["key"]),
+                    unit=str(r["video_id"]),
+                    video=path_of(str(r["video_id"])),
+                    text=format_mcq(r["question"], r["choices"], prompts.mcq_suffix),
+                    fields={
+                        "video_id": str(r["video_id"]),
+                        "question_id": r.get("question_id"),
+                        "category": r.get("category"),
+                        "choices": r["choices"],
+                        "answer": r.get("answer"),
+                    },
+                )
+                for r in recs
+            ]
+    else:  # lingoqa
+        problems = []
+        rows = _lingoqa_rows(root / ds.parquet)
+        images_root = cfg.resolve(ds.images_root) if ds.images_root else root
+        units = sorted({r["segment_id"] for r in rows})[: limit if limit is not None else None]
+        keep = set(units)
+        order = {u: i for i, u in enumerate(units)}
+        rows = sorted((r for r in rows if r["segment_id"] in keep), key=lambda r: order[r["segment_id"]])
+        items["lingoqa"] = [
+            Item(
+                key=r["question_id"],
+                unit=r["segment_id"],
+                video=str(images_root / Path(r["images"][0]).parent),
+                text=f"{r['question']}\n{prompts.lingoqa}",
+                fields={"question_id": r["question_id"], "segment_id": r["segment_id"], "question": r["question"]},
+            )
+            for r in rows
+        ]
+    return Plan(dataset=dataset, kind=ds.kind, root=root, units=units, items=items, problems=problems)
+
+
+def _lingoqa_rows(parquet: Path) -> list[dict[str, Any]]:
+    """One row per question (the file has two reference rows per question)."""
+    import pandas as pd
+
+    if not parquet.is_file():
+        raise InferError(f"{parquet}: no LingoQA parquet ([avcap.datasets.*] parquet)")
+    df = pd.read_parquet(parquet, columns=["question_id", "segment_id", "images", "question"])
+    out, seen = [], set()
+    for r in df.to_dict("records"):
+        qid = str(r["question_id"])
+        if qid in seen:
+            continue
+        seen.add(qid)
+        images = list(r["images"])
+        if not images:
+            raise InferError(f"{parquet}: question {qid} has no images")
+        out.append({"question_id": qid, "segment_id": str(r["segment_id"]), "question": str(r["question"]), "images": images})
+    return out
+
+
+# ----------------------------------------------------------------------------- records
+
+
+_FENCE_RE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*")
+
+
+def parse_caption(text: str) -> tuple[Optional[dict[str, Any]], str]:
+    """(parsed JSON caption or None, caption_text): the JSON's safety_analysis when it has one,
+    else the text with code fences removed. Accepts fenced or bare JSON, with prose around it."""
+    body = _FENCE_RE.sub("", text).strip()
+    obj = None
+    candidates = [body]
+    i, j = body.find("{"), body.rfind("}")
+    if 0 <= i < j:
+        candidates.append(body[i : j + 1])
+    for c in candidates:
+        try:
+            parsed = json.loads(c)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            obj = parsed
+            break
+    sa = obj.get("safety_analysis") if obj else None
+    if isinstance(sa, str) and sa.strip():
+        return obj, sa.strip()
+    return obj, body
+
+
+_RESULT_EXTRAS = ("num_frames", "frame_size", "num_video_tokens", "finish_reason", "attempts")
+
+
+def make_record(task: str, item: Item, result: Any, seconds: float) -> dict[str, Any]:
+    rec: dict[str, Any] = {"key": item.key, **item.fields, "text": result.text}
+    if task == "caption":
+        caption, caption_text = parse_caption(result.text) if result.text is not None else (None, None)
+        rec["caption"] = caption
+        rec["caption_text"] = caption_text
+    rec["error"] = result.error
+    if result.raw_text is not None and result.raw_text != result.text:
+        rec["raw_text"] = result.raw_text
+    rec["num_input_tokens"] = result.num_input_tokens
+    rec["num_output_tokens"] = result.num_output_tokens
+    rec["time_s"] = round(seconds, 4)
+    for k in _RESULT_EXTRAS:
+        if k in result.extra:
+            rec[k] = result.extra[k]
+    return rec
+
+
+# ----------------------------------------------------------------------------- files and shards
+
+
+def shard_suffix(num_shards: int, shard_index: int) -> str:
+    w = max(2, len(str(num_shards)))
+    return f"shard-{shard_index:0{w}d}-of-{num_shards:0{w}d}"
+
+
+def output_dir(cfg: RecipeConfig, outputs_dir: Optional[str | Path], model_name: str, label: str, dataset: str) -> Path:
+    """`<outputs_dir>/<model-name>/<checkpoint-label>/<dataset>` (default outputs_dir from the config)."""
+    root = Path(outputs_dir) if outputs_dir is not None else cfg.resolve(cfg.avcap.outputs_dir)
+    return root / model_name / label / dataset
+
+
+def task_file(out_dir: Path, task: str, num_shards: int = 1, shard_index: int = 0) -> Path:
+    if num_shards == 1:
+        return out_dir / f"{task}.jsonl"
+    return out_dir / f"{task}.{shard_suffix(num_shards, shard_index)}.jsonl"
+
+
+def run_file(out_dir: Path, num_shards: int = 1, shard_index: int = 0) -> Path:
+    return out_dir / ("run.json" if num_shards == 1 else f"run.{shard_suffix(num_shards, shard_index)}.json")
+
+
+def _task_files(out_dir: Path, task: str) -> list[Path]:
+    """The final file and every part file of a task (any shard count), final first."""
+    final = out_dir / f"{task}.jsonl"
+    parts = sorted(out_dir.glob(f"{task}.shard-*-of-*.jsonl"))
+    return ([final] if final.exists() else []) + parts
+
+
+def collect(out_dir: Path, task: str) -> dict[str, dict[str, Any]]:
+    """key -> the record that counts: the last success, else the last error."""
+    best: dict[str, dict[str, Any]] = {}
+    for path in _task_files(out_dir, task):
+        for rec in iter_records(path):
+            k = str(rec["key"])
+            if k not in best or not rec.get("error") or best[k].get("error"):
+                best[k] = rec
+    return best
+
+
+def finished_keys(out_dir: Path, task: str, *, retry_errors: bool) -> set[str]:
+    return {k for k, r in collect(out_dir, task).items() if not (retry_errors and r.get("error"))}
+
+
+def shard_from_env(num_shards: Optional[int], shard_index: Optional[int]) -> tuple[int, int, Optional[int]]:
+    """(K, I, local rank or None): the flags, else torchrun's WORLD_SIZE/RANK/LOCAL_RANK, else (1, 0)."""
+    if num_shards is None and shard_index is None:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world > 1:
+            rank = int(os.environ.get("RANK", "0"))
+            return world, rank, int(os.environ.get("LOCAL_RANK", rank))
+        return 1, 0, None
+    if num_shards is None or shard_index is None:
+        raise InferError("--num-shards and --shard-index go together")
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise InferError(f"--shard-index must be in [0, {num_shards}) (got {shard_index} of {num_shards})")
+    return num_shards, shard_index, None
+
+
+# ----------------------------------------------------------------------------- run description
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def describe_settings(cfg: RecipeConfig, engine_name: str, ck: Any) -> dict[str, Any]:
+    """What the outputs depend on (fingerprinted) — batch size, device and limits excluded."""
+    prompts = cfg.avcap.prompts.model_dump()
+    e = cfg.avcap.engine
+    engine: dict[str, Any] = {"name": engine_name, "reasoning": e.reasoning}
+    if engine_name == "openai":
+        engine.update(base_url=e.base_url, server=e.server, video_mode=e.video_mode, image_format=e.image_format,
+                      image_detail=e.image_detail)
+    else:
+        engine.update(dtype=e.dtype, attn_implementation=e.attn_implementation)
+    return {
+        "model_path": ck.path,
+        "processor_path": ck.processor or ck.path,
+        "engine": engine,
+        "prompts": prompts,
+        "prompts_sha256": {k: _sha(v) for k, v in prompts.items()},
+        "sampling": cfg.avcap.sampling.model_dump(),
+        "vision": cfg.eval_vision.model_dump(),
+        "library_versions": library_versions(engine_name),
+    }
+
+
+def library_versions(engine_name: str) -> dict[str, Optional[str]]:
+    """The libraries whose versions change what a run writes (fingerprinted: a resume under other
+    versions is refused): avcap and PyAV (decoding) always; torch and transformers for the local
+    engines (prompt tokens, kernels), vLLM for vllm. An OpenAI-compatible server's own versions
+    are out of avcap's sight."""
+    import importlib.metadata as md
+
+    import avcap
+
+    pkgs = ["av"] if engine_name == "openai" else ["av", "torch", "transformers"] + (["vllm"] if engine_name == "vllm" else [])
+    out: dict[str, Optional[str]] = {"avcap": avcap.__version__}
+    for pkg in pkgs:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    return _sha(json.dumps(settings, sort_keys=True))
+
+
+def _versions() -> dict[str, Optional[str]]:
+    import importlib.metadata as md
+
+    import avcap
+
+    out: dict[str, Optional[str]] = {"avcap": avcap.__version__, "python": sys.version.split()[0]}
+    for pkg in ("torch", "transformers", "av", "httpx", "vllm"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def check_fingerprint(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Refuse to mix outputs of different settings in one directory."""
+    fp = fingerprint(settings)
+    for path in sorted(out_dir.glob("run*.json")):
+        try:
+            old = read_json(path)
+        except Exception:
+            continue
+        if isinstance(old, dict) and old.get("fingerprint") not in (None, fp):
+            changed = [k for k in settings if old.get(k) != settings[k]]
+            was, now = old.get("library_versions") or {}, settings["library_versions"]
+            if "library_versions" in changed and isinstance(was, dict):
+                diffs = [f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+                changed[changed.index("library_versions")] = f"library versions: {', '.join(diffs)}"
+            raise InferError(
+                f"{path}: these outputs were made with different settings ({', '.join(changed) or 'fingerprint'} "
+                "changed); use another --outputs-dir or --model-name, or remove the directory"
+            )
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+@dataclass
+class MergeStatus:
+    complete: bool
+    missing: dict[str, list[str]]  # task -> missing keys
+    counts: dict[str, int]  # task -> records in the merged file
+    message: str
+
+
+def merge_outputs(out_dir: Path, plan: Plan, *, num_shards: Optional[int] = None, write: bool = True) -> MergeStatus:
+    """Merge final + part files of every planned task into `<task>.jsonl` (+ CSV, run.json) when
+    every planned key has a record; otherwise report what is missing (by shard when known)."""
+    missing: dict[str, list[str]] = {}
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for task, items in plan.items.items():
+        have = collect(out_dir, task)
+        missing[task] = [it.key for it in items if it.key not in have]
+        planned = [have[it.key] for it in items if it.key in have]
+        seen = {it.key for it in items}
+        merged[task] = planned + [r for k, r in have.items() if k not in seen]  # older, wider runs: kept
+    complete = not any(missing.values())
+    counts = {t: len(r) for t, r in merged.items()}
+    if not complete:
+        return MergeStatus(False, missing, counts, _missing_message(plan, missing, num_shards or _shards_seen(out_dir)))
+    if write:
+        for task, recs in merged.items():
+            write_records_atomic(out_dir / f"{task}.jsonl", recs)
+        if "lingoqa" in merged:
+            write_lingoqa_csv(out_dir / "lingoqa_predictions.csv", merged["lingoqa"])
+        _merge_run_json(out_dir)
+    summary = ", ".join(f"{t} {n}" for t, n in counts.items())
+    return MergeStatus(True, missing, counts, f"merged {out_dir}: {summary} records")
+
+
+def _shards_seen(out_dir: Path) -> Optional[int]:
+    ks = {int(m.group(1)) for p in out_dir.glob("*.shard-*-of-*.json*") if (m := re.search(r"-of-(\d+)\.", p.name))}
+    return max(ks) if len(ks) == 1 else None
+
+
+def _missing_message(plan: Plan, missing: dict[str, list[str]], num_shards: Optional[int]) -> str:
+    unit_of = {it.key: it.unit for items in plan.items.values() for it in items}
+    shard_of = plan.shard_of(num_shards) if num_shards else {}
+    parts = []
+    for task, keys in missing.items():
+        if not keys:
+            continue
+        units = sorted({unit_of[k] for k in keys})
+        by_shard: dict[Any, int] = {}
+        for u in units:
+            by_shard[shard_of.get(u, "?")] = by_shard.get(shard_of.get(u, "?"), 0) + 1
+        where = (
+            "; ".join(f"shard {s}: {n} video(s)" for s, n in sorted(by_shard.items(), key=lambda x: str(x[0])))
+            if shard_of
+            else f"videos {', '.join(units[:5])}{' ...' if len(units) > 5 else ''}"
+        )
+        parts.append(f"{task}: {len(keys)} record(s) missing ({where})")
+    return "not merged — " + " | ".join(parts)
+
+
+def write_lingoqa_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    """The official predictions file: question_id,segment_id,answer (an error is an empty answer)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["question_id", "segment_id", "answer"])
+    for r in records:
+        w.writerow([r["question_id"], r["segment_id"], (r.get("text") or "").strip()])
+    write_text_atomic(path, buf.getvalue())
+
+
+def _merge_run_json(out_dir: Path) -> None:
+    parts = sorted(out_dir.glob("run.shard-*-of-*.json"))
+    final = out_dir / "run.json"
+    if not parts or (final.exists() and final.stat().st_mtime >= max(p.stat().st_mtime for p in parts)):
+        return  # no shards, or run.json already describes the latest of them
+    infos = [read_json(p) for p in parts]
+    latest = max(infos, key=lambda d: d.get("finished_at") or "")
+    merged = {k: v for k, v in latest.items() if k not in ("shard", "timings")}
+    merged["shards"] = [{"file": p.name, "shard": d.get("shard"), "timings": d.get("timings")} for p, d in zip(parts, infos)]
+    merged["timings"] = _combine_timings([d.get("timings") or {} for d in infos])
+    merged["merged_at"] = _now()
+    write_json_atomic(out_dir / "run.json", merged)
+
+
+def _combine_timings(per_shard: list[dict[str, Any]]) -> dict[str, Any]:
+    """All shards as one run: counts add up, the wall time is the slowest shard's (they run at once)."""
+    out: dict[str, Any] = {}
+    tasks = {t for d in per_shard for t, v in d.items() if isinstance(v, dict)}
+    for task in sorted(tasks):
+        rows = [d[task] for d in per_shard if isinstance(d.get(task), dict)]
+        st = TaskStats(**{f: sum(r.get(f) or 0 for r in rows) for f in ("requests", "videos", "done", "failed", "skipped")})
+        st.seconds = max((r.get("seconds") or 0.0) for r in rows)
+        out[task] = st.as_dict()
+    return out
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class TaskStats:
+    requests: int = 0
+    videos: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["seconds"] = round(self.seconds, 3)
+        d["videos_per_s"] = round(self.videos / self.seconds, 4) if self.seconds > 0 else None
+        d["requests_per_s"] = round(self.requests / self.seconds, 4) if self.seconds > 0 else None
+        return d
+
+
+def run_inference(
+    cfg: RecipeConfig,
+    *,
+    dataset: str,
+    model_name: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    engine_name: Optional[str] = None,
+    tasks: Optional[list[str]] = None,
+    limit: Optional[int] = None,
+    outputs_dir: Optional[str | Path] = None,
+    num_shards: Optional[int] = None,
+    shard_index: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    retry_errors: bool = False,
+    progress: bool = True,
+    log=None,
+) -> dict[str, Any]:
+    """Run every pending request of this shard; merge when all shards are done. Returns a summary."""
+    from avcap.core.checkpoints import CheckpointError, resolve_checkpoint
+
+    log = log or (lambda msg: typer.echo(msg, err=True))
+    t_start = time.perf_counter()
+    started_at = _now()
+    updates: dict[str, Any] = {}
+    if engine_name:
+        updates["name"] = engine_name
+    if batch_size:
+        updates["batch_size"] = batch_size
+    if updates:
+        cfg = cfg.model_copy(update={"avcap": cfg.avcap.model_copy(update={"engine": cfg.avcap.engine.model_copy(update=updates)})})
+    ecfg = cfg.avcap.engine
+    model_name = model_name or cfg.avcap.model_name
+    if limit is not None and limit < 1:
+        raise InferError(f"--limit must be >= 1 (got {limit})")
+    k, i, local_rank = shard_from_env(num_shards, shard_index)
+    try:
+        ck = resolve_checkpoint(checkpoint, cfg)
+    except CheckpointError as exc:
+        raise InferError(str(exc)) from None
+    plan = build_plan(cfg, dataset, tasks, limit)
+    out_dir = output_dir(cfg, outputs_dir, model_name, ck.label, dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    with _one_writer(out_dir, k, i):
+        # what a killed run left between a temp file and its rename (this shard's files; unsharded: all)
+        own = None if k == 1 else [task_file(out_dir, t, k, i).name for t in plan.items] + [run_file(out_dir, k, i).name]
+        remove_stale_temp_files(out_dir, own)
+        settings = describe_settings(cfg, ecfg.name, ck)
+        fp = fingerprint(settings)
+        check_fingerprint(out_dir, settings)
+
+        mine = plan.shard_units(k, i)
+        pending: dict[str, list[Item]] = {}
+        stats: dict[str, TaskStats] = {}
+        for task, items in plan.items.items():
+            done = finished_keys(out_dir, task, retry_errors=retry_errors)
+            own = [it for it in items if it.unit in mine]
+            pending[task] = [it for it in own if it.key not in done]
+            stats[task] = TaskStats(skipped=len(own) - len(pending[task]))
+        for problem in plan.problems:
+            log(f"  skipped: {problem}")
+        shard_txt = f" [shard {i + 1}/{k}]" if k > 1 else ""
+        log(
+            f"avcap infer: {model_name} {ck.label} ({ck.path}) on {dataset}{shard_txt} -> {out_dir}\n  "
+            + "; ".join(f"{t}: {len(p)} to do, {stats[t].skipped} already done" for t, p in pending.items())
+        )
+
+        info: dict[str, Any] = {
+            "model_name": model_name,
+            "checkpoint": ck.to_json(),
+            "checkpoint_label": ck.label,
+            "step": ck.step,
+            "dataset": dataset,
+            "dataset_root": str(plan.root),
+            "tasks": list(plan.items),
+            "limit": limit,
+            "input_problems": plan.problems,
+            **settings,
+            "fingerprint": fp,
+            "engine_config": ecfg.model_dump(),
+            "shard": {"num_shards": k, "shard_index": i},
+            "versions": _versions(),
+            "started_at": started_at,
+        }
+        rf = run_file(out_dir, k, i)
+        if not rf.exists():  # the settings are on disk before the first record: a resume checks them
+            write_json_atomic(rf, {**info, "finished_at": None})
+        timings: dict[str, Any] = {}
+        if any(pending.values()):
+            if ecfg.reasoning and cfg.avcap.sampling.mcq.max_tokens < 256 and pending.get("mcq"):
+                log("  note: reasoning mode with mcq max_tokens < 256 — the answer after </think> may be cut off")
+            device = None
+            if local_rank is not None and ecfg.name != "openai":
+                device = _local_device(local_rank, ecfg.device)
+            from avcap.engines import make_engine
+
+            t0 = time.perf_counter()
+            try:
+                engine = make_engine(ecfg, vision=cfg.eval_vision, model=ck.path, processor=ck.processor, device=device)
+            except (ImportError, ValueError) as exc:
+                raise InferError(str(exc)) from None
+            except OSError as exc:
+                raise InferError(f"{ck.path}: cannot load the model ({' '.join(str(exc).split())[:300]})") from None
+            timings["engine_load_s"] = round(time.perf_counter() - t0, 3)
+            info["device"] = getattr(engine, "device", None)
+            if ecfg.compile and ecfg.name == "transformers":
+                log("  note: [avcap.engine] compile = true — the first batch of each new shape compiles first "
+                    "(about a minute at real size on a GPU)")
+            try:
+                prompts = cfg.avcap.prompts
+                reasoning_suffix = prompts.reasoning_suffix if ecfg.reasoning else None
+                for task, todo in pending.items():
+                    sampling: Sampling = getattr(cfg.avcap.sampling, task)
+                    target = task_file(out_dir, task, k, i)
+                    with RecordWriter(target, fsync=False) as writer:  # synced once per batch
+                        _run_task(
+                            engine, task, todo, sampling, writer, stats[task], prompts.system, reasoning_suffix,
+                            progress=progress, desc=f"{task}{shard_txt}",
+                        )
+            finally:
+                info["engine_run"] = engine.run_record() if hasattr(engine, "run_record") else {}
+                engine.close()
+        for task, st in stats.items():
+            timings[task] = st.as_dict()
+        timings["total_s"] = round(time.perf_counter() - t_start, 3)
+        info.update(timings=timings, finished_at=_now())
+        # a rerun with nothing to do keeps the real timings, unless the run that had them never finished
+        if any(pending.values()) or not rf.exists() or _unfinished(rf):
+            write_json_atomic(rf, info)
+
+        for task, st in stats.items():
+            rate = f", {st.videos / st.seconds:.3f} videos/s" if st.seconds > 0 and st.videos else ""
+            log(f"  {task}: {st.done} done, {st.skipped} skipped, {st.failed} failed in {st.seconds:.1f} s{rate}")
+        failed = sum(s.failed for s in stats.values())
+        if failed and not retry_errors:
+            log(f"  {failed} request(s) failed (error records); rerun with --retry-errors to try them again")
+        status = merge_outputs(out_dir, plan, num_shards=k)
+        log(f"  {status.message}")
+        return {
+            "out_dir": str(out_dir),
+            "label": ck.label,
+            "shard": (k, i),
+            "stats": {t: s.as_dict() for t, s in stats.items()},
+            "merged": status.complete,
+            "missing": status.missing,
+        }
+
+
+def _unfinished(run_json: Path) -> bool:
+    try:
+        return read_json(run_json).get("finished_at") is None
+    except (RecordError, OSError, AttributeError):
+        return True
+
+
+@contextlib.contextmanager
+def _one_writer(out_dir: Path, num_shards: int, shard_index: int):
+    """Hold the output directory's writer lock (one per shard) for the whole run."""
+    name = ".infer.lock" if num_shards == 1 else f".infer.{shard_suffix(num_shards, shard_index)}.lock"
+    try:
+        lock = WriterLock(out_dir, name, "avcap infer").__enter__()
+    except DirectoryBusy as exc:
+        raise InferError(str(exc)) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _local_device(local_rank: int, configured: str) -> str:
+    import torch
+
+    if configured not in ("auto", "cuda"):
+        return configured
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return f"cuda:{local_rank}"
+    return "cpu"
+
+
+def _run_task(engine, task, todo, sampling, writer, st, system, reasoning_suffix, *, progress, desc) -> None:
+    from avcap.engines import Request, build_messages
+
+    left: dict[str, int] = {}
+    for it in todo:
+        left[it.unit] = left.get(it.unit, 0) + 1
+    st.requests = len(todo)
+    st.videos = len(left)
+    bs = max(1, int(getattr(engine, "batch_size", 1)))
+    batches = [todo[j : j + bs] for j in range(0, len(todo), bs)]
+
+    def requests(batch: list[Item]) -> list:
+        return [
+            Request(key=it.key, messages=build_messages(system, it.text, it.video, reasoning_suffix=reasoning_suffix))
+            for it in batch
+        ]
+
+    # decode ahead: queue the following batches' videos until `ahead` distinct ones are waiting
+    # (an MCQ batch holds few videos, so one batch ahead would leave most decode workers idle)
+    ahead = max(1, int(getattr(engine, "prefetch_videos", 1)))
+    queued = 0  # batches[:queued] have been handed to engine.prefetch
+
+    def top_up(n: int) -> None:
+        nonlocal queued
+        queued = max(queued, n + 1)
+        waiting = {it.unit for b in batches[n + 1 : queued] for it in b}
+        while queued < len(batches) and (queued == n + 1 or len(waiting) < ahead):
+            engine.prefetch(requests(batches[queued]))
+            waiting |= {it.unit for it in batches[queued]}
+            queued += 1
+
+    bar = _progress(total=len(left), desc=desc, enabled=progress)
+    t0 = time.perf_counter()
+    try:
+        reqs = requests(batches[0]) if batches else []
+        for n, batch in enumerate(batches):
+            top_up(n)  # decode the next batches' videos while this one runs
+            nxt = requests(batches[n + 1]) if n + 1 < len(batches) else []
+            tb = time.perf_counter()
+            results = engine.generate(reqs, sampling)
+            per = (time.perf_counter() - tb) / max(1, len(batch))
+            finished_units = 0
+            for it, res in zip(batch, results):
+                if res.key != it.key:
+                    raise RuntimeError(f"engine returned results out of order ({res.key} for {it.key})")
+                writer.append(make_record(task, it, res, per))
+                if res.error:
+                    st.failed += 1
+                else:
+                    st.done += 1
+                left[it.unit] -= 1
+                finished_units += left[it.unit] == 0
+            writer.sync()
+            if bar is not None:
+                bar.update(finished_units)
+                bar.set_postfix(failed=st.failed, refresh=False)
+            reqs = nxt
+    finally:
+        st.seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="video", file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
+                mininterval=0.1 if tty else 10.0)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name the outputs are filed under (default \\[avcap] model_name)."),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="HF dir, cosmos-rl <out>/<ts>/safetensors/step_N, or avcap <output_dir>/checkpoints/step_N; omitted: the base model."
+    ),
+    dataset: str = typer.Option(..., "--dataset", help="A dataset named under \\[avcap.datasets] (AV_CAPTION, LINGOQA, ...)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Recipe TOML (default: built-in defaults)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="transformers | openai | vllm (default \\[avcap.engine] name)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated: caption,mcq (AV_CAPTION) or lingoqa (default: all of the dataset's)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N videos (LingoQA: segments), sorted by id."),
+    outputs_dir: Optional[Path] = typer.Option(None, "--outputs-dir", help="Default \\[avcap] outputs_dir."),
+    num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Split the videos into K shards (default: WORLD_SIZE under torchrun, else 1)."),
+    shard_index: Optional[int] = typer.Option(None, "--shard-index", help="Which shard this process runs (default: RANK under torchrun)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Requests per model call (default \\[avcap.engine] batch_size)."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Retry requests that have error records."),
+    merge: bool = typer.Option(False, "--merge", help="Only merge the shards' part files (no model is loaded)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Captions, MCQ and LingoQA answers for a model or checkpoint (resumable; shardable)."""
+    try:
+        cfg = load_config(config)
+        task_list = _parse_tasks(tasks)
+        if engine is not None and engine not in ("transformers", "openai", "vllm"):
+            raise InferError(f"--engine: {engine!r} is not one of transformers, openai, vllm")
+        if merge:
+            status = merge_only(cfg, dataset=dataset, model_name=model_name, checkpoint=checkpoint, tasks=task_list,
+                                limit=limit, outputs_dir=outputs_dir, num_shards=num_shards)
+            typer.echo(status.message, err=True)
+            raise typer.Exit(0 if status.complete else 1)
+        run_inference(
+            cfg, dataset=dataset, model_name=model_name, checkpoint=checkpoint, engine_name=engine, tasks=task_list,
+            limit=limit, outputs_dir=outputs_dir, num_shards=num_shards, shard_index=shard_index,
+            batch_size=batch_size, retry_errors=retry_errors, progress=not no_progress,
+        )
+    except ConfigError as exc:
+        for line in exc.problems:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2)
+    except InferError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+
+
+def merge_only(
+    cfg: RecipeConfig,
+    *,
+    dataset: str,
+    model_name: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    tasks: Optional[list[str]] = None,
+    limit: Optional[int] = None,
+    outputs_dir: Optional[str | Path] = None,
+    num_shards: Optional[int] = None,
+) -> MergeStatus:
+    """`avcap infer --merge`: merge what the shards wrote, or say what is missing."""
+    from avcap.core.checkpoints import CheckpointError, resolve_checkpoint
+
+    try:
+        ck = resolve_checkpoint(checkpoint, cfg)
+    except CheckpointError as exc:
+        raise InferError(str(exc)) from None
+    plan = build_plan(cfg, dataset, tasks, limit)
+    out_dir = output_dir(cfg, outputs_dir, model_name or cfg.avcap.model_name, ck.label, dataset)
+    if not out_dir.is_dir():
+        raise InferError(f"{out_dir}: no outputs to merge")
+    return merge_outputs(out_dir, plan, num_shards=num_shards)
+
+
+def _parse_tasks(tasks: Optional[str]) -> Optional[list[str]]:
+    if tasks is None:
+        return None
+    out = [t.strip() for t in tasks.split(",") if t.strip()]
+    bad = [t for t in out if t not in ALL_TASKS]
+    if bad or not out:
+        raise InferError(f"--tasks: unknown task(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_TASKS)}")
+    return list(dict.fromkeys(out))

@@ -1,0 +1,112 @@
+"""What the Qwen3-VL vision tower derives from `video_grid_thw`, computed on the host.
+
+transformers' vision forward derives from the grid the position-embedding interpolation taps, the
+rotary position ids and the attention segments. With the grid on the GPU every derivation reads sizes
+back to the host (`.tolist()`, `repeat_interleave` with tensor counts, `arange(counts.sum())`), and
+so do the split of the merged embeddings and the deepstack merge (boolean indexing): ~20 waits per
+prefill call, each draining the GPU's queue while Python works out the next step (bench_prefill.py
+--syncs lists them). transformers 5.17 and 5.25 (`transformers.vision_utils`; not 5.12, not 4.57)
+take the derived tensors precomputed as keyword arguments of the vision forward; `HostVision`
+computes them with those same helpers on the CPU grid, sends them with pinned asynchronous copies,
+keeps the grid itself on the CPU, and merges the deepstack features at rows known on the host. The same arithmetic gives the same
+numbers: FastGenerator compares its first prefill with the plain call bit for bit and keeps the plain
+call if they differ (or if this transformers has no such helpers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional
+
+_HELPERS = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids", "get_vision_attention_seqlens")
+
+
+def _helpers():
+    try:
+        from transformers import vision_utils as vu
+    except ImportError:
+        return None
+    return vu if all(hasattr(vu, n) for n in _HELPERS) else None
+
+
+def unsupported_reason(model) -> Optional[str]:
+    """None when `model` (a Qwen3-VL ...ForConditionalGeneration) has what HostVision replaces, else why not."""
+    import transformers
+
+    if _helpers() is None:
+        return (f"transformers {transformers.__version__} lacks the transformers.vision_utils helpers "
+                f"({', '.join(_HELPERS)})")
+    visual = getattr(getattr(model, "model", None), "visual", None)
+    lm = getattr(getattr(model, "model", None), "language_model", None)
+    if not (visual is not None and lm is not None and hasattr(lm, "_deepstack_process")
+            and getattr(model.config, "video_token_id", None) is not None
+            and all(hasattr(visual, a) for a in ("num_grid_per_side", "interpolation_mode",
+                                                "interpolation_align_corners", "spatial_merge_size"))):
+        return f"{type(model).__name__} lacks the vision tower attributes it replaces"
+    return None
+
+
+def supported(model) -> bool:
+    """Whether `model` (a Qwen3-VL ...ForConditionalGeneration) has what HostVision replaces."""
+    return unsupported_reason(model) is None
+
+
+class HostVision:
+    """The vision inputs of one prefill call (`ids`: its token ids on the CPU, `grid`: its
+    video_grid_thw on the CPU), ready on `device`. Use as `with hv.applied(model): model.model(...,
+    video_grid_thw=hv.grid)`."""
+
+    def __init__(self, model, ids, grid, device):
+        from avcap.models.qwen3_vl.text import NotSupported, to_device as _to_device
+        from avcap.models.qwen3_vl.compile import remember_runs
+
+        vu = _helpers()
+        visual = model.model.visual
+        merge = int(visual.spatial_merge_size)
+        self.grid = grid.cpu()
+        rows = (ids == model.config.video_token_id).flatten().nonzero().squeeze(1)
+        if rows.numel() != int(self.grid.prod(-1).sum()) // merge ** 2:
+            raise NotSupported(f"{rows.numel()} video tokens for a grid of {int(self.grid.prod(-1).sum()) // merge ** 2}")
+        indices, weights = vu.get_vision_interpolation_indices_and_weights(
+            self.grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+            align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
+        position_ids = vu.get_vision_position_ids(self.grid, visual.spatial_merge_size)
+        cu_seqlens, max_seqlen = vu.get_vision_attention_seqlens(self.grid, visual.config)
+        dev = {k: _to_device(t, device) for k, t in (("interp_indices", indices), ("interp_weights", weights),
+                                                     ("position_ids", position_ids), ("cu_seqlens", cu_seqlens))}
+        remember_runs(dev["cu_seqlens"], cu_seqlens)
+        self.vision_kwargs: dict[str, Any] = dict(dev)
+        if max_seqlen is not None:
+            self.vision_kwargs["max_seqlen"] = int(max_seqlen)
+        self.rows = _to_device(rows, device)
+
+    def _deepstack(self, hidden_states, visual_pos_masks, visual_embeds):
+        """transformers' `_deepstack_process` (add the features at the video rows of a copy) at
+        rows known on the host instead of a boolean mask."""
+        out = hidden_states.clone()
+        flat = out.view(-1, out.shape[-1])
+        flat.index_put_((self.rows,), flat.index_select(0, self.rows) + visual_embeds.to(out.device, out.dtype))
+        return out
+
+    @contextlib.contextmanager
+    def applied(self, model):
+        """The vision forward gets the precomputed inputs and the language model merges deepstack
+        features by rows, for the calls made inside (instance attributes, removed on exit)."""
+        visual, lm = model.model.visual, model.model.language_model
+        plain = visual.forward
+        extra = self.vision_kwargs
+
+        def forward(*args, **kw):
+            return plain(*args, **{**extra, **kw})
+
+        saved = [(obj, name, obj.__dict__.get(name)) for obj, name in ((visual, "forward"), (lm, "_deepstack_process"))]
+        visual.forward = forward
+        lm._deepstack_process = self._deepstack
+        try:
+            yield self
+        finally:
+            for obj, name, before in saved:
+                if before is None:
+                    obj.__dict__.pop(name, None)
+                else:
+                    setattr(obj, name, before)
