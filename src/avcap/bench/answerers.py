@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 from avcap.bench.errors import BenchError
+from avcap.bench.parse import parse_choice
 from avcap.bench.pool import Question, format_question
 from avcap.core.config import Answerer as AnswererConfig
 from avcap.core.config import RecipeConfig
+from avcap.engines import Request, build_messages
 
 ANNOTATION_INTRO = (
     "Below is the human annotation of a front dash-cam video recorded by an autonomous vehicle (the ego "
@@ -72,7 +74,6 @@ class Answerer(Protocol):
 
 
 def parse_letter(text: Optional[str], choices: dict[str, str]) -> Optional[str]:
-    from avcap.bench.parse import parse_choice
 
     if not text:
         return None
@@ -109,7 +110,9 @@ class EngineAnswerer:
     def engine(self):
         """Built on first use (after `check`), so a bad config fails before a model loads."""
         if self._engine is None:
-            from avcap.engines import make_engine  # an engine's libraries load only when one is used
+            from avcap.engines import (
+                make_engine,  # an engine's libraries load only when one is used
+            )
 
             try:
                 self._engine = make_engine(self.cfg.engine, vision=self.vision, model=self.model)
@@ -148,7 +151,6 @@ class EngineAnswerer:
         return []
 
     def _request(self, item: Item):
-        from avcap.engines import Request, build_messages
 
         text = format_question(item.question, self.prompts.mcq_suffix)
         video = None

@@ -22,12 +22,24 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from avcap import __version__
-from avcap.bench.answerers import Answerer, Item, TruthAnswerer, WorldTruth, make_answerer
+from avcap.bench.answerers import (
+    Answerer,
+    Item,
+    TruthAnswerer,
+    WorldTruth,
+    make_answerer,
+)
 from avcap.bench.errors import BenchError
 from avcap.bench.pool import Pool, check_pool_fits, load_pool
 from avcap.bench.select import select_questions
 from avcap.core.config import RecipeConfig
-from avcap.core.records import RecordWriter, iter_records, latest_by_key, write_json_atomic, write_records_atomic
+from avcap.core.records import (
+    RecordWriter,
+    iter_records,
+    latest_by_key,
+    write_json_atomic,
+    write_records_atomic,
+)
 from avcap.video import is_video_path
 
 ROLES = ("annotation", "video")

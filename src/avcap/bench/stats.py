@@ -12,8 +12,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Optional
 
-from avcap.bench.build import bench_dir, read_pairs
 from avcap.bench.answerers import WorldTruth
+from avcap.bench.build import bench_dir, read_pairs
 from avcap.bench.review import world_truth
 from avcap.core.config import CATEGORIES
 from avcap.core.records import iter_records, write_json_atomic

@@ -12,8 +12,11 @@ from typing import Optional
 
 import typer
 
+from avcap.bench.build import build_benchmark
 from avcap.bench.errors import BenchError
-from avcap.bench.pool import PoolError
+from avcap.bench.pool import PoolError, check_pool_fits, load_pool
+from avcap.bench.review import DECISIONS, apply_reviews, write_review_file
+from avcap.bench.stats import bench_stats, format_stats
 from avcap.core.config import ConfigError, load_config
 from avcap.demo.truth import SyntheticWorld
 
@@ -51,7 +54,6 @@ def build(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N videos (sorted by id)."),
 ) -> None:
     """Select 12 questions per video, answer each with both answerers, queue disagreements (resumable)."""
-    from avcap.bench.build import build_benchmark
 
     def run():
         cfg = load_config(config)
@@ -68,7 +70,6 @@ def review(
     force: bool = typer.Option(False, "--force", help="Overwrite a review file that already holds decisions."),
 ) -> None:
     """Write the review queue as a file to edit: fill each row's `decision` column."""
-    from avcap.bench.review import DECISIONS, write_review_file
 
     path, n = _guard(lambda: write_review_file(_dataset(config, dataset), out, force=force, world=SyntheticWorld()))
     typer.echo(f"{n} pair(s) to review -> {path}")
@@ -85,7 +86,6 @@ def apply(
                               "(set:X; recorded as by auto:world-truth)."),
 ) -> None:
     """Apply all decisions at once and write DIR/vqa.jsonl (nothing is written if any line is bad)."""
-    from avcap.bench.review import apply_reviews
 
     res = _guard(lambda: apply_reviews(_dataset(config, dataset), reviews, auto=auto, world=SyntheticWorld()))
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(res["outcomes"].items())) or "none"
@@ -100,7 +100,6 @@ def stats(
     json_out: bool = typer.Option(False, "--json", help="Print JSON (also written to DIR/bench/stats.json)."),
 ) -> None:
     """Pairs, videos, per-category counts and agreement, review outcomes, removed questions."""
-    from avcap.bench.stats import bench_stats, format_stats
 
     s = _guard(lambda: bench_stats(_dataset(config, dataset), world=SyntheticWorld()))
     typer.echo(json.dumps(s, indent=2) if json_out else format_stats(s))
@@ -112,7 +111,6 @@ def pool(
     file: Optional[Path] = typer.Option(None, "--file", help="A pool file to check (default: the config's, else the packaged pool)."),
 ) -> None:
     """Validate a question pool and print its per-category summary."""
-    from avcap.bench.pool import check_pool_fits, load_pool
 
     def run():
         cfg = load_config(config)

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from avcap import video as V
+
 app = typer.Typer(no_args_is_help=True, help="Inspect how a video is sampled and tokenized.")
 
 
@@ -26,7 +28,6 @@ def inspect(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Print the sampled frame indices, their timestamps, the resized size and the video token count."""
-    from avcap import video as V
 
     if nframes is not None and fps is not None:
         typer.echo(f"error: {path}: use only one of --nframes or --fps", err=True)

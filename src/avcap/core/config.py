@@ -25,7 +25,18 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import json
+import re
+import typing
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # The recipe's training config exactly as published (placeholders filled in), shipped with avcap.
 RECIPE_PATH = Path(__file__).parent / "recipes" / "uber_sft_blended.toml"
@@ -57,7 +68,6 @@ class _Model(BaseModel):
 
 def _numeric_kind(ann: Any) -> Optional[str]:
     """"scalar" for int/float (optionally Optional), "sequence" for list/tuple of them, else None."""
-    import typing
 
     args = [a for a in (typing.get_args(ann) if typing.get_origin(ann) is Union else (ann,)) if a is not type(None)]
     if args and all(a in (int, float) for a in args):
@@ -513,7 +523,6 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _model_type(ann: Any) -> Any:
-    import typing
 
     origin = typing.get_origin(ann)
     if origin is None:
@@ -526,7 +535,6 @@ def _model_type(ann: Any) -> Any:
 
 
 def _dict_value_model(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
-    import typing
 
     cur: Any = model
     i = 0
@@ -611,7 +619,6 @@ def to_toml(cfg: RecipeConfig) -> str:
 
 def toml_value(v: Any) -> str:
     """One TOML value (bool, number, string, list)."""
-    import json
 
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -641,6 +648,5 @@ def _dump_toml(data: dict[str, Any], prefix: str = "") -> str:
 
 
 def _key(k: str) -> str:
-    import re
 
     return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else f'"{k}"'

@@ -7,6 +7,11 @@ from typing import Optional
 
 import typer
 
+from avcap.core.config import ConfigError, load_config
+from avcap.data.preview_grid import preview
+from avcap.data.sources import CurateError, curate
+from avcap.video import VideoError
+
 app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
@@ -34,8 +39,6 @@ def curate_cmd(
     if config is None:
         typer.echo(ctx.get_help())
         _fail(["avcap curate needs --config FILE (or a subcommand: preview)"])
-    from avcap.core.config import ConfigError, load_config
-    from avcap.data.sources import CurateError, curate
 
     try:
         cfg = load_config(config)
@@ -56,9 +59,6 @@ def preview_cmd(
     fps: float = typer.Option(4.0, "--fps", min=0.1, help="Frame rate of the MP4."),
 ) -> None:
     """Render a grid of random training clips labelled with their source: PNG (middle frames) and MP4."""
-    from avcap.data.preview_grid import preview
-    from avcap.data.sources import CurateError
-    from avcap.video import VideoError
 
     try:
         png, mp4 = preview(dataset_root, out, seed=seed, grid=grid, frames=frames, fps=fps)

@@ -54,17 +54,18 @@ from pydantic import ValidationError
 from avcap import __version__
 from avcap.bench.vqa import VQARecord, check_vqa_lines
 from avcap.core.config import CurateSource, RecipeConfig, Vision
-from avcap.data.schemas import CVAnnotation, Reason1SFTAnnotation, validate_source
 from avcap.core.records import (
     RecordWriter,
     iter_records,
     latest_by_key,
+    read_json,
     remove_stale_temp_files,
     schema_error_text,
     write_json_atomic,
     write_records_atomic,
 )
-from avcap.video import VIDEO_SUFFIXES, is_video_path
+from avcap.data.schemas import CVAnnotation, Reason1SFTAnnotation, validate_source
+from avcap.video import VIDEO_SUFFIXES, is_video_path, plan_sampling
 
 FORMAT = "avcap.data/1"
 CONVERSATIONS = "conversations"
@@ -357,7 +358,6 @@ def sampling_problem(info, vision: Vision) -> Optional[str]:
     200:1, or a clip so narrow that a side would shrink to 0 under max_pixels), or None: the
     check `avcap.video.load_video` makes before decoding, done here so that curate accepts only
     what train can use."""
-    from avcap.video import plan_sampling
 
     for factor in TRAIN_FACTORS:
         try:
@@ -631,7 +631,6 @@ def read_source(dataset_root: str | Path, name: str, meta_file: str = "meta.json
     meta_path = root / meta_file
     if not meta_path.is_file():
         raise CurateError(f"{meta_path}: no such file (run `avcap curate` for source {name!r}, or fix [custom.dataset])")
-    from avcap.core.records import read_json
 
     meta = read_json(meta_path)
     if not isinstance(meta, dict) or not isinstance(meta.get("samples"), list):

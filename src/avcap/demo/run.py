@@ -37,7 +37,6 @@ import json
 import os
 import random
 import shutil
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -47,7 +46,33 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from avcap import __version__
+from avcap.bench import apply_reviews, bench_stats, build_benchmark
+from avcap.bench.answerers import Answer, TruthAnswerer
+from avcap.bench.parse import parse_choice
+from avcap.bench.pool import Pool, load_pool
+from avcap.core.config import load_config, to_toml
+from avcap.core.records import (
+    iter_records,
+    latest_by_key,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
+from avcap.data.preview_grid import preview
+from avcap.data.sources import curate
+from avcap.demo.synth import synthesize
+from avcap.demo.tiny_model import build_tiny_model, count_parameters
 from avcap.demo.truth import SyntheticWorld
+from avcap.eval.infer import run_inference
+from avcap.eval.score import score_outputs
+from avcap.report.markdown import build_report
+from avcap.report.plot import fmt_delta, fmt_value, label_step
+from avcap.train.loop import train
+
+# Heavy libraries (PIL) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 PACKAGED_CONFIG = Path(__file__).with_name("demo_config.toml")
 MODEL_DIR = "models/tiny-qwen3-vl"
@@ -110,7 +135,6 @@ QUICK = Sizes(train_videos=30, eval_videos=16, lingoqa_segments=6, width=160, he
 
 def demo_pool(ids: tuple[str, ...]):
     """The packaged pool's questions with these ids (choices, order and flags unchanged)."""
-    from avcap.bench.pool import Pool, load_pool
 
     full = load_pool()
     by_id = {q.id: q for q in full.questions}
@@ -205,7 +229,6 @@ class Ctx:
 
 def demo_config_text(sizes: Sizes, seed: int, quick: bool) -> str:
     """The recipe TOML the demo runs: the packaged one with these sizes, normalized (every key explicit)."""
-    from avcap.core.config import load_config, to_toml
 
     overrides = sizes.overrides()
     overrides["avcap"]["seed"] = seed
@@ -216,8 +239,6 @@ def demo_config_text(sizes: Sizes, seed: int, quick: bool) -> str:
 
 def prepare_workdir(workdir: Path, sizes: Sizes, seed: int, quick: bool) -> None:
     """Create the workdir, or check that an existing one was made with the same settings."""
-    from avcap import __version__
-    from avcap.core.records import read_json, write_json_atomic, write_text_atomic
 
     workdir.mkdir(parents=True, exist_ok=True)
     text = demo_config_text(sizes, seed, quick)
@@ -245,7 +266,6 @@ def prepare_workdir(workdir: Path, sizes: Sizes, seed: int, quick: bool) -> None
 
 
 def step_synth(ctx: Ctx) -> dict:
-    from avcap.demo.synth import synthesize
 
     s = ctx.sizes
     n_total = s.eval_videos + 3 * s.train_videos
@@ -266,7 +286,6 @@ def step_synth(ctx: Ctx) -> dict:
 
 
 def step_model(ctx: Ctx) -> dict:
-    from avcap.demo.tiny_model import build_tiny_model, count_parameters
 
     out = ctx.cfg.resolve(ctx.cfg.policy.model_name_or_path)
     if not (out / "config.json").is_file():
@@ -285,7 +304,6 @@ class SimulatedVideoAnswerer:
     batch_size = 256
 
     def __init__(self, error_rate: float, seed: int):
-        from avcap.bench.answerers import TruthAnswerer
 
         self.truth = TruthAnswerer("video", SyntheticWorld())
         self.error_rate = error_rate
@@ -299,7 +317,6 @@ class SimulatedVideoAnswerer:
         return self.truth.check(questions)
 
     def answer(self, items):
-        from avcap.bench.answerers import Answer
 
         out = []
         for item, a in zip(items, self.truth.answer(items)):
@@ -315,8 +332,6 @@ class SimulatedVideoAnswerer:
 
 
 def _bench(ctx: Ctx, dataset: Path, *, video_answerer) -> dict:
-    from avcap.bench import apply_reviews, build_benchmark
-    from avcap.bench.answerers import TruthAnswerer
 
     cfg = ctx.cfg
     summary = build_benchmark(cfg, dataset, answerers={"annotation": TruthAnswerer("annotation", SyntheticWorld()), "video": video_answerer},
@@ -326,7 +341,6 @@ def _bench(ctx: Ctx, dataset: Path, *, video_answerer) -> dict:
 
 
 def step_bench(ctx: Ctx) -> dict:
-    from avcap.bench import bench_stats
 
     s = ctx.sizes
     dataset = ctx.cfg.resolve(ctx.cfg.dataset("AV_CAPTION").root)
@@ -355,8 +369,6 @@ def lingoqa_judge_available(cfg) -> bool:
 
 def _infer_and_score(ctx: Ctx, checkpoint: Optional[str]) -> dict:
     """Inference on AV_CAPTION (captions + MCQ) and, when its judge is at hand, LINGOQA; then metrics."""
-    from avcap.eval.infer import run_inference
-    from avcap.eval.score import score_outputs
 
     datasets = ["AV_CAPTION"] + (["LINGOQA"] if lingoqa_judge_available(ctx.cfg) else [])
     results = {}
@@ -390,8 +402,6 @@ def _link_tree(src: Path, dst: Path) -> int:
 
 
 def step_curate(ctx: Ctx) -> dict:
-    from avcap.data.preview_grid import preview
-    from avcap.data.sources import curate
 
     s = ctx.sizes
     # synth_vqa: every training video of the three sources, with its world record, as one bench dataset
@@ -401,7 +411,6 @@ def step_curate(ctx: Ctx) -> dict:
     _link_tree(train / "world", vqa / "world")
     ctx.progress.line(f"synth_vqa: asking the {len(s.questions)} demo pool questions of each of {n_videos} training videos "
                       "(answers from the world truth)")
-    from avcap.bench.answerers import TruthAnswerer
 
     res = _bench(ctx, vqa, video_answerer=TruthAnswerer("video", SyntheticWorld()))
     report = curate(ctx.cfg, workers=2, echo=ctx.progress.line)
@@ -415,7 +424,6 @@ def step_curate(ctx: Ctx) -> dict:
 
 
 def step_train(ctx: Ctx) -> dict:
-    from avcap.train.loop import train
 
     t = ctx.cfg.train
     ctx.progress.line(f"SFT: {t.max_num_steps} steps of {t.train_batch_per_replica} samples, lr {t.optm_lr:g}, "
@@ -449,7 +457,6 @@ def _preview_png(ctx: Ctx) -> Optional[Path]:
 
 
 def step_report(ctx: Ctx) -> dict:
-    from avcap.report.markdown import build_report
 
     extra = demo_section(ctx, ctx.report_dir, ctx.config_path, _preview_png(ctx))
     path, summary = build_report(ctx.outputs_dir, ctx.report_dir / "report.md", title=REPORT_TITLE, intro=extra["lines"])
@@ -460,7 +467,6 @@ def step_report(ctx: Ctx) -> dict:
 def publish(ctx: Ctx, dest: Path) -> Path:
     """A self-contained copy of the report under `dest` (e.g. docs/demo): the metrics.json files it cites,
     its plots, the recipe TOML and the preview grid, with every link inside `dest`."""
-    from avcap.report.markdown import build_report
 
     dest = Path(dest)
     outputs = dest / "outputs"
@@ -503,7 +509,6 @@ def blind_baselines(train_vqa: Path, eval_vqa: Path) -> dict:
     """What answering without the video scores on the evaluation set, learned from the training pairs:
     `letter` always gives the most frequent training letter; `prior` gives each question's most
     frequent training answer. Also the evaluation set's answer-letter distribution."""
-    from avcap.core.records import iter_records
 
     train = list(iter_records(train_vqa))
     ev = list(iter_records(eval_vqa))
@@ -537,8 +542,6 @@ def _mean_by(pairs) -> dict[str, float]:
 
 def accuracy_by_question(mcq_jsonl: Path) -> dict[str, float]:
     """question id -> MCQ accuracy of one output set (letters parsed as the scorer does)."""
-    from avcap.bench.parse import parse_choice
-    from avcap.core.records import iter_records, latest_by_key
 
     recs = latest_by_key(iter_records(mcq_jsonl)).values()
     return _mean_by((r.get("question_id"), parse_choice(r.get("text"), r.get("choices")) == r.get("answer")) for r in recs)
@@ -546,8 +549,6 @@ def accuracy_by_question(mcq_jsonl: Path) -> dict[str, float]:
 
 def accuracy_on(keys: Optional[set[str]], mcq_jsonl: Path) -> Optional[float]:
     """MCQ accuracy of one output set (restricted to `keys` if given; letters parsed as the scorer does)."""
-    from avcap.bench.parse import parse_choice
-    from avcap.core.records import iter_records, latest_by_key
 
     recs = latest_by_key(iter_records(mcq_jsonl))
     got = [parse_choice(r.get("text"), r.get("choices")) == r.get("answer") for k, r in recs.items() if keys is None or k in keys]
@@ -557,7 +558,6 @@ def accuracy_on(keys: Optional[set[str]], mcq_jsonl: Path) -> Optional[float]:
 def demo_section(ctx: Ctx, report_dir: Path, config_path: Path, preview_png: Optional[Path]) -> dict:
     """The demo's own part of the report: what ran, the benchmark review, and the blind baselines
     (links to the config and the preview relative to `report_dir`)."""
-    from avcap.core.records import read_json
 
     markers = {p.stem.split("-", 1)[1]: read_json(p) for p in sorted((ctx.workdir / "steps").glob("*.json"))}
     dataset = ctx.cfg.resolve(ctx.cfg.dataset("AV_CAPTION").root)
@@ -567,7 +567,7 @@ def demo_section(ctx: Ctx, report_dir: Path, config_path: Path, preview_png: Opt
     def pct(v):
         return "—" if v is None else f"{100 * v:.1f}%"
 
-    rows = [f"| no video: uniform guess | 25.0% | 25.0% |",
+    rows = ["| no video: uniform guess | 25.0% | 25.0% |",
             f"| no video: always {blind['letter']} | {pct(blind['letter_accuracy'])} | "
             f"{pct(blind['letter_accuracy_where_prior_wrong'])} |",
             f"| no video: blind prior | {pct(blind['prior_accuracy'])} | 0.0% |"]
@@ -646,7 +646,6 @@ def demo_section(ctx: Ctx, report_dir: Path, config_path: Path, preview_png: Opt
 
 
 def _label_order(p: Path) -> tuple:
-    from avcap.report.plot import label_step
 
     st = label_step(p.name)
     return (-1 if st is None else st, p.name)
@@ -669,8 +668,6 @@ STEPS: list[tuple[str, str, Callable[[Ctx], dict]]] = [
 def run_demo(workdir: str | Path = "avcap-demo", *, quick: bool = False, seed: int = 0,
              echo: Callable[[str], None] = print, publish_to: Optional[str | Path] = None) -> dict:
     """Run (or resume) every step; returns {"report": path, "steps": {name: marker}, "seconds": total}."""
-    from avcap.core.config import load_config
-    from avcap.core.records import read_json, write_json_atomic
 
     workdir = Path(workdir).resolve()
     sizes = QUICK if quick else DEFAULT
@@ -703,7 +700,6 @@ def run_demo(workdir: str | Path = "avcap-demo", *, quick: bool = False, seed: i
 
 
 def _print_summary(echo: Callable[[str], None], markers: dict, total: float) -> None:
-    from avcap.report.plot import fmt_delta, fmt_value
 
     r = markers["report"]["result"]
     echo("")

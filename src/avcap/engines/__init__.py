@@ -16,7 +16,15 @@ from typing import Optional
 
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Vision
-from avcap.engines.base import Engine, Request, Result, build_messages, final_answer, video_parts, video_paths
+from avcap.engines.base import (
+    Engine,
+    Request,
+    Result,
+    build_messages,
+    final_answer,
+    video_parts,
+    video_paths,
+)
 
 __all__ = [
     "Engine",

@@ -54,6 +54,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from avcap.models.qwen3_vl import host_vision
+from avcap.models.qwen3_vl.host_vision import HostVision
 from avcap.models.qwen3_vl.text import (
     NotSupported,
     attention_inputs,
@@ -65,6 +67,10 @@ from avcap.models.qwen3_vl.text import (
     text_forward,
     to_device,
 )
+
+# Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 __all__ = ["FastGenerator", "NotSupported", "SamplingSpec", "linear_patch_embed", "supports", "text_forward"]
 
@@ -103,7 +109,11 @@ class SamplingSpec:
 
     def warpers(self):
         """transformers' own warpers, in generate's order (only when sampling)."""
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        from transformers import (
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         out = []
         if self.temperature != 1.0:
@@ -339,7 +349,6 @@ class FastGenerator:
         self._steps: dict[tuple[int, int, int], dict[str, Any]] = {}  # decode steps by (B, S, kv_len)
         self._graph: Optional[dict[str, Any]] = None  # the step used last
         self.graph_error: Optional[str] = None
-        from avcap.models.qwen3_vl import host_vision
 
         # the vision tower's grid-derived inputs from the host (avcap.models.qwen3_vl.host_vision): None until
         # the first prefill with videos has compared them with the plain call, then True or False
@@ -582,7 +591,6 @@ class FastGenerator:
         """This call's vision inputs from the host (None when they are off or do not apply)."""
         if self.host_vision is False:
             return None
-        from avcap.models.qwen3_vl.host_vision import HostVision
 
         try:
             return HostVision(self.model, ids, grid, device)

@@ -39,15 +39,23 @@ request's `Result.error`, and the other requests go on.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import threading
+import warnings
 from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterable, Mapping
 
 from avcap.core.config import Vision
 from avcap.engines.base import Request, video_parts
 from avcap.engines.spool import Spool, spooled, unspool
+from avcap.video import DECODERS, VideoError, decode_video, load_video
+
+# Heavy libraries (torch) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 NVDEC_AND_CPU = "nvdec+cpu"  # NVDEC workers and CPU decoders at once, one queue
 FINISHERS = 3  # threads converting and resizing decoded pictures on the finish device
@@ -88,7 +96,6 @@ def vision_factor(model_config: Any) -> tuple[int, int, int]:
 
 def describe_error(exc: BaseException, path: str) -> str:
     """One line naming the video: avcap.video's VideoError already starts with the path."""
-    from avcap.video import VideoError
 
     msg = " ".join(str(exc).split()) or type(exc).__name__
     if not isinstance(exc, VideoError):
@@ -102,7 +109,6 @@ class FrameLoader:
     def __init__(self, vision: Vision, factor: int, *, workers: int | None = None, capacity: int = 32,
                  processes: bool = False, decoder: str = "cpu", nvdec_workers: int | None = None,
                  finish_device: Any = None):
-        from avcap.video import DECODERS
 
         if decoder not in DECODERS + (NVDEC_AND_CPU,):
             raise ValueError(f"decoder must be one of {', '.join(DECODERS + (NVDEC_AND_CPU,))}, got {decoder!r}")
@@ -196,9 +202,7 @@ class FrameLoader:
         """Decode in the process pool. A worker that dies (killed, out of memory, a crash in FFmpeg)
         breaks the whole pool: start a new one and try this video once more there, so one bad
         video fails itself, not the rest of the run."""
-        from concurrent.futures.process import BrokenProcessPool
 
-        from avcap.video import VideoError
 
         for attempt in range(2):
             pool = self._procs[decoder]
@@ -210,7 +214,6 @@ class FrameLoader:
                     raise VideoError(path, f"the decoder process died twice while decoding this video ({exc})") from None
 
     def _renew_pool(self, decoder: str, broken) -> None:
-        from concurrent.futures.process import BrokenProcessPool
 
         with self._ready:
             if self._closed:
@@ -221,14 +224,11 @@ class FrameLoader:
 
     @staticmethod
     def _new_pool(workers: int):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
 
     def _to_cpu(self, path: str, kw: dict[str, Any], fut: Future, exc: BaseException) -> None:
         """A video NVDEC cannot decode (no GPU, codec or pixel format it lacks) goes to the CPU lane."""
-        import warnings
 
         with self._ready:
             self.nvdec_fallbacks += 1
@@ -298,7 +298,6 @@ class FrameLoader:
 
 def _nvdec_specific(exc: BaseException) -> bool:
     """An error of NVDEC itself (avcap.video says "decoder='nvdec': ..."), not of the video."""
-    from avcap.video import VideoError
 
     return isinstance(exc, VideoError) and "decoder='nvdec'" in str(exc)
 
@@ -320,7 +319,6 @@ def _worker_init() -> None:
 def _load(path: str, kw: dict[str, Any], planes: bool = False, spool: str | None = None):
     """load_video, or with `planes` decode_video (conversion and resize left to the caller); with
     `spool` (a directory) the big arrays go back through files there (`spooled`)."""
-    from avcap.video import decode_video, load_video
 
     try:
         result = (decode_video if planes else load_video)(path, **kw)

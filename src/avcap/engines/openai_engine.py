@@ -66,9 +66,13 @@ from typing import Any, Optional
 
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
+from avcap.core.secrets import redact
 from avcap.engines.base import Request, Result, final_answer, video_parts
 from avcap.engines.frames import FrameLoader, describe_error
-from avcap.core.secrets import redact
+
+# Heavy libraries (PIL, httpx) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 SERVERS = ("openai", "vllm", "transformers-serve")
 # where each server kind takes the frames' size hint

@@ -26,6 +26,12 @@ from typing import Any, Optional
 
 import numpy as np
 
+from avcap.video import DecodedVideo, VideoFrames
+
+# Heavy libraries (torch) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
+
 SHM = Path("/dev/shm")
 PREFIX = "avcap-frames-"
 MIN_FREE = 2 << 30  # bytes of free tmpfs a spool needs (a few clips in flight: ~60 MB each)
@@ -133,7 +139,6 @@ def _spool_array(arr: np.ndarray, directory: str) -> Any:
 
 def spooled(result: Any, directory: str) -> Any:
     """`result` (VideoFrames or DecodedVideo) with its big arrays written to `directory`."""
-    from avcap.video import DecodedVideo, VideoFrames
 
     if isinstance(result, VideoFrames):
         result.frames = _spool_array(result.frames, directory)
@@ -147,7 +152,6 @@ def spooled(result: Any, directory: str) -> Any:
 def unspool(result: Any, pin: bool = False) -> Any:
     """The inverse of `spooled`, in the parent (a result that was not spooled passes through).
     `pin`: a DecodedVideo's planes come back in page-locked memory (see SpooledArray.load)."""
-    from avcap.video import DecodedVideo, VideoFrames
 
     if isinstance(result, VideoFrames) and isinstance(result.frames, SpooledArray):
         result.frames = result.frames.load()

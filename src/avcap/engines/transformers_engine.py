@@ -46,8 +46,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import time
 import threading
+import time
 import warnings
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,7 +56,12 @@ from typing import Any, Optional
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.engines.base import Request, Result, final_answer
+from avcap.engines.fast_generate import NotSupported, SamplingSpec
 from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
+
+# Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 
 def resolve_device(device: str) -> str:
@@ -179,8 +184,8 @@ class TransformersEngine:
         cuda = self.device.startswith("cuda")
         self._stream = model_stream(self.device) if cuda else None
         if cuda:
-            from avcap.models.qwen3_vl.text import linear_patch_embed
             from avcap.models.qwen3_vl.compile import pack_vision_attention
+            from avcap.models.qwen3_vl.text import linear_patch_embed
 
             linear_patch_embed(self.model)  # cuDNN's Conv3d for the patch embedding can be very slow
             pack_vision_attention(self.model)  # one attention call per block, not one per frame group
@@ -520,7 +525,6 @@ class TransformersEngine:
         """The fast path's sampling spec, or None with the reason it cannot serve these settings."""
         if self.fast is None:
             return None, ""
-        from avcap.engines.fast_generate import NotSupported, SamplingSpec
 
         try:
             return SamplingSpec.from_sampling(sampling, min_tokens), ""

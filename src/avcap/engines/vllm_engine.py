@@ -21,7 +21,11 @@ from typing import Any, Optional
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.engines.base import Request, Result, final_answer
-from avcap.engines.frames import FrameLoader, load_request_frames
+from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
+
+# Heavy libraries (transformers, vllm) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 INSTALL_HINT = "the vllm engine needs vLLM, which is not installed: pip install 'avcap[vllm]'"
 
@@ -70,7 +74,6 @@ class VLLMEngine:
         vllm = import_vllm()
         from transformers import AutoConfig, AutoProcessor
 
-        from avcap.engines.frames import vision_factor
 
         self.cfg = cfg
         self.batch_size = cfg.batch_size

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import importlib.metadata as md
 import io
 import json
 import os
@@ -42,8 +43,10 @@ from typing import Any, Optional
 
 import typer
 
-from avcap.bench.pool import PoolError
+import avcap
+from avcap.bench.pool import PoolError, format_question
 from avcap.bench.vqa import read_vqa_for
+from avcap.core.checkpoints import CheckpointError, resolve_checkpoint
 from avcap.core.config import ConfigError, RecipeConfig, Sampling, load_config
 from avcap.core.records import (
     DirectoryBusy,
@@ -57,7 +60,12 @@ from avcap.core.records import (
     write_records_atomic,
     write_text_atomic,
 )
+from avcap.engines import Request, build_messages
 from avcap.video import VIDEO_SUFFIXES, is_video_path
+
+# Heavy libraries (pandas, torch, tqdm) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 TASKS_BY_KIND = {"av_caption": ("caption", "mcq"), "lingoqa": ("lingoqa",)}
 ALL_TASKS = ("caption", "mcq", "lingoqa")
@@ -98,7 +106,6 @@ class Plan:
 
 
 def format_mcq(question: str, choices: dict[str, str], suffix: str) -> str:
-    from avcap.bench.pool import format_question
 
     return format_question({"question": question, "choices": choices}, suffix)
 
@@ -370,9 +377,7 @@ def library_versions(engine_name: str) -> dict[str, Optional[str]]:
     versions is refused): avcap and PyAV (decoding) always; torch and transformers for the local
     engines (prompt tokens, kernels), vLLM for vllm. An OpenAI-compatible server's own versions
     are out of avcap's sight."""
-    import importlib.metadata as md
 
-    import avcap
 
     pkgs = ["av"] if engine_name == "openai" else ["av", "torch", "transformers"] + (["vllm"] if engine_name == "vllm" else [])
     out: dict[str, Optional[str]] = {"avcap": avcap.__version__}
@@ -389,9 +394,7 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 
 def _versions() -> dict[str, Optional[str]]:
-    import importlib.metadata as md
 
-    import avcap
 
     out: dict[str, Optional[str]] = {"avcap": avcap.__version__, "python": sys.version.split()[0]}
     for pkg in ("torch", "transformers", "av", "httpx", "vllm"):
@@ -561,7 +564,6 @@ def run_inference(
     log=None,
 ) -> dict[str, Any]:
     """Run every pending request of this shard; merge when all shards are done. Returns a summary."""
-    from avcap.core.checkpoints import CheckpointError, resolve_checkpoint
 
     log = log or (lambda msg: typer.echo(msg, err=True))
     t_start = time.perf_counter()
@@ -724,7 +726,6 @@ def _local_device(local_rank: int, configured: str) -> str:
 
 
 def _run_task(engine, task, todo, sampling, writer, st, system, reasoning_suffix, *, progress, desc) -> None:
-    from avcap.engines import Request, build_messages
 
     left: dict[str, int] = {}
     for it in todo:
@@ -854,7 +855,6 @@ def merge_only(
     num_shards: Optional[int] = None,
 ) -> MergeStatus:
     """`avcap infer --merge`: merge what the shards wrote, or say what is missing."""
-    from avcap.core.checkpoints import CheckpointError, resolve_checkpoint
 
     try:
         ck = resolve_checkpoint(checkpoint, cfg)

@@ -32,6 +32,7 @@ scores of different engines or representations.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 import sys
@@ -43,7 +44,24 @@ import typer
 from avcap.bench.pool import PoolError
 from avcap.bench.vqa import read_vqa_for
 from avcap.core.config import ConfigError, RecipeConfig, load_config
-from avcap.core.records import iter_records, read_json, write_json_atomic, write_text_atomic
+from avcap.core.records import (
+    iter_records,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
+from avcap.eval.metrics.lingoqa import (
+    JudgeError,
+    LingoJudge,
+    LingoQAError,
+    load_predictions,
+    load_references,
+    match_predictions,
+)
+
+# Heavy libraries (rich) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 OUTPUT_FILES = ("caption.jsonl", "mcq.jsonl", "lingoqa.jsonl", "lingoqa_predictions.csv")
 # metric -> the task (key of metrics.json's `coverage`) whose records it is computed over
@@ -247,7 +265,6 @@ class _Judges:
         self._llm = None
 
     def lingo(self):
-        from avcap.eval.metrics.lingoqa import JudgeError, LingoJudge
 
         if self._judge is None and self._judge_error is None:
             try:
@@ -448,7 +465,6 @@ def _lingoqa_coverage(run_dir: Path, pred_csv: Path, parquet: Optional[Path], me
     """Coverage of the LingoQA questions (keys question_id/segment_id, as the official merge), from
     lingoqa.jsonl when present (it knows which requests failed), else the predictions file; and,
     judge or no judge, how the predictions file matches the parquet (`predictions_match`)."""
-    from avcap.eval.metrics.lingoqa import LingoQAError, load_predictions, load_references, match_predictions
 
     jl = run_dir / "lingoqa.jsonl"
     planned, match = None, None
@@ -476,7 +492,12 @@ def _lingoqa_coverage(run_dir: Path, pred_csv: Path, parquet: Optional[Path], me
 
 
 def _score_lingoqa(metrics, run_dir, pred_csv, parquet, cfg, judges: _Judges, log) -> None:
-    from avcap.eval.metrics.lingoqa import JudgeError, LingoQAError, llm_judge_block, score_predictions
+    from avcap.eval.metrics.lingoqa import (
+        JudgeError,
+        LingoQAError,
+        llm_judge_block,
+        score_predictions,
+    )
 
     try:
         judge = judges.lingo()
@@ -507,7 +528,6 @@ def _previous_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def _sha(path: Path) -> str:
-    import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -33,6 +33,10 @@ from typing import Any, Optional
 
 import typer
 
+from avcap import __version__
+from avcap.core.config import CATEGORIES
+from avcap.core.records import RecordError, write_text_atomic
+from avcap.eval.score import METRIC_TASK, TASK_NOUN, coverage_text, engine_summary
 from avcap.report.plot import (
     CHANCE_4_CHOICES,
     LINGOQA_DATASET,
@@ -46,10 +50,10 @@ from avcap.report.plot import (
     fmt_delta,
     fmt_value,
     label_step,
+    metric_value,
     read_metrics,
     render,
 )
-from avcap.eval.score import METRIC_TASK, TASK_NOUN, coverage_text, engine_summary
 
 
 @dataclass
@@ -175,7 +179,6 @@ def collect(outputs_dir: str | Path) -> Summary:
 
 def _dataset_with(summary: Summary, model: str, metric: str) -> Optional[str]:
     """The dataset whose metrics.json files hold `metric` for `model` (AV_CAPTION / LINGOQA first)."""
-    from avcap.report.plot import metric_value
 
     found = sorted({e.dataset for e in summary.entries if e.model == model and metric_value(e.metrics, metric) is not None})
     for preferred in ("AV_CAPTION", LINGOQA_DATASET):
@@ -219,7 +222,6 @@ def _bold_max(cells: list[Optional[float]], fmt) -> list[str]:
 
 
 def _categories(entries: list[Entry], key: str = "vqa_accuracy") -> list[str]:
-    from avcap.core.config import CATEGORIES
 
     seen = set()
     for e in entries:
@@ -258,7 +260,6 @@ def _value_cell(metrics: dict[str, Any], metric: str, fmt) -> str:
     """The value with its coverage mark, or 'all failed' (no score), or '—'."""
     if _failed(metrics, metric):
         return "all failed"
-    from avcap.report.plot import metric_value
 
     key = {"vqa_accuracy_caption_mode": "vqa_accuracy"}.get(metric, metric)
     block = metrics.get(metric)
@@ -635,7 +636,6 @@ def build_report(
     out = Path(out) if out is not None else Path(outputs_dir) / "report.md"
     report_dir = out.parent
     report_dir.mkdir(parents=True, exist_ok=True)
-    from avcap import __version__
 
     lines = [f"# {title}", "",
              f"Outputs: `{_rel(summary.outputs_dir, report_dir)}` · {len(summary.entries)} metrics.json files · "
@@ -661,7 +661,6 @@ def build_report(
     lines += ["## metrics.json files read", ""]
     lines += [f"- [{_short(e.path, summary.outputs_dir)}]({_rel(e.path, report_dir)})" for e in summary.entries]
     lines.append("")
-    from avcap.core.records import write_text_atomic
 
     write_text_atomic(out, "\n".join(lines))
     return out, summary
@@ -673,7 +672,6 @@ def main(
     svg: bool = typer.Option(False, "--svg", help="Draw the embedded plots as SVG instead of PNG."),
 ) -> None:
     """Markdown report: zero-shot tables, checkpoint sweeps with the best checkpoint per metric, plots."""
-    from avcap.core.records import RecordError
 
     try:
         path, summary = build_report(outputs_dir, out, plot_format="svg" if svg else "png")

@@ -21,6 +21,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+# Heavy libraries (torch) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
+
 STATE_FILE = "avcap_train_state.json"
 OPTIM_FILE = "avcap_optimizer.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -58,7 +62,11 @@ def save(model, optimizer, scheduler, processor, *, output_dir: str | Path, step
          rank: int, world_size: int, max_keep: Optional[int] = None) -> Path:
     """Collective under torch.distributed (every rank calls it); rank 0 writes."""
     import torch
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=opts)
@@ -110,7 +118,10 @@ def write_error(exc: BaseException, path: Path) -> BaseException:
 def load_training_state(model, optimizer, scheduler, ckpt: str | Path, *, rank: int) -> dict[str, Any]:
     """Restore optimizer, scheduler and this rank's RNG from `ckpt` (weights come from from_pretrained)."""
     import torch
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
     state = read_state(ckpt)
     blob = torch.load(Path(ckpt) / state.get("optimizer_file", OPTIM_FILE), map_location="cpu", weights_only=False)

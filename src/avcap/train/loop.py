@@ -34,7 +34,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,31 @@ from typing import Any, Callable, Optional
 import typer
 
 from avcap.core.config import ConfigError, RecipeConfig, load_config
-from avcap.core.records import is_user_fs_error, os_error_line
+from avcap.core.records import (
+    RecordError,
+    RecordWriter,
+    is_user_fs_error,
+    iter_records,
+    os_error_line,
+    write_records_atomic,
+)
+from avcap.data.blend import BlendPlan
+from avcap.data.sources import CurateError
+from avcap.train import checkpoint as ckpt
+from avcap.train.checkpoint import latest_checkpoint, read_state
+from avcap.train.data import (
+    SKIP_REASONS,
+    Collator,
+    SFTDataset,
+    StepBatches,
+    conversation_sizes,
+    index_sources,
+)
+from avcap.train.schedule import build_scheduler
+
+# Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 
 class TrainError(ValueError):
@@ -179,7 +206,6 @@ def _init_random_weights(model) -> None:
 
 
 def _accepts(fn: Callable, name: str) -> bool:
-    import inspect
 
     try:
         return name in inspect.signature(fn).parameters
@@ -234,7 +260,6 @@ class Logger:
     appends the steps it redoes after its checkpoint once, not a second time."""
 
     def __init__(self, cfg: RecipeConfig, out: Path, d: Dist, echo: Callable[[str], None], start_step: int = 0):
-        from avcap.core.records import RecordWriter
 
         self.echo, self.main, self.wandb = echo, d.main, None
         self.writer = None
@@ -285,7 +310,6 @@ def trim_log(path: Path, start_step: int) -> int:
     """Make `path` (train_log.jsonl) hold one record per step 1..`start_step` — the last one written
     for each — and nothing after; rewritten atomically, only when that changes it. Returns how
     many records were removed."""
-    from avcap.core.records import RecordError, iter_records, write_records_atomic
 
     try:
         records = list(iter_records(path))
@@ -310,7 +334,6 @@ def trim_log(path: Path, start_step: int) -> int:
 
 
 def _resume_point(cfg: RecipeConfig, out: Path) -> Optional[Path]:
-    from avcap.train.checkpoint import latest_checkpoint, read_state
 
     r = cfg.train.resume
     if r is False:
@@ -346,11 +369,6 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     from torch.utils.data import DataLoader
     from transformers import AutoProcessor
 
-    from avcap.data.blend import BlendPlan
-    from avcap.data.sources import CurateError
-    from avcap.train import checkpoint as ckpt
-    from avcap.train.data import SKIP_REASONS, Collator, SFTDataset, StepBatches, conversation_sizes, index_sources
-    from avcap.train.schedule import build_scheduler
 
     t = cfg.train
     d = setup_distributed(cfg)
@@ -541,8 +559,6 @@ def _worker_init(parent: int, _: int) -> None:
 
 
 def _die_with_parent(parent: int) -> None:
-    import signal
-    import sys
 
     if sys.platform.startswith("linux"):
         import ctypes

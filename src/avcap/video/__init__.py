@@ -41,6 +41,10 @@ list the same way), and `VideoFrames.notes` says what was done.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import ctypes
+import inspect
 import math
 import os
 import re
@@ -54,6 +58,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+
+from avcap.video.colour import (
+    UnsupportedColour,
+    crop_nv12,
+    interleave_uv,
+    nv12_to_rgb,
+    nv12_to_rgb_fast,
+    swscale_coefficients,
+)
+
+# Heavy libraries (PIL, av, torch, torchvision) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")  # what a videos/ directory may hold
 
@@ -551,7 +568,6 @@ def _mark_discard(packet) -> bool:
     skips wrapping a frame nobody reads. PyAV exposes the flag read-only, so it is set in the
     AVPacket itself, located once on a packet of our own and confirmed through PyAV's getters on
     every packet; False (nothing changed) where that does not hold."""
-    import ctypes
 
     global _packet_ptr_offset
     if not _DISCARD_UNSAMPLED or not packet.size:
@@ -790,7 +806,6 @@ def _nvdec_hwaccel(path: Path):
 
 
 def _colour_coefficients(path: Path, colorspace: int, color_range: int):
-    from avcap.video.colour import UnsupportedColour, swscale_coefficients
 
     try:
         return swscale_coefficients(colorspace, color_range)
@@ -799,7 +814,6 @@ def _colour_coefficients(path: Path, colorspace: int, color_range: int):
 
 
 def _cropped_nv12(path: Path, y, uv, height: int, width: int):
-    from avcap.video.colour import UnsupportedColour, crop_nv12
 
     try:
         return crop_nv12(y, uv, height, width)
@@ -810,7 +824,6 @@ def _cropped_nv12(path: Path, y, uv, height: int, width: int):
 def _rgb_from_nv12(path: Path, y, uv, colorspace: int, color_range: int, height: int, width: int):
     """3 x height x width uint8 RGB (torch, planes' device) from possibly padded NV12 planes, as swscale
     converts the software decoder's frame (avcap.video.colour)."""
-    from avcap.video.colour import nv12_to_rgb
 
     coeffs = _colour_coefficients(path, colorspace, color_range)
     y, uv = _cropped_nv12(path, y, uv, height, width)
@@ -863,11 +876,9 @@ def _nv12_batch_resized(path: Path, frames: Sequence[_NV12],
     """NV12 copies -> RGB -> resized, `batch` frames at a time with the same size and colour tags, on
     their device (CUDA: this thread's conversion stream); H x W x 3 uint8 numpy each. Frame by frame
     the same as converting and resizing each alone."""
-    import contextlib
 
     import torch
 
-    from avcap.video.colour import nv12_to_rgb_fast
 
     out: list[np.ndarray] = []
     cuda = bool(frames) and frames[0].y.is_cuda
@@ -976,7 +987,6 @@ def _seek_groups(index: _Index, indices: Sequence[int]) -> tuple[dict[int, list[
     groups): each target's chain starts at the last keyframe at or before it in decode order whose
     pts is not after the target's (open-GOP leading pictures go one GOP back); overlapping chains
     decode as one group."""
-    import bisect
 
     order = sorted(range(len(index.pts)), key=index.pts.__getitem__)  # presentation rank -> decode pos
     keypos = [d for d, k in enumerate(index.key) if k]
@@ -1297,7 +1307,6 @@ class DecodedVideo:
         """`load_video`'s VideoFrames, converted and resized on `device` (see class docstring)."""
         if self.planes is None:
             return self.video
-        import contextlib
 
         import torch
 
@@ -1318,7 +1327,6 @@ class DecodedVideo:
 
     def _uv(self, chroma, hh: int, ww: int):
         """The H/2 x W/2 x 2 chroma of one flattened picture's bytes after its luma."""
-        from avcap.video.colour import interleave_uv
 
         q = hh * ww // 4
         if self.chroma == "nv12":
@@ -1333,7 +1341,6 @@ def decode_video(path: str | os.PathLike, *, source_fps: Optional[float] = None,
     "cpu", or "nvdec" (the sampled pictures are downloaded from the GPU as NVDEC made them, NV12,
     by FFmpeg's pitched copy: no kernel of ours runs in this process's CUDA context). A clip it
     cannot carry as planes is decoded again by `load_video` (rare: not 8-bit 4:2:0)."""
-    import inspect
 
     path = _clean_path(path)
     if not path.exists():
@@ -1348,7 +1355,6 @@ def decode_video(path: str | os.PathLike, *, source_fps: Optional[float] = None,
     if path.is_dir():
         return DecodedVideo(load_video(path, source_fps=source_fps, threads=threads, sparse=sparse, **kw))
     sampling.update(kw)
-    from avcap.video.colour import UnsupportedColour, swscale_coefficients
 
     try:
         info, plan, planes, tags = _sample_file(path, sampling, threads=threads, sparse=sparse, decoder=decoder,

@@ -29,6 +29,10 @@ import threading
 import warnings
 from dataclasses import dataclass
 
+# Heavy libraries (torch) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
+
 # FFmpeg libswscale/yuv2rgb.c ff_yuv2rgb_coeffs: {crv, cbu, cgu, cgv} by AVColorSpace value
 _BT601 = (104597, 132201, 25675, 53279)
 SWSCALE_MATRICES: dict[int, tuple[int, int, int, int]] = {

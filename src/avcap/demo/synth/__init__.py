@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from avcap.demo.synth.annotate import texts_for
+from avcap.demo.synth.cli import synthesize as _synthesize
 from avcap.demo.synth.scene import SceneRecord
+from avcap.demo.synth.world import sample_scene as _sample
 
 __all__ = ["SceneRecord", "sample_scene", "synthesize", "text_corpus"]
 
 
 def sample_scene(seed: int, **kwargs) -> SceneRecord:
-    from avcap.demo.synth.world import sample_scene as _sample
 
     return _sample(seed, **kwargs)
 
@@ -24,8 +26,6 @@ def text_corpus(n_scenes: int = 2000, seed: int = 0) -> Iterator[str]:
     """Texts of `n_scenes` sampled worlds (no rendering; ~20 ms per scene): for each scene the
     reference caption, the human / CV / reasoning-SFT annotation JSON strings and its LingoQA
     question-answer texts. Deterministic for (n_scenes, seed)."""
-    from avcap.demo.synth.annotate import texts_for
-    from avcap.demo.synth.world import sample_scene as _sample
 
     for i in range(n_scenes):
         yield from texts_for(_sample(_corpus_seed(seed, i)))
@@ -37,6 +37,5 @@ def _corpus_seed(seed: int, i: int) -> int:
 
 
 def synthesize(*args, **kwargs):
-    from avcap.demo.synth.cli import synthesize as _synthesize
 
     return _synthesize(*args, **kwargs)

@@ -15,6 +15,7 @@ same bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from typing import Optional
 
@@ -90,7 +91,7 @@ def road_words(rec: SceneRecord, say: _Say) -> str:
     lanes = r.lane_count
     lane_w = {1: "single-lane", 2: "two-lane", 3: "three-lane", 4: "four-lane", 5: "five-lane", 6: "six-lane"}[lanes]
     if env == "highway":
-        return say(f"a divided {lane_w} highway", f"a multi-lane highway", f"a {lane_w} divided highway")
+        return say(f"a divided {lane_w} highway", "a multi-lane highway", f"a {lane_w} divided highway")
     if env == "urban":
         base = say("city street", "urban street", "downtown street")
     elif env == "suburban":
@@ -284,7 +285,7 @@ def vehicles_sentences(rec: SceneRecord, say: _Say) -> list[str]:
                            f"On the right, {vehicle_phrase(parked[0])} is parked at the kerb."))
         else:
             out.append(say(f"{_cap(_num(len(parked)))} vehicles are parked along the right side of the street.",
-                           f"Several cars are parked on the right side of the road.",
+                           "Several cars are parked on the right side of the road.",
                            f"On the right side of the road, {_num(len(parked))} vehicles are parked in the parking lane."))
     adj = [v for v in rec.vehicles if v.role == "adjacent" and not v.is_emergency]
     for v in adj:
@@ -957,7 +958,6 @@ def _should(rec: SceneRecord) -> list[str]:
 
 def texts_for(rec: SceneRecord) -> list[str]:
     """Every text avcap emits for one record (for tokenizer training)."""
-    import json
 
     out = [caption(rec)]
     out.append(json.dumps(human_annotation(rec), ensure_ascii=False, indent=4))

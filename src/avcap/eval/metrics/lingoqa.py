@@ -31,9 +31,19 @@ An LLM judge (any avcap engine) is available as a second opinion; it is reported
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
+from urllib.parse import urlparse
+
+from avcap.engines import Request, build_messages
+
+# Heavy libraries (pandas, torch, transformers) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 IMPLEMENTATION = (
     "avcap.eval.metrics.lingoqa: wayveai/LingoQA benchmark/evaluate.py + judge.py re-implemented "
@@ -194,9 +204,6 @@ class LingoJudge:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    import os
-    import socket
-    from urllib.parse import urlparse
 
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
         "TRANSFORMERS_OFFLINE", "0"
@@ -331,7 +338,6 @@ LLM_JUDGE_PROMPT = (
 
 
 def parse_yes_no(text: Optional[str]) -> Optional[bool]:
-    import re
 
     if not isinstance(text, str):
         return None
@@ -350,7 +356,6 @@ def parse_yes_no(text: Optional[str]) -> Optional[bool]:
 def llm_judge_block(predictions_csv: str | Path, parquet: str | Path, engine: Any, sampling: Any,
                     *, judge_name: str) -> dict[str, Any]:
     """`lingoqa_llm_judge`: the same merged rows judged by an LLM (yes/no), unparseable = wrong."""
-    from avcap.engines import Request, build_messages
 
     merged = merge(load_predictions(predictions_csv), load_references(parquet))
     requests = []

@@ -19,6 +19,7 @@ videos of the micro-batch share a resolution). The same function, to rounding.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import types
 from typing import Any
@@ -26,13 +27,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+# Heavy libraries (torch) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
+
 _LENGTHS_ATTR = "_avcap_equal_length_runs"
 
 
 def require_compiler(device_type: str, key: str) -> None:
     """torch.compile's inductor builds C++ on the CPU: without a compiler the first forward would
     fail deep inside; say so up front, naming the config key that asked for compilation."""
-    import shutil
 
     if device_type != "cuda" and not any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang")):
         raise ValueError(f"{key} = true on the CPU needs a C++ compiler for torch.compile (inductor): none of "

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# Heavy libraries (transformers) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
+
 # Datasheet dense bf16 peak (the conventional MFU denominator) and HBM bandwidth.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
 PEAK_HBM_BYTES = {"H100": 3.35e12, "H200": 4.8e12}

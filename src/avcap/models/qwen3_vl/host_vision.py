@@ -18,6 +18,14 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Optional
 
+from avcap.models.qwen3_vl.compile import remember_runs
+from avcap.models.qwen3_vl.text import NotSupported
+from avcap.models.qwen3_vl.text import to_device as _to_device
+
+# Heavy libraries (transformers) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
+
 _HELPERS = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids", "get_vision_attention_seqlens")
 
 
@@ -57,8 +65,6 @@ class HostVision:
     video_grid_thw=hv.grid)`."""
 
     def __init__(self, model, ids, grid, device):
-        from avcap.models.qwen3_vl.text import NotSupported, to_device as _to_device
-        from avcap.models.qwen3_vl.compile import remember_runs
 
         vu = _helpers()
         visual = model.model.visual

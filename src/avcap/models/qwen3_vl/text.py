@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+# Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
+
 
 class NotSupported(Exception):
     """This batch or model needs plain `generate` (the engine falls back)."""

@@ -42,9 +42,15 @@ import inspect
 import json
 import math
 import random
+import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
+from avcap.core.config import Prompts
+
+# Heavy libraries (safetensors, tokenizers, torch, transformers) are imported inside the functions that use them: `avcap --help` and
+# the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
+# matplotlib adds ~3 s on the 2-core box).
 
 # --------------------------------------------------------------------------- tokens and sizes
 
@@ -181,7 +187,6 @@ def builtin_corpus(seed: int = 0, n: int = 3000) -> list[str]:
 
 
 def _prompt_texts() -> list[str]:
-    from avcap.core.config import Prompts
 
     p = Prompts()
     return [p.system, p.caption, p.mcq_suffix, p.lingoqa, p.reasoning_suffix,
@@ -195,7 +200,15 @@ def _prompt_texts() -> list[str]:
 def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     """Byte-level BPE in Qwen2's layout, then the Qwen3-VL added tokens; returns a Qwen2Tokenizer
     (transformers 5) or a Qwen2TokenizerFast (4.57): the same vocabulary, merges and special tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import AddedToken, Qwen2Tokenizer
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
@@ -231,7 +244,6 @@ def _tokenizer_from_files(vocab: dict, merges: list, specials: list[str], common
     """transformers 4.x's Qwen2TokenizerFast from a vocab.json and a merges.txt (it converts the
     slow tokenizer: the same BPE, NFC, Qwen2 split and byte-level pre-tokenizer and decoder);
     4.x names the extra special tokens `additional_special_tokens`."""
-    import tempfile
 
     from transformers import Qwen2TokenizerFast
 
@@ -285,7 +297,11 @@ def make_config(tokenizer, size: str = "tiny"):
 
 
 def make_processor(tokenizer):
-    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
 
     common = dict(patch_size=PATCH_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE, merge_size=MERGE_SIZE,
                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
