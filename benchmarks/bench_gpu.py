@@ -332,7 +332,7 @@ def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool |
                     m.gradient_checkpointing = False
     if linear_pe:
         linear_patch_embed(model)
-    if compile:  # what avcap.train.loop does for [train] compile = true (and [avcap.train.loop] activation_memory_budget)
+    if compile:  # what avcap.train.loop does for [train] compile = true (and [avcap.train] activation_memory_budget)
         import torch._functorch.config as fconf
 
         from avcap.models.qwen3_vl.compile import compile_blocks
@@ -480,7 +480,7 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
                                                        compile=True, pin=True, mem_budget=0.5),
             # the trainer with its CUDA defaults (fused AdamW, pinned batches), fp32 master weights + bf16
             # autocast, gradient checkpointing on as the recipe has it; [train] compile = true; and with
-            # [avcap.train.loop] activation_memory_budget (checkpointing replaced by selective recompute)
+            # [avcap.train] activation_memory_budget (checkpointing replaced by selective recompute)
             "trainer_compile_fused_pinned": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=False, micro=4,
                                                  compile=True, pin=True),
             **{f"trainer_compile_budget{int(b * 10):02d}": dict(master_fp32=True, fused=True, ckpt=True, linear_pe=False,

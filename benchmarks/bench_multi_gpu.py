@@ -414,8 +414,8 @@ def prepare_train_data(ctx: Ctx) -> dict[str, Any]:
 
     values: dict[str, Any] = {"custom.dataset.dataset_root": str(ctx.data_root)}
     for s in SOURCES:
-        values[f"avcap.data.sources.{s}.kind"] = s
-        values[f"avcap.data.sources.{s}.path"] = str(ctx.world / "train" / s)
+        values[f"avcap.curate.sources.{s}.kind"] = s
+        values[f"avcap.curate.sources.{s}.path"] = str(ctx.world / "train" / s)
     path = ctx.work / "curate.toml"
     path.write_text(edit_toml(RECIPE_TOML, values))
     lines: list[str] = []
@@ -495,7 +495,7 @@ def sft_values(ctx: Ctx, k: int, run_dir: Path, model_dir: Path) -> dict[str, An
     if a.compile:
         values["train.compile"] = True
     if a.memory_budget is not None:
-        values["avcap.train.loop.activation_memory_budget"] = a.memory_budget
+        values["avcap.train.activation_memory_budget"] = a.memory_budget
     return values
 
 
@@ -919,7 +919,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="[train] compile = true (regional torch.compile)")
     ap.add_argument("--memory-budget", type=float, default=None,
-                    help="[avcap.train.loop] activation_memory_budget (with --compile)")
+                    help="[avcap.train] activation_memory_budget (with --compile)")
     ap.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the rates")
     ap.add_argument("--batch-per-gpu", type=int, default=32, help="train_batch_per_replica (recipe: 32)")
     ap.add_argument("--mini-batch", type=int, default=4, help="train_policy.mini_batch (recipe: 4)")

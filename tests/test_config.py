@@ -125,12 +125,12 @@ def test_error_cases(tmp_path, case):
 
 def test_turns_per_video_is_for_vqa_sources_only(tmp_path):
     p = tmp_path / "t.toml"
-    p.write_text('[avcap.data.sources.cv]\nkind = "cv_annotated"\npath = "raw/cv"\nturns = "per_video"\n')
+    p.write_text('[avcap.curate.sources.cv]\nkind = "cv_annotated"\npath = "raw/cv"\nturns = "per_video"\n')
     with pytest.raises(ConfigError) as e:
         load_config(p)
     (msg,) = e.value.problems
-    assert msg.startswith(f"{p}: avcap.data.sources.cv") and 'kind = "vqa"' in msg
-    p.write_text('[avcap.data.sources.q]\nkind = "vqa"\npath = "raw/eval"\nturns = "per_video"\n')
+    assert msg.startswith(f"{p}: avcap.curate.sources.cv") and 'kind = "vqa"' in msg
+    p.write_text('[avcap.curate.sources.q]\nkind = "vqa"\npath = "raw/eval"\nturns = "per_video"\n')
     assert load_config(p).avcap.curate.sources["q"].turns == "per_video"
 
 

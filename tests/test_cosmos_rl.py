@@ -77,7 +77,7 @@ def _recipe(model: Path, output_dir: Path, *, model_max_length: int = 4096) -> s
     ]:
         assert old in text, old
         text = text.replace(old, new)
-    return text + '\n[avcap.train.loop]\nloss_reduction = "sample"\n'
+    return text + '\n[avcap.train]\nloss_reduction = "sample"\n'
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +97,10 @@ subdirectories = ["human_annotated", "cv_annotated"]
 [custom.vision]
 nframes = 4
 max_pixels = 6144
-[avcap.data.sources.human_annotated]
+[avcap.curate.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.data.sources.cv_annotated]
+[avcap.curate.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
 """)

@@ -119,7 +119,7 @@ subdirectories = ["human_annotated"]
 [custom.vision]
 nframes = 4
 max_pixels = 6144
-[avcap.data.sources.human_annotated]
+[avcap.curate.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
 """ + tail)
@@ -194,16 +194,16 @@ weights = [0.5, 0.3, 0.1, 0.1]
 nframes = 4
 max_pixels = 6144
 
-[avcap.data.sources.human_annotated]
+[avcap.curate.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.data.sources.cv_annotated]
+[avcap.curate.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
-[avcap.data.sources.reason1_sft]
+[avcap.curate.sources.reason1_sft]
 kind = "reason1_sft"
 path = "raw/r1"
-[avcap.data.sources.vqa]
+[avcap.curate.sources.vqa]
 kind = "vqa"
 path = "raw/eval"
 """)
@@ -344,10 +344,10 @@ def test_curate_resumes_after_a_crash(raw_world, monkeypatch):
 
 
 def test_curate_rejects_a_bad_request(tmp_path):
-    cfg = write_config(tmp_path / "r.toml", '[avcap.data.sources.x]\nkind = "cv_annotated"\npath = "nowhere"\n')
+    cfg = write_config(tmp_path / "r.toml", '[avcap.curate.sources.x]\nkind = "cv_annotated"\npath = "nowhere"\n')
     res = _run_curate(cfg)
     assert res.exit_code == 2 and "nowhere" in res.output and "Traceback" not in res.output
-    cfg = write_config(tmp_path / "r2.toml", '[avcap.data.sources.x]\nkind = "captions"\npath = "raw"\n')
+    cfg = write_config(tmp_path / "r2.toml", '[avcap.curate.sources.x]\nkind = "captions"\npath = "raw"\n')
     res = _run_curate(cfg)
     assert res.exit_code == 2 and "kind" in res.output
 
@@ -373,7 +373,7 @@ subdirectories = ["human_annotated"]
 [custom.vision]
 nframes = 4
 max_pixels = {max_pixels}
-[avcap.data.sources.human_annotated]
+[avcap.curate.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
 """)

@@ -358,10 +358,10 @@ weights = [0.5, 0.5]
 [custom.vision]
 nframes = 4
 max_pixels = 6144
-[avcap.data.sources.human_annotated]
+[avcap.curate.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.data.sources.cv_annotated]
+[avcap.curate.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
 [train]
@@ -532,13 +532,13 @@ subdirectories = ["human_annotated", "cv_annotated", "vqa"]
 [custom.vision]
 nframes = 4
 max_pixels = 6144
-[avcap.data.sources.human_annotated]
+[avcap.curate.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.data.sources.cv_annotated]
+[avcap.curate.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
-[avcap.data.sources.vqa]
+[avcap.curate.sources.vqa]
 kind = "vqa"
 path = "raw/eval"
 """
@@ -751,7 +751,7 @@ def curate_bad(tmp_path_factory) -> BadRun:
     cfg = base / "recipe.toml"
     cfg.write_text(CURATE_TOML.replace('subdirectories = ["human_annotated", "cv_annotated", "vqa"]',
                                        'subdirectories = ["human_annotated", "vqa"]')
-                   .replace('[avcap.data.sources.cv_annotated]\nkind = "cv_annotated"\npath = "raw/cv"\n', ""))
+                   .replace('[avcap.curate.sources.cv_annotated]\nkind = "cv_annotated"\npath = "raw/cv"\n', ""))
     rc, log, _ = run_to_end(avcap("curate", "--config", cfg), base / "curate.log")
     return BadRun(rc, log, {"raw": base / "raw", "data": base / "data"})
 

@@ -216,8 +216,8 @@ def test_all_requests_failed_is_an_error_not_a_zero(tmp_path, monkeypatch):
     made = []
     monkeypatch.setattr(avcap.engines, "make_engine", lambda *a, **k: made.append(1))  # must not be needed
     cfg_file = tmp_path / "recipe.toml"
-    cfg_file.write_text('[avcap.eval.metrics]\nlingoqa_judge = "/no/such/judge"\n'
-                        '[avcap.eval.metrics.caption_mode_answerer]\nname = "openai"\nmodel = "answerer"\n')
+    cfg_file.write_text('[avcap.metrics]\nlingoqa_judge = "/no/such/judge"\n'
+                        '[avcap.metrics.caption_mode_answerer]\nname = "openai"\nmodel = "answerer"\n')
     res = CliRunner().invoke(app, ["score", "--outputs-dir", str(out), "--config", str(cfg_file)])
     assert res.exit_code == 2, res.output
     errors = [l for l in res.stderr.splitlines() if l.startswith("error: ")]
@@ -432,7 +432,7 @@ max_tokens = 8
 max_tokens = 3
 [avcap.sampling.lingoqa]
 max_tokens = 4
-[avcap.eval.metrics]
+[avcap.metrics]
 lingoqa_judge = "{judge_dir}"
 [avcap.datasets.AV_CAPTION]
 kind = "av_caption"

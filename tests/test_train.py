@@ -82,10 +82,10 @@ weights = [0.5, 0.5]
 nframes = 4
 max_pixels = 6144
 
-[avcap.data.sources.human_annotated]
+[avcap.curate.sources.human_annotated]
 kind = "human_annotated"
 path = "raw/human"
-[avcap.data.sources.cv_annotated]
+[avcap.curate.sources.cv_annotated]
 kind = "cv_annotated"
 path = "raw/cv"
 """
@@ -372,7 +372,7 @@ def test_two_process_gloo_fsdp_matches_one_process(uninterrupted, curated, tiny_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "avcap.train.loop", "--config", str(cfg_path)],
+         "-m", "avcap.train", "--config", str(cfg_path)],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "on 2 x cpu" in proc.stdout
@@ -406,7 +406,7 @@ model_max_length = 1500
 """, annotate=lambda i: {**HUMAN, "safety_analysis": long_text if i == 0 else "Short."})
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "avcap.train.loop", "--config", str(cfg_path)],
+         "-m", "avcap.train", "--config", str(cfg_path)],
         check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = log_of(tmp_path / "run")
@@ -461,7 +461,7 @@ model_name_or_path = "{tiny_model_dir}"
 """)
     workers: set[int] = set()
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "avcap.train.loop", "--config", str(cfg_path)], stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "avcap.train", "--config", str(cfg_path)], stdout=subprocess.DEVNULL,
                                 stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 240

@@ -146,7 +146,7 @@ def test_compiled_blocks_match_eager_aot_eager(model_and_batches):
 
 
 def test_memory_budget_replaces_checkpointing(model_and_batches, default_memory_budget):
-    """[avcap.train.loop] activation_memory_budget: block checkpointing off, the partitioner's budget set."""
+    """[avcap.train] activation_memory_budget: block checkpointing off, the partitioner's budget set."""
     import torch._functorch.config as functorch_config
 
     with pytest.raises(ValueError, match="activation_memory_budget"):

@@ -29,7 +29,7 @@ def _fail(lines: list[str]) -> None:
 @app.callback()
 def curate_cmd(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe TOML with \\[avcap.data.sources.<subdirectory>] tables."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe TOML with \\[avcap.curate.sources.<subdirectory>] tables."),
     out: Optional[Path] = typer.Option(None, "--out", help="Dataset root (default: \\[custom.dataset] dataset_root)."),
     workers: int = typer.Option(8, "--workers", min=1, help="Inputs checked in parallel."),
 ) -> None:

@@ -1,6 +1,6 @@
 """Raw sources -> training conversations in cosmos-rl's shape, one subdirectory per source.
 
-Input (per `[avcap.data.sources.<subdirectory>]`, `kind` and `path`):
+Input (per `[avcap.curate.sources.<subdirectory>]`, `kind` and `path`):
 
 - `human_annotated` | `cv_annotated` | `reason1_sft`: `<path>/videos/<id>.<ext>` (or a directory
   of frames) paired by name with `<path>/annotations/<id>.json` in the recipe's shape for that kind
@@ -472,16 +472,16 @@ def curate_source(name: str, src: CurateSource, cfg: RecipeConfig, out_dir: Path
     raw = cfg.resolve(src.path)
     if src.kind == "vqa":
         if not _vqa_file(raw).is_file():
-            raise CurateError(f"avcap.data.sources.{name}.path: {_vqa_file(raw)} does not exist")
+            raise CurateError(f"avcap.curate.sources.{name}.path: {_vqa_file(raw)} does not exist")
         items = _vqa_items(raw)
         if src.turns == "per_video":
             items = _group_by_video(items)
         vqa_dir: Optional[Path] = _vqa_file(raw).parent
     else:
         if not raw.is_dir():
-            raise CurateError(f"avcap.data.sources.{name}.path: {raw} is not a directory")
+            raise CurateError(f"avcap.curate.sources.{name}.path: {raw} is not a directory")
         if not (raw / "annotations").is_dir() and not (raw / "videos").is_dir():
-            raise CurateError(f"avcap.data.sources.{name}.path: {raw} has neither annotations/ nor videos/")
+            raise CurateError(f"avcap.curate.sources.{name}.path: {raw} has neither annotations/ nor videos/")
         items = _pair_items(raw)
         vqa_dir = None
 
@@ -570,18 +570,18 @@ def write_meta(out_dir: Path, name: str, src: CurateSource, raw: Path, cfg: Reci
 
 def curate(cfg: RecipeConfig, out: Optional[str | Path] = None, *, workers: int = 8,
            echo: Callable[[str], None] = print) -> CurationReport:
-    """Curate every `[avcap.data.sources.*]` into `out` (default: [custom.dataset] dataset_root);
+    """Curate every `[avcap.curate.sources.*]` into `out` (default: [custom.dataset] dataset_root);
     writes `report.json` there, prints the counts and every unusable input, returns the report."""
     sources = cfg.avcap.curate.sources
     if not sources:
-        raise CurateError(f"{cfg.source or '<config>'}: no [avcap.data.sources.<subdirectory>] tables; nothing to curate")
+        raise CurateError(f"{cfg.source or '<config>'}: no [avcap.curate.sources.<subdirectory>] tables; nothing to curate")
     root = Path(out) if out is not None else cfg.resolve(cfg.custom.dataset.dataset_root)
     root = root.resolve()
     remove_stale_temp_files(root)  # a killed run's report.json.tmp (each source cleans its own directories)
     report = CurationReport(dataset_root=str(root))
     for name, src in sources.items():
         if "/" in name or name in ("", ".", ".."):
-            raise CurateError(f"avcap.data.sources.{name!r}: a source name must be a plain subdirectory name")
+            raise CurateError(f"avcap.curate.sources.{name!r}: a source name must be a plain subdirectory name")
         counts, problems = curate_source(name, src, cfg, root / name, workers=workers)
         report.sources[name] = counts
         report.problems += problems
@@ -589,7 +589,7 @@ def curate(cfg: RecipeConfig, out: Optional[str | Path] = None, *, workers: int 
     _print_report(report, echo)
     missing = [s for s in cfg.custom.dataset.subdirectories if s not in sources and not (root / s / cfg.custom.dataset.meta_file).exists()]
     if missing:
-        echo(f"warning: [custom.dataset] subdirectories {missing} have no [avcap.data.sources] entry and no meta.json under {root}")
+        echo(f"warning: [custom.dataset] subdirectories {missing} have no [avcap.curate.sources] entry and no meta.json under {root}")
     return report
 
 

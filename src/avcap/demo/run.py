@@ -591,7 +591,7 @@ def demo_section(ctx: Ctx, report_dir: Path, config_path: Path, preview_png: Opt
     weights = dict(zip(ctx.cfg.custom.dataset.subdirectories, ctx.cfg.custom.dataset.normalized_weights()))
     preview = preview_png
     dist = ", ".join(f"{k} {100 * v / max(1, blind['pairs']):.0f}%" for k, v in blind["eval_letters"].items())
-    lingo = ("LingoQA is not scored: its judge (`wayveai/Lingo-Judge`, [avcap.eval.metrics] lingoqa_judge) is a hub "
+    lingo = ("LingoQA is not scored: its judge (`wayveai/Lingo-Judge`, [avcap.metrics] lingoqa_judge) is a hub "
              "model and the demo runs offline; with a local copy of the judge the demo also runs and scores LingoQA."
              if not lingoqa_judge_available(ctx.cfg) else "LingoQA is scored with the local Lingo-Judge.")
     lines = [

@@ -10,7 +10,7 @@ what the files there allow, writes `metrics.json` beside them (atomically) and p
   each annotation's safety_analysis; the dataset is found through run.json's dataset_root, else the
   config's [avcap.datasets]) — coco-caption BLEU-4, sacrebleu beside it;
 - `vqa_accuracy` (mode direct) from mcq.jsonl;
-- `vqa_accuracy_caption_mode` when [avcap.eval.metrics] caption_mode_answerer is set: that engine answers
+- `vqa_accuracy_caption_mode` when [avcap.metrics] caption_mode_answerer is set: that engine answers
   the dataset's vqa.jsonl questions from each generated caption alone (cached, resumable, in
   mcq_caption_mode.jsonl);
 - `lingoqa` from lingoqa_predictions.csv (or lingoqa.jsonl) and the dataset's parquet with
@@ -426,7 +426,7 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
                 )
             except Exception as exc:  # the answerer cannot start: the other metrics still count
                 metrics["vqa_accuracy_caption_mode_error"] = (
-                    f"[avcap.eval.metrics.caption_mode_answerer]: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                    f"[avcap.metrics.caption_mode_answerer]: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 )
             else:
                 coverage["mcq_caption_mode"] = cov = coverage_block(
@@ -692,7 +692,7 @@ def main(
     outputs_dir: Path = typer.Option(..., "--outputs-dir", help="Directory holding <model>/<checkpoint>/<dataset>/ outputs of avcap infer."),
     dataset: Optional[list[str]] = typer.Option(None, "--dataset", help="Score only these datasets (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Recipe TOML (datasets, LingoQA judge, caption-mode answerer, engine)."),
-    lingoqa_judge: Optional[str] = typer.Option(None, "--lingoqa-judge", help="Lingo-Judge directory or hub id (default: the config's avcap.eval.metrics.lingoqa_judge)."),
+    lingoqa_judge: Optional[str] = typer.Option(None, "--lingoqa-judge", help="Lingo-Judge directory or hub id (default: the config's avcap.metrics.lingoqa_judge)."),
     lingoqa_llm_judge: Optional[str] = typer.Option(None, "--lingoqa-llm-judge", help="Also judge LingoQA with this model through the config's avcap.engine (reported as lingoqa_llm_judge)."),
 ) -> None:
     """BLEU, MCQ-VQA and LingoQA metrics for every output set; writes metrics.json beside the outputs."""

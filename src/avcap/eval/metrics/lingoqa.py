@@ -221,7 +221,7 @@ def _load_judge(judge: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     hint = (
-        "point avcap at a local copy of the judge: set [avcap.eval.metrics] lingoqa_judge = \"/path/to/Lingo-Judge\" "
+        "point avcap at a local copy of the judge: set [avcap.metrics] lingoqa_judge = \"/path/to/Lingo-Judge\" "
         "in the config, or pass --lingoqa-judge PATH to `avcap score` (download once with "
         "`huggingface-cli download wayveai/Lingo-Judge --local-dir Lingo-Judge` on a machine with internet)"
     )
