@@ -16,7 +16,8 @@ import pytest
 
 from avcap.core.checkpoints import CheckpointError, resolve_checkpoint
 from avcap.core.config import load_config
-from avcap.eval.infer import InferError, library_versions, merge_only, parse_caption, run_inference
+from avcap.eval.infer import InferError, library_versions, merge_only, run_inference
+from avcap.eval.tasks import parse_caption
 from avcap.core.records import read_json, read_records
 
 # ----------------------------------------------------------------------------- checkpoints

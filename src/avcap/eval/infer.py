@@ -44,8 +44,6 @@ from typing import Any, Optional
 import typer
 
 import avcap
-from avcap.bench.pool import PoolError, format_question
-from avcap.bench.vqa import read_vqa_for
 from avcap.core.checkpoints import CheckpointError, resolve_checkpoint
 from avcap.core.config import ConfigError, RecipeConfig, Sampling, load_config
 from avcap.core.records import (
@@ -61,14 +59,21 @@ from avcap.core.records import (
     write_text_atomic,
 )
 from avcap.engines import Request, build_messages
-from avcap.video import VIDEO_SUFFIXES, is_video_path
+from avcap.eval.tasks import (
+    TASKS,
+    DatasetView,
+    Item,
+    TaskError,
+    TaskPlan,
+    no_units_message,
+    tasks_for,
+)
 
 # Heavy libraries (pandas, torch, tqdm) are imported inside the functions that use them: `avcap --help` and
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
 # matplotlib adds ~3 s on the 2-core box).
 
-TASKS_BY_KIND = {"av_caption": ("caption", "mcq"), "lingoqa": ("lingoqa",)}
-ALL_TASKS = ("caption", "mcq", "lingoqa")
+ALL_TASKS = tuple(TASKS)
 
 
 class InferError(ValueError):
@@ -76,17 +81,6 @@ class InferError(ValueError):
 
 
 # ----------------------------------------------------------------------------- the work list
-
-
-@dataclass
-class Item:
-    """One request: a prompt about one video, and the fields its record carries."""
-
-    key: str
-    unit: str  # the shard unit: video id (AV_CAPTION) or segment id (LingoQA)
-    video: str
-    text: str
-    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,160 +99,40 @@ class Plan:
         return {u: i % num_shards for i, u in enumerate(self.units)}
 
 
-def format_mcq(question: str, choices: dict[str, str], suffix: str) -> str:
-
-    return format_question({"question": question, "choices": choices}, suffix)
-
-
-def _video_files(videos_dir: Path) -> dict[str, Path]:
-    """video id -> file (or directory of frames) under `videos/`."""
-    out: dict[str, Path] = {}
-    if not videos_dir.is_dir():
-        return out
-    for p in sorted(videos_dir.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if is_video_path(p):
-            out.setdefault(p.stem if p.is_file() else p.name, p)
-    return out
-
-
 def build_plan(cfg: RecipeConfig, dataset: str, tasks: Optional[list[str]], limit: Optional[int]) -> Plan:
-    """Every request of `tasks` on `dataset` (first `limit` videos/segments), in a fixed order."""
+    """Every request of `tasks` (default: every task of the dataset's kind) on `dataset`, first
+    `limit` units (videos / segments) in id order, in a fixed order (avcap.eval.tasks plans each)."""
     try:
         ds = cfg.dataset(dataset)
     except ConfigError as exc:
         raise InferError(exc.problems[0]) from None
     root = cfg.resolve(ds.root)
-    allowed = TASKS_BY_KIND[ds.kind]
+    allowed = tasks_for(ds.kind)
     explicit = tasks is not None
-    tasks = list(tasks) if tasks is not None else list(allowed)
-    for t in tasks:
+    for t in tasks or []:
         if t not in allowed:
-            raise InferError(
-                f"--tasks: {t!r} does not apply to dataset {dataset} (kind {ds.kind}: {', '.join(allowed)})"
-            )
+            raise InferError(f"--tasks: {t!r} does not apply to dataset {dataset} (kind {ds.kind}: {', '.join(allowed)})")
     if not root.is_dir():
         raise InferError(f"{root}: dataset {dataset} directory does not exist ([avcap.datasets.{dataset}] root)")
-    prompts = cfg.avcap.prompts
-    items: dict[str, list[Item]] = {}
-    if ds.kind == "av_caption":
-        videos = _video_files(root / "videos")
-        vqa_path = root / ds.vqa
-        vqa: list[dict[str, Any]] = []
-        problems: list[str] = []
-        if "mcq" in tasks:
-            if vqa_path.is_file():
-                try:
-                    vqa, problems = read_vqa_for(cfg, vqa_path)
-                except PoolError as exc:
-                    raise InferError(f"[avcap.bench] pool: {exc}") from None
-            elif explicit:
-                raise InferError(f"{vqa_path}: no MCQ benchmark (build it with `avcap bench build/apply`)")
-            else:
-                tasks.remove("mcq")
-        unit_ids = set(videos) | {str(r["video_id"]) for r in vqa}
-        if not unit_ids:
-            raise InferError(f"{root / 'videos'}: no videos ({', '.join(VIDEO_SUFFIXES)} or frame directories)")
-        units = sorted(unit_ids)[: limit if limit is not None else None]
-        keep = set(units)
-
-        def path_of(vid: str) -> str:
-            return str(videos.get(vid, root / "videos" / f"{vid}.mp4"))
-
-        if "caption" in tasks:
-            items["caption"] = [
-                Item(key=v, unit=v, video=path_of(v), text=prompts.caption, fields={"video_id": v})
-                for v in units
-                if v in videos
-            ]
-        if "mcq" in tasks:
-            order = {v: i for i, v in enumerate(units)}
-            recs = sorted((r for r in vqa if str(r["video_id"]) in keep), key=lambda r: order[str(r["video_id"])])
-            items["mcq"] = [
-                Item(
-                    key=str(r["key"]),
-                    unit=str(r["video_id"]),
-                    video=path_of(str(r["video_id"])),
-                    text=format_mcq(r["question"], r["choices"], prompts.mcq_suffix),
-                    fields={
-                        "video_id": str(r["video_id"]),
-                        "question_id": r.get("question_id"),
-                        "category": r.get("category"),
-                        "choices": r["choices"],
-                        "answer": r.get("answer"),
-                    },
-                )
-                for r in recs
-            ]
-    else:  # lingoqa
-        problems = []
-        rows = _lingoqa_rows(root / ds.parquet)
-        images_root = cfg.resolve(ds.images_root) if ds.images_root else root
-        units = sorted({r["segment_id"] for r in rows})[: limit if limit is not None else None]
-        keep = set(units)
-        order = {u: i for i, u in enumerate(units)}
-        rows = sorted((r for r in rows if r["segment_id"] in keep), key=lambda r: order[r["segment_id"]])
-        items["lingoqa"] = [
-            Item(
-                key=r["question_id"],
-                unit=r["segment_id"],
-                video=str(images_root / Path(r["images"][0]).parent),
-                text=f"{r['question']}\n{prompts.lingoqa}",
-                fields={"question_id": r["question_id"], "segment_id": r["segment_id"], "question": r["question"]},
-            )
-            for r in rows
-        ]
+    view = DatasetView(cfg, dataset, ds, root)
+    plans: dict[str, TaskPlan] = {}
+    for name in tasks if tasks is not None else allowed:
+        try:
+            tp = TASKS[name].plan(view, explicit=explicit)
+        except TaskError as exc:
+            raise InferError(str(exc)) from None
+        if tp is not None:
+            plans[name] = tp
+    unit_ids = set().union(*(tp.units for tp in plans.values())) if plans else set()
+    if not unit_ids:
+        raise InferError(no_units_message(view))
+    units = sorted(unit_ids)[: limit if limit is not None else None]
+    items = {name: tp.items(units) for name, tp in plans.items()}
+    problems = [p for tp in plans.values() for p in tp.problems]
     return Plan(dataset=dataset, kind=ds.kind, root=root, units=units, items=items, problems=problems)
 
 
-def _lingoqa_rows(parquet: Path) -> list[dict[str, Any]]:
-    """One row per question (the file has two reference rows per question)."""
-    import pandas as pd
-
-    if not parquet.is_file():
-        raise InferError(f"{parquet}: no LingoQA parquet ([avcap.datasets.*] parquet)")
-    df = pd.read_parquet(parquet, columns=["question_id", "segment_id", "images", "question"])
-    out, seen = [], set()
-    for r in df.to_dict("records"):
-        qid = str(r["question_id"])
-        if qid in seen:
-            continue
-        seen.add(qid)
-        images = list(r["images"])
-        if not images:
-            raise InferError(f"{parquet}: question {qid} has no images")
-        out.append({"question_id": qid, "segment_id": str(r["segment_id"]), "question": str(r["question"]), "images": images})
-    return out
-
-
 # ----------------------------------------------------------------------------- records
-
-
-_FENCE_RE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*")
-
-
-def parse_caption(text: str) -> tuple[Optional[dict[str, Any]], str]:
-    """(parsed JSON caption or None, caption_text): the JSON's safety_analysis when it has one,
-    else the text with code fences removed. Accepts fenced or bare JSON, with prose around it."""
-    body = _FENCE_RE.sub("", text).strip()
-    obj = None
-    candidates = [body]
-    i, j = body.find("{"), body.rfind("}")
-    if 0 <= i < j:
-        candidates.append(body[i : j + 1])
-    for c in candidates:
-        try:
-            parsed = json.loads(c)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict):
-            obj = parsed
-            break
-    sa = obj.get("safety_analysis") if obj else None
-    if isinstance(sa, str) and sa.strip():
-        return obj, sa.strip()
-    return obj, body
 
 
 _RESULT_EXTRAS = ("num_frames", "frame_size", "num_video_tokens", "finish_reason", "attempts")
@@ -266,10 +140,7 @@ _RESULT_EXTRAS = ("num_frames", "frame_size", "num_video_tokens", "finish_reason
 
 def make_record(task: str, item: Item, result: Any, seconds: float) -> dict[str, Any]:
     rec: dict[str, Any] = {"key": item.key, **item.fields, "text": result.text}
-    if task == "caption":
-        caption, caption_text = parse_caption(result.text) if result.text is not None else (None, None)
-        rec["caption"] = caption
-        rec["caption_text"] = caption_text
+    rec.update(TASKS[task].record_fields(item, result.text))
     rec["error"] = result.error
     if result.raw_text is not None and result.raw_text != result.text:
         rec["raw_text"] = result.raw_text

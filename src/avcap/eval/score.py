@@ -36,6 +36,7 @@ import hashlib
 import io
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -58,6 +59,7 @@ from avcap.eval.metrics.lingoqa import (
     load_references,
     match_predictions,
 )
+from avcap.eval.tasks import TASKS, video_files
 
 # Heavy libraries (rich) are imported inside the functions that use them: `avcap --help` and
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
@@ -65,8 +67,7 @@ from avcap.eval.metrics.lingoqa import (
 
 OUTPUT_FILES = ("caption.jsonl", "mcq.jsonl", "lingoqa.jsonl", "lingoqa_predictions.csv")
 # metric -> the task (key of metrics.json's `coverage`) whose records it is computed over
-METRIC_TASK = {"bleu": "caption", "vqa_accuracy": "mcq", "vqa_accuracy_caption_mode": "mcq_caption_mode",
-               "lingoqa": "lingoqa"}
+METRIC_TASK = {**{t.metric: t.name for t in TASKS.values()}, "vqa_accuracy_caption_mode": "mcq_caption_mode"}
 METRIC_VALUE_KEY = {"bleu": "value", "vqa_accuracy": "overall", "vqa_accuracy_caption_mode": "overall",
                     "lingoqa": "score"}
 TASK_NOUN = {"caption": "captions", "mcq": "questions", "mcq_caption_mode": "questions", "lingoqa": "questions"}
@@ -221,9 +222,7 @@ def _planned_videos(root: Optional[Path]) -> tuple[Optional[set[str]], Optional[
     """The videos `avcap infer` captions (videos/), else those with a reference caption."""
     if root is None:
         return None, None
-    from avcap.eval.infer import _video_files  # the same listing as infer's plan
-
-    videos = _video_files(root / "videos")
+    videos = video_files(root / "videos")  # the same listing as infer's plan
     if videos:
         return set(videos), str(root / "videos")
     refs, src = reference_captions(root)
@@ -323,35 +322,28 @@ def _lingoqa_csv(run_dir: Path) -> Optional[Path]:
     return None
 
 
-def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[str, Any]:
-    run: dict[str, Any] = {}
-    if (run_dir / "run.json").is_file():
-        try:
-            run = read_json(run_dir / "run.json")
-        except Exception as exc:
-            log(f"  warning: {run_dir / 'run.json'}: unreadable ({exc}); using directory names")
-        if not isinstance(run, dict):
-            run = {}
-    dataset = str(run.get("dataset") or run_dir.name)
-    metrics: dict[str, Any] = {
-        "model": run.get("model_name") or run.get("model") or run_dir.parent.parent.name,
-        "checkpoint_label": run.get("checkpoint_label") or run_dir.parent.name,
-        "step": run.get("step"),
-        "dataset": dataset,
-    }
-    if metrics["step"] is None:
-        m = re.fullmatch(r"ckpt-(\d+)", str(metrics["checkpoint_label"]))
-        metrics["step"] = int(m.group(1)) if m else None
-    engine = engine_summary(run)
-    if engine is not None:
-        metrics["engine"] = engine
-    notes: list[str] = []
-    coverage: dict[str, dict[str, Any]] = {}
-    root = _dataset_root(run, dataset, cfg)
+@dataclass
+class _ScoreContext:
+    """One output set being scored: what every task's scorer reads and writes."""
 
-    # BLEU
+    run_dir: Path
+    cfg: RecipeConfig
+    judges: "_Judges"
+    log: Any
+    dataset: str
+    root: Optional[Path]
+    metrics: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    coverage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    captions: dict[str, Optional[str]] = field(default_factory=dict)  # video id -> caption text (None: failed)
+
+
+def _score_captions(ctx: _ScoreContext) -> None:
+    """BLEU-4 of caption.jsonl against the dataset's reference captions."""
+    run_dir, dataset, root = ctx.run_dir, ctx.dataset, ctx.root
+    metrics, notes, coverage = ctx.metrics, ctx.notes, ctx.coverage
     cap_path = run_dir / "caption.jsonl"
-    captions: dict[str, Optional[str]] = {}
+    captions = ctx.captions
     caption_errors: set[str] = set()
     if cap_path.is_file():
         cap_records = []
@@ -384,7 +376,11 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
                     block["videos_without_reference"] = skipped
                 metrics["bleu"] = block
 
-    # MCQ, direct
+
+def _score_mcq(ctx: _ScoreContext) -> None:
+    """MCQ-VQA accuracy of mcq.jsonl (direct) and, when configured, in caption mode."""
+    run_dir, cfg, judges, log = ctx.run_dir, ctx.cfg, ctx.judges, ctx.log
+    dataset, root, metrics, notes, coverage = ctx.dataset, ctx.root, ctx.metrics, ctx.notes, ctx.coverage
     mcq_path = run_dir / "mcq.jsonl"
     vqa = _vqa_path(root, cfg, dataset)
     vqa_usable, vqa_problems = _checked_vqa(cfg, vqa) if mcq_path.is_file() or cfg.avcap.metrics.caption_mode_answerer else ([], [])
@@ -408,7 +404,8 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
         else:
             metrics["vqa_accuracy"] = mcq_scores(recs, mode="direct")
 
-    # MCQ, caption mode
+    # caption mode: the questions answered from the captions alone
+    captions, cap_path = ctx.captions, run_dir / "caption.jsonl"
     if captions and cfg.avcap.metrics.caption_mode_answerer is not None:
         if coverage["caption"]["status"] == "all_failed":
             metrics["vqa_accuracy_caption_mode_error"] = f"not run: every caption request failed ({cap_path.name})"
@@ -439,7 +436,11 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
                 block["answers_file"] = CAPTION_MODE_FILE
                 metrics["vqa_accuracy_caption_mode"] = block
 
-    # LingoQA
+
+def _score_lingoqa_task(ctx: _ScoreContext) -> None:
+    """LingoQA: coverage and predictions match always, the judge's score when it loads."""
+    run_dir, cfg, judges, log = ctx.run_dir, ctx.cfg, ctx.judges, ctx.log
+    dataset, root, metrics, coverage = ctx.dataset, ctx.root, ctx.metrics, ctx.coverage
     pred_csv = _lingoqa_csv(run_dir) if any((run_dir / f).exists() for f in ("lingoqa.jsonl", "lingoqa_predictions.csv")) else None
     if pred_csv is not None:
         ds = _dataset_entry(cfg, dataset, "lingoqa")
@@ -454,6 +455,37 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
         elif "lingoqa_error" not in metrics:
             _score_lingoqa(metrics, run_dir, pred_csv, parquet, cfg, judges, log)
 
+
+# each task's metric (avcap.eval.tasks.Task.metric) -> its scorer
+SCORERS = {"bleu": _score_captions, "vqa_accuracy": _score_mcq, "lingoqa": _score_lingoqa_task}
+
+
+def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[str, Any]:
+    run: dict[str, Any] = {}
+    if (run_dir / "run.json").is_file():
+        try:
+            run = read_json(run_dir / "run.json")
+        except Exception as exc:
+            log(f"  warning: {run_dir / 'run.json'}: unreadable ({exc}); using directory names")
+        if not isinstance(run, dict):
+            run = {}
+    dataset = str(run.get("dataset") or run_dir.name)
+    metrics: dict[str, Any] = {
+        "model": run.get("model_name") or run.get("model") or run_dir.parent.parent.name,
+        "checkpoint_label": run.get("checkpoint_label") or run_dir.parent.name,
+        "step": run.get("step"),
+        "dataset": dataset,
+    }
+    if metrics["step"] is None:
+        m = re.fullmatch(r"ckpt-(\d+)", str(metrics["checkpoint_label"]))
+        metrics["step"] = int(m.group(1)) if m else None
+    engine = engine_summary(run)
+    if engine is not None:
+        metrics["engine"] = engine
+    ctx = _ScoreContext(run_dir, cfg, judges, log, dataset, _dataset_root(run, dataset, cfg), metrics)
+    for task in TASKS.values():  # in the tasks' order: caption mode reads the captions
+        SCORERS[task.metric](ctx)
+    notes, coverage = ctx.notes, ctx.coverage
     if coverage:
         metrics["coverage"] = coverage
     if notes:
