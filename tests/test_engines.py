@@ -244,11 +244,11 @@ def test_video_kwargs_part_overrides_follow_nframes_xor_fps():
 
 
 def test_frame_loader_decodes_each_video_once(monkeypatch, h264_clip):
-    import avcap.video
+    import avcap.engines.frames
 
     calls = []
-    real = avcap.video.load_video
-    monkeypatch.setattr(avcap.video, "load_video", lambda path, **kw: calls.append(path) or real(path, **kw))
+    real = avcap.engines.frames.load_video
+    monkeypatch.setattr(avcap.engines.frames, "load_video", lambda path, **kw: calls.append(path) or real(path, **kw))
     loader = FrameLoader(Vision(nframes=4), 32, workers=2)
     reqs = [Request(f"q{i}", build_messages(SYSTEM, f"question {i}", str(h264_clip))) for i in range(12)]
     loader.prefetch(reqs[6:])

@@ -600,7 +600,7 @@ def test_cosmos_rl_module_main_calls_worker_entry(curated, tmp_path, monkeypatch
         mod.main(["--config", str(cfg)])
     assert exc.value.code == 2 and "cosmos-rl is not installed" in capsys.readouterr().err
     mod.main(["--print-path"])
-    assert capsys.readouterr().out.strip().endswith("avcap/cosmos_rl_dataset.py")
+    assert capsys.readouterr().out.strip().endswith("avcap/train/cosmos_rl_dataset.py")
 
 
 def test_per_sample_loss_is_the_mean_of_each_samples_token_mean(tiny_model_dir):
