@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from avcap import video as V
+from avcap.video import cpu as VC
+from avcap.video import index as VI
+from avcap.video import nvdec as VN
 
 LOAD_KW = dict(nframes=16, max_pixels=360000, factor=32)
 
@@ -44,7 +47,7 @@ VARIANT = "current"  # how the cuvid decoder is set up (see open_cuvid); --varia
 
 def open_cuvid(path: Path, stream, variant: str | None = None):
     """An h264_cuvid decoder for `stream`. "current" = the device avcap's NVDEC path uses (torch's
-    context, made current: `avcap.video._nvdec_hwaccel`), frames on the GPU; "nosize" = the same
+    context, made current: `avcap.video.nvdec.hwaccel`), frames on the GPU; "nosize" = the same
     without width/height; "primary" = PyAV's default CUDA device (its own retain of the primary
     context); "sysmem" = no hwaccel: cuvid makes a CUDA context of its own and frames come to
     system memory."""
@@ -52,7 +55,7 @@ def open_cuvid(path: Path, stream, variant: str | None = None):
     from av.codec.hwaccel import HWAccel
 
     variant = variant or VARIANT
-    hw = {"current": V._nvdec_hwaccel, "nosize": V._nvdec_hwaccel, "sysmem": lambda path: None,
+    hw = {"current": VN.hwaccel, "nosize": VN.hwaccel, "sysmem": lambda path: None,
           "primary": lambda path: HWAccel("cuda", device="0", allow_software_fallback=False, is_hw_owned=True)}
     cc = av.CodecContext.create("h264_cuvid", "r", hwaccel=hw[variant](path))
     cc.extradata = stream.codec_context.extradata
@@ -72,7 +75,7 @@ def diagnose(path: Path) -> dict:
             old = av.logging.get_level()
             av.logging.set_level(av.logging.VERBOSE)
             try:
-                container = V._open(path)
+                container = VI.open_video(path)
                 try:
                     stream = container.streams.video[0]
                     cc = open_cuvid(path, stream, variant)
@@ -92,13 +95,13 @@ def diagnose(path: Path) -> dict:
     return out
 
 
-def sysmem_nv12(frame) -> V._NV12:
+def sysmem_nv12(frame) -> VN.NV12:
     """A system-memory NV12 frame (cuvid without hwaccel) as CPU torch planes."""
     import torch
 
     a = torch.from_numpy(frame.to_ndarray())  # (H * 3/2) x W
     h, w = frame.height, frame.width
-    return V._NV12(a[:h], a[h:].view(h // 2, w // 2, 2), frame.colorspace, frame.color_range, h, w)
+    return VN.NV12(a[:h], a[h:].view(h // 2, w // 2, 2), frame.colorspace, frame.color_range, h, w)
 
 
 PRIMARY_FIRST = """
@@ -134,10 +137,10 @@ def continuous_sparse(path: Path, container, stream, index, indices, convert, cc
     decoder without a flush between groups: every group starts at an IDR picture, which resets the
     decoder's references by itself (checked; a group that does not start at one stops the probe).
     For cuvid a flush destroys and re-creates the hardware decoder."""
-    targets, groups = V._seek_groups(index, indices)
+    targets, groups = VI.seek_groups(index, indices)
     want = {index.pts[d]: i for d, i in targets.items()}
     pos_of_pts = {p: d for d, p in enumerate(index.pts)}
-    nal_len = V._nal_length_size(stream.codec_context.extradata)
+    nal_len = VI.nal_length_size(stream.codec_context.extradata)
     got: dict[int, object] = {}
 
     def take(frames):
@@ -158,7 +161,7 @@ def continuous_sparse(path: Path, container, stream, index, indices, convert, cc
             if d > end:
                 break
             if first:
-                if d != start or not V._h264_is_idr(memoryview(packet), nal_len):
+                if d != start or not VI.h264_is_idr(memoryview(packet), nal_len):
                     raise RuntimeError(f"{path}: group at {start} does not start at an IDR picture")
                 first = False
             if index.nonref[d] and d not in targets:
@@ -171,17 +174,17 @@ def continuous_sparse(path: Path, container, stream, index, indices, convert, cc
 def sparse_nv12(path: Path, cuvid: bool, stats: dict | None = None) -> dict[int, object]:
     """The sampled frames' NV12 copies (on the GPU; cuvid "sysmem": in system memory), decoded by
     hwaccel or cuvid."""
-    container = V._open(path, None if cuvid else V._nvdec_hwaccel(path))
+    container = VI.open_video(path, None if cuvid else VN.hwaccel(path))
     try:
         stream = container.streams.video[0]
         cc = open_cuvid(path, stream) if cuvid else None
-        index = V._build_index(path, container, stream)
-        plan = V.plan_sampling(V._info_from(path, stream, index), **LOAD_KW)
-        convert = sysmem_nv12 if cuvid and VARIANT == "sysmem" else (lambda frame: V._nvdec_copy(path, frame))
+        index = VI.build_index(path, container, stream)
+        plan = V.plan_sampling(VI.info_from(path, stream, index), **LOAD_KW)
+        convert = sysmem_nv12 if cuvid and VARIANT == "sysmem" else (lambda frame: VN.copy_frame(path, frame))
         if cuvid and CONTINUOUS:
             got = continuous_sparse(path, container, stream, index, plan.frame_indices, convert, cc)
         else:
-            got = V._decode_sparse(path, container, stream, index, plan.frame_indices, stats=stats,
+            got = VC.decode_sparse(path, container, stream, index, plan.frame_indices, stats=stats,
                                    convert=convert, cc=cc)
     finally:
         container.close()
@@ -197,7 +200,7 @@ def parity(path: Path) -> dict:
     ref = dict(zip(sorted(got), V.decode_frames(path, sorted(got))))
     worst = 0
     for i, f in got.items():
-        rgb = V._rgb_from_nv12(path, f.y, f.uv, f.colorspace, f.color_range, f.height, f.width)
+        rgb = VN.rgb_from_nv12(path, f.y, f.uv, f.colorspace, f.color_range, f.height, f.width)
         mine = rgb.permute(1, 2, 0).cpu().numpy()
         worst = max(worst, int(np.abs(mine.astype(int) - ref[i].astype(int)).max()))
     torch.cuda.synchronize()
@@ -214,7 +217,7 @@ def per_clip(clips: list[Path], cuvid: bool, runs: int) -> dict:
 
 
 def flush_cost(path: Path, n: int = 5) -> float:
-    container = V._open(path)
+    container = VI.open_video(path)
     try:
         stream = container.streams.video[0]
         cc = open_cuvid(path, stream)

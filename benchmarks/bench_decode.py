@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from avcap import video as V
+from avcap.video import cpu as VC
+from avcap.video import index as VI
 
 W, H, FPS, SECONDS, GOP, BITRATE = 1936, 1220, 30, 30, 30, 8_000_000
 
@@ -156,14 +158,14 @@ def full_decode(path: Path, indices: list[int], rgb_all: bool) -> list[np.ndarra
 
 
 def sparse_decode(path: Path, nframes: int, stats: dict | None = None) -> tuple[list[int], list[np.ndarray]]:
-    c = V._open(path)
+    c = VI.open_video(path)
     try:
         s = c.streams.video[0]
         s.codec_context.thread_count = 1
-        index = V._build_index(path, c, s)
-        info = V._info_from(path, s, index)
+        index = VI.build_index(path, c, s)
+        info = VI.info_from(path, s, index)
         idx = V.plan_sampling(info, nframes=nframes).frame_indices
-        got = V._decode_sparse(path, c, s, index, idx, stats)
+        got = VC.decode_sparse(path, c, s, index, idx, stats)
     finally:
         c.close()
     return idx, [got[i] for i in idx]
@@ -210,8 +212,8 @@ def main() -> None:
         return
     info = V.probe(clip)
     mbit = clip.stat().st_size * 8 / info.duration / 1e6
-    c = V._open(clip)
-    index = V._build_index(clip, c, c.streams.video[0])
+    c = VI.open_video(clip)
+    index = VI.build_index(clip, c, c.streams.video[0])
     c.close()
     stats: dict = {}
     idx, sparse = sparse_decode(clip, a.nframes, stats)
@@ -224,9 +226,9 @@ def main() -> None:
     start_pts = sorted({index.pts[keypos[bisect.bisect_right(keypos, order[i]) - 1]] for i in idx})
 
     def index_pass():
-        c = V._open(clip)
+        c = VI.open_video(clip)
         try:
-            V._build_index(clip, c, c.streams.video[0])
+            VI.build_index(clip, c, c.streams.video[0])
         finally:
             c.close()
 

@@ -60,16 +60,18 @@ MODES = ("none", "cpu", "nvdec_decode", "nvdec_copy", "nvdec", "nvdec_decode_dir
 
 
 def continuous_nvdec(path: Path, convert) -> dict[int, object]:
-    """The 16 sampled frames of `path` through avcap's unflushed NVDEC decoder (`avcap.video._Continuous`,
+    """The 16 sampled frames of `path` through avcap's unflushed NVDEC decoder (`avcap.video.nvdec.Continuous`,
     kept by this thread from clip to clip): presentation index -> convert(frame)."""
     from avcap import video as V
+    from avcap.video import index as VI
+    from avcap.video import nvdec as VN
 
-    container = V._open(path)
+    container = VI.open_video(path)
     try:
         stream = container.streams.video[0]
-        index = V._build_index(path, container, stream)
-        plan = V.plan_sampling(V._info_from(path, stream, index), **LOAD_KW)
-        got = V._nvdec_continuous_or_none(path, container, stream, index, plan.frame_indices, convert)
+        index = VI.build_index(path, container, stream)
+        plan = V.plan_sampling(VI.info_from(path, stream, index), **LOAD_KW)
+        got = VN.decode_continuous_or_none(path, container, stream, index, plan.frame_indices, convert)
     finally:
         container.close()
     if got is None:
@@ -82,14 +84,15 @@ def check_continuous(clips: list[str]) -> list[dict]:
     import numpy as np
 
     from avcap import video as V
+    from avcap.video import nvdec as VN
 
     out = []
     for clip in clips:
         p = Path(clip)
-        got = continuous_nvdec(p, lambda f: V._nvdec_copy(p, f))
+        got = continuous_nvdec(p, lambda f: VN.copy_frame(p, f))
         idx = sorted(got)
         ref = dict(zip(idx, V.decode_frames(p, idx)))
-        worst = max(int(np.abs(V._rgb_from_nv12(p, f.y, f.uv, f.colorspace, f.color_range, f.height, f.width)
+        worst = max(int(np.abs(VN.rgb_from_nv12(p, f.y, f.uv, f.colorspace, f.color_range, f.height, f.width)
                                .permute(1, 2, 0).cpu().numpy().astype(int) - ref[i].astype(int)).max())
                     for i, f in got.items())
         out.append({"clip": p.name, "frames": len(got), "rgb_max_abs_diff": worst})
@@ -99,6 +102,9 @@ def check_continuous(clips: list[str]) -> list[dict]:
 def decode_once(path: str, mode: str) -> None:
     """One clip's worth of the mode's work (see module docstring)."""
     from avcap import video as V
+    from avcap.video import cpu as VC
+    from avcap.video import index as VI
+    from avcap.video import nvdec as VN
 
     if mode in ("cpu", "nvdec"):
         V.load_video(path, decoder=mode, **LOAD_KW)
@@ -111,7 +117,7 @@ def decode_once(path: str, mode: str) -> None:
         continuous_nvdec(p, lambda frame: None)
         return
     cuvid = mode.startswith("cuvid")
-    container = V._open(p, None if cuvid else V._nvdec_hwaccel(p))
+    container = VI.open_video(p, None if cuvid else VN.hwaccel(p))
     try:
         stream = container.streams.video[0]
         cc = None
@@ -123,17 +129,17 @@ def decode_once(path: str, mode: str) -> None:
             cc = bench_cuvid.open_cuvid(p, stream)
         if mode.endswith("_direct"):
             stream.codec_context.options = {"hwaccel_flags": "+unsafe_output"}
-        index = V._build_index(p, container, stream)
-        plan = V.plan_sampling(V._info_from(p, stream, index), **LOAD_KW)
+        index = VI.build_index(p, container, stream)
+        plan = V.plan_sampling(VI.info_from(p, stream, index), **LOAD_KW)
         size = (plan.resized_height, plan.resized_width)
-        full = lambda frame: V._nv12_batch_resized(p, [V._nvdec_copy(p, frame)], lambda hw: size)[0]  # noqa: E731
+        full = lambda frame: VN.nv12_batch_resized(p, [VN.copy_frame(p, frame)], lambda hw: size)[0]  # noqa: E731
         convert = {
             "nvdec_decode": lambda frame: None,
             "nvdec_decode_direct": lambda frame: None,
-            "nvdec_copy": lambda frame: V._nvdec_copy(p, frame),
+            "nvdec_copy": lambda frame: VN.copy_frame(p, frame),
             "nvdec_full_direct": full,
             "cuvid_decode": lambda frame: None,
-            "cuvid_copy": lambda frame: V._nvdec_copy(p, frame),
+            "cuvid_copy": lambda frame: VN.copy_frame(p, frame),
             "cuvid_full": full,
         }[mode]
         if cuvid and bench_cuvid.VARIANT == "sysmem":  # frames arrive in system memory: keep the sampled ones
@@ -141,7 +147,7 @@ def decode_once(path: str, mode: str) -> None:
         if cuvid and bench_cuvid.CONTINUOUS:
             bench_cuvid.continuous_sparse(p, container, stream, index, plan.frame_indices, convert, cc)
         else:
-            V._decode_sparse(p, container, stream, index, plan.frame_indices, convert=convert, cc=cc)
+            VC.decode_sparse(p, container, stream, index, plan.frame_indices, convert=convert, cc=cc)
     finally:
         container.close()
 
@@ -149,11 +155,11 @@ def decode_once(path: str, mode: str) -> None:
 def worker(clips: list[str], mode: str, start: int, stop, done, ready) -> None:
     import torch
 
-    from avcap import video as V
+    from avcap.video import discard
 
     torch.set_num_threads(1)
     if mode.endswith("_keep"):  # every decoded picture returned, as before AV_PKT_FLAG_DISCARD
-        V._DISCARD_UNSAMPLED = False
+        discard.set_enabled(False)
         mode = mode[: -len("_keep")]
     k = start
     first = True

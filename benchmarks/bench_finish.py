@@ -100,11 +100,10 @@ def main(argv=None) -> int:
     reference = None
     res: dict[str, Any] = {}
     for variant in a.variants.split(","):
-        video_colour._compiled.clear()
-        if variant == "eager":  # the state after a failed compile: nv12_to_rgb_fast converts eagerly
-            video_colour._compiled["fn"] = None
-        elif variant != "compiled":  # the engine's default on CUDA
+        if variant not in ("eager", "compiled"):  # compiled: the engine's default on CUDA
             raise SystemExit(f"unknown variant {variant!r}")
+        # eager: the state after a failed compile, nv12_to_rgb_fast converts eagerly
+        video_colour.reset_compiled(eager=variant == "eager")
         try:
             t = time.perf_counter()
             first = [d.finish(device).frames for d in decoded]  # warm-up (compiles)
@@ -135,7 +134,7 @@ def main(argv=None) -> int:
                             "kernels": kernels}
             RUN.log(f"{variant}: {res[variant]}")
         finally:
-            video_colour._compiled.clear()
+            video_colour.reset_compiled()
         RUN.results["finish"] = res
         RUN.save()
     return 0

@@ -30,7 +30,6 @@ sdpa; token ids from avcap's tiny tokenizer, all < the real vocab of 151,936):
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -214,7 +213,8 @@ def measure_peak() -> dict[str, Any]:
         pe[name + "_ms"] = round((time.perf_counter() - t) * 1e3, 2)
     with torch.no_grad():
         pe["max_abs_diff"] = float((run_conv() - run_lin()).abs().max())
-    del a, b, src, dst, x
+    del a, b, src, dst
+    x = None  # freed (run_conv/run_lin, which read it, are not called again)
     return {"matmul_flops": flops, "matmul_tflops": round(flops / 1e12, 1), "copy_bytes_per_s": bw,
             "copy_tb_s": round(bw / 1e12, 2), "patch_embed_8_videos": pe}
 
@@ -571,7 +571,7 @@ def decode_setups(args, device: str) -> dict[str, dict[str, Any]]:
 
 
 def caption_sampling(args):
-    from avcap.core.config import Sampling, SamplingTable
+    from avcap.core.config import SamplingTable
 
     s = SamplingTable().caption
     return s.model_copy(update={"max_tokens": args.caption_tokens})
@@ -760,30 +760,20 @@ def engine_variant(variant: str, processes: bool) -> dict[str, Any]:
     return kw
 
 
-def _video_attrs_worker_init(attrs: dict[str, Any]) -> None:
-    """A decode worker's initializer that sets avcap.video module attributes first (tokens fullprobe, keep)."""
-    from avcap import video
-    from avcap.engines import frames
+def video_settings(*, full_probe: bool = False, keep: bool = False):
+    """avcap.video's benchmark switches (tokens fullprobe, keep) for this process and the decode worker
+    processes it starts from now on (they read them from the environment); returns the undo."""
+    from avcap.video import discard, index
 
-    for k, v in attrs.items():
-        setattr(video, k, v)
-    frames._worker_init()
-
-
-def patch_video(**attrs):
-    """avcap.video attributes set here and in every decode worker started from now on; returns the undo."""
-    from avcap import video
-    from avcap.engines import frames
-
-    saved_init, saved = frames._worker_init, {k: getattr(video, k) for k in attrs}
-    frames._worker_init = functools.partial(_video_attrs_worker_init, attrs)
-    for k, v in attrs.items():
-        setattr(video, k, v)
+    saved = index.full_probe(), discard.enabled()
+    if full_probe:  # FFmpeg's stream probe decodes the first picture again
+        index.set_full_probe(True)
+    if keep:  # every decoded picture returned, no AV_PKT_FLAG_DISCARD
+        discard.set_enabled(False)
 
     def undo():
-        frames._worker_init = saved_init
-        for k, v in saved.items():
-            setattr(video, k, v)
+        index.set_full_probe(saved[0])
+        discard.set_enabled(saved[1])
 
     return undo
 
@@ -901,8 +891,6 @@ def check_equivalence(model, tiny_dir, vision, names, args) -> dict[str, Any]:
     """On the GPU at real size: greedy token ids of the fast path (CUDA graphs) vs the fast path
     (eager) vs plain generate; the fast path's first-token logits vs the model's own forward; and
     a profile of the fast path (eager decode) on 8 caption rows."""
-    import torch
-
     from avcap.core.config import Sampling
     from avcap.engines.base import Request
 
@@ -1083,12 +1071,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             switch = sys.getswitchinterval()
             sys.setswitchinterval(kw.pop("switch_interval_s", switch))
             restore_choice = sync_choice() if kw.pop("syncchoice", False) else (lambda: None)
-            video_attrs = {}
-            if kw.pop("fullprobe", False):
-                video_attrs["_PROBE_OPTIONS"] = {}
-            if kw.pop("keep", False):
-                video_attrs["_DISCARD_UNSAMPLED"] = False
-            restore_video = patch_video(**video_attrs) if video_attrs else (lambda: None)
+            restore_video = video_settings(full_probe=kw.pop("fullprobe", False), keep=kw.pop("keep", False))
             from avcap.engines import frames as frames_mod
 
             finished_here = frames_mod.NVDEC_FINISHED_HERE
@@ -1100,9 +1083,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
             nohost = kw.pop("nohost", False)
             from avcap.video import colour as video_colour
 
-            video_colour._compiled.clear()
-            if kw.pop("eagerfinish", False):
-                video_colour._compiled["fn"] = None
+            video_colour.reset_compiled(eager=kw.pop("eagerfinish", False))
             eng = make_engine(model, tiny_dir, vision, args, batch=cap_batch, **kw)
             if nohost and eng.fast is not None:
                 eng.fast.host_vision = False
@@ -1129,7 +1110,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
                 sys.setswitchinterval(switch)
                 restore()
                 frames_mod.NVDEC_FINISHED_HERE = finished_here
-                video_colour._compiled.clear()
+                video_colour.reset_compiled()
                 eng.close()
                 del eng
                 unpatch(model)
@@ -1159,7 +1140,7 @@ def run_infer(size: str, args, tiny_dir: Path, names: dict[str, list[str]], peak
     plen = ec.get("prompt_tokens") or ((res.get("plain_batched") or {}).get("caption") or {}).get("prompt_tokens")
     if plen:
         res["floor"] = floors(model, peak, plen, args.suffix_tokens, args, cap_batch)
-    del model
+    model = None  # freed before _free() (the _guard lambdas that read it have run)
     _free()
     return res
 

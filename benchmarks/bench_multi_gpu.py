@@ -68,10 +68,12 @@ import tomllib
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, also when imported by path
 from bench_log import RunLog  # noqa: E402
 
+from avcap.core.config import RECIPE_PATH  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
-# the recipe's TOML as published (placeholders filled in), shipped with avcap (avcap.core.config.RECIPE_PATH)
-RECIPE_TOML = (REPO / "src" / "avcap" / "recipes" / "uber_sft_blended.toml").read_text()
+# the recipe's TOML as published (placeholders filled in), shipped with avcap
+RECIPE_TOML = RECIPE_PATH.read_text()
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 SFT_TARGET, CAPTION_TARGET = 0.85, 0.95
 SOURCES = ("cv_annotated", "human_annotated", "reason1_sft")  # the recipe's subdirectories (avcap.demo.synth's kinds)

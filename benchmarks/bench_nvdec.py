@@ -43,6 +43,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avcap import video as V  # noqa: E402
+from avcap.video import cpu as VC  # noqa: E402
+from avcap.video import index as VI  # noqa: E402
+from avcap.video import nvdec as VN  # noqa: E402
 
 
 HW_OWNED = False  # --hw-owned: frames stay in GPU memory (DLPack), only the sampled ones are read
@@ -67,11 +70,11 @@ def _take(fr, fmt: str):
 
 
 def _index(path: Path):
-    c = V._open(path)
+    c = VI.open_video(path)
     try:
         s = c.streams.video[0]
-        index = V._build_index(path, c, s)
-        info = V._info_from(path, s, index)
+        index = VI.build_index(path, c, s)
+        info = VI.info_from(path, s, index)
     finally:
         c.close()
     return index, V.plan_sampling(info, nframes=16).frame_indices
@@ -146,10 +149,9 @@ def main() -> None:
     import bench_decode
 
     clip = Path(a.clip)
-    if clip.is_dir():
-        out["clips"] = len(list(clip.glob("*.mp4")))
-        a.skip_single = True  # parity and single-clip timings take one clip
-    elif not clip.exists():
+    if clip.is_dir():  # (this path once set `out` before it existed)
+        raise SystemExit(f"{clip}: a directory; this mode times one clip (--load-video takes a directory)")
+    if not clip.exists():
         clip.parent.mkdir(parents=True, exist_ok=True)
         bench_decode.make_clip(clip)
     index, idx = _index(clip)
@@ -228,25 +230,25 @@ def _diff(a: np.ndarray, b: np.ndarray) -> dict:
 def full_size_parity(path: Path) -> dict:
     """Full-size RGB of the 16 sampled frames: NVDEC + our NV12 conversion (on the GPU) vs the
     software decoder + swscale (avcap's CPU path), and the colour tags both decoders report."""
-    hw = V._nvdec_hwaccel(path)
+    hw = VN.hwaccel(path)
     got = {}
     for mode in ("cpu", "nvdec"):
-        c = V._open(path, hw if mode == "nvdec" else None)
+        c = VI.open_video(path, hw if mode == "nvdec" else None)
         try:
             s = c.streams.video[0]
-            index = V._build_index(path, c, s)
-            idx = V.plan_sampling(V._info_from(path, s, index), **LOAD_KW).frame_indices
+            index = VI.build_index(path, c, s)
+            idx = V.plan_sampling(VI.info_from(path, s, index), **LOAD_KW).frame_indices
             tags = []
 
             def convert(fr, mode=mode, tags=tags):
                 tags.append((int(fr.colorspace), int(fr.color_range)))
                 if mode == "cpu":
-                    return V._to_rgb(fr)
-                y, uv = V._nvdec_planes(path, fr)
-                rgb = V._rgb_from_nv12(path, y, uv, fr.colorspace, fr.color_range, fr.height, fr.width)
+                    return VC.to_rgb(fr)
+                y, uv = VN.surface_planes(path, fr)
+                rgb = VN.rgb_from_nv12(path, y, uv, fr.colorspace, fr.color_range, fr.height, fr.width)
                 return rgb.permute(1, 2, 0).contiguous().cpu().numpy()
 
-            frames = V._decode_sparse(path, c, s, index, idx, convert=convert)
+            frames = VC.decode_sparse(path, c, s, index, idx, convert=convert)
         finally:
             c.close()
         got[mode] = (np.stack([frames[i] for i in idx]), sorted(set(tags)))

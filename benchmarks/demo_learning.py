@@ -16,7 +16,7 @@ avcap's per-sample mean); `--balance` draws answers uniformly per question. Prin
 per-category accuracy, the accuracy where the blind prior (each question's most frequent training
 answer) is wrong, and per question model vs blind prior at the end.
 """
-import argparse, json, os, random, sys, time
+import argparse, json, os, random, time
 from collections import Counter, defaultdict
 from multiprocessing import Pool
 

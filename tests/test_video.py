@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import os
 import wave
 from pathlib import Path
 
@@ -12,6 +12,10 @@ import pytest
 import torch
 
 from avcap import video as V
+from avcap.video import cpu as VC
+from avcap.video import discard as VD
+from avcap.video import index as VI
+from avcap.video import nvdec as VN
 
 qvp = pytest.importorskip("qwen_vl_utils.vision_process")
 
@@ -224,19 +228,20 @@ def test_sparse_decode_equals_full_decode(tmp_path, name, make_frames):
 
 def test_sparse_decode_skips_non_reference_frames(h264_clip):
     """The default clip has non-reference B-frames, so the equality test above exercises the skip."""
-    c = V._open(h264_clip)
+    c = VI.open_video(h264_clip)
     try:
-        index = V._build_index(h264_clip, c, c.streams.video[0])
+        index = VI.build_index(h264_clip, c, c.streams.video[0])
     finally:
         c.close()
     assert any(index.nonref) and sum(index.key) >= 2
     assert index.nonref[0] is False
 
 
-def test_opening_a_video_decodes_no_picture(h264_clip):
+def test_opening_a_video_decodes_no_picture(h264_clip, monkeypatch):
     """FFmpeg's stream probe would decode the first picture only to learn the pixel format (a whole
-    keyframe's CPU time per clip); avcap's decoders find it in the bitstream and decode the same."""
-    c = V._open(h264_clip)
+    keyframe's CPU time per clip); avcap's decoders find it in the bitstream and decode the same.
+    The benchmarks' switch (`set_full_probe(True)`) gives FFmpeg's probe back."""
+    c = VI.open_video(h264_clip)
     try:
         assert c.streams.video[0].codec_context.pix_fmt is None  # the probe decoded nothing
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
@@ -248,6 +253,15 @@ def test_opening_a_video_decodes_no_picture(h264_clip):
         assert plain.streams.video[0].codec_context.pix_fmt == "yuv420p"
         ref = [f.to_ndarray(format="rgb24") for f in plain.decode(plain.streams.video[0])]
     assert np.array_equal(np.stack(frames), np.stack(ref))
+    assert not VI.full_probe()
+    monkeypatch.setenv("AVCAP_FULL_PROBE", "0")  # set_full_probe writes it; restored after
+    VI.set_full_probe(True)
+    try:
+        assert VI.full_probe() and os.environ["AVCAP_FULL_PROBE"] == "1"
+        with VI.open_video(h264_clip) as c:
+            assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    finally:
+        VI.set_full_probe(False)
 
 
 def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
@@ -257,10 +271,10 @@ def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
 
     full = V.decode_all(h264_clip)
     idx = [0, 9, 23, 47]
-    c = V._open(h264_clip)
+    c = VI.open_video(h264_clip)
     try:
         stream = c.streams.video[0]
-        index = V._build_index(h264_clip, c, stream)
+        index = VI.build_index(h264_clip, c, stream)
         fed = []
         other = av.CodecContext.create("h264", "r")
         other.extradata = stream.codec_context.extradata
@@ -277,7 +291,7 @@ def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
             def flush_buffers(self):
                 other.flush_buffers()
 
-        got = V._decode_sparse(h264_clip, c, stream, index, idx, cc=Counting())
+        got = VC.decode_sparse(h264_clip, c, stream, index, idx, cc=Counting())
     finally:
         c.close()
     assert all(np.array_equal(got[i], full[i]) for i in idx)
@@ -303,10 +317,10 @@ def test_sparse_decode_of_other_codecs_discards_and_stays_exact(tmp_path, make_f
     path = _clip(tmp_path, make_frames, name, gop=8, **kw)
     full = V.decode_all(path)
     idx = [0, 5, 9, 17, 23, 31, 39, 39]
-    c = V._open(path)
+    c = VI.open_video(path)
     try:
         stream = c.streams.video[0]
-        index = V._build_index(path, c, stream)
+        index = VI.build_index(path, c, stream)
         returned = []
 
         class Counting:
@@ -318,7 +332,7 @@ def test_sparse_decode_of_other_codecs_discards_and_stays_exact(tmp_path, make_f
             def flush_buffers(self):
                 stream.codec_context.flush_buffers()
 
-        got = V._decode_sparse(path, c, stream, index, idx, cc=Counting())
+        got = VC.decode_sparse(path, c, stream, index, idx, cc=Counting())
     finally:
         c.close()
     assert all(i in got and np.array_equal(got[i], full[i]) for i in idx), name
@@ -338,7 +352,7 @@ def test_a_discarded_packet_is_decoded_but_returns_no_frame(h264_clip):
         out, marked = {}, 0
         for i, packet in enumerate(c.demux(stream)):
             if packet.size and i % 3:
-                assert V._mark_discard(packet) and packet.is_discard
+                assert VD.mark_discard(packet) and packet.is_discard
                 marked += 1
             for frame in stream.codec_context.decode(packet if packet.size else None):
                 out[pts.index(frame.pts)] = frame.to_ndarray(format="rgb24")
@@ -353,13 +367,21 @@ def test_discarding_is_skipped_where_the_packet_cannot_be_located(h264_clip, mon
 
     idx = [0, 9, 23, 47]
     want = V.decode_frames(h264_clip, idx)
-    for patch in ({"_packet_ptr_offset": -1}, {"_DISCARD_UNSAMPLED": False}):
+    was = VD.enabled()
+    for off in ("layout", "switch"):
         with monkeypatch.context() as m:
-            for k, v in patch.items():
-                m.setattr(V, k, v)
-            packet = av.Packet(b"\x00\x00\x01\x65")
-            assert V._mark_discard(packet) is False and not packet.is_discard
-            assert all(np.array_equal(a, b) for a, b in zip(V.decode_frames(h264_clip, idx), want))
+            m.setenv("AVCAP_DISCARD_UNSAMPLED", "1" if was else "0")  # set_enabled writes it; restored after
+            try:
+                if off == "layout":
+                    m.setattr(VD, "_packet_ptr_offset", -1)
+                else:  # the public switch, for this process and (through the environment) its workers
+                    VD.set_enabled(False)
+                    assert not VD.enabled() and os.environ["AVCAP_DISCARD_UNSAMPLED"] == "0"
+                packet = av.Packet(b"\x00\x00\x01\x65")
+                assert VD.mark_discard(packet) is False and not packet.is_discard
+                assert all(np.array_equal(a, b) for a, b in zip(V.decode_frames(h264_clip, idx), want))
+            finally:
+                VD.set_enabled(was)
 
 
 def test_the_discard_probe_cannot_crash_and_stays_off_on_unchecked_pyav(monkeypatch):
@@ -367,11 +389,11 @@ def test_the_discard_probe_cannot_crash_and_stays_off_on_unchecked_pyav(monkeypa
     segfault), and on a PyAV release it was not checked on it is off, with a warning."""
     import av
 
-    assert V._read_memory(8, 8) is None  # address 8 is never mapped: a plain read would crash
-    assert V._read_memory(id(av), 8) is not None
+    assert VD._read_memory(8, 8) is None  # address 8 is never mapped: a plain read would crash
+    assert VD._read_memory(id(av), 8) is not None
     monkeypatch.setattr(av, "__version__", "99.0.0")
     with pytest.warns(UserWarning, match="PyAV 99.0.0 is not a release the AV_PKT_FLAG_DISCARD probe was checked on"):
-        assert V._find_packet_ptr_offset() == -1
+        assert VD._find_packet_ptr_offset() == -1
 
 
 class _NoFlush:
@@ -395,12 +417,12 @@ class _NoFlush:
 
 
 def _continuous_frames(dec, path, nframes):
-    c = V._open(path)
+    c = VI.open_video(path)
     try:
         stream = c.streams.video[0]
-        index = V._build_index(path, c, stream)
-        plan = V.plan_sampling(V._info_from(path, stream, index), nframes=nframes)
-        return plan.frame_indices, dec.decode(c, stream, index, plan.frame_indices, V._to_rgb)
+        index = VI.build_index(path, c, stream)
+        plan = V.plan_sampling(VI.info_from(path, stream, index), nframes=nframes)
+        return plan.frame_indices, dec.decode(c, stream, index, plan.frame_indices, VC.to_rgb)
     finally:
         c.close()
 
@@ -418,10 +440,10 @@ def test_continuous_decoding_equals_the_flushed_decode(tmp_path, make_frames, na
         path = tmp_path / name
         if not path.exists():
             path = _clip(tmp_path, make_frames, name, **kw)
-        c = V._open(path)
+        c = VI.open_video(path)
         extradata = bytes(c.streams.video[0].codec_context.extradata)
         c.close()
-        dec = decoders.setdefault(extradata, V._Continuous(_NoFlush(extradata)))
+        dec = decoders.setdefault(extradata, VN.Continuous(_NoFlush(extradata)))
         returned = dec.cc.returned
         indices, got = _continuous_frames(dec, path, nframes)
         assert got is not None, name
@@ -436,11 +458,11 @@ def test_continuous_decoding_equals_the_flushed_decode(tmp_path, make_frames, na
 def test_continuous_decoding_leaves_open_gop_clips_to_the_usual_path(tmp_path, make_frames):
     """Open-GOP keyframes are not IDR pictures: the decoder's references would not be reset."""
     path = _clip(tmp_path, make_frames, "open_gop.mp4", **CLIPS["open_gop.mp4"])
-    c = V._open(path)
-    dec = V._Continuous(_NoFlush(c.streams.video[0].codec_context.extradata))
+    c = VI.open_video(path)
+    dec = VN.Continuous(_NoFlush(c.streams.video[0].codec_context.extradata))
     c.close()
     assert _continuous_frames(dec, path, 8)[1] is None
-    assert V._continuous_nvdec(path, type("S", (), {"codec_context": type("C", (), {"name": "hevc"})()})()) is None
+    assert VN.continuous_decoder(path, type("S", (), {"codec_context": type("C", (), {"name": "hevc"})()})()) is None
 
 
 @pytest.mark.parametrize("threads", [0, 3])

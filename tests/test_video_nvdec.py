@@ -10,15 +10,17 @@ benchmarks/bench_nvdec.py on the device.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
-import warnings
-
 import pytest
 import torch
 
 from avcap import video as V
+from avcap.video import cpu as VC
+from avcap.video import index as VI
+from avcap.video import nvdec as VN
 from avcap.video.colour import (
     SWSCALE_MATRICES,
     UnsupportedColour,
@@ -58,7 +60,7 @@ def padded_nv12(frame):
 
 def _convert(frame) -> np.ndarray:
     y, uv = padded_nv12(frame)
-    rgb = V._rgb_from_nv12(Path("x.mp4"), y, uv, frame.colorspace, frame.color_range, frame.height, frame.width)
+    rgb = VN.rgb_from_nv12(Path("x.mp4"), y, uv, frame.colorspace, frame.color_range, frame.height, frame.width)
     return rgb.permute(1, 2, 0).numpy()
 
 
@@ -156,7 +158,7 @@ def test_unsupported_tags_and_sizes_are_refused():
     with pytest.raises(UnsupportedColour, match="smaller"):
         crop_nv12(y, torch.zeros(3, 8, dtype=torch.uint8), 8, 8)
     with pytest.raises(V.VideoError, match="x.mp4: decoder='nvdec': colorspace ycgco"):
-        V._rgb_from_nv12(Path("x.mp4"), y, torch.zeros(3, 4, 2, dtype=torch.uint8), 8, 0, 6, 8)
+        VN.rgb_from_nv12(Path("x.mp4"), y, torch.zeros(3, 4, 2, dtype=torch.uint8), 8, 0, 6, 8)
     with pytest.raises(UnsupportedColour):
         nv12_to_rgb(y, torch.zeros(3, 3, 2, dtype=torch.uint8), swscale_coefficients(1, 0))
 
@@ -175,19 +177,19 @@ def _sampled_nv12_frames(path, nframes):
     """load_video(decoder="cpu")'s sampled frames converted the nvdec way (NV12 -> our RGB ->
     resize_chw), with the same sparse decoder, on CPU tensors."""
     ref = V.load_video(path, nframes=nframes)
-    c = V._open(path)
+    c = VI.open_video(path)
     try:
         s = c.streams.video[0]
-        index = V._build_index(path, c, s)
+        index = VI.build_index(path, c, s)
         size = lambda hw: (ref.resized_height, ref.resized_width)  # noqa: E731
         rgb_equal = []
 
         def convert(frame):
             rgb_equal.append(np.array_equal(_convert(frame), frame.to_ndarray(format="rgb24")))
             y, uv = padded_nv12(frame)
-            return V._nv12_resized(path, y, uv, frame.colorspace, frame.color_range, frame.height, frame.width, size)
+            return VN.nv12_resized(path, y, uv, frame.colorspace, frame.color_range, frame.height, frame.width, size)
 
-        got = V._decode_sparse(path, c, s, index, ref.frame_indices, convert=convert)
+        got = VC.decode_sparse(path, c, s, index, ref.frame_indices, convert=convert)
     finally:
         c.close()
     return ref, np.stack([got[i] for i in ref.frame_indices]), rgb_equal
@@ -273,8 +275,8 @@ def test_nvdec_and_cpu_lanes_share_one_queue_and_fall_back_to_the_cpu(tmp_path, 
     path's frames. A broken video still fails with its own error, once. With a finish device both
     lanes only decode (`decode_video`) and the loader's finishers convert."""
     from avcap.core.config import Vision
-    from avcap.engines.frames import FrameLoader, load_request_frames
     from avcap.engines.base import Request
+    from avcap.engines.frames import FrameLoader, load_request_frames
 
     clips = []
     for i in range(5):
@@ -330,7 +332,7 @@ def test_frame_loader_close_cancels_waiting_videos(tmp_path):
         loader._future({"type": "video", "video": str(clip), "nframes": 8})
 
 
-def test_batched_nv12_conversion_and_resize_equal_frame_by_frame(h264_clip, monkeypatch):
+def test_batched_nv12_conversion_and_resize_equal_frame_by_frame(h264_clip):
     """The NVDEC path can convert and resize several frames per call; each frame's result equals its
     own conversion (nv12_to_rgb and resize on a batch are per-frame operations), batches split where
     the size or the colour tags change, and a picture sampled twice is converted once."""
@@ -345,17 +347,16 @@ def test_batched_nv12_conversion_and_resize_equal_frame_by_frame(h264_clip, monk
     copies = []
     for k, fr in enumerate(frames):
         y, uv = padded_nv12(fr)
-        y, uv = V._cropped_nv12(Path("x.mp4"), y, uv, fr.height, fr.width)
+        y, uv = VN.cropped_nv12(Path("x.mp4"), y, uv, fr.height, fr.width)
         cs = 1 if k < 9 else 5  # the tags change after frame 9: a batch of 8, one of 1, one of 2
-        copies.append(V._NV12(y.clone(), uv.clone(), cs, fr.color_range, fr.height, fr.width))
-    monkeypatch.setattr(V, "_NV12_BATCH", 8)  # the module default is 1 (see its comment)
-    batched = V._nv12_batch_resized(Path("x.mp4"), copies, size)
-    alone = [V._nv12_batch_resized(Path("x.mp4"), [c], size)[0] for c in copies]
+        copies.append(VN.NV12(y.clone(), uv.clone(), cs, fr.color_range, fr.height, fr.width))
+    batched = VN.nv12_batch_resized(Path("x.mp4"), copies, size, batch=8)  # the module default is 1 (see its comment)
+    alone = [VN.nv12_batch_resized(Path("x.mp4"), [c], size)[0] for c in copies]
     assert len(batched) == 11 and all(np.array_equal(a, b) for a, b in zip(batched, alone))
-    rgb = V._rgb_from_nv12(Path("x.mp4"), copies[0].y, copies[0].uv, 1, frames[0].color_range,
+    rgb = VN.rgb_from_nv12(Path("x.mp4"), copies[0].y, copies[0].uv, 1, frames[0].color_range,
                            frames[0].height, frames[0].width)
     assert np.array_equal(alone[0], V.resize_chw(rgb, 64, 96).permute(1, 2, 0).numpy())
-    twice = V._resized_once(Path("x.mp4"), [copies[0], copies[1], copies[0]], size)
+    twice = VN.resized_once(Path("x.mp4"), [copies[0], copies[1], copies[0]], size)
     assert np.array_equal(twice[0], twice[2]) and np.array_equal(twice[0], batched[0])
 
 

@@ -159,6 +159,16 @@ def compiled_nv12_to_rgb():
         return _compiled["fn"]
 
 
+def reset_compiled(*, eager: bool = False) -> None:
+    """Forget this process's compiled conversion: the next `nv12_to_rgb_fast` on CUDA tensors compiles
+    afresh, or with `eager=True` converts eagerly from now on (the state after a failed compile).
+    For benchmarks comparing the two (benchmarks/bench_finish.py, bench_gpu.py's eagerfinish)."""
+    with _compile_lock:
+        _compiled.clear()
+        if eager:
+            _compiled["fn"] = None
+
+
 def nv12_to_rgb_fast(y, uv, coeffs: Yuv2Rgb):
     """`nv12_to_rgb`, compiled for CUDA tensors: its ~20 integer passes over the frame fused into two
     kernels (GPU time per 16 frames of 1936x1220 2.5 -> 0.2 ms, benchmarks/bench_finish.py), the
