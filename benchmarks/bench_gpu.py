@@ -996,7 +996,7 @@ def _profile_fast(eng, reqs) -> None:
     eng.batch_size = len(reqs)
     with torch.inference_mode():
         batch, pixels = eng.shared_inputs_for(chunk)
-        spec, _ = eng._fast_spec(Sampling(temperature=0.0, max_tokens=8), 8)
+        spec, _ = eng.fast_spec(Sampling(temperature=0.0, max_tokens=8), 8)
         eng.fast.generate(batch, [[id(vf) for vf in f] for _, f in chunk], spec, max_new_tokens=8,
                           video_pixels=pixels, device=eng.device)  # warm
         sync()

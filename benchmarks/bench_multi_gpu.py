@@ -586,7 +586,7 @@ def worker_sft(args: argparse.Namespace) -> int:
     import torch
 
     from avcap.core.config import load_config
-    from avcap.train.loop import _shutdown, train
+    from avcap.train.loop import shutdown, train
 
     rank = int(os.environ.get("RANK", "0"))
     stats: dict[str, Any] = {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
@@ -612,7 +612,7 @@ def worker_sft(args: argparse.Namespace) -> int:
         else:
             stats["memory"] = {"max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
         Path(args.stats_dir, f"rank_{rank:02d}.json").write_text(json.dumps(stats, indent=1) + "\n")
-        _shutdown()
+        shutdown()
     return 0
 
 

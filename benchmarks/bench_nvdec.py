@@ -311,13 +311,12 @@ def _workers_cpu_s(loader) -> float:
     """User + system CPU seconds of the loader's worker processes so far (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for pool in loader._procs.values():
-        for pid in list(getattr(pool, "_processes", None) or {}):
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                pass
+    for pid in loader.worker_pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
     return total
 
 
@@ -341,7 +340,7 @@ def loader_throughput(clip: Path, spec: str, per_worker: int = 3) -> dict:
     loader = FrameLoader(vision, LOAD_KW["factor"], capacity=len(names) + 1, **kw)
     try:
         t = time.perf_counter()
-        futs = [loader._future(p) for p in parts(warm)]
+        futs = [loader.future(p) for p in parts(warm)]
         [f.result() for f in futs]
         warm_s = time.perf_counter() - t
         used = _gpu_used_mib()
@@ -349,7 +348,7 @@ def loader_throughput(clip: Path, spec: str, per_worker: int = 3) -> dict:
         w0 = _workers_cpu_s(loader)
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
-        futs = [loader._future(p) for p in parts(timed)]
+        futs = [loader.future(p) for p in parts(timed)]
         [f.result() for f in futs]
         dt = time.perf_counter() - t
         r1 = resource.getrusage(resource.RUSAGE_SELF)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from avcap.bench import apply_reviews, bench_stats, build_benchmark, write_review_file
-from avcap.bench.answerers import TruthAnswerer, annotation_text
+from avcap.bench.answerers import annotation_text
 from avcap.bench.build import BenchError, read_pairs
-from avcap.bench.pool import PoolError, format_question, load_pool, parse_pool
+from avcap.bench.pool import PoolError, format_question, load_pool
 from avcap.bench.select import select_questions
 from avcap.core.config import CATEGORIES, load_config
 from avcap.core.records import iter_records

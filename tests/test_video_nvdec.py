@@ -320,7 +320,7 @@ def test_frame_loader_close_cancels_waiting_videos(tmp_path):
     V.write_video(clip, np.zeros((6, 64, 96, 3), dtype=np.uint8), fps=6)
     loader = FrameLoader(Vision(nframes=4), 32, workers=1)
     parts = [{"type": "video", "video": str(clip), "nframes": n} for n in (2, 4, 6, 8, 10, 12)]
-    futs = [loader._future(p) for p in parts]
+    futs = [loader.future(p) for p in parts]
     loader.close()
     # the one worker decodes one video at a time: the videos still waiting are cancelled, one it
     # had started finishes with its frames
@@ -329,7 +329,7 @@ def test_frame_loader_close_cancels_waiting_videos(tmp_path):
     for f in futs[: len(futs) - len(cancelled)]:
         assert f.result(timeout=60).frames.shape[0] > 0
     with pytest.raises(RuntimeError, match="closed"):
-        loader._future({"type": "video", "video": str(clip), "nframes": 8})
+        loader.future({"type": "video", "video": str(clip), "nframes": 8})
 
 
 def test_batched_nv12_conversion_and_resize_equal_frame_by_frame(h264_clip):

@@ -239,12 +239,17 @@ class FrameLoader:
             warnings.warn(f"decoder='nvdec+cpu': {' '.join(str(exc).split())} — this video and any others "
                           f"NVDEC cannot decode go to the CPU decoders", stacklevel=2)
 
+    def worker_pids(self) -> list[int]:
+        """The process ids of the decoder worker processes running now (none with threads)."""
+        return [pid for pool in self._procs.values() for pid in list(getattr(pool, "_processes", None) or {})]
+
     def _key(self, part: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple]:
         kw = video_kwargs(self.vision, part, self.factor)
         path = str(part["video"])
         return path, kw, (path, tuple(sorted(kw.items())))
 
-    def _future(self, part: Mapping[str, Any]) -> Future:
+    def future(self, part: Mapping[str, Any]) -> Future:
+        """The frames of one video part as a future (decoding starts now unless it already has)."""
         path, kw, key = self._key(part)
         with self._lock:
             fut = self._cache.get(key)
@@ -271,11 +276,11 @@ class FrameLoader:
         """Start decoding the videos of `requests` in the background."""
         for req in requests:
             for part in video_parts(req.messages):
-                self._future(part)
+                self.future(part)
 
     def frames(self, part: Mapping[str, Any]):
         """The `avcap.video.VideoFrames` of one video part (blocks until decoded; raises its error)."""
-        return self._future(part).result()
+        return self.future(part).result()
 
     def close(self) -> None:
         with self._ready:

@@ -521,7 +521,7 @@ class TransformersEngine:
         with torch.inference_mode():
             return self._generate_batch_nograd(chunk, sampling, min_tokens, inputs)
 
-    def _fast_spec(self, sampling: Sampling, min_tokens: int):
+    def fast_spec(self, sampling: Sampling, min_tokens: int):
         """The fast path's sampling spec, or None with the reason it cannot serve these settings."""
         if self.fast is None:
             return None, ""
@@ -536,7 +536,7 @@ class TransformersEngine:
         import torch
 
         t0 = time.perf_counter()
-        spec, why_not = self._fast_spec(sampling, min_tokens)
+        spec, why_not = self.fast_spec(sampling, min_tokens)
         new = None
         path = "fast"
         ahead = inputs is not None

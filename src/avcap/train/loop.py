@@ -604,10 +604,11 @@ def main(
         typer.echo(f"error: {os_error_line(exc)}", err=True)
         raise typer.Exit(2)
     finally:
-        _shutdown()
+        shutdown()
 
 
-def _shutdown() -> None:
+def shutdown() -> None:
+    """Destroy the process group, if any (the end of a torchrun rank)."""
     with contextlib.suppress(Exception):
         import torch.distributed as dist
 
