@@ -120,11 +120,10 @@ def layer_forward(layer, hidden, cos, sin, kc, vc, slots, mask, folded=None, pie
     return post(layer, hidden, o.reshape(b, heads, n, d)), folded
 
 
-def check_layer_against_library(model, pieces=(attention_inputs, attention_output_and_mlp), device=None) -> Optional[str]:
-    """None when `layer_forward` (the transcription) gives what transformers' own first text
-    decoder layer gives on a few random tokens, within the dtype's rounding; else why not. Run
-    once before the fast path serves anything: a transformers release that changes the layer
-    (a new norm, another RoPE) turns the fast path off instead of changing its answers."""
+def layer_difference(model, pieces=(attention_inputs, attention_output_and_mlp), device=None) -> tuple[float, float]:
+    """(max abs difference, tolerance) between `layer_forward` (the transcription) and transformers'
+    own first text decoder layer on a few random tokens; the tolerance is the dtype's rounding
+    (fp32: 1e-4, bf16/fp16: 3e-2, times 1 + the largest output). Raises what the layers raise."""
     import torch
 
     lm = model.model.language_model
@@ -137,23 +136,32 @@ def check_layer_against_library(model, pieces=(attention_inputs, attention_outpu
     hidden = torch.randn(1, n, model.config.get_text_config().hidden_size, generator=g).to(device, dtype)
     positions = torch.arange(n, device=device).view(1, 1, n).expand(3, 1, n)
     cos, sin = rotary(model, hidden, positions)
+    with torch.no_grad():
+        ref = layer(hidden, position_embeddings=(cos, sin), attention_mask=None, position_ids=positions[0])
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        a = layer.self_attn
+        kv_heads = a.k_proj.out_features // a.head_dim
+        kc = torch.zeros(1, kv_heads, n, a.head_dim, device=device, dtype=dtype)
+        vc = torch.zeros_like(kc)
+        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril().view(1, 1, n, n)
+        ours, _ = layer_forward(layer, hidden, cos, sin, kc, vc, torch.arange(n, device=device), causal, pieces=pieces)
+    diff = float((ours.float() - ref.float()).abs().max())
+    tol = (1e-4 if dtype == torch.float32 else 3e-2) * (1.0 + float(ref.float().abs().max()))
+    return diff, tol
+
+
+def check_layer_against_library(model, pieces=(attention_inputs, attention_output_and_mlp), device=None) -> Optional[str]:
+    """None when `layer_forward` (the transcription) gives what transformers' own first text
+    decoder layer gives on a few random tokens, within the dtype's rounding (`layer_difference`);
+    else why not. Run once before the fast path serves anything: a transformers release that
+    changes the layer (a new norm, another RoPE) turns the fast path off instead of changing its
+    answers."""
     try:
-        with torch.no_grad():
-            ref = layer(hidden, position_embeddings=(cos, sin), attention_mask=None, position_ids=positions[0])
-            ref = ref[0] if isinstance(ref, tuple) else ref
-            a = layer.self_attn
-            kv_heads = a.k_proj.out_features // a.head_dim
-            kc = torch.zeros(1, kv_heads, n, a.head_dim, device=device, dtype=dtype)
-            vc = torch.zeros_like(kc)
-            causal = torch.ones(n, n, dtype=torch.bool, device=device).tril().view(1, 1, n, n)
-            ours, _ = layer_forward(layer, hidden, cos, sin, kc, vc, torch.arange(n, device=device), causal,
-                                    pieces=pieces)
+        diff, tol = layer_difference(model, pieces, device)
     except Exception as exc:  # noqa: BLE001 — a layer we cannot even call is a layer we do not match
         return f"{type(exc).__name__}: {exc}"
-    diff = float((ours.float() - ref.float()).abs().max())
-    scale = 1.0 + float(ref.float().abs().max())
-    tol = (1e-4 if dtype == torch.float32 else 3e-2) * scale
     if not diff <= tol:
+        layer = model.model.language_model.layers[0]
         return (f"its text decoder layer differs from transformers' {type(layer).__name__} "
                 f"(max abs diff {diff:.3g}, tolerance {tol:.3g})")
     return None
