@@ -34,9 +34,12 @@ from avcap.bench.pool import Pool, check_pool_fits, load_pool
 from avcap.bench.select import select_questions
 from avcap.core.config import RecipeConfig
 from avcap.core.records import (
+    DirectoryBusy,
     RecordWriter,
+    WriterLock,
     iter_records,
     latest_by_key,
+    remove_stale_temp_files,
     write_json_atomic,
     write_records_atomic,
 )
@@ -217,6 +220,17 @@ def build_benchmark(
     if problems:
         raise BenchError(problems)
 
+    out = bench_dir(dataset)
+    try:
+        with WriterLock(out, ".build.lock", "avcap bench build"):
+            remove_stale_temp_files(out)  # what a kill between a temp file and its rename left
+            return _build(cfg, dataset, pool, videos, items, answerers, log)
+    except DirectoryBusy as exc:
+        raise BenchError([str(exc)]) from None
+
+
+def _build(cfg: RecipeConfig, dataset: Path, pool: Pool, videos: dict, items: list[Item],
+           answerers: dict[str, Answerer], log: Callable[[str], None]) -> dict:
     out = bench_dir(dataset)
     answers_path = out / "answers.jsonl"
     log(f"{len(videos)} videos x {cfg.avcap.bench.questions_per_video} questions = {len(items)} pairs "

@@ -408,9 +408,10 @@ class TaskStats:
     failed: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)  # error text -> failed requests (the console names each once)
 
     def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k != "errors"}
         d["seconds"] = round(self.seconds, 3)
         d["videos_per_s"] = round(self.videos / self.seconds, 4) if self.seconds > 0 else None
         d["requests_per_s"] = round(self.requests / self.seconds, 4) if self.seconds > 0 else None
@@ -549,6 +550,12 @@ def run_inference(
         for task, st in stats.items():
             rate = f", {st.videos / st.seconds:.3f} videos/s" if st.seconds > 0 and st.videos else ""
             log(f"  {task}: {st.done} done, {st.skipped} skipped, {st.failed} failed in {st.seconds:.1f} s{rate}")
+        by_error: dict[str, dict[str, int]] = {}  # each distinct failure once (it names its file), with its requests
+        for task, st in stats.items():
+            for error, n in st.errors.items():
+                by_error.setdefault(error, {})[task] = n
+        for error, per_task in by_error.items():
+            log(f"  failed: {error} ({', '.join(f'{t} {n}' for t, n in per_task.items())} request(s))")
         failed = sum(s.failed for s in stats.values())
         if failed and not retry_errors:
             log(f"  {failed} request(s) failed (error records); rerun with --retry-errors to try them again")
@@ -643,6 +650,7 @@ def _run_task(engine, task, todo, sampling, writer, st, system, reasoning_suffix
                 writer.append(make_record(task, it, res, per))
                 if res.error:
                     st.failed += 1
+                    st.errors[res.error] = st.errors.get(res.error, 0) + 1
                 else:
                     st.done += 1
                 left[it.unit] -= 1

@@ -115,8 +115,10 @@ def write_error(exc: BaseException, path: Path) -> BaseException:
     return exc
 
 
-def load_training_state(model, optimizer, scheduler, ckpt: str | Path, *, rank: int) -> dict[str, Any]:
-    """Restore optimizer, scheduler and this rank's RNG from `ckpt` (weights come from from_pretrained)."""
+def load_training_state(model, optimizer, scheduler, ckpt: str | Path, *, rank: int) -> tuple[dict[str, Any], Any]:
+    """Restore optimizer and scheduler from `ckpt` (weights come from from_pretrained); returns the
+    training state and this rank's saved RNG state, which the caller restores (`restore_rng`) at
+    the point of the loop where it was saved: after the DataLoader's iterator drew its seed."""
     import torch
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -129,11 +131,18 @@ def load_training_state(model, optimizer, scheduler, ckpt: str | Path, *, rank: 
                              options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(blob["scheduler"])
     rngs = blob.get("rng") or []
-    if rank < len(rngs) and rngs[rank] is not None:
-        torch.set_rng_state(rngs[rank]["torch"])
-        if rngs[rank].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rngs[rank]["cuda"])
-    return state
+    return state, (rngs[rank] if rank < len(rngs) else None)
+
+
+def restore_rng(rng: Any) -> None:
+    """Set the global torch (and CUDA) RNG to a state `save` recorded (None: leave it)."""
+    import torch
+
+    if rng is None:
+        return
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
 
 
 def _tied_duplicates(model) -> set[str]:

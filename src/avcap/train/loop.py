@@ -408,9 +408,10 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                                   weight_decay=t.optm_weight_decay, **({"fused": True} if d.device.type == "cuda" else {}))
     scheduler = build_scheduler(optimizer, t, total_steps)
     start_step, skipped_total, samples_seen = 0, 0, 0
+    saved_rng = None  # a resumed run's RNG state, restored where the uninterrupted run was when it saved it
     skipped_by_reason = dict.fromkeys(SKIP_REASONS, 0)  # skipped draws of the run so far, by reason
     if resume_from is not None:
-        state = ckpt.load_training_state(model, optimizer, scheduler, resume_from, rank=d.rank)
+        state, saved_rng = ckpt.load_training_state(model, optimizer, scheduler, resume_from, rank=d.rank)
         if state.get("plan") != _plan_summary(plan) or state.get("total_steps") != total_steps:
             raise TrainError(
                 f"train.resume: {resume_from} was trained with blend {state.get('plan')} for "
@@ -456,7 +457,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
 
     written: list[Path] = []
     fallback = None  # a batch kept for ranks whose micro-batch was entirely skipped (collectives must match)
-    batches = iter(loader)
+    batches = iter(loader)  # draws the DataLoader's base seed from the global RNG, as it did at step 0
+    ckpt.restore_rng(saved_rng)  # so the saved state, taken after that draw, is restored after it too
     try:
         for step in range(start_step, total_steps):
             t0 = time.perf_counter()
