@@ -594,7 +594,7 @@ def caption_messages(path: str):
 def mcq_messages(path: str, k: int):
     from avcap.core.config import Prompts
     from avcap.engines.base import build_messages
-    from avcap.eval.infer import format_mcq
+    from avcap.eval.tasks import format_mcq
 
     p = Prompts()
     q, choices = MCQ_QUESTIONS[k % len(MCQ_QUESTIONS)]
@@ -1367,7 +1367,7 @@ def main(argv=None) -> int:
 
 def _suffix_tokens(processor, args) -> int:
     """Tokens after the shared video prefix in a typical MCQ prompt (for the MCQ floor)."""
-    from avcap.eval.infer import format_mcq
+    from avcap.eval.tasks import format_mcq
     from avcap.core.config import Prompts
 
     p = Prompts()

@@ -62,7 +62,7 @@ def main():
     from transformers import AutoProcessor, AutoModelForImageTextToText
     from avcap.bench.pool import load_pool, format_question
     from avcap.bench.select import select_questions
-    from avcap.bench import truth
+    from avcap.demo import truth
     from avcap.demo.synth.scene import SceneRecord
     from avcap.demo.synth import annotate as A
     from avcap.core.config import Prompts
