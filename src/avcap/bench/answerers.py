@@ -110,7 +110,7 @@ class EngineAnswerer:
     def engine(self):
         """Built on first use (after `check`), so a bad config fails before a model loads."""
         if self._engine is None:
-            from avcap.engines import (
+            from avcap.engines import (  # looked up per call: tests replace avcap.engines.make_engine
                 make_engine,  # an engine's libraries load only when one is used
             )
 

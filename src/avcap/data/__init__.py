@@ -14,11 +14,13 @@ __all__ = ["curate", "preview"]
 
 def __getattr__(name: str) -> Any:  # lazy: `import avcap.data.schemas` stays light
     if name == "curate":
-        from avcap.data.sources import curate
+        from avcap.data.sources import curate  # lazy: `import avcap.data` stays light
 
         return curate
     if name == "preview":
-        from avcap.data.preview_grid import preview
+        from avcap.data.preview_grid import (
+            preview,  # lazy: `import avcap.data` stays light
+        )
 
         return preview
     raise AttributeError(name)

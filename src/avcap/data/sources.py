@@ -398,7 +398,7 @@ def _build(item: _Item, kind: str, cfg: RecipeConfig, vqa_dir: Optional[Path], p
         return None, (item.where, item.problem)
     prompts = cfg.avcap.prompts
     if kind == "vqa":
-        from avcap.bench.pool import format_question
+        from avcap.bench.pool import format_question  # vqa sources only
 
         prompt, target = [], []
         for line in (item.raw_text or "").split("\n"):  # one record, or one video's records (per_video)
@@ -468,7 +468,9 @@ def _settings_hash(kind: str, cfg: RecipeConfig) -> str:
 def curate_source(name: str, src: CurateSource, cfg: RecipeConfig, out_dir: Path, *,
                   workers: int = 8, probe: Optional[Callable] = None) -> tuple[SourceCounts, list[Problem]]:
     if probe is None:
-        from avcap.video import probe
+        from avcap.video import (
+            probe,  # looked up per call: tests replace avcap.video.probe
+        )
     raw = cfg.resolve(src.path)
     if src.kind == "vqa":
         if not _vqa_file(raw).is_file():

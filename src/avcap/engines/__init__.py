@@ -55,15 +55,19 @@ def make_engine(
     if not model:
         raise ValueError("no model to load: pass one or set [avcap.engine] model")
     if cfg.name == "transformers":
-        from avcap.engines.transformers_engine import TransformersEngine
+        from avcap.engines.transformers_engine import (
+            TransformersEngine,  # an engine's module loads when it is used
+        )
 
         return TransformersEngine(cfg, vision=vision, model=model, processor=processor, device=device)
     if cfg.name == "vllm":
-        from avcap.engines.vllm_engine import VLLMEngine
+        from avcap.engines.vllm_engine import VLLMEngine  # vllm is an optional extra
 
         return VLLMEngine(cfg, vision=vision, model=model, processor=processor, device=device)
     if cfg.name == "openai":
-        from avcap.engines.openai_engine import OpenAIEngine
+        from avcap.engines.openai_engine import (
+            OpenAIEngine,  # an engine's module loads when it is used
+        )
 
         return OpenAIEngine(cfg, vision=vision, model=model)
     raise ValueError(f"unknown engine {cfg.name!r} (transformers, openai, vllm)")

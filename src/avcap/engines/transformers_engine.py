@@ -184,13 +184,16 @@ class TransformersEngine:
         cuda = self.device.startswith("cuda")
         self._stream = model_stream(self.device) if cuda else None
         if cuda:
-            from avcap.models.qwen3_vl.compile import pack_vision_attention
-            from avcap.models.qwen3_vl.text import linear_patch_embed
+            from avcap.models.qwen3_vl.compile import pack_vision_attention  # CUDA only
+            from avcap.models.qwen3_vl.text import linear_patch_embed  # CUDA only
 
             linear_patch_embed(self.model)  # cuDNN's Conv3d for the patch embedding can be very slow
             pack_vision_attention(self.model)  # one attention call per block, not one per frame group
         if cfg.compile:
-            from avcap.models.qwen3_vl.compile import compile_blocks, require_compiler
+            from avcap.models.qwen3_vl.compile import (  # [avcap.engine] compile only
+                compile_blocks,
+                require_compiler,
+            )
 
             require_compiler("cuda" if cuda else "cpu", "[avcap.engine] compile")
             counts = compile_blocks(self.model, linear_patch_embed=cuda)
@@ -233,7 +236,10 @@ class TransformersEngine:
             else {})
         self.fast = None
         if cfg.fast_generate:
-            from avcap.engines.fast_generate import FastGenerator, supports
+            from avcap.engines.fast_generate import (  # fast_generate only
+                FastGenerator,
+                supports,
+            )
 
             if supports(self.model):
                 gc = self.model.generation_config
@@ -541,7 +547,7 @@ class TransformersEngine:
         path = "fast"
         ahead = inputs is not None
         if spec is not None:
-            from avcap.engines.fast_generate import NotSupported
+            from avcap.engines.fast_generate import NotSupported  # the fast path only
 
             if inputs is None:
                 with self._prep_lock:

@@ -511,7 +511,9 @@ def run_inference(
             device = None
             if local_rank is not None and ecfg.name != "openai":
                 device = _local_device(local_rank, ecfg.device)
-            from avcap.engines import make_engine
+            from avcap.engines import (
+                make_engine,  # looked up per call: tests replace avcap.engines.make_engine
+            )
 
             t0 = time.perf_counter()
             try:

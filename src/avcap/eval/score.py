@@ -281,7 +281,9 @@ class _Judges:
         if self._answerer_error is not None:
             raise self._answerer_error
         if self._answerer is None:
-            from avcap.engines import make_engine
+            from avcap.engines import (
+                make_engine,  # looked up per call: tests replace avcap.engines.make_engine
+            )
 
             try:
                 self._answerer = make_engine(ecfg, vision=self.cfg.eval_vision)
@@ -292,7 +294,9 @@ class _Judges:
 
     def llm(self):
         if self._llm is None:
-            from avcap.engines import make_engine
+            from avcap.engines import (
+                make_engine,  # looked up per call: tests replace avcap.engines.make_engine
+            )
 
             self._llm = make_engine(self.cfg.avcap.engine, vision=self.cfg.eval_vision, model=self.llm_judge_model)
         return self._llm

@@ -397,7 +397,10 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
 
     model = load_model(model_src, cfg, d, init_random=init_random and resume_from is None)
     if t.compile:  # regional torch.compile of the repeated blocks, packed vision attention
-        from avcap.models.qwen3_vl.compile import compile_blocks, require_compiler
+        from avcap.models.qwen3_vl.compile import (  # [train] compile only
+            compile_blocks,
+            require_compiler,
+        )
 
         try:
             require_compiler(d.device.type, "[train] compile")

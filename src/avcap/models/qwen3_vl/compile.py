@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from avcap.models.qwen3_vl.text import linear_patch_embed as _linear_pe
+
 # Heavy libraries (torch) are imported inside the functions that use them: `avcap --help` and
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
 # matplotlib adds ~3 s on the 2-core box).
@@ -71,7 +73,6 @@ def compile_blocks(model, *, backend: str = "inductor", dynamic: bool | None = N
     if pack_vision:
         pack_vision_attention(model)
     if linear_patch_embed:
-        from avcap.models.qwen3_vl.text import linear_patch_embed as _linear_pe
 
         _linear_pe(model)
     counts: dict[str, int] = {}
