@@ -1,6 +1,6 @@
 """Decode-step attention kernels at real size (one new token per row over a static KV cache).
 
-The engine's decode step (avcap.engines.fast_generate.text_forward, q length 1) attends over the
+The engine's decode step (avcap.engines.hf.fast_generate.text_forward, q length 1) attends over the
 whole static cache of S slots with a boolean mask of the slots each row may see: rows are
 right-aligned, so padding sits inside the cache. This script times, for the 8B and 2B attention
 shapes at the caption batch (64 rows, S = 3,328 slots):
@@ -21,7 +21,7 @@ the median of CUDA-event timings; bandwidth = K + V bytes read / time.
 It also times the token choice that follows every decode step on (64, 151,936) float32 logits
 with the recipe's caption sampling (temperature 0.7, top-k 20, top-p 0.8, presence penalty 1.5,
 min_tokens) and greedy: `transformers_warpers` (transformers' warpers over the whole vocabulary, the
-engine's way until 2026-11-24) against avcap.engines.fast_generate.Chooser (top-k candidates only).
+engine's way until 2026-11-24) against avcap.engines.hf.fast_generate.Chooser (top-k candidates only).
 
     python3 benchmarks/bench_decode_attention.py --out $OUT
 """
@@ -120,7 +120,7 @@ def time_call(fn, iters: int = 50, repeats: int = 5) -> float:
 
 
 def time_choosers(batch: int, vocab: int = 151936) -> dict:
-    from avcap.engines.fast_generate import Chooser, SamplingSpec
+    from avcap.engines.hf.fast_generate import Chooser, SamplingSpec
 
     def warpers_way(spec, seen):
         def run(logits):

@@ -314,7 +314,7 @@ def sft_variant(model_fn, batch, *, master_fp32: bool, fused: bool, ckpt: bool |
                 profile_path: Optional[Path] = None) -> dict[str, Any]:
     import torch
 
-    from avcap.engines.fast_generate import linear_patch_embed
+    from avcap.engines.hf.fast_generate import linear_patch_embed
     from avcap.train.loop import micro_batch_loss
 
     reset_peak()
@@ -615,7 +615,7 @@ def hf_inputs(processor, batch: list[tuple[list[dict], Any]]):
 def hf_generate(model, processor, batch, sampling, min_tokens: int, device: str):
     import torch
 
-    from avcap.engines.transformers_engine import generation_config, presence_penalty_processor
+    from avcap.engines.hf.engine import generation_config, presence_penalty_processor
 
     inputs = hf_inputs(processor, batch).to(device)
     plen = inputs["input_ids"].shape[1]
@@ -707,7 +707,7 @@ def make_engine(model, tiny_dir, vision, args, *, batch: int, fast: bool = True,
                 processes: bool = False, compile: bool = False, decoder: str | None = None,
                 nvdec_workers: int | None = None, decode_workers: int | None = None, resize_on_gpu: bool = False):
     from avcap.core.config import Engine as EngineConfig
-    from avcap.engines.transformers_engine import TransformersEngine
+    from avcap.engines.hf.engine import TransformersEngine
 
     cfg = EngineConfig(batch_size=batch, device="cuda" if not args.tiny else "cpu", fast_generate=fast,
                        prefill_batch=args.prefill_batch, cuda_graphs=graphs, compile=compile,
@@ -782,7 +782,7 @@ def sync_choice():
     """Patch avcap's decode loop back to its host-syncing form; returns the undo."""
     import torch
 
-    from avcap.engines import fast_generate as fg
+    from avcap.engines.hf import fast_generate as fg
 
     saved = fg.draw, fg.StopCheck.__init__
 

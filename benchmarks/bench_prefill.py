@@ -65,7 +65,7 @@ def host_syncs(eng, batch, keys, pixels, tokens: int) -> dict[str, Any]:
 
     import torch
 
-    from avcap.engines.fast_generate import SamplingSpec
+    from avcap.engines.hf.fast_generate import SamplingSpec
 
     sites: dict[str, dict[str, int]] = {}
     phase = ["prefill"]

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     from avcap.core.config import Vision, load_config
     from avcap.engines.base import Request
-    from avcap.engines.transformers_engine import TransformersEngine
+    from avcap.engines.hf.engine import TransformersEngine
     from avcap.models.qwen3_vl.cost import realsize_config
     from avcap.demo.synth import synthesize
     from avcap.demo.tiny_model import build_tiny_model

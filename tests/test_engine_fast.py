@@ -1,4 +1,4 @@
-"""The transformers engine's fast path (avcap.engines.fast_generate) gives generate's outputs.
+"""The transformers engine's fast path (avcap.engines.hf.fast_generate) gives generate's outputs.
 
 CPU, tiny model in float32: greedy tokens are identical to plain `generate`, seeded sampling too,
 logits agree to float32 rounding; the pieces (prefix grouping, linear patch embedding, pixels kept
@@ -71,7 +71,7 @@ def test_greedy_equals_generate_with_shared_prefixes(engines, clips):
 def test_decode_attending_over_cache_blocks_equals_generate(engines, clips, monkeypatch):
     """With 4-slot KV blocks every decode step of 14 tokens moves to a new block (a new step
     function): outputs stay generate's, and the steps are keyed by the slots they attend over."""
-    from avcap.engines import fast_generate
+    from avcap.engines.hf import fast_generate
 
     monkeypatch.setattr(fast_generate, "KV_BLOCK", 4)
     fast, plain = engines
@@ -200,7 +200,7 @@ def test_host_vision_off_is_loud(varied_model_dir, clips, monkeypatch):
 
 
 def test_plan_groups_shares_only_prefixes_that_hold_the_video():
-    from avcap.engines.fast_generate import NotSupported, plan_groups
+    from avcap.engines.hf.fast_generate import NotSupported, plan_groups
 
     ids = [[1, 2, 9, 9, 3, 4, 5], [1, 2, 9, 9, 3, 7], [1, 2, 9, 9, 3, 4, 5, 6], [8, 8, 8]]
     types = [[0, 0, 2, 2, 0, 0, 0], [0, 0, 2, 2, 0, 0], [0, 0, 2, 2, 0, 0, 0, 0], [0, 0, 0]]
@@ -219,7 +219,7 @@ def test_plan_groups_shares_only_prefixes_that_hold_the_video():
 def test_linear_patch_embedding_is_the_same_function(varied_model_dir):
     from transformers import AutoModelForImageTextToText
 
-    from avcap.engines.fast_generate import linear_patch_embed
+    from avcap.engines.hf.fast_generate import linear_patch_embed
 
     model = AutoModelForImageTextToText.from_pretrained(varied_model_dir)
     pe = model.model.visual.patch_embed
@@ -232,7 +232,7 @@ def test_linear_patch_embedding_is_the_same_function(varied_model_dir):
 
 
 def test_pixels_kept_once_per_video(engines, clips):
-    from avcap.engines.transformers_engine import _video_pixels
+    from avcap.engines.hf.engine import _video_pixels
 
     fast, _ = engines
     reqs = _mixed_requests(clips)[:7]
@@ -281,7 +281,7 @@ def test_repetition_penalty_falls_back_to_generate(engines, clips):
 def test_engine_takes_a_model_object(varied_model_dir, clips):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from avcap.engines.transformers_engine import TransformersEngine
+    from avcap.engines.hf.engine import TransformersEngine
 
     model = AutoModelForImageTextToText.from_pretrained(varied_model_dir)
     with pytest.raises(ValueError, match="processor"):
@@ -326,7 +326,7 @@ def test_compiled_engine_gives_the_eager_outputs(varied_model_dir, engines, clip
         blocks = compiled.model.model.visual.blocks
         assert all(getattr(m, "_avcap_compiled", False) for m in [*layers, *blocks])
         assert all(getattr(b.attn, "_avcap_packed", False) for b in blocks)
-        from avcap.engines.fast_generate import attention_inputs, attention_output_and_mlp
+        from avcap.engines.hf.fast_generate import attention_inputs, attention_output_and_mlp
 
         assert compiled.fast.pieces != (attention_inputs, attention_output_and_mlp)  # decode steps compiled too
         reqs = _mixed_requests(clips)
@@ -348,7 +348,7 @@ def test_compiled_engine_gives_the_eager_outputs(varied_model_dir, engines, clip
 
 def test_chooser_probabilities_equal_transformers_warpers():
     """The fast path's top-k/top-p on the top candidates = transformers' warpers on the whole vocabulary."""
-    from avcap.engines.fast_generate import Chooser, SamplingSpec
+    from avcap.engines.hf.fast_generate import Chooser, SamplingSpec
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 5000, generator=g) * 4
@@ -372,7 +372,7 @@ def test_chooser_probabilities_equal_transformers_warpers():
 def test_chooser_without_top_k_draws_like_transformers_warpers():
     """Temperature + top-p without top-k: transformers' warpers (temperature applied once), the
     same seeded draws as softmax + multinomial over their output."""
-    from avcap.engines.fast_generate import Chooser, SamplingSpec
+    from avcap.engines.hf.fast_generate import Chooser, SamplingSpec
 
     logits = torch.randn(64, 1000, generator=torch.Generator().manual_seed(1)) * 3
     for spec in (SamplingSpec(temperature=0.4, top_p=0.9), SamplingSpec(temperature=2.5)):
@@ -390,7 +390,7 @@ def test_chooser_without_top_k_draws_like_transformers_warpers():
 def test_draw_is_torch_multinomial_without_its_checks():
     """Same generator state, same tokens as torch.multinomial(probs, 1): dense rows, top-k-like
     rows with few non-zero probabilities, and a row with all its mass on one token."""
-    from avcap.engines.fast_generate import draw
+    from avcap.engines.hf.fast_generate import draw
 
     g = torch.Generator().manual_seed(2)
     dense = torch.softmax(torch.randn(16, 3000, generator=g) * 3, dim=-1)
@@ -411,7 +411,7 @@ def test_draw_is_torch_multinomial_without_its_checks():
 
 
 def test_stop_check_answers_one_check_late_with_lag():
-    from avcap.engines.fast_generate import StopCheck
+    from avcap.engines.hf.fast_generate import StopCheck
 
     unfinished = torch.tensor([True, True])
     now, late = StopCheck(unfinished, lag=False), StopCheck(unfinished, lag=True)
@@ -435,7 +435,7 @@ def test_long_generation_with_lagged_stop_equals_generate(engines, clips):
 def test_lagged_stop_ends_early_with_every_row_cut_at_its_eos(engines, clips):
     """Rows that end at different steps: each is cut at its own EOS (pad after it), the loop stops
     at most 7 steps after the last row's end instead of running to max_new_tokens."""
-    from avcap.engines.fast_generate import SamplingSpec
+    from avcap.engines.hf.fast_generate import SamplingSpec
 
     fast, _ = engines
     reqs = [Request(f"c{i}", build_messages(SYSTEM, "Describe the clip.", c)) for i, c in enumerate(clips)]
@@ -467,7 +467,7 @@ def test_lagged_stop_ends_early_with_every_row_cut_at_its_eos(engines, clips):
 
 
 def test_chooser_presence_penalty_and_min_tokens():
-    from avcap.engines.fast_generate import Chooser, SamplingSpec
+    from avcap.engines.hf.fast_generate import Chooser, SamplingSpec
 
     spec = SamplingSpec(temperature=0.0, presence_penalty=1.5, min_new_tokens=2)
     ch = Chooser(spec, 2, 10, eos=[9], pad=0, device="cpu")
@@ -524,7 +524,7 @@ def _u(before, after):
 
 @pytest.mark.parametrize("layout", ["outer pair kept (transformers 5.17)", "outer pair collapsed (5.25)"])
 def test_splice_after_videos_finds_where_the_video_ends_in_either_layout(layout):
-    from avcap.engines.transformers_engine import splice_after_videos
+    from avcap.engines.hf.engine import splice_after_videos
 
     frames = [7, 8, VS, VP, VP, VE, 7, 9, VS, VP, VP, VE]  # "<t s>" text + per-frame-group markers
     before, after_rep, after_row = [1, 2, 3], [40, 41, 42, 5], [43, 44, 5]
@@ -536,7 +536,7 @@ def test_splice_after_videos_finds_where_the_video_ends_in_either_layout(layout)
 
 
 def test_splice_after_videos_says_why_it_cannot():
-    from avcap.engines.transformers_engine import splice_after_videos
+    from avcap.engines.hf.engine import splice_after_videos
 
     x = [1, 7, VS, VP, VP, VE, 40, 5]
     ok = _u([1], [40, 5])
@@ -580,7 +580,7 @@ def test_the_transcribed_layer_checks_itself_against_transformers(varied_model_d
     """The fast path's own decoder layer is compared with transformers' layer before it serves
     anything; a layer that differs (here: a residual left out) turns the fast path off, loudly,
     and generate answers with its own outputs."""
-    from avcap.engines import fast_generate
+    from avcap.engines.hf import fast_generate
 
     ok = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
     try:

@@ -428,7 +428,7 @@ def test_generation_config_and_presence_penalty():
     import torch
     from transformers import GenerationConfig
 
-    from avcap.engines.transformers_engine import generation_config, presence_penalty_processor
+    from avcap.engines.hf.engine import generation_config, presence_penalty_processor
 
     base = GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, eos_token_id=[5, 6], pad_token_id=0)
     g = generation_config(Sampling(temperature=0, max_tokens=10), base)

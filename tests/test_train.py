@@ -245,7 +245,7 @@ def test_cpu_training_reduces_loss_and_writes_loadable_checkpoints(uninterrupted
 
 
 def test_checkpoint_loads_in_avcap_infer(uninterrupted, curated, tmp_path):
-    pytest.importorskip("avcap.engines.transformers_engine", reason="avcap infer's transformers engine not built yet")
+    pytest.importorskip("avcap.engines.hf.engine", reason="avcap infer's transformers engine not built yet")
     from typer.testing import CliRunner
 
     from avcap.cli import app

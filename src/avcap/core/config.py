@@ -318,7 +318,7 @@ class Engine(_Model):
     attn_implementation: str = "sdpa"
     batch_size: int = Field(8, ge=1)
     reasoning: bool = False
-    # transformers: Qwen3-VL fast path (avcap.engines.fast_generate) and video decoding
+    # transformers: Qwen3-VL fast path (avcap.engines.hf.fast_generate) and video decoding
     fast_generate: bool = True  # shared video prefixes, static KV cache, graph-captured decode
     prefill_batch: int = Field(8, ge=1)  # distinct video prefixes per prefill call (fast path)
     cuda_graphs: bool = True  # capture the fast path's decode step on CUDA

@@ -55,7 +55,7 @@ def make_engine(
     if not model:
         raise ValueError("no model to load: pass one or set [avcap.engine] model")
     if cfg.name == "transformers":
-        from avcap.engines.transformers_engine import (
+        from avcap.engines.hf.engine import (
             TransformersEngine,  # an engine's module loads when it is used
         )
 

@@ -1,4 +1,4 @@
-"""Qwen3-VL's text decoder as avcap's fast path runs it (`avcap.engines.fast_generate`): the same
+"""Qwen3-VL's text decoder as avcap's fast path runs it (`avcap.engines.hf.fast_generate`): the same
 modules, weights and math as transformers' `Qwen3VLTextDecoderLayer`, over a static KV cache.
 `check_layer_against_library` compares the transcription with the library's own layer before the
 fast path serves anything. Also the model-level helpers the engine and the trainer share: which

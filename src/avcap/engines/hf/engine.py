@@ -19,7 +19,7 @@ The number of video tokens per request is reported in `Result.extra["num_video_t
 `avcap.video.num_video_tokens(T, H, W, patch, merge, temporal)`.
 
 Qwen3-VL models take the fast path (`[avcap.engine] fast_generate = true`, the default;
-avcap.engines.fast_generate): the processor runs once per distinct video of a batch (the other
+avcap.engines.hf.fast_generate): the processor runs once per distinct video of a batch (the other
 requests of that video get its tokens up to the end of the video plus their own text), one prefill
 per video prefix shared by its questions, a static KV cache and, on CUDA, a graph-captured decode
 step. Greedy outputs equal plain `generate`'s (tests/test_engine_fast.py); in bf16 the logits
@@ -56,7 +56,7 @@ from typing import Any, Optional
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.engines.base import Request, Result, final_answer
-from avcap.engines.fast_generate import NotSupported, SamplingSpec
+from avcap.engines.hf.fast_generate import NotSupported, SamplingSpec
 from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
 
 # Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
@@ -236,7 +236,7 @@ class TransformersEngine:
             else {})
         self.fast = None
         if cfg.fast_generate:
-            from avcap.engines.fast_generate import (  # fast_generate only
+            from avcap.engines.hf.fast_generate import (  # fast_generate only
                 FastGenerator,
                 supports,
             )
@@ -547,7 +547,7 @@ class TransformersEngine:
         path = "fast"
         ahead = inputs is not None
         if spec is not None:
-            from avcap.engines.fast_generate import NotSupported  # the fast path only
+            from avcap.engines.hf.fast_generate import NotSupported  # the fast path only
 
             if inputs is None:
                 with self._prep_lock:
