@@ -74,7 +74,6 @@ class Answerer(Protocol):
 
 
 def parse_letter(text: Optional[str], choices: dict[str, str]) -> Optional[str]:
-
     if not text:
         return None
     return parse_choice(text, choices)
@@ -151,7 +150,6 @@ class EngineAnswerer:
         return []
 
     def _request(self, item: Item):
-
         text = format_question(item.question, self.prompts.mcq_suffix)
         video = None
         if self.reads == "annotation":

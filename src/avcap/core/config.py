@@ -523,7 +523,6 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _model_type(ann: Any) -> Any:
-
     origin = typing.get_origin(ann)
     if origin is None:
         return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
@@ -535,7 +534,6 @@ def _model_type(ann: Any) -> Any:
 
 
 def _dict_value_model(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
-
     cur: Any = model
     i = 0
     while i < len(loc):
@@ -648,5 +646,4 @@ def _dump_toml(data: dict[str, Any], prefix: str = "") -> str:
 
 
 def _key(k: str) -> str:
-
     return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else f'"{k}"'

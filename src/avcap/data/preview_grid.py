@@ -67,7 +67,6 @@ def preview(dataset_root: str | Path, out: Optional[str | Path] = None, *, seed:
     """Render `preview.png` and `preview.mp4` into `out` (default: the dataset root)."""
     from PIL import Image
 
-
     root = Path(dataset_root)
     names = discover_sources(root, meta_file)
     if not names:

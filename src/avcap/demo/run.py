@@ -266,7 +266,6 @@ def prepare_workdir(workdir: Path, sizes: Sizes, seed: int, quick: bool) -> None
 
 
 def step_synth(ctx: Ctx) -> dict:
-
     s = ctx.sizes
     n_total = s.eval_videos + 3 * s.train_videos
     ctx.progress.line(f"rendering {3 * s.train_videos} training videos (3 sources x {s.train_videos}), "
@@ -286,7 +285,6 @@ def step_synth(ctx: Ctx) -> dict:
 
 
 def step_model(ctx: Ctx) -> dict:
-
     out = ctx.cfg.resolve(ctx.cfg.policy.model_name_or_path)
     if not (out / "config.json").is_file():
         build_tiny_model(out, size="tiny", seed=ctx.seed)
@@ -304,7 +302,6 @@ class SimulatedVideoAnswerer:
     batch_size = 256
 
     def __init__(self, error_rate: float, seed: int):
-
         self.truth = TruthAnswerer("video", SyntheticWorld())
         self.error_rate = error_rate
         self.seed = seed
@@ -317,7 +314,6 @@ class SimulatedVideoAnswerer:
         return self.truth.check(questions)
 
     def answer(self, items):
-
         out = []
         for item, a in zip(items, self.truth.answer(items)):
             rng = random.Random(f"{self.seed}:{item.video_id}:{item.question.id}")
@@ -332,7 +328,6 @@ class SimulatedVideoAnswerer:
 
 
 def _bench(ctx: Ctx, dataset: Path, *, video_answerer) -> dict:
-
     cfg = ctx.cfg
     summary = build_benchmark(cfg, dataset, answerers={"annotation": TruthAnswerer("annotation", SyntheticWorld()), "video": video_answerer},
                               log=ctx.progress.line)
@@ -341,7 +336,6 @@ def _bench(ctx: Ctx, dataset: Path, *, video_answerer) -> dict:
 
 
 def step_bench(ctx: Ctx) -> dict:
-
     s = ctx.sizes
     dataset = ctx.cfg.resolve(ctx.cfg.dataset("AV_CAPTION").root)
     res = _bench(ctx, dataset, video_answerer=SimulatedVideoAnswerer(s.video_answerer_error, ctx.seed))
@@ -402,7 +396,6 @@ def _link_tree(src: Path, dst: Path) -> int:
 
 
 def step_curate(ctx: Ctx) -> dict:
-
     s = ctx.sizes
     # synth_vqa: every training video of the three sources, with its world record, as one bench dataset
     vqa = ctx.train_vqa_dir
@@ -424,7 +417,6 @@ def step_curate(ctx: Ctx) -> dict:
 
 
 def step_train(ctx: Ctx) -> dict:
-
     t = ctx.cfg.train
     ctx.progress.line(f"SFT: {t.max_num_steps} steps of {t.train_batch_per_replica} samples, lr {t.optm_lr:g}, "
                       f"checkpoint every {t.ckpt.save_freq} steps -> {ctx.cfg.resolve(t.output_dir)}")
@@ -457,7 +449,6 @@ def _preview_png(ctx: Ctx) -> Optional[Path]:
 
 
 def step_report(ctx: Ctx) -> dict:
-
     extra = demo_section(ctx, ctx.report_dir, ctx.config_path, _preview_png(ctx))
     path, summary = build_report(ctx.outputs_dir, ctx.report_dir / "report.md", title=REPORT_TITLE, intro=extra["lines"])
     heads = {h.metric: asdict(h) for h in summary.headlines}
@@ -646,7 +637,6 @@ def demo_section(ctx: Ctx, report_dir: Path, config_path: Path, preview_png: Opt
 
 
 def _label_order(p: Path) -> tuple:
-
     st = label_step(p.name)
     return (-1 if st is None else st, p.name)
 
@@ -700,7 +690,6 @@ def run_demo(workdir: str | Path = "avcap-demo", *, quick: bool = False, seed: i
 
 
 def _print_summary(echo: Callable[[str], None], markers: dict, total: float) -> None:
-
     r = markers["report"]["result"]
     echo("")
     echo(f"report: {r['report']}")

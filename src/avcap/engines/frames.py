@@ -203,7 +203,6 @@ class FrameLoader:
         breaks the whole pool: start a new one and try this video once more there, so one bad
         video fails itself, not the rest of the run."""
 
-
         for attempt in range(2):
             pool = self._procs[decoder]
             try:
@@ -214,7 +213,6 @@ class FrameLoader:
                     raise VideoError(path, f"the decoder process died twice while decoding this video ({exc})") from None
 
     def _renew_pool(self, decoder: str, broken) -> None:
-
         with self._ready:
             if self._closed:
                 raise BrokenProcessPool("FrameLoader is closed")
@@ -224,7 +222,6 @@ class FrameLoader:
 
     @staticmethod
     def _new_pool(workers: int):
-
         return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
 
     def _to_cpu(self, path: str, kw: dict[str, Any], fut: Future, exc: BaseException) -> None:

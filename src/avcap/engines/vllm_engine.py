@@ -74,7 +74,6 @@ class VLLMEngine:
         vllm = import_vllm()
         from transformers import AutoConfig, AutoProcessor
 
-
         self.cfg = cfg
         self.batch_size = cfg.batch_size
         patch, merge, _ = vision_factor(AutoConfig.from_pretrained(model))

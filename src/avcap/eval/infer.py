@@ -248,10 +248,13 @@ def library_versions(engine_name: str) -> dict[str, Optional[str]]:
     versions is refused): avcap and PyAV (decoding) always; torch and transformers for the local
     engines (prompt tokens, kernels), vLLM for vllm. An OpenAI-compatible server's own versions
     are out of avcap's sight."""
-
-
     pkgs = ["av"] if engine_name == "openai" else ["av", "torch", "transformers"] + (["vllm"] if engine_name == "vllm" else [])
-    out: dict[str, Optional[str]] = {"avcap": avcap.__version__}
+    return {"avcap": avcap.__version__, **_installed(pkgs)}
+
+
+def _installed(pkgs: list[str]) -> dict[str, Optional[str]]:
+    """Installed version of each package (None where it is not installed)."""
+    out: dict[str, Optional[str]] = {}
     for pkg in pkgs:
         try:
             out[pkg] = md.version(pkg)
@@ -265,15 +268,9 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 
 def _versions() -> dict[str, Optional[str]]:
-
-
-    out: dict[str, Optional[str]] = {"avcap": avcap.__version__, "python": sys.version.split()[0]}
-    for pkg in ("torch", "transformers", "av", "httpx", "vllm"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    """Every version worth knowing when reading a run (informative, not fingerprinted)."""
+    return {"avcap": avcap.__version__, "python": sys.version.split()[0],
+            **_installed(["torch", "transformers", "av", "httpx", "vllm"])}
 
 
 def check_fingerprint(out_dir: Path, settings: dict[str, Any]) -> None:
@@ -606,7 +603,6 @@ def _local_device(local_rank: int, configured: str) -> str:
 
 
 def _run_task(engine, task, todo, sampling, writer, st, system, reasoning_suffix, *, progress, desc) -> None:
-
     left: dict[str, int] = {}
     for it in todo:
         left[it.unit] = left.get(it.unit, 0) + 1

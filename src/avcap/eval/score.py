@@ -264,7 +264,6 @@ class _Judges:
         self._llm = None
 
     def lingo(self):
-
         if self._judge is None and self._judge_error is None:
             try:
                 self._judge = LingoJudge(self.judge_source)
@@ -564,7 +563,6 @@ def _previous_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def _sha(path: Path) -> str:
-
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

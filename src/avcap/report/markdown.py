@@ -222,7 +222,6 @@ def _bold_max(cells: list[Optional[float]], fmt) -> list[str]:
 
 
 def _categories(entries: list[Entry], key: str = "vqa_accuracy") -> list[str]:
-
     seen = set()
     for e in entries:
         seen |= set((e.metrics.get(key) or {}).get("per_category") or {})

@@ -72,7 +72,6 @@ def metrics_path(outputs_dir: str | Path, model: str, label: str, dataset: str) 
 
 
 def read_metrics(path: Path) -> dict[str, Any]:
-
     data = read_json(path)
     if not isinstance(data, dict):
         raise PlotError(f"{path}: expected a JSON object")
@@ -293,7 +292,6 @@ def _draw_main(ax, series: Series) -> None:
 
 def _draw_categories(ax, series: Series) -> None:
     import matplotlib
-
 
     cats = [c for c in CATEGORIES if any(c in p.per_category for p in series.checkpoints + ([series.base] if series.base else []))]
     extra = sorted({c for p in series.checkpoints for c in p.per_category} - set(cats))

@@ -101,7 +101,6 @@ class AvcapConversations(torch.utils.data.Dataset):
     def _build(self, custom: Mapping[str, Any]) -> None:
         from pydantic import ValidationError
 
-
         try:
             self.custom = Custom.model_validate(dict(custom))
         except ValidationError as exc:
@@ -118,7 +117,6 @@ class AvcapConversations(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, idx: int) -> list[dict[str, Any]]:
-
         assert self.custom is not None, "call setup(config) first"
         return load_conversation(self.files[idx], vision=self.custom.vision)
 

@@ -131,7 +131,6 @@ def encode(processor, messages: list[dict[str, Any]], *, model_max_length: Optio
     """Model inputs (batch of one, torch tensors) plus `labels`; raises SampleSkipped."""
     import torch
 
-
     videos, metas = [], []
     factor = video_factor(processor)
     for i, m in enumerate(messages):
@@ -318,6 +317,5 @@ class StepBatches:
         return max(0, self.end_step - self.start_step) * self.per_step
 
     def __iter__(self):
-
         return micro_batches(self.plan, rank=self.rank, world_size=self.world_size, mini_batch=self.mini_batch,
                              start_step=self.start_step, end_step=self.end_step, lengths=self.lengths)

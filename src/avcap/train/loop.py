@@ -206,7 +206,6 @@ def _init_random_weights(model) -> None:
 
 
 def _accepts(fn: Callable, name: str) -> bool:
-
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -260,7 +259,6 @@ class Logger:
     appends the steps it redoes after its checkpoint once, not a second time."""
 
     def __init__(self, cfg: RecipeConfig, out: Path, d: Dist, echo: Callable[[str], None], start_step: int = 0):
-
         self.echo, self.main, self.wandb = echo, d.main, None
         self.writer = None
         if d.main:
@@ -334,7 +332,6 @@ def trim_log(path: Path, start_step: int) -> int:
 
 
 def _resume_point(cfg: RecipeConfig, out: Path) -> Optional[Path]:
-
     r = cfg.train.resume
     if r is False:
         return None
@@ -368,7 +365,6 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     import torch
     from torch.utils.data import DataLoader
     from transformers import AutoProcessor
-
 
     t = cfg.train
     d = setup_distributed(cfg)
@@ -564,7 +560,6 @@ def _worker_init(parent: int, _: int) -> None:
 
 
 def _die_with_parent(parent: int) -> None:
-
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -67,7 +67,6 @@ def hwaccel(path: Path):
 
 
 def _colour_coefficients(path: Path, colorspace: int, color_range: int):
-
     try:
         return swscale_coefficients(colorspace, color_range)
     except UnsupportedColour as exc:
@@ -140,7 +139,6 @@ def nv12_batch_resized(path: Path, frames: Sequence[NV12],
     the same as converting and resizing each alone."""
 
     import torch
-
 
     out: list[np.ndarray] = []
     cuda = bool(frames) and frames[0].y.is_cuda

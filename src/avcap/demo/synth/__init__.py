@@ -18,7 +18,6 @@ __all__ = ["SceneRecord", "sample_scene", "synthesize", "text_corpus"]
 
 
 def sample_scene(seed: int, **kwargs) -> SceneRecord:
-
     return _sample(seed, **kwargs)
 
 
@@ -37,5 +36,4 @@ def _corpus_seed(seed: int, i: int) -> int:
 
 
 def synthesize(*args, **kwargs):
-
     return _synthesize(*args, **kwargs)

@@ -61,7 +61,6 @@ def _settings(seed, width, height, seconds, fps) -> dict:
 
 
 def _job(job: dict) -> dict:
-
     t0 = time.perf_counter()
     kind = job["kind"]
     rec = sample_scene(job["seed"], duration_s=job["seconds"], fps=job["fps"], width=job["width"],
@@ -143,7 +142,6 @@ def synthesize(
     which only `timings.json` holds: manifest.json has no wall-clock figure, so a rerun or another
     run with the same seed and settings writes it byte for byte the same."""
     import pandas as pd
-
 
     out = Path(out)
     if videos < 0 or train_videos < 0:

@@ -204,7 +204,6 @@ class LingoJudge:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
         "TRANSFORMERS_OFFLINE", "0"
     ).lower() in ("1", "true", "yes"):
@@ -338,7 +337,6 @@ LLM_JUDGE_PROMPT = (
 
 
 def parse_yes_no(text: Optional[str]) -> Optional[bool]:
-
     if not isinstance(text, str):
         return None
     t = text.rsplit("</think>", 1)[-1].strip().lower()

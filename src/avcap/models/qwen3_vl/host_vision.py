@@ -65,7 +65,6 @@ class HostVision:
     video_grid_thw=hv.grid)`."""
 
     def __init__(self, model, ids, grid, device):
-
         vu = _helpers()
         visual = model.model.visual
         merge = int(visual.spatial_merge_size)

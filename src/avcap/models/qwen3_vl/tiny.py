@@ -187,7 +187,6 @@ def builtin_corpus(seed: int = 0, n: int = 3000) -> list[str]:
 
 
 def _prompt_texts() -> list[str]:
-
     p = Prompts()
     return [p.system, p.caption, p.mcq_suffix, p.lingoqa, p.reasoning_suffix,
             "0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz",
