@@ -3,10 +3,12 @@
 A pool file is JSON or YAML: either a list of questions or an object with a `questions` list.
 Each question:
 
-    {"id": "sd01", "category": "Scene Description", "question": "...",
+    {"id": "sd01", "attribute": "area", "category": "Scene Description", "question": "...",
      "choices": {"A": "...", "B": "...", "C": "...", "D": "..."},
      "required": true, "depends_on": ["road_type", "safety_analysis"]}
 
+`attribute` (optional; default: the id) is the answer's short name in the scenario database
+(`avcap label` asks the questions, `avcap search --where area=urban` filters on them);
 `choices` are in a fixed order (A..D) for every video; `depends_on` names the human-annotation
 fields the question relies on (the review file shows them as the annotation excerpt).
 Every problem is reported with the file and the question (index and id).
@@ -40,6 +42,7 @@ class Question(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1)
+    attribute: Optional[str] = Field(None, pattern=r"^[a-z][a-z0-9_]*$")
     category: str
     question: str = Field(min_length=1)
     choices: dict[str, str]
@@ -64,6 +67,11 @@ class Question(BaseModel):
         if len({t.lower() for t in texts}) != len(texts):
             raise ValueError("two choices have the same text")
         return v
+
+    @property
+    def attribute_name(self) -> str:
+        """The answer's name in the scenario database (the question id when the pool names none)."""
+        return self.attribute or self.id.lower()
 
     def fingerprint(self) -> str:
         """Changes whenever the text a model sees changes (question or choices)."""
@@ -129,6 +137,7 @@ def parse_pool(data: Any, source: str) -> Pool:
     problems: list[str] = []
     questions: list[Question] = []
     seen: dict[str, int] = {}
+    attributes: dict[str, int] = {}
     for i, item in enumerate(items, start=1):
         name = f"question #{i}" + (f" ({item.get('id')!r})" if isinstance(item, dict) and item.get("id") else "")
         if not isinstance(item, dict):
@@ -145,7 +154,12 @@ def parse_pool(data: Any, source: str) -> Pool:
         if q.id in seen:
             problems.append(f"{source}: {name}: duplicate id (first used by question #{seen[q.id]})")
             continue
+        if q.attribute_name in attributes:
+            problems.append(f"{source}: {name}: attribute: {q.attribute_name!r} is also question "
+                            f"#{attributes[q.attribute_name]}'s")
+            continue
         seen[q.id] = i
+        attributes[q.attribute_name] = i
         questions.append(q)
     if problems:
         raise PoolError(problems)
