@@ -12,6 +12,7 @@ naming the file, the line and the version it found (docs/formats.md, "Scenario r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
@@ -125,6 +126,85 @@ def iter_scenarios(path: str | Path) -> Iterator[ScenarioRecord]:
             yield parse_record(obj, f"{path}:{n}")
     except RecordError as exc:
         raise ScenarioFormatError(str(exc)) from None
+
+
+_TOP_KEYS = frozenset(ScenarioRecord.model_fields) - {"schema_"} | {"schema"}
+_ANSWER_KEYS = frozenset(AttributeAnswer.model_fields)
+_CLIP_INTS = frozenset(k for k, f in ClipInfo.model_fields.items() if "int" in str(f.annotation))
+_CLIP_KEYS = frozenset(ClipInfo.model_fields)
+_LABELLER_KEYS = frozenset(Labeller.model_fields)
+_OPT_STR_KEYS = ("error", "caption", "thumbnail", "preview")
+
+
+def _plainly_valid(obj: dict) -> bool:
+    """Does `obj` satisfy ScenarioRecord as it stands, with nothing for pydantic to coerce? (A
+    strict subset of what validation accepts: True means model_validate would accept `obj` and
+    give back the same values.)"""
+    if not _TOP_KEYS.issuperset(obj) or obj.get("schema") != SCHEMA:
+        return False
+    cid, source, at = obj.get("clip_id"), obj.get("source"), obj.get("labelled_at")
+    if not (type(cid) is str and cid and type(source) is str and type(at) is str):
+        return False
+    if any(obj.get(k) is not None and type(obj[k]) is not str for k in _OPT_STR_KEYS):
+        return False
+    cj = obj.get("caption_json")
+    if cj is not None and not (type(cj) is dict and all(type(k) is str for k in cj)):
+        return False
+    lab = obj.get("labeller")
+    if type(lab) is not dict or lab.keys() != _LABELLER_KEYS or any(type(v) is not str for v in lab.values()):
+        return False
+    clip = obj.get("clip", {})
+    if type(clip) is not dict or not _CLIP_KEYS.issuperset(clip):
+        return False
+    for k, v in clip.items():
+        if v is not None and not (type(v) is int or (type(v) is float and k not in _CLIP_INTS)):
+            return False
+    attrs = obj.get("attributes", {})
+    if type(attrs) is not dict:
+        return False
+    for k, a in attrs.items():
+        if type(k) is not str or type(a) is not dict or not _ANSWER_KEYS.issuperset(a):
+            return False
+        for v in a.values():
+            if v is not None and type(v) is not str:
+                return False
+    return True
+
+
+def parse_record_dict(obj: Any, where: str) -> dict[str, Any]:
+    """A record as a checked JSON dict, for readers of millions of lines (`avcap index`): a record
+    that is plainly valid is returned as it is (~15 µs, where building the pydantic model with its
+    nested answers takes ~200 µs); anything else goes through `parse_record`, so errors and
+    coercions are the model's."""
+    if isinstance(obj, dict) and _plainly_valid(obj):
+        return obj
+    return parse_record(obj, where).to_json()
+
+
+def scan_scenarios(path: str | Path, *, as_dict: bool = False
+                   ) -> Iterator[ScenarioRecord | dict[str, Any] | ScenarioFormatError]:
+    """Every line of one scenario JSONL file as a record (with `as_dict`, its checked JSON dict:
+    `parse_record_dict`), or as the error that names its file:line and field: a reader that skips
+    a bad line and goes on (`avcap index`). A torn last line is skipped; a missing or unreadable
+    file raises OSError."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
+                return  # torn by a kill mid-write: not a record
+            line = raw.strip()
+            if not line:
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                yield ScenarioFormatError(f"{where}: not valid JSON ({getattr(exc, 'msg', exc)})")
+                continue
+            try:
+                yield parse_record_dict(obj, where) if as_dict else parse_record(obj, where)
+            except ScenarioFormatError as exc:
+                yield exc
 
 
 def scenario_files(label_dir: str | Path) -> list[Path]:
