@@ -307,7 +307,7 @@ class ScenarioDB:
         return [self._hit(by_id[cid], offset + i + 1, score, conditions) for i, (cid, score) in enumerate(page)]
 
     def _fts(self, tbl, query: str, sql: Optional[str], cols: list[str], limit: int, offset: int) -> list[dict]:
-        b = tbl.search(query, query_type="fts", fts_columns="text").select(cols).limit(limit).offset(offset)
+        b = tbl.search(query, query_type="fts", fts_columns="text").select([*cols, "_score"]).limit(limit).offset(offset)
         if sql:
             b = b.where(sql, prefilter=True)
         return b.to_arrow().to_pylist()
@@ -315,7 +315,7 @@ class ScenarioDB:
     def _vector(self, tbl, query: str, sql: Optional[str], cols: list[str], limit: int, offset: int) -> list[dict]:
         vec = self.embedder.embed([query])[0]
         b = (tbl.search(vec, query_type="vector", vector_column_name="vector").distance_type("dot")
-             .select(cols).limit(limit).offset(offset))
+             .select([*cols, "_distance"]).limit(limit).offset(offset))
         if self.meta.get("vector_index"):
             b = b.nprobes(20).refine_factor(5)
         if sql:
@@ -573,13 +573,16 @@ class ScenarioDB:
         """Every row searchable by its index: FTS built once, then updated by `optimize` (which also
         folds new rows into the vector index and compacts small fragments); the vector index is
         built once the table is big enough for IVF-PQ."""
+        # lancedb imported here: see the module doc
+        from lancedb.index import FTS
+
         tbl = self.table()
         if tbl is None:
             return
         names = {i.name: i for i in tbl.list_indices()}
         has_fts = any(i.index_type == "FTS" for i in names.values())
         if not has_fts:
-            tbl.create_fts_index("text", use_tantivy=False, with_position=False)
+            tbl.create_index("text", config=FTS(with_position=False))
         else:
             tbl.optimize(cleanup_older_than=timedelta(hours=1))
         n = tbl.count_rows()

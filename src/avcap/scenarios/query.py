@@ -156,6 +156,11 @@ def filter_error_line(sql: str, exc: Exception) -> str:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     msg = re.sub(r"^(Invalid input|lance error|Lance error)[,:]\s*", "", msg)
     msg = re.sub(r"SELECT 1 FROM t WHERE ", "", msg)
+    m = re.search(r"No field named [`'\"]?(\w+)[`'\"]?\. Valid fields are (.*)", msg)
+    if m:  # name the nearest columns instead of listing a hundred
+        fields = re.findall(r"`([^`]+)`", m.group(2))
+        near = difflib.get_close_matches(m.group(1), fields, n=3, cutoff=0.5)
+        msg = f"no column named {m.group(1)!r}" + (f" (did you mean {' or '.join(near)}?)" if near else "")
     return f"--filter {sql!r}: {msg}"
 
 

@@ -1,0 +1,116 @@
+"""`avcap index DIR_OR_FILE... --db DB` and `avcap search [QUERY] --db DB` (docs/search.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from avcap.core.records import DirectoryBusy
+from avcap.scenarios.db import Hit, ScenarioDBError, open_db
+from avcap.scenarios.embed import EmbedderError
+from avcap.scenarios.query import MODES, QueryError, query_words
+
+
+def _fail(line: str) -> None:
+    typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(2)
+
+
+def index(
+    inputs: List[Path] = typer.Argument(..., help="Label output directories (questions.json + scenarios.jsonl or "
+                                        "scenarios/*.jsonl) or scenario record files."),
+    db: Path = typer.Option(..., "--db", help="The database directory (made on first use)."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="wordllama (default), wordllama@DIM, or a "
+                                           "sentence-transformers model directory; a database keeps the one it was made with."),
+    force: bool = typer.Option(False, "--force", help="Read files again even when the log says they are unchanged."),
+    json_out: bool = typer.Option(False, "--json", help="Print the ingest report as one JSON object."),
+) -> None:
+    """Add scenario records to a database: new clips are added, re-labelled clips replace their
+    older record, nothing is duplicated; the full-text and vector indexes are current afterwards."""
+    try:
+        sdb = open_db(db, embedder=embedder, create=True)
+
+        def progress(n: int, seconds: float) -> None:
+            typer.echo(f"{n:,} records read ({n / max(seconds, 1e-9):,.0f} records/s)", err=True)
+
+        report = sdb.ingest(inputs, progress=None if json_out else progress, force=force)
+    except (ScenarioDBError, EmbedderError, DirectoryBusy) as exc:
+        _fail(str(exc))
+    for line in report.problems:
+        typer.echo(f"skipped: {line}", err=True)
+    for line in report.error_records[:5]:
+        typer.echo(f"error record (not indexed): {line}", err=True)
+    if report.errors > 5:
+        typer.echo(f"... and {report.errors - 5} more error records", err=True)
+    if json_out:
+        typer.echo(json.dumps(report.to_json()))
+    else:
+        typer.echo(f"{db}: {report.summary()}")
+    if report.malformed:
+        raise typer.Exit(1)
+
+
+def search(
+    query: str = typer.Argument("", help="Free text, e.g. \"pedestrian crossing at night in the rain\" (empty: filters only)."),
+    db: Path = typer.Option(..., "--db", help="The database directory (avcap index)."),
+    where: List[str] = typer.Option([], "--where", "-w", help="NAME=VALUE attribute filter (VALUE: a letter, the choice "
+                                    "text or a word of it); repeat to AND names, OR values of one name; NAME!=VALUE excludes."),
+    filter: Optional[str] = typer.Option(None, "--filter", help="SQL-like filter on the columns, e.g. "
+                                         "\"duration_s > 5 AND lighting_letter = 'D'\"."),
+    mode: str = typer.Option("hybrid", "--mode", help=f"Ranking: {', '.join(MODES)}."),
+    limit: int = typer.Option(10, "--limit", "-n", min=1, help="Results to show."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many results first (paging)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per result (JSON Lines)."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="Must be the database's (default: it is)."),
+) -> None:
+    """Rank the clips of a scenario database: free text (full-text and semantic, fused), attribute
+    filters and a SQL-like filter; prints a table, or JSON Lines with --json."""
+    try:
+        sdb = open_db(db, embedder=embedder)
+        hits = sdb.search(query, where=where, filter=filter, limit=limit, offset=offset, mode=mode)
+    except (ScenarioDBError, EmbedderError, QueryError) as exc:
+        _fail(str(exc))
+    if json_out:
+        for h in hits:
+            typer.echo(json.dumps(h.to_json(), ensure_ascii=False))
+        return
+    _print_table(hits, query, sdb.count())
+
+
+def _shown_attributes(h: Hit, words: set[str]) -> str:
+    """The where-clause matches, else the answers sharing a word with the query."""
+    if h.matched:
+        return ", ".join(f"{k}={v}" for k, v in h.matched.items())
+    picked = []
+    for k, a in h.attributes.items():
+        answer = a.get("answer") or ""
+        if words & query_words(answer) and not answer.casefold().startswith(("no ", "no,", "none", "neither")):
+            picked.append(f"{k}={answer}")
+    return ", ".join(picked[:4])
+
+
+def _print_table(hits: list[Hit], query: str, total: int) -> None:
+    # rich imported here: only a table print needs it
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+    if not hits:
+        console.print(f"no matching clips (of {total:,} in the database)")
+        return
+    words = query_words(query)
+    table = Table(show_lines=False, pad_edge=False, expand=False)
+    table.add_column("rank", justify="right", no_wrap=True)
+    table.add_column("clip", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("matching attributes", overflow="fold", min_width=16, max_width=40)
+    table.add_column("caption", overflow="ellipsis", no_wrap=True, min_width=24, max_width=80)
+    for h in hits:
+        score = "" if h.score is None else f"{h.score:.4f}" if h.score < 10 else f"{h.score:.2f}"
+        table.add_row(str(h.rank), h.clip_id, score, _shown_attributes(h, words), (h.caption or "").replace("\n", " "))
+    console.print(table)
+    console.print(f"{len(hits)} shown (ranks {hits[0].rank}-{hits[-1].rank}) of {total:,} clips")

@@ -1,0 +1,257 @@
+"""The scenario database (`avcap index`, `avcap search`, avcap.scenarios): real LanceDB on tmp_path,
+the real offline wordllama embedder, records built with the record schema (no video, no model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from avcap.cli import app
+from avcap.scenarios import EmbedderError, QueryError, ScenarioDBError, open_db
+from avcap.scenarios import query as Q
+from avcap.scenarios.db import META_FILE
+from avcap.scenarios.record import (
+    AttributeAnswer,
+    AttributeQuestion,
+    ClipInfo,
+    Labeller,
+    QuestionSet,
+    ScenarioRecord,
+    parse_record_dict,
+)
+
+QUESTIONS = [
+    AttributeQuestion(name="weather", question_id="sd03", question="What is the weather?",
+                      choices={"A": "Clear", "B": "Overcast", "C": "Rain or snow", "D": "Fog or mist"}),
+    AttributeQuestion(name="lighting", question_id="sd02", question="What are the lighting conditions?",
+                      choices={"A": "Daytime with direct sunlight", "B": "Daytime with diffused light (overcast, rain or fog)",
+                               "C": "Dusk or dawn", "D": "Night"}),
+    AttributeQuestion(name="pedestrian_crossing", question_id="am04",
+                      question="Does a pedestrian cross the road ahead of the ego vehicle?",
+                      choices={"A": "Yes, on a crosswalk", "B": "Yes, away from a crosswalk",
+                               "C": "No, pedestrians are visible but none crosses", "D": "No pedestrians are visible"}),
+]
+ATTRS = {q.name: q for q in QUESTIONS}
+LABELLER = Labeller(model_name="tiny", checkpoint="step_10", checkpoint_path="/ckpt/step_10", engine="hf",
+                    fingerprint="f00d")
+T1, T2, T0 = "2026-01-01T10:00:00+00:00", "2026-02-01T10:00:00+00:00", "2025-12-01T10:00:00+00:00"
+
+
+def rec(clip_id: str, caption: str, at: str = T1, error: str | None = None, **letters: str) -> dict:
+    answers = {name: AttributeAnswer(letter=letter, answer=ATTRS[name].choices[letter]) for name, letter in letters.items()}
+    r = ScenarioRecord(clip_id=clip_id, source=f"/clips/{clip_id}.mp4", caption=None if error else caption,
+                       error=error, attributes={} if error else answers, labeller=LABELLER, labelled_at=at,
+                       clip=ClipInfo(duration_s=8.0, width=640, height=360, fps=10.0, frames=80),
+                       thumbnail=f"/thumbs/{clip_id}.jpg")
+    return r.to_json()
+
+
+def label_dir(path: Path, records: list[dict], questions=QUESTIONS, partitions: bool = False) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "questions.json").write_text(QuestionSet(pool="pool.json", attributes=questions).model_dump_json(by_alias=True))
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    if partitions:
+        (path / "scenarios").mkdir(exist_ok=True)
+        (path / "scenarios" / "part-00000.jsonl").write_text(lines)
+    else:
+        (path / "scenarios.jsonl").write_text(lines)
+    return path
+
+
+BASE = [
+    rec("c1", "A sunny afternoon on an urban street; the ego car follows a sedan.", weather="A", lighting="A", pedestrian_crossing="D"),
+    rec("c2", "Heavy rain at night; a pedestrian crosses the road ahead on a crosswalk.", weather="C", lighting="D", pedestrian_crossing="A"),
+    rec("c3", "Fog on a rural road at dawn; no one is around.", weather="D", lighting="C", pedestrian_crossing="D"),
+    rec("c4", "Overcast highway, traffic flows freely.", weather="B", lighting="B", pedestrian_crossing="D"),
+    rec("c5", "Drizzle in the evening, people wait at the kerb.", weather="C", lighting="C", pedestrian_crossing="C"),
+]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A database of BASE (shared by the read-only tests)."""
+    root = tmp_path_factory.mktemp("scen")
+    db = open_db(root / "db", create=True)
+    db.ingest([label_dir(root / "l1", BASE)])
+    return db
+
+
+def test_ingest_is_incremental_and_newer_labels_win(tmp_path):
+    db = open_db(tmp_path / "db", create=True)
+    l1 = label_dir(tmp_path / "l1", BASE)
+    r = db.ingest([l1])
+    assert (r.added, r.replaced, r.unchanged, r.total) == (5, 0, 0, 5)
+    r = db.ingest([l1])  # unchanged file: skipped by the log
+    assert (r.added, r.replaced, r.unchanged, r.files_skipped, r.total) == (0, 0, 5, 1, 5)
+    l2 = label_dir(tmp_path / "l2", [
+        rec("c6", "A cyclist crosses at a four-way intersection.", weather="A", lighting="A", pedestrian_crossing="D"),
+        rec("c2", "Relabelled: snow at night, a person crosses away from the crosswalk.", at=T2, weather="C",
+            lighting="D", pedestrian_crossing="B"),
+        rec("c3", "An old label of c3 that must not win.", at=T0, weather="A", lighting="A", pedestrian_crossing="A"),
+    ], partitions=True)
+    r = db.ingest([l2])
+    assert (r.added, r.replaced, r.unchanged, r.older, r.total) == (1, 1, 1, 1, 6)
+    assert db.count() == 6
+    assert db.get("c2").caption.startswith("Relabelled") and db.get("c2").attributes["pedestrian_crossing"]["letter"] == "B"
+    assert db.get("c3").caption.startswith("Fog")
+    # the same records again, forced through: nothing changes, nothing is duplicated
+    r = db.ingest([l1, l2], force=True)
+    assert (r.added, r.replaced, r.total) == (0, 0, 6)
+    ids = [h.clip_id for h in db.search(limit=100)]
+    assert sorted(ids) == ["c1", "c2", "c3", "c4", "c5", "c6"]
+    meta = json.loads((tmp_path / "db" / META_FILE).read_text())
+    assert meta["schema"] == "avcap.scenario-db/1" and meta["counts"]["scenarios"] == 6
+    assert [a["name"] for a in meta["attributes"]] == ["weather", "lighting", "pedestrian_crossing"]
+    assert len(meta["ingests"]) == 4 and meta["embedder"]["name"] == "wordllama:l2_supercat"
+
+
+def test_full_text_index_covers_rows_of_a_later_ingest(tmp_path):
+    db = open_db(tmp_path / "db", create=True)
+    db.ingest([label_dir(tmp_path / "l1", BASE)])
+    db.ingest([label_dir(tmp_path / "l2", [rec("z9", "A zebra-striped tram blocks the junction.", weather="A")])])
+    hits = db.search("tram", mode="text")
+    assert [h.clip_id for h in hits] == ["z9"]
+    fts = [i for i in db.table().list_indices() if i.index_type == "FTS"]
+    assert fts and db.table().index_stats(fts[0].name).num_unindexed_rows == 0
+
+
+def test_where_values_match_letter_text_word_substring():
+    w = ATTRS["weather"]
+    assert Q.match_choices("C", w) == ["C"] and Q.match_choices("c", w) == ["C"]
+    assert Q.match_choices("rain or snow", w) == ["C"]
+    assert Q.match_choices("rain", w) == ["C"]
+    assert Q.match_choices("mis", w) == ["D"]  # substring
+    assert Q.match_choices("daytime", ATTRS["lighting"]) == ["A", "B"]  # several choices: OR
+    conds = Q.parse_where(["weather=rain", "weather=fog", "lighting!=night"], ATTRS)
+    assert Q.where_sql(conds) == "`weather_letter` IN ('C', 'D') AND `lighting_letter` NOT IN ('D')"
+    assert Q.parse_where({"lighting": ["dusk", "night"]}, ATTRS)[0].letters == ("C", "D")
+
+
+def test_where_errors_name_the_clause_and_suggest():
+    with pytest.raises(QueryError, match=r"--where wether=rain: unknown attribute 'wether' \(did you mean weather\?\)"):
+        Q.parse_where(["wether=rain"], ATTRS)
+    with pytest.raises(QueryError, match=r"'sunny' names no choice of weather; choices: A 'Clear', B 'Overcast'"):
+        Q.parse_where(["weather=sunny"], ATTRS)
+    with pytest.raises(QueryError, match="expected NAME=VALUE"):
+        Q.parse_where(["weather"], ATTRS)
+    with pytest.raises(QueryError, match="string literal is not closed"):
+        Q.check_filter("weather = 'Clear")
+    with pytest.raises(QueryError, match="unbalanced parentheses"):
+        Q.check_filter("(duration_s > 1")
+
+
+def test_rrf_fuses_and_breaks_ties_deterministically():
+    fused = Q.rrf([["a", "b", "c"], ["c", "a", "d"]])
+    assert [k for k, _ in fused] == ["a", "c", "b", "d"]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+
+
+def test_filters_on_the_database(built):
+    assert {h.clip_id for h in built.search(where=["weather=rain"])} == {"c2", "c5"}
+    hits = built.search(where=["weather=rain", "lighting=night"])
+    assert [h.clip_id for h in hits] == ["c2"] and hits[0].matched == {"weather": "Rain or snow", "lighting": "Night"}
+    assert {h.clip_id for h in built.search(where=["lighting=daytime"])} == {"c1", "c4"}  # A or B
+    assert {h.clip_id for h in built.search(filter="weather_letter = 'C' AND caption LIKE '%night%'")} == {"c2"}
+    assert built.count(where={"weather": "C"}) == 2
+    with pytest.raises(QueryError, match=r"--filter \"wether_letter = 'C'\": no column named 'wether_letter' \(did you mean weather_letter"):
+        built.search("rain", filter="wether_letter = 'C'")
+    values = built.attribute_values("weather")
+    assert values["C"] == {"answer": "Rain or snow", "count": 2} and values["B"]["count"] == 1
+    assert [a.name for a in built.attributes()] == ["weather", "lighting", "pedestrian_crossing"]
+
+
+def test_hybrid_ranks_the_relevant_clip_first(built):
+    for mode in ("hybrid", "text", "vector"):
+        hits = built.search("pedestrian crossing in the rain at night", mode=mode, limit=3)
+        assert hits[0].clip_id == "c2", (mode, [h.clip_id for h in hits])
+        assert hits[0].rank == 1 and hits[0].score is not None
+    hits = built.search("foggy morning in the countryside", mode="vector", limit=5)
+    assert hits[0].clip_id == "c3"
+    page2 = built.search("rain", limit=2, offset=2)
+    assert [h.rank for h in page2] == [3, 4]
+    h = built.get("c2")
+    assert h.source == "/clips/c2.mp4" and h.thumbnail == "/thumbs/c2.jpg" and h.clip["frames"] == 80
+    assert h.labeller["checkpoint"] == "step_10" and h.attributes["lighting"] == {"letter": "D", "answer": "Night"}
+
+
+def test_bad_record_lines_are_reported_and_the_rest_is_ingested(tmp_path):
+    d = label_dir(tmp_path / "l1", BASE[:2])
+    f = d / "scenarios.jsonl"
+    other = dict(BASE[2], schema="avcap.scenario/2")
+    missing = {k: v for k, v in BASE[3].items() if k != "labeller"}
+    f.write_text(f.read_text() + json.dumps(other) + "\n{not json\n" + json.dumps(missing) + "\n"
+                 + json.dumps(rec("e1", "", error="unreadable video")) + "\n" + json.dumps(BASE[4]) + "\n")
+    db = open_db(tmp_path / "db", create=True)
+    r = db.ingest([d])
+    assert (r.added, r.malformed, r.errors, r.total) == (3, 3, 1, 3)
+    assert r.problems[0] == f"{f}:3: schema: 'avcap.scenario/2' is not 'avcap.scenario/1' (written by another avcap version; relabel or convert)"
+    assert r.problems[1].startswith(f"{f}:4: not valid JSON")
+    assert r.problems[2] == f"{f}:5: labeller: Field required"
+    assert r.error_records == ["e1: unreadable video"] and db.get("e1") is None
+
+
+def test_fast_record_check_agrees_with_the_model():
+    good = BASE[0]
+    assert parse_record_dict(good, "f:1") is good
+    coerced = json.loads(json.dumps(good))
+    coerced["clip"]["width"] = "640"  # pydantic coerces; the fast path hands it to pydantic
+    assert parse_record_dict(coerced, "f:1")["clip"]["width"] == 640
+
+
+def test_database_version_embedder_and_question_mismatches(tmp_path):
+    db_dir = tmp_path / "db"
+    db = open_db(db_dir, embedder="wordllama@64", create=True)
+    db.ingest([label_dir(tmp_path / "l1", BASE)])
+    with pytest.raises(EmbedderError, match=rf"{db_dir / META_FILE}: embedder: the database was built with "
+                                            r"wordllama:l2_supercat@64 \(dim 64\), not wordllama:l2_supercat \(dim 256\)"):
+        open_db(db_dir, embedder="wordllama")
+    assert open_db(db_dir).search("rain at night", limit=1)[0].clip_id == "c2"  # the recorded embedder by default
+    changed = [QUESTIONS[0].model_copy(update={"choices": {"A": "Sunny", "B": "Cloudy", "C": "Rain", "D": "Fog"}})]
+    with pytest.raises(ScenarioDBError, match=r"questions.json: attributes.0.choices: attribute 'weather' differs from the one in"):
+        db.ingest([label_dir(tmp_path / "l2", [rec("n1", "x", weather="A")], questions=changed)])
+    meta = json.loads((db_dir / META_FILE).read_text())
+    (db_dir / META_FILE).write_text(json.dumps(dict(meta, schema="avcap.scenario-db/0")))
+    with pytest.raises(ScenarioDBError, match=rf"{db_dir / META_FILE}: schema: 'avcap.scenario-db/0' is not 'avcap.scenario-db/1'"):
+        open_db(db_dir)
+    with pytest.raises(ScenarioDBError, match="no scenario database here"):
+        open_db(tmp_path / "nothing")
+
+
+def test_new_attributes_in_a_later_ingest_get_columns(tmp_path):
+    db = open_db(tmp_path / "db", create=True)
+    r = db.ingest([label_dir(tmp_path / "l1", [rec("c1", "Sunny.", weather="A"), rec("c2", "Sunny again.", weather="A", lighting="A")],
+                             questions=QUESTIONS[:1])])
+    assert (r.added, r.malformed) == (1, 1)  # c2 answers a question its questions.json does not ask
+    assert r.problems == [f"{tmp_path / 'l1' / 'scenarios.jsonl'}: clip c2: attributes: lighting not in "
+                          f"{tmp_path / 'l1' / 'questions.json'}"]
+    assert [a.name for a in db.attributes()] == ["weather"]
+    db.ingest([label_dir(tmp_path / "l2", [rec("c9", "Night drive in the rain.", weather="C", lighting="D")],
+                         questions=QUESTIONS[:2])])
+    assert [h.clip_id for h in db.search(where=["lighting=night"])] == ["c9"]
+    assert db.get("c1").attributes == {"weather": {"letter": "A", "answer": "Clear"}}
+
+
+def test_cli_index_and_search(tmp_path):
+    runner = CliRunner()
+    d = label_dir(tmp_path / "l1", BASE)
+    db = tmp_path / "db"
+    res = runner.invoke(app, ["index", str(d), "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert "added 5, replaced 0, unchanged 0, errors 0, total 5" in res.output
+    res = runner.invoke(app, ["search", "pedestrian crossing at night in the rain", "--db", str(db), "--json", "-n", "2"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines()]
+    assert rows[0]["clip_id"] == "c2" and rows[0]["rank"] == 1 and len(rows) == 2
+    res = runner.invoke(app, ["search", "--db", str(db), "--where", "weather=rain", "--where", "lighting=night"])
+    assert res.exit_code == 0 and "c2" in res.output and "c5" not in res.output
+    assert "weather=Rain or snow" in res.output
+    res = runner.invoke(app, ["search", "x", "--db", str(db), "--where", "wether=rain"])
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [
+        "error: --where wether=rain: unknown attribute 'wether' (did you mean weather?)"]
+    res = runner.invoke(app, ["index", str(tmp_path / "absent"), "--db", str(db)])
+    assert res.exit_code == 2 and f"{tmp_path / 'absent'}: no such file or directory" in res.output
+    res = runner.invoke(app, ["search", "x", "--db", str(tmp_path / "nodb")])
+    assert res.exit_code == 2 and "no scenario database here" in res.output
