@@ -37,6 +37,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("avcap.train.loop:main", "Supervised fine-tuning from the recipe TOML."),
     "plot": ("avcap.report.plot:main", "Plot a metric across checkpoints against the zero-shot base."),
     "report": ("avcap.report.markdown:main", "Markdown report of every metric, model and checkpoint."),
+    "index": ("avcap.scenarios.cli:index", "Build or update a scenario database from scenario records."),
+    "search": ("avcap.scenarios.cli:search", "Search a scenario database: free text, attribute filters, SQL."),
 }
 
 
