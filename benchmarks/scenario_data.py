@@ -39,7 +39,7 @@ from avcap.demo.synth.world import sample_scene
 from avcap.demo.truth import answer
 from avcap.scenarios.record import QUESTIONS_FILE, SCHEMA, QuestionSet, ScenarioRecord
 
-SCENE = dict(duration_s=4.0, fps=4.0, width=160, height=96)  # the demo's clips
+SCENE = {"duration_s": 4.0, "fps": 4.0, "width": 160, "height": 96}  # the demo's clips
 SEED0 = 7_000_000  # disjoint from the demo's video seeds (small) and the tokenizer corpus (>= 2**40)
 SCENES_PER_PART = 1000
 
@@ -170,6 +170,40 @@ def read_truth(label_dir: str | Path) -> dict[str, dict[str, str]]:
                 for k in range(r["variants"]):
                     out[clip_id(prefix, r["seed"], k)] = r["attributes"]
     return out
+
+
+def simulated_labels(out: str | Path, scenes: int, error_rate: float, seed0: int = 8_000_000,
+                     variant: int = 3, seed: int = 0) -> tuple[Path, Path]:
+    """A stand-in for (b) when no model's label output is at hand: `out/world/<clip_id>.json` (the
+    truth SceneRecords, as the demo's data/eval/AV_CAPTION/world holds them) and `out/labels/`
+    (a label output directory whose clip_id is the video id). Each record holds a reference
+    caption (variant `variant`) and the world-truth answers with a seeded share `error_rate` of
+    them replaced by another letter of the question, labeller "simulated-labeller". Not a model."""
+    import random
+
+    out = Path(out)
+    world, labels = out / "world", out / "labels"
+    world.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    qs = question_set()
+    by_name = qs.by_name()
+    who = {**labeller(f"simulated-labeller (world truth, {error_rate:.0%} of answers wrong)"), "engine": "simulated"}
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rng = random.Random(seed)
+    lines = []
+    for i in range(scenes):
+        vid = f"ev{seed0 + i}"
+        rec = sample_scene(seed0 + i, video_id=vid, **SCENE)
+        (world / f"{vid}.json").write_text(rec.model_dump_json())
+        letters = truth_attributes(rec, qs)
+        for name, letter in letters.items():
+            if rng.random() < error_rate:
+                letters[name] = rng.choice([x for x in by_name[name].choices if x != letter])
+        obj = record(vid, seed0 + i, caption(rec, variant=variant), letters, qs, now, who)
+        lines.append(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+    (labels / "scenarios.jsonl").write_text("\n".join(lines) + "\n")
+    (labels / QUESTIONS_FILE).write_text(json.dumps(qs.model_dump(mode="json", by_alias=True), indent=2) + "\n")
+    return labels, world
 
 
 def main(argv=None) -> None:
