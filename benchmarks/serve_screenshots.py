@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_data import build  # noqa: E402  (benchmarks/ is not a package)
+from serve_data import build, build_review_queue  # noqa: E402  (benchmarks/ is not a package)
 
 CHROMIUM = os.environ.get("AVCAP_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("AVCAP_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -58,6 +58,15 @@ def _wait_video(drv, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+def _wait_images(drv, timeout: float = 10.0) -> None:
+    """Until every image of the page is decoded."""
+    t = time.monotonic()
+    js = "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0);"
+    while time.monotonic() - t < timeout and not drv.execute_script(js):
+        time.sleep(0.1)
+    time.sleep(0.3)
+
+
 def _common(attribute: str, db_dir: Path) -> str:
     """The letter of `attribute` that most clips of the database have (so the filtered page is not empty)."""
     from avcap.scenarios.db import open_db
@@ -73,12 +82,15 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.world / "db").is_dir():
         build(args.world, videos=12, seed=4)
+    else:  # a fresh review queue: the screenshot shows the first decisions
+        build_review_queue(args.world / "synth" / "eval" / "AV_CAPTION", seed=4)
     dataset = args.world / "synth" / "eval" / "AV_CAPTION"
     proc, url = start_server("--db", str(args.world / "db"), "--bench", str(dataset))
     args.out.mkdir(parents=True, exist_ok=True)
     drv = browser()
     try:
         drv.get(url + f"?q=pedestrian+crossing+in+the+rain&where=weather%3D{_common('weather', args.world / 'db')}")
+        _wait_images(drv)
         drv.save_screenshot(str(args.out / "serve-search.png"))
         first = drv.find_element("css selector", "#results .clip-id").text
         drv.get(url + "clip/" + first)
@@ -88,6 +100,12 @@ def main() -> None:
         drv.execute_script("document.getElementById('video').pause();")
         drv.save_screenshot(str(args.out / "serve-clip.png"))
         drv.get(url + "review")
+        for key in "vv":  # two decisions by keyboard (keep video), as a reviewer would; the page moves on
+            before = drv.current_url
+            drv.find_element("tag name", "body").send_keys(key)
+            t = time.monotonic()
+            while drv.current_url == before and time.monotonic() - t < 10:
+                time.sleep(0.1)
         _wait_video(drv)
         drv.save_screenshot(str(args.out / "serve-review.png"))
     finally:

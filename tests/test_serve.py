@@ -164,10 +164,10 @@ def test_video_is_served_with_range_requests(world, tmp_path):
     assert client.get(f"/media/preview/{hit.clip_id}").content == Path(hit.preview).read_bytes()
 
 
-def _raw_get(port: int, target: str, headers: str = "") -> tuple[int, bytes]:
+def _raw_get(port: int, target: str, host: str = "") -> tuple[int, bytes]:
     """GET with the request target exactly as given (no client normalises the dots away)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n".encode())
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\nConnection: close\r\n\r\n".encode())
         buf = b""
         while chunk := s.recv(65536):
             buf += chunk
@@ -221,12 +221,11 @@ def test_review_video_comes_from_the_benchmark_not_from_the_file(world, tmp_path
 
 
 def test_host_header_must_name_loopback(world, live):
-    status, body = _raw_get(live.port, "/", headers="")
-    assert status == 200
-    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n")
-        reply = s.recv(65536)
-    assert reply.startswith(b"HTTP/1.1 400") and b"answers only requests addressed to 127.0.0.1" in reply
+    for host in (f"127.0.0.1:{live.port}", f"localhost:{live.port}", f"[::1]:{live.port}", "localhost"):
+        assert _raw_get(live.port, "/", host)[0] == 200, host
+    for host in ("attacker.example", f"attacker.example:{live.port}", "127.0.0.1.attacker.example", "10.0.0.1"):
+        status, body = _raw_get(live.port, "/", host)
+        assert status == 400 and b"answers only requests addressed to 127.0.0.1" in body, host
 
 
 # ----------------------------------------------------------------------------- review writes
@@ -502,7 +501,9 @@ def test_browser_search_filter_and_the_video_plays(world, live, browser):
     _wait(lambda: "q=car" in browser.current_url, what="the query page")
     shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .clip-id")]
     assert shown == [h.clip_id for h in db.search("car waiting at a red light", limit=24)] and shown
-    assert all(e.get_attribute("naturalWidth") != "0" for e in browser.find_elements(By.CSS_SELECTOR, "#results img"))
+    _wait(lambda: browser.execute_script(  # every thumbnail arrives and decodes
+        "const im = document.querySelectorAll('#results img'); "
+        "return im.length > 0 && Array.from(im).every(i => i.complete && i.naturalWidth > 0);"), what="the thumbnails")
     # a filter from the attribute list (the page submits itself on change)
     values = db.attribute_values("weather")
     letter = max(values, key=lambda k: values[k]["count"])
