@@ -12,8 +12,9 @@ avcap_db.json); `ScenarioDB` refuses to ingest or search with another.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -48,30 +49,56 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
 
 class WordLlamaEmbedder(Embedder):
     """WordLlama's l2_supercat weights from the installed wheel (no download). `dim` < 256 keeps
-    the first `dim` components (the weights are Matryoshka-trained, so a prefix is a coarser space)."""
+    the first `dim` components (the weights are Matryoshka-trained, so a prefix is a coarser space).
+
+    WordLlama's vector of a text is the mean of its tokens' embedding rows. `embed` computes the
+    same direction (normalised, so mean and sum agree) without padding every batch to its longest
+    text: per block of texts, a (texts x distinct tokens) count matrix times those tokens' rows,
+    one BLAS product (~10x faster than `WordLlama.embed` on long captions)."""
+
+    BLOCK = 1024  # texts per count matrix
 
     def __init__(self, dim: int = _WORDLLAMA_DIM):
         # wordllama imported here: only ingest and search need it, not `avcap --help`
         import wordllama
+        from tokenizers import Tokenizer
         from wordllama import WordLlama
 
         if not 16 <= dim <= _WORDLLAMA_DIM:
             raise EmbedderError(f"wordllama: dim {dim} is outside 16..{_WORDLLAMA_DIM}")
         weights_dir = Path(wordllama.__file__).parent
         try:
-            self._model = WordLlama.load(cache_dir=weights_dir, disable_download=True,
-                                         trunc_dim=None if dim == _WORDLLAMA_DIM else dim)
+            model = WordLlama.load(cache_dir=weights_dir, disable_download=True)
         except (FileNotFoundError, OSError) as exc:
             raise EmbedderError(f"wordllama: its packaged weights did not load from {weights_dir} ({exc}); "
                                 "reinstall it: pip install --force-reinstall wordllama") from None
+        self._rows = np.ascontiguousarray(model.embedding[:, :dim], dtype=np.float32)
+        self._tokenizer = Tokenizer.from_str(model.tokenizer.to_str())  # a copy: no padding, no truncation
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
         self.dim = dim
         self.name = "wordllama:l2_supercat" if dim == _WORDLLAMA_DIM else f"wordllama:l2_supercat@{dim}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        v = self._model.embed(list(texts), norm=False, batch_size=512)
-        return normalise(np.asarray(v)[:, : self.dim])
+            return out
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        lens = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int64, int(lens.sum()))
+        np.clip(flat, 0, len(self._rows) - 1, out=flat)
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        row_of = np.repeat(np.arange(len(texts)), lens)
+        for i in range(0, len(texts), self.BLOCK):
+            j = min(i + self.BLOCK, len(texts))
+            a, b = starts[i], ends[j - 1]
+            if a == b:
+                continue
+            tokens, col = np.unique(flat[a:b], return_inverse=True)
+            counts = np.bincount((row_of[a:b] - i) * len(tokens) + col, minlength=(j - i) * len(tokens))
+            out[i:j] = counts.reshape(j - i, len(tokens)).astype(np.float32) @ self._rows[tokens]
+        return normalise(out)
 
 
 class SentenceTransformerEmbedder(Embedder):
@@ -125,29 +152,32 @@ def load_embedder(spec: Optional[str] = None) -> Embedder:
 
 class ScenarioVectors:
     """The vector of a scenario: the caption's embedding plus the normalised sum of the embeddings
-    of its attribute answers, normalised (caption and answers weigh alike). An answer text is one
-    of a few hundred choices, so each is embedded once and cached: an ingest embeds only captions."""
+    of its stated attribute answers, normalised (caption and answers weigh alike). An answer text
+    is one of a few hundred choices, so each is embedded once and cached: an ingest embeds only
+    captions."""
 
     def __init__(self, embedder: Embedder):
         self.embedder = embedder
         self._index: dict[str, int] = {}  # answer text -> its row of _matrix
         self._matrix = np.zeros((0, embedder.dim), dtype=np.float32)
 
-    def __call__(self, captions: Sequence[Optional[str]], answers: Sequence[Sequence[str]]) -> np.ndarray:
+    def __call__(self, captions: Sequence[Optional[str]], answers: Mapping[str, np.ndarray]) -> np.ndarray:
+        """`answers`: answer text -> the indices (into `captions`) of the records stating it."""
         e = self.embedder
-        todo = sorted({a for row in answers for a in row if a not in self._index})
+        n = len(captions)
+        todo = sorted(a for a in answers if a not in self._index)
         if todo:
             base = len(self._index)
             self._index.update((a, base + i) for i, a in enumerate(todo))
-            self._matrix = np.concatenate([self._matrix, e.embed(todo)]) if len(self._matrix) else e.embed(todo)
-        out = np.zeros((len(captions), e.dim), dtype=np.float32)
+            self._matrix = np.concatenate([self._matrix, e.embed(todo)])
+        out = np.zeros((n, e.dim), dtype=np.float32)
         has_caption = [i for i, c in enumerate(captions) if c]
         if has_caption:
             out[has_caption] = e.embed([captions[i] for i in has_caption])
-        if self._index:
-            counts = np.zeros((len(captions), len(self._index)), dtype=np.float32)
-            rows = [i for i, row in enumerate(answers) for _ in row]
-            cols = [self._index[a] for row in answers for a in row]
-            np.add.at(counts, (rows, cols), 1.0)
-            out += normalise(counts @ self._matrix)
+        if answers:
+            texts = list(answers)
+            counts = np.zeros((n, len(texts)), dtype=np.float32)
+            for j, t in enumerate(texts):
+                counts[:, j] = np.bincount(answers[t], minlength=n)
+            out += normalise(counts @ self._matrix[[self._index[t] for t in texts]])
         return normalise(out)
