@@ -39,6 +39,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "report": ("avcap.report.markdown:main", "Markdown report of every metric, model and checkpoint."),
     "index": ("avcap.scenarios.cli:index", "Build or update a scenario database from scenario records."),
     "search": ("avcap.scenarios.cli:search", "Search a scenario database: free text, attribute filters, SQL."),
+    "label": ("avcap.label.run:main", "Caption and attribute answers for every clip of a fleet, as scenario records."),
+    "serve": ("avcap.serve.cli:main", "Search the scenario database and review the benchmark in the browser."),
 }
 
 

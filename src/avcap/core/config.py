@@ -360,8 +360,12 @@ class Engine(_Model):
 
 
 class Dataset(_Model):
-    kind: Literal["av_caption", "lingoqa"]
+    kind: Literal["av_caption", "lingoqa", "clips"]
     root: str
+    # clips (a fleet's clip set, labelled by `avcap label`): every video under root (recursively),
+    # or the clips a manifest file lists (.txt: a path per line; .jsonl / .csv: `path` and an
+    # optional `clip_id`; relative paths are relative to the manifest)
+    manifest: Optional[str] = None
     # lingoqa: the parquet (relative to root) and where the frame files are
     parquet: str = "val.parquet"
     images_root: Optional[str] = None
@@ -440,6 +444,16 @@ class AvcapTrain(_Model):
     activation_memory_budget: Optional[float] = Field(None, gt=0, le=1)
 
 
+class Label(_Model):
+    """`avcap label`: the attribute questions each clip is asked, and its pictures."""
+
+    # question ids or attribute names of the [avcap.bench] pool; None: every question of the pool
+    attributes: Optional[list[str]] = None
+    thumbnail_width: int = Field(320, ge=32)  # the middle sampled frame, this wide (never upscaled)
+    preview_frames: int = Field(4, ge=2)  # frames of the preview strip
+    preview_height: int = Field(90, ge=16)  # each frame of the strip this high
+
+
 class Avcap(_Model):
     seed: int = 0
     model_name: str = "Cosmos-Reason2-8B"
@@ -453,6 +467,7 @@ class Avcap(_Model):
     curate: Curate = Field(default_factory=Curate)
     metrics: Metrics = Field(default_factory=Metrics)
     train: AvcapTrain = Field(default_factory=AvcapTrain)
+    label: Label = Field(default_factory=Label)
 
 
 class RecipeConfig(_Model):

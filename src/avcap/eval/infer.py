@@ -431,8 +431,11 @@ def run_inference(
     retry_errors: bool = False,
     progress: bool = True,
     log=None,
+    out_dir: Optional[Path] = None,
+    title: str = "avcap infer",
 ) -> dict[str, Any]:
-    """Run every pending request of this shard; merge when all shards are done. Returns a summary."""
+    """Run every pending request of this shard; merge when all shards are done. Returns a summary.
+    `out_dir` replaces `<outputs_dir>/<model>/<checkpoint>/<dataset>` (avcap label's --out)."""
 
     log = log or (lambda msg: typer.echo(msg, err=True))
     t_start = time.perf_counter()
@@ -454,7 +457,7 @@ def run_inference(
     except CheckpointError as exc:
         raise InferError(str(exc)) from None
     plan = build_plan(cfg, dataset, tasks, limit)
-    out_dir = output_dir(cfg, outputs_dir, model_name, ck.label, dataset)
+    out_dir = out_dir or output_dir(cfg, outputs_dir, model_name, ck.label, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with _one_writer(out_dir, k, i):
@@ -477,7 +480,7 @@ def run_inference(
             log(f"  skipped: {problem}")
         shard_txt = f" [shard {i + 1}/{k}]" if k > 1 else ""
         log(
-            f"avcap infer: {model_name} {ck.label} ({ck.path}) on {dataset}{shard_txt} -> {out_dir}\n  "
+            f"{title}: {model_name} {ck.label} ({ck.path}) on {dataset}{shard_txt} -> {out_dir}\n  "
             + "; ".join(f"{t}: {len(p)} to do, {stats[t].skipped} already done" for t, p in pending.items())
         )
 
@@ -528,7 +531,7 @@ def run_inference(
                 prompts = cfg.avcap.prompts
                 reasoning_suffix = prompts.reasoning_suffix if ecfg.reasoning else None
                 for task, todo in pending.items():
-                    sampling: Sampling = getattr(cfg.avcap.sampling, task)
+                    sampling: Sampling = getattr(cfg.avcap.sampling, TASKS[task].sampling)
                     target = task_file(out_dir, task, k, i)
                     with RecordWriter(target, fsync=False) as writer:  # synced once per batch
                         _run_task(

@@ -67,7 +67,7 @@ from avcap.eval.tasks import TASKS, video_files
 
 OUTPUT_FILES = ("caption.jsonl", "mcq.jsonl", "lingoqa.jsonl", "lingoqa_predictions.csv")
 # metric -> the task (key of metrics.json's `coverage`) whose records it is computed over
-METRIC_TASK = {**{t.metric: t.name for t in TASKS.values()}, "vqa_accuracy_caption_mode": "mcq_caption_mode"}
+METRIC_TASK = {**{t.metric: t.name for t in TASKS.values() if t.metric}, "vqa_accuracy_caption_mode": "mcq_caption_mode"}
 METRIC_VALUE_KEY = {"bleu": "value", "vqa_accuracy": "overall", "vqa_accuracy_caption_mode": "overall",
                     "lingoqa": "score"}
 TASK_NOUN = {"caption": "captions", "mcq": "questions", "mcq_caption_mode": "questions", "lingoqa": "questions"}
@@ -487,7 +487,8 @@ def score_one(run_dir: Path, cfg: RecipeConfig, judges: _Judges, log) -> dict[st
         metrics["engine"] = engine
     ctx = _ScoreContext(run_dir, cfg, judges, log, dataset, _dataset_root(run, dataset, cfg), metrics)
     for task in TASKS.values():  # in the tasks' order: caption mode reads the captions
-        SCORERS[task.metric](ctx)
+        if task.metric:  # the labelling job's attributes have no reference to score against
+            SCORERS[task.metric](ctx)
     notes, coverage = ctx.notes, ctx.coverage
     if coverage:
         metrics["coverage"] = coverage

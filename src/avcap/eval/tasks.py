@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from avcap.bench.pool import PoolError, format_question
+from avcap.bench.parse import parse_choice
+from avcap.bench.pool import Pool, PoolError, Question, format_question, load_pool
 from avcap.bench.vqa import read_vqa_for
 from avcap.core.config import Dataset, RecipeConfig
+from avcap.eval.clips import ClipSetError, clip_set
 from avcap.video import VIDEO_SUFFIXES, is_video_path
 
 # Heavy libraries (pandas) are imported inside the functions that use them: `avcap --help` and
@@ -49,9 +51,23 @@ class DatasetView:
     name: str
     ds: Dataset
     root: Path
+    _clips: Optional[tuple[dict[str, Path], list[str]]] = field(default=None, repr=False)
 
     def videos(self) -> dict[str, Path]:
-        return video_files(self.root / "videos")
+        """video / clip id -> path: `videos/` of an av_caption dataset; a clip set's clips."""
+        if self.ds.kind != "clips":
+            return video_files(self.root / "videos")
+        return self.clip_set()[0]
+
+    def clip_set(self) -> tuple[dict[str, Path], list[str]]:
+        """(clips, the inputs that cannot be used) of a `clips` dataset (avcap.eval.clips), read once."""
+        if self._clips is None:
+            manifest = self.cfg.resolve(self.ds.manifest) if self.ds.manifest else None
+            try:
+                self._clips = clip_set(self.root, manifest)
+            except ClipSetError as exc:
+                raise TaskError(str(exc)) from None
+        return self._clips
 
 
 @dataclass
@@ -63,8 +79,9 @@ class TaskPlan:
 
 class Task:
     name: str  # also the record file: <name>.jsonl
-    dataset_kind: str
-    metric: str  # the metrics.json block its records are scored into
+    dataset_kinds: tuple[str, ...]
+    metric: Optional[str]  # the metrics.json block its records are scored into (None: not scored)
+    sampling: str  # its [avcap.sampling] table
 
     def plan(self, view: DatasetView, *, explicit: bool) -> Optional[TaskPlan]:
         """The task's requests on `view`; None when the dataset has nothing for it and it was not
@@ -125,17 +142,18 @@ def parse_caption(text: str) -> tuple[Optional[dict[str, Any]], str]:
 class CaptionTask(Task):
     """The recipe's AV caption of every video (scored with coco-caption BLEU-4)."""
 
-    name, dataset_kind, metric = "caption", "av_caption", "bleu"
+    name, dataset_kinds, metric, sampling = "caption", ("av_caption", "clips"), "bleu", "caption"
 
     def plan(self, view: DatasetView, *, explicit: bool) -> Optional[TaskPlan]:
         videos = view.videos()
         prompt = view.cfg.avcap.prompts.caption
+        problems = view.clip_set()[1] if view.ds.kind == "clips" else []
 
         def items(units: list[str]) -> list[Item]:
             return [Item(key=v, unit=v, video=_video_of(view, videos, v), text=prompt, fields={"video_id": v})
                     for v in units if v in videos]
 
-        return TaskPlan(set(videos), items)
+        return TaskPlan(set(videos), items, problems)
 
     def record_fields(self, item: Item, text: Optional[str]) -> dict[str, Any]:
         caption, caption_text = parse_caption(text) if text is not None else (None, None)
@@ -152,7 +170,7 @@ def format_mcq(question: str, choices: dict[str, str], suffix: str) -> str:
 class MCQTask(Task):
     """The benchmark's verified questions of every video (`vqa.jsonl`, read by avcap.bench.vqa)."""
 
-    name, dataset_kind, metric = "mcq", "av_caption", "vqa_accuracy"
+    name, dataset_kinds, metric, sampling = "mcq", ("av_caption",), "vqa_accuracy", "mcq"
 
     def plan(self, view: DatasetView, *, explicit: bool) -> Optional[TaskPlan]:
         vqa_path = view.root / view.ds.vqa
@@ -211,7 +229,7 @@ def lingoqa_rows(parquet: Path) -> list[dict[str, Any]]:
 class LingoQATask(Task):
     """LingoQA's questions about each segment's frames (scored by the Lingo-Judge)."""
 
-    name, dataset_kind, metric = "lingoqa", "lingoqa", "lingoqa"
+    name, dataset_kinds, metric, sampling = "lingoqa", ("lingoqa",), "lingoqa", "lingoqa"
 
     def plan(self, view: DatasetView, *, explicit: bool) -> Optional[TaskPlan]:
         rows = lingoqa_rows(view.root / view.ds.parquet)
@@ -231,14 +249,67 @@ class LingoQATask(Task):
         return TaskPlan({r["segment_id"] for r in rows}, items)
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (CaptionTask(), MCQTask(), LingoQATask())}
+# ----------------------------------------------------------------------------- scenario attributes
+
+
+def attribute_questions(cfg: RecipeConfig) -> tuple[Pool, list[Question]]:
+    """The [avcap.bench] pool and the questions `avcap label` asks every clip: [avcap.label]
+    attributes (question ids or attribute names, in that order), else every question of the pool."""
+    b = cfg.avcap.bench
+    try:
+        pool = load_pool(cfg.resolve(b.pool) if b.pool else None)
+    except PoolError as exc:
+        raise TaskError(f"[avcap.bench] pool: {exc.problems[0]}") from None
+    wanted = cfg.avcap.label.attributes
+    if wanted is None:
+        return pool, list(pool.questions)
+    by_name = {**{q.attribute_name: q for q in pool.questions}, **{q.id: q for q in pool.questions}}
+    unknown = [w for w in wanted if w not in by_name]
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], list(by_name), n=1, cutoff=0.6)
+        raise TaskError(f"[avcap.label] attributes: {unknown[0]!r} is neither a question id nor an attribute of "
+                        f"{pool.source}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    ids = list(dict.fromkeys(by_name[w].id for w in wanted))
+    return pool, [pool.by_id()[i] for i in ids]
+
+
+class AttributesTask(Task):
+    """The scenario attributes of every clip of a clip set: the pool's multiple-choice questions
+    (weather, lighting, ego maneuver, ...), all asked about one video in a row, so the engine's
+    shared-prefix path prefills each clip once for all of them."""
+
+    name, dataset_kinds, metric, sampling = "attributes", ("clips",), None, "mcq"
+
+    def plan(self, view: DatasetView, *, explicit: bool) -> Optional[TaskPlan]:
+        videos = view.videos()
+        _, questions = attribute_questions(view.cfg)
+        suffix = view.cfg.avcap.prompts.mcq_suffix
+
+        def items(units: list[str]) -> list[Item]:
+            return [
+                Item(key=f"{v}#{q.id}", unit=v, video=_video_of(view, videos, v), text=format_question(q, suffix),
+                     fields={"clip_id": v, "attribute": q.attribute_name, "question_id": q.id, "choices": q.choices})
+                for v in units if v in videos for q in questions
+            ]
+
+        return TaskPlan(set(videos), items)
+
+    def record_fields(self, item: Item, text: Optional[str]) -> dict[str, Any]:
+        return {"letter": parse_choice(text, item.fields["choices"]) if text is not None else None}
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (CaptionTask(), MCQTask(), LingoQATask(), AttributesTask())}
 
 
 def tasks_for(kind: str) -> list[str]:
-    return [name for name, t in TASKS.items() if t.dataset_kind == kind]
+    return [name for name, t in TASKS.items() if kind in t.dataset_kinds]
 
 
 def no_units_message(view: DatasetView) -> str:
+    if view.ds.kind == "clips":
+        return f"{view.root}: no clips"
     if view.ds.kind == "av_caption":
         return f"{view.root / 'videos'}: no videos ({', '.join(VIDEO_SUFFIXES)} or frame directories)"
     return f"{view.root}: dataset {view.name} has nothing to ask"
