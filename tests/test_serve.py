@@ -132,6 +132,26 @@ def test_clip_page_shows_caption_every_attribute_and_the_labeller(world, tmp_pat
     assert client.get("/clip/no-such-clip").status_code == 404
 
 
+def test_clips_indexed_while_serving_show_up(world, tmp_path):
+    """`avcap index` into the database the server has open: the next page sees the new clips."""
+    from starlette.testclient import TestClient
+
+    lines = (world["label"] / "scenarios.jsonl").read_text().splitlines()
+    for part, chunk in (("a", lines[:3]), ("b", lines[3:])):
+        (tmp_path / part).mkdir()
+        shutil.copy(world["label"] / "questions.json", tmp_path / part)
+        (tmp_path / part / "scenarios.jsonl").write_text("\n".join(chunk) + "\n")
+    db_dir = tmp_path / "db"
+    open_db(db_dir, create=True).ingest([tmp_path / "a"])
+    client = TestClient(create_app(db=open_db(db_dir), db_dir=db_dir), base_url="http://127.0.0.1")
+    assert "3 clips" in client.get("/").text
+    late = json.loads(lines[-1])["clip_id"]
+    assert client.get(f"/clip/{late}").status_code == 404
+    open_db(db_dir).ingest([tmp_path / "b"])  # another handle, as another process would
+    assert f"{len(lines)} clips" in client.get("/").text
+    assert client.get(f"/clip/{late}").status_code == 200
+
+
 # ----------------------------------------------------------------------------- media
 
 

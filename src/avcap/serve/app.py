@@ -102,8 +102,7 @@ def create_app(*, db=None, db_dir: Optional[Path] = None, reviews: Optional[Revi
         raise ValueError("avcap serve needs a scenario database (--db) or a benchmark (--bench), or both")
     st = State(csrf_token=csrf_token or new_csrf_token(), db=db, db_dir=db_dir, reviews=reviews)
     if db is not None:
-        st.attributes = db.attributes()
-        st.total_clips = db.count()
+        st.load_db()
     routes = [
         Route("/", search_page),
         Route("/clip/{clip_id:path}", clip_page),

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from avcap.bench.build import bench_dir, read_pairs
 from avcap.bench.errors import BenchError
-from avcap.bench.review import DECISIONS, LETTERS, parse_decision, read_review_file
+from avcap.bench.review import LETTERS, parse_decision, read_review_file
 from avcap.core.records import write_text_atomic
 
 NOTE_LIMIT = 2000
@@ -150,5 +150,3 @@ def _dump(rows: list[dict[str, Any]], path: Path, columns: Optional[list[str]]) 
     w.writerows(rows)
     return buf.getvalue()
 
-
-__all__ = ["DECISIONS", "DecisionError", "ReviewItem", "ReviewQueue", "normalise"]

@@ -94,6 +94,7 @@ def search_page(request: Request) -> Response:
     st = state(request)
     if st.db is None:
         return Response(status_code=303, headers={"location": "/review"}) if st.reviews else not_found(request)
+    st.load_db()
     attrs = st.attributes
     by_name = {a.name: a for a in attrs}
     context: dict[str, Any] = dict(
@@ -142,6 +143,7 @@ def clip_page(request: Request) -> Response:
     st = state(request)
     if st.db is None:
         return not_found(request)
+    st.load_db()
     clip_id = request.path_params["clip_id"]
     hit = st.db.get(clip_id)
     if hit is None:

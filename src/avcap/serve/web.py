@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -49,6 +48,27 @@ class State:
     total_clips: int = 0
     _media: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _seen: Optional[int] = None  # mtime_ns of the database's avcap_db.json when last read
+
+    def load_db(self) -> None:
+        """(Re)read what the pages show of the database: its attributes and size. Called at start
+        and whenever `avcap index` has rewritten avcap_db.json since (new clips show up without a
+        restart)."""
+        try:
+            seen = self.db.meta_path.stat().st_mtime_ns
+        except OSError:
+            return
+        if seen == self._seen:
+            return
+        with self._lock:
+            if seen == self._seen:
+                return
+            if self._seen is not None:
+                self.db.refresh()
+                self._media.clear()
+            self.attributes = self.db.attributes()
+            self.total_clips = self.db.count()
+            self._seen = seen
 
     def remember(self, hits: list) -> None:
         """Keep the media paths of clips just read from the database, so that the thumbnails of a
@@ -104,6 +124,3 @@ def not_found(request: Request, what: str = "no such page") -> Response:
         return PlainTextResponse("not found\n", status_code=404)
     return message(request, 404, "Not found", what)
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
