@@ -16,13 +16,15 @@ For each request it records the server-side time (the page's `Server-Timing: app
 the request reaching the app to the rendered page: query, database, template) and the time the
 client saw (adds HTTP and uvicorn), and reports p50 / p95 / max per kind and overall after
 `--warmup` requests. Page weight: the HTML of each page, plus what a browser fetches for a search
-page (the stylesheet, the script, every thumbnail on it), in bytes. The machine's other load is
+page (the stylesheet, the script, every thumbnail on it), in bytes as sent (pages, stylesheet and
+script gzip-compressed for a client that asks, as browsers do; thumbnails as stored). The machine's other load is
 not controlled: the numbers are what one 2-core box gives with whatever else runs on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import http.client
 import json
 import os
@@ -96,11 +98,16 @@ class Client:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     def get(self, path: str) -> tuple[int, dict, bytes, float]:
+        """(status, headers, body as decoded, ms); headers["wire-bytes"]: the body's bytes on the wire."""
         t = time.perf_counter()
-        self.conn.request("GET", path)
+        self.conn.request("GET", path, headers={"Accept-Encoding": "gzip"})  # as a browser asks
         r = self.conn.getresponse()
         body = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, body, (time.perf_counter() - t) * 1000
+        headers = {k.lower(): v for k, v in r.getheaders()}
+        headers["wire-bytes"] = len(body)
+        if headers.get("content-encoding") == "gzip":
+            body = gzip.decompress(body)
+        return r.status, headers, body, (time.perf_counter() - t) * 1000
 
 
 def main() -> None:
@@ -145,10 +152,10 @@ def main() -> None:
             d["client"].append(wall)
             html_bytes.setdefault(kind, []).append(len(body))
         # the weight of one search page as a browser loads it
-        _, _, page, _ = c.get("/?" + urlencode([("q", QUERIES[0])]))
-        assets = {p: len(c.get(p)[2]) for p in ("/static/app.css", "/static/app.js")}
+        _, page_headers, page, _ = c.get("/?" + urlencode([("q", QUERIES[0])]))
+        assets = {p: c.get(p)[1]["wire-bytes"] for p in ("/static/app.css", "/static/app.js")}
         thumbs = re.findall(r'<img src="(/media/thumb/[^"]+)"', page.decode())
-        thumb_bytes = sum(len(c.get(p)[2]) for p in thumbs)
+        thumb_bytes = sum(c.get(p)[1]["wire-bytes"] for p in thumbs)
     finally:
         proc.terminate()
         proc.wait(20)
@@ -161,9 +168,10 @@ def main() -> None:
         "search_pages": {"server": summary(search_server), "client": summary(search_client)},
         "per_kind": {k: {"server": summary(d["server"]), "client": summary(d["client"]),
                          "html_bytes_median": int(statistics.median(html_bytes[k]))} for k, d in by_kind.items()},
-        "page_weight": {"html": len(page), **{k.rsplit("/", 1)[1]: v for k, v in assets.items()},
+        "page_weight": {"html": len(page), "html_gzip": page_headers["wire-bytes"],
+                        **{k.rsplit("/", 1)[1] + "_gzip": v for k, v in assets.items()},
                         "thumbnails": len(thumbs), "thumbnail_bytes": thumb_bytes,
-                        "total": len(page) + sum(assets.values()) + thumb_bytes},
+                        "total_on_the_wire": page_headers["wire-bytes"] + sum(assets.values()) + thumb_bytes},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

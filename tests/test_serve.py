@@ -86,6 +86,10 @@ def test_search_page_query_filter_and_paging(world, tmp_path):
     assert ids == [h.clip_id for h in db.search("pedestrian crossing", limit=24)]
     assert "Content-Security-Policy".lower() in r.headers and r.headers["x-content-type-options"] == "nosniff"
     assert re.search(r"app;dur=[0-9.]+", r.headers["server-timing"])
+    assert r.headers["content-encoding"] == "gzip"  # pages go compressed to a client that takes gzip...
+    plain = client.get("/", params={"q": "pedestrian crossing"}, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers  # ...and plain to one that does not
+    assert re.sub(r"\d+ ms", "", plain.text) == re.sub(r"\d+ ms", "", r.text)
     # every attribute is offered as a filter, with its choices
     for a in db.attributes():
         assert f'value="{a.name}=A"' in r.text
@@ -163,7 +167,7 @@ def test_video_is_served_with_range_requests(world, tmp_path):
     url = f"/media/video/{hit.clip_id}"
     r = client.get(url)
     assert r.status_code == 200 and r.headers["accept-ranges"] == "bytes" and r.content == data
-    assert r.headers["content-type"] == "video/mp4"
+    assert r.headers["content-type"] == "video/mp4" and "content-encoding" not in r.headers  # media never compressed
     r = client.get(url, headers={"Range": "bytes=0-99"})
     assert r.status_code == 206 and r.headers["content-range"] == f"bytes 0-99/{size}" and r.content == data[:100]
     r = client.get(url, headers={"Range": "bytes=1000-"})

@@ -8,6 +8,7 @@ memory. Anything else is 404.
 
 from __future__ import annotations
 
+import gzip
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,7 +25,7 @@ from avcap.serve.review_pages import review_decide, review_index, review_item
 from avcap.serve.reviews import ReviewQueue
 from avcap.serve.search_pages import clip_page, search_page
 from avcap.serve.security import Guard, new_csrf_token
-from avcap.serve.web import State, json_error, message, not_found, state
+from avcap.serve.web import State, accepts_gzip, json_error, message, not_found, state
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_TYPES = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
@@ -60,7 +61,11 @@ def static_file(request: Request) -> Response:
     body = request.app.state.static.get(name)
     if body is None:
         return not_found(request)
-    return Response(body, media_type=STATIC_TYPES[name], headers={"cache-control": "no-cache"})
+    headers = {"cache-control": "no-cache", "vary": "accept-encoding"}
+    if accepts_gzip(request):
+        body = request.app.state.static_gz[name]
+        headers["content-encoding"] = "gzip"
+    return Response(body, media_type=STATIC_TYPES[name], headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -119,4 +124,5 @@ def create_app(*, db=None, db_dir: Optional[Path] = None, reviews: Optional[Revi
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.avcap = st
     app.state.static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_TYPES}
+    app.state.static_gz = {name: gzip.compress(body, mtime=0) for name, body in app.state.static.items()}
     return app

@@ -23,7 +23,7 @@ import re
 import secrets
 from http.cookies import SimpleCookie
 from typing import Optional
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -166,7 +166,8 @@ class Guard:
         given = [v for k, v in query if k == "token"]
         if given and scope["method"].upper() == "GET" and _same(given[0], self.access_token):
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            location = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
+            path = scope.get("raw_path") or quote(scope["path"]).encode()
+            location = path.decode("latin-1") + (f"?{rest}" if rest else "")
             morsel = f"{ACCESS_COOKIE}={self.access_token}; HttpOnly; SameSite=Strict; Path=/"
             await _plain(send, 303, "access granted", [(b"location", location.encode("latin-1")),
                                                        (b"set-cookie", morsel.encode("latin-1"))])

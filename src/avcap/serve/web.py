@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from collections import OrderedDict
@@ -105,10 +106,23 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
     t0 = request.scope.get("avcap.t0")
     html = ENV.get_template(template).render(
         csrf_token=st.csrf_token, has_db=st.db is not None, has_review=st.reviews is not None, **context)
-    headers = {"cache-control": "no-store"}
+    headers = {"cache-control": "no-store", "vary": "accept-encoding"}
+    body = html.encode("utf-8")
+    if accepts_gzip(request):
+        body = gzip.compress(body, compresslevel=6, mtime=0)
+        headers["content-encoding"] = "gzip"
     if t0 is not None:  # the time the server spent on this page, for benchmarks/bench_serve.py
         headers["server-timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.2f}"
-    return HTMLResponse(html, status_code=status, headers=headers)
+    return HTMLResponse(body, status_code=status, headers=headers)
+
+
+def accepts_gzip(request: Request) -> bool:
+    """Does the client take gzip? (Pages and the static files are compressed; media never are.)"""
+    for part in request.headers.get("accept-encoding", "").split(","):
+        name, _, q = part.strip().partition(";")
+        if name.strip().lower() == "gzip":
+            return q.strip().replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 def message(request: Request, status: int, heading: str, *lines: str) -> HTMLResponse:
