@@ -141,6 +141,10 @@ def test_clips_indexed_while_serving_show_up(world, tmp_path):
     from starlette.testclient import TestClient
 
     lines = (world["label"] / "scenarios.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])  # as a model that writes JSON captions and once answers no choice
+    last["caption_json"] = {"safety_analysis": last["caption"], "hazards": ["a pedestrian at the kerb"]}
+    last["attributes"]["weather"] = {"letter": None, "answer": None, "raw": "it is hard to say", "error": None}
+    lines[-1] = json.dumps(last)
     for part, chunk in (("a", lines[:3]), ("b", lines[3:])):
         (tmp_path / part).mkdir()
         shutil.copy(world["label"] / "questions.json", tmp_path / part)
@@ -153,7 +157,9 @@ def test_clips_indexed_while_serving_show_up(world, tmp_path):
     assert client.get(f"/clip/{late}").status_code == 404
     open_db(db_dir).ingest([tmp_path / "b"])  # another handle, as another process would
     assert f"{len(lines)} clips" in client.get("/").text
-    assert client.get(f"/clip/{late}").status_code == 200
+    page = client.get(f"/clip/{late}")
+    assert page.status_code == 200 and "a pedestrian at the kerb" in page.text
+    assert re.search(r">weather</a></td><td>[^<]*</td>\s*<td><i>no choice", page.text)
 
 
 # ----------------------------------------------------------------------------- media

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any, Optional
@@ -155,7 +156,6 @@ def clip_page(request: Request) -> Response:
         got = hit.attributes.get(name) or {}
         letter = got.get("letter")
         attributes.append({"name": name, "question": a.question, "letter": letter, "answer": got.get("answer"),
-                           "raw": None, "error": None,
                            "filter_url": _url("", [(name, letter)], "hybrid") if letter else _url("", [], "hybrid")})
     info = [(k, v) for k, v in (("duration", f"{hit.clip['duration_s']:.2f} s" if hit.clip.get("duration_s") else None),
                                 ("size", f"{hit.clip['width']}x{hit.clip['height']}" if hit.clip.get("width") else None),
@@ -163,8 +163,9 @@ def clip_page(request: Request) -> Response:
                                 ("frames", hit.clip.get("frames")),
                                 ("bytes", f"{hit.clip['size_bytes']:,}" if hit.clip.get("size_bytes") else None)) if v]
     labeller = {k: hit.labeller.get(k) or "" for k in ("model_name", "checkpoint", "checkpoint_path", "engine", "fingerprint")}
-    rec = {"clip_id": hit.clip_id, "caption": hit.caption, "error": None, "source": hit.source,
-           "labeller": labeller, "labelled_at": hit.labelled_at}
+    rec = {"clip_id": hit.clip_id, "caption": hit.caption, "source": hit.source, "labeller": labeller,
+           "labelled_at": hit.labelled_at,
+           "caption_json": json.dumps(hit.caption_json, indent=2, ensure_ascii=False) if hit.caption_json else None}
     return render(request, "clip.jinja", section="search", rec=rec, attributes=attributes, clip_info=info,
                   db_name=str(st.db_dir),
                   video_url=media_url("video", hit.clip_id) if local_file(hit.source) else None,
