@@ -400,6 +400,35 @@ def test_cli_refuses_unsafe_binding_and_bad_inputs(world, tmp_path):
     assert r.returncode == 2 and "give --db DIR" in r.stderr
 
 
+def test_access_token_is_required_everywhere_when_set(world, tmp_path):
+    """The app as `--token-env` makes it (in-process; the CLI on 0.0.0.0 is the next test)."""
+    from starlette.testclient import TestClient
+
+    review = _review_copy(world, tmp_path)
+    app = create_app(db=world["db_handle"], db_dir=world["db"], reviews=ReviewQueue(world["dataset"], review),
+                     access_token=TOKEN, loopback_only=False)
+    client = TestClient(app, base_url="http://192.0.2.7:8765")
+    first = world["db_handle"].search(limit=1)[0].clip_id
+    for path in ("/", "/review/1", f"/clip/{first}", f"/media/video/{first}", "/static/app.js", "/nope"):
+        r = client.get(path)
+        assert r.status_code == 401 and "access token required" in r.text and TOKEN not in r.text, path
+    assert client.get("/?token=wrong-token-of-enough-length").status_code == 401
+    r = client.get(f"/clip/{first}?token={TOKEN}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/clip/{first}"
+    assert "HttpOnly" in r.headers["set-cookie"] and "SameSite=Strict" in r.headers["set-cookie"]
+    assert client.get(f"/clip/{first}").status_code == 200  # the cookie, from now on
+    assert client.get(f"/media/video/{first}").status_code == 200
+    # the token grants reading; writing still needs the page's same-origin token
+    item = _rows(review)[0]["item"]
+    assert client.post("/api/review", json={"item": item, "decision": "remove"}).status_code == 403
+    ok = client.post("/api/review", json={"item": item, "decision": "remove"},
+                     headers={"X-Avcap-Token": app.state.avcap.csrf_token})
+    assert ok.status_code == 200
+    bearer = TestClient(app, base_url="http://192.0.2.7:8765")
+    assert bearer.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert bearer.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
 def _unshare_net() -> list[str]:
     if shutil.which("unshare") is None:
         pytest.skip("needs `unshare` (util-linux) for a private network namespace")
