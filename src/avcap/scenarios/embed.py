@@ -13,6 +13,8 @@ avcap_db.json); `ScenarioDB` refuses to ingest or search with another.
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -76,16 +78,40 @@ class WordLlamaEmbedder(Embedder):
         self._tokenizer = Tokenizer.from_str(model.tokenizer.to_str())  # a copy: no padding, no truncation
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
+        self._word_ids: Optional[dict[str, list[int]]] = {} if _words_are_independent(self._tokenizer) else None
         self.dim = dim
         self.name = "wordllama:l2_supercat" if dim == _WORDLLAMA_DIM else f"wordllama:l2_supercat@{dim}"
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The tokenizer's ids of each text. WordLlama's tokenizer (Llama 2's SentencePiece BPE:
+        spaces become "▁", no pre-tokenizer) has no token with a "▁" after another character, so no
+        merge crosses a word boundary: each "▁word" is tokenized once and cached, the same ids as
+        tokenizing the whole text, ~10x faster on captions."""
+        cache = self._word_ids
+        if cache is None:
+            return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        if len(cache) > 1_000_000:
+            cache.clear()
+        tokenize = self._tokenizer.model.tokenize
+        out = []
+        for text in texts:
+            ids: list[int] = []
+            if text:
+                for piece in _PIECE.findall("\u2581" + text.replace(" ", "\u2581")):
+                    got = cache.get(piece)
+                    if got is None:
+                        got = cache[piece] = [t.id for t in tokenize(piece)]
+                    ids.extend(got)
+            out.append(ids)
+        return out
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        lens = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
-        flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int64, int(lens.sum()))
+        ids = self.token_ids(texts)
+        lens = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lens.sum()))
         np.clip(flat, 0, len(self._rows) - 1, out=flat)
         ends = np.cumsum(lens)
         starts = ends - lens
@@ -99,6 +125,20 @@ class WordLlamaEmbedder(Embedder):
             counts = np.bincount((row_of[a:b] - i) * len(tokens) + col, minlength=(j - i) * len(tokens))
             out[i:j] = counts.reshape(j - i, len(tokens)).astype(np.float32) @ self._rows[tokens]
         return normalise(out)
+
+
+_PIECE = re.compile("\u2581*[^\u2581]+|\u2581+")  # a run of "▁" and the word after it
+
+
+def _words_are_independent(tokenizer) -> bool:
+    """Is this a SentencePiece-style BPE (spaces to "▁", no pre-tokenizer) whose vocabulary has no
+    token with a "▁" after another character? Then `token_ids` may tokenize word by word."""
+    conf = json.loads(tokenizer.to_str())
+    norm = conf.get("normalizer") or {}
+    steps = [n.get("type") for n in norm.get("normalizers", [])] if norm.get("type") == "Sequence" else [norm.get("type")]
+    if conf.get("pre_tokenizer") is not None or steps != ["Prepend", "Replace"] or conf["model"].get("type") != "BPE":
+        return False
+    return not any("\u2581" in t.lstrip("\u2581") for t in conf["model"]["vocab"])
 
 
 class SentenceTransformerEmbedder(Embedder):
