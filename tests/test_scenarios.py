@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from avcap.cli import app
 from avcap.scenarios import EmbedderError, QueryError, ScenarioDBError, open_db
+from avcap.scenarios import db as db_module
 from avcap.scenarios import query as Q
-from avcap.scenarios.db import META_FILE
+from avcap.scenarios.db import META_FILE, searchable_text
 from avcap.scenarios.record import (
     AttributeAnswer,
     AttributeQuestion,
@@ -255,3 +256,39 @@ def test_cli_index_and_search(tmp_path):
     assert res.exit_code == 2 and f"{tmp_path / 'absent'}: no such file or directory" in res.output
     res = runner.invoke(app, ["search", "x", "--db", str(tmp_path / "nodb")])
     assert res.exit_code == 2 and "no scenario database here" in res.output
+
+
+def test_text_column_holds_the_caption_and_the_stated_answers(tmp_path):
+    absent = AttributeQuestion(name="absent", question_id="st06", question="Which of these is absent from the whole video?",
+                               choices={"A": "Traffic lights", "B": "Pedestrians", "C": "Both", "D": "Neither: both appear"})
+    r = rec("t1", "A wet street.", weather="C", pedestrian_crossing="D")
+    r["attributes"]["absent"] = {"letter": "A", "answer": "Traffic lights"}
+    db = open_db(tmp_path / "db", create=True)
+    db.ingest([label_dir(tmp_path / "l1", [r], questions=[*QUESTIONS, absent])])
+    text = db.table().search().select(["text"]).limit(1).to_arrow().column("text")[0].as_py()
+    # "No pedestrians are visible" states an absence; "Traffic lights" answers "which is absent?"
+    assert text == "A wet street. Rain or snow." == searchable_text(r, {**ATTRS, "absent": absent})
+    assert db.search("traffic lights", mode="text") == []
+
+
+def test_caption_snippet_shows_the_matching_sentence():
+    cap = "It is a sunny day. A pedestrian crosses the road ahead at night. Cars wait."
+    assert Q.snippet(cap, "pedestrians crossing", 60) == "… A pedestrian crosses the road ahead at night. Cars wait."
+    assert Q.snippet(cap, "", 12) == "It is a sun…"
+
+
+def test_vector_index_and_selective_filters(tmp_path, monkeypatch):
+    monkeypatch.setattr(db_module, "VECTOR_INDEX_MIN_ROWS", 300)  # an IVF index on a small table
+    recs = [rec(f"v{i:03d}", f"Clip {i}: a {'red' if i % 2 else 'blue'} car drives along a road number {i}.",
+                weather="ABCD"[i % 4], lighting="ABCD"[(i // 4) % 4]) for i in range(400)]
+    recs.append(rec("rare", "A horse-drawn carriage blocks the lane.", weather="D", lighting="D", pedestrian_crossing="B"))
+    db = open_db(tmp_path / "db", create=True)
+    r = db.ingest([label_dir(tmp_path / "l1", recs)])
+    assert r.total == 401 and db.meta["vector_index"]["rows"] == 401
+    assert any(i.index_type == "IvfSq" for i in db.table().list_indices())
+    # one row passes the filter: the probed partitions may miss it, the exact fallback finds it
+    hits = db.search("a car on a road", where=["pedestrian_crossing=away"], mode="vector")
+    assert [h.clip_id for h in hits] == ["rare"]
+    assert db.search("horse carriage", limit=1)[0].clip_id == "rare"
+    r = db.ingest([tmp_path / "l1"])
+    assert (r.files_skipped, r.index_seconds < 1.0) == (1, True)  # nothing new: indexes left as they are

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -10,9 +11,9 @@ from typing import List, Optional
 import typer
 
 from avcap.core.records import DirectoryBusy
-from avcap.scenarios.db import Hit, ScenarioDBError, open_db
+from avcap.scenarios.db import Hit, ScenarioDBError, open_db, states
 from avcap.scenarios.embed import EmbedderError
-from avcap.scenarios.query import MODES, QueryError, query_words
+from avcap.scenarios.query import MODES, QueryError, query_words, snippet
 
 
 def _fail(line: str) -> None:
@@ -78,27 +79,33 @@ def search(
         for h in hits:
             typer.echo(json.dumps(h.to_json(), ensure_ascii=False))
         return
-    _print_table(hits, query, sdb.count())
+    _print_table(hits, query, sdb.count(), {a.name: a for a in sdb.attributes()})
 
 
-def _shown_attributes(h: Hit, words: set[str]) -> str:
-    """The where-clause matches, else the answers sharing a word with the query."""
+def _shown_attributes(h: Hit, words: set[str], questions: dict) -> str:
+    """The where-clause matches, else the (up to three) stated answers sharing most words with the query."""
     if h.matched:
-        return ", ".join(f"{k}={v}" for k, v in h.matched.items())
-    picked = []
+        return ", ".join(f"{k}={_short(v or '')}" for k, v in h.matched.items())
+    scored = []
     for k, a in h.attributes.items():
         answer = a.get("answer") or ""
-        if words & query_words(answer) and not answer.casefold().startswith(("no ", "no,", "none", "neither")):
-            picked.append(f"{k}={answer}")
-    return ", ".join(picked[:4])
+        hits = len(words & query_words(answer))
+        if hits and states(questions.get(k), answer):
+            scored.append((-hits, len(scored), f"{k}={_short(answer)}"))
+    return ", ".join(x for _, _, x in sorted(scored)[:3])
 
 
-def _print_table(hits: list[Hit], query: str, total: int) -> None:
+def _short(s: str, n: int = 24) -> str:
+    return s if len(s) <= n else s[: n - 1].rstrip() + "…"
+
+
+def _print_table(hits: list[Hit], query: str, total: int, questions: dict) -> None:
     # rich imported here: only a table print needs it
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+    # a pipe gets 160 columns (rich's 80 would squeeze the captions), unless COLUMNS says otherwise
+    console = Console(soft_wrap=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
     if not hits:
         console.print(f"no matching clips (of {total:,} in the database)")
         return
@@ -107,10 +114,10 @@ def _print_table(hits: list[Hit], query: str, total: int) -> None:
     table.add_column("rank", justify="right", no_wrap=True)
     table.add_column("clip", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)
-    table.add_column("matching attributes", overflow="fold", min_width=16, max_width=40)
-    table.add_column("caption", overflow="ellipsis", no_wrap=True, min_width=24, max_width=80)
+    table.add_column("matching attributes", overflow="fold", min_width=16, max_width=44)
+    table.add_column("caption", overflow="fold", min_width=24, max_width=80)
     for h in hits:
         score = "" if h.score is None else f"{h.score:.4f}" if h.score < 10 else f"{h.score:.2f}"
-        table.add_row(str(h.rank), h.clip_id, score, _shown_attributes(h, words), (h.caption or "").replace("\n", " "))
+        table.add_row(str(h.rank), h.clip_id, score, _shown_attributes(h, words, questions), snippet(h.caption or "", query, 78))
     console.print(table)
     console.print(f"{len(hits)} shown (ranks {hits[0].rank}-{hits[-1].rank}) of {total:,} clips")

@@ -20,6 +20,7 @@ for them (lancedb alone takes ~1 s to import).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,7 @@ LABELLER_COLUMNS = ("model_name", "checkpoint", "checkpoint_path", "engine", "fi
 BASE_COLUMNS = ("clip_id", "source", "caption", "text", "vector", "thumbnail", "preview", "labelled_at",
                 "record_file", "extra_json", *CLIP_COLUMNS, *LABELLER_COLUMNS)
 NEGATIVE_STARTS = ("no ", "no,", "none", "neither", "not ")
+_ASKS_ABSENCE = re.compile(r"\b(absent|missing|not (?:visible|present|seen))\b", re.IGNORECASE)
 
 
 class ScenarioDBError(ValueError):
@@ -117,20 +119,26 @@ class Hit:
         return asdict(self)
 
 
-def stated_answers(rec: dict[str, Any]) -> list[str]:
-    """The attribute answers of a record (its JSON form) that state what is there: an answer of
-    absence ("No bus is visible", "None", "Neither ...") would match a search for "bus"."""
-    out = []
-    for a in rec.get("attributes", {}).values():
-        text = a.get("answer")
-        if text and not text.casefold().startswith(NEGATIVE_STARTS):
-            out.append(text)
-    return out
+def states(question: Optional[AttributeQuestion], answer: Optional[str]) -> bool:
+    """Does this answer, out of its question's context, say what is in the clip? Not an answer of
+    absence ("No bus is visible", "None", "Neither ...": it would match a search for "bus"), nor
+    any answer of a question that asks what is absent ("Which of these is absent ...?": its answer
+    "Traffic lights" means there are none)."""
+    if not answer or answer.casefold().startswith(NEGATIVE_STARTS):
+        return False
+    return question is None or not _ASKS_ABSENCE.search(question.question)
 
 
-def searchable_text(rec: dict[str, Any]) -> str:
-    """The text full-text search sees: the caption and the stated answers."""
-    return " ".join([rec.get("caption") or "", *(f"{x}." for x in stated_answers(rec))]).strip()
+def stated_answers(rec: dict[str, Any], questions: Mapping[str, AttributeQuestion] = {}) -> list[str]:
+    """The answers of a record (its JSON form) that `states`, in its attributes' order."""
+    return [a["answer"] for name, a in (rec.get("attributes") or {}).items()
+            if states(questions.get(name), a.get("answer"))]
+
+
+def searchable_text(rec: dict[str, Any], questions: Mapping[str, AttributeQuestion] = {}) -> str:
+    """The `text` column, which full-text search sees: the caption, then each stated answer
+    followed by a full stop (in the database's attribute order)."""
+    return " ".join([rec.get("caption") or "", *(f"{x}." for x in stated_answers(rec, questions))]).strip()
 
 
 def _parse_time(s: Optional[str]) -> datetime:
@@ -378,13 +386,14 @@ class ScenarioDB:
         read so far, seconds)` is called after each chunk. `force` re-reads files the log says are
         unchanged. Raises ScenarioDBError (nothing written) for a missing path, a directory with no
         records, or attribute questions that disagree with the database's."""
-        t0 = time.monotonic()
         files = self._resolve(paths)
         with WriterLock(self.path, LOCK_FILE, "avcap index"):
             self.refresh()
             questions = self._merge_questions(files)
             report = IngestReport()
             emb = ScenarioVectors(self.embedder)
+            self._db()
+            t0 = time.monotonic()  # the rate counts reading, embedding and writing, not loading libraries
             log = self.meta.setdefault("files", {})
             for f, _ in files:
                 st = f.stat()
@@ -398,7 +407,8 @@ class ScenarioDB:
                 log[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "records": n, "ingested_at": _now()}
                 report.files_read += 1
             t_index = time.monotonic()
-            self._update_indexes()
+            if report.added or report.replaced or not self._indexes_current():
+                self._update_indexes()
             report.index_seconds = time.monotonic() - t_index
             tbl = self.table()
             report.total = tbl.count_rows() if tbl is not None else 0
@@ -597,7 +607,7 @@ class ScenarioDB:
             values = enc.dictionary.to_pylist()
             suffixed = []
             for j, text in enumerate(values):
-                stated = bool(text) and not text.casefold().startswith(NEGATIVE_STARTS)
+                stated = states(questions[name], text)
                 suffixed.append(f"{text}." if stated else None)
                 if stated:
                     stated_rows.setdefault(text, []).append(np.flatnonzero(idx == j))
@@ -611,6 +621,17 @@ class ScenarioDB:
         schema = self._schema(questions, dim)
         return pa.Table.from_arrays([c if isinstance(c, (pa.Array, pa.ChunkedArray)) else pa.array(c, fld.type)
                                      for fld, c in ((fld, cols[fld.name]) for fld in schema)], schema=schema)
+
+    def _indexes_current(self) -> bool:
+        """Does every index cover every row? (An ingest killed before its index update left rows
+        out; the next ingest brings them in even when it adds nothing.)"""
+        tbl = self.table()
+        if tbl is None:
+            return True
+        indices = tbl.list_indices()
+        if not any(i.index_type == "FTS" for i in indices):
+            return False
+        return all(tbl.index_stats(i.name).num_unindexed_rows == 0 for i in indices)
 
     def _update_indexes(self) -> None:
         """Every row searchable through its index after an ingest. First time: the full-text index

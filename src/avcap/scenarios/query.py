@@ -183,3 +183,25 @@ _STOP = frozenset("a an and are at by for from in into is it its of on or the to
 def query_words(query: str) -> set[str]:
     """The content words of a free-text query (lower case, no stop words, at least 3 letters)."""
     return {w for w in re.findall(r"[a-z0-9]+", query.casefold()) if len(w) >= 3 and w not in _STOP}
+
+
+def snippet(text: str, query: str, width: int = 160) -> str:
+    """The part of a caption that best shows why it matched: the sentence sharing the most words
+    with the query (a word matches another with the same first five letters: rain/raining), to
+    `width` characters; the caption's start when the query is empty or shares nothing."""
+    text = " ".join(text.split())
+    words = {w[:5] for w in query_words(query)}
+    if not words:
+        return _cut(text, width)
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    best, best_hits = 0, 0
+    for i, s in enumerate(sentences):
+        hits = len(words & {w[:5] for w in re.findall(r"[a-z0-9]+", s.casefold())})
+        if hits > best_hits:
+            best, best_hits = i, hits
+    rest = " ".join(sentences[best:])
+    return _cut(("… " if best else "") + rest, width)
+
+
+def _cut(s: str, width: int) -> str:
+    return s if len(s) <= width else s[: width - 1].rstrip() + "…"
