@@ -91,10 +91,22 @@ def test_quick_demo_learns_and_resumes(tmp_path: Path) -> None:
     vqa_convs = list(_conversations(work / "data/curated", "synth_vqa"))
     assert vqa_convs and all(sum(c["role"] == "assistant" for c in conv) == len(QUICK.questions) for conv in vqa_convs)
 
+    # the scenario database: every held-out clip labelled by the best checkpoint, indexed, searched
+    sc = res["steps"]["scenarios"]["result"]
+    assert Path(sc["checkpoint"]).name == mcq["best_label"].replace("ckpt-", "step_")
+    assert sc["label"]["clips"] == len(eval_ids) == sc["index"]["total"] + sc["label"]["errors"]
+    from avcap.scenarios.db import open_db
+
+    db = open_db(sc["db"])
+    night = db.search("", where=["lighting=night"], limit=100)
+    assert all(h.attributes["lighting"]["letter"] == "D" for h in night)  # sd02: D = night
+    assert [s["matching_filter"] for s in sc["searches"]][1] == len(night)
+    assert "## The scenario database" in report and "avcap search" in report and "thumbs/" in report
+
     # a rerun reuses every finished step
     again: list[str] = []
     res2 = run_demo(work, quick=True, seed=0, echo=again.append)
-    assert sum("reused" in l for l in again) == 8
+    assert sum("reused" in l for l in again) == 9
     assert res2["report"] == res["report"]
 
 

@@ -18,7 +18,9 @@ Steps (each resumable; a finished step leaves `steps/<n>-<name>.json` and is reu
                 blended; the 10x10 preview grid
  6. train       SFT from the demo's recipe TOML with checkpoints every `save_freq` steps
  7. evaluate    inference and metrics of every checkpoint
- 8. report      plots and the Markdown report
+ 8. scenarios   the best checkpoint labels the held-out clips (`avcap label`), `avcap index` builds the
+                scenario database, example searches go into the report (avcap.demo.scenarios)
+ 9. report      plots and the Markdown report
 
 The recipe TOML it runs is `avcap/demo/demo_config.toml` (package data), written normalized into the
 workdir as `config.toml`; a workdir made with other settings is refused. `--publish DIR` also writes
@@ -61,6 +63,7 @@ from avcap.core.records import (
 )
 from avcap.data.preview_grid import preview
 from avcap.data.sources import curate
+from avcap.demo.scenarios import best_checkpoint, build_scenarios, section_lines
 from avcap.demo.synth import synthesize
 from avcap.demo.tiny_model import build_tiny_model, count_parameters
 from avcap.demo.truth import SyntheticWorld
@@ -448,9 +451,22 @@ def _preview_png(ctx: Ctx) -> Optional[Path]:
     return p if p.is_file() else None
 
 
+def step_scenarios(ctx: Ctx) -> dict:
+    evaluated = read_json(ctx.marker(7, "evaluate"))["result"]
+    best = best_checkpoint(evaluated, _checkpoints(ctx))
+    ctx.progress.line(f"labelling the held-out clips with {best.name if best else 'the base model'}")
+    return build_scenarios(ctx.cfg, ctx.workdir, best, ctx.progress.line)
+
+
+def _scenario_lines(ctx: Ctx, report_dir: Path, pictures_dir: Optional[Path] = None) -> list[str]:
+    marker = ctx.marker(8, "scenarios")
+    return section_lines(read_json(marker)["result"], report_dir, pictures_dir) if marker.is_file() else []
+
+
 def step_report(ctx: Ctx) -> dict:
     extra = demo_section(ctx, ctx.report_dir, ctx.config_path, _preview_png(ctx))
-    path, summary = build_report(ctx.outputs_dir, ctx.report_dir / "report.md", title=REPORT_TITLE, intro=extra["lines"])
+    intro = extra["lines"] + _scenario_lines(ctx, ctx.report_dir)
+    path, summary = build_report(ctx.outputs_dir, ctx.report_dir / "report.md", title=REPORT_TITLE, intro=intro)
     heads = {h.metric: asdict(h) for h in summary.headlines}
     return {"report": str(path), "headlines": heads, "blind": extra["blind"]}
 
@@ -476,7 +492,11 @@ def publish(ctx: Ctx, dest: Path) -> Path:
 
         Image.open(preview).convert("RGB").save(dest / "preview.jpg", format="JPEG", quality=85)
     extra = demo_section(ctx, dest, dest / "config.toml", dest / "preview.jpg" if preview else None)
-    path, _ = build_report(outputs, dest / "report.md", title=REPORT_TITLE, intro=extra["lines"])
+    pictures = dest / "scenarios"
+    if pictures.exists():
+        shutil.rmtree(pictures)
+    intro = extra["lines"] + _scenario_lines(ctx, dest, pictures)
+    path, _ = build_report(outputs, dest / "report.md", title=REPORT_TITLE, intro=intro)
     return path
 
 
@@ -651,6 +671,7 @@ STEPS: list[tuple[str, str, Callable[[Ctx], dict]]] = [
     ("curate", "curate and blend the training data, preview grid", step_curate),
     ("train", "SFT with checkpoints", step_train),
     ("evaluate", "evaluate every checkpoint", step_evaluate),
+    ("scenarios", "label the held-out clips, index and search them", step_scenarios),
     ("report", "plots and report", step_report),
 ]
 
