@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from avcap.cli import app
-from avcap.scenarios import EmbedderError, QueryError, ScenarioDBError, open_db
+from avcap.scenarios import EmbedderError, QueryError, ScenarioDBError, load_embedder, open_db
 from avcap.scenarios import db as db_module
 from avcap.scenarios import query as Q
 from avcap.scenarios.db import META_FILE, searchable_text
@@ -292,3 +292,33 @@ def test_vector_index_and_selective_filters(tmp_path, monkeypatch):
     assert db.search("horse carriage", limit=1)[0].clip_id == "rare"
     r = db.ingest([tmp_path / "l1"])
     assert (r.files_skipped, r.index_seconds < 1.0) == (1, True)  # nothing new: indexes left as they are
+
+
+def test_wordllama_vectors_equal_wordllama_s_own(tmp_path):
+    import numpy as np
+    import wordllama
+    from wordllama import WordLlama
+
+    texts = ["A pedestrian crosses at night in the rain.", "Two  spaces,\ttabs and ünïcödé 😀", "", "x"]
+    ours = load_embedder("wordllama").embed(texts)
+    ref = WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True).embed(texts[:2] + texts[3:])
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.abs(ours[[0, 1, 3]] - ref).max() < 1e-5 and not ours[2].any()
+    assert load_embedder("wordllama@64").embed(texts).shape == (4, 64)
+    with pytest.raises(EmbedderError, match="/nonexistent/model: not a sentence-transformers model directory"):
+        load_embedder("/nonexistent/model")
+    import importlib.util
+
+    if importlib.util.find_spec("sentence_transformers") is None:
+        with pytest.raises(EmbedderError, match="needs the package: pip install sentence-transformers"):
+            load_embedder(str(tmp_path))
+
+
+def test_searches_from_several_threads_agree(built):
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [("rain at night", ()), ("fog", ["lighting=dusk"]), ("", ["weather=clear"]), ("crosswalk", ())] * 4
+    want = [[h.clip_id for h in built.search(q, where=w)] for q, w in queries]
+    with ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(lambda qw: [h.clip_id for h in built.search(qw[0], where=qw[1])], queries))
+    assert got == want
