@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 import time
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from avcap.scenarios.query import MODES, QueryError, query_words
+from avcap.scenarios.query import MODES, QueryError, snippet
 from avcap.serve.web import local_file, not_found, render, state
 
 PER_PAGE = 24
@@ -31,23 +30,6 @@ def clip_url(clip_id: str) -> str:
 
 def media_url(kind: str, clip_id: str) -> str:
     return f"/media/{kind}/" + quote(clip_id, safe="")
-
-
-def snippet(caption: Optional[str], query: str, limit: int = SNIPPET) -> str:
-    """About `limit` characters of the caption, around the first query word it contains."""
-    text = " ".join((caption or "").split())
-    if len(text) <= limit:
-        return text
-    start = 0
-    low = text.casefold()
-    hits = [m.start() for w in query_words(query) for m in [re.search(r"\b" + re.escape(w), low)] if m]
-    if hits:
-        start = max(0, min(hits) - limit // 4)
-        start = text.rfind(" ", 0, start) + 1 if start else 0
-    end = start + limit
-    cut = text.rfind(" ", start, end)
-    out = text[start:cut if cut > start + limit // 2 else end]
-    return ("…" if start else "") + out + ("…" if start + len(out) < len(text) else "")
 
 
 def _params(request: Request) -> tuple[str, list[tuple[str, str]], str, int]:
@@ -134,7 +116,7 @@ def search_page(request: Request) -> Response:
         hits=[{"clip_id": h.clip_id, "url": clip_url(h.clip_id), "score": h.score, "rank": h.rank,
                "thumb_url": media_url("thumb", h.clip_id) if h.thumbnail else None,
                "width": h.clip.get("width"), "height": h.clip.get("height"),
-               "snippet": snippet(h.caption, q),
+               "snippet": snippet(h.caption or "", q, SNIPPET),
                "matched": [f"{k}: {v}" for k, v in h.matched.items() if v]} for h in hits],
     )
     return render(request, "search.jinja", **context)
