@@ -11,9 +11,10 @@ from typing import Optional
 import typer
 
 from avcap.bench.errors import BenchError
-from avcap.serve.app import create_app
 from avcap.serve.reviews import ReviewQueue
-from avcap.serve.security import StartupRefused, check_bind, is_loopback
+
+# The app (starlette, jinja2: ~70 ms), uvicorn and the scenario database (lancedb) are imported in
+# `main`: `avcap --help` imports every verb's module and must not pay for them.
 
 
 def _fail(line: str) -> None:
@@ -52,6 +53,11 @@ def main(
                                             "the access token that every request must then carry."),
 ) -> None:
     """Search the scenario database and settle the benchmark's review queue in the browser."""
+    import uvicorn
+
+    from avcap.serve.app import create_app
+    from avcap.serve.security import StartupRefused, check_bind, is_loopback
+
     if db is None and bench is None:
         _fail("give --db DIR (search), --bench DIR (review), or both")
     if reviews is not None and bench is None:
@@ -63,7 +69,6 @@ def main(
         _fail(str(exc))
     scenario_db = queue = None
     if db is not None:
-        # avcap.scenarios.db imports lancedb lazily; the module itself is cheap
         from avcap.scenarios.db import ScenarioDBError, open_db
         from avcap.scenarios.embed import EmbedderError
 
@@ -82,9 +87,6 @@ def main(
         sock = _bind(host, port)
     except OSError as exc:
         _fail(str(exc))
-    # uvicorn imported here: only this verb needs it
-    import uvicorn
-
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/"
     typer.echo(f"avcap serve: {url}")
