@@ -322,3 +322,10 @@ def test_searches_from_several_threads_agree(built):
     with ThreadPoolExecutor(8) as ex:
         got = list(ex.map(lambda qw: [h.clip_id for h in built.search(qw[0], where=qw[1])], queries))
     assert got == want
+
+
+def test_a_record_without_caption_is_found_by_its_answers(tmp_path):
+    db = open_db(tmp_path / "db", create=True)
+    db.ingest([label_dir(tmp_path / "l1", [*BASE, rec("nc", "", weather="D", lighting="D", pedestrian_crossing="A")])])
+    hit = db.search("foggy night, someone on a crosswalk", mode="vector", limit=1)[0]
+    assert hit.clip_id == "nc" and hit.caption is None and hit.score > 0.3
