@@ -20,6 +20,7 @@ for them (lancedb alone takes ~1 s to import).
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -195,6 +196,10 @@ class ScenarioDB:
 
     def _db(self):
         if self._conn is None:
+            # Lance's Rust log prints warnings meant for its developers (k-means with empty
+            # clusters on duplicate captions, API deprecations) on stderr: errors only, unless
+            # the user set LANCEDB_LOG (read when lancedb is first imported)
+            os.environ.setdefault("LANCEDB_LOG", "error")
             # lancedb imported here: opening it costs ~1 s, which `avcap --help` must not pay
             import lancedb
 
