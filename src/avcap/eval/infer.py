@@ -415,6 +415,18 @@ class TaskStats:
         return d
 
 
+def with_engine(cfg: RecipeConfig, engine_name: Optional[str], batch_size: Optional[int]) -> RecipeConfig:
+    """The config with --engine / --batch-size applied to [avcap.engine]."""
+    updates: dict[str, Any] = {}
+    if engine_name:
+        updates["name"] = engine_name
+    if batch_size:
+        updates["batch_size"] = batch_size
+    if updates:
+        cfg = cfg.model_copy(update={"avcap": cfg.avcap.model_copy(update={"engine": cfg.avcap.engine.model_copy(update=updates)})})
+    return cfg
+
+
 def run_inference(
     cfg: RecipeConfig,
     *,
@@ -440,13 +452,7 @@ def run_inference(
     log = log or (lambda msg: typer.echo(msg, err=True))
     t_start = time.perf_counter()
     started_at = _now()
-    updates: dict[str, Any] = {}
-    if engine_name:
-        updates["name"] = engine_name
-    if batch_size:
-        updates["batch_size"] = batch_size
-    if updates:
-        cfg = cfg.model_copy(update={"avcap": cfg.avcap.model_copy(update={"engine": cfg.avcap.engine.model_copy(update=updates)})})
+    cfg = with_engine(cfg, engine_name, batch_size)
     ecfg = cfg.avcap.engine
     model_name = model_name or cfg.avcap.model_name
     if limit is not None and limit < 1:
@@ -605,12 +611,11 @@ def _local_device(local_rank: int, configured: str) -> str:
     return "cpu"
 
 
-def _run_task(engine, task, todo, sampling, writer, st, system, reasoning_suffix, *, progress, desc) -> None:
-    left: dict[str, int] = {}
-    for it in todo:
-        left[it.unit] = left.get(it.unit, 0) + 1
-    st.requests = len(todo)
-    st.videos = len(left)
+def run_items(engine, task: str, todo: list[Item], sampling: Sampling, system: Optional[str],
+              reasoning_suffix: Optional[str], on_batch) -> None:
+    """The one inference loop (`avcap infer`, `avcap label` and its Ray workers): `todo` in batches
+    of the engine's batch size, the next batches' videos decoded ahead, and each batch's
+    `on_batch(items, results, records)` (records by `make_record`) called as soon as it finishes."""
     bs = max(1, int(getattr(engine, "batch_size", 1)))
     batches = [todo[j : j + bs] for j in range(0, len(todo), bs)]
 
@@ -634,33 +639,49 @@ def _run_task(engine, task, todo, sampling, writer, st, system, reasoning_suffix
             waiting |= {it.unit for it in batches[queued]}
             queued += 1
 
+    reqs = requests(batches[0]) if batches else []
+    for n, batch in enumerate(batches):
+        top_up(n)  # decode the next batches' videos while this one runs
+        nxt = requests(batches[n + 1]) if n + 1 < len(batches) else []
+        tb = time.perf_counter()
+        results = engine.generate(reqs, sampling)
+        per = (time.perf_counter() - tb) / max(1, len(batch))
+        records = []
+        for it, res in zip(batch, results):
+            if res.key != it.key:
+                raise RuntimeError(f"engine returned results out of order ({res.key} for {it.key})")
+            records.append(make_record(task, it, res, per))
+        on_batch(batch, results, records)
+        reqs = nxt
+
+
+def _run_task(engine, task, todo, sampling, writer, st, system, reasoning_suffix, *, progress, desc) -> None:
+    left: dict[str, int] = {}
+    for it in todo:
+        left[it.unit] = left.get(it.unit, 0) + 1
+    st.requests = len(todo)
+    st.videos = len(left)
     bar = _progress(total=len(left), desc=desc, enabled=progress)
+
+    def on_batch(batch: list[Item], results: list, records: list[dict[str, Any]]) -> None:
+        finished_units = 0
+        for it, res, rec in zip(batch, results, records):
+            writer.append(rec)
+            if res.error:
+                st.failed += 1
+                st.errors[res.error] = st.errors.get(res.error, 0) + 1
+            else:
+                st.done += 1
+            left[it.unit] -= 1
+            finished_units += left[it.unit] == 0
+        writer.sync()
+        if bar is not None:
+            bar.update(finished_units)
+            bar.set_postfix(failed=st.failed, refresh=False)
+
     t0 = time.perf_counter()
     try:
-        reqs = requests(batches[0]) if batches else []
-        for n, batch in enumerate(batches):
-            top_up(n)  # decode the next batches' videos while this one runs
-            nxt = requests(batches[n + 1]) if n + 1 < len(batches) else []
-            tb = time.perf_counter()
-            results = engine.generate(reqs, sampling)
-            per = (time.perf_counter() - tb) / max(1, len(batch))
-            finished_units = 0
-            for it, res in zip(batch, results):
-                if res.key != it.key:
-                    raise RuntimeError(f"engine returned results out of order ({res.key} for {it.key})")
-                writer.append(make_record(task, it, res, per))
-                if res.error:
-                    st.failed += 1
-                    st.errors[res.error] = st.errors.get(res.error, 0) + 1
-                else:
-                    st.done += 1
-                left[it.unit] -= 1
-                finished_units += left[it.unit] == 0
-            writer.sync()
-            if bar is not None:
-                bar.update(finished_units)
-                bar.set_postfix(failed=st.failed, refresh=False)
-            reqs = nxt
+        run_items(engine, task, todo, sampling, system, reasoning_suffix, on_batch)
     finally:
         st.seconds = time.perf_counter() - t0
         if bar is not None:
