@@ -13,8 +13,9 @@ one after another on one keep-alive connection, cycling through a fixed mix:
     clip      a clip page (the database's `get` by clip id)
 
 For each request it records the server-side time (the page's `Server-Timing: app;dur=...`, from
-the request reaching the app to the rendered page: query, database, template) and the time the
-client saw (adds HTTP and uvicorn), and reports p50 / p95 / max per kind and overall after
+the request reaching the app to the rendered page: query, database, template), the part of it spent
+in the database call (`db;dur=...`: `ScenarioDB.search` or `get`) and the time the client saw (adds
+HTTP and uvicorn), and reports p50 / p95 / max per kind and overall after
 `--warmup` requests. Page weight: the HTML of each page, plus what a browser fetches for a search
 page (the stylesheet, the script, every thumbnail on it), in bytes as sent (pages, stylesheet and
 script gzip-compressed for a client that asks, as browsers do; thumbnails as stored). The machine's other load is
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "avcap", "serve", "--db", str(args.db), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -146,9 +148,12 @@ def main() -> None:
                 continue
             if i < args.warmup:
                 continue
-            m = re.search(r"app;dur=([0-9.]+)", headers.get("server-timing", ""))
-            d = by_kind.setdefault(kind, {"server": [], "client": []})
+            timing = headers.get("server-timing", "")
+            m = re.search(r"app;dur=([0-9.]+)", timing)
+            mdb = re.search(r"db;dur=([0-9.]+)", timing)
+            d = by_kind.setdefault(kind, {"server": [], "client": [], "db": []})
             d["server"].append(float(m.group(1)) if m else float("nan"))
+            d["db"].append(float(mdb.group(1)) if mdb else float("nan"))
             d["client"].append(wall)
             html_bytes.setdefault(kind, []).append(len(body))
         # the weight of one search page as a browser loads it
@@ -162,17 +167,22 @@ def main() -> None:
 
     search_server = [x for k, d in by_kind.items() if k != "clip" for x in d["server"]]
     search_client = [x for k, d in by_kind.items() if k != "clip" for x in d["client"]]
+    search_db = [x for k, d in by_kind.items() if k != "clip" for x in d["db"]]
+    outside_db = [s - b for k, d in by_kind.items() if k != "clip" for s, b in zip(d["server"], d["db"])]
     result = {
         "db": str(args.db), "db_line": clips_line, "requests": sum(len(d["server"]) for d in by_kind.values()),
         "warmup": args.warmup, "startup_s": round(startup_s, 2), "failures": failures[:10],
-        "search_pages": {"server": summary(search_server), "client": summary(search_client)},
-        "per_kind": {k: {"server": summary(d["server"]), "client": summary(d["client"]),
+        "search_pages": {"server": summary(search_server), "db": summary(search_db),
+                         "server_outside_db": summary(outside_db), "client": summary(search_client)},
+        "per_kind": {k: {"server": summary(d["server"]), "db": summary(d["db"]), "client": summary(d["client"]),
                          "html_bytes_median": int(statistics.median(html_bytes[k]))} for k, d in by_kind.items()},
         "page_weight": {"html": len(page), "html_gzip": page_headers["wire-bytes"],
                         **{k.rsplit("/", 1)[1] + "_gzip": v for k, v in assets.items()},
                         "thumbnails": len(thumbs), "thumbnail_bytes": thumb_bytes,
                         "total_on_the_wire": page_headers["wire-bytes"] + sum(assets.values()) + thumb_bytes},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print(json.dumps(result, indent=2))

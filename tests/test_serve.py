@@ -85,7 +85,7 @@ def test_search_page_query_filter_and_paging(world, tmp_path):
     ids = re.findall(r'class="clip-id">([^<]+)<', r.text)
     assert ids == [h.clip_id for h in db.search("pedestrian crossing", limit=24)]
     assert "Content-Security-Policy".lower() in r.headers and r.headers["x-content-type-options"] == "nosniff"
-    assert re.search(r"app;dur=[0-9.]+", r.headers["server-timing"])
+    assert re.fullmatch(r"app;dur=[0-9.]+, db;dur=[0-9.]+", r.headers["server-timing"])
     assert r.headers["content-encoding"] == "gzip"  # pages go compressed to a client that takes gzip...
     plain = client.get("/", params={"q": "pedestrian crossing"}, headers={"Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers  # ...and plain to one that does not

@@ -105,7 +105,7 @@ def search_page(request: Request) -> Response:
         hits = st.db.search(query=q, where=where_dict, limit=PER_PAGE + 1, offset=(page - 1) * PER_PAGE, mode=mode)
     except QueryError as exc:
         return render(request, "search.jinja", status=400, **{**context, "error": str(exc).replace("--where ", "filter ")})
-    elapsed = (time.perf_counter() - t0) * 1000
+    elapsed = request.scope["avcap.db_ms"] = (time.perf_counter() - t0) * 1000
     more = len(hits) > PER_PAGE
     hits = hits[:PER_PAGE]
     st.remember(hits)
@@ -128,7 +128,9 @@ def clip_page(request: Request) -> Response:
         return not_found(request)
     st.load_db()
     clip_id = request.path_params["clip_id"]
+    t0 = time.perf_counter()
     hit = st.db.get(clip_id)
+    request.scope["avcap.db_ms"] = (time.perf_counter() - t0) * 1000
     if hit is None:
         return not_found(request, f"no clip {clip_id!r} in {st.db_dir}")
     st.remember([hit])
