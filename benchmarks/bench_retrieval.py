@@ -135,6 +135,9 @@ def run(label_dir: Path, truth: dict[str, dict[str, str]], db_dir: Path, tag: st
         row = {"id": q["id"], "split": q["split"], "kind": q["kind"], "query": q["text"], "where": q["where"],
                "relevant": len(relevant),
                "overlap": sorted({w for w in re.findall(r"[a-z]+", q["text"].lower()) if w in vocab and w not in _STOP})}
+        # a random ranking's expected recall@10: each relevant clip is in the top 10 with p = 10 / N
+        n = len(indexed)
+        row["random@10"] = (len(relevant) * min(K, n) / n / min(K, len(relevant))) if relevant else None
         u = QU.understand(q["text"])
         row["understood"] = {"text": u.text, "facets": u.facets, "matched": u.matched}
         if relevant:
@@ -168,7 +171,7 @@ def summarise(rows: list[dict]) -> dict:
             groups[g].append(r)
     out = {}
     for g, rs in groups.items():
-        out[g] = {"queries": len(rs)}
+        out[g] = {"queries": len(rs), "random@10": sum(r["random@10"] for r in rs) / len(rs)}
         for mode in MODES + QU_MODES:
             out[g][mode] = {"recall@10": sum(r[mode]["recall@10"] for r in rs) / len(rs),
                             "mrr": sum(r[mode]["rr"] for r in rs) / len(rs)}
@@ -180,13 +183,13 @@ def table(res: dict, modes=MODES) -> str:
     s = res["summary"]
     head = " | ".join(f"{m} R@10 | {m} MRR" for m in modes)
     lines = [f"**{res['tag']}** — {res['clips']} clips indexed ({res['label_dir']})", "",
-             f"| queries | n | {head} |", "|---|---:|" + "---:|" * (2 * len(modes))]
+             f"| queries | n | random R@10 | {head} |", "|---|---:|---:|" + "---:|" * (2 * len(modes))]
     order = ["all", "split=dev", "split=heldout", "kind=single", "kind=conjunction", "kind=rare"]
     for g in order:
         if g not in s:
             continue
         cells = [f"{s[g][m][k]:.3f}" for m in modes for k in ("recall@10", "mrr")]
-        lines.append(f"| {g} | {s[g]['queries']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {g} | {s[g]['queries']} | {s[g]['random@10']:.3f} | " + " | ".join(cells) + " |")
     if s.get("skipped_no_relevant"):
         lines.append(f"\nNo relevant clip (skipped): {', '.join(s['skipped_no_relevant'])}")
     return "\n".join(lines)

@@ -124,14 +124,16 @@ def latency(db, n: int, warmup: int, seed: int) -> dict:
     for name, make in kinds.items():
         for _ in range(warmup):
             db.search(limit=10, **make())
-        ms, empty = [], 0
+        ms, empty, runs = [], 0, []
         for _ in range(n):
             args = make()
             t = time.perf_counter()
             hits = db.search(limit=10, **args)
             ms.append(1000 * (time.perf_counter() - t))
             empty += not hits
-        out[name] = {**percentiles(ms), "empty_results": empty}
+            runs.append({**args, "ms": ms[-1], "hits": len(hits)})
+        slowest = sorted(runs, key=lambda r: -r["ms"])[:10]
+        out[name] = {**percentiles(ms), "empty_results": empty, "slowest": slowest}
         print(f"  {name:14s} p50 {out[name]['p50_ms']:7.1f} ms  p95 {out[name]['p95_ms']:7.1f} ms  "
               f"({n} queries, {empty} empty)", file=sys.stderr)
     return out

@@ -148,11 +148,14 @@ def understand(query: str) -> Understood:
 
 def search(db, query: str, mode: str = "hybrid", limit: int = 100) -> list[str]:
     """Clip ids ranked for `query` with the lexicon: the clips matching every facet first (ranked
-    by `mode` under those filters), then the rest of the expanded query's ranking."""
+    by `mode` under those filters), then the rest of the expanded query's ranking. Facets on
+    attributes the database does not hold (labels that asked other questions) are left out."""
     u = understand(query)
     ranked = [h.clip_id for h in db.search(u.text, mode=mode, limit=limit)]
-    if not u.facets:
+    known = {a.name for a in db.attributes()}
+    facets = {k: v for k, v in u.facets.items() if k in known}  # a facet the labels do not answer is no filter
+    if not facets:
         return ranked
-    first = [h.clip_id for h in db.search(u.text, where=u.facets, mode=mode, limit=limit)]
+    first = [h.clip_id for h in db.search(u.text, where=facets, mode=mode, limit=limit)]
     seen = set(first)
     return (first + [c for c in ranked if c not in seen])[:limit]
