@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 
 from avcap.cli import app
 from avcap.scenarios import EmbedderError, QueryError, ScenarioDBError, load_embedder, open_db
-from avcap.scenarios import db as db_module
+from avcap.scenarios import ingest as ingest_module
 from avcap.scenarios import query as Q
-from avcap.scenarios.db import META_FILE, searchable_text
+from avcap.scenarios.rows import searchable_text
+from avcap.scenarios.store import META_FILE
 from avcap.scenarios.record import (
     AttributeAnswer,
     AttributeQuestion,
@@ -278,14 +279,14 @@ def test_caption_snippet_shows_the_matching_sentence():
 
 
 def test_vector_index_and_selective_filters(tmp_path, monkeypatch):
-    monkeypatch.setattr(db_module, "VECTOR_INDEX_MIN_ROWS", 300)  # an IVF index on a small table
+    monkeypatch.setattr(ingest_module, "VECTOR_INDEX_MIN_ROWS", 300)  # an IVF index on a small table
     recs = [rec(f"v{i:03d}", f"Clip {i}: a {'red' if i % 2 else 'blue'} car drives along a road number {i}.",
                 weather="ABCD"[i % 4], lighting="ABCD"[(i // 4) % 4]) for i in range(400)]
     recs.append(rec("rare", "A horse-drawn carriage blocks the lane.", weather="D", lighting="D", pedestrian_crossing="B"))
     db = open_db(tmp_path / "db", create=True)
     r = db.ingest([label_dir(tmp_path / "l1", recs)])
     assert r.total == 401 and db.meta["vector_index"]["rows"] == 401
-    assert any(i.index_type == "IvfSq" for i in db.table().list_indices())
+    assert any(i.index_type == "IvfRq" for i in db.table().list_indices())
     # one row passes the filter: the probed partitions may miss it, the exact fallback finds it
     hits = db.search("a car on a road", where=["pedestrian_crossing=away"], mode="vector")
     assert [h.clip_id for h in hits] == ["rare"]
@@ -329,3 +330,16 @@ def test_a_record_without_caption_is_found_by_its_answers(tmp_path):
     db.ingest([label_dir(tmp_path / "l1", [*BASE, rec("nc", "", weather="D", lighting="D", pedestrian_crossing="A")])])
     hit = db.search("foggy night, someone on a crosswalk", mode="vector", limit=1)[0]
     assert hit.clip_id == "nc" and hit.caption is None and hit.score > 0.3
+
+
+def test_streamed_writes_commit_in_pieces_and_replace_within_one_ingest(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest_module, "CHUNK", 2)  # several chunks, several commits, on 7 records
+    monkeypatch.setattr(ingest_module, "COMMIT_ROWS", 3)
+    recs = [rec(f"s{i}", f"Clip {i} first label.", weather="A") for i in range(5)]
+    recs += [rec("s1", "Clip 1 relabelled.", at=T2, weather="C"), rec("s3", "Clip 3 older label.", at=T0, weather="D")]
+    db = open_db(tmp_path / "db", create=True)
+    r = db.ingest([label_dir(tmp_path / "l1", recs)])
+    assert (r.added, r.replaced, r.unchanged, r.older, r.total) == (5, 1, 1, 1, 5)
+    assert sorted(h.clip_id for h in db.search(limit=10)) == ["s0", "s1", "s2", "s3", "s4"]
+    assert db.get("s1").caption == "Clip 1 relabelled." and db.get("s3").caption == "Clip 3 first label."
+    assert db.search("relabelled", mode="text")[0].clip_id == "s1"

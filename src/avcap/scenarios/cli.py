@@ -11,7 +11,8 @@ from typing import List, Optional
 import typer
 
 from avcap.core.records import DirectoryBusy
-from avcap.scenarios.db import Hit, ScenarioDBError, open_db, states
+from avcap.scenarios.db import Hit, ScenarioDBError, open_db
+from avcap.scenarios.rows import states
 from avcap.scenarios.embed import EmbedderError
 from avcap.scenarios.query import MODES, QueryError, query_words, snippet
 
