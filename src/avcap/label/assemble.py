@@ -1,6 +1,7 @@
 """From the labelling run's records (caption.jsonl, attributes.jsonl) to one scenario record per clip.
 
-Pure functions of their inputs, except `clip_info`, which probes the clip (avcap.video).
+Pure functions of their inputs, except `clip_info`, which probes the clip (avcap.video), and
+`clip_record`, which also writes the clip's pictures (both runners of `avcap label` call it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from avcap.bench.pool import Question
+from avcap.core.config import Label
+from avcap.label.thumbs import picture_stem, write_pictures
 from avcap.scenarios.record import (
     AttributeAnswer,
     AttributeQuestion,
@@ -79,3 +82,27 @@ def scenario(clip_id: str, source: Path, caption: dict[str, Any], attributes: di
 def same_labels(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Two records say the same (the time they were assembled aside)."""
     return {k: v for k, v in a.items() if k != "labelled_at"} == {k: v for k, v in b.items() if k != "labelled_at"}
+
+
+def clip_record(clip_id: str, source: Path, caption: dict[str, Any], attributes: dict[str, dict[str, Any]],
+                questions: QuestionSet, who: Labeller, at: str, thumbs: Path, lc: Label,
+                log) -> tuple[dict[str, Any], bool]:
+    """One clip's scenario record as JSON, its pictures written under `thumbs` when missing:
+    (record, whether the pictures failed). A clip the model read but the picture decode cannot
+    keeps its labels, without pictures."""
+    info, probe_error = clip_info(source)
+    pictures: tuple[Optional[str], Optional[str]] = (None, None)
+    failed = False
+    if probe_error is None:
+        stem = picture_stem(clip_id)
+        thumb, strip = thumbs / f"{stem}.jpg", thumbs / f"{stem}.strip.jpg"
+        try:
+            if not (thumb.is_file() and strip.is_file()):
+                write_pictures(source, thumb, strip, thumbnail_width=lc.thumbnail_width,
+                               preview_frames=lc.preview_frames, preview_height=lc.preview_height)
+            pictures = (str(thumb), str(strip))
+        except Exception as exc:  # a clip the model read but the picture decode cannot: labels stay
+            failed = True
+            log(f"  no pictures: {' '.join(str(exc).split())[:300]}")
+    rec = scenario(clip_id, source, caption, attributes, questions, info, probe_error, who, at, pictures)
+    return rec.to_json(), failed

@@ -3,7 +3,8 @@ a thumbnail and a preview strip, the clip's metadata and what labelled it.
 
     avcap label --clips FOLDER|MANIFEST|DATASET --out DIR [--model-name NAME] [--checkpoint PATH]
                 [--config FILE] [--engine transformers|openai|vllm] [--limit N] [--batch-size B]
-                [--retry-errors]
+                [--retry-errors] [--runner single|ray [--ray-address ADDR] [--actors N] [--batch-clips K]
+                [--max-tries T]]
 
 It is `avcap infer` with two tasks on a `clips` dataset (avcap.eval.tasks: `caption`, and
 `attributes` — the pool's questions, asked about each clip in a row so the engine prefills the
@@ -13,6 +14,9 @@ DIR/scenarios.jsonl (replaced atomically; a record whose labels did not change k
 `labelled_at`, so `avcap index` sees only real changes). A clip that cannot be read is an error
 record naming the reason; the run goes on. DIR/questions.json holds the questions; a rerun with
 other questions is refused (use another --out).
+
+`--runner ray` runs the same inference loop and record assembly on Ray Data, one engine per actor,
+and writes the records as partitions DIR/scenarios/part-*.jsonl (avcap.label.ray_runner).
 """
 
 from __future__ import annotations
@@ -27,9 +31,8 @@ from avcap.core.config import ConfigError, Dataset, RecipeConfig, load_config
 from avcap.core.records import iter_records, read_json, write_json_atomic, write_records_atomic
 from avcap.eval.infer import InferError, build_plan, collect, run_inference
 from avcap.eval.tasks import TaskError, attribute_questions
-from avcap.label.assemble import clip_info, labeller, question_set, same_labels, scenario
-from avcap.label.thumbs import picture_stem, write_pictures
-from avcap.scenarios.record import QUESTIONS_FILE, RECORDS_FILE, QuestionSet
+from avcap.label.assemble import clip_record, labeller, question_set, same_labels
+from avcap.scenarios.record import PARTITIONS_DIR, QUESTIONS_FILE, RECORDS_FILE, QuestionSet
 
 TASKS = ["caption", "attributes"]
 CLIPS_DATASET = "CLIPS"  # the dataset name a --clips folder or manifest is filed under in run.json
@@ -93,8 +96,11 @@ def label_clips(
     retry_errors: bool = False,
     progress: bool = True,
     log=None,
+    runner: str = "single",
+    ray: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """Label the clip set into `out`; returns a summary (clips, labelled, errors, pending, seconds)."""
+    """Label the clip set into `out`; returns a summary (clips, labelled, errors, pending, seconds).
+    `runner="ray"`: on Ray Data (avcap.label.ray_runner; `ray`: its options)."""
     log = log or (lambda msg: typer.echo(msg, err=True))
     t0 = time.perf_counter()
     cfg, dataset = clip_dataset(cfg, clips)
@@ -107,14 +113,24 @@ def label_clips(
     out.mkdir(parents=True, exist_ok=True)
     check_questions(out, qset)
     write_json_atomic(out / QUESTIONS_FILE, qset.model_dump(mode="json", by_alias=True))
-    run_inference(cfg, dataset=dataset, model_name=model_name, checkpoint=checkpoint, engine_name=engine_name,
-                  tasks=TASKS, limit=limit, batch_size=batch_size, retry_errors=retry_errors, progress=progress,
-                  log=log, out_dir=out, title="avcap label")
-    summary = assemble(cfg, dataset, out, qset, limit=limit, log=log)
+    if runner == "ray":
+        from avcap.label.ray_runner import label_on_ray  # Ray (an optional extra) loads only for --runner ray
+
+        summary = label_on_ray(cfg, dataset, out, qset, model_name=model_name, checkpoint=checkpoint,
+                               engine_name=engine_name, limit=limit, batch_size=batch_size, retry_errors=retry_errors,
+                               progress=progress, log=log, **(ray or {}))
+    else:
+        if any((out / PARTITIONS_DIR).glob("*.jsonl")):
+            raise LabelError(f"{out / PARTITIONS_DIR}: these clips were labelled with --runner ray; go on with it, "
+                             "or use another --out")
+        run_inference(cfg, dataset=dataset, model_name=model_name, checkpoint=checkpoint, engine_name=engine_name,
+                      tasks=TASKS, limit=limit, batch_size=batch_size, retry_errors=retry_errors, progress=progress,
+                      log=log, out_dir=out, title="avcap label")
+        summary = assemble(cfg, dataset, out, qset, limit=limit, log=log)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     rate = summary["clips"] / summary["seconds"] if summary["seconds"] else 0.0
     log(f"  scenarios: {summary['labelled']} labelled, {summary['errors']} error(s), {summary['pending']} pending "
-        f"-> {out / RECORDS_FILE} ({summary['seconds']:.1f} s, {rate:.2f} clips/s)")
+        f"-> {summary['records']} ({summary['seconds']:.1f} s, {rate:.2f} clips/s)")
     return summary
 
 
@@ -136,21 +152,8 @@ def assemble(cfg: RecipeConfig, dataset: str, out: Path, qset: QuestionSet, *, l
         if caption is None or len(answers.get(cid, {})) < len(qset.attributes):
             pending += 1
             continue
-        source = paths[cid]
-        info, probe_error = clip_info(source)
-        pictures: tuple[Optional[str], Optional[str]] = (None, None)
-        if probe_error is None:
-            stem = picture_stem(cid)
-            thumb, strip = out / "thumbs" / f"{stem}.jpg", out / "thumbs" / f"{stem}.strip.jpg"
-            try:
-                if not (thumb.is_file() and strip.is_file()):
-                    write_pictures(source, thumb, strip, thumbnail_width=lc.thumbnail_width,
-                                   preview_frames=lc.preview_frames, preview_height=lc.preview_height)
-                pictures = (str(thumb), str(strip))
-            except Exception as exc:  # a clip the model read but the picture decode cannot: labels stay
-                picture_failures += 1
-                log(f"  no pictures: {' '.join(str(exc).split())[:300]}")
-        rec = scenario(cid, source, caption, answers[cid], qset, info, probe_error, who, now, pictures).to_json()
+        rec, no_pictures = clip_record(cid, paths[cid], caption, answers[cid], qset, who, now, out / "thumbs", lc, log)
+        picture_failures += no_pictures
         if cid in old and same_labels(old[cid], rec):
             rec["labelled_at"] = old[cid].get("labelled_at", now)
         errors += rec["error"] is not None
@@ -171,14 +174,23 @@ def main(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Requests per model call (default \\[avcap.engine] batch_size)."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Retry requests that have error records."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    runner: str = typer.Option("single", "--runner", help="single (this process) | ray (Ray Data: pip install 'avcap[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--runner ray: a Ray cluster (default RAY_ADDRESS, else a local Ray)."),
+    actors: Optional[int] = typer.Option(None, "--actors", help="--runner ray: engines, one per actor (default: the cluster's GPUs, else 1-2 CPU actors)."),
+    batch_clips: Optional[int] = typer.Option(None, "--batch-clips", help="--runner ray: clips per actor call (default 16)."),
+    max_tries: int = typer.Option(3, "--max-tries", help="--runner ray: tries of a clip whose worker dies or fails before it is an error record."),
 ) -> None:
     """Caption and attribute answers for every clip, as scenario records (resumable)."""
     try:
         cfg = load_config(config)
         if engine is not None and engine not in ("transformers", "openai", "vllm"):
             raise LabelError(f"--engine: {engine!r} is not one of transformers, openai, vllm")
+        if runner not in ("single", "ray"):
+            raise LabelError(f"--runner: {runner!r} is not one of single, ray")
+        ray = {"address": ray_address, "actors": actors, "batch_clips": batch_clips, "max_tries": max_tries}
         label_clips(cfg, clips=clips, out=out, model_name=model_name, checkpoint=checkpoint, engine_name=engine,
-                    limit=limit, batch_size=batch_size, retry_errors=retry_errors, progress=not no_progress)
+                    limit=limit, batch_size=batch_size, retry_errors=retry_errors, progress=not no_progress,
+                    runner=runner, ray=ray if runner == "ray" else None)
     except ConfigError as exc:
         for line in exc.problems:
             typer.echo(f"error: {line}", err=True)
