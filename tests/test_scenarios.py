@@ -333,7 +333,7 @@ def test_a_record_without_caption_is_found_by_its_answers(tmp_path):
 
 
 def test_streamed_writes_commit_in_pieces_and_replace_within_one_ingest(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest_module, "CHUNK", 2)  # several chunks, several commits, on 7 records
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 1000)  # one or two records a chunk, several commits, on 7 records
     monkeypatch.setattr(ingest_module, "COMMIT_ROWS", 3)
     recs = [rec(f"s{i}", f"Clip {i} first label.", weather="A") for i in range(5)]
     recs += [rec("s1", "Clip 1 relabelled.", at=T2, weather="C"), rec("s3", "Clip 3 older label.", at=T0, weather="D")]

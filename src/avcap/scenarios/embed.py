@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -29,7 +30,8 @@ class EmbedderError(ValueError):
 
 
 class Embedder:
-    """`name` and `dim` identify the vector space; `embed` maps texts to normalised float32 rows."""
+    """`name` and `dim` identify the vector space; `embed` maps texts (a sequence of str, or a
+    pyarrow string array: what ingest hands over) to normalised float32 rows."""
 
     name: str
     dim: int
@@ -59,6 +61,8 @@ class WordLlamaEmbedder(Embedder):
     one BLAS product (~10x faster than `WordLlama.embed` on long captions)."""
 
     BLOCK = 1024  # texts per count matrix
+    BY_SENTENCE_MIN = 256  # texts at a time from which `embed` goes sentence by sentence
+    SENTENCE_CACHE = 65_536  # sentences whose sums are kept between calls (64 MB at 256 dimensions)
 
     def __init__(self, dim: int = _WORDLLAMA_DIM):
         # wordllama imported here: only ingest and search need it, not `avcap --help`
@@ -79,6 +83,9 @@ class WordLlamaEmbedder(Embedder):
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self._word_ids: Optional[dict[str, list[int]]] = {} if _words_are_independent(self._tokenizer) else None
+        self._sentence_index: dict[str, int] = {}
+        self._sentence_lock = threading.Lock()
+        self._sentence_sums = np.zeros((0, dim), dtype=np.float32)
         self.dim = dim
         self.name = "wordllama:l2_supercat" if dim == _WORDLLAMA_DIM else f"wordllama:l2_supercat@{dim}"
 
@@ -106,6 +113,13 @@ class WordLlamaEmbedder(Embedder):
         return out
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        n = len(texts)
+        if n < self.BY_SENTENCE_MIN or self._word_ids is None:
+            return normalise(self._sums(_as_list(texts)))
+        return normalise(self._sums_by_sentence(_as_arrow(texts)))
+
+    def _sums(self, texts: Sequence[str]) -> np.ndarray:
+        """The sum of each text's tokens' rows (a text's direction: WordLlama's mean, unnormalised)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -124,7 +138,73 @@ class WordLlamaEmbedder(Embedder):
             tokens, col = np.unique(flat[a:b], return_inverse=True)
             counts = np.bincount((row_of[a:b] - i) * len(tokens) + col, minlength=(j - i) * len(tokens))
             out[i:j] = counts.reshape(j - i, len(tokens)).astype(np.float32) @ self._rows[tokens]
-        return normalise(out)
+        return out
+
+    def _sums_by_sentence(self, texts) -> np.ndarray:
+        """`_sums`, sentence by sentence: a text split after each ". " is the sum of its pieces
+        (each "▁word" is tokenized alone: `token_ids`), so its sum is the sum of its sentences'
+        sums, and a sentence that many captions share ("The road is dry.") is tokenized and
+        summed once (bench_scale's 1.1M captions: 7.7 sentences each, 1 in 17 distinct in a batch
+        of 20,000). A text that ends in a space or holds the separator goes through `_sums`."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        texts = pc.fill_null(texts, "")
+        odd = pc.or_(pc.match_substring(texts, _SEP), pc.ends_with(texts, " ")).to_numpy(zero_copy_only=False)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if odd.any():
+            out[odd] = self._sums(texts.filter(pa.array(odd)).to_pylist())
+            texts = texts.filter(pa.array(~odd))
+        sentences = pc.split_pattern(pc.replace_substring(texts, ". ", "." + _SEP), _SEP)
+        counts = pc.list_value_length(sentences).to_numpy(zero_copy_only=False)  # >= 1: "" splits into [""]
+        enc = pc.list_flatten(sentences).dictionary_encode()
+        with self._sentence_lock:  # one embedder may serve several threads
+            rows = self._sentence_rows(enc.dictionary.to_pylist())
+            out[~odd] = _sum_rows(self._sentence_sums, rows[enc.indices.to_numpy(zero_copy_only=False)], counts)
+        return out
+
+    def _sentence_rows(self, sentences: list[str]) -> np.ndarray:
+        """The rows of `_sentence_sums` holding these sentences' sums (computed when missing)."""
+        index = self._sentence_index
+        if len(index) + len(sentences) > self.SENTENCE_CACHE:
+            index.clear()
+            self._sentence_sums = np.zeros((0, self.dim), dtype=np.float32)
+        missing = [s for s in sentences if s not in index]
+        if missing:
+            first = len(self._sentence_sums)
+            self._sentence_sums = np.concatenate([self._sentence_sums, self._sums(missing)])
+            index.update(zip(missing, range(first, first + len(missing))))
+        return np.fromiter((index[s] for s in sentences), np.int64, len(sentences))
+
+
+_SEP = "\x1e"  # the record separator: after each ". " while splitting sentences
+
+
+def _sum_rows(matrix: np.ndarray, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """out[i] = the sum of matrix[rows[j]] over the counts[i] entries of `rows` that are text i's
+    (in order). Texts sorted by count, longest first, so that the k-th entries of the texts with
+    more than k are one slice: max(counts) gathers instead of one reduction per text (~25x faster
+    than np.add.reduceat over rows)."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    order = np.argsort(-counts, kind="stable")
+    c, s = counts[order], starts[order]
+    acc = np.zeros((len(counts), matrix.shape[1]), dtype=np.float32)
+    for k in range(int(c.max()) if len(c) else 0):
+        m = int(np.count_nonzero(c > k))
+        acc[:m] += matrix[rows[s[:m] + k]]
+    out = np.empty_like(acc)
+    out[order] = acc
+    return out
+
+
+def _as_list(texts) -> list[str]:
+    return texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)
+
+
+def _as_arrow(texts):
+    import pyarrow as pa
+
+    return texts if isinstance(texts, pa.Array) else pa.array(list(texts), pa.string())
 
 
 _PIECE = re.compile("\u2581*[^\u2581]+|\u2581+")  # a run of "▁" and the word after it
@@ -167,7 +247,7 @@ class SentenceTransformerEmbedder(Embedder):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        v = self._model.encode(list(texts), batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+        v = self._model.encode(_as_list(texts), batch_size=64, convert_to_numpy=True, show_progress_bar=False)
         return normalise(v)
 
 
@@ -206,15 +286,21 @@ class ScenarioVectors:
         self._index: dict[str, int] = {}  # answer text -> its row of _matrix
         self._matrix = np.zeros((0, embedder.dim), dtype=np.float32)
 
-    def __call__(self, captions: Sequence[Optional[str]], answers: Mapping[str, np.ndarray]) -> np.ndarray:
-        """`answers`: answer text -> the indices (into `captions`) of the records stating it."""
+    def __call__(self, captions, answers: Mapping[str, np.ndarray]) -> np.ndarray:
+        """`captions`: a pyarrow string array (null: no caption); `answers`: answer text -> the
+        indices (into `captions`) of the records stating it."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         e = self.embedder
         n = len(captions)
         out = np.zeros((n, e.dim), dtype=np.float32)
-        has_caption = np.array([bool(c) for c in captions], dtype=bool)
+        has_caption = pc.fill_null(pc.greater(pc.binary_length(captions), 0), False).to_numpy(zero_copy_only=False)
+        if has_caption.all():
+            return e.embed(captions) if n else out
         if has_caption.any():
-            out[has_caption] = e.embed([c for c in captions if c])
-        if has_caption.all() or not answers:
+            out[has_caption] = e.embed(captions.filter(pa.array(has_caption)))
+        if not answers:
             return out
         sums = np.zeros_like(out)
         for text, rows in answers.items():

@@ -28,17 +28,17 @@ from avcap.core.records import WriterLock, write_json_atomic
 from avcap.scenarios import rows as R
 from avcap.scenarios.embed import ScenarioVectors
 from avcap.scenarios.query import letter_column
+from avcap.scenarios.reader import RecordReader
 from avcap.scenarios.record import (
     AttributeQuestion,
     ScenarioFormatError,
     questions_for,
     read_questions,
-    scan_scenarios,
     scenario_files,
 )
 from avcap.scenarios.store import LOCK_FILE, TABLE, ScenarioDBError, now
 
-CHUNK = 20_000  # records parsed, embedded and handed to the writer at a time
+CHUNK_BYTES = 64 << 20  # bytes of record lines parsed, embedded and handed to the writer at a time (~12,000 records)
 COMMIT_ROWS = 1_000_000  # new rows per LanceDB write (and so per fragment, at most)
 VECTOR_INDEX_MIN_ROWS = 100_000  # below this, exact (flat) vector search is fast enough (~15 ms at 100k rows)
 MAX_PROBLEMS_PER_FILE = 5  # malformed lines printed per file; the rest are counted
@@ -201,23 +201,21 @@ class _Keys:
             self._ids.append(have.column("clip_id").combine_chunks())
             self._at.append(have.column("labelled_at").combine_chunks())
 
-    def lookup(self, ids: list[str]) -> list[Optional[str]]:
+    def lookup(self, ids):
+        """The labelled_at of each clip id (a pyarrow array), null where there is none."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         if not self._ids:
-            return [None] * len(ids)
+            return pa.nulls(len(ids), pa.string())
         if self._cache is None:
             self._cache = (pa.concat_arrays(self._ids[::-1]), pa.concat_arrays(self._at[::-1]))
         all_ids, all_at = self._cache
-        pos = pc.index_in(pa.array(ids, pa.string()), value_set=all_ids)
-        return all_at.take(pos).to_pylist()
+        return all_at.take(pc.index_in(ids, value_set=all_ids))
 
-    def add(self, ids: list[str], at: list[str]) -> None:
-        import pyarrow as pa
-
-        self._ids.append(pa.array(ids, pa.string()))
-        self._at.append(pa.array(at, pa.string()))
+    def add(self, ids, at) -> None:
+        self._ids.append(ids.combine_chunks() if hasattr(ids, "combine_chunks") else ids)
+        self._at.append(at.combine_chunks() if hasattr(at, "combine_chunks") else at)
         self._cache = None
 
 
@@ -288,12 +286,13 @@ class _Appender:
 
 
 class _Run:
-    """One ingest's state: the questions, the embedder, the keys, the writer, the report."""
+    """One ingest's state: the questions, the reader, the embedder, the keys, the writer, the report."""
 
     def __init__(self, db, questions: dict[str, AttributeQuestion], report: IngestReport):
         self.db = db
         self.questions = questions
         self.report = report
+        self.reader = RecordReader(list(questions), questions_for)
         self.vectors = ScenarioVectors(db.embedder)
         db._db()
         self.keys = _Keys(db.table())
@@ -304,38 +303,17 @@ class _Run:
         report = self.report
         n_ok = shown = 0
         malformed_before = report.malformed
-
-        def problem(line: str) -> None:
-            nonlocal shown
-            report.malformed += 1
-            if shown < MAX_PROBLEMS_PER_FILE:
-                report.problems.append(line)
-                shown += 1
-
-        for chunk in _chunks(scan_scenarios(f, as_dict=True), CHUNK):
-            good: dict[str, dict[str, Any]] = {}
-            for item in chunk:
-                if isinstance(item, ScenarioFormatError):
-                    problem(str(item))
-                    continue
-                report.records_read += 1
-                n_ok += 1
-                cid = item["clip_id"]
-                if item.get("error"):
-                    report.errors += 1
-                    if len(report.error_records) < 20:
-                        report.error_records.append(f"{cid}: {item['error']}")
-                    continue
-                unknown = set(item.get("attributes") or {}) - set(self.questions)
-                if unknown:
-                    problem(f"{f}: clip {cid}: attributes: {', '.join(sorted(unknown))} not in {questions_for(f)}")
-                    continue
-                prev = good.get(cid)
-                if prev is not None:
-                    report.unchanged += 1
-                if prev is None or newer(item["labelled_at"], prev["labelled_at"]):
-                    good[cid] = item
-            self._write(list(good.values()), f)
+        for block in self.reader.blocks(f, CHUNK_BYTES):
+            for line in block.problems:
+                report.malformed += 1
+                if shown < MAX_PROBLEMS_PER_FILE:
+                    report.problems.append(line)
+                    shown += 1
+            report.records_read += block.count
+            n_ok += block.count
+            recs = self._latest(self._without_errors(block.records))
+            if recs.num_rows:
+                self._write(recs, f)
             if progress:
                 progress(report.records_read, time.monotonic() - t0)
         more = report.malformed - malformed_before - shown
@@ -343,40 +321,79 @@ class _Run:
             report.problems.append(f"{f}: {more} more malformed lines not shown")
         return n_ok
 
-    def _write(self, recs: list[dict[str, Any]], f: Path) -> None:
-        if not recs:
-            return
-        report = self.report
-        new, repl = [], []
-        for r, old in zip(recs, self.keys.lookup([r["clip_id"] for r in recs])):
-            if old is None:
-                new.append(r)
-            elif newer(r["labelled_at"], old):
-                repl.append(r)
+    def _without_errors(self, recs):
+        """Error records counted (the first 20 named) and left out."""
+        import pyarrow.compute as pc
+
+        err = pc.is_valid(recs["error"])
+        k = pc.sum(err).as_py() or 0
+        if not k:
+            return recs
+        self.report.errors += k
+        room = 20 - len(self.report.error_records)
+        if room > 0:
+            bad = recs.filter(err).slice(0, room)
+            self.report.error_records += [f"{c}: {e}" for c, e in zip(bad["clip_id"].to_pylist(), bad["error"].to_pylist())]
+        return recs.filter(pc.invert(err))
+
+    def _latest(self, recs):
+        """One record a clip: a later line replaces an earlier one of the same clip only when it
+        is newer (each repeat counts as `unchanged`)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ids = recs["clip_id"]
+        if pc.count_distinct(ids).as_py() == recs.num_rows:
+            return recs
+        counts = pc.value_counts(ids)
+        dup = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+        rows = np.flatnonzero(pc.is_in(ids, value_set=dup).to_numpy(zero_copy_only=False))
+        kept: dict[str, tuple[int, str]] = {}
+        keep = np.ones(recs.num_rows, dtype=bool)
+        for r, cid, at in zip(rows, ids.take(rows).to_pylist(), recs["labelled_at"].take(rows).to_pylist()):
+            prev = kept.get(cid)
+            if prev is None:
+                kept[cid] = (r, at)
+                continue
+            self.report.unchanged += 1
+            if newer(at, prev[1]):
+                keep[prev[0]] = False
+                kept[cid] = (r, at)
             else:
-                report.unchanged += 1
-                report.older += newer(old, r["labelled_at"])
-        if new:
+                keep[r] = False
+        return recs.filter(pa.array(keep))
+
+    def _write(self, recs, f: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        report = self.report
+        old = self.keys.lookup(recs["clip_id"])
+        found = pc.is_valid(old).to_numpy(zero_copy_only=False)
+        repl = np.zeros(len(found), dtype=bool)
+        if found.any():
+            at = recs["labelled_at"]
+            same = pc.fill_null(pc.equal(at, old), False).to_numpy(zero_copy_only=False)
+            report.unchanged += int(np.count_nonzero(same))
+            for r in np.flatnonzero(found & ~same):
+                a, b = at[int(r)].as_py(), old[int(r)].as_py()
+                if newer(a, b):
+                    repl[r] = True
+                else:
+                    report.unchanged += 1
+                    report.older += newer(b, a)
+        new = recs.filter(pa.array(~found)) if found.any() else recs
+        if new.num_rows:
             self.appender.put(R.to_arrow(new, f, self.questions, self.vectors))
-            report.added += len(new)
-        if repl:
+            report.added += new.num_rows
+            self.keys.add(new["clip_id"], new["labelled_at"])
+        if repl.any():
             self.appender.finish()  # the rows being replaced may be in the stream
-            data = R.to_arrow(repl, f, self.questions, self.vectors)
-            self.db.table().merge_insert("clip_id").when_matched_update_all().execute(data)
-            report.replaced += len(repl)
-        written = new + repl
-        self.keys.add([r["clip_id"] for r in written], [r["labelled_at"] for r in written])
-
-
-def _chunks(items: Iterator, n: int) -> Iterator[list]:
-    chunk = []
-    for x in items:
-        chunk.append(x)
-        if len(chunk) >= n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+            data = recs.filter(pa.array(repl))
+            self.db.table().merge_insert("clip_id").when_matched_update_all().execute(
+                R.to_arrow(data, f, self.questions, self.vectors))
+            report.replaced += data.num_rows
+            self.keys.add(data["clip_id"], data["labelled_at"])
 
 
 def indexes_current(db) -> bool:

@@ -195,16 +195,19 @@ def scan_scenarios(path: str | Path, *, as_dict: bool = False
             line = raw.strip()
             if not line:
                 continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                yield ScenarioFormatError(f"{where}: not valid JSON ({getattr(exc, 'msg', exc)})")
-                continue
-            try:
-                yield parse_record_dict(obj, where) if as_dict else parse_record(obj, where)
-            except ScenarioFormatError as exc:
-                yield exc
+            yield read_line(line, f"{path}:{n}", as_dict=as_dict)
+
+
+def read_line(line: bytes, where: str, *, as_dict: bool = False) -> ScenarioRecord | dict[str, Any] | ScenarioFormatError:
+    """One stripped, non-empty line of a scenario JSONL file as `scan_scenarios` gives it."""
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return ScenarioFormatError(f"{where}: not valid JSON ({getattr(exc, 'msg', exc)})")
+    try:
+        return parse_record_dict(obj, where) if as_dict else parse_record(obj, where)
+    except ScenarioFormatError as exc:
+        return exc.with_traceback(None)  # no cycle through this frame: it is freed at once
 
 
 def scenario_files(label_dir: str | Path) -> list[Path]:

@@ -67,37 +67,34 @@ def schema(questions: Mapping[str, AttributeQuestion], dim: int):
     return pa.schema(fields)
 
 
-def to_arrow(recs: list[dict[str, Any]], record_file: Path, questions: Mapping[str, AttributeQuestion],
-             vectors: ScenarioVectors):
-    """The rows of `recs` (checked record dicts) as an Arrow table of `schema(questions, dim)`.
-    The attributes go through Arrow as one struct column (C++, ~40 answers a record); `text` and
-    the stated answers are worked out per distinct answer, not per record."""
+def to_arrow(recs, record_file: Path, questions: Mapping[str, AttributeQuestion], vectors: ScenarioVectors):
+    """The rows of `recs` (checked records as Arrow: `reader.record_schema`) as an Arrow table of
+    `schema(questions, dim)`, column by column (no Python object per record): `text` and the
+    stated answers are worked out per distinct answer, not per record; `extra_json` is built only
+    for the records that have something for it."""
     # pyarrow imported here: only ingest needs it (see db.py)
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    n = len(recs)
+    recs = recs.combine_chunks()
+    n = recs.num_rows
     dim = vectors.embedder.dim
-    names = list(questions)
-    answer_t = pa.struct([(k, pa.string()) for k in ("letter", "answer", "raw", "error")])
-    attrs = pa.array([r.get("attributes") or {} for r in recs], type=pa.struct([(k, answer_t) for k in names]))
-    captions = [r.get("caption") or None for r in recs]
-    cols: dict[str, Any] = {
-        "clip_id": [r["clip_id"] for r in recs], "source": [r["source"] for r in recs], "caption": captions,
-        "thumbnail": [r.get("thumbnail") for r in recs], "preview": [r.get("preview") for r in recs],
-        "labelled_at": [r["labelled_at"] for r in recs], "record_file": [str(record_file)] * n,
-    }
-    clips = [r.get("clip") or {} for r in recs]
-    cols.update({k: [c.get(k) for c in clips] for k in CLIP_COLUMNS})
-    cols.update({k: [r["labeller"][k] for r in recs] for k in LABELLER_COLUMNS})
-    extra = np.array([r.get("caption_json") is not None for r in recs], dtype=bool)
+    attrs = recs["attributes"]
+    cap = recs["caption"].combine_chunks()
+    cap = pc.if_else(pc.equal(cap, ""), pa.scalar(None, pa.string()), cap)  # "" is no caption
+    cols: dict[str, Any] = {k: recs[k] for k in ("clip_id", "source", "thumbnail", "preview", "labelled_at")}
+    cols["caption"] = cap
+    cols["record_file"] = pa.repeat(str(record_file), n)
+    cols.update({k: pc.struct_field(recs["clip"], k) for k in CLIP_COLUMNS})
+    cols.update({k: pc.struct_field(recs["labeller"], k) for k in LABELLER_COLUMNS})
+    extra = pc.is_valid(recs["caption_json"])
     stated_rows: dict[str, list[np.ndarray]] = {}
     stated_cols = []
-    for name in names:
-        sub = attrs.field(name)
-        answer = sub.field("answer")
-        cols[name], cols[letter_column(name)] = answer, sub.field("letter")
-        extra |= pc.or_(pc.is_valid(sub.field("raw")), pc.is_valid(sub.field("error"))).to_numpy(zero_copy_only=False)
+    for name in questions:
+        sub = pc.struct_field(attrs, name)
+        answer = pc.struct_field(sub, "answer").combine_chunks()
+        cols[name], cols[letter_column(name)] = answer, pc.struct_field(sub, "letter")
+        extra = pc.or_(extra, pc.or_(pc.is_valid(pc.struct_field(sub, "raw")), pc.is_valid(pc.struct_field(sub, "error"))))
         enc = answer.dictionary_encode()
         idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False)
         suffixed = []
@@ -107,14 +104,28 @@ def to_arrow(recs: list[dict[str, Any]], record_file: Path, questions: Mapping[s
             if stated:
                 stated_rows.setdefault(text, []).append(np.flatnonzero(idx == j))
         stated_cols.append(pa.array(suffixed, pa.string()).take(enc.indices))
-    cap = pa.array(captions, pa.string())
     cols["text"] = pc.fill_null(pc.binary_join_element_wise(cap, *stated_cols, " ", null_handling="skip"), "")
-    emb = vectors(captions, {t: np.concatenate(parts) for t, parts in stated_rows.items()})
+    emb = vectors(cap, {t: np.concatenate(parts) for t, parts in stated_rows.items()})
     cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(emb, np.float32).reshape(-1)), dim)
-    cols["extra_json"] = [extra_json(recs[i]) if extra[i] else None for i in range(n)]
+    cols["extra_json"] = _extra_json(recs, questions, extra.fill_null(False).to_numpy(zero_copy_only=False))
     sch = schema(questions, dim)
-    return pa.Table.from_arrays([c if isinstance(c, (pa.Array, pa.ChunkedArray)) else pa.array(c, fld.type)
-                                 for fld, c in ((fld, cols[fld.name]) for fld in sch)], schema=sch)
+    return pa.Table.from_arrays([c if isinstance(c, pa.ChunkedArray) else pa.chunked_array([c], f.type)
+                                 for f, c in ((f, cols[f.name]) for f in sch)], schema=sch)
+
+
+def _extra_json(recs, questions: Mapping[str, AttributeQuestion], extra: np.ndarray):
+    """The `extra_json` column: `extra_json` of the records flagged in `extra`, null elsewhere."""
+    import pyarrow as pa
+
+    out: list[Optional[str]] = [None] * recs.num_rows
+    idx = np.flatnonzero(extra)
+    if len(idx):
+        sub = recs.select(["caption_json", "attributes"]).take(idx).to_pylist()
+        for i, r in zip(idx, sub):
+            cj = r["caption_json"]
+            out[i] = extra_json({"caption_json": None if cj is None else json.loads(cj),
+                                 "attributes": {k: a for k, a in (r["attributes"] or {}).items() if a is not None}})
+    return pa.array(out, pa.string())
 
 
 def extra_json(r: dict[str, Any]) -> Optional[str]:
