@@ -248,26 +248,37 @@ def _rank(rec: dict[str, Any], file_order: int) -> tuple:
     return (str(rec.get("labelled_at") or ""), not rec.get("error"), file_order)
 
 
-def settle(out: Path) -> tuple[dict[str, dict[str, Any]], int]:
+@dataclass
+class Held:
+    """What the driver keeps of a clip's record (not the record: a million clips fit in memory)."""
+
+    rank: tuple
+    path: Path
+    line: int
+    error: bool
+    pictures: bool
+
+
+def settle(out: Path) -> tuple[dict[str, Held], int]:
     """Make the directory hold each clip once: where a clip has several records (an error record
-    labelled again with --retry-errors, or a partition a killed run's straggler wrote), keep the
-    one `_rank` prefers and rewrite the other files without theirs (atomically; a partition left
-    empty is removed). Returns (clip_id -> its record, records removed)."""
-    best: dict[str, tuple[tuple, Path, int, dict[str, Any]]] = {}
+    labelled again with --retry-errors, or record files put together by hand), keep the one `_rank`
+    prefers and rewrite the other files without theirs (atomically; a partition left empty is
+    removed). Returns (clip_id -> its record's place and outcome, records removed)."""
+    best: dict[str, Held] = {}
     losers: dict[Path, set[int]] = {}
     for order, path in enumerate(record_files(out)):
         for n, _, obj in _lines(path):
             cid = obj.get("clip_id") if obj else None
             if not isinstance(cid, str):
                 continue
-            here = (_rank(obj, order), path, n, obj)
+            here = Held(_rank(obj, order), path, n, bool(obj.get("error")), obj.get("thumbnail") is not None)
             old = best.get(cid)
             if old is None:
                 best[cid] = here
                 continue
-            keep, drop = (here, old) if here[0] > old[0] else (old, here)
+            keep, drop = (here, old) if here.rank > old.rank else (old, here)
             best[cid] = keep
-            losers.setdefault(drop[1], set()).add(drop[2])
+            losers.setdefault(drop.path, set()).add(drop.line)
     removed = 0
     for path, drop in losers.items():
         kept = [raw for n, raw, _ in _lines(path) if n not in drop]
@@ -276,7 +287,7 @@ def settle(out: Path) -> tuple[dict[str, dict[str, Any]], int]:
             write_text_atomic(path, b"".join(kept).decode("utf-8"))
         else:
             path.unlink()
-    return {cid: v[3] for cid, v in best.items()}, removed
+    return best, removed
 
 
 class PartitionWriter:
@@ -433,7 +444,7 @@ def label_on_ray(
             write_json_atomic(rf, {**info, "finished_at": None})
         who = labeller(info)
         have, repaired = settle(out)
-        done = {c for c, r in have.items() if not (retry_errors and r.get("error"))}
+        done = {c for c, h in have.items() if not (retry_errors and h.error)}
         pending = [u for u in units if u not in done]
         for problem in problems:
             log(f"  skipped: {problem}")
@@ -446,19 +457,21 @@ def label_on_ray(
                        flush_s=flush_s, progress=progress, progress_every=progress_every, log=log)
         have, removed = settle(out)
         recs = [have[u] for u in units if u in have]
-        errors = sum(1 for r in recs if r.get("error"))
+        errors = sum(h.error for h in recs)
         summary = {
             "runner": "ray", "clips": len(units), "already_done": len(units) - len(pending), "to_do": len(pending),
             "labelled": len(recs) - errors, "errors": errors, "pending": len(units) - len(recs),
-            "picture_failures": sum(1 for r in recs if not r.get("error") and r.get("thumbnail") is None),
+            "picture_failures": sum(1 for h in recs if not h.error and not h.pictures),
             "duplicates_removed": repaired + removed, "records": str(out / PARTITIONS_DIR), **run,
             "seconds": round(time.perf_counter() - t_start, 3), "started_at": started_at, "finished_at": _now(),
         }
+        log(f"  exactly once: {len(recs)} of {len(units)} clips have one record each"
+            + (f" ({summary['duplicates_removed']} superseded record(s) removed)" if summary["duplicates_removed"] else ""))
         if summary["pending"]:
             log(f"  {summary['pending']} clip(s) have no record yet; run again to label them")
         if errors and not retry_errors:
             log(f"  {errors} clip(s) have error records; rerun with --retry-errors to try them again")
-        write_json_atomic(out / "label_summary.json", summary)
+        write_json_atomic(out / SUMMARY_FILE, summary)
         if pending or _unfinished(rf):
             write_json_atomic(rf, {**info, "ray": {k: run.get(k) for k in ("address", "actors", "batch_clips", "nodes")},
                                    "timings": {"total_s": summary["seconds"]}, "finished_at": summary["finished_at"]})
@@ -504,6 +517,9 @@ def _run(cfg: RecipeConfig, dataset: str, out: Path, qset: QuestionSet, ck, who:
         n = max(1, min(n, math.ceil(len(pending) / batch_clips)))
         node_cpus = [int(x["Resources"].get("CPU", 0)) for x in ray.nodes() if x.get("Alive")]
         cpus_each = max(1, min(cpus // n, max(node_cpus, default=1)))  # an actor must fit on one node
+        if on_gpu and ecfg.device.startswith("cuda:"):  # an actor sees only its own GPU, as cuda:0
+            engine = ecfg.model_copy(update={"device": "cuda"})
+            cfg = cfg.model_copy(update={"avcap": cfg.avcap.model_copy(update={"engine": engine})})
         job = Job(cfg=cfg, dataset=dataset, model=ck.path, processor=ck.processor, questions=qset, who=who,
                   out=str(out), scratch=str(scratch), max_tries=max_tries)
         ctx = ray.data.DataContext.get_current()
