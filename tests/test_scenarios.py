@@ -166,7 +166,7 @@ def test_filters_on_the_database(built):
 
 
 def test_hybrid_ranks_the_relevant_clip_first(built):
-    for mode in ("hybrid", "text", "vector"):
+    for mode in ("hybrid", "hybrid-plain", "text", "vector"):
         hits = built.search("pedestrian crossing in the rain at night", mode=mode, limit=3)
         assert hits[0].clip_id == "c2", (mode, [h.clip_id for h in hits])
         assert hits[0].rank == 1 and hits[0].score is not None
@@ -343,3 +343,113 @@ def test_streamed_writes_commit_in_pieces_and_replace_within_one_ingest(tmp_path
     assert sorted(h.clip_id for h in db.search(limit=10)) == ["s0", "s1", "s2", "s3", "s4"]
     assert db.get("s1").caption == "Clip 1 relabelled." and db.get("s3").caption == "Clip 3 first label."
     assert db.search("relabelled", mode="text")[0].clip_id == "s1"
+
+
+# ---- query understanding (avcap.scenarios.understand) ----------------------------------------
+
+
+def test_aliases_and_choice_words_map_the_query_to_facets():
+    from avcap.scenarios.understand import Vocabulary
+
+    v = Vocabulary(QUESTIONS)
+    u = v.understand("A downpour after dark; someone jaywalking")
+    assert {f.name: f.letters for f in u.facets} == {"weather": ("C",), "lighting": ("D",), "pedestrian_crossing": ("B",)}
+    assert [f.phrase for f in u.facets] == ["downpour", "after dark", "jaywalking"]
+    assert "rain" in u.expansion and u.text.startswith("A downpour after dark; someone jaywalking ")
+    # alternatives of one attribute: either; negation: the other choices, "or" keeps the negation
+    assert [(f.name, f.letters) for f in v.understand("drizzle or fog").facets] == [("weather", ("C", "D"))]
+    assert [(f.name, f.letters, f.negated) for f in v.understand("not raining").facets] == [("weather", ("A", "B", "D"), True)]
+    assert [(f.name, f.letters) for f in v.understand("no rain or fog at dusk").facets] == [
+        ("weather", ("A", "B")), ("lighting", ("C",))]
+    assert v.understand("a pleasant drive").facets == []
+    # the choice texts alone (no packaged vocabulary): whole words of one attribute's stated choices
+    bare = Vocabulary(QUESTIONS, packaged=False)
+    assert {f.name: f.letters for f in bare.understand("mist near a crosswalk").facets} == {
+        "weather": ("D",), "pedestrian_crossing": ("A", "B")}
+    assert bare.understand("downpour").facets == []
+    assert [f.letters for f in bare.understand("someone on a crosswalk").facets] == [("A",)]  # a whole choice text
+    # a question that asks what is absent gives no words ("traffic lights" would mean there are none);
+    # a packaged entry for another question under the same name does not apply
+    absent = AttributeQuestion(name="absent", question_id="st06", question="Which of these is absent from the whole video?",
+                               choices={"A": "Traffic lights", "B": "Pedestrians", "C": "Both", "D": "Neither: both appear"})
+    other = AttributeQuestion(name="weather", question_id="my-weather", question="Sky?",
+                              choices={"A": "Blue", "B": "Grey", "C": "Wet", "D": "White"})
+    v2 = Vocabulary([absent, other])
+    assert v2.understand("traffic lights and pedestrians").facets == []
+    assert v2.understand("downpour").facets == []
+
+
+def test_facets_rank_matching_clips_first_and_where_stays_hard(built):
+    hits = built.search("downpour after dark", limit=10)
+    assert [h.clip_id for h in hits[:2]] == ["c2", "c5"]  # both facets (rain, night), then one (rain)
+    assert hits[0].facets == {"weather": "Rain or snow", "lighting": "Night"} and hits[0].score > 2
+    assert hits[1].facets == {"weather": "Rain or snow"} and 1 < hits[1].score < 2
+    assert len(hits) == 5 and all(h.score < 1 and not h.facets for h in hits[2:])  # soft: the rest still ranks
+    assert all(not h.facets for h in built.search("downpour after dark", mode="hybrid-plain"))
+    page = built.search("downpour after dark", limit=2, offset=1)
+    assert [(h.rank, h.clip_id) for h in page] == [(2, "c5"), (3, hits[2].clip_id)]
+    # an explicit --where is a hard filter, and its attribute is no facet
+    hits = built.search("downpour after dark", where=["lighting=dusk"])
+    assert [h.clip_id for h in hits] == ["c5", "c3"] and hits[0].matched == {"lighting": "Dusk or dawn"}
+    assert hits[0].facets == {"weather": "Rain or snow"}
+    assert [f.name for f in built.understand("downpour after dark", where=["lighting=dusk"]).facets] == ["weather"]
+    # a negated facet: clips without the thing first
+    hits = built.search("no rain, no pedestrians crossing", limit=3)
+    assert {h.attributes["weather"]["letter"] for h in hits} <= {"A", "B", "D"}
+
+
+def _alias_file(path: Path, attributes: dict, **extra) -> Path:
+    path.write_text(json.dumps({"schema": "avcap.search-vocabulary/1", "attributes": attributes, **extra}))
+    return path
+
+
+def test_user_alias_files_extend_the_vocabulary(tmp_path, monkeypatch):
+    db_dir = tmp_path / "db"
+    open_db(db_dir, create=True).ingest([label_dir(tmp_path / "l1", BASE)])
+    assert open_db(db_dir).understand("mizzle").facets == []
+    f = _alias_file(tmp_path / "mine.json", {"weather": {"choices": {"C": ["mizzle", "scotch mist"]}},
+                                            "lighting": {"question_id": "sd02", "choices": {"CD": ["gloaming|crepuscule"]}}})
+    db = open_db(db_dir, aliases=[f])
+    assert [(x.name, x.letters) for x in db.understand("mizzle in the crepuscule").facets] == [
+        ("weather", ("C",)), ("lighting", ("C", "D"))]
+    assert db.search("mizzle", limit=1)[0].facets == {"weather": "Rain or snow"}
+    # the database's own aliases.json, and AVCAP_SEARCH_ALIASES
+    _alias_file(db_dir / "aliases.json", {"weather": {"choices": {"D": ["pea-souper"]}}})
+    assert [x.letters for x in open_db(db_dir).understand("a real pea souper").facets] == [("D",)]
+    env = _alias_file(tmp_path / "env.json", {"pedestrian_crossing": {"choices": {"B": ["darts across"]}}},
+                      negation={"cues": ["sans"]})
+    monkeypatch.setenv("AVCAP_SEARCH_ALIASES", str(env))
+    u = open_db(db_dir).understand("a child darts across, sans rain")
+    assert [(x.name, x.letters) for x in u.facets] == [("pedestrian_crossing", ("B",)), ("weather", ("A", "B", "D"))]
+    res = CliRunner().invoke(app, ["search", "mizzle", "--db", str(db_dir), "--aliases", str(f), "-n", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith('understood: weather=Rain or snow ("mizzle")') and "weather=Rain or snow" in res.output
+
+
+@pytest.mark.parametrize("content, line", [
+    ({"attributes": {"weather": {"choices": {"E": ["x"]}}}},
+     "attributes.weather.choices.E: expected one or more of the letters A, B, C, D (weather: A 'Clear'; B 'Overcast'; "
+     "C 'Rain or snow'; D 'Fog or mist')"),
+    ({"attributes": {"wether": {"choices": {"C": ["x"]}}}},
+     "attributes.wether: the database has no attribute 'wether' (did you mean weather?)"),
+    ({"attributes": {"weather": {"choices": {"C": "mizzle"}}}},
+     "attributes.weather.choices.C: expected a list of non-empty strings"),
+    ({"attributes": {"weather": {"choices": {"C": ["... mizzle"]}}}},
+     "attributes.weather.choices.C[0]: '... mizzle': '...' must stand between two words"),
+    ({"attributes": {"weather": {"question_id": "sd99", "choices": {"C": ["x"]}}}},
+     "attributes.weather.question_id: 'sd99', but the database's weather is question 'sd03'"),
+    ({"negation": {"window": "3"}, "attributes": {}}, "negation.window: expected a whole number from 0 to 10"),
+    ({"attributes": {}, "synonyms": {}}, "synonyms: unknown field (expected schema, about, negation, ignore, attributes)"),
+    (None, "1:2: not valid JSON (Expecting property name enclosed in double quotes)"),
+])
+def test_a_bad_alias_file_is_one_line_naming_file_and_field(built, tmp_path, content, line):
+    f = tmp_path / "aliases.json"
+    if content is None:
+        f.write_text("{oops")
+    else:
+        f.write_text(json.dumps({"schema": "avcap.search-vocabulary/1", **content}))
+    with pytest.raises(ScenarioDBError) as exc:
+        open_db(built.path, aliases=[f]).search("rain")
+    assert str(exc.value) == f"{f}: {line}" if content is not None else str(exc.value) == f"{f}:{line}"
+    res = CliRunner().invoke(app, ["search", "rain", "--db", str(built.path), "--aliases", str(f)])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and res.output.startswith(f"error: {f}")

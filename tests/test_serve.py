@@ -111,7 +111,7 @@ def test_search_page_query_filter_and_paging(world, tmp_path):
     ({"where": "weather"}, "expected NAME=VALUE"),
     ({"page": "0"}, "page: &#39;0&#39; is not a page number"),
     ({"page": "x"}, "page: &#39;x&#39; is not a page number"),
-    ({"mode": "best"}, "mode: &#39;best&#39; is not one of hybrid, text, vector"),
+    ({"mode": "best"}, "mode: &#39;best&#39; is not one of hybrid, hybrid-plain, text, vector"),
     ({"sort": "1"}, "unknown parameter(s): sort"),
 ])
 def test_search_page_refuses_bad_parameters_with_one_line(world, tmp_path, params, message):

@@ -63,7 +63,10 @@ def search(
                                     "text or a word of it); repeat to AND names, OR values of one name; NAME!=VALUE excludes."),
     filter: Optional[str] = typer.Option(None, "--filter", help="SQL-like filter on the columns, e.g. "
                                          "\"duration_s > 5 AND lighting_letter = 'D'\"."),
-    mode: str = typer.Option("hybrid", "--mode", help=f"Ranking: {', '.join(MODES)}."),
+    mode: str = typer.Option("hybrid", "--mode", help=f"Ranking: {', '.join(MODES)} (hybrid reads attribute facets "
+                             "in the query; hybrid-plain does not)."),
+    aliases: List[Path] = typer.Option([], "--aliases", help="A vocabulary file of extra aliases for query "
+                                       "understanding (docs/search.md); repeatable. Also: DB/aliases.json, $AVCAP_SEARCH_ALIASES."),
     limit: int = typer.Option(10, "--limit", "-n", min=1, help="Results to show."),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip this many results first (paging)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per result (JSON Lines)."),
@@ -72,21 +75,39 @@ def search(
     """Rank the clips of a scenario database: free text (full-text and semantic, fused), attribute
     filters and a SQL-like filter; prints a table, or JSON Lines with --json."""
     try:
-        sdb = open_db(db, embedder=embedder)
+        sdb = open_db(db, embedder=embedder, aliases=aliases)
         hits = sdb.search(query, where=where, filter=filter, limit=limit, offset=offset, mode=mode)
+        understood = sdb.understand(query, where) if mode == "hybrid" and query.strip() else None
     except (ScenarioDBError, EmbedderError, QueryError) as exc:
         _fail(str(exc))
     if json_out:
         for h in hits:
             typer.echo(json.dumps(h.to_json(), ensure_ascii=False))
         return
+    if understood is not None and understood.facets:
+        typer.echo("understood: " + understood_line(understood, {a.name: a for a in sdb.attributes()}))
     _print_table(hits, query, sdb.count(), {a.name: a for a in sdb.attributes()})
 
 
+def understood_line(u, questions: dict) -> str:
+    """The facets read in a query, e.g. `weather=Rain or snow ("downpour"); cyclist=D ("not cyclists")`;
+    alternatives joined by " or "."""
+    parts = []
+    for group in u.groups:
+        alts = []
+        for f in group:
+            q = questions.get(f.name)
+            answers = " | ".join(_short(q.choices[x]) if q else x for x in f.letters)
+            alts.append(f"{f.name}={answers} (\"{f.phrase}\")")
+        parts.append(" or ".join(alts))
+    return "; ".join(parts)
+
+
 def _shown_attributes(h: Hit, words: set[str], questions: dict) -> str:
-    """The where-clause matches, else the (up to three) stated answers sharing most words with the query."""
-    if h.matched:
-        return ", ".join(f"{k}={_short(v or '')}" for k, v in h.matched.items())
+    """The where-clause and facet matches, else the (up to three) stated answers sharing most words with the query."""
+    if h.matched or h.facets:
+        shown = {**h.matched, **h.facets}
+        return ", ".join(f"{k}={_short(v or '')}" for k, v in shown.items())
     scored = []
     for k, a in h.attributes.items():
         answer = a.get("answer") or ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -22,8 +22,9 @@ from avcap.scenarios.ingest import IngestReport, Progress, ingest
 from avcap.scenarios.record import AttributeQuestion
 from avcap.scenarios.rows import BASE_COLUMNS, CLIP_COLUMNS, LABELLER_COLUMNS
 from avcap.scenarios.store import LOCK_FILE, META_FILE, TABLE, ScenarioDBError, connect, new_meta, read_meta
+from avcap.scenarios.understand import Facet, Understanding, Vocabulary, load_vocabulary
 
-__all__ = ["Hit", "IngestReport", "ScenarioDB", "ScenarioDBError", "open_db"]
+__all__ = ["Facet", "Hit", "IngestReport", "ScenarioDB", "ScenarioDBError", "Understanding", "open_db"]
 
 VECTOR_NPROBES = 40  # IVF partitions a query visits (of ~sqrt(rows)): recall@10 0.86 at 1.1M rows (ingest.update_indexes)
 VECTOR_REFINE = 10  # candidates re-ranked on the full vectors, per result
@@ -35,7 +36,8 @@ class Hit:
 
     clip_id: str
     rank: int
-    score: Optional[float]  # hybrid: RRF score; text: BM25; vector: cosine similarity; filter-only: None
+    score: Optional[float]  # hybrid: facets matched + RRF score; hybrid-plain: RRF score; text: BM25;
+    # vector: cosine similarity; filter-only: None
     caption: Optional[str]
     attributes: dict[str, dict[str, Optional[str]]]  # name -> {"letter", "answer"}
     matched: dict[str, Optional[str]]  # the attributes the where-clauses matched: name -> answer
@@ -46,6 +48,7 @@ class Hit:
     labeller: dict[str, str]
     labelled_at: str
     caption_json: Optional[dict[str, Any]] = None
+    facets: dict[str, Optional[str]] = field(default_factory=dict)  # the query's facets this clip matches: name -> answer
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,10 +57,13 @@ class Hit:
 class ScenarioDB:
     """A scenario database directory. Open it once (`open_db`) and share it between threads."""
 
-    def __init__(self, path: str | Path, meta: dict[str, Any], embedder: Optional[Embedder] = None):
+    def __init__(self, path: str | Path, meta: dict[str, Any], embedder: Optional[Embedder] = None,
+                 aliases: Sequence[str | Path] = ()):
         self.path = Path(path)
         self.meta = meta
         self._embedder = embedder
+        self._alias_files = [Path(a) for a in aliases]
+        self._vocabulary: Optional[Vocabulary] = None
         self._lock = threading.RLock()
         self._conn = None
         self._table = None
@@ -106,6 +112,7 @@ class ScenarioDB:
             if self._table is not None:
                 self._table.checkout_latest()
             self._values_cache.clear()
+            self._vocabulary = None
 
     # ---- what is in it ----------------------------------------------------------------------
 
@@ -165,11 +172,34 @@ class ScenarioDB:
 
     # ---- search -----------------------------------------------------------------------------
 
+    def vocabulary(self) -> Vocabulary:
+        """The words query understanding knows for this database's attributes (understand.py): the
+        packaged vocabulary, the database's aliases.json, the alias files it was opened with and
+        those of AVCAP_SEARCH_ALIASES. Raises ScenarioDBError for a bad alias file."""
+        with self._lock:
+            if self._vocabulary is None:
+                self._vocabulary = load_vocabulary(self.attributes(), self.path, self._alias_files)
+            return self._vocabulary
+
+    def understand(self, query: str, where: Sequence[str] | Mapping[str, Any] | None = ()) -> Understanding:
+        """What mode "hybrid" reads in `query`: its facets (less those on attributes a where-clause
+        already filters) and the words it adds."""
+        conditions = Q.parse_where(where, self._questions())
+        return self._understand(query, conditions)
+
+    def _understand(self, query: str, conditions: list[Q.Condition]) -> Understanding:
+        u = self.vocabulary().understand(query)
+        filtered = {c.name for c in conditions}
+        u.facets = [f for f in u.facets if f.name not in filtered]
+        return u
+
     def search(self, query: str = "", where: Sequence[str] | Mapping[str, Any] | None = (),
                filter: Optional[str] = None, limit: int = 10, offset: int = 0, mode: str = "hybrid") -> list[Hit]:
-        """Rank clips for `query` (free text) among those the filters keep. Modes: "hybrid" (full
-        text and vector fused by reciprocal rank), "text" (BM25 only), "vector" (embedding only);
-        an empty query lists the filtered clips in table order (score None)."""
+        """Rank clips for `query` (free text) among those the filters keep. Modes: "hybrid" (query
+        understanding: the clips matching more of the query's facets first, each tier ranked by
+        full text and vector fused by reciprocal rank), "hybrid-plain" (full text and vector fused,
+        no understanding), "text" (BM25 only), "vector" (embedding only); an empty query lists the
+        filtered clips in table order (score None). `where` and `filter` are hard filters."""
         if mode not in Q.MODES:
             raise Q.QueryError(f"--mode {mode!r}: expected one of {', '.join(Q.MODES)}")
         if limit < 1 or offset < 0:
@@ -181,24 +211,23 @@ class ScenarioDB:
         if tbl is None:
             return []
         query = (query or "").strip()
+        facets: list[Facet] = []
         try:
             if not query:
                 b = tbl.search().select(self._hit_columns()).limit(limit).offset(offset)
                 rows = (b.where(sql) if sql else b).to_arrow().to_pylist()
                 return [self._hit(r, offset + i + 1, None, conditions) for i, r in enumerate(rows)]
+            depth = max(50, 2 * (offset + limit))
             if mode == "text":
                 ranked = self._fts(tbl, query, sql, limit, offset)
             elif mode == "vector":
-                ranked = self._vector(tbl, query, sql, limit, offset)
+                ranked = self._vector(tbl, self.embedder.embed([query])[0], sql, limit, offset)
+            elif mode == "hybrid-plain" or not (u := self._understand(query, conditions)).facets:
+                ranked = self._fused(tbl, query, sql, depth)[offset:offset + limit]
             else:
-                depth = max(50, 2 * (offset + limit))
-                text_job = self._pool().submit(self._fts, tbl, query, sql, depth, 0)
-                vec = self._vector(tbl, query, sql, depth, 0)
-                text = text_job.result()
-                rowid = {cid: rid for cid, rid, _ in vec + text}
-                fused = Q.rrf([[cid for cid, _, _ in text], [cid for cid, _, _ in vec]])[offset:offset + limit]
-                ranked = [(cid, rowid[cid], score) for cid, score in fused]
-        except (EmbedderError, Q.QueryError):
+                facets = u.facets
+                ranked = self._tiered(tbl, u, sql, offset + limit, depth)[offset:offset + limit]
+        except (EmbedderError, Q.QueryError, ScenarioDBError):
             raise
         except Exception as exc:  # a filter LanceDB refuses (unknown column, bad syntax): one line
             if sql is None:
@@ -206,7 +235,51 @@ class ScenarioDB:
             raise Q.QueryError(Q.filter_error_line(raw_filter or sql, exc)) from None
         rows = {r["clip_id"]: r for r in tbl.take_row_ids([rid for _, rid, _ in ranked])
                 .select(self._hit_columns()).to_arrow().to_pylist()} if ranked else {}
-        return [self._hit(rows[cid], offset + i + 1, score, conditions) for i, (cid, _, score) in enumerate(ranked)]
+        return [self._hit(rows[cid], offset + i + 1, score, conditions, facets)
+                for i, (cid, _, score) in enumerate(ranked)]
+
+    def _fused(self, tbl, text: str, sql: Optional[str], depth: int, vec=None) -> list[tuple[str, int, float]]:
+        """Full text and vector, each to `depth`, run concurrently and fused by reciprocal rank."""
+        text_job = self._pool().submit(self._fts, tbl, text, sql, depth, 0)
+        vec_ranked = self._vector(tbl, self.embedder.embed([text])[0] if vec is None else vec, sql, depth, 0)
+        text_ranked = text_job.result()
+        rowid = {cid: rid for cid, rid, _ in vec_ranked + text_ranked}
+        fused = Q.rrf([[cid for cid, _, _ in text_ranked], [cid for cid, _, _ in vec_ranked]])
+        return [(cid, rowid[cid], score) for cid, score in fused]
+
+    def _tiered(self, tbl, u: Understanding, sql: Optional[str], need: int,
+                depth: int) -> list[tuple[str, int, float]]:
+        """The clips matching all k facet groups of `u`, then those matching k-1, then the rest by
+        how many they match, each tier ranked by `_fused` (on the expanded query) under the hard
+        filter `sql`; a tier is searched only while fewer than `need` clips are ranked. Score:
+        groups matched + the RRF score (< 1)."""
+        text = u.text
+        vec = self.embedder.embed([text])[0]
+        groups = u.groups
+        conds = ["(" + " OR ".join(Q.facet_sql(f.name, f.letters) for f in g) + ")" for g in groups]
+        k = len(conds)
+        tiers: list[tuple[str, Optional[int]]] = [(Q.all_of(conds), k)]
+        if k >= 2:
+            tiers.append((Q.exactly_all_but_one(conds), k - 1))
+            tiers.append((f"NOT ({Q.at_least_all_but_one(conds)})", None if k >= 3 else 0))
+        else:
+            tiers.append((f"NOT {conds[0]}", 0))
+        out: list[tuple[str, int, float]] = []
+        for tier_sql, matched in tiers:
+            if len(out) >= need:
+                break
+            got = self._fused(tbl, text, Q.combine(sql, tier_sql), depth, vec)
+            if matched is None:  # the rest: how many groups each candidate matches, from its letters
+                cols = sorted({Q.letter_column(f.name) for f in u.facets})
+                rows = {r["clip_id"]: r for r in tbl.take_row_ids([rid for _, rid, _ in got])
+                        .select(["clip_id", *cols]).to_arrow().to_pylist()} if got else {}
+                n = {cid: sum(any(rows[cid].get(Q.letter_column(f.name)) in f.letters for f in g) for g in groups)
+                     for cid, _, _ in got}
+                got = sorted(got, key=lambda x: -n[x[0]])  # stable: RRF order within a count
+                out += [(cid, rid, n[cid] + score) for cid, rid, score in got]
+            else:
+                out += [(cid, rid, matched + score) for cid, rid, score in got]
+        return out
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -227,8 +300,8 @@ class ScenarioDB:
             b = b.where(sql, prefilter=True)
         return self._ranked(b.to_arrow(), "_score", float)
 
-    def _vector(self, tbl, query: str, sql: Optional[str], limit: int, offset: int) -> list[tuple[str, int, float]]:
-        """(clip_id, row id, cosine similarity), best first. With a vector index, the search
+    def _vector(self, tbl, vec, sql: Optional[str], limit: int, offset: int) -> list[tuple[str, int, float]]:
+        """(clip_id, row id, cosine similarity) for the query vector `vec`, best first. With a vector index, the search
         visits the VECTOR_NPROBES partitions nearest the query; with a filter too, it goes on
         through further partitions until the page is full or none is left (LanceDB's
         maximum_nprobes=0), since the nearest partitions may hold few rows the filter keeps (a
@@ -236,7 +309,6 @@ class ScenarioDB:
         rows: 47-65 ms with a filter, where a first pass of 40 partitions and a second one when it
         fell short took 27 ms for most queries but 80-90 ms for those; LanceDB's exact search with
         a filter read every vector (0.3-0.9 s)."""
-        vec = self.embedder.embed([query])[0]
         b = (tbl.search(vec, query_type="vector", vector_column_name="vector").distance_type("dot")
              .with_row_id(True).select(["clip_id", "_distance"]).limit(limit).offset(offset))
         if self.meta.get("vector_index"):
@@ -253,7 +325,8 @@ class ScenarioDB:
         cols = [c for c in BASE_COLUMNS if c not in ("vector", "text")]
         return cols + [Q.letter_column(a["name"]) for a in self.meta.get("attributes", [])]
 
-    def _hit(self, r: dict[str, Any], rank: int, score: Optional[float], conditions: list[Q.Condition]) -> Hit:
+    def _hit(self, r: dict[str, Any], rank: int, score: Optional[float], conditions: list[Q.Condition],
+             facets: Sequence[Facet] = ()) -> Hit:
         attrs = {}
         for a in self.meta.get("attributes", []):
             letter = r.get(Q.letter_column(a["name"]))
@@ -267,6 +340,8 @@ class ScenarioDB:
             preview=r.get("preview"), clip={k: r.get(k) for k in CLIP_COLUMNS if r.get(k) is not None},
             labeller={k: r.get(k) for k in LABELLER_COLUMNS}, labelled_at=r["labelled_at"],
             caption_json=extra.get("caption_json"),
+            facets={f.name: attrs[f.name]["answer"] for f in facets
+                    if attrs.get(f.name, {}).get("letter") in f.letters},
         )
 
     # ---- ingest -----------------------------------------------------------------------------
@@ -281,15 +356,18 @@ class ScenarioDB:
         return ingest(self, paths, progress=progress, force=force)
 
 
-def open_db(path: str | Path, *, embedder: str | Embedder | None = None, create: bool = False) -> ScenarioDB:
+def open_db(path: str | Path, *, embedder: str | Embedder | None = None, create: bool = False,
+            aliases: Sequence[str | Path] = ()) -> ScenarioDB:
     """Open the scenario database at `path` (with `create`, make it when absent). `embedder`: a
     spec for `load_embedder` or an Embedder; by default the one the database was built with
-    (a new database: wordllama). Another embedder than the database's raises EmbedderError."""
+    (a new database: wordllama). Another embedder than the database's raises EmbedderError.
+    `aliases`: vocabulary files for query understanding, besides the packaged one, the
+    database's aliases.json and AVCAP_SEARCH_ALIASES's (read at the first search)."""
     path = Path(path)
     meta_path = path / META_FILE
     emb = load_embedder(embedder) if isinstance(embedder, str) else embedder
     if meta_path.exists():
-        db = ScenarioDB(path, read_meta(meta_path), emb)
+        db = ScenarioDB(path, read_meta(meta_path), emb, aliases)
         if emb is not None:
             db._check_embedder(emb)
         return db
@@ -303,4 +381,4 @@ def open_db(path: str | Path, *, embedder: str | Embedder | None = None, create:
     emb = emb or load_embedder(None)
     meta = new_meta(emb.spec())
     write_json_atomic(meta_path, meta)
-    return ScenarioDB(path, meta, emb)
+    return ScenarioDB(path, meta, emb, aliases)

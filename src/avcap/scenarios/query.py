@@ -17,7 +17,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from avcap.scenarios.record import AttributeQuestion
 
-MODES = ("hybrid", "text", "vector")
+MODES = ("hybrid", "hybrid-plain", "text", "vector")  # hybrid: with query understanding (understand.py)
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009; LanceDB's RRFReranker uses 60 too)
 
 
@@ -121,6 +121,28 @@ def where_sql(conditions: Iterable[Condition]) -> Optional[str]:
         values = ", ".join(sql_string(x) for x in c.letters)
         parts.append(f"{sql_ident(letter_column(c.name))} {'NOT IN' if c.negate else 'IN'} ({values})")
     return " AND ".join(parts) or None
+
+
+def facet_sql(name: str, letters: Sequence[str]) -> str:
+    """A facet as a two-valued condition: false, not unknown, for a clip without an answer, so
+    that NOT of it keeps that clip."""
+    col = sql_ident(letter_column(name))
+    return f"({col} IS NOT NULL AND {col} IN ({', '.join(sql_string(x) for x in letters)}))"
+
+
+def all_of(conds: Sequence[str]) -> str:
+    return "(" + " AND ".join(conds) + ")"
+
+
+def at_least_all_but_one(conds: Sequence[str]) -> str:
+    """All of `conds` but possibly one (k >= 2)."""
+    return "(" + " OR ".join(all_of([c for j, c in enumerate(conds) if j != i]) for i in range(len(conds))) + ")"
+
+
+def exactly_all_but_one(conds: Sequence[str]) -> str:
+    """All of `conds` but exactly one (k >= 2)."""
+    return "(" + " OR ".join(all_of([f"NOT {c}" if j == i else c for j, c in enumerate(conds)])
+                             for i in range(len(conds))) + ")"
 
 
 def check_filter(sql: Optional[str]) -> Optional[str]:

@@ -117,7 +117,7 @@ def search_page(request: Request) -> Response:
                "thumb_url": media_url("thumb", h.clip_id) if h.thumbnail else None,
                "width": h.clip.get("width"), "height": h.clip.get("height"),
                "snippet": snippet(h.caption or "", q, SNIPPET),
-               "matched": [f"{k}: {v}" for k, v in h.matched.items() if v]} for h in hits],
+               "matched": [f"{k}: {v}" for k, v in {**h.matched, **h.facets}.items() if v]} for h in hits],
     )
     return render(request, "search.jinja", **context)
 
