@@ -80,7 +80,10 @@ SUMMARY_FILE = "label_summary.json"
 SCRATCH_DIR = ".label_ray"  # per run: the tries of clips whose worker died (removed when the run ends)
 PARTITION_CLIPS = 512  # a partition is written every this many records ...
 FLUSH_S = 5.0  # ... or this many seconds after its first record, whichever comes first
-BATCH_CLIPS = 16  # clips per actor call (--batch-clips)
+# clips per actor call (--batch-clips), by default 4 engine batches and at least 16: the engine
+# decodes ahead within a call only, so each call's first batch waits for its videos; bigger calls
+# lose less to that, smaller ones spread better over the actors and lose less to a worker's death
+BATCH_CLIPS, BATCHES_PER_CALL = 16, 4
 _DIED = "the labelling worker died while labelling it (killed, crashed or out of memory; see the Ray worker logs)"
 
 
@@ -323,12 +326,16 @@ class PartitionWriter:
 
 
 class Progress:
-    """Clips done / failed / per second, ETA and each actor's rate, as a line every `every` seconds."""
+    """Clips done / failed / per second, ETA and each actor's rate, as a line every `every` seconds.
+    The rate is the actors' own (clips over the seconds they spent labelling them, summed over
+    the actors), so Ray's and the actors' start do not count in it."""
 
-    def __init__(self, total: int, log, every: float, enabled: bool):
+    def __init__(self, total: int, log, every: float, enabled: bool, t0: float):
         self.total, self.log, self.every, self.enabled = total, log, every, enabled
         self.done = self.failed = 0
-        self.t0 = self.last = time.monotonic()
+        self.t0, self.last = t0, time.monotonic()
+        self.first: Optional[tuple[float, int]] = None  # (when the first batch came back, its clips)
+        self.latest = t0
         self.actors: dict[str, dict[str, Any]] = {}
 
     def add(self, actor: str, node: str, seconds: float, error: bool) -> None:
@@ -338,9 +345,21 @@ class Progress:
         a["clips"] += 1
         a["busy_s"] += seconds
 
+    def batch_done(self) -> None:
+        self.latest = time.monotonic()
+        if self.first is None:
+            self.first = (self.latest, self.done)
+
     def rate(self) -> float:
-        dt = time.monotonic() - self.t0
-        return self.done / dt if dt > 0 else 0.0
+        return sum(a["clips"] / a["busy_s"] for a in self.actors.values() if a["busy_s"] > 0)
+
+    def timings(self) -> dict[str, Any]:
+        """startup_s: from the job's start to the first results back (Ray, the actors' engines, a
+        batch); steady_clips_per_s: the actors' rate; clips_per_s: over the whole job."""
+        whole = self.latest - self.t0
+        return {"startup_s": round(self.first[0] - self.t0, 3) if self.first else None,
+                "steady_clips_per_s": round(self.rate(), 4) if self.actors else None,
+                "clips_per_s": round(self.done / whole, 4) if whole > 0 else None}
 
     def tick(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -418,7 +437,7 @@ def label_on_ray(
     for flag, value in (("--limit", limit), ("--actors", actors), ("--batch-clips", batch_clips), ("--max-tries", max_tries)):
         if value is not None and value < 1:
             raise InferError(f"{flag} must be >= 1 (got {value})")
-    batch_clips = batch_clips or BATCH_CLIPS
+    batch_clips = batch_clips or max(BATCH_CLIPS, BATCHES_PER_CALL * ecfg.batch_size)
     try:
         ck = resolve_checkpoint(checkpoint, cfg)
     except CheckpointError as exc:
@@ -498,6 +517,7 @@ def _run(cfg: RecipeConfig, dataset: str, out: Path, qset: QuestionSet, ck, who:
         raise InferError("--runner ray needs Ray: pip install 'avcap[ray]'") from None
     import shutil
 
+    t_job = time.monotonic()
     ecfg = cfg.avcap.engine
     started = not ray.is_initialized()
     if started:
@@ -533,12 +553,13 @@ def _run(cfg: RecipeConfig, dataset: str, out: Path, qset: QuestionSet, ck, who:
         log(f"  ray {ray.__version__}: {nodes} node(s), {cpus} CPU(s), {gpus} GPU(s); {n} actor(s) "
             f"({'1 GPU' if on_gpu else f'{cpus_each} CPU(s)'} each), {batch_clips} clips per call")
         tty = sys.stderr.isatty()
-        prog = Progress(len(pending), log, progress_every or (2.0 if tty else 30.0), progress)
+        prog = Progress(len(pending), log, progress_every or (2.0 if tty else 30.0), progress, t_job)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for rec, err, actor, node, sec in zip(batch["record"], batch["error"], batch["actor"], batch["node"],
                                                   batch["seconds"]):
                 writer.add(str(rec))
                 prog.add(str(actor), str(node), float(sec), bool(err))
+            prog.batch_done()
             if writer.due():
                 writer.flush()
             prog.tick()
@@ -547,7 +568,7 @@ def _run(cfg: RecipeConfig, dataset: str, out: Path, qset: QuestionSet, ck, who:
         return {"address": ray.get_runtime_context().gcs_address, "nodes": nodes, "actors": n,
                 "batch_clips": batch_clips, "gpus_per_actor": 1 if on_gpu else 0, "cpus_per_actor": cpus_each,
                 "ray_version": ray.__version__, "run_id": run_id, "partitions_written": len(writer.written),
-                "clips_per_s": round(prog.rate(), 4), "per_actor": prog.per_actor()}
+                **prog.timings(), "per_actor": prog.per_actor()}
     except Exception as exc:
         if isinstance(exc, InferError):
             raise

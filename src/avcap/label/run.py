@@ -177,7 +177,7 @@ def main(
     runner: str = typer.Option("single", "--runner", help="single (this process) | ray (Ray Data: pip install 'avcap[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--runner ray: a Ray cluster (default RAY_ADDRESS, else a local Ray)."),
     actors: Optional[int] = typer.Option(None, "--actors", help="--runner ray: engines, one per actor (default: the cluster's GPUs, else 1-2 CPU actors)."),
-    batch_clips: Optional[int] = typer.Option(None, "--batch-clips", help="--runner ray: clips per actor call (default 16)."),
+    batch_clips: Optional[int] = typer.Option(None, "--batch-clips", help="--runner ray: clips per actor call (default: 4 engine batches, at least 16)."),
     max_tries: int = typer.Option(3, "--max-tries", help="--runner ray: tries of a clip whose worker dies or fails before it is an error record."),
 ) -> None:
     """Caption and attribute answers for every clip, as scenario records (resumable)."""
