@@ -268,7 +268,12 @@ class ScenarioDB:
         for tier_sql, matched in tiers:
             if len(out) >= need:
                 break
-            got = self._fused(tbl, text, Q.combine(sql, tier_sql), depth, vec)
+            where = Q.combine(sql, tier_sql)
+            # an empty tier is skipped: a filtered vector query that finds no row visits every
+            # partition (0.1-0.5 s at 1.1M rows), where this look stops at the first row it finds
+            if not tbl.search().where(where).select(["clip_id"]).limit(1).to_arrow().num_rows:
+                continue
+            got = self._fused(tbl, text, where, depth, vec)
             if matched is None:  # the rest: how many groups each candidate matches, from its letters
                 cols = sorted({Q.letter_column(f.name) for f in u.facets})
                 rows = {r["clip_id"]: r for r in tbl.take_row_ids([rid for _, rid, _ in got])
