@@ -117,7 +117,7 @@ class LabelWorker:
     """One engine for the actor's life; each call labels a batch of clips into scenario records."""
 
     def __init__(self, job: Job):
-        import ray  # inside the actor, where Ray runs it: the node the actor landed on
+        import ray  # an optional extra (avcap[ray]): this module imports without it
 
         from avcap.engines import make_engine
 
