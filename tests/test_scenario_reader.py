@@ -147,7 +147,8 @@ def test_sentence_by_sentence_embedding_is_the_plain_one():
     e = load_embedder("wordllama")
     rng = np.random.default_rng(0)
     sentences = ["The road is dry.", "A cyclist waits at the light.", "It rains.", "Night falls;  two spaces here.",
-                 "Tabs\tand\nnewlines.", "ünïcödé 😀 signs.", "No full stop at the end", "Mr. Smith crosses."]
+                 "Tabs\tand\nnewlines.", "ünïcödé 😀 signs.", "No full stop at the end", "Mr. Smith crosses.",
+                 "A \u2581marked word.", "Trailing  double.  Space."]
     texts = [" ".join(rng.choice(sentences, rng.integers(1, 6))) for _ in range(600)]
     texts += ["", "Ends with a space. ", " Leading space.", "Sep\x1earator. x", "a. . b", "x"] * 5
     batch = e.embed(texts)  # >= BY_SENTENCE_MIN texts: sentence by sentence

@@ -280,6 +280,7 @@ def test_caption_snippet_shows_the_matching_sentence():
 
 def test_vector_index_and_selective_filters(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest_module, "VECTOR_INDEX_MIN_ROWS", 300)  # an IVF index on a small table
+    monkeypatch.setattr(ingest_module, "VECTOR_PARTITION_ROWS", 20)  # of 20 partitions
     recs = [rec(f"v{i:03d}", f"Clip {i}: a {'red' if i % 2 else 'blue'} car drives along a road number {i}.",
                 weather="ABCD"[i % 4], lighting="ABCD"[(i // 4) % 4]) for i in range(400)]
     recs.append(rec("rare", "A horse-drawn carriage blocks the lane.", weather="D", lighting="D", pedestrian_crossing="B"))

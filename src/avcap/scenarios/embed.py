@@ -63,6 +63,7 @@ class WordLlamaEmbedder(Embedder):
     BLOCK = 1024  # texts per count matrix
     BY_SENTENCE_MIN = 256  # texts at a time from which `embed` goes sentence by sentence
     SENTENCE_CACHE = 65_536  # sentences whose sums are kept between calls (64 MB at 256 dimensions)
+    WORD_CACHE = 65_536  # likewise words
 
     def __init__(self, dim: int = _WORDLLAMA_DIM):
         # wordllama imported here: only ingest and search need it, not `avcap --help`
@@ -86,6 +87,8 @@ class WordLlamaEmbedder(Embedder):
         self._sentence_index: dict[str, int] = {}
         self._sentence_lock = threading.Lock()
         self._sentence_sums = np.zeros((0, dim), dtype=np.float32)
+        self._word_index: dict[str, int] = {}
+        self._word_sums = np.zeros((0, dim), dtype=np.float32)
         self.dim = dim
         self.name = "wordllama:l2_supercat" if dim == _WORDLLAMA_DIM else f"wordllama:l2_supercat@{dim}"
 
@@ -163,6 +166,40 @@ class WordLlamaEmbedder(Embedder):
             out[~odd] = _sum_rows(self._sentence_sums, rows[enc.indices.to_numpy(zero_copy_only=False)], counts)
         return out
 
+    def _sums_by_word(self, texts: list[str]) -> np.ndarray:
+        """`_sums` of texts made of words and single spaces, word by word: each word is one piece
+        ("▁word"), so a text's sum is its words' sums, and each distinct word is tokenized once
+        (cached). A text with two spaces in a row, a leading or trailing space or a "▁" goes
+        through `_sums`."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arr = pa.array(texts, pa.string())
+        odd = pc.or_(pc.or_(pc.match_substring(arr, "  "), pc.match_substring(arr, "\u2581")),
+                     pc.or_(pc.starts_with(arr, " "), pc.ends_with(arr, " ")))
+        odd = pc.or_(odd, pc.equal(arr, "")).to_numpy(zero_copy_only=False)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if odd.any():
+            out[odd] = self._sums([t for t, o in zip(texts, odd) if o])
+            arr = arr.filter(pa.array(~odd))
+        if len(arr):
+            words = pc.split_pattern(arr, " ")
+            enc = pc.list_flatten(words).dictionary_encode()
+            index = self._word_index
+            vocab = enc.dictionary.to_pylist()
+            if len(index) + len(vocab) > self.WORD_CACHE:
+                index.clear()
+                self._word_sums = np.zeros((0, self.dim), dtype=np.float32)
+            missing = [w for w in vocab if w not in index]
+            if missing:
+                first = len(self._word_sums)
+                self._word_sums = np.concatenate([self._word_sums, self._sums(missing)])
+                index.update(zip(missing, range(first, first + len(missing))))
+            rows = np.fromiter((index[w] for w in vocab), np.int64, len(vocab))
+            out[~odd] = _sum_rows(self._word_sums, rows[enc.indices.to_numpy(zero_copy_only=False)],
+                                  pc.list_value_length(words).to_numpy(zero_copy_only=False))
+        return out
+
     def _sentence_rows(self, sentences: list[str]) -> np.ndarray:
         """The rows of `_sentence_sums` holding these sentences' sums (computed when missing)."""
         index = self._sentence_index
@@ -172,7 +209,7 @@ class WordLlamaEmbedder(Embedder):
         missing = [s for s in sentences if s not in index]
         if missing:
             first = len(self._sentence_sums)
-            self._sentence_sums = np.concatenate([self._sentence_sums, self._sums(missing)])
+            self._sentence_sums = np.concatenate([self._sentence_sums, self._sums_by_word(missing)])
             index.update(zip(missing, range(first, first + len(missing))))
         return np.fromiter((index[s] for s in sentences), np.int64, len(sentences))
 
