@@ -11,9 +11,13 @@ benchmarks/RESULTS.md.
    `--records` records from `--scenes` distinct synthetic scenes (caption variants give the rest,
    each with its own clip id). Generation is not part of the ingest time.
 2. Ingest: a new database, `ScenarioDB.ingest([data])`, timed end to end (parsing and validating
-   every line, embedding, table writes, index builds). The split: embedding (the embedder wrapped
-   in a timer), index builds (the ingest report's `index_seconds`), and the rest (parsing,
-   de-duplication, Arrow conversion, table writes); parsing alone is also timed on one partition.
+   every line, embedding, table writes, index builds). The split: reading + embedding + writing
+   (everything before the index builds; parsing runs in a thread beside the embedding and the
+   writes run in another, so their times overlap), index builds (the ingest report's
+   `index_seconds`), and within the first, the time spent in the embedder (wall, the embedder
+   wrapped in a timer). The process's CPU seconds (all threads) and the load average before and
+   after are kept, since other jobs share the cores. Parsing and checking alone (ingest's block
+   reader, reader.py) is also timed on one partition.
 3. Size on disk of the database directory.
 4. Latency after warm-up, one query at a time, p50/p95 over `--queries` queries of each kind:
    filter-only (1-2 attribute filters, no text), full-text (BM25), vector, and hybrid with 1-2
@@ -30,6 +34,7 @@ import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -43,9 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_queries import QUERIES
 from scenario_data import generate
 
+import avcap
 from avcap.scenarios.db import open_db
 from avcap.scenarios.embed import Embedder, load_embedder
-from avcap.scenarios.record import scan_scenarios, scenario_files
+from avcap.scenarios.ingest import CHUNK_BYTES
+from avcap.scenarios.reader import RecordReader
+from avcap.scenarios.record import questions_for, read_questions, scan_scenarios, scenario_files
 
 # free-text pieces the latency queries are made of (people's words and the captions' words)
 PHRASES = [
@@ -84,13 +92,20 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def parse_rate(files: list[Path]) -> dict:
-    """Records/s of parsing and validating one partition alone (what every ingest pays per line)."""
+    """Records/s of parsing and checking one partition alone, as ingest reads it (reader.py)."""
     f = files[0]
-    t = time.perf_counter()
-    n = sum(1 for r in scan_scenarios(f) if not isinstance(r, Exception))
-    s = time.perf_counter() - t
-    return {"file": str(f), "records": n, "seconds": s, "records_per_s": n / s}
+    reader = RecordReader([a.name for a in read_questions(questions_for(f)).attributes], questions_for)
+    t, c = time.perf_counter(), cpu_seconds()
+    n = sum(b.count for b in reader.blocks(f, CHUNK_BYTES))
+    s, cpu = time.perf_counter() - t, cpu_seconds() - c
+    return {"file": str(f), "records": n, "seconds": s, "cpu_seconds": cpu, "records_per_s": n / s,
+            "cpu_us_per_record": 1e6 * cpu / n}
 
 
 def percentiles(ms: list[float]) -> dict:
@@ -186,10 +201,11 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--increment", type=int, default=10000, help="records of the incremental ingest (0: none)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--commit", help="the avcap commit measured (recorded in the output)")
     a = ap.parse_args(argv)
 
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device(),
-              "versions": versions(), "data": str(a.data), "scenes": a.scenes, "records": a.records}
+              "versions": versions(), "commit": a.commit, "avcap_source": str(Path(avcap.__file__).parent), "data": str(a.data), "scenes": a.scenes, "records": a.records}
     generate(a.data, a.scenes, a.records, a.workers, quiet=False)
     files = scenario_files(a.data)
     result["data_bytes"] = sum(f.stat().st_size for f in files)
@@ -207,41 +223,54 @@ def main(argv=None) -> None:
             last[0] = s
             print(f"  {n:,} records in {s:.0f} s ({n / s:,.0f}/s; embedding {emb.seconds:.0f} s)", file=sys.stderr)
 
-    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     rep = db.ingest([a.data], progress=progress)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     ingest = {"seconds": total, "records": rep.records_read, "rows": rep.total,
-              "records_per_s": rep.records_read / total, "embedding_s": emb.seconds,
-              "index_build_s": rep.index_seconds,
-              "parse_writes_s": total - emb.seconds - rep.index_seconds,
+              "records_per_s": rep.records_read / total, "cpu_seconds": cpu,
+              "read_embed_write_s": total - rep.index_seconds, "index_build_s": rep.index_seconds,
+              "embedding_s": emb.seconds,
               "embedding_records_per_s": emb.texts / emb.seconds if emb.seconds else None,
-              "report": rep.to_json(), "vector_index": db.meta.get("vector_index")}
+              "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+              "report": rep.to_json(), "vector_index": db.meta.get("vector_index"),
+              "indices": sorted(i.index_type for i in db.table().list_indices()),
+              "fragments": db.table().stats()["fragment_stats"]["lengths"]}
     result["ingest"] = ingest
     print(f"ingest: {rep.summary()}", file=sys.stderr)
-    print(f"  {ingest['records_per_s']:,.0f} records/s; embedding {emb.seconds:.0f} s, indexes "
-          f"{rep.index_seconds:.0f} s, parse+writes {ingest['parse_writes_s']:.0f} s", file=sys.stderr)
+    print(f"  {ingest['records_per_s']:,.0f} records/s; reading+embedding+writing "
+          f"{ingest['read_embed_write_s']:.0f} s (in the embedder {emb.seconds:.0f} s), indexes "
+          f"{rep.index_seconds:.0f} s; {cpu:.0f} s of CPU; load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}",
+          file=sys.stderr)
     result["disk_bytes"] = du(a.db)
     print(f"  on disk {result['disk_bytes'] / 2**30:.2f} GiB (input JSONL {result['data_bytes'] / 2**30:.2f} GiB)",
           file=sys.stderr)
 
     result["latency"] = latency(db, a.queries, a.warmup, seed=0)
+    result["loadavg_after_latency"] = os.getloadavg()
 
     if a.increment:
         inc_dir = a.data.parent / f"{a.data.name}-inc{a.increment}"
         scenes = max(1, a.increment // 10)
         generate(inc_dir, scenes, a.increment, a.workers, seed0=9_000_000, prefix="inc", quiet=True)
         emb.seconds, emb.texts = 0.0, 0
-        t = time.perf_counter()
+        load0 = os.getloadavg()
+        t, c = time.perf_counter(), cpu_seconds()
         rep2 = db.ingest([inc_dir])
-        s = time.perf_counter() - t
+        s, cpu = time.perf_counter() - t, cpu_seconds() - c
         result["increment"] = {"records": rep2.records_read, "added": rep2.added, "seconds": s,
-                               "records_per_s": rep2.records_read / s, "embedding_s": emb.seconds,
-                               "index_update_s": rep2.index_seconds, "rows_after": rep2.total,
+                               "records_per_s": rep2.records_read / s, "cpu_seconds": cpu,
+                               "embedding_s": emb.seconds, "index_update_s": rep2.index_seconds,
+                               "rows_after": rep2.total, "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+                               "fragments": db.table().stats()["fragment_stats"]["lengths"],
+                               "unindexed_rows": {i.name: db.table().index_stats(i.name).num_unindexed_rows
+                                                  for i in db.table().list_indices()},
                                "fts": fts_sees(db, inc_dir)}
         print(f"increment: {rep2.summary()}; FTS finds {result['increment']['fts']['found_in_top10']}/20 new "
               "captions", file=sys.stderr)
         result["disk_bytes_after_increment"] = du(a.db)
         result["latency_after_increment"] = latency(db, max(50, a.queries // 4), a.warmup, seed=1)
+        result["loadavg_after_latency_after_increment"] = os.getloadavg()
 
     if a.out:
         a.out.write_text(json.dumps(result, indent=1) + "\n")
