@@ -67,6 +67,8 @@ def messy_file(d: Path) -> Path:
     unknown_attr = rec(10)
     unknown_attr["attributes"]["season"] = {"letter": "A", "answer": "Winter"}
     no_labeller = {k: v for k, v in rec(11).items() if k != "labeller"}
+    one_unanswered = rec(61)
+    del one_unanswered["attributes"]["lighting"]  # valid: Arrow's null struct is read again alone
     parts = [line(rec(i)) for i in range(5)]
     parts += [
         line(coerced), line(whole_float), line(bad_width), line(answer_raw), line(null_answer), line(unknown_attr),
@@ -75,7 +77,7 @@ def messy_file(d: Path) -> Path:
         b"{not json\n", line([1, 2]), line(rec(15, schema="avcap.scenario/2")), line(rec(16, clip_id="")),
         line(rec(17, attributes=None)), line(rec(18, caption_json={"safety_analysis": "ok", "n": [1, 2]})),
         line(rec(19, error="unreadable video", caption=None, attributes={})), line(rec(20, extra_field=1)),
-        b'{"clip_id": "\xff\xfe"}\n', line(rec(21, caption="")), line(rec(22, thumbnail=3)),
+        b'{"clip_id": "\xff\xfe"}\n', line(rec(21, caption="")), line(rec(22, thumbnail=3)), line(one_unanswered),
     ]
     parts += [line(rec(i)) for i in range(23, 60)]
     parts.append(json.dumps(rec(60)).encode())  # torn: no newline
@@ -119,6 +121,7 @@ def test_block_reader_agrees_with_the_line_reader(tmp_path, block_bytes):
     by_id = {r["clip_id"]: r for r in want_rows}
     assert by_id["c5"]["clip"]["width"] == 640 and by_id["c18"]["caption_json"] is not None
     assert "c7" not in by_id and "c9" not in by_id and "c13" not in by_id and "c60" not in by_id
+    assert by_id["c61"]["attributes"]["lighting"] is None and by_id["c61"]["attributes"]["weather"]["letter"] == "B"
 
 
 def test_ingest_of_a_messy_file_is_the_same_in_any_chunking(tmp_path, monkeypatch):
