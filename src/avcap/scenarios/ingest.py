@@ -11,14 +11,14 @@ Arrow's JSON reader, the line checks only for what it refuses) while the ingesti
 de-duplicates, embeds (sentence by sentence: embed.py) and builds the rows of this one, column
 by column in Arrow; a writer thread streams the rows into one LanceDB write per COMMIT_ROWS
 (Lance releases the GIL). COMMIT_ROWS is the fragment size that `optimize`'s compaction aims at,
-so the fragments a big ingest leaves are never rewritten later (with 1,000,000-row fragments the
-next ingest's `optimize` rewrote all 1.1M rows: 29 s for 10k new ones; now 4 s). A re-labelled
-clip is replaced with `merge_insert` once the rows before it are committed. Then every index is
-brought up to date (`update_indexes`).
+so the fragments a big ingest leaves are not rewritten later (a smaller fragment stays a
+compaction candidate: with 1,000,000-row fragments the `optimize` after 10k new rows onto 1.1M
+took 25-31 s; now 4-5 s). A re-labelled clip is replaced with `merge_insert` once the rows
+before it are committed. Then every index is brought up to date (`update_indexes`).
 
-Measured on bench_scale's 1.1M records (2-core box, load ~1): 15,600 records/s end to end, of
-which reading + embedding + writing 35 s and the index builds 36 s (the full-text index's,
-which uses one core); 109 s of CPU in all.
+Measured on bench_scale's 1.1M records (2-core box, load 0.4-1.4): 17,962 records/s end to end,
+of which reading + embedding + writing 27 s and the index builds 34 s (the full-text index's,
+which uses one core); 92 s of CPU in all (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from avcap.scenarios.store import LOCK_FILE, TABLE, ScenarioDBError, now
 CHUNK_BYTES = 64 << 20  # bytes of record lines parsed, embedded and handed to the writer at a time (~12,000 records)
 COMMIT_ROWS = 1 << 20  # new rows per LanceDB write: one fragment of the size optimize's compaction aims at, so never rewritten
 VECTOR_INDEX_MIN_ROWS = 100_000  # below this, exact (flat) vector search is fast enough (~15 ms at 100k rows)
-VECTOR_PARTITION_ROWS = 4096  # rows per IVF partition (268 at 1.1M rows); update_indexes says why
+VECTOR_PARTITION_ROWS = 4096  # rows per IVF partition (269 at 1.1M rows); update_indexes says why
 VECTOR_SAMPLE_RATE = 64  # rows per partition that train its centroid
 MAX_PROBLEMS_PER_FILE = 5  # malformed lines printed per file; the rest are counted
 
@@ -500,7 +500,7 @@ def update_indexes(db) -> None:
     a query of IVF_SQ compared 655k vectors instead of 23k (158 ms instead of 3 ms) and IVF_PQ's
     did likewise (6 ms), while IVF_RQ's stayed fast; IVF_RQ also builds fastest. Its partitions
     hold ~VECTOR_PARTITION_ROWS rows each, trained on VECTOR_SAMPLE_RATE rows a partition:
-    measured at 1.1M rows (80 queries, 40 probes, refine factor 10, against exact search), 268
+    measured at 1.1M rows (80 queries, 40 probes, refine factor 10, against exact search), 256
     partitions trained on 64 rows each build in 8.5 s of CPU with recall@10 0.77 (0.86 with an
     attribute filter) at p50 7 ms (37 ms filtered), where sqrt(rows) = 1048 partitions trained on
     256 rows each took 32 s for recall@10 0.78 (0.87) at 5 ms (36 ms filtered): the 1-bit codes
