@@ -197,16 +197,16 @@ def test_an_actor_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled(clust
 
 
 def test_the_driver_killed_mid_run_loses_only_what_was_in_flight(cluster, world, tmp_path):
-    clips = [(f"d{k}/{p.stem}", p) for k in range(30) for p in world["good"]]  # one actor: ~10 s, a partition each 5 s
+    clips = [(f"d{k}/{p.stem}", p) for k in range(30) for p in world["good"]]  # one actor: a few seconds
     manifest = _manifest(tmp_path / "clips.jsonl", clips)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "avcap", "label", "--clips", str(manifest), "--out", str(out), "--config",
            str(world["cfg"]), "--model-name", "tiny", "--no-progress", "--runner", "ray", "--ray-address", cluster,
-           "--actors", "1", "--batch-clips", "2"]
+           "--actors", "1", "--batch-clips", "2", "--partition-clips", "4"]
     driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not any((out / "scenarios").glob("part-*.jsonl")) and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # the first partition (5 s of records) is on disk: kill the driver now
+        time.sleep(0.02)  # the first partition (4 records) is on disk: kill the driver now
     assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
     driver.send_signal(signal.SIGKILL)
     driver.wait()
@@ -223,7 +223,7 @@ def test_the_driver_killed_mid_run_loses_only_what_was_in_flight(cluster, world,
     _same_labels(recs, world["ref"], lambda r: Path(r["source"]).stem)
     assert not any((out / "scenarios").glob(".*"))  # no temp file of the killed driver is left
 
-    bad = subprocess.run(cmd[:-6] + ["--batch-clips", "0"], cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(cmd[:-8] + ["--batch-clips", "0"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --batch-clips must be >= 1 (got 0)"]
 
 

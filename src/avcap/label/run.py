@@ -179,6 +179,7 @@ def main(
     actors: Optional[int] = typer.Option(None, "--actors", help="--runner ray: engines, one per actor (default: the cluster's GPUs, else 1-2 CPU actors)."),
     batch_clips: Optional[int] = typer.Option(None, "--batch-clips", help="--runner ray: clips per actor call (default: 4 engine batches, at least 16)."),
     max_tries: int = typer.Option(3, "--max-tries", help="--runner ray: tries of a clip whose worker dies or fails before it is an error record."),
+    partition_clips: int = typer.Option(512, "--partition-clips", min=1, help="--runner ray: records per partition file (one is also written every 5 s)."),
 ) -> None:
     """Caption and attribute answers for every clip, as scenario records (resumable)."""
     try:
@@ -187,7 +188,8 @@ def main(
             raise LabelError(f"--engine: {engine!r} is not one of transformers, openai, vllm")
         if runner not in ("single", "ray"):
             raise LabelError(f"--runner: {runner!r} is not one of single, ray")
-        ray = {"address": ray_address, "actors": actors, "batch_clips": batch_clips, "max_tries": max_tries}
+        ray = {"address": ray_address, "actors": actors, "batch_clips": batch_clips, "max_tries": max_tries,
+               "partition_clips": partition_clips}
         label_clips(cfg, clips=clips, out=out, model_name=model_name, checkpoint=checkpoint, engine_name=engine,
                     limit=limit, batch_size=batch_size, retry_errors=retry_errors, progress=not no_progress,
                     runner=runner, ray=ray if runner == "ray" else None)
