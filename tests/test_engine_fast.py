@@ -82,6 +82,25 @@ def test_decode_attending_over_cache_blocks_equals_generate(engines, clips, monk
     assert len(steps) >= 3 and all(kv % 4 == 0 or kv == slots for _, slots, kv in steps)
 
 
+def test_flex_decode_attention_equals_generate(varied_model_dir, engines, clips, monkeypatch):
+    """`decode_attention = "flex"`: FlexAttention with the cache's valid slots as a score_mod gives
+    generate's greedy and seeded-sampling tokens (several KV blocks, padded rows, shared prefixes)."""
+    from avcap.engines.hf import fast_generate
+
+    monkeypatch.setattr(fast_generate, "KV_BLOCK", 4)
+    _, plain = engines
+    flex = make_engine(_cfg(batch_size=16, decode_attention="flex"), vision=VISION, model=str(varied_model_dir))
+    try:
+        assert flex.fast.decode_attention == "flex" and flex.run_record()["decode_attention"] == "flex"
+        reqs = _mixed_requests(clips)
+        greedy = Sampling(temperature=0, max_tokens=12)
+        assert _outputs(flex.generate(reqs, greedy, min_tokens=12)) == _outputs(plain.generate(reqs, greedy, min_tokens=12))
+        s = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=10, seed=5)
+        assert _outputs(flex.generate(reqs, s)) == _outputs(plain.generate(reqs, s))
+    finally:
+        flex.close()
+
+
 def test_min_tokens_and_seeded_sampling_equal_generate(engines, clips):
     fast, plain = engines
     reqs = [Request(f"c{i}", build_messages(SYSTEM, "Describe the clip.", c)) for i, c in enumerate(clips)]

@@ -322,6 +322,10 @@ class Engine(_Model):
     fast_generate: bool = True  # shared video prefixes, static KV cache, graph-captured decode
     prefill_batch: int = Field(8, ge=1)  # distinct video prefixes per prefill call (fast path)
     cuda_graphs: bool = True  # capture the fast path's decode step on CUDA
+    # a decode step's attention over the cache: "sdpa" (masked scaled_dot_product_attention, grouped
+    # query heads folded into the query length) or "flex" (FlexAttention's split-KV decoding kernel,
+    # compiled on CUDA); the same math, bf16 sums in another order
+    decode_attention: Literal["sdpa", "flex"] = "sdpa"
     decode_workers: Optional[int] = Field(None, ge=1)  # video decode workers (default: min(8, CPUs))
     decode_processes: bool = False  # decode in worker processes instead of threads
     # "nvdec": decode on the GPU (PyAV's CUDA hwaccel), colour conversion and resize there too, same

@@ -247,7 +247,7 @@ class TransformersEngine:
                 self.fast = FastGenerator(self.model, pad_token_id=gc.pad_token_id,
                                           eos_token_ids=[e for e in eos if e is not None],
                                           prefill_batch=cfg.prefill_batch, cuda_graphs=cfg.cuda_graphs,
-                                          compile=cfg.compile)
+                                          compile=cfg.compile, decode_attention=cfg.decode_attention)
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         if cfg.decoder != "cpu" and not processes and cuda:
@@ -515,6 +515,7 @@ class TransformersEngine:
             "representation": {"kind": "frames", "via": "processor", "factor": self.factor,
                                "video_kwargs": {k: v for k, v in self._video_kwargs.items() if k != "device"}},
             "fast_generate": self.fast is not None,
+            "decode_attention": self.fast.decode_attention if self.fast is not None else None,
             "paths": dict(self._paths),
             "counts": dict(self._counts),
             "fallbacks": dict(self._fallbacks),

@@ -74,6 +74,7 @@ from avcap.models.qwen3_vl.text import (
 
 __all__ = ["FastGenerator", "NotSupported", "SamplingSpec", "linear_patch_embed", "supports", "text_forward"]
 
+DECODE_ATTENTION = ("sdpa", "flex")
 SLOT_ALIGN = 256
 KV_BLOCK = 128  # a decode step attends over whole blocks of cache slots, up to its own (one graph each)
 
@@ -242,6 +243,42 @@ class StopCheck:
         return done
 
 
+# ----------------------------------------------------------------------------- decode attention
+
+_FLEX: dict[str, Any] = {}
+
+
+def flex_decode(valid):
+    """`attend(q, kc, vc, scale)` for decode steps through FlexAttention: every query head against
+    its KV head (`enable_gqa`), slots where `valid` (B, S) is false masked by a score_mod. On CUDA
+    torch.compile turns it into FlexAttention's decoding kernel, which splits each row's cache
+    across the GPU's SMs (the masked sdpa kernel gives each (row, KV head) one block that walks the
+    whole cache); elsewhere it runs eagerly (the reference math, for tests)."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def valid_only(score, b, h, q_idx, kv_idx):
+        return torch.where(valid[b, kv_idx], score, float("-inf"))
+
+    if valid.is_cuda:
+        if "compiled" not in _FLEX:
+            _FLEX["compiled"] = torch.compile(flex_attention, dynamic=False)
+        run = _FLEX["compiled"]
+    else:
+        run = flex_attention
+
+    def attend(q, kc, vc, scale):
+        if valid.is_cuda:
+            return run(q, kc, vc, score_mod=valid_only, scale=scale, enable_gqa=True)
+        import warnings
+
+        with warnings.catch_warnings():  # "flex attention running in eager mode": intended off CUDA
+            warnings.simplefilter("ignore")
+            return run(q, kc, vc, score_mod=valid_only, scale=scale, enable_gqa=True)
+
+    return attend
+
+
 # ----------------------------------------------------------------------------- batch layout
 
 
@@ -325,7 +362,7 @@ class FastGenerator:
     """See the module docstring. One instance per engine; not thread-safe."""
 
     def __init__(self, model, *, pad_token_id: int, eos_token_ids: Sequence[int], prefill_batch: int = 8,
-                 cuda_graphs: bool = True, compile: bool = False):
+                 cuda_graphs: bool = True, compile: bool = False, decode_attention: str = "sdpa"):
         if not supports(model):
             raise NotSupported(f"{type(model).__name__}: not a Qwen3-VL model")
         self.model = model
@@ -340,6 +377,9 @@ class FastGenerator:
         self.eos = [int(e) for e in eos_token_ids]
         self.prefill_batch = max(1, int(prefill_batch))
         self.cuda_graphs = bool(cuda_graphs)
+        if decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode_attention = {decode_attention!r}: one of {', '.join(DECODE_ATTENTION)}")
+        self.decode_attention = decode_attention
         base_params = inspect.signature(model.model.forward).parameters
         self._cache_kw = "cache" if "cache" in base_params else "past_key_values"
         # transformers 5 numbers mRoPE positions by mm_token_type_ids; 4.57 finds the vision tokens itself
@@ -622,12 +662,13 @@ class FastGenerator:
             pos = torch.zeros(b, dtype=torch.long, device=device)
             slot = torch.zeros(1, dtype=torch.long, device=device)
         kv, vv, mask = kc[..., :kv_len, :], vc[..., :kv_len, :], valid[:, None, None, :kv_len]
+        attend = flex_decode(valid) if self.decode_attention == "flex" else None
 
         def eager():
             valid.index_fill_(1, slot, True)
             h = model.model.language_model.embed_tokens(tok)[:, None, :]
             cos, sin = rotary(model, h, pos.view(1, b, 1).expand(3, b, 1))
-            h = text_forward(model, h, cos, sin, kv, vv, slot, mask, self.pieces)
+            h = text_forward(model, h, cos, sin, kv, vv, slot, mask, self.pieces, attend)
             return model.lm_head(h[:, -1]).float()
 
         entry: dict[str, Any] = {"shape": (b, s_len), "kv_len": kv_len, "tok": tok, "pos": pos, "slot": slot,

@@ -88,22 +88,26 @@ def attention_output_and_mlp(layer, hidden, o):
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
-def text_forward(model, hidden, cos, sin, kc, vc, slots, mask, pieces=(attention_inputs, attention_output_and_mlp)):
+def text_forward(model, hidden, cos, sin, kc, vc, slots, mask, pieces=(attention_inputs, attention_output_and_mlp),
+                 attend=None):
     """Qwen3-VL's text decoder over the static cache: `hidden` (B, L, H) at cache `slots` (L,),
     attending where `mask` (B, 1, L, S) is true. Writes the new keys/values into kc/vc
     (layers, B, kv_heads, S, D) and returns the final-normed hidden states (B, L, H).
     `pieces`: the two halves of a layer around the cache write and attention (torch.compile'd
-    ones with `[avcap.engine] compile`; the cache write stays outside: in place, no copies)."""
+    ones with `[avcap.engine] compile`; the cache write stays outside: in place, no copies).
+    `attend(q, kc, vc, scale)`: the attention to use instead of `mask`ed sdpa (a decode step's)."""
     lm = model.model.language_model
     m = None
     for i, layer in enumerate(lm.layers):
-        hidden, m = layer_forward(layer, hidden, cos, sin, kc[i], vc[i], slots, mask, m, pieces)
+        hidden, m = layer_forward(layer, hidden, cos, sin, kc[i], vc[i], slots, mask, m, pieces, attend)
     return lm.norm(hidden)
 
 
-def layer_forward(layer, hidden, cos, sin, kc, vc, slots, mask, folded=None, pieces=(attention_inputs, attention_output_and_mlp)):
+def layer_forward(layer, hidden, cos, sin, kc, vc, slots, mask, folded=None,
+                  pieces=(attention_inputs, attention_output_and_mlp), attend=None):
     """One decoder layer of `text_forward` over its cache kc/vc (B, kv_heads, S, D); returns the
-    hidden states and the mask folded for grouped-query attention (reused by the next layer)."""
+    hidden states and the mask folded for grouped-query attention (reused by the next layer).
+    `attend(q, kc, vc, scale)` -> (B, heads, L, D), when given, replaces the masked sdpa."""
     import torch.nn.functional as F
 
     pre, post = pieces
@@ -111,6 +115,8 @@ def layer_forward(layer, hidden, cos, sin, kc, vc, slots, mask, folded=None, pie
     q, k, v = pre(layer, hidden, cos, sin)
     kc.index_copy_(2, slots, k)
     vc.index_copy_(2, slots, v)
+    if attend is not None:
+        return post(layer, hidden, attend(q, kc, vc, layer.self_attn.scaling)), folded
     heads, kv_heads, d = q.shape[1], k.shape[1], q.shape[3]
     g = heads // kv_heads
     if folded is None:  # query heads h = kv * g + j share KV head kv: fold j into the query length
