@@ -189,6 +189,10 @@ class Train(_Model):
     optm_min_lr_factor: float = Field(0.0, ge=0, le=1)
     optm_grad_norm_clip: float = Field(1.0, ge=0)
     param_dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    # cosmos-rl's key: the dtype the optimizer keeps the weights in. "float32" (cosmos-rl's default) or
+    # "bfloat16" (avcap: AdamW with stochastic rounding, avcap.train.optim); avcap's default "auto" is
+    # float32 wherever its memory estimate fits the GPU, bfloat16 (with a warning) where it does not
+    master_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     seed: int = 42
     train_policy: TrainPolicy = Field(default_factory=TrainPolicy)
     ckpt: Ckpt = Field(default_factory=Ckpt)
@@ -200,6 +204,9 @@ class Train(_Model):
                 f"train_batch_per_replica ({self.train_batch_per_replica}) must be a multiple of "
                 f"train_policy.mini_batch ({self.train_policy.mini_batch})"
             )
+        if self.master_dtype == "bfloat16" and self.param_dtype != "bfloat16":
+            raise ValueError(f"master_dtype = \"bfloat16\" computes in bfloat16: param_dtype must be \"bfloat16\", "
+                             f"not {self.param_dtype!r}")
         w = self.optm_warmup_steps
         if isinstance(w, float) and w > 1 and not w.is_integer():
             raise ValueError(

@@ -6,8 +6,8 @@ and `from_pretrained` load directly, plus the training state needed to resume ex
   blend plan's fingerprint, the file names below;
 - `avcap_optimizer.pt` — full (unsharded) AdamW state, LR-scheduler state, every rank's torch RNG state.
 
-Weights are saved in fp32 (the master weights), so a resumed run continues bit-for-bit from the
-same numbers. A checkpoint is written to `step_<N>.tmp/` and renamed when complete; a directory
+Weights are saved in the master weights' dtype (fp32, or bf16 with `[train] master_dtype =
+"bfloat16"`), so a resumed run continues bit-for-bit from the same numbers. A checkpoint is written to `step_<N>.tmp/` and renamed when complete; a directory
 without `avcap_train_state.json` is never resumed from.
 """
 
@@ -59,8 +59,9 @@ def read_state(ckpt: str | Path) -> dict[str, Any]:
 
 
 def save(model, optimizer, scheduler, processor, *, output_dir: str | Path, step: int, state: dict[str, Any],
-         rank: int, world_size: int, max_keep: Optional[int] = None) -> Path:
-    """Collective under torch.distributed (every rank calls it); rank 0 writes."""
+         rank: int, world_size: int, max_keep: Optional[int] = None, weights_dtype: str = "float32") -> Path:
+    """Collective under torch.distributed (every rank calls it); rank 0 writes. Floating-point
+    weights are written in `weights_dtype` (the master weights' dtype)."""
     import torch
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -79,7 +80,8 @@ def save(model, optimizer, scheduler, processor, *, output_dir: str | Path, step
         if tmp.exists():
             shutil.rmtree(tmp)
         tied = _tied_duplicates(model)  # gathered copies of tied weights are distinct tensors
-        model_sd = {k: v.float() if v.is_floating_point() else v for k, v in model_sd.items() if k not in tied}
+        dtype = getattr(torch, weights_dtype)
+        model_sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model_sd.items() if k not in tied}
         try:
             model.save_pretrained(tmp, state_dict=model_sd)
             processor.save_pretrained(tmp)

@@ -15,6 +15,12 @@ meta.json entry without one, an unreadable video or one [custom.vision] cannot r
 with one warning naming file and field, and counted by reason (avcap.train.data.SKIP_REASONS) in
 `train_log.jsonl` and the checkpoint state.
 
+Master weights (`[train] master_dtype`, avcap.train.optim): fp32 with torch's AdamW, or bf16 with an
+AdamW that rounds stochastically (8 instead of 16 bytes a parameter); "auto" takes fp32 wherever
+avcap.models.qwen3_vl.cost.sft_memory's estimate fits the GPU and says so in one line, bf16 with a
+warning where it does not; the choice is in every train_log.jsonl record and the checkpoint state,
+and a resume that would change it is refused.
+
 Runs: CPU (fp32) or GPU (bf16 autocast; FSDP2 mixed precision with `train.param_dtype`). Several
 processes via `torchrun --nproc-per-node N -m avcap.train --config FILE` (or `avcap train`
 under torchrun): PyTorch FSDP2 (`fully_shard`) over `dp_shard_size` ranks (-1: all), NCCL on
@@ -145,11 +151,12 @@ def _model_source(cfg: RecipeConfig) -> str:
     return str(local) if local.exists() else name
 
 
-def load_model(src: str, cfg: RecipeConfig, d: Dist, *, init_random: bool = False):
-    """The model to train, sharded with FSDP2 over several ranks. `init_random`: only `src`'s
-    config.json is read; the model is built on the meta device, sharded, then materialised on this
-    rank's device and given transformers' initial weights (each rank initialises only its shards),
-    so a real-size architecture needs no weights file and no full copy on any rank."""
+def load_model(src: str, cfg: RecipeConfig, d: Dist, *, init_random: bool = False, dtype: str = "float32"):
+    """The model to train, its weights in `dtype` (the master weights' dtype), sharded with FSDP2
+    over several ranks. `init_random`: only `src`'s config.json is read; the model is built on the
+    meta device, sharded, then materialised on this rank's device and given transformers' initial
+    weights (each rank initialises only its shards), so a real-size architecture needs no weights
+    file and no full copy on any rank."""
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -157,9 +164,9 @@ def load_model(src: str, cfg: RecipeConfig, d: Dist, *, init_random: bool = Fals
         from transformers import AutoConfig
 
         with torch.device("meta"):
-            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(src), dtype=torch.float32)
+            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(src), dtype=getattr(torch, dtype))
     else:
-        model = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(src, dtype=getattr(torch, dtype))
     model.config.use_cache = False
     if cfg.policy.model_gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
@@ -345,6 +352,24 @@ def _resume_point(cfg: RecipeConfig, out: Path) -> Optional[Path]:
     return p
 
 
+def master_weights(cfg: RecipeConfig, model_src: str, d: Dist):
+    """`[train] master_dtype` resolved (avcap.train.optim.choose_master_dtype): for "auto" on a GPU,
+    sft_memory's worst-case estimate for this config, model and shard count against the GPU's memory."""
+    import torch
+
+    from avcap.train.optim import choose_master_dtype, sft_estimates
+
+    t = cfg.train
+    estimates = capacity = None
+    if t.master_dtype == "auto" and d.device.type == "cuda":
+        from transformers import AutoConfig
+
+        capacity = torch.cuda.get_device_properties(d.device).total_memory
+        shards = d.world_size // cfg.policy.parallelism.dp_replicate_size
+        estimates = sft_estimates(AutoConfig.from_pretrained(model_src), cfg, shards)
+    return choose_master_dtype(t.master_dtype, estimates=estimates, capacity_bytes=capacity, param_dtype=t.param_dtype)
+
+
 def _plan_summary(plan) -> dict[str, Any]:
     return {"names": list(plan.names), "sizes": list(plan.sizes), "weights": [round(w, 12) for w in plan.weights],
             "seed": plan.seed, "global_batch": plan.global_batch}
@@ -365,6 +390,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     import torch
     from torch.utils.data import DataLoader
     from transformers import AutoProcessor
+
+    from avcap.train.optim import build_optimizer
 
     t = cfg.train
     d = setup_distributed(cfg)
@@ -391,7 +418,16 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     if t.max_num_steps is not None:
         total_steps = min(total_steps, t.max_num_steps)
 
-    model = load_model(model_src, cfg, d, init_random=init_random and resume_from is None)
+    master = master_weights(cfg, model_src, d)
+    if resume_from is not None:
+        saved = read_state(resume_from).get("master_dtype", "float32")  # checkpoints before the key: fp32
+        if saved != master.dtype:
+            raise TrainError(f"train.resume: {resume_from} was trained with {saved} master weights; this run's "
+                             f"[train] master_dtype = {master.setting} gives {master.dtype} ({master.reason}). Resume "
+                             f"needs the same master weights: set master_dtype = \"{saved}\" (or resume = false)")
+    if d.main:
+        echo(master.line)
+    model = load_model(model_src, cfg, d, init_random=init_random and resume_from is None, dtype=master.dtype)
     if t.compile:  # regional torch.compile of the repeated blocks, packed vision attention
         from avcap.models.qwen3_vl.compile import (  # [train] compile only
             compile_blocks,
@@ -403,8 +439,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         except ValueError as exc:
             raise TrainError(str(exc)) from None
         compile_blocks(model, activation_memory_budget=cfg.avcap.train.activation_memory_budget)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.optm_lr, betas=tuple(t.optm_betas),
-                                  weight_decay=t.optm_weight_decay, **({"fused": True} if d.device.type == "cuda" else {}))
+    optimizer = build_optimizer(model.parameters(), master.dtype, lr=t.optm_lr, betas=t.optm_betas,
+                                weight_decay=t.optm_weight_decay, device_type=d.device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
     start_step, skipped_total, samples_seen = 0, 0, 0
     saved_rng = None  # a resumed run's RNG state, restored where the uninterrupted run was when it saved it
@@ -515,6 +551,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 "samples_skipped_by_reason": step_by_reason,
                 "samples_skipped_by_reason_total": {r: n for r, n in skipped_by_reason.items() if n},
                 "batch": plan.step_indices(step).tolist(),  # the global batch (sample indices), for audits
+                "master_dtype": master.dtype,
             })
             if t.ckpt.enable_checkpoint and (done % t.ckpt.save_freq == 0 or (done == total_steps and t.ckpt.save_final)):
                 state = {"total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
@@ -522,9 +559,11 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                          "samples_skipped": skipped_total, "seed": t.seed, "world_size": d.world_size,
                          "samples_skipped_by_reason": {r: n for r, n in skipped_by_reason.items() if n},
                          "plan": _plan_summary(plan), "base_model": _model_source(cfg),
-                         "loss": loss_total / n_units, "config": cfg.source}
+                         "loss": loss_total / n_units, "config": cfg.source,
+                         "master_dtype": master.dtype, "master_dtype_choice": master.record()}
                 path = ckpt.save(model, optimizer, scheduler, processor, output_dir=out, step=done, state=state,
-                                 rank=d.rank, world_size=d.world_size, max_keep=t.ckpt.max_keep)
+                                 rank=d.rank, world_size=d.world_size, max_keep=t.ckpt.max_keep,
+                                 weights_dtype=master.dtype)
                 written.append(path)
                 if d.main:
                     echo(f"saved checkpoint {path}")

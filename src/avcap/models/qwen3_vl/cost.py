@@ -238,13 +238,18 @@ class SFTMemory:
     fragmentation comes on top and is not modelled."""
 
     gpus: int
-    sharded_states: float  # fp32 master weights + fp32 gradients + AdamW exp_avg and exp_avg_sq, / gpus
+    # master weights + gradients + AdamW exp_avg and exp_avg_sq, / gpus: 16 bytes a parameter with fp32
+    # master weights, 8 with bf16 ones ([train] master_dtype, avcap.train.optim)
+    sharded_states: float
     accumulated_grads: float  # FSDP2 keeps unsharded fp32 gradients while gradient sync is off
-    gathered_params: float  # bf16 copies in use: root unit + 2 blocks (FSDP2); 1 GPU: autocast's weight cache
+    # bf16 copies in use: root unit + 2 blocks (FSDP2); 1 GPU: autocast's weight cache (fp32 master
+    # weights only: bf16 ones are used as they are)
+    gathered_params: float
     checkpoints: float  # saved block inputs (gradient checkpointing) or every block's saved tensors
     block_backward: float  # one block recomputed and its gradients, the largest of text and vision
     logits: float  # labelled positions x vocab: bf16 logits, their fp32 copy, fp32 log-softmax
     overhead: float  # CUDA context, cuBLAS workspace, NCCL buffers (a fixed allowance)
+    master_dtype: str = "float32"
 
     @property
     def total(self) -> float:
@@ -257,7 +262,7 @@ class SFTMemory:
     def as_gib(self) -> dict[str, Any]:
         parts = ("sharded_states", "accumulated_grads", "gathered_params", "checkpoints", "block_backward",
                  "logits", "overhead")
-        out: dict[str, Any] = {"gpus": self.gpus}
+        out: dict[str, Any] = {"gpus": self.gpus, "master_dtype": self.master_dtype}
         out.update({k: round(getattr(self, k) / GIB, 2) for k in parts})
         out["total"] = round(self.total / GIB, 2)
         return out
@@ -265,12 +270,15 @@ class SFTMemory:
 
 def sft_memory(shape: Shape, *, gpus: int, micro_batch: int, seq_len: int, video_patches: int,
                logits_tokens: int | None = None, grad_accumulation: int = 1, gradient_checkpointing: bool = True,
-               vision_heads: int = 16, overhead_bytes: float = 2 * GIB) -> SFTMemory:
+               vision_heads: int = 16, overhead_bytes: float = 2 * GIB, master_dtype: str = "float32") -> SFTMemory:
     """Memory per GPU of avcap.train.loop on `gpus` GPUs (FSDP2 when > 1, every decoder layer and vision
     block its own unit, mixed precision bf16 compute / fp32 reduce, AdamW) for micro-batches of
     `micro_batch` samples of `seq_len` tokens (padded length), each with one video of
     `video_patches` patches before merging; `logits_tokens`: labelled positions per sample
-    (default: every token that is not a vision token, the most there can be).
+    (default: every token that is not a vision token, the most there can be). `master_dtype`:
+    "float32" (fp32 weights, gradients and AdamW moments, bf16 autocast) or "bfloat16" (all of them
+    bf16: avcap.train.optim's stochastic-rounding AdamW; its per-chunk fp32 scratch, ~0.4 GB, is
+    used after the backward pass, when the activations counted here are freed).
 
     Pure arithmetic; the activation terms count exactly what transformers' Qwen3-VL blocks save
     (text_block_saved_bytes, vision_block_saved_bytes), the rest follows avcap.train.loop's setup."""
@@ -280,12 +288,14 @@ def sft_memory(shape: Shape, *, gpus: int, micro_batch: int, seq_len: int, video
         logits_tokens = max(0, seq_len - vision_tokens)
     tokens = micro_batch * seq_len
     patches = micro_batch * video_patches
-    sharded = 16 * p / gpus
+    if master_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"master_dtype {master_dtype!r}: float32 or bfloat16")
+    sharded = (16 if master_dtype == "float32" else 8) * p / gpus
     accumulated = 4 * p if gpus > 1 and grad_accumulation > 1 else 0
     if gpus > 1:
         gathered = 2 * (root_params(shape) + 2 * max(text_block_params(shape), vision_block_params(shape)))
     else:
-        gathered = 2 * p
+        gathered = 2 * p if master_dtype == "float32" else 0
     text_saved, vis_saved = text_block_saved_bytes(shape), vision_block_saved_bytes(shape, vision_heads)
     if gradient_checkpointing:
         checkpoints = (shape.layers * tokens * 2 * shape.h + shape.vdepth * patches * 2 * shape.vd
@@ -298,4 +308,5 @@ def sft_memory(shape: Shape, *, gpus: int, micro_batch: int, seq_len: int, video
         block = max(tokens * 2 * (2 * shape.ffn + shape.h), patches * 2 * (2 * shape.vffn + shape.vd))
     logits = micro_batch * logits_tokens * shape.vocab * (2 + 4 + 4)
     return SFTMemory(gpus=gpus, sharded_states=sharded, accumulated_grads=accumulated, gathered_params=gathered,
-                     checkpoints=checkpoints, block_backward=block, logits=logits, overhead=overhead_bytes)
+                     checkpoints=checkpoints, block_backward=block, logits=logits, overhead=overhead_bytes,
+                     master_dtype=master_dtype)
