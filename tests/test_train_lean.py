@@ -160,6 +160,15 @@ def test_auto_for_the_recipe_8b_one_h100_is_bf16_eight_h100s_fp32():
     assert choose_master_dtype("auto", estimates=one, capacity_bytes=h100).dtype == "bfloat16"
     eight = sft_estimates(realsize_config("8B"), cfg, 8)
     assert choose_master_dtype("auto", estimates=eight, capacity_bytes=h100).dtype == "float32"
+    # bf16 master weights: half the bytes of weights, gradients and moments, no autocast weight cache
+    from avcap.models.qwen3_vl.cost import Shape, sft_memory
+
+    shape = Shape.from_config(realsize_config("8B"))
+    kw = dict(gpus=1, micro_batch=4, seq_len=4096, video_patches=11248)
+    fp32, bf16 = sft_memory(shape, **kw), sft_memory(shape, master_dtype="bfloat16", **kw)
+    assert bf16.sharded_states == 8 * shape.total_params() == fp32.sharded_states / 2
+    assert fp32.gathered_params == 2 * shape.total_params() and bf16.gathered_params == 0
+    assert bf16.checkpoints == fp32.checkpoints and bf16.as_gib()["master_dtype"] == "bfloat16"
 
 
 def test_config_master_dtype_values():
@@ -289,3 +298,27 @@ def test_two_process_fsdp_bf16_master_weights_follow_one_process(lean_run, curat
     state = json.loads((out / "checkpoints/step_4/avcap_train_state.json").read_text())
     blob = torch.load(out / "checkpoints/step_4" / state["optimizer_file"], map_location="cpu", weights_only=False)
     assert {s["exp_avg_sq"].dtype for s in blob["optimizer"]["state"].values()} == {torch.bfloat16}
+
+
+def test_bench_sft_8b_dry_run_changes_only_paths_and_sizes(tmp_path):
+    """benchmarks/bench_sft_8b.py --tiny (CPU, tiny model): the recipe's TOML with paths and sizes
+    changed, `avcap train --init-random` end to end, the report's master weights and rates."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sft_8b.py"
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--master-dtype", "bfloat16", "--out", str(tmp_path),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "bench_sft_8b.json").read_text())
+    t = report["train"]
+    assert t["status"] == "ok" and t["steps_logged"] == 2 and t["master_dtype"] == ["bfloat16"]
+    assert t["master_dtype_line"].startswith("[train] master_dtype = bfloat16: bfloat16 master weights")
+    assert t["tokens_per_s"] > 0 and len(t["step_time_s"]) == 2
+    assert set(report["recipe_changes"]) <= {
+        "custom.dataset.dataset_root", "train.output_dir", "train.max_num_steps", "train.epoch",
+        "train.train_policy.dataloader_num_workers", "train.ckpt.enable_checkpoint", "policy.model_name_or_path",
+        "policy.parallelism.dp_shard_size", "train.train_batch_per_replica", "train.train_policy.mini_batch",
+        "train.master_dtype"}
+    assert (tmp_path / "bench_sft_8b_train.log").is_file() and (tmp_path / "bench_sft_8b.log").is_file()
