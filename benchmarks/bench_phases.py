@@ -100,6 +100,54 @@ def attention_alone(model, rows: int, kv_len: int) -> dict[str, Any]:
     return out
 
 
+def overlap(model, eng, gen, batch, pixels, args) -> dict[str, Any]:
+    """Wall time of N decode-step replays (the batch's largest captured step) and of the vision tower
+    on all the batch's videos (prefill_batch at a time), alone and at once from two threads on two
+    streams: how much of the compute-bound vision work hides under the bandwidth-bound decode."""
+    import threading
+
+    import torch
+
+    step = max(gen._steps.values(), key=lambda e: e["kv_len"])
+    n_steps = 255
+    chunks = []
+    n = args.prefill_batch
+    for lo in range(0, args.rows, n):
+        chunks.append((torch.cat(list(pixels[lo:lo + n])).to(eng.device), batch["video_grid_thw"][lo:lo + n].to(eng.device)))
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+
+    def decode():
+        with torch.cuda.stream(s1), torch.inference_mode():
+            for _ in range(n_steps):
+                step["run"]()
+        s1.synchronize()
+
+    def vision():
+        with torch.cuda.stream(s2), torch.inference_mode():
+            for pix, g in chunks:
+                model.model.get_video_features(pixel_values_videos=pix, video_grid_thw=g)
+        s2.synchronize()
+
+    def timed(fns):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        threads = [threading.Thread(target=f) for f in fns]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    timed([decode]), timed([vision])  # warm
+    out = {"decode_steps": n_steps, "vision_videos": args.rows}
+    for k in range(2):
+        out[f"decode_alone_s_{k}"] = round(timed([decode]), 3)
+        out[f"vision_alone_s_{k}"] = round(timed([vision]), 3)
+        out[f"together_s_{k}"] = round(timed([decode, vision]), 3)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="8B")
@@ -109,10 +157,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--decode-attention", default="sdpa,flex")
+    ap.add_argument("--variants", default="sdpa:library,sdpa:transcribed,flex:transcribed",
+                    help="decode attention:prefix layers, comma-separated")
+    ap.add_argument("--batches", type=int, default=1, help="--first-only: batches run (whole-run rate)")
+    ap.add_argument("--engine-variant", default="sdpa:transcribed", help="the engine's own fast path")
     ap.add_argument("--prefill-batch", type=int, default=8)
     ap.add_argument("--first-only", action="store_true", help="build, run one batch, report, exit")
     ap.add_argument("--second-process", action="store_true")
+    ap.add_argument("--overlap", action="store_true",
+                    help="decode-step replays and the vision tower alone and at once, on two streams")
     args = ap.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +197,8 @@ def main(argv=None) -> int:
     vision = Vision(nframes=16 if not args.tiny else 4, max_pixels=360000 if not args.tiny else 64 * 96)
     clip = bg._quick_clip(work, 1936 if not args.tiny else 96, 1220 if not args.tiny else 64)
     eng = bg.make_engine(model, tiny_dir, vision, ns, batch=args.rows, compile=True)
+    attn0, prefix0 = args.engine_variant.split(":")
+    eng.fast.decode_attention, eng.fast.prefix = attn0, prefix0
     from avcap.engines.base import video_parts
 
     msgs = bg.caption_messages(clip)
@@ -173,9 +228,25 @@ def main(argv=None) -> int:
 
     # the first batch of this process
     c0 = counters()
+    t_first = time.perf_counter()
     _, first = call(eng.fast, caption, args.tokens)
     res["first_call"] = {**first, "since_process_start_s": round(time.perf_counter() - T_START, 2),
-                         "compile_counters": {k: v - c0.get(k, 0) for k, v in counters().items()}}
+                         "compile_counters": {k: v - c0.get(k, 0) for k, v in counters().items()},
+                         "compile_cache": eng.compile_cache.get("dir")}
+    if args.first_only and args.batches > 1:
+        later = [call(eng.fast, caption, args.tokens)[1] for _ in range(args.batches - 1)]
+        now = time.perf_counter()
+        res["whole_run"] = {"videos": args.rows * args.batches, "later_batches": later,
+                            "engine_s": round(now - t_first, 2), "process_s": round(now - T_START, 2),
+                            "videos_per_s_engine": round(args.rows * args.batches / (now - t_first), 3),
+                            "videos_per_s_process": round(args.rows * args.batches / (now - T_START), 3)}
+        print("whole run:", {k: v for k, v in res["whole_run"].items() if k != "later_batches"}, flush=True)
+    try:
+        from torch._dynamo.utils import compile_times
+
+        res["first_call"]["compile_times"] = compile_times(repr="str", aggregate=True)[-3000:]
+    except Exception as exc:  # noqa: BLE001
+        res["first_call"]["compile_times"] = f"{type(exc).__name__}: {exc}"
     print("first call:", res["first_call"], flush=True)
     save()
     if args.first_only:
@@ -183,24 +254,29 @@ def main(argv=None) -> int:
 
     shape = Shape.from_config(model.config)
     grid = batch["video_grid_thw"][0].tolist()
-    merge = model.config.vision_config.spatial_merge_size
     vflops = shape.vision_flops(grid[1] * grid[2], grid[0])
     tflops = shape.text_flops(res["prompt_tokens"] - 1)
     res["flops_per_video"] = {"vision_T": round(vflops / 1e12, 3), "text_T": round(tflops / 1e12, 3)}
     res["variants"] = {}
-    gens = {"sdpa": eng.fast}
-    for variant in args.decode_attention.split(","):
+    gens = {args.engine_variant: eng.fast}
+    logits = {}
+    for variant in args.variants.split(","):
         gen = gens.get(variant)
         if gen is None:
             for g in gens.values():  # one KV cache at a time
                 g._buffers, g._steps, g._graph = None, {}, None
             torch.cuda.empty_cache() if device == "cuda" else None
+            attn, prefix = variant.split(":")
             gen = gens[variant] = FastGenerator(model, pad_token_id=eng.fast.pad, eos_token_ids=eng.fast.eos,
                                                 prefill_batch=args.prefill_batch, compile=True,
-                                                decode_attention=variant)
+                                                decode_attention=attn, prefix=prefix)
             _, warm = call(gen, caption, args.tokens)
         else:
             warm = None
+        with torch.inference_mode():
+            lg, _ = gen.prefill(batch, row_videos, max_new_tokens=args.tokens, video_pixels=pixels, device=eng.device)
+        logits[variant] = lg[:16].float().cpu()
+        del lg
         runs = [call(gen, caption, args.tokens)[1] for _ in range(args.repeats)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         v = {"first_call": warm, "runs": runs, "videos_per_s": round(args.rows / med["wall_s"], 3),
@@ -220,10 +296,26 @@ def main(argv=None) -> int:
         res["greedy_compare"] = {"variants": names[:2], "rows_identical": same_rows, "rows": a.shape[0],
                                  "first_differing_step": first_diff}
         print("greedy:", res["greedy_compare"]["rows_identical"], "of", a.shape[0], "rows identical", flush=True)
+        ref = logits[names[0]]
+        res["logits_compare"] = {}
+        for n_ in names[1:]:
+            d = (logits[n_] - ref).abs()
+            res["logits_compare"][f"{n_} vs {names[0]}"] = {
+                "rows": ref.shape[0], "max_abs_diff": float(d.max()), "ref_abs_max": float(ref.abs().max()),
+                "rel_max": float(d.max() / ref.abs().max()),
+                "argmax_equal": int((logits[n_].argmax(-1) == ref.argmax(-1)).sum())}
+        for n_ in names[1:]:
+            a, b = (torch.tensor(res["variants"][m]["greedy_tokens"]) for m in (names[0], n_))
+            res["greedy_compare"][f"{n_} vs {names[0]}"] = int((a == b).all(-1).sum())
+        print("logits:", res["logits_compare"], flush=True)
     for v in res["variants"].values():
         v.pop("greedy_tokens", None)
     save()
 
+    if device == "cuda" and args.overlap:
+        res["overlap"] = overlap(model, eng, gens[args.variants.split(",")[-1]], batch, pixels, args)
+        print("overlap:", res["overlap"], flush=True)
+        save()
     if device == "cuda":
         # the vision tower alone on one prefill call's videos (compiled blocks, as the engine runs it)
         n = args.prefill_batch
@@ -242,9 +334,9 @@ def main(argv=None) -> int:
         print("attention alone:", res["attention_alone"], flush=True)
         save()
     eng.close()
-    del eng, model, gens
+    eng = model = gens = None  # the second process needs the GPU memory
     if args.second_process:
-        cmd = [sys.executable, __file__, "--first-only", "--out", str(out_dir), "--work", str(work),
+        cmd = [sys.executable, __file__, "--first-only", "--out", str(out_dir / "second"), "--work", str(work),
                "--rows", str(args.rows), "--tokens", str(args.tokens), "--size", args.size]
         if args.tiny:
             cmd.append("--tiny")
@@ -253,7 +345,7 @@ def main(argv=None) -> int:
         res["second_process"] = {"rc": p.returncode, "wall_s": round(time.perf_counter() - t, 2),
                                  "tail": (p.stdout + p.stderr)[-1500:]}
         try:
-            res["second_process"]["first"] = json.loads((out_dir / "bench_phases_first.json").read_text())["first_call"]
+            res["second_process"]["first"] = json.loads((out_dir / "second" / "bench_phases_first.json").read_text())["first_call"]
         except (OSError, ValueError, KeyError) as exc:
             res["second_process"]["first"] = f"unreadable: {exc}"
         print("second process:", res["second_process"], flush=True)

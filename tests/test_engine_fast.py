@@ -101,6 +101,37 @@ def test_flex_decode_attention_equals_generate(varied_model_dir, engines, clips,
         flex.close()
 
 
+def test_prefix_through_the_transcribed_layers_equals_the_library_layers(varied_model_dir, engines, clips, monkeypatch):
+    """`prefix_layers = "transcribed"` (the default) runs the prompt's decoder layers through avcap's
+    transcription — the library's layers are never called — and gives the tokens of "library" and of
+    generate, padded prefixes of several lengths included."""
+    _, plain = engines
+    lib = make_engine(_cfg(batch_size=16, prefix_layers="library"), vision=VISION, model=str(varied_model_dir))
+    ours = make_engine(_cfg(batch_size=16), vision=VISION, model=str(varied_model_dir))
+    try:
+        assert ours.fast.prefix == "transcribed" and lib.fast.prefix == "library"
+        layer_type = type(ours.model.model.language_model.layers[0])
+        calls = {"n": 0}
+        library_forward = layer_type.forward
+
+        def counted(self, *a, **kw):
+            calls["n"] += 1
+            return library_forward(self, *a, **kw)
+
+        reqs = _mixed_requests(clips)
+        greedy = Sampling(temperature=0, max_tokens=10)
+        expected = _outputs(plain.generate(reqs, greedy))
+        assert _outputs(lib.generate(reqs, greedy)) == expected
+        monkeypatch.setattr(layer_type, "forward", counted)
+        ours.fast._layer_checked = True  # the start-up check calls the library's layer on purpose
+        got = _outputs(ours.generate(reqs, greedy))
+        assert calls["n"] == 0
+        assert got == expected
+    finally:
+        lib.close()
+        ours.close()
+
+
 def test_min_tokens_and_seeded_sampling_equal_generate(engines, clips):
     fast, plain = engines
     reqs = [Request(f"c{i}", build_messages(SYSTEM, "Describe the clip.", c)) for i, c in enumerate(clips)]

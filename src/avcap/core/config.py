@@ -333,6 +333,10 @@ class Engine(_Model):
     # query heads folded into the query length) or "flex" (FlexAttention's split-KV decoding kernel,
     # compiled on CUDA); the same math, bf16 sums in another order
     decode_attention: Literal["sdpa", "flex"] = "sdpa"
+    # the prompt's decoder layers in the fast path's prefill: "transcribed" (avcap's transcription of the
+    # layer, checked against the library's at start; with compile one graph for every layer, so a fresh
+    # process traces one layer, not all of them) or "library" (transformers' own layers)
+    prefix_layers: Literal["transcribed", "library"] = "transcribed"
     decode_workers: Optional[int] = Field(None, ge=1)  # video decode workers (default: min(8, CPUs))
     decode_processes: bool = False  # decode in worker processes instead of threads
     # "nvdec": decode on the GPU (PyAV's CUDA hwaccel), colour conversion and resize there too, same

@@ -51,6 +51,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from avcap.core.compile_cache import use_compile_cache
 from avcap.core.config import ConfigError, RecipeConfig, load_config
 from avcap.core.records import (
     RecordError,
@@ -438,6 +439,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             require_compiler(d.device.type, "[train] compile")
         except ValueError as exc:
             raise TrainError(str(exc)) from None
+        use_compile_cache(d.device.type)  # compiled graphs kept across processes, one folder per versions
         compile_blocks(model, activation_memory_budget=cfg.avcap.train.activation_memory_budget)
     optimizer = build_optimizer(model.parameters(), master.dtype, lr=t.optm_lr, betas=t.optm_betas,
                                 weight_decay=t.optm_weight_decay, device_type=d.device.type)

@@ -53,6 +53,7 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
+from avcap.core.compile_cache import compile_counters, use_compile_cache
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.engines.base import Request, Result, final_answer
@@ -189,6 +190,7 @@ class TransformersEngine:
 
             linear_patch_embed(self.model)  # cuDNN's Conv3d for the patch embedding can be very slow
             pack_vision_attention(self.model)  # one attention call per block, not one per frame group
+        self.compile_cache: dict[str, Any] = {}
         if cfg.compile:
             from avcap.models.qwen3_vl.compile import (  # [avcap.engine] compile only
                 compile_blocks,
@@ -196,6 +198,7 @@ class TransformersEngine:
             )
 
             require_compiler("cuda" if cuda else "cpu", "[avcap.engine] compile")
+            self.compile_cache = use_compile_cache("cuda" if cuda else "cpu")
             counts = compile_blocks(self.model, linear_patch_embed=cuda)
             _allow_recompiles(2 * sum(counts.values()) + 8)
         if processor is None or isinstance(processor, (str, os.PathLike)):
@@ -247,7 +250,8 @@ class TransformersEngine:
                 self.fast = FastGenerator(self.model, pad_token_id=gc.pad_token_id,
                                           eos_token_ids=[e for e in eos if e is not None],
                                           prefill_batch=cfg.prefill_batch, cuda_graphs=cfg.cuda_graphs,
-                                          compile=cfg.compile, decode_attention=cfg.decode_attention)
+                                          compile=cfg.compile, decode_attention=cfg.decode_attention,
+                                          prefix=cfg.prefix_layers)
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         if cfg.decoder != "cpu" and not processes and cuda:
@@ -516,6 +520,9 @@ class TransformersEngine:
                                "video_kwargs": {k: v for k, v in self._video_kwargs.items() if k != "device"}},
             "fast_generate": self.fast is not None,
             "decode_attention": self.fast.decode_attention if self.fast is not None else None,
+            "prefix_layers": self.fast.prefix if self.fast is not None else None,
+            "compile_cache": ({**{k: v for k, v in self.compile_cache.items() if k != "key"},
+                               "counters": compile_counters()} if self.cfg.compile else None),
             "paths": dict(self._paths),
             "counts": dict(self._counts),
             "fallbacks": dict(self._fallbacks),

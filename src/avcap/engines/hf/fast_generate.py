@@ -62,6 +62,7 @@ from avcap.models.qwen3_vl.text import (
     attention_output_and_mlp,
     check_layer_against_library,
     linear_patch_embed,
+    prefix_layers,
     rotary,
     supports,
     text_forward,
@@ -75,6 +76,7 @@ from avcap.models.qwen3_vl.text import (
 __all__ = ["FastGenerator", "NotSupported", "SamplingSpec", "linear_patch_embed", "supports", "text_forward"]
 
 DECODE_ATTENTION = ("sdpa", "flex")
+PREFIX_LAYERS = ("transcribed", "library")
 SLOT_ALIGN = 256
 KV_BLOCK = 128  # a decode step attends over whole blocks of cache slots, up to its own (one graph each)
 
@@ -279,6 +281,14 @@ def flex_decode(valid):
     return attend
 
 
+def _prefix_pre(layer, hidden, cos, sin):
+    return attention_inputs(layer, hidden, cos, sin)
+
+
+def _prefix_post(layer, hidden, o):
+    return attention_output_and_mlp(layer, hidden, o)
+
+
 # ----------------------------------------------------------------------------- batch layout
 
 
@@ -362,7 +372,8 @@ class FastGenerator:
     """See the module docstring. One instance per engine; not thread-safe."""
 
     def __init__(self, model, *, pad_token_id: int, eos_token_ids: Sequence[int], prefill_batch: int = 8,
-                 cuda_graphs: bool = True, compile: bool = False, decode_attention: str = "sdpa"):
+                 cuda_graphs: bool = True, compile: bool = False, decode_attention: str = "sdpa",
+                 prefix: str = "transcribed"):
         if not supports(model):
             raise NotSupported(f"{type(model).__name__}: not a Qwen3-VL model")
         self.model = model
@@ -380,6 +391,16 @@ class FastGenerator:
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention = {decode_attention!r}: one of {', '.join(DECODE_ATTENTION)}")
         self.decode_attention = decode_attention
+        if prefix not in PREFIX_LAYERS:
+            raise ValueError(f"prefix = {prefix!r}: one of {', '.join(PREFIX_LAYERS)}")
+        self.prefix = prefix
+        # the prefix's decoder layers: their own compiled graph (another code object), so that the long
+        # prompt blocks and the one-token decode steps keep separate specialisations
+        self.prefix_pieces = self._plain_pieces
+        if compile:
+            import torch
+
+            self.prefix_pieces = (torch.compile(_prefix_pre), torch.compile(_prefix_post))
         base_params = inspect.signature(model.model.forward).parameters
         self._cache_kw = "cache" if "cache" in base_params else "past_key_values"
         # transformers 5 numbers mRoPE positions by mm_token_type_ids; 4.57 finds the vision tokens itself
@@ -548,7 +569,9 @@ class FastGenerator:
         buf = self._buffers
         if buf is not None and buf["shape"] == (b, s_len) and buf["device"] == device:
             return buf["kc"], buf["vc"], buf["valid"]
-        self._buffers = self._graph = None
+        # the old cache (and the graphs that read it) go before the new one is allocated: at 8B a
+        # caption batch's cache is ~29 GiB, two at once do not fit beside the weights
+        buf = self._buffers = self._graph = None
         self._steps = {}
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -588,16 +611,19 @@ class FastGenerator:
         for j in range(nb):
             prefix_max[gidx[j]] = int(positions[:, j][:, att[j].bool()].max())
         host = self._host_vision(ids, sub_grid, device) if vids else None
-        ids, att, positions = (to_device(t, device) for t in (ids, att, positions))
         types_kw = {k: to_device(t, device) for k, t in types_kw.items()}
         pix: dict[str, Any] = {}
         if vids:
             pix["pixel_values_videos"] = torch.cat([pixels[v] for v in vids]).to(device)
 
+        padded = not bool(att.all())
+        ids, att, positions = (to_device(t, device) for t in (ids, att, positions))
+
         def forward(hv):
             cache = DynamicCache(config=model.config)
             grid = {} if not vids else {"video_grid_thw": hv.grid if hv else to_device(sub_grid, device)}
-            with hv.applied(model) if hv else contextlib.nullcontext():
+            transcribed = self._transcribed(padded) if self.prefix == "transcribed" else contextlib.nullcontext()
+            with hv.applied(model) if hv else contextlib.nullcontext(), transcribed:
                 out = model.model(input_ids=ids, attention_mask=att, position_ids=positions, use_cache=True,
                                   **{self._cache_kw: cache}, **types_kw, **pix, **grid)
             return out.last_hidden_state, cache
@@ -626,6 +652,36 @@ class FastGenerator:
                     dst.index_copy_(0, rows, new.index_select(0, src).to(dst.dtype))
         valid[rows, pp - n:pp] = att.bool().index_select(0, src)
         del cache
+
+    @contextlib.contextmanager
+    def _transcribed(self, padded: bool):
+        """The language model's forward, for the calls made inside, runs `prefix_layers` (the
+        transcribed layer, one compiled graph for all layers) instead of the library's layers;
+        embeddings, vision tower, placeholder scatter and mRoPE stay the library's."""
+        from transformers.modeling_outputs import BaseModelOutputWithPast
+
+        model = self.model
+        lm = model.model.language_model
+        cache_field = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+        def forward(input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                    visual_pos_masks=None, deepstack_visual_embeds=None, **kw):
+            cache = kw.get("cache", kw.get("past_key_values"))
+            if inputs_embeds is None:
+                inputs_embeds = lm.embed_tokens(input_ids)
+            hidden = prefix_layers(model, inputs_embeds, position_ids, attention_mask, cache, visual_pos_masks,
+                                   deepstack_visual_embeds, self.prefix_pieces, padded=padded)
+            return BaseModelOutputWithPast(last_hidden_state=hidden, **{cache_field: cache})
+
+        before = lm.__dict__.get("forward")
+        lm.forward = forward
+        try:
+            yield
+        finally:
+            if before is None:
+                lm.__dict__.pop("forward", None)
+            else:
+                lm.forward = before
 
     def _host_vision(self, ids, grid, device):
         """This call's vision inputs from the host (None when they are off or do not apply)."""

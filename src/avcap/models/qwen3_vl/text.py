@@ -176,3 +176,58 @@ def check_layer_against_library(model, pieces=(attention_inputs, attention_outpu
 def rotary(model, hidden, positions):
     """cos, sin for mRoPE `positions` (3, B, L)."""
     return model.model.language_model.rotary_emb(hidden, positions)
+
+
+def causal_attention(q, k, v, att, scale: float):
+    """Causal attention of a block of new tokens over its own keys: q (B, heads, L, D), k/v (B,
+    kv_heads, L, D), `att` (B, L) true at real tokens of left-padded rows (None: no padding).
+    Padded queries attend to themselves only, so their keys and values stay finite."""
+    import torch
+    import torch.nn.functional as F
+
+    g = q.shape[1] // k.shape[1]
+    if att is None and _HAS_GQA:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    if g > 1:
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    if att is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    n = q.shape[2]
+    eye = torch.eye(n, dtype=torch.bool, device=q.device)
+    mask = (eye.cumsum(0).bool() & att[:, None, None, :]) | eye  # cumsum of the identity: lower triangle
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _has_gqa() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # sdpa's enable_gqa
+
+
+_HAS_GQA = _has_gqa()
+
+
+def prefix_layers(model, hidden, position_ids, attention_mask, cache, visual_pos_masks=None,
+                  deepstack_visual_embeds=None, pieces=(attention_inputs, attention_output_and_mlp), padded=True):
+    """Qwen3-VL's language model over a prompt block with the transcribed layer: what
+    `Qwen3VLTextModel.forward` computes for `inputs_embeds` = `hidden` (B, L, H) — mRoPE
+    `position_ids` (3 or 4, B, L), causal attention within the block (`attention_mask` (B, L): the
+    left padding; `padded` false: the caller knows there is none), the deepstack features added after the first layers through the model's own
+    `_deepstack_process` — with each layer's keys and values stored in `cache` (`update(k, v, i)`).
+    Returns the final-normed hidden states. One compiled graph serves every layer (the library's
+    layers guard on their cache entry and compile once per layer)."""
+    lm = model.model.language_model
+    pre, post = pieces
+    if position_ids.shape[0] == 4:  # text positions first (transformers 5's layout), then the 3 mRoPE axes
+        position_ids = position_ids[1:]
+    att = attention_mask.bool() if padded and attention_mask is not None else None
+    cos, sin = rotary(model, hidden, position_ids)
+    for i, layer in enumerate(lm.layers):
+        q, k, v = pre(layer, hidden, cos, sin)
+        cache.update(k, v, i)
+        hidden = post(layer, hidden, causal_attention(q, k, v, att, layer.self_attn.scaling))
+        if deepstack_visual_embeds is not None and i < len(deepstack_visual_embeds):
+            hidden = lm._deepstack_process(hidden, visual_pos_masks, deepstack_visual_embeds[i])
+    return lm.norm(hidden)
