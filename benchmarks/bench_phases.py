@@ -262,10 +262,11 @@ def main(argv=None) -> int:
     logits = {}
     for variant in args.variants.split(","):
         gen = gens.get(variant)
-        if gen is None:
-            for g in gens.values():  # one KV cache at a time
+        for name_, g in gens.items():  # one KV cache at a time
+            if name_ != variant:
                 g._buffers, g._steps, g._graph = None, {}, None
-            torch.cuda.empty_cache() if device == "cuda" else None
+        torch.cuda.empty_cache() if device == "cuda" else None
+        if gen is None:
             attn, prefix = variant.split(":")
             gen = gens[variant] = FastGenerator(model, pad_token_id=eng.fast.pad, eos_token_ids=eng.fast.eos,
                                                 prefill_batch=args.prefill_batch, compile=True,

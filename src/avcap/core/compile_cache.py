@@ -63,6 +63,8 @@ def use_compile_cache(device_type: str) -> dict[str, Any]:
         return dict(_STATE)
     setting = os.environ.get(ENV, "")
     user = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if user and user == _torch_default():  # torch writes its default there once it has looked: not the user's
+        user = None
     if setting.lower() == "off":
         _STATE.update(source="off", dir=user)
     elif user:
@@ -77,6 +79,14 @@ def use_compile_cache(device_type: str) -> dict[str, Any]:
         except OSError as exc:  # an unwritable home: torch's default, said in the record
             _STATE.update(source="default", dir=None, error=f"{path}: {exc.strerror or exc}")
     return dict(_STATE)
+
+
+def _torch_default() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return None
+    return os.path.abspath(default_cache_dir())
 
 
 def compile_counters() -> dict[str, int]:
