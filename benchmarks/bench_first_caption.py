@@ -194,7 +194,7 @@ def clip_folder(work: Path, clips: list[str], count: int) -> Path:
     return d
 
 
-def write_config(args, work: Path, model: Path, clips: Path) -> Path:
+def write_config(args, work: Path, model: Path, clips: Path, first_batch: int | None = None) -> Path:
     s = json.dumps  # TOML basic strings are JSON strings
     engine = [
         f"model = {s(str(model))}",
@@ -204,6 +204,8 @@ def write_config(args, work: Path, model: Path, clips: Path) -> Path:
         "resize_on_gpu = true",
         f"batch_size = {args.batch_size}",
     ]
+    if first_batch:
+        engine.append(f"first_batch = {first_batch}")
     if args.tiny:
         engine.append('device = "cpu"')
     text = "\n".join([
@@ -227,7 +229,7 @@ def write_config(args, work: Path, model: Path, clips: Path) -> Path:
         f"root = {s(str(clips))}",
         "",
     ])
-    path = work / "config.toml"
+    path = work / ("config.toml" if not first_batch else f"config_first{first_batch}.toml")
     path.write_text(text)
     return path
 
@@ -463,7 +465,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--wheels", default=str(REPO / ".whl"))
     ap.add_argument("--size", default="8B", choices=["8B", "2B", "tiny"],
                     help="the real-size architecture (random weights); tiny: the tiny model itself (--tiny)")
-    ap.add_argument("--runs", default="cold,warm",
+    ap.add_argument("--runs", default="cold,warm,warm-first,warm-first",
                     help="in order: cold (a new empty compile cache) or warm (the cache as the runs before left it)")
     ap.add_argument("--cache-dir", default=None, help="AVCAP_CACHE_DIR of a first warm run (default: a new folder)")
     ap.add_argument("--videos", type=int, default=192)
@@ -474,6 +476,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--render-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--first-batch", type=int, default=8,
+                    help="[avcap.engine] first_batch of the warm-first runs (warm cache, a smaller first batch)")
     ap.add_argument("--decode-workers", type=int, default=16)
     ap.add_argument("--caption-tokens", type=int, default=256)
     ap.add_argument("--compile", dest="compile", action="store_true", default=None)
@@ -493,6 +497,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.clips = 3 if args.clips == 8 else args.clips
         args.width, args.height, args.seconds, args.fps = 160, 96, 2.0, 8.0
         args.batch_size = 4 if args.batch_size == 64 else args.batch_size
+        args.first_batch = 2 if args.first_batch == 8 else args.first_batch
         args.decode_workers = 2 if args.decode_workers == 16 else args.decode_workers
         args.caption_tokens = 64 if args.caption_tokens == 256 else args.caption_tokens
         args.render_workers = min(args.render_workers, 2)
@@ -501,10 +506,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.run_timeout = max(args.run_timeout, 600.0)
     args.compile = True if args.compile is None else args.compile
     runs = args.runs.split(",")
-    bad = [x for x in runs if x not in ("cold", "warm")]
+    bad = [x for x in runs if x not in ("cold", "warm", "warm-first")]
     if bad or not args.runs:
-        ap.error(f"--runs: {', '.join(bad) or '(none)'}: each is cold or warm")
-    if runs[0] == "warm" and not args.cache_dir:
+        ap.error(f"--runs: {', '.join(bad) or '(none)'}: each is cold, warm or warm-first")
+    if runs[0].startswith("warm") and not args.cache_dir:
         ap.error("--runs: a warm run needs a cold run before it, or --cache-dir (a folder a cold run filled)")
     return args
 
@@ -559,7 +564,8 @@ def main(argv=None) -> int:
                 log(f"{label}: skipped, {left:.0f}s left before --deadline")
                 RESULTS["runs"][label] = {"skipped": f"{left:.0f}s left before --deadline"}
                 continue
-            RESULTS["runs"][label] = run_once(args, label, cfg_path, cache_dir, model, work, min(args.run_timeout, left))
+            path = write_config(args, work, model, folder, args.first_batch) if kind == "warm-first" else cfg_path
+            RESULTS["runs"][label] = run_once(args, label, path, cache_dir, model, work, min(args.run_timeout, left))
             save()
     except Exception as exc:  # noqa: BLE001
         RESULTS["error"] = f"{type(exc).__name__}: {exc}"

@@ -409,3 +409,37 @@ def test_a_full_disk_and_a_read_only_directory_are_one_line_exit_2_and_a_rerun_c
     for task in ("caption", "mcq"):
         assert texts(kept / f"{task}.jsonl") == texts(reference / "AV_CAPTION" / f"{task}.jsonl")
     assert not [p.name for p in kept.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_batch_sizes_with_a_smaller_first_batch():
+    from avcap.eval.infer import batch_sizes
+
+    assert batch_sizes(10, 4) == [4, 4, 2]
+    assert batch_sizes(10, 4, 1) == [1, 4, 4, 1]
+    assert batch_sizes(3, 4, 2) == [2, 1]
+    assert batch_sizes(2, 4, 2) == [2]
+    assert batch_sizes(9, 4, 8) == [4, 4, 1]  # never larger than batch_size
+    assert batch_sizes(0, 4, 2) == []
+    for n in range(0, 30):
+        for first in (None, 1, 3, 5):
+            sizes = batch_sizes(n, 5, first)
+            assert sum(sizes) == n and all(0 < s <= 5 for s in sizes)
+
+
+def test_a_smaller_first_batch_gives_the_same_greedy_answers(reference, cfg_file, tmp_path, monkeypatch):
+    """`[avcap.engine] first_batch`: only where the batches break changes (MCQ is greedy here)."""
+    from avcap.eval import infer
+
+    seen = []
+    real = infer.batch_sizes
+
+    def recorded(n, bs, first=None):
+        seen.append(real(n, bs, first))
+        return seen[-1]
+
+    monkeypatch.setattr(infer, "batch_sizes", recorded)
+    cfg = load_config(cfg_file, {"avcap": {"engine": {"first_batch": 2}}})
+    assert cfg.avcap.engine.first_batch == 2 and cfg.avcap.sampling.mcq.temperature == 0
+    run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=tmp_path, tasks=["mcq"], progress=False)
+    assert texts(tmp_path / "tiny" / "base" / "AV_CAPTION" / "mcq.jsonl") == texts(reference / "AV_CAPTION" / "mcq.jsonl")
+    assert seen and seen[0][0] == 2 and len(set(seen[0][1:-1])) <= 1 and sum(seen[0]) == 15

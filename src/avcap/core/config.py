@@ -324,6 +324,10 @@ class Engine(_Model):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     attn_implementation: str = "sdpa"
     batch_size: int = Field(8, ge=1)
+    # the run's first batch holds this many requests (default batch_size): the first records come
+    # sooner (a fresh process waits for fewer videos and less compute), at the cost of one more batch
+    # shape to compile (transformers engine); every engine
+    first_batch: Optional[int] = Field(None, ge=1)
     reasoning: bool = False
     # transformers: Qwen3-VL fast path (avcap.engines.hf.fast_generate) and video decoding
     fast_generate: bool = True  # shared video prefixes, static KV cache, graph-captured decode

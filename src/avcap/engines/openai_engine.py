@@ -107,6 +107,7 @@ class OpenAIEngine:
         self.model = model
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.batch_size = max(cfg.batch_size, cfg.concurrency)
+        self.first_batch = cfg.first_batch
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         headers = {"Content-Type": "application/json"}

@@ -76,6 +76,7 @@ class VLLMEngine:
 
         self.cfg = cfg
         self.batch_size = cfg.batch_size
+        self.first_batch = cfg.first_batch
         patch, merge, _ = vision_factor(AutoConfig.from_pretrained(model))
         self.frames = FrameLoader(vision, patch * merge, capacity=max(32, 4 * cfg.batch_size))
         self.prefetch_videos = self.frames.lookahead

@@ -611,13 +611,27 @@ def _local_device(local_rank: int, configured: str) -> str:
     return "cpu"
 
 
+def batch_sizes(n: int, batch_size: int, first: Optional[int] = None) -> list[int]:
+    """Sizes of the batches `n` items go in: `batch_size` each, except a smaller `first` batch
+    (`[avcap.engine] first_batch`: the run's first records come after `first` items, not a whole batch)."""
+    bs = max(1, int(batch_size))
+    head = min(bs, max(1, int(first))) if first else bs
+    if n <= 0:
+        return []
+    if n <= head:
+        return [n]
+    rest = n - head
+    return [head] + [bs] * (rest // bs) + ([rest % bs] if rest % bs else [])
+
+
 def run_items(engine, task: str, todo: list[Item], sampling: Sampling, system: Optional[str],
               reasoning_suffix: Optional[str], on_batch) -> None:
     """The one inference loop (`avcap infer`, `avcap label` and its Ray workers): `todo` in batches
     of the engine's batch size, the next batches' videos decoded ahead, and each batch's
     `on_batch(items, results, records)` (records by `make_record`) called as soon as it finishes."""
-    bs = max(1, int(getattr(engine, "batch_size", 1)))
-    batches = [todo[j : j + bs] for j in range(0, len(todo), bs)]
+    sizes = batch_sizes(len(todo), int(getattr(engine, "batch_size", 1)), getattr(engine, "first_batch", None))
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    batches = [todo[j : j + n] for j, n in zip(starts, sizes)]
 
     def requests(batch: list[Item]) -> list:
         return [

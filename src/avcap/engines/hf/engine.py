@@ -170,6 +170,7 @@ class TransformersEngine:
 
         self.cfg = cfg
         self.batch_size = cfg.batch_size
+        self.first_batch = cfg.first_batch
         self.device = resolve_device(device or cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         if isinstance(model, (str, os.PathLike)):
