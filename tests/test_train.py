@@ -780,3 +780,46 @@ def test_conversation_sizes_count_an_unreadable_file_as_zero(tmp_path):
 
     (tmp_path / "a.json").write_text("[1, 2, 3]")
     assert conversation_sizes([tmp_path / "a.json", tmp_path / "gone.json"]) == [9, 0]
+
+
+def test_right_padded_micro_batches_need_no_attention_mask(curated, tiny_model_dir, monkeypatch):
+    """The Collator right-pads, so `micro_batch_loss` leaves the mask out (sdpa's causal kernel, not a
+    masked one): the loss and every gradient equal those computed with the mask, videos included."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from avcap.data.sources import load_conversation
+    from avcap.train.data import Collator, encode
+    from avcap.train.loop import micro_batch_loss, right_padded
+
+    root, _ = curated
+    proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    files = sorted((root / "data/train").glob("*/conversations/*.json"))
+    samples = [{**encode(proc, load_conversation(f)), "index": i} for i, f in enumerate(files)]
+    text = [{"role": "user", "content": [{"type": "text", "text": "Say something short."}]},
+            {"role": "assistant", "content": "Short."}]
+    samples.append({**encode(proc, text), "index": len(samples)})
+    batch = Collator(proc.tokenizer.pad_token_id)(samples)
+    mask = batch["attention_mask"]
+    assert right_padded(mask) and len(set(mask.sum(1).tolist())) > 1  # rows of several lengths
+    assert not right_padded(mask.flip(1)) and not right_padded(torch.tensor([[1, 0, 1]]))
+
+    def loss_and_grads(b):
+        model.zero_grad()
+        loss, n = micro_batch_loss(model, b, "cpu", slice_logits=True)
+        loss.backward()
+        return float(loss), n, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    from avcap.train import loop
+
+    without = loss_and_grads(batch)
+    calls = []
+    monkeypatch.setattr(loop, "right_padded", lambda m: calls.append(m) or False)  # the mask goes in, as before
+    with_mask = loss_and_grads(batch)
+    assert calls  # the reference really passed the mask
+    assert without[1] == with_mask[1]
+    assert without[0] == pytest.approx(with_mask[0], rel=1e-6, abs=1e-6)
+    assert without[2].keys() == with_mask[2].keys()
+    for k, g in without[2].items():
+        ref = with_mask[2][k]
+        assert torch.allclose(g, ref, rtol=1e-4, atol=1e-6 * (1 + float(ref.abs().max()))), k

@@ -230,13 +230,23 @@ def loss_units(labels, per_sample: bool) -> int:
     return int(target.any(1).sum()) if per_sample else int(target.sum())
 
 
+def right_padded(mask) -> bool:
+    """Whether every row of a (B, L) 0/1 attention mask is its real tokens followed by padding (the
+    Collator's layout). Then the model needs no mask: attention is causal, so no real token sees a
+    pad, mRoPE numbers the real tokens the same, and pads carry no label. Without one transformers
+    runs sdpa's causal kernel instead of a masked one that computes every tile."""
+    m = mask.bool()
+    return bool((m[:, 1:] <= m[:, :-1]).all()) if m.dim() == 2 and m.shape[1] > 1 else m.dim() == 2
+
+
 def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool, per_sample: bool = False):
     """(sum of token cross-entropies over the labelled tokens, number of labelled tokens); with
     `per_sample`, (sum over samples of each sample's mean token cross-entropy, number of samples)."""
     import torch.nn.functional as F
 
     labels = batch["labels"][:, 1:]
-    inputs = {k: v.to(device) for k, v in batch.items() if k in _MODEL_KEYS}
+    inputs = {k: v.to(device) for k, v in batch.items()
+              if k in _MODEL_KEYS and not (k == "attention_mask" and right_padded(v))}
     if slice_logits:
         keep = (labels != -100).any(0).nonzero().squeeze(1)  # positions whose next token is labelled
         out = model(**inputs, logits_to_keep=keep.to(device), use_cache=False)  # no KV cache in training
