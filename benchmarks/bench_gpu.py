@@ -431,6 +431,7 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
     from transformers import AutoProcessor
 
     from avcap.models.qwen3_vl.cost import Shape, train_flops
+    from avcap.train import loop as train_loop
 
     processor = AutoProcessor.from_pretrained(tiny_dir)
     batch = sft_samples(processor, clip, 4, args.nframes, args.max_pixels)
@@ -488,7 +489,10 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
                for b in (0.3, 0.5, 0.7)},
         }
         names = (args.sft_variants_8b if size == "8B" else args.sft_variants).split(",")
-        variants = [(n, dict(catalogue[n])) for n in names if n]
+        # "<variant>_mask": the same set-up with the attention mask passed as before (loop.right_padded
+        # answers false), to measure what leaving it out of right-padded micro-batches gains
+        variants = [(n, {**catalogue[n.removesuffix("_mask")], **({"force_mask": True} if n.endswith("_mask") else {})})
+                    for n in names if n]
         if args.sft_profile and size != "8B" and variants:
             names_p = [n for n in args.sft_profile.split(",") if n] if isinstance(args.sft_profile, str) else [variants[0][0]]
             for n, v in variants:
@@ -499,12 +503,18 @@ def run_sft(args, tiny_dir: Path, clip: str, peak: dict[str, Any], device: str) 
                 res[name] = {"skipped": "deadline"}
                 continue
             log(f"sft {size} {name}")
+            force_mask = v.pop("force_mask", False)
+            plain_right_padded = train_loop.right_padded
+            if force_mask:
+                train_loop.right_padded = lambda mask: False
             try:
                 res[name] = sft_variant(model_fn, **common, **v)
             except torch.OutOfMemoryError as exc:
                 res[name] = {"error": f"OutOfMemoryError: {str(exc)[:300]}", "peak_gib": peak_gb()}
             except Exception as exc:
                 res[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
+            finally:
+                train_loop.right_padded = plain_right_padded
             _free()  # after the except block: the traceback no longer holds the model
             log(f"  -> {json.dumps(res[name])[:300]}")
             save()
