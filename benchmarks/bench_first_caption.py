@@ -8,7 +8,7 @@ Not a test. Writes `bench_first_caption.json`, `bench_first_caption.log` and eac
 timestamped output (`bench_first_caption_<run>.log`) to --out (default: $OUT when set, else
 benchmarks/); work files (model, clips, outputs, the compile cache) go to --work and the model and
 clips are reused from there by the next call on the same machine. On a bare device image the wheels
-carried in .whl/ are installed to /tmp/avcap-site first (bench_sft_8b.ensure_deps), and src/ is put
+carried in .whl/ are installed to /tmp/avcap-site first (bench_env.ensure_deps), and src/ is put
 on the path.
 
 What it does:
@@ -73,7 +73,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))  # its sibling modules
-from bench_log import RunLog
+from bench_env import ensure_deps, gpus_present  # noqa: E402
+from bench_log import RunLog  # noqa: E402
 
 RUN = RunLog("bench_first_caption", {"runs": {}})
 RESULTS = RUN.results
@@ -516,8 +517,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from bench_sft_8b import ensure_deps, gpu_info
-
     ensure_deps(Path(args.wheels))
     if args.build_model:
         write_model(args.size, Path(args.tiny_dir), Path(args.build_model), args.device)
@@ -529,7 +528,7 @@ def main(argv=None) -> int:
     RUN.use_out_dir(args.out)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    gpu = None if args.tiny else gpu_info()
+    gpu = None if args.tiny else next(iter(gpus_present()), None)
     if not args.tiny and gpu is None:
         raise SystemExit("no GPU found by nvidia-smi; use --tiny for the CPU dry run")
     RESULTS.update(mode="tiny (CPU dry run)" if args.tiny else "gpu", gpu=gpu,

@@ -44,7 +44,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -54,6 +53,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))  # its sibling modules
+from bench_env import ensure_deps, gpus_present  # noqa: E402
 from bench_log import RunLog  # noqa: E402
 
 RUN = RunLog("bench_sft_8b")
@@ -62,41 +62,6 @@ log = RUN.log
 save = RUN.save
 SOURCES = ("cv_annotated", "human_annotated", "reason1_sft")
 DATASHEET_BF16 = 989e12
-
-
-def ensure_deps(wheels: Path) -> None:
-    """src/ on the path (here and in the child) and, where avcap's dependencies are missing (a bare
-    device image), the carried wheels installed to /tmp/avcap-site."""
-    paths = [str(REPO / "src")]
-    sys.path[:0] = [p for p in paths if p not in sys.path]
-    try:
-        import av  # noqa: F401
-        import pydantic  # noqa: F401
-        import typer  # noqa: F401
-    except ImportError as exc:
-        found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
-        if not found:
-            raise SystemExit(f"avcap's dependencies are missing ({exc}) and {wheels} holds no wheels: "
-                             "pip install -e . (or carry the wheels in .whl/)")
-        site = Path("/tmp/avcap-site")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--upgrade", "--target", str(site), *map(str, found)], check=True)
-        paths.insert(0, str(site))
-        sys.path.insert(0, str(site))
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([old] if old else []))
-
-
-def gpu_info() -> dict[str, Any] | None:
-    """The first GPU as nvidia-smi sees it (no CUDA context in this process: the child owns the GPU)."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=60, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    line = out.strip().splitlines()[0] if out.strip() else ""
-    parts = [p.strip() for p in line.split(",")]
-    return {"name": parts[0], "memory_mib": float(parts[1]), "driver": parts[2]} if len(parts) == 3 else None
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -399,7 +364,7 @@ def main(argv=None) -> int:
     RUN.use_out_dir(args.out)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    gpu = None if args.tiny else gpu_info()
+    gpu = None if args.tiny else next(iter(gpus_present()), None)
     if not args.tiny and gpu is None:
         raise SystemExit("no GPU found by nvidia-smi; use --tiny for the CPU dry run")
     RESULTS.update(mode="tiny (CPU dry run)" if args.tiny else "gpu", command=" ".join(["bench_sft_8b.py", *(argv or sys.argv[1:])]),
