@@ -35,6 +35,7 @@ T_START = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_gpu as bg  # noqa: E402
+from bench_decode_attention import time_call  # noqa: E402
 
 
 def counters() -> dict[str, int]:
@@ -46,22 +47,6 @@ def counters() -> dict[str, int]:
             if "cache" in k:
                 out[f"{group}.{k}"] = int(v)
     return out
-
-
-def cuda_ms(fn, repeats: int = 5) -> float:
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def attention_alone(model, rows: int, kv_len: int) -> dict[str, Any]:
@@ -91,7 +76,7 @@ def attention_alone(model, rows: int, kv_len: int) -> dict[str, Any]:
     ref = sdpa().reshape(rows, heads, 1, d).float()
     for name, fn in (("sdpa", sdpa), ("flex", lambda: flex(q, kc, vc, scale))):
         try:
-            ms = cuda_ms(fn)
+            ms = 1e3 * time_call(fn, iters=20)
             got = fn().reshape(rows, heads, 1, d).float()
             out[name] = {"ms": round(ms, 3), "GB_per_s": round(out["kv_gb"] / ms * 1e3, 1),
                          "max_abs_diff_vs_sdpa": float((got - ref).abs().max())}
@@ -323,7 +308,8 @@ def main(argv=None) -> int:
         pix = torch.cat(list(pixels[:n])).to(eng.device)
         g = batch["video_grid_thw"][:n].to(eng.device)
         with torch.inference_mode():
-            ms = cuda_ms(lambda: model.model.get_video_features(pixel_values_videos=pix, video_grid_thw=g), 3)
+            ms = 1e3 * time_call(lambda: model.model.get_video_features(pixel_values_videos=pix, video_grid_thw=g),
+                                  iters=1, repeats=3)
         res["vision_alone"] = {"videos": n, "ms": round(ms, 2), "ms_per_video": round(ms / n, 2),
                                "TFLOPs_per_s": round(vflops * n / ms / 1e9, 1)}
         print("vision alone:", res["vision_alone"], flush=True)
