@@ -49,6 +49,7 @@ within bf16 rounding (attention sums in a different order).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import time
 from dataclasses import dataclass
@@ -247,7 +248,13 @@ class StopCheck:
 
 # ----------------------------------------------------------------------------- decode attention
 
-_FLEX: dict[str, Any] = {}
+@functools.cache
+def _compiled_flex():
+    """torch.compile'd flex_attention, once per process (FlexAttention runs fast only compiled)."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def flex_decode(valid):
@@ -262,12 +269,7 @@ def flex_decode(valid):
     def valid_only(score, b, h, q_idx, kv_idx):
         return torch.where(valid[b, kv_idx], score, float("-inf"))
 
-    if valid.is_cuda:
-        if "compiled" not in _FLEX:
-            _FLEX["compiled"] = torch.compile(flex_attention, dynamic=False)
-        run = _FLEX["compiled"]
-    else:
-        run = flex_attention
+    run = _compiled_flex() if valid.is_cuda else flex_attention
 
     def attend(q, kc, vc, scale):
         if valid.is_cuda:

@@ -6,6 +6,7 @@ models the transcription supports, the vision patch embedding as one GEMM, host-
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 # Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
@@ -186,7 +187,7 @@ def causal_attention(q, k, v, att, scale: float):
     import torch.nn.functional as F
 
     g = q.shape[1] // k.shape[1]
-    if att is None and _HAS_GQA:
+    if att is None and _has_gqa():
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
     if g > 1:
         k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
@@ -198,15 +199,11 @@ def causal_attention(q, k, v, att, scale: float):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
+@functools.cache
 def _has_gqa() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
+    import torch
+
     return tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # sdpa's enable_gqa
-
-
-_HAS_GQA = _has_gqa()
 
 
 def prefix_layers(model, hidden, position_ids, attention_mask, cache, visual_pos_masks=None,
