@@ -64,6 +64,7 @@ from avcap.models.qwen3_vl.text import (
     check_layer_against_library,
     linear_patch_embed,
     prefix_layers,
+    replaced,
     rotary,
     supports,
     text_forward,
@@ -261,8 +262,7 @@ def flex_decode(valid):
     """`attend(q, kc, vc, scale)` for decode steps through FlexAttention: every query head against
     its KV head (`enable_gqa`), slots where `valid` (B, S) is false masked by a score_mod. On CUDA
     torch.compile turns it into FlexAttention's decoding kernel, which splits each row's cache
-    across the GPU's SMs (the masked sdpa kernel gives each (row, KV head) one block that walks the
-    whole cache); elsewhere it runs eagerly (the reference math, for tests)."""
+    across the GPU's SMs; elsewhere it runs eagerly (the reference math, for tests)."""
     import torch
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -675,15 +675,8 @@ class FastGenerator:
                                    deepstack_visual_embeds, self.prefix_pieces, padded=padded)
             return BaseModelOutputWithPast(last_hidden_state=hidden, **{cache_field: cache})
 
-        before = lm.__dict__.get("forward")
-        lm.forward = forward
-        try:
+        with replaced((lm, "forward", forward)):
             yield
-        finally:
-            if before is None:
-                lm.__dict__.pop("forward", None)
-            else:
-                lm.forward = before
 
     def _host_vision(self, ids, grid, device):
         """This call's vision inputs from the host (None when they are off or do not apply)."""

@@ -19,7 +19,7 @@ import contextlib
 from typing import Any, Optional
 
 from avcap.models.qwen3_vl.compile import remember_runs
-from avcap.models.qwen3_vl.text import NotSupported
+from avcap.models.qwen3_vl.text import NotSupported, replaced
 from avcap.models.qwen3_vl.text import to_device as _to_device
 
 # Heavy libraries (transformers) are imported inside the functions that use them: `avcap --help` and
@@ -104,14 +104,5 @@ class HostVision:
         def forward(*args, **kw):
             return plain(*args, **{**extra, **kw})
 
-        saved = [(obj, name, obj.__dict__.get(name)) for obj, name in ((visual, "forward"), (lm, "_deepstack_process"))]
-        visual.forward = forward
-        lm._deepstack_process = self._deepstack
-        try:
+        with replaced((visual, "forward", forward), (lm, "_deepstack_process", self._deepstack)):
             yield self
-        finally:
-            for obj, name, before in saved:
-                if before is None:
-                    obj.__dict__.pop(name, None)
-                else:
-                    setattr(obj, name, before)

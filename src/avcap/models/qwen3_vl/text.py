@@ -6,6 +6,7 @@ models the transcription supports, the vision patch embedding as one GEMM, host-
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Optional
 
@@ -58,6 +59,23 @@ def linear_patch_embed(model) -> bool:
     pe.forward = forward
     pe._avcap_linear = True
     return True
+
+
+@contextlib.contextmanager
+def replaced(*changes):
+    """Set instance attributes (`(obj, name, value)` triples) for the calls made inside, then put
+    back what each object had (or remove the attribute, so the class's is found again)."""
+    saved = [(obj, name, obj.__dict__.get(name)) for obj, name, _ in changes]
+    for obj, name, value in changes:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for obj, name, before in saved:
+            if before is None:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, before)
 
 
 def to_device(t, device):
