@@ -32,6 +32,7 @@ import csv
 import hashlib
 import importlib.metadata as md
 import io
+import itertools
 import json
 import os
 import re
@@ -630,8 +631,8 @@ def run_items(engine, task: str, todo: list[Item], sampling: Sampling, system: O
     of the engine's batch size, the next batches' videos decoded ahead, and each batch's
     `on_batch(items, results, records)` (records by `make_record`) called as soon as it finishes."""
     sizes = batch_sizes(len(todo), int(getattr(engine, "batch_size", 1)), getattr(engine, "first_batch", None))
-    starts = [sum(sizes[:k]) for k in range(len(sizes))]
-    batches = [todo[j : j + n] for j, n in zip(starts, sizes)]
+    ends = list(itertools.accumulate(sizes))
+    batches = [todo[end - n : end] for end, n in zip(ends, sizes)]
 
     def requests(batch: list[Item]) -> list:
         return [
