@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
+
+_CACHE: list[str] = []
+
+
+def pytest_configure(config):
+    """avcap's caches (compiled graphs: avcap.core.compile_cache) in a folder of this session, not the
+    user's ~/.cache/avcap; processes the tests start inherit it."""
+    if "AVCAP_CACHE_DIR" not in os.environ:
+        _CACHE.append(tempfile.mkdtemp(prefix="avcap-test-cache-"))
+        os.environ["AVCAP_CACHE_DIR"] = _CACHE[0]
+
+
+def pytest_unconfigure(config):
+    for path in _CACHE:
+        shutil.rmtree(path, ignore_errors=True)
+        os.environ.pop("AVCAP_CACHE_DIR", None)
 
 
 def pytest_addoption(parser):

@@ -9,6 +9,7 @@ benchmarks/bench_gpu.py, which checks graph-vs-eager and fast-vs-generate tokens
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -384,6 +385,9 @@ def test_compiled_engine_gives_the_eager_outputs(varied_model_dir, engines, clip
         a, b = compiled.generate(reqs, s), eager.generate(reqs, s)
         assert {r.extra["path"] for r in a} == {"fast"}
         assert _outputs(a) == _outputs(b)
+        cache = compiled.run_record()["compile_cache"]  # avcap's versioned folder, with torch's counters
+        assert cache["source"] == "avcap" and cache["dir"].startswith(os.environ["AVCAP_CACHE_DIR"])
+        assert sum(cache["counters"].values()) > 0
         chunk = [(r, [compiled.frames.frames(p) for p in r.messages[1]["content"]
                       if isinstance(p, dict) and p.get("type") == "video"]) for r in reqs]
         inputs = compiled.inputs_for(chunk)
