@@ -308,7 +308,7 @@ class Logger:
         self.echo(
             f"step {rec['step']}/{rec['total_steps']} epoch {rec['epoch']} loss {rec['loss']:.4f} "
             f"lr {rec['lr']:.3e} grad_norm {rec['grad_norm']:.3f} tokens/s {rec['tokens_per_s']:.0f} "
-            f"step_time {rec['step_time_s']:.2f}s skipped {rec['samples_skipped_total']}"
+            f"step_time {rec['step_time_s']:.2f}s data_wait {rec['data_wait_s']:.2f}s skipped {rec['samples_skipped_total']}"
         )
         assert self.writer is not None
         self.writer.append({"key": str(rec["step"]), **rec})
@@ -509,7 +509,11 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     try:
         for step in range(start_step, total_steps):
             t0 = time.perf_counter()
-            micro = [next(batches) for _ in range(accum)]
+            micro, data_wait = [], 0.0  # data_wait: seconds blocked on the DataLoader this step
+            for _ in range(accum):
+                w0 = time.perf_counter()
+                micro.append(next(batches))
+                data_wait += time.perf_counter() - w0
             skipped = [s for mb in micro for s in mb["skipped"]]
             for i, reason, why in skipped:  # why: names the file and field
                 echo(f"warning: rank {d.rank} step {step + 1}: skipped sample {i} ({reason}): {why}")
@@ -558,7 +562,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             log.step({
                 "step": done, "total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
                 "loss": loss_total / n_units, "lr": lr, "grad_norm": float(grad_norm),
-                "tokens_per_s": n_input / dt, "step_time_s": dt, "assistant_tokens": int(n_tokens),
+                "tokens_per_s": n_input / dt, "step_time_s": dt, "data_wait_s": data_wait,
+                "assistant_tokens": int(n_tokens),
                 "samples_skipped": int(n_skipped), "samples_skipped_total": skipped_total,
                 "samples_skipped_by_reason": step_by_reason,
                 "samples_skipped_by_reason_total": {r: n for r, n in skipped_by_reason.items() if n},
