@@ -1,8 +1,14 @@
-"""How `avcap train` feeds the model: the DataLoader wait in train_log.jsonl (`data_wait_s`)."""
+"""How `avcap train` feeds the model: the DataLoader wait in train_log.jsonl (`data_wait_s`); a step
+that reads the device once (losses and gradient norm equal a plain forward and backward; the
+micro-batch loss reads nothing back from the device)."""
 
 from __future__ import annotations
 
+import copy
+import types
+
 import pytest
+import torch
 from test_train import curated, log_of, train_config  # noqa: F401  (curated: a fixture)
 
 from avcap.core.config import load_config
@@ -31,3 +37,97 @@ def test_every_step_records_its_wait_for_the_dataloader(fed):
     # step 1 waits for the worker process to start and encode its first micro-batches
     assert log[1]["data_wait_s"] > 0
     assert any(line.startswith("step 2/2 ") and " data_wait " in line for line in lines)
+
+
+# ----------------------------------------------------------------------------- no waits for the device
+
+
+def _micro_batches_of_step(cfg, step: int, processor) -> list[dict]:
+    """The micro-batches `avcap train` feeds for step `step` (0-based), built again here."""
+    from avcap.data.blend import BlendPlan
+    from avcap.train.data import Collator, SFTDataset, StepBatches, index_sources
+
+    ds = cfg.custom.dataset
+    index = index_sources(cfg.resolve(ds.dataset_root), ds.subdirectories, ds.meta_file, skip_bad=True)
+    plan = BlendPlan(tuple(index.sizes), tuple(ds.normalized_weights()), cfg.train.seed,
+                     cfg.train.train_batch_per_replica, names=tuple(index.names))
+    dataset = SFTDataset(index, processor, vision=cfg.custom.vision, model_max_length=cfg.policy.model_max_length)
+    sampler = StepBatches(plan, rank=0, world_size=1, mini_batch=cfg.train.train_policy.mini_batch,
+                          start_step=step, end_step=step + 1)
+    collate = Collator(processor.tokenizer.pad_token_id)
+    return [collate([dataset[i] for i in idx]) for idx in sampler]
+
+
+def test_logged_loss_and_grad_norm_equal_a_plain_forward_and_backward(fed, tiny_model_dir):
+    """Each logged step equals a plain full-logits forward (attention mask included) and backward over
+    the same micro-batches, from the weights the step started from (the model, then checkpoint step_1)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cfg, out, _ = fed
+    log = log_of(out)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    keys = ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids")
+    for step, weights in ((1, tiny_model_dir), (2, out / "checkpoints/step_1")):
+        model = AutoModelForImageTextToText.from_pretrained(weights)
+        micro = _micro_batches_of_step(cfg, step - 1, processor)
+        assert len(micro) == 2 and sorted(i for mb in micro for i in mb["indices"]) == sorted(log[step]["batch"])
+        n_tokens = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro)
+        losses = []
+        for mb in micro:
+            logits = model(**{k: mb[k] for k in keys if k in mb}, use_cache=False).logits[:, :-1].float()
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), mb["labels"][:, 1:].reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+            (loss / n_tokens).backward()
+            losses.append(float(loss.detach()))
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+        assert log[step]["assistant_tokens"] == n_tokens
+        assert log[step]["loss"] == pytest.approx(sum(losses) / n_tokens, rel=1e-6)
+        assert log[step]["grad_norm"] == pytest.approx(norm, rel=1e-4)
+
+
+class _Lm(torch.nn.Module):
+    """A language model small enough to live on the meta device (no storage: any read of a value raises)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.embed, self.head = torch.nn.Embedding(vocab, 8), torch.nn.Linear(8, vocab)
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=None, use_cache=False):
+        h = self.embed(input_ids)
+        if logits_to_keep is not None:
+            h = h[:, logits_to_keep]
+        return types.SimpleNamespace(logits=self.head(h))
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_micro_batch_loss_reads_nothing_back_from_the_device(per_sample):
+    """`micro_batch_loss` on the meta device, where reading a tensor's value raises: the count it returns
+    comes from the labels on the host, and no mask indexes a device tensor (that would wait for the GPU
+    between a micro-batch's forward and backward); on the CPU the same call gives the reference values."""
+    from avcap.train.data import Collator
+    from avcap.train.loop import micro_batch_loss
+
+    torch.manual_seed(0)
+    rows = [([5, 6, 7, 8, 9], [-100, -100, 7, 8, 9]), ([3, 4, 5], [-100, -100, -100]), ([1, 2, 3, 4], [-100, -100, 3, 4])]
+    samples = [{"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+                "labels": torch.tensor([lab]), "index": i} for i, (ids, lab) in enumerate(rows)]
+    batch = Collator(0)(samples)
+    model = _Lm(16)
+    cpu_loss, cpu_n = micro_batch_loss(model, batch, torch.device("cpu"), slice_logits=True, per_sample=per_sample)
+    meta_loss, meta_n = micro_batch_loss(copy.deepcopy(model).to("meta"), batch, torch.device("meta"),
+                                         slice_logits=True, per_sample=per_sample)
+    assert meta_loss.device.type == "meta" and meta_loss.dim() == 0 and meta_n == cpu_n
+    assert isinstance(cpu_n, int) and cpu_n == (2 if per_sample else 5)  # the middle row has no label
+    # the reference: each row alone, the token cross-entropies of its labelled next tokens
+    tok = []
+    for ids, lab in rows:
+        logits = model(torch.tensor([ids])).logits[0, :-1]
+        target = torch.tensor(lab[1:])
+        tok.append(torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="none")[target != -100])
+    if per_sample:
+        expect = sum(float(t.mean()) for t in tok if len(t))
+    else:
+        expect = float(torch.cat(tok).sum())
+    assert float(cpu_loss) == pytest.approx(expect, rel=1e-5)

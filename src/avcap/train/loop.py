@@ -241,31 +241,36 @@ def right_padded(mask) -> bool:
 
 def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool, per_sample: bool = False):
     """(sum of token cross-entropies over the labelled tokens, number of labelled tokens); with
-    `per_sample`, (sum over samples of each sample's mean token cross-entropy, number of samples)."""
+    `per_sample`, (sum over samples of each sample's mean token cross-entropy, number of samples).
+    Nothing here waits for `device`: the inputs are copied with `non_blocking` (from the DataLoader's
+    pinned memory on CUDA: the copy is queued behind the GPU's work, not waited for), and which
+    positions and samples count is read from the labels on the host, before they are copied."""
     import torch.nn.functional as F
 
     labels = batch["labels"][:, 1:]
-    inputs = {k: v.to(device) for k, v in batch.items()
+    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()
               if k in _MODEL_KEYS and not (k == "attention_mask" and right_padded(v))}
     if slice_logits:
         keep = (labels != -100).any(0).nonzero().squeeze(1)  # positions whose next token is labelled
-        out = model(**inputs, logits_to_keep=keep.to(device), use_cache=False)  # no KV cache in training
+        out = model(**inputs, logits_to_keep=keep.to(device, non_blocking=True), use_cache=False)  # no KV cache in training
         target = labels[:, keep]
     else:
         out = model(**inputs, use_cache=False)
         target = labels
         out.logits = out.logits[:, :-1]
     logits = out.logits.float()
-    target = target.to(device)
+    labelled = target != -100  # on the host
+    target = target.to(device, non_blocking=True)
     if not per_sample:
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                ignore_index=-100, reduction="sum")
-        return loss, int((target != -100).sum())
+        return loss, int(labelled.sum())
     tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
                           reduction="none").view(target.shape)
     n = (target != -100).sum(1)
-    rows = n > 0
-    return (tok.sum(1)[rows] / n[rows]).sum(), int(rows.sum())
+    rows = labelled.any(1).nonzero().squeeze(1)  # samples with a labelled token (an index: no mask on the device)
+    on_device = rows.to(device, non_blocking=True)
+    return (tok.sum(1)[on_device] / n[on_device]).sum(), len(rows)
 
 
 # ----------------------------------------------------------------------------- logging
@@ -527,7 +532,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             if n_tokens == 0:
                 raise TrainError(f"step {step + 1}: every sample of the global batch was skipped "
                                  f"({_reasons_text(step_by_reason)}; the warnings above name each file)")
-            loss_sum = 0.0
+            losses = []  # each counted micro-batch's loss, left on the device until the optimizer step is queued
             for k, mb in enumerate(micro):
                 scale = d.world_size / n_units  # FSDP averages gradients over ranks
                 if "labels" not in mb:
@@ -543,7 +548,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 with autocast():
                     loss, _ = micro_batch_loss(model, mb, d.device, slice_logits=slice_logits, per_sample=per_sample)
                 (loss * scale).backward()
-                loss_sum += float(loss.detach()) if scale else 0.0
+                if scale:
+                    losses.append(loss.detach())
             max_norm = t.optm_grad_norm_clip if t.optm_grad_norm_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             if hasattr(grad_norm, "full_tensor"):
@@ -552,6 +558,9 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            # the step's one wait for the device: its losses and gradient norm, read once everything is queued
+            loss_sum = sum(torch.stack(losses).tolist(), 0.0) if losses else 0.0  # summed in order, as floats
+            grad_norm = float(grad_norm)
             (loss_total,) = all_reduce_sum([loss_sum], d)
             skipped_total += int(n_skipped)
             for r, n in step_by_reason.items():
@@ -561,7 +570,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             dt = time.perf_counter() - t0
             log.step({
                 "step": done, "total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
-                "loss": loss_total / n_units, "lr": lr, "grad_norm": float(grad_norm),
+                "loss": loss_total / n_units, "lr": lr, "grad_norm": grad_norm,
                 "tokens_per_s": n_input / dt, "step_time_s": dt, "data_wait_s": data_wait,
                 "assistant_tokens": int(n_tokens),
                 "samples_skipped": int(n_skipped), "samples_skipped_total": skipped_total,
