@@ -1,6 +1,7 @@
 """How `avcap train` feeds the model: the DataLoader wait in train_log.jsonl (`data_wait_s`); a step
 that reads the device once (losses and gradient norm equal a plain forward and backward; the
-micro-batch loss reads nothing back from the device)."""
+micro-batch loss reads nothing back from the device); `[avcap.train] decoder` (validated, recorded,
+free to change on resume, NVDEC refused without CUDA, NVDEC's spawned DataLoader workers)."""
 
 from __future__ import annotations
 
@@ -127,7 +128,129 @@ def test_micro_batch_loss_reads_nothing_back_from_the_device(per_sample):
         target = torch.tensor(lab[1:])
         tok.append(torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="none")[target != -100])
     if per_sample:
-        expect = sum(float(t.mean()) for t in tok if len(t))
+        expect = sum(float(t.mean().detach()) for t in tok if len(t))
     else:
-        expect = float(torch.cat(tok).sum())
-    assert float(cpu_loss) == pytest.approx(expect, rel=1e-5)
+        expect = float(torch.cat(tok).sum().detach())
+    assert float(cpu_loss.detach()) == pytest.approx(expect, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- [avcap.train] decoder
+
+
+def test_decoder_key_takes_cpu_or_nvdec_and_names_itself_otherwise(tmp_path):
+    from typer.testing import CliRunner
+
+    from avcap.cli import app
+    from avcap.core.config import ConfigError
+
+    assert load_config().avcap.train.decoder == "cpu"
+    good = tmp_path / "nvdec.toml"
+    good.write_text('[avcap.train]\ndecoder = "nvdec"\n')
+    assert load_config(good).avcap.train.decoder == "nvdec"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[avcap.train]\ndecoder = "gpu"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    (line,) = exc.value.problems
+    assert line.startswith(f"{bad}: avcap.train.decoder: ") and "'cpu' or 'nvdec'" in line and "'gpu'" in line
+    res = CliRunner().invoke(app, ["train", "--config", str(bad)])
+    assert res.exit_code == 2 and "avcap.train.decoder" in res.output and "Traceback" not in res.output
+
+
+def test_the_decoder_is_recorded_in_the_log_and_the_checkpoint(fed):
+    import json
+
+    cfg, out, lines = fed
+    assert cfg.avcap.train.decoder == "cpu"
+    assert all(rec["decoder"] == "cpu" for rec in log_of(out).values())
+    for step in (1, 2):
+        assert json.loads((out / f"checkpoints/step_{step}/avcap_train_state.json").read_text())["decoder"] == "cpu"
+    assert any(line.startswith("training ") and "videos decoded by the CPU ([avcap.train] decoder) in 1 DataLoader "
+               "worker processes" in line for line in lines)
+
+
+def test_a_resume_may_change_the_decoder(fed, tmp_path):
+    """The decoder does not change the data: a checkpoint written by an NVDEC run resumes with the CPU's."""
+    import json
+    import shutil
+
+    from avcap.train.loop import train
+
+    cfg, out, _ = fed
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    shutil.rmtree(run / "checkpoints/step_2")
+    state_file = run / "checkpoints/step_1/avcap_train_state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "decoder": "nvdec"}))
+    resumed = load_config(cfg.source, overrides={"train": {"max_num_steps": 2, "output_dir": str(run),
+                                                           "ckpt": {"save_freq": 1}}})
+    lines: list[str] = []
+    train(resumed, echo=lines.append)
+    assert any(line.startswith("resuming from") and "step 1/2" in line for line in lines)
+    before, after = log_of(out), log_of(run)
+    assert after[2]["decoder"] == "cpu" and after[2]["batch"] == before[2]["batch"]
+    assert after[2]["loss"] == pytest.approx(before[2]["loss"], rel=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run without a CUDA device")
+def test_nvdec_without_a_cuda_device_stops_at_start_with_one_line(curated, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from avcap.cli import app
+
+    path = train_config(curated, tiny_model_dir, "nvdec-on-cpu")
+    path.write_text(path.read_text() + '\n[avcap.train]\ndecoder = "nvdec"\n')
+    res = CliRunner().invoke(app, ["train", "--config", str(path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert errors == ['error: [avcap.train] decoder = "nvdec" decodes the videos on the GPU, and this run is on cpu '
+                      '(torch sees no CUDA device); set decoder = "cpu"']
+    assert not load_config(path).resolve("runs/nvdec-on-cpu").exists()  # stopped before the output directory
+
+
+def test_loader_options_spawn_nvdec_workers_on_the_ranks_gpu():
+    from avcap.train.loop import _worker_init, loader_options
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:3")
+    plain = loader_options(4, None, cpu, "cpu")
+    assert plain["num_workers"] == 4 and plain["prefetch_factor"] == 2 and plain["pin_memory"] is False
+    assert "multiprocessing_context" not in plain  # the platform's default (fork on Linux)
+    assert plain["worker_init_fn"].func is _worker_init and plain["worker_init_fn"].args[1] is None
+    cuda_cpu = loader_options(4, 3, gpu, "cpu")
+    assert cuda_cpu["pin_memory"] is True and cuda_cpu["prefetch_factor"] == 3
+    assert "multiprocessing_context" not in cuda_cpu and cuda_cpu["worker_init_fn"].args[1] is None
+    nvdec = loader_options(4, None, gpu, "nvdec")
+    assert nvdec["multiprocessing_context"] == "spawn" and nvdec["pin_memory"] is True
+    assert nvdec["worker_init_fn"].args[1] == 3  # decode on this rank's GPU
+    inline = loader_options(0, 5, gpu, "nvdec")  # no workers: decoded in the training process
+    assert inline == {"num_workers": 0, "pin_memory": True, "prefetch_factor": None}
+
+
+def test_spawned_workers_get_everything_and_give_the_same_batches(fed, tiny_model_dir):
+    """NVDEC's worker set-up (spawn: the dataset, processor, collator and set-up function are pickled
+    into fresh processes) with the CPU decoder: the batches equal those loaded in this process."""
+    from torch.utils.data import DataLoader
+    from transformers import AutoProcessor
+
+    from avcap.train.data import Collator, SFTDataset, index_sources
+    from avcap.train.loop import loader_options
+
+    cfg, _, _ = fed
+    ds = cfg.custom.dataset
+    index = index_sources(cfg.resolve(ds.dataset_root), ds.subdirectories, ds.meta_file, skip_bad=True)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    dataset = SFTDataset(index, processor, vision=cfg.custom.vision, model_max_length=4096)
+    batches = [[0, 2], [1, 3]]
+
+    def load(**opts):
+        return list(DataLoader(dataset, batch_sampler=batches, collate_fn=Collator(processor.tokenizer.pad_token_id),
+                               **opts))
+
+    spawned = load(**loader_options(1, None, torch.device("cpu"), "nvdec"))
+    inline = load(num_workers=0)
+    assert len(spawned) == len(inline) == 2
+    for a, b in zip(spawned, inline):
+        assert a.keys() == b.keys() and a["indices"] == b["indices"] and not a["skipped"]
+        for k, v in b.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(a[k], v), k

@@ -451,7 +451,8 @@ class Metrics(_Model):
 
 
 class AvcapTrain(_Model):
-    """avcap's additions to [train]: how the SFT loss averages (cosmos-rl: over the batch's tokens)."""
+    """avcap's additions to [train]: how the SFT loss averages (cosmos-rl: over the batch's tokens), what
+    the compiler recomputes, where the videos are decoded."""
 
     # "token": mean over every labelled token of the global batch (cosmos-rl, transformers' Trainer);
     # "sample": mean over samples of each sample's token mean, so a one-letter answer weighs as much as
@@ -461,6 +462,11 @@ class AvcapTrain(_Model):
     # let the compiler recompute the cheapest rest, instead of gradient checkpointing's recompute of
     # every whole block (avcap.models.qwen3_vl.compile); None: policy.model_gradient_checkpointing as set
     activation_memory_budget: Optional[float] = Field(None, gt=0, le=1)
+    # where the DataLoader decodes the training videos (avcap.video.load_video): "cpu", or "nvdec" — the
+    # GPU's hardware decoder, colour conversion and resize on the GPU too (frames as the CPU's; the resize
+    # within one level), in `dataloader_num_workers` worker processes started with "spawn", each with a
+    # CUDA context of its own on the rank's GPU. Not the data: a resume may change it
+    decoder: Literal["cpu", "nvdec"] = "cpu"
 
 
 class Label(_Model):

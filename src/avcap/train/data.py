@@ -1,9 +1,10 @@
 """SFT samples: a curated conversation -> model inputs with labels on the assistant tokens only.
 
-`encode` runs in DataLoader worker processes: it decodes the sampled frames with avcap.video,
-renders the chat template, runs the model's processor on the pre-sampled frames
-(`do_sample_frames=False`, `do_resize=False`, `video_metadata` from avcap.video — see
-avcap.models.qwen3_vl.tiny's "Processor call") and builds the labels.
+`encode` runs in DataLoader worker processes: it decodes the sampled frames with avcap.video (on the
+CPU, or with `decoder="nvdec"` on the GPU's hardware decoder: `[avcap.train] decoder`), renders the
+chat template, runs the model's processor on the pre-sampled frames (`do_sample_frames=False`,
+`do_resize=False`, `video_metadata` from avcap.video — see avcap.models.qwen3_vl.tiny's "Processor
+call") and builds the labels.
 
 Label masking follows the chat template itself, not a model-specific token pattern: for each
 assistant message i, the template rendered for `messages[:i]` with the generation prompt and for
@@ -127,8 +128,10 @@ def video_factor(processor) -> int:
 _SAMPLING_KEYS = ("nframes", "fps", "min_pixels", "max_pixels", "total_pixels", "min_frames", "max_frames")
 
 
-def encode(processor, messages: list[dict[str, Any]], *, model_max_length: Optional[int] = None) -> dict[str, Any]:
-    """Model inputs (batch of one, torch tensors) plus `labels`; raises SampleSkipped."""
+def encode(processor, messages: list[dict[str, Any]], *, model_max_length: Optional[int] = None,
+           decoder: str = "cpu") -> dict[str, Any]:
+    """Model inputs (batch of one, torch tensors) plus `labels`; raises SampleSkipped. `decoder`:
+    avcap.video.load_video's, "cpu" or "nvdec" (this process's current CUDA device)."""
     import torch
 
     videos, metas = [], []
@@ -141,7 +144,7 @@ def encode(processor, messages: list[dict[str, Any]], *, model_max_length: Optio
             if isinstance(part, dict) and part.get("type") == "video":
                 kw = {k: part[k] for k in _SAMPLING_KEYS if part.get(k) is not None}
                 try:
-                    vf = load_video(part["video"], factor=factor, **kw)
+                    vf = load_video(part["video"], factor=factor, decoder=decoder, **kw)
                 except (VideoError, OSError) as exc:  # a VideoError's message starts with the video's path
                     raise SampleSkipped(f"[{i}].content[{j}].video: unusable video: {exc}", "bad_video") from None
                 videos.append(vf.frames)
@@ -215,10 +218,13 @@ def index_sources(dataset_root: str | Path, subdirectories: Sequence[str], meta_
 
 class SFTDataset:
     """Map-style dataset over curated conversations: item i -> encoded sample dict, or a dict with
-    `skipped` (reason) when the sample cannot be used; a torch `Dataset` by duck typing."""
+    `skipped` (reason) when the sample cannot be used; a torch `Dataset` by duck typing. Picklable
+    (DataLoader workers started with "spawn" get a copy). `decoder`: see `encode`."""
 
-    def __init__(self, index: SourceIndex, processor, vision=None, model_max_length: Optional[int] = None):
+    def __init__(self, index: SourceIndex, processor, vision=None, model_max_length: Optional[int] = None,
+                 decoder: str = "cpu"):
         self.index, self.processor, self.vision, self.model_max_length = index, processor, vision, model_max_length
+        self.decoder = decoder
 
     def __len__(self) -> int:
         return len(self.index.files)
@@ -243,7 +249,8 @@ class SFTDataset:
         try:
             messages = self.conversation(i)
             try:
-                sample = encode(self.processor, messages, model_max_length=self.model_max_length)
+                sample = encode(self.processor, messages, model_max_length=self.model_max_length,
+                                decoder=self.decoder)
             except SampleSkipped as exc:  # name the conversation file in front of the field
                 raise SampleSkipped(f"{self.index.files[i]}: {exc}", exc.reason) from None
         except SampleSkipped as exc:

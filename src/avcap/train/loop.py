@@ -25,7 +25,9 @@ Runs: CPU (fp32) or GPU (bf16 autocast; FSDP2 mixed precision with `train.param_
 processes via `torchrun --nproc-per-node N -m avcap.train --config FILE` (or `avcap train`
 under torchrun): PyTorch FSDP2 (`fully_shard`) over `dp_shard_size` ranks (-1: all), NCCL on
 GPU, gloo on CPU; each rank takes a disjoint slice of every global batch. Video decoding and the
-processor run in `dataloader_num_workers` DataLoader worker processes, prefetching ahead.
+processor run in `dataloader_num_workers` DataLoader worker processes, prefetching ahead; with
+`[avcap.train] decoder = "nvdec"` they decode on the rank's GPU (NVDEC), started with "spawn" (a
+forked child cannot use CUDA). `data_wait_s` in train_log.jsonl is the time a step waited for them.
 
 Checkpoints every `[train.ckpt] save_freq` steps (and at the end with `save_final`) as
 `<output_dir>/checkpoints/step_<N>/` (avcap.train.checkpoint). `resume = true` continues from
@@ -411,6 +413,9 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
 
     t = cfg.train
     d = setup_distributed(cfg)
+    decoder = cfg.avcap.train.decoder
+    if decoder == "nvdec":
+        require_nvdec(d.device)
     out = cfg.resolve(t.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(t.seed + d.rank)
@@ -477,7 +482,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             echo(f"resuming from {resume_from} at step {start_step}/{total_steps}")
 
     accum = t.grad_accumulation
-    dataset = SFTDataset(index, processor, vision=cfg.custom.vision, model_max_length=cfg.policy.model_max_length)
+    dataset = SFTDataset(index, processor, vision=cfg.custom.vision, model_max_length=cfg.policy.model_max_length,
+                         decoder=decoder)
     workers = t.train_policy.dataloader_num_workers
     loader = DataLoader(
         dataset,
@@ -485,10 +491,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                                   start_step=start_step, end_step=total_steps,
                                   lengths=conversation_sizes(index.files) if accum > 1 else None),
         collate_fn=Collator(processor.tokenizer.pad_token_id),
-        num_workers=workers,
-        pin_memory=d.device.type == "cuda",  # page-locked batches: faster copies to the GPU
-        prefetch_factor=(t.train_policy.dataloader_prefetch_factor or 2) if workers > 0 else None,
-        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers > 0 else None,
+        **loader_options(workers, t.train_policy.dataloader_prefetch_factor, d.device, decoder),
     )
     slice_logits = _accepts(type(model).forward, "logits_to_keep")
     per_sample = cfg.avcap.train.loss_reduction == "sample"
@@ -505,7 +508,9 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         init = " (random weights, --init-random)" if init_random and resume_from is None else ""
         echo(f"training {model_src}{init} on {d.world_size} x {d.device.type}: {total_steps} steps "
              f"({plan.steps_per_epoch}/epoch), global batch {plan.global_batch} = {d.world_size} ranks x "
-             f"{accum} micro-batches x {t.train_policy.mini_batch}; blend {mix}")
+             f"{accum} micro-batches x {t.train_policy.mini_batch}; blend {mix}; videos decoded by "
+             f"{'NVDEC' if decoder == 'nvdec' else 'the CPU'} ([avcap.train] decoder) in "
+             f"{f'{workers} DataLoader worker processes' if workers else 'the training process'}")
 
     written: list[Path] = []
     fallback = None  # a batch kept for ranks whose micro-batch was entirely skipped (collectives must match)
@@ -577,7 +582,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 "samples_skipped_by_reason": step_by_reason,
                 "samples_skipped_by_reason_total": {r: n for r, n in skipped_by_reason.items() if n},
                 "batch": plan.step_indices(step).tolist(),  # the global batch (sample indices), for audits
-                "master_dtype": master.dtype,
+                "master_dtype": master.dtype, "decoder": decoder,
             })
             if t.ckpt.enable_checkpoint and (done % t.ckpt.save_freq == 0 or (done == total_steps and t.ckpt.save_final)):
                 state = {"total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
@@ -586,7 +591,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                          "samples_skipped_by_reason": {r: n for r, n in skipped_by_reason.items() if n},
                          "plan": _plan_summary(plan), "base_model": _model_source(cfg),
                          "loss": loss_total / n_units, "config": cfg.source,
-                         "master_dtype": master.dtype, "master_dtype_choice": master.record()}
+                         "master_dtype": master.dtype, "master_dtype_choice": master.record(), "decoder": decoder}
                 path = ckpt.save(model, optimizer, scheduler, processor, output_dir=out, step=done, state=state,
                                  rank=d.rank, world_size=d.world_size, max_keep=t.ckpt.max_keep,
                                  weights_dtype=master.dtype)
@@ -614,13 +619,49 @@ def _first_usable(dataset, collate) -> dict[str, Any]:
     raise TrainError("no sample of the dataset can be trained on (the warnings above say why)")
 
 
-def _worker_init(parent: int, _: int) -> None:
-    """DataLoader worker set-up: one thread, and exit when the training process dies — at once
-    (Linux: SIGKILL from the kernel via PR_SET_PDEATHSIG, sent when the thread that started the
-    worker ends: the one that iterates the loader), not at PyTorch's next 5-second check."""
+def require_nvdec(device) -> None:
+    """`[avcap.train] decoder = "nvdec"` needs this run on a CUDA GPU and NVDEC in PyAV's FFmpeg: one line if not."""
+    if device.type != "cuda":
+        raise TrainError(f'[avcap.train] decoder = "nvdec" decodes the videos on the GPU, and this run is on '
+                         f'{device.type} (torch sees no CUDA device); set decoder = "cpu"')
+    import av
+
+    try:
+        from av.codec.hwaccel import hwdevices_available
+    except ImportError:
+        raise TrainError(f'[avcap.train] decoder = "nvdec" needs PyAV >= 18 (CUDA hwaccel); PyAV {av.__version__} '
+                         'is installed; set decoder = "cpu"') from None
+    if "cuda" not in hwdevices_available():
+        raise TrainError(f'[avcap.train] decoder = "nvdec": PyAV {av.__version__}\'s FFmpeg has no CUDA device '
+                         f'support (it has: {", ".join(hwdevices_available()) or "none"}); set decoder = "cpu"')
+
+
+def loader_options(workers: int, prefetch_factor: Optional[int], device, decoder: str) -> dict[str, Any]:
+    """The DataLoader's process settings: `workers` worker processes (`[train.train_policy]
+    dataloader_num_workers`; 0: load in this process), `prefetch_factor` micro-batches ahead each
+    (default 2), page-locked batches on CUDA (copied to the GPU without waiting for it). NVDEC
+    workers are started with "spawn" — a forked child cannot use CUDA once this process has — and
+    decode on `device` (this rank's GPU)."""
+    opts: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda", "prefetch_factor": None}
+    if workers > 0:
+        gpu = device.index if decoder == "nvdec" else None
+        opts.update(prefetch_factor=prefetch_factor or 2,
+                    worker_init_fn=functools.partial(_worker_init, os.getpid(), gpu))
+        if decoder == "nvdec":
+            opts["multiprocessing_context"] = "spawn"
+    return opts
+
+
+def _worker_init(parent: int, gpu: Optional[int], _: int) -> None:
+    """DataLoader worker set-up: one thread; `gpu` (NVDEC workers): the CUDA device to decode on;
+    and exit when the training process dies — at once (Linux: SIGKILL from the kernel via
+    PR_SET_PDEATHSIG, sent when the thread that started the worker ends: the one that iterates the
+    loader), not at PyTorch's next 5-second check."""
     import torch
 
     torch.set_num_threads(1)
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
     _die_with_parent(parent)
 
 
