@@ -16,7 +16,7 @@ from avcap.core.config import load_config
 
 
 @pytest.fixture(scope="module")
-def fed(curated, tiny_model_dir):
+def fed(curated, tiny_model_dir):  # noqa: F811
     """2 steps of global batch 2 in micro-batches of 1 (2 per step), one DataLoader worker process,
     a checkpoint after each step."""
     from avcap.train.loop import train
@@ -193,7 +193,7 @@ def test_a_resume_may_change_the_decoder(fed, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run without a CUDA device")
-def test_nvdec_without_a_cuda_device_stops_at_start_with_one_line(curated, tiny_model_dir):
+def test_nvdec_without_a_cuda_device_stops_at_start_with_one_line(curated, tiny_model_dir):  # noqa: F811
     from typer.testing import CliRunner
 
     from avcap.cli import app
@@ -203,8 +203,8 @@ def test_nvdec_without_a_cuda_device_stops_at_start_with_one_line(curated, tiny_
     res = CliRunner().invoke(app, ["train", "--config", str(path)])
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert errors == ['error: [avcap.train] decoder = "nvdec" decodes the videos on the GPU, and this run is on cpu '
-                      '(torch sees no CUDA device); set decoder = "cpu"']
+    assert errors == [('error: [avcap.train] decoder = "nvdec" decodes the videos on the GPU, and this run is on cpu '
+                       '(torch sees no CUDA device); set decoder = "cpu"')]
     assert not load_config(path).resolve("runs/nvdec-on-cpu").exists()  # stopped before the output directory
 
 
