@@ -388,6 +388,11 @@ def summarize_run(res: dict[str, Any], target: Path, args) -> None:
     if toks:
         res["output_tokens"] = {"mean": round(sum(toks) / len(toks), 1), "min": min(toks), "max": max(toks)}
         res["prompt_tokens"] = max(r.get("num_input_tokens") or 0 for r in records)
+    good = [r for r in records if not r.get("error")]
+    if good:  # the first batch's engine call (frames, load wait, model): each record holds its share
+        n_first = res["timeline"][0][1] if res["timeline"] else len(good)
+        head = good[:n_first]
+        res["first_batch"] = {"records": len(head), "call_s": round(sum(r.get("time_s") or 0 for r in head), 2)}
     tl = res["timeline"]
     if tl:
         first_t, first_n = tl[0]
@@ -404,6 +409,7 @@ def summarize_run(res: dict[str, Any], target: Path, args) -> None:
         info = json.loads(run_json.read_text())
         er = info.get("engine_run") or {}
         res["compile_cache"] = er.get("compile_cache")
+        res["engine_load"] = er.get("load")
         res["engine_paths"] = er.get("paths")
         res["engine_fallbacks"] = er.get("fallbacks")
         res["device"] = info.get("device")
@@ -442,8 +448,11 @@ def table(r: dict[str, Any]) -> str:
                     f"{_f(x.get('videos_per_s_start_to_exit'), '{:.3f}'):>7} "
                     f"{_f(x.get('videos_per_s_from_first_record'), '{:.3f}'):>8} "
                     f"{_f((x.get('output_tokens') or {}).get('mean'), '{:.0f}'):>7}  {cc}")
+    for label, x in r["runs"].items():
+        rows.append(f"{label}: load {x.get('engine_load')}; first batch {x.get('first_batch')}")
     rows.append("(seconds from process start: plan = the child's plan line (config read, clips listed), loaded = its "
-                "compile note (engine built: imports, weights, self-check), 1st rec / last = first / last caption record "
+                "compile note (engine constructed: imports, config, decoders, processor; the weights load in the "
+                "background, see load), 1st rec / last = first / last caption record "
                 f"on disk, polled every {a['poll']}s; v/s start = videos / last record, ->exit = videos / exit, "
                 "v/s 1st = videos after the first batch / (last - first record))")
     warm = next((x for label, x in r["runs"].items() if label.startswith("warm")), {})

@@ -458,3 +458,22 @@ def test_vllm_engine_says_how_to_install():
     with pytest.raises(VLLMNotInstalled, match=r"pip install 'avcap\[vllm\]'"):
         make_engine(cfg, vision=Vision(nframes=4), model="whatever")
 
+
+
+def test_transformers_loads_in_the_background_and_records_its_load(varied_model_dir, h264_clip):
+    """The constructor returns before the weights are loaded (the frame decoders take the first
+    videos meanwhile); `generate` waits for the load; run.json's engine_run says where the load's
+    time went."""
+    cfg = load_config(None).avcap.engine.model_copy(update={"batch_size": 2, "device": "cpu"})
+    eng = make_engine(cfg, vision=Vision(nframes=8, max_pixels=64 * 96), model=str(varied_model_dir))
+    try:
+        req = Request("k", build_messages(SYSTEM, "Describe.", str(h264_clip)))
+        eng.prefetch([req])  # decoding starts whether or not the model is there yet
+        [res] = eng.generate([req], Sampling(max_tokens=3))
+        assert res.error is None and res.num_output_tokens > 0
+        load = eng.run_record()["load"]
+        assert set(load) >= {"processor_s", "before_load_s", "weights_s", "to_device_s", "setup_s", "waited_s"}
+        assert load["direct_to_device"] is False  # on the CPU nothing to put anywhere
+        assert all(load[k] >= 0 for k in ("weights_s", "setup_s", "waited_s"))
+    finally:
+        eng.close()

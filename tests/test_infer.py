@@ -443,3 +443,20 @@ def test_a_smaller_first_batch_gives_the_same_greedy_answers(reference, cfg_file
     run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=tmp_path, tasks=["mcq"], progress=False)
     assert texts(tmp_path / "tiny" / "base" / "AV_CAPTION" / "mcq.jsonl") == texts(reference / "AV_CAPTION" / "mcq.jsonl")
     assert seen and seen[0][0] == 2 and len(set(seen[0][1:-1])) <= 1 and sum(seen[0]) == 15
+
+
+def test_a_model_that_fails_to_load_stops_the_run_before_any_record(tiny_model_dir, infer_data_dir, tmp_path):
+    """The transformers engine loads the weights in the background while the first videos decode; a
+    checkpoint whose weights cannot be read stops `avcap infer` with one line naming it, and no
+    request is written as failed."""
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    cfg = load_config(write_config(tmp_path / "c.toml", broken, infer_data_dir))
+    out = tmp_path / "out"
+    with pytest.raises(InferError, match=rf"{broken}: cannot load the model: "):
+        run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, tasks=["caption"],
+                      progress=False)
+    assert not [p for p in out.rglob("*.jsonl") if p.read_text().strip()]

@@ -7,7 +7,9 @@
     engine.close()
 
 Every engine has `name`, `batch_size` (how many requests a caller should hand it at once),
-`generate`, `prefetch` and `close`. Heavy imports happen when an engine is built.
+`generate`, `prefetch` and `close`. Heavy imports happen when an engine is built. The transformers
+engine loads a model directory in the background (its decoders start on the first videos meanwhile);
+a failed load raises `ModelLoadError` from `generate`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Vision
 from avcap.engines.base import (
     Engine,
+    ModelLoadError,
     Request,
     Result,
     build_messages,
@@ -28,6 +31,7 @@ from avcap.engines.base import (
 
 __all__ = [
     "Engine",
+    "ModelLoadError",
     "Request",
     "Result",
     "build_messages",

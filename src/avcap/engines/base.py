@@ -14,6 +14,11 @@ from avcap.core.config import Sampling
 THINK_END = "</think>"
 
 
+class ModelLoadError(RuntimeError):
+    """The engine's model could not be loaded (an engine that loads in the background raises it
+    from the first `generate`): the run stops, no request gets it as its error."""
+
+
 @dataclass
 class Request:
     key: str

@@ -519,6 +519,7 @@ def run_inference(
             if local_rank is not None and ecfg.name != "openai":
                 device = _local_device(local_rank, ecfg.device)
             from avcap.engines import (
+                ModelLoadError,
                 make_engine,  # looked up per call: tests replace avcap.engines.make_engine
             )
 
@@ -545,6 +546,8 @@ def run_inference(
                             engine, task, todo, sampling, writer, stats[task], prompts.system, reasoning_suffix,
                             progress=progress, desc=f"{task}{shard_txt}",
                         )
+            except ModelLoadError as exc:  # a model loaded in the background failed before any record
+                raise InferError(f"{ck.path}: {exc}") from None
             finally:
                 info["engine_run"] = engine.run_record() if hasattr(engine, "run_record") else {}
                 engine.close()

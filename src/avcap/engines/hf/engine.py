@@ -56,7 +56,7 @@ from typing import Any, Optional
 from avcap.core.compile_cache import compile_counters, use_compile_cache
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
-from avcap.engines.base import Request, Result, final_answer
+from avcap.engines.base import ModelLoadError, Request, Result, final_answer
 from avcap.engines.hf.fast_generate import NotSupported, SamplingSpec
 from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
 
@@ -135,6 +135,11 @@ def model_stream(device: str):
     return stream
 
 
+# from_pretrained patches torch module-wide while it builds a model (its meta-device initialisation):
+# two loads at once in one process (two engines, each loading in the background) corrupt each other
+_LOAD_LOCK = threading.Lock()
+
+
 def _allow_recompiles(n: int) -> None:
     """Let dynamo keep `n` compiled versions per function. transformers' DynamicCache makes each
     decoder layer's compiled forward guard on that layer's cache entry, so a prefill compiles once
@@ -165,94 +170,36 @@ class TransformersEngine:
     ):
         """`model`: a directory / hub id, or an already built model object (then `processor` — a
         path or a processor object — is required, and the model keeps its dtype; it is moved to
-        the device). `decode_workers` / `decode_processes` override `[avcap.engine]`."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        the device). `decode_workers` / `decode_processes` override `[avcap.engine]`.
 
+        A directory loads on a background thread: the constructor returns once the config and the
+        processor are read and the frame decoders are up, so the first batches' videos decode while
+        the weights load and the compiled graphs are set up; `generate` waits for the load and
+        raises `ModelLoadError` if it failed."""
+        from transformers import AutoConfig, AutoProcessor
+
+        t0 = time.perf_counter()
         self.cfg = cfg
         self.batch_size = cfg.batch_size
         self.first_batch = cfg.first_batch
         self.device = resolve_device(device or cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        if isinstance(model, (str, os.PathLike)):
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                model, dtype=self.dtype, attn_implementation=cfg.attn_implementation
-            ).to(self.device)
+        from_path = isinstance(model, (str, os.PathLike))
+        if from_path:
+            config = AutoConfig.from_pretrained(model)
         else:
             if processor is None:
                 raise ValueError("a model object needs its processor (a path or a processor object)")
-            self.model = model.to(self.device)
-            self.dtype = next(self.model.parameters()).dtype
-        self.model.eval()
+            config = model.config
+            self.dtype = next(model.parameters()).dtype
+        self.patch, self.merge, self.temporal = vision_factor(config)
+        self.factor = self.patch * self.merge
         cuda = self.device.startswith("cuda")
-        self._stream = model_stream(self.device) if cuda else None
-        if cuda:
-            from avcap.models.qwen3_vl.compile import pack_vision_attention  # CUDA only
-            from avcap.models.qwen3_vl.text import linear_patch_embed  # CUDA only
-
-            linear_patch_embed(self.model)  # cuDNN's Conv3d for the patch embedding can be very slow
-            pack_vision_attention(self.model)  # one attention call per block, not one per frame group
-        self.compile_cache: dict[str, Any] = {}
-        if cfg.compile:
-            from avcap.models.qwen3_vl.compile import (  # [avcap.engine] compile only
-                compile_blocks,
-                require_compiler,
-            )
+        if cfg.compile:  # a setting that cannot work fails here, not in the background load
+            from avcap.models.qwen3_vl.compile import require_compiler  # [avcap.engine] compile only
 
             require_compiler("cuda" if cuda else "cpu", "[avcap.engine] compile")
-            self.compile_cache = use_compile_cache("cuda" if cuda else "cpu")
-            counts = compile_blocks(self.model, linear_patch_embed=cuda)
-            _allow_recompiles(2 * sum(counts.values()) + 8)
-        if processor is None or isinstance(processor, (str, os.PathLike)):
-            self.processor = AutoProcessor.from_pretrained(processor or model)
-        else:
-            self.processor = processor
-        self.processor.tokenizer.padding_side = "left"
-        if self.model.generation_config.pad_token_id is None:
-            self.model.generation_config.pad_token_id = self.processor.tokenizer.pad_token_id
-        self.patch, self.merge, self.temporal = vision_factor(self.model.config)
-        vp = self.processor.video_processor
-        if isinstance(vp, _OncePerVideo):
-            vp = vp._inner
-        got = (vp.patch_size, vp.merge_size, vp.temporal_patch_size)
-        if got != (self.patch, self.merge, self.temporal):
-            raise ValueError(
-                f"{processor or model}: video processor patch/merge/temporal {got} disagree with the model "
-                f"config {(self.patch, self.merge, self.temporal)}"
-            )
-        self.factor = self.patch * self.merge
-        self.processor.video_processor = _OncePerVideo(vp)
-        self._video_kwargs: dict[str, Any] = {"do_sample_frames": False, "do_resize": False}
-        if "cap_pixels_per_frame" in getattr(vp.valid_kwargs, "__annotations__", {}):
-            self._video_kwargs["cap_pixels_per_frame"] = False  # no resize at all; silences its warning
-        if self.device.startswith("cuda") and "device" in getattr(vp.valid_kwargs, "__annotations__", {}):
-            self._video_kwargs["device"] = self.device  # normalise + patchify on the GPU
-        self.video_token_id = getattr(self.processor, "video_token_id", None)
-        # transformers 5.25 (not 5.17, not 4.57) takes pre-encoded vision features: a video shared by several
-        # requests of a batch (the MCQ questions of one clip) then goes through the vision tower once
-        self.share_vision = "mm_encoder_outputs" in inspect.signature(self.model.forward).parameters and hasattr(
-            self.model, "get_video_features"
-        )
-        # transformers 4.5x replaces every field of a passed GenerationConfig that equals the global
-        # default by the checkpoint's (greedy do_sample=False would sample with its temperature 0.7);
-        # use_model_defaults=False keeps ours. transformers 5 fills only unset fields and has no such flag
-        self._generate_kwargs: dict[str, Any] = (
-            {"use_model_defaults": False} if "use_model_defaults" in inspect.signature(self.model.generate).parameters
-            else {})
-        self.fast = None
-        if cfg.fast_generate:
-            from avcap.engines.hf.fast_generate import (  # fast_generate only
-                FastGenerator,
-                supports,
-            )
-
-            if supports(self.model):
-                gc = self.model.generation_config
-                eos = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
-                self.fast = FastGenerator(self.model, pad_token_id=gc.pad_token_id,
-                                          eos_token_ids=[e for e in eos if e is not None],
-                                          prefill_batch=cfg.prefill_batch, cuda_graphs=cfg.cuda_graphs,
-                                          compile=cfg.compile, decode_attention=cfg.decode_attention,
-                                          prefix=cfg.prefix_layers)
+        self._stream = model_stream(self.device) if cuda else None
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         if cfg.decoder != "cpu" and not processes and cuda:
@@ -262,11 +209,37 @@ class TransformersEngine:
         self.frames = FrameLoader(vision, self.factor, workers=workers, processes=processes,
                                   capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder,
                                   nvdec_workers=cfg.nvdec_workers,
-                                  finish_device=self.device if cfg.resize_on_gpu and self.device.startswith("cuda") else None)
+                                  finish_device=self.device if cfg.resize_on_gpu and cuda else None)
         self.prefetch_videos = self.frames.lookahead
+        t_processor = time.perf_counter()
+        if processor is None or isinstance(processor, (str, os.PathLike)):
+            self.processor = AutoProcessor.from_pretrained(processor or model)
+        else:
+            self.processor = processor
+        self.processor.tokenizer.padding_side = "left"
+        vp = self.processor.video_processor
+        if isinstance(vp, _OncePerVideo):
+            vp = vp._inner
+        got = (vp.patch_size, vp.merge_size, vp.temporal_patch_size)
+        if got != (self.patch, self.merge, self.temporal):
+            self.frames.close()
+            raise ValueError(
+                f"{processor or model}: video processor patch/merge/temporal {got} disagree with the model "
+                f"config {(self.patch, self.merge, self.temporal)}"
+            )
+        self.processor.video_processor = _OncePerVideo(vp)
+        self._video_kwargs: dict[str, Any] = {"do_sample_frames": False, "do_resize": False}
+        if "cap_pixels_per_frame" in getattr(vp.valid_kwargs, "__annotations__", {}):
+            self._video_kwargs["cap_pixels_per_frame"] = False  # no resize at all; silences its warning
+        if cuda and "device" in getattr(vp.valid_kwargs, "__annotations__", {}):
+            self._video_kwargs["device"] = self.device  # normalise + patchify on the GPU
+        self.video_token_id = getattr(self.processor, "video_token_id", None)
+        self.load_timings: dict[str, Any] = {"processor_s": round(time.perf_counter() - t_processor, 3)}
+        self.compile_cache: dict[str, Any] = {}
+        self._fast = None
         # the fast path's processor work for the next prefetched request list runs on this thread
         # while the model works on the current one (see `prefetch`)
-        self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="avcap-prep") if self.fast is not None else None
+        self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="avcap-prep") if cfg.fast_generate else None
         self._prep_lock = threading.Lock()  # the processor is not thread-safe (inputs_for toggles it)
         self._pending: deque[list[Request]] = deque(maxlen=64)  # prefetched lists not generated yet
         self._prep: Optional[tuple[tuple[str, ...], Future]] = None
@@ -274,9 +247,116 @@ class TransformersEngine:
         self._counts: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()  # requests per fallback reason
         self._warned: set[str] = set()
-        if cfg.fast_generate and self.fast is None:
-            self._note_fallback(f"fast path off: {type(self.model).__name__} is not a Qwen3-VL model it supports; "
-                                "every request uses generate", requests=0)
+        self.load_timings["before_load_s"] = round(time.perf_counter() - t0, 3)
+        self._loading: Optional[Future] = None
+        if from_path:
+            self._loader = ThreadPoolExecutor(1, thread_name_prefix="avcap-load")
+            self._loading = self._loader.submit(self._load, model)
+        else:
+            self._setup(model.to(self.device))
+
+    def _load(self, path: str | os.PathLike) -> None:
+        """The weights from `path` onto the device, then `_setup` (the background load)."""
+        import torch
+        import transformers
+        from transformers import AutoModelForImageTextToText
+
+        t0 = time.perf_counter()
+        kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation=self.cfg.attn_implementation)
+        # transformers 5 puts each tensor on the device as it reads it (4.x needs accelerate for a device_map)
+        direct = self.device.startswith("cuda") and int(transformers.__version__.split(".")[0]) >= 5
+        if direct:
+            kwargs["device_map"] = self.device
+        with _LOAD_LOCK:
+            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        t1 = time.perf_counter()
+        model = model.to(self.device)
+        t2 = time.perf_counter()
+        self.load_timings.update(weights_s=round(t1 - t0, 3), to_device_s=round(t2 - t1, 3), direct_to_device=direct)
+        self._setup(model)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)  # the model's stream does not wait for this thread's work
+
+    def _setup(self, model: Any) -> None:
+        """CUDA patches, compilation and the fast path for the loaded `model`."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        model.eval()
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            from avcap.models.qwen3_vl.compile import pack_vision_attention  # CUDA only
+            from avcap.models.qwen3_vl.text import linear_patch_embed  # CUDA only
+
+            linear_patch_embed(model)  # cuDNN's Conv3d for the patch embedding can be very slow
+            pack_vision_attention(model)  # one attention call per block, not one per frame group
+        if cfg.compile:
+            from avcap.models.qwen3_vl.compile import compile_blocks  # [avcap.engine] compile only
+
+            self.compile_cache = use_compile_cache("cuda" if cuda else "cpu")
+            counts = compile_blocks(model, linear_patch_embed=cuda)
+            _allow_recompiles(2 * sum(counts.values()) + 8)
+        if model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = self.processor.tokenizer.pad_token_id
+        got = vision_factor(model.config)
+        if got != (self.patch, self.merge, self.temporal):
+            raise ValueError(f"the loaded model's patch/merge/temporal {got} disagree with its config "
+                             f"{(self.patch, self.merge, self.temporal)}")
+        # transformers 5.25 (not 5.17, not 4.57) takes pre-encoded vision features: a video shared by several
+        # requests of a batch (the MCQ questions of one clip) then goes through the vision tower once
+        self.share_vision = "mm_encoder_outputs" in inspect.signature(model.forward).parameters and hasattr(
+            model, "get_video_features"
+        )
+        # transformers 4.5x replaces every field of a passed GenerationConfig that equals the global
+        # default by the checkpoint's (greedy do_sample=False would sample with its temperature 0.7);
+        # use_model_defaults=False keeps ours. transformers 5 fills only unset fields and has no such flag
+        self._generate_kwargs: dict[str, Any] = (
+            {"use_model_defaults": False} if "use_model_defaults" in inspect.signature(model.generate).parameters
+            else {})
+        if cfg.fast_generate:
+            from avcap.engines.hf.fast_generate import (  # fast_generate only
+                FastGenerator,
+                supports,
+            )
+
+            if supports(model):
+                gc = model.generation_config
+                eos = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
+                self._fast = FastGenerator(model, pad_token_id=gc.pad_token_id,
+                                          eos_token_ids=[e for e in eos if e is not None],
+                                          prefill_batch=cfg.prefill_batch, cuda_graphs=cfg.cuda_graphs,
+                                          compile=cfg.compile, decode_attention=cfg.decode_attention,
+                                          prefix=cfg.prefix_layers)
+            else:
+                self._note_fallback(f"fast path off: {type(model).__name__} is not a Qwen3-VL model it "
+                                    "supports; every request uses generate", requests=0)
+        self._model = model
+        self.load_timings["setup_s"] = round(time.perf_counter() - t0, 3)
+
+    @property
+    def model(self) -> Any:
+        """The loaded model (waits for the background load)."""
+        self._model_ready()
+        return self._model
+
+    @property
+    def fast(self) -> Any:
+        """The fast path's generator, None when off (waits for the background load)."""
+        self._model_ready()
+        return self._fast
+
+    def _model_ready(self) -> None:
+        """Wait for the background load; its error as `ModelLoadError` (every call after it too)."""
+        if self._loading is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            self._loading.result()
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the model: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+                                 ) from exc
+        self.load_timings["waited_s"] = round(self.load_timings.get("waited_s", 0) + time.perf_counter() - t0, 3)
+        self._loading = None
+        self._loader.shutdown(wait=False)
 
     # ------------------------------------------------------------------ interface
 
@@ -298,6 +378,7 @@ class TransformersEngine:
             if prepared is None:
                 prepared = self._prepare(requests)
             self.frame_wait_s = time.perf_counter() - t0
+            self._model_ready()
             self._start_next_prep(requests)
             results, chunks = prepared
             for chunk, inputs in chunks:
@@ -315,6 +396,8 @@ class TransformersEngine:
         return torch.cuda.stream(self._stream)
 
     def close(self) -> None:
+        if self._loading is not None:
+            self._loader.shutdown(wait=False, cancel_futures=True)
         if self._prep_pool is not None:
             self._prep_pool.shutdown(wait=True, cancel_futures=True)
         self.frames.close()
@@ -364,7 +447,7 @@ class TransformersEngine:
 
     def _start_next_prep(self, current: list[Request]) -> None:
         """Prepare the first prefetched request list that is not `current`, if none is in flight."""
-        if self._prep_pool is None or self._prep is not None:
+        if self._prep_pool is None or self._prep is not None or self.fast is None:
             return
         keys = tuple(r.key for r in current)
         while self._pending and tuple(r.key for r in self._pending[0]) == keys:
@@ -519,9 +602,10 @@ class TransformersEngine:
         return {
             "representation": {"kind": "frames", "via": "processor", "factor": self.factor,
                                "video_kwargs": {k: v for k, v in self._video_kwargs.items() if k != "device"}},
-            "fast_generate": self.fast is not None,
-            "decode_attention": self.fast.decode_attention if self.fast is not None else None,
-            "prefix_layers": self.fast.prefix if self.fast is not None else None,
+            "fast_generate": self._fast is not None,
+            "load": dict(self.load_timings),
+            "decode_attention": self._fast.decode_attention if self._fast is not None else None,
+            "prefix_layers": self._fast.prefix if self._fast is not None else None,
             "compile_cache": ({**{k: v for k, v in self.compile_cache.items() if k != "key"},
                                "counters": compile_counters()} if self.cfg.compile else None),
             "paths": dict(self._paths),
