@@ -460,6 +460,8 @@ def sft_values(ctx: Ctx, k: int, run_dir: Path, model_dir: Path) -> dict[str, An
         values["train.compile"] = True
     if a.memory_budget is not None:
         values["avcap.train.activation_memory_budget"] = a.memory_budget
+    if a.train_decoder != "cpu":
+        values["avcap.train.decoder"] = a.train_decoder
     return values
 
 
@@ -526,12 +528,16 @@ def summarize_sft(ctx: Ctx, k: int, run_dir: Path, rc: int, wall: float, shape, 
         tokens_per_s=round(tokens / seconds, 1), tokens_per_s_per_gpu=round(tokens / seconds / k, 1),
         samples_per_s_per_gpu=round(samples / seconds / k, 3),
         loss=[round(r["loss"], 4) for r in recs],
+        # seconds each step waited for the DataLoader (rank 0; train_log's data_wait_s)
+        data_wait_s=[round(r["data_wait_s"], 3) if r.get("data_wait_s") is not None else None for r in recs],
         # 4 significant digits: hundreds on a GPU, thousandths for the CPU smoke run's tiny model
         tflops_per_s_per_gpu=float(f"{per_sample * samples / seconds / k / 1e12:.4g}"),
     )
     if ctx.peak_flops:
         res["mfu"] = round(per_sample * samples / seconds / (k * ctx.peak_flops), 4)
         res["hfu_with_recompute"] = round(per_sample_hw * samples / seconds / (k * ctx.peak_flops), 4)
+    if a.measured_peak_tflops:  # RESULTS' MFU basis: the bf16 matmul rate measured on the GPU (run 1)
+        res["mfu_of_measured_peak"] = round(per_sample * samples / seconds / (k * a.measured_peak_tflops * 1e12), 4)
     est = sft_memory(shape, gpus=k, micro_batch=a.mini_batch, seq_len=round(mean_seq),
                      video_patches=geo["patches_per_group"] * geo["groups"],
                      logits_tokens=round(labelled / samples), grad_accumulation=max(1, a.batch_per_gpu // a.mini_batch))
@@ -887,6 +893,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the rates")
     ap.add_argument("--batch-per-gpu", type=int, default=32, help="train_batch_per_replica (recipe: 32)")
     ap.add_argument("--mini-batch", type=int, default=4, help="train_policy.mini_batch (recipe: 4)")
+    ap.add_argument("--train-decoder", default="cpu", choices=["cpu", "nvdec"],
+                    help="[avcap.train] decoder: the DataLoader's video decoder")
+    ap.add_argument("--measured-peak-tflops", type=float, default=770.0,
+                    help="also report MFU against this rate (RESULTS: run 1's bf16 8192^3 matmul on an H100); 0: off")
     ap.add_argument("--workers", type=int, default=None, help="dataloader_num_workers (default: CPUs per GPU - 2, >= 4)")
     ap.add_argument("--sft-need-s", type=float, default=150.0, help="time one SFT run is expected to take (deadline planning)")
     # captioning
