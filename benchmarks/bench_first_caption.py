@@ -410,6 +410,7 @@ def summarize_run(res: dict[str, Any], target: Path, args) -> None:
         er = info.get("engine_run") or {}
         res["compile_cache"] = er.get("compile_cache")
         res["engine_load"] = er.get("load")
+        res["engine_startup"] = er.get("startup")
         res["engine_paths"] = er.get("paths")
         res["engine_fallbacks"] = er.get("fallbacks")
         res["device"] = info.get("device")
@@ -449,7 +450,8 @@ def table(r: dict[str, Any]) -> str:
                     f"{_f(x.get('videos_per_s_from_first_record'), '{:.3f}'):>8} "
                     f"{_f((x.get('output_tokens') or {}).get('mean'), '{:.0f}'):>7}  {cc}")
     for label, x in r["runs"].items():
-        rows.append(f"{label}: load {x.get('engine_load')}; first batch {x.get('first_batch')}")
+        rows.append(f"{label}: load {x.get('engine_load')}; first batch {x.get('first_batch')}; "
+                    f"startup (s from the engine's constructor) {x.get('engine_startup')}")
     rows.append("(seconds from process start: plan = the child's plan line (config read, clips listed), loaded = its "
                 "compile note (engine constructed: imports, config, decoders, processor; the weights load in the "
                 "background, see load), 1st rec / last = first / last caption record "

@@ -471,9 +471,16 @@ def test_transformers_loads_in_the_background_and_records_its_load(varied_model_
         eng.prefetch([req])  # decoding starts whether or not the model is there yet
         [res] = eng.generate([req], Sampling(max_tokens=3))
         assert res.error is None and res.num_output_tokens > 0
-        load = eng.run_record()["load"]
-        assert set(load) >= {"processor_s", "before_load_s", "weights_s", "to_device_s", "setup_s", "waited_s"}
+        rec = eng.run_record()
+        load, start = rec["load"], rec["startup"]
+        assert set(load) >= {"imports_s", "processor_s", "weights_s", "to_device_s", "setup_s", "waited_s"}
         assert load["direct_to_device"] is False  # on the CPU nothing to put anywhere
-        assert all(load[k] >= 0 for k in ("weights_s", "setup_s", "waited_s"))
+        assert all(load[k] >= 0 for k in ("imports_s", "weights_s", "setup_s", "waited_s"))
+        first = start["first_call"]
+        # one timeline, seconds from the constructor's start: decoders, constructor, model, first call
+        assert start["decoders_started_at_s"] <= start["constructed_at_s"] <= first["called_at_s"]
+        assert first["called_at_s"] <= first["frames_ready_at_s"] <= first["model_ready_at_s"] <= first["done_at_s"]
+        assert start["model_ready_at_s"] <= first["model_ready_at_s"] and first["requests"] == 1
+        assert list(start["frames"]["decoded_at_s"]) == ["1"]  # one video decoded
     finally:
         eng.close()

@@ -42,6 +42,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
+import time
 import warnings
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -57,6 +58,7 @@ from avcap.video import DECODERS, VideoError, decode_video, load_video
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
 # matplotlib adds ~3 s on the 2-core box).
 
+STARTUP_MILESTONES = frozenset({1, 8, 16, 32, 64, 128, 256})
 NVDEC_AND_CPU = "nvdec+cpu"  # NVDEC workers and CPU decoders at once, one queue
 FINISHERS = 3  # threads converting and resizing decoded pictures on the finish device
 # with a finish device NVDEC worker processes download their pictures and the finishers convert
@@ -84,13 +86,17 @@ def video_kwargs(vision: Vision, part: Mapping[str, Any], factor: int) -> dict[s
 
 
 def vision_factor(model_config: Any) -> tuple[int, int, int]:
-    """(patch_size, spatial_merge_size, temporal_patch_size) of a Qwen-VL model config."""
-    vc = getattr(model_config, "vision_config", None)
+    """(patch_size, spatial_merge_size, temporal_patch_size) of a Qwen-VL model config (a config
+    object, or config.json as a dict)."""
+    vc = (model_config.get("vision_config") if isinstance(model_config, Mapping)
+          else getattr(model_config, "vision_config", None))
     if vc is None:
-        raise ValueError(f"{type(model_config).__name__} has no vision_config: not a vision-language model")
-    patch = int(vc.patch_size)
-    merge = int(getattr(vc, "spatial_merge_size", 2))
-    temporal = int(getattr(vc, "temporal_patch_size", 2))
+        name = "config.json" if isinstance(model_config, Mapping) else type(model_config).__name__
+        raise ValueError(f"{name} has no vision_config: not a vision-language model")
+    get = vc.get if isinstance(vc, Mapping) else (lambda k, default=None: getattr(vc, k, default))
+    patch = int(get("patch_size"))
+    merge = int(get("spatial_merge_size", 2))
+    temporal = int(get("temporal_patch_size", 2))
     return patch, merge, temporal
 
 
@@ -145,6 +151,8 @@ class FrameLoader:
         self._cache: OrderedDict[tuple, Future] = OrderedDict()
         self._lock = threading.Lock()
         self.decoded_by: dict[str, int] = {dec: 0 for dec, _, _ in lanes}
+        self._t_created = time.perf_counter()
+        self._decoded_at: dict[int, float] = {}  # n -> seconds from creation to the n-th decoded video
 
     def _take(self, decoder: str) -> tuple[str, dict[str, Any], Future] | None:
         """The oldest waiting video (CPU workers first take the ones NVDEC could not decode);
@@ -196,6 +204,9 @@ class FrameLoader:
     def _done(self, decoder: str, fut: Future, result) -> None:
         with self._ready:
             self.decoded_by[decoder] += 1
+            n = sum(self.decoded_by.values())
+            if n in STARTUP_MILESTONES:
+                self._decoded_at[n] = round(time.perf_counter() - self._t_created, 3)
         fut.set_result(result)
 
     def _in_worker_process(self, decoder: str, path: str, kw: dict[str, Any], planes: bool):
@@ -235,6 +246,12 @@ class FrameLoader:
         if first:
             warnings.warn(f"decoder='nvdec+cpu': {' '.join(str(exc).split())} — this video and any others "
                           f"NVDEC cannot decode go to the CPU decoders", stacklevel=2)
+
+    def startup(self) -> dict[str, Any]:
+        """How fast the decoders got going: seconds from this loader's creation to its 1st, 8th,
+        16th, ... decoded video (run.json's engine_run.startup.frames)."""
+        with self._ready:
+            return {"decoded_at_s": {str(n): t for n, t in sorted(self._decoded_at.items())}}
 
     def worker_pids(self) -> list[int]:
         """The process ids of the decoder worker processes running now (none with threads)."""

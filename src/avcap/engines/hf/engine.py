@@ -45,24 +45,43 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import threading
 import time
 import warnings
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Optional
 
 from avcap.core.compile_cache import compile_counters, use_compile_cache
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.engines.base import ModelLoadError, Request, Result, final_answer
-from avcap.engines.hf.fast_generate import NotSupported, SamplingSpec
 from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
 
 # Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
 # matplotlib adds ~3 s on the 2-core box).
+
+
+def model_config(model: str | os.PathLike) -> Any:
+    """The model's config, for its vision factor before anything heavy is imported: a local
+    directory's config.json read as JSON when it names the vision patch size, else transformers'
+    AutoConfig (hub ids, configs that leave it to the class default). The loaded model's own
+    config is checked against it (`_setup`)."""
+    f = Path(model) / "config.json"
+    if f.is_file():
+        try:
+            cfg = json.loads(f.read_text())
+        except (OSError, ValueError):
+            cfg = None  # AutoConfig says what is wrong with it
+        if isinstance(cfg, dict) and isinstance((cfg.get("vision_config") or {}).get("patch_size"), int):
+            return cfg
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model)
 
 
 def resolve_device(device: str) -> str:
@@ -172,26 +191,23 @@ class TransformersEngine:
         path or a processor object — is required, and the model keeps its dtype; it is moved to
         the device). `decode_workers` / `decode_processes` override `[avcap.engine]`.
 
-        A directory loads on a background thread: the constructor returns once the config and the
-        processor are read and the frame decoders are up, so the first batches' videos decode while
-        the weights load and the compiled graphs are set up; `generate` waits for the load and
+        A directory loads on a background thread: the constructor reads the vision factor from the
+        config, starts the frame decoders and returns, so the first batches' videos decode while
+        torch and transformers are imported, the processor and the weights load and the compiled
+        graphs are set up; `generate` (and `model`, `processor`, `fast`) wait for the load, which
         raises `ModelLoadError` if it failed."""
-        from transformers import AutoConfig, AutoProcessor
-
-        t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
         self.cfg = cfg
         self.batch_size = cfg.batch_size
         self.first_batch = cfg.first_batch
-        self.device = resolve_device(device or cfg.device)
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.device = resolve_device(device or cfg.device)  # "auto" imports torch to ask for CUDA
         from_path = isinstance(model, (str, os.PathLike))
         if from_path:
-            config = AutoConfig.from_pretrained(model)
+            config = model_config(model)
         else:
             if processor is None:
                 raise ValueError("a model object needs its processor (a path or a processor object)")
             config = model.config
-            self.dtype = next(model.parameters()).dtype
         self.patch, self.merge, self.temporal = vision_factor(config)
         self.factor = self.patch * self.merge
         cuda = self.device.startswith("cuda")
@@ -199,7 +215,6 @@ class TransformersEngine:
             from avcap.models.qwen3_vl.compile import require_compiler  # [avcap.engine] compile only
 
             require_compiler("cuda" if cuda else "cpu", "[avcap.engine] compile")
-        self._stream = model_stream(self.device) if cuda else None
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes
         if cfg.decoder != "cpu" and not processes and cuda:
@@ -210,31 +225,9 @@ class TransformersEngine:
                                   capacity=max(32, 4 * self.batch_size), decoder=cfg.decoder,
                                   nvdec_workers=cfg.nvdec_workers,
                                   finish_device=self.device if cfg.resize_on_gpu and cuda else None)
+        decoders_at = self._since_start()
         self.prefetch_videos = self.frames.lookahead
-        t_processor = time.perf_counter()
-        if processor is None or isinstance(processor, (str, os.PathLike)):
-            self.processor = AutoProcessor.from_pretrained(processor or model)
-        else:
-            self.processor = processor
-        self.processor.tokenizer.padding_side = "left"
-        vp = self.processor.video_processor
-        if isinstance(vp, _OncePerVideo):
-            vp = vp._inner
-        got = (vp.patch_size, vp.merge_size, vp.temporal_patch_size)
-        if got != (self.patch, self.merge, self.temporal):
-            self.frames.close()
-            raise ValueError(
-                f"{processor or model}: video processor patch/merge/temporal {got} disagree with the model "
-                f"config {(self.patch, self.merge, self.temporal)}"
-            )
-        self.processor.video_processor = _OncePerVideo(vp)
-        self._video_kwargs: dict[str, Any] = {"do_sample_frames": False, "do_resize": False}
-        if "cap_pixels_per_frame" in getattr(vp.valid_kwargs, "__annotations__", {}):
-            self._video_kwargs["cap_pixels_per_frame"] = False  # no resize at all; silences its warning
-        if cuda and "device" in getattr(vp.valid_kwargs, "__annotations__", {}):
-            self._video_kwargs["device"] = self.device  # normalise + patchify on the GPU
-        self.video_token_id = getattr(self.processor, "video_token_id", None)
-        self.load_timings: dict[str, Any] = {"processor_s": round(time.perf_counter() - t_processor, 3)}
+        self._stream = None  # the model's CUDA stream, made once the weights are on the device
         self.compile_cache: dict[str, Any] = {}
         self._fast = None
         # the fast path's processor work for the next prefetched request list runs on this thread
@@ -247,20 +240,33 @@ class TransformersEngine:
         self._counts: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()  # requests per fallback reason
         self._warned: set[str] = set()
-        self.load_timings["before_load_s"] = round(time.perf_counter() - t0, 3)
+        # seconds from the start of the constructor (the frames' own times from the decoders' start)
+        self.startup: dict[str, Any] = {"decoders_started_at_s": decoders_at, "constructed_at_s": self._since_start()}
+        self.load_timings: dict[str, Any] = {}
         self._loading: Optional[Future] = None
         if from_path:
             self._loader = ThreadPoolExecutor(1, thread_name_prefix="avcap-load")
-            self._loading = self._loader.submit(self._load, model)
+            self._loading = self._loader.submit(self._load, model, processor or model)
         else:
+            self.dtype = next(model.parameters()).dtype
+            self._load_processor(processor)
             self._setup(model.to(self.device))
+            self.startup["model_ready_at_s"] = self._since_start()
 
-    def _load(self, path: str | os.PathLike) -> None:
-        """The weights from `path` onto the device, then `_setup` (the background load)."""
+    def _since_start(self) -> float:
+        return round(time.perf_counter() - self._t0, 3)
+
+    def _load(self, path: str | os.PathLike, processor: Any) -> None:
+        """Imports, the processor, the weights from `path` onto the device, then `_setup` (the
+        background load)."""
+        t0 = time.perf_counter()
         import torch
         import transformers
         from transformers import AutoModelForImageTextToText
 
+        self.load_timings["imports_s"] = round(time.perf_counter() - t0, 3)
+        self.dtype = resolve_dtype(self.cfg.dtype, self.device)
+        self._load_processor(processor)
         t0 = time.perf_counter()
         kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation=self.cfg.attn_implementation)
         # transformers 5 puts each tensor on the device as it reads it (4.x needs accelerate for a device_map)
@@ -276,6 +282,32 @@ class TransformersEngine:
         self._setup(model)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)  # the model's stream does not wait for this thread's work
+        self.startup["model_ready_at_s"] = self._since_start()
+
+    def _load_processor(self, processor: Any) -> None:
+        """The processor (a path or an object), set up to take avcap.video's frames as they are."""
+        from transformers import AutoProcessor
+
+        t0 = time.perf_counter()
+        if isinstance(processor, (str, os.PathLike)):
+            processor = AutoProcessor.from_pretrained(processor)
+        processor.tokenizer.padding_side = "left"
+        vp = processor.video_processor
+        if isinstance(vp, _OncePerVideo):
+            vp = vp._inner
+        got = (vp.patch_size, vp.merge_size, vp.temporal_patch_size)
+        if got != (self.patch, self.merge, self.temporal):
+            raise ValueError(f"video processor patch/merge/temporal {got} disagree with the model config "
+                             f"{(self.patch, self.merge, self.temporal)}")
+        processor.video_processor = _OncePerVideo(vp)
+        self._video_kwargs: dict[str, Any] = {"do_sample_frames": False, "do_resize": False}
+        if "cap_pixels_per_frame" in getattr(vp.valid_kwargs, "__annotations__", {}):
+            self._video_kwargs["cap_pixels_per_frame"] = False  # no resize at all; silences its warning
+        if self.device.startswith("cuda") and "device" in getattr(vp.valid_kwargs, "__annotations__", {}):
+            self._video_kwargs["device"] = self.device  # normalise + patchify on the GPU
+        self.video_token_id = getattr(processor, "video_token_id", None)
+        self._processor = processor
+        self.load_timings["processor_s"] = round(time.perf_counter() - t0, 3)
 
     def _setup(self, model: Any) -> None:
         """CUDA patches, compilation and the fast path for the loaded `model`."""
@@ -283,6 +315,7 @@ class TransformersEngine:
         cfg = self.cfg
         model.eval()
         cuda = self.device.startswith("cuda")
+        self._stream = model_stream(self.device) if cuda else None
         if cuda:
             from avcap.models.qwen3_vl.compile import pack_vision_attention  # CUDA only
             from avcap.models.qwen3_vl.text import linear_patch_embed  # CUDA only
@@ -296,14 +329,14 @@ class TransformersEngine:
             counts = compile_blocks(model, linear_patch_embed=cuda)
             _allow_recompiles(2 * sum(counts.values()) + 8)
         if model.generation_config.pad_token_id is None:
-            model.generation_config.pad_token_id = self.processor.tokenizer.pad_token_id
+            model.generation_config.pad_token_id = self._processor.tokenizer.pad_token_id
         got = vision_factor(model.config)
         if got != (self.patch, self.merge, self.temporal):
             raise ValueError(f"the loaded model's patch/merge/temporal {got} disagree with its config "
                              f"{(self.patch, self.merge, self.temporal)}")
         # transformers 5.25 (not 5.17, not 4.57) takes pre-encoded vision features: a video shared by several
         # requests of a batch (the MCQ questions of one clip) then goes through the vision tower once
-        self.share_vision = "mm_encoder_outputs" in inspect.signature(model.forward).parameters and hasattr(
+        self._share_vision = "mm_encoder_outputs" in inspect.signature(model.forward).parameters and hasattr(
             model, "get_video_features"
         )
         # transformers 4.5x replaces every field of a passed GenerationConfig that equals the global
@@ -339,6 +372,17 @@ class TransformersEngine:
         return self._model
 
     @property
+    def processor(self) -> Any:
+        """The processor (waits for the background load)."""
+        self._model_ready()
+        return self._processor
+
+    @property
+    def share_vision(self) -> bool:
+        self._model_ready()
+        return self._share_vision
+
+    @property
     def fast(self) -> Any:
         """The fast path's generator, None when off (waits for the background load)."""
         self._model_ready()
@@ -372,18 +416,26 @@ class TransformersEngine:
         """Results in request order. `min_tokens`: no end-of-sequence before that many new tokens
         (vLLM's `min_tokens`; for throughput measurements, every row then really generates)."""
         self.frames.prefetch(requests)
+        first = None if "first_call" in self.startup else {"called_at_s": self._since_start()}
+        t0 = time.perf_counter()
+        prepared = self._take_prepared(requests)
+        if prepared is None:
+            prepared = self._prepare(requests)
+        self.frame_wait_s = time.perf_counter() - t0
+        if first is not None:
+            first["frames_ready_at_s"] = self._since_start()
+        self._model_ready()
+        if first is not None:
+            first["model_ready_at_s"] = self._since_start()
         with self._on_model_stream():
-            t0 = time.perf_counter()
-            prepared = self._take_prepared(requests)
-            if prepared is None:
-                prepared = self._prepare(requests)
-            self.frame_wait_s = time.perf_counter() - t0
-            self._model_ready()
             self._start_next_prep(requests)
             results, chunks = prepared
             for chunk, inputs in chunks:
                 for res in self._generate_safely(chunk, sampling, min_tokens, inputs):
                     results[res.key] = res
+        if first is not None:
+            first.update(requests=len(requests), done_at_s=self._since_start())
+            self.startup["first_call"] = first
         return [results[r.key] for r in requests]
 
     def _on_model_stream(self):
@@ -604,6 +656,7 @@ class TransformersEngine:
                                "video_kwargs": {k: v for k, v in self._video_kwargs.items() if k != "device"}},
             "fast_generate": self._fast is not None,
             "load": dict(self.load_timings),
+            "startup": {**self.startup, "frames": self.frames.startup()},
             "decode_attention": self._fast.decode_attention if self._fast is not None else None,
             "prefix_layers": self._fast.prefix if self._fast is not None else None,
             "compile_cache": ({**{k: v for k, v in self.compile_cache.items() if k != "key"},
@@ -624,6 +677,7 @@ class TransformersEngine:
         """The fast path's sampling spec, or None with the reason it cannot serve these settings."""
         if self.fast is None:
             return None, ""
+        from avcap.engines.hf.fast_generate import NotSupported, SamplingSpec  # torch: imported by the load
 
         try:
             return SamplingSpec.from_sampling(sampling, min_tokens), ""
