@@ -69,12 +69,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules,
 from bench_env import ensure_deps, gpus_present  # noqa: E402
 from bench_log import RunLog  # noqa: E402
 
-from avcap.core.config import RECIPE_PATH  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
-# the recipe's TOML as published (placeholders filled in), shipped with avcap
-RECIPE_TOML = RECIPE_PATH.read_text()
+
+
+def recipe_toml() -> str:
+    """The recipe's TOML as published (placeholders filled in), shipped with avcap (imported after
+    `ensure_deps` has put avcap and its dependencies on the path)."""
+    from avcap.core.config import RECIPE_PATH
+
+    return RECIPE_PATH.read_text()
+
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 SFT_TARGET, CAPTION_TARGET = 0.85, 0.95
 SOURCES = ("cv_annotated", "human_annotated", "reason1_sft")  # the recipe's subdirectories (avcap.demo.synth's kinds)
@@ -280,7 +285,7 @@ def edit_toml(text: str, values: dict[str, Any]) -> str:
 
 def recipe_changes(values: dict[str, Any]) -> dict[str, list[Any]]:
     """key -> [recipe value (None: not in the recipe), new value], for the report."""
-    recipe = tomllib.loads(RECIPE_TOML)
+    recipe = tomllib.loads(recipe_toml())
     out = {}
     for key, v in values.items():
         cur: Any = recipe
@@ -381,7 +386,7 @@ def prepare_train_data(ctx: Ctx) -> dict[str, Any]:
         values[f"avcap.curate.sources.{s}.kind"] = s
         values[f"avcap.curate.sources.{s}.path"] = str(ctx.world / "train" / s)
     path = ctx.work / "curate.toml"
-    path.write_text(edit_toml(RECIPE_TOML, values))
+    path.write_text(edit_toml(recipe_toml(), values))
     lines: list[str] = []
     report = curate(load_config(path), echo=lines.append)
     if report.problems:
@@ -406,7 +411,7 @@ def clip_geometry(height: int, width: int, shape) -> dict[str, int]:
     """Patches per frame group and groups per video for a clip of this size with the recipe's vision."""
     from avcap.video import resized_size
 
-    v = tomllib.loads(RECIPE_TOML)["custom"]["vision"]
+    v = tomllib.loads(recipe_toml())["custom"]["vision"]
     factor = shape.patch * shape.merge
     h, w = resized_size(height, width, v["nframes"], factor=factor, min_pixels=v["min_pixels"],
                         max_pixels=v["max_pixels"], total_pixels=None)
@@ -419,7 +424,7 @@ def recipe_memory_estimate(ctx: Ctx) -> dict[str, Any]:
     every sequence at model_max_length, every non-vision token labelled; 1936x1220 clips)."""
     from avcap.models.qwen3_vl.cost import GIB, Shape, realsize_config, sft_memory
 
-    recipe = tomllib.loads(RECIPE_TOML)
+    recipe = tomllib.loads(recipe_toml())
     shape = Shape.from_config(realsize_config("8B"))
     geo = clip_geometry(*RECIPE_CLIP, shape)
     t = recipe["train"]
@@ -471,7 +476,7 @@ def run_sft(ctx: Ctx, k: int, model_dir: Path, shape, geo: dict[str, int]) -> di
     (run_dir / "ranks").mkdir(parents=True)
     values = sft_values(ctx, k, run_dir, model_dir)
     cfg_path = run_dir / "recipe.toml"
-    cfg_path.write_text(edit_toml(RECIPE_TOML, values))
+    cfg_path.write_text(edit_toml(recipe_toml(), values))
     cmd = torchrun(k) + [str(HERE), "--worker", "sft", "--config", str(cfg_path), "--stats-dir", str(run_dir / "ranks")]
     log(f"sft K={k}: {' '.join(cmd[2:6])} ... ({run_dir / 'log.txt'})")
     with GpuMemoryPoller(bool(ctx.gpus)) as poll:
@@ -652,7 +657,7 @@ def run_caption(ctx: Ctx, k: int, model_dir: Path, ids: list[str]) -> dict[str, 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     cfg_path = run_dir / "infer.toml"
-    cfg_path.write_text(edit_toml(RECIPE_TOML, infer_values(ctx, model_dir)))
+    cfg_path.write_text(edit_toml(recipe_toml(), infer_values(ctx, model_dir)))
     n = k * ctx.args.videos_per_gpu
     cmd = torchrun(k) + ["-m", "avcap", "infer", "--config", str(cfg_path), "--dataset", "BENCH", "--tasks", "caption",
                          "--limit", str(n), "--outputs-dir", str(run_dir / "outputs"), "--no-progress"]

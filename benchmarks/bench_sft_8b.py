@@ -86,7 +86,7 @@ def make_data(args, work: Path) -> dict[str, Any]:
     from avcap.core.config import load_config
     from avcap.data.sources import curate
     from avcap.demo.synth import synthesize
-    from bench_multi_gpu import RECIPE_TOML, edit_toml
+    from bench_multi_gpu import edit_toml, recipe_toml
 
     world = work / f"world-{args.width}x{args.height}-{args.seconds:g}s-{args.fps:g}fps-{args.clips}"
     t = time.perf_counter()
@@ -100,7 +100,7 @@ def make_data(args, work: Path) -> dict[str, Any]:
         values[f"avcap.curate.sources.{s}.kind"] = s
         values[f"avcap.curate.sources.{s}.path"] = str(world / "train" / s)
     path = world / "curate.toml"
-    path.write_text(edit_toml(RECIPE_TOML, values))
+    path.write_text(edit_toml(recipe_toml(), values))
     t = time.perf_counter()
     lines: list[str] = []
     report = curate(load_config(path), echo=lines.append)
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
     import transformers
 
     from bench_gpu import build_tiny_dir
-    from bench_multi_gpu import RECIPE_TOML, edit_toml, recipe_changes
+    from bench_multi_gpu import edit_toml, recipe_changes, recipe_toml
 
     RUN.use_out_dir(args.out)
     work = Path(args.work)
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
             values = recipe_values(args, RESULTS["data"]["root"], run_dir, model)
             (run_dir / "values.json").write_text(json.dumps(values, indent=1) + "\n")
             cfg_path = run_dir / "recipe.toml"
-            cfg_path.write_text(edit_toml(RECIPE_TOML, values))
+            cfg_path.write_text(edit_toml(recipe_toml(), values))
             RESULTS["recipe_changes"] = recipe_changes(values)
             RESULTS["recipe_toml"] = cfg_path.read_text()
             log(f"run {i}: recipe changes {json.dumps(RESULTS['recipe_changes'])}")

@@ -29,7 +29,7 @@ def bench():
 def test_embedded_recipe_is_the_published_one(bench):
     if not SHARED_RECIPE.is_file():
         pytest.skip(f"{SHARED_RECIPE} is not here")
-    assert bench.RECIPE_TOML == SHARED_RECIPE.read_text()
+    assert bench.recipe_toml() == SHARED_RECIPE.read_text()
 
 
 def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
@@ -37,14 +37,14 @@ def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
 
     class A:
         steps, batch_per_gpu, mini_batch, workers = 3, 32, 4, 14
-        compile, memory_budget = False, None
+        compile, memory_budget, train_decoder = False, None, "cpu"
 
     class C:
         args, data_root = A, tmp_path / "data"
 
     values = bench.sft_values(C, 4, tmp_path / "run", tmp_path / "model")
-    text = bench.edit_toml(bench.RECIPE_TOML, values)
-    before, after = tomllib.loads(bench.RECIPE_TOML), tomllib.loads(text)
+    text = bench.edit_toml(bench.recipe_toml(), values)
+    before, after = tomllib.loads(bench.recipe_toml()), tomllib.loads(text)
 
     def flat(d, prefix=""):
         out = {}
@@ -70,7 +70,7 @@ def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
 
     C.args = Compiled
     cfg2 = tmp_path / "c.toml"
-    cfg2.write_text(bench.edit_toml(bench.RECIPE_TOML, bench.sft_values(C, 4, tmp_path / "run", tmp_path / "model")))
+    cfg2.write_text(bench.edit_toml(bench.recipe_toml(), bench.sft_values(C, 4, tmp_path / "run", tmp_path / "model")))
     c = load_config(cfg2)
     assert c.train.compile and c.avcap.train.activation_memory_budget == 0.5
 
