@@ -316,6 +316,10 @@ def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, wor
         env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [sys.executable, "-m", "avcap", "infer", "--config", str(cfg_path), "--dataset", DATASET,
            "--tasks", "caption", "--outputs-dir", str(outputs)]
+    if label in args.sample_stacks.split(","):  # the same command under the in-process stack sampler
+        stacks = RUN.out_dir / f"bench_first_caption_stacks_{label}.json"
+        cmd[1:1] = [str(HERE.parent / "stack_sampler.py"), "--out", str(stacks), "--seconds", f"{timeout:.0f}",
+                    "--interval", "0.05", "--window", "2", "--"]
     res: dict[str, Any] = {"command": " ".join(cmd[1:]), "cache_dir": str(cache_dir),
                            "cache_files_before": sum(1 for p in cache_dir.rglob("*") if p.is_file())}
     if args.evict_weights:
@@ -495,6 +499,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--compile", dest="compile", action="store_true", default=None)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--evict-weights", action="store_true", help="drop the model's files from the page cache before each run")
+    ap.add_argument("--sample-stacks", default="",
+                    help="comma-separated run labels (e.g. warm) run under benchmarks/stack_sampler.py: every "
+                         "thread's Python stack 20 times a second, per 2 s window, to bench_first_caption_stacks_<run>.json")
     ap.add_argument("--poll", type=float, default=0.1, help="seconds between looks at the output file")
     ap.add_argument("--deadline", type=float, default=560.0, help="seconds from start the whole call must end by")
     ap.add_argument("--run-timeout", type=float, default=300.0, help="seconds one avcap infer process may take")
