@@ -306,7 +306,12 @@ class FrameLoader:
         for _, _, fut in waiting:
             fut.cancel()
         for pool in self._procs.values():
+            workers = list((getattr(pool, "_processes", None) or {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
+            # nothing they still decode is wanted: without this the interpreter's exit waits for every
+            # worker to finish its video and tear down (3-4 s after the last record, measured)
+            for proc in workers:
+                proc.terminate()
         with self._lock:
             self._cache.clear()
         if self._finishers is not None:
