@@ -467,6 +467,8 @@ def sft_values(ctx: Ctx, k: int, run_dir: Path, model_dir: Path) -> dict[str, An
         values["avcap.train.activation_memory_budget"] = a.memory_budget
     if a.train_decoder != "cpu":
         values["avcap.train.decoder"] = a.train_decoder
+    if not a.grad_checkpointing:
+        values["policy.model_gradient_checkpointing"] = False
     return values
 
 
@@ -898,6 +900,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the rates")
     ap.add_argument("--batch-per-gpu", type=int, default=32, help="train_batch_per_replica (recipe: 32)")
     ap.add_argument("--mini-batch", type=int, default=4, help="train_policy.mini_batch (recipe: 4)")
+    ap.add_argument("--no-grad-checkpointing", dest="grad_checkpointing", action="store_false",
+                    help="policy.model_gradient_checkpointing = false (no recompute; e.g. with --mini-batch 2)")
     ap.add_argument("--train-decoder", default="cpu", choices=["cpu", "nvdec"],
                     help="[avcap.train] decoder: the DataLoader's video decoder")
     ap.add_argument("--measured-peak-tflops", type=float, default=770.0,
