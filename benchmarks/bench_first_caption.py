@@ -303,7 +303,8 @@ def stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, work: Path, timeout: float) -> dict[str, Any]:
+def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, work: Path, timeout: float,
+             src: Path | None = None) -> dict[str, Any]:
     run_dir = work / "runs" / label
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -314,13 +315,15 @@ def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, wor
         env.pop(k, None)
     if args.tiny:
         env["CUDA_VISIBLE_DEVICES"] = ""
+    if src is not None:  # another avcap (e.g. `git archive <commit> src`), ahead of this one on the path
+        env["PYTHONPATH"] = os.pathsep.join([str(src)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     cmd = [sys.executable, "-m", "avcap", "infer", "--config", str(cfg_path), "--dataset", DATASET,
            "--tasks", "caption", "--outputs-dir", str(outputs)]
     if label in args.sample_stacks.split(","):  # the same command under the in-process stack sampler
         stacks = RUN.out_dir / f"bench_first_caption_stacks_{label}.json"
         cmd[1:1] = [str(HERE.parent / "stack_sampler.py"), "--out", str(stacks), "--seconds", f"{timeout:.0f}",
                     "--interval", "0.05", "--window", "2", "--"]
-    res: dict[str, Any] = {"command": " ".join(cmd[1:]), "cache_dir": str(cache_dir),
+    res: dict[str, Any] = {"command": " ".join(cmd[1:]), "cache_dir": str(cache_dir), "src": str(src or REPO / "src"),
                            "cache_files_before": sum(1 for p in cache_dir.rglob("*") if p.is_file())}
     if args.evict_weights:
         res["weights"] = evict(model)
@@ -461,7 +464,7 @@ def table(r: dict[str, Any]) -> str:
                 "background, see load), 1st rec / last = first / last caption record "
                 f"on disk, polled every {a['poll']}s; v/s start = videos / last record, ->exit = videos / exit, "
                 "v/s 1st = videos after the first batch / (last - first record))")
-    warm = next((x for label, x in r["runs"].items() if label.startswith("warm")), {})
+    warm = next((x for label, x in r["runs"].items() if label.startswith("warm") and "@" not in label), {})
     if warm.get("first_record_s") is not None:
         rows.append(f"targets (first warm run): first caption <= 30 s: {warm['first_record_s']:.1f} s — "
                     f"{'met' if warm['first_record_s'] <= 30 else 'not met'}; whole run >= 4 videos/s from process "
@@ -482,7 +485,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--size", default="8B", choices=["8B", "2B", "tiny"],
                     help="the real-size architecture (random weights); tiny: the tiny model itself (--tiny)")
     ap.add_argument("--runs", default="cold,warm,warm-first,warm-first",
-                    help="in order: cold (a new empty compile cache) or warm (the cache as the runs before left it)")
+                    help="in order: cold (a new empty compile cache), warm (the cache as the runs before left it) or "
+                         "warm-first (warm, with [avcap.engine] first_batch = --first-batch); KIND@base: the same with "
+                         "--baseline-src's avcap")
+    ap.add_argument("--baseline-src", default=None,
+                    help="another avcap's src/ (e.g. from `git archive <commit> src`): runs named KIND@base "
+                         "(cold@base, warm@base, warm-first@base) use it, the others this checkout's")
     ap.add_argument("--cache-dir", default=None, help="AVCAP_CACHE_DIR of a first warm run (default: a new folder)")
     ap.add_argument("--videos", type=int, default=192)
     ap.add_argument("--clips", type=int, default=8, help="distinct clips rendered (cycled over the videos)")
@@ -525,9 +533,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.run_timeout = max(args.run_timeout, 600.0)
     args.compile = True if args.compile is None else args.compile
     runs = args.runs.split(",")
-    bad = [x for x in runs if x not in ("cold", "warm", "warm-first")]
+    bad = [x for x in runs if x.removesuffix("@base") not in ("cold", "warm", "warm-first")]
     if bad or not args.runs:
-        ap.error(f"--runs: {', '.join(bad) or '(none)'}: each is cold, warm or warm-first")
+        ap.error(f"--runs: {', '.join(bad) or '(none)'}: each is cold, warm or warm-first, optionally with @base")
+    if any(x.endswith("@base") for x in runs) and not args.baseline_src:
+        ap.error("--runs: a KIND@base run needs --baseline-src")
     if runs[0].startswith("warm") and not args.cache_dir:
         ap.error("--runs: a warm run needs a cold run before it, or --cache-dir (a folder a cold run filled)")
     return args
@@ -571,8 +581,9 @@ def main(argv=None) -> int:
         save()
         cache_dir = Path(args.cache_dir) if args.cache_dir else None
         labels = args.runs.split(",")
-        for i, kind in enumerate(labels):
-            label = kind if labels.count(kind) == 1 else f"{kind}{labels[:i + 1].count(kind)}"
+        for i, name in enumerate(labels):
+            label = name if labels.count(name) == 1 else f"{name}{labels[:i + 1].count(name)}"
+            kind, _, variant = name.partition("@")
             if kind == "cold" or cache_dir is None:
                 cache_dir = work / "cache" / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
                 cache_dir.mkdir(parents=True, exist_ok=False)
@@ -582,7 +593,9 @@ def main(argv=None) -> int:
                 RESULTS["runs"][label] = {"skipped": f"{left:.0f}s left before --deadline"}
                 continue
             path = write_config(args, work, model, folder, args.first_batch) if kind == "warm-first" else cfg_path
-            RESULTS["runs"][label] = run_once(args, label, path, cache_dir, model, work, min(args.run_timeout, left))
+            src = Path(args.baseline_src).resolve() if variant else None
+            RESULTS["runs"][label] = run_once(args, label, path, cache_dir, model, work, min(args.run_timeout, left),
+                                              src=src)
             save()
     except Exception as exc:  # noqa: BLE001
         RESULTS["error"] = f"{type(exc).__name__}: {exc}"
