@@ -173,8 +173,26 @@ def _allow_recompiles(n: int) -> None:
         c.accumulated_recompile_limit = max(c.accumulated_recompile_limit, 4 * n)
 
 
+class _Loaded:
+    """An attribute the background load sets (as `_<name>`): reading it waits for the load."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.attr = "_" + name
+
+    def __get__(self, engine, owner=None):
+        if engine is None:
+            return self
+        engine._model_ready()
+        return getattr(engine, self.attr)
+
+
 class TransformersEngine:
     name = "transformers"
+    # set by the background load; reading one waits for it (and raises its ModelLoadError)
+    model = _Loaded()
+    processor = _Loaded()
+    share_vision = _Loaded()
+    fast = _Loaded()  # the fast path's generator, None when off
 
     def __init__(
         self,
@@ -364,29 +382,6 @@ class TransformersEngine:
                                     "supports; every request uses generate", requests=0)
         self._model = model
         self.load_timings["setup_s"] = round(time.perf_counter() - t0, 3)
-
-    @property
-    def model(self) -> Any:
-        """The loaded model (waits for the background load)."""
-        self._model_ready()
-        return self._model
-
-    @property
-    def processor(self) -> Any:
-        """The processor (waits for the background load)."""
-        self._model_ready()
-        return self._processor
-
-    @property
-    def share_vision(self) -> bool:
-        self._model_ready()
-        return self._share_vision
-
-    @property
-    def fast(self) -> Any:
-        """The fast path's generator, None when off (waits for the background load)."""
-        self._model_ready()
-        return self._fast
 
     def _model_ready(self) -> None:
         """Wait for the background load; its error as `ModelLoadError` (every call after it too)."""
