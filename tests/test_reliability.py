@@ -433,7 +433,7 @@ def train_verb(tiny_model_dir, tmp_path_factory) -> Verb:
 
     def compare(ref: Path, run: Path) -> list[str]:
         problems = compare_records(out(ref) / "train_log.jsonl", out(run) / "train_log.jsonl", ref, run,
-                                   timing=frozenset({"tokens_per_s", "step_time_s"}))
+                                   timing=frozenset({"tokens_per_s", "step_time_s", "data_wait_s"}))
         keys = [r.get("key") for r in parse_jsonl(out(run) / "train_log.jsonl", [])]
         if keys != [str(k) for k in range(1, verb.total + 1)]:
             problems.append(f"{out(run) / 'train_log.jsonl'}: steps logged {keys}, expected each of 1..{verb.total} once")
