@@ -460,3 +460,88 @@ def test_a_model_that_fails_to_load_stops_the_run_before_any_record(tiny_model_d
         run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, tasks=["caption"],
                       progress=False)
     assert not [p for p in out.rglob("*.jsonl") if p.read_text().strip()]
+
+
+def _checkpoint(src: Path, dest: Path, seed: int | None = None, **config_changes) -> Path:
+    """A copy of the model directory `src` at `dest`; with `seed`, other random weights; with
+    `config_changes`, another text architecture (fresh random weights of that shape)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    shutil.copytree(src, dest)
+    if config_changes:
+        cfg = AutoConfig.from_pretrained(src)
+        for k, v in config_changes.items():
+            setattr(cfg.text_config, k, v)
+        torch.manual_seed(seed or 0)
+        AutoModelForImageTextToText.from_config(cfg).save_pretrained(dest)
+    elif seed is not None:
+        model = AutoModelForImageTextToText.from_pretrained(src)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.copy_(torch.randn(p.shape, generator=g) * 2.0 / p.shape[-1] ** 0.5)
+        model.save_pretrained(dest)
+    return dest
+
+
+def test_every_checkpoint_in_one_engine_equals_a_fresh_engine_per_checkpoint(varied_model_dir, infer_data_dir,
+                                                                          tmp_path, monkeypatch):
+    """`avcap infer --every-checkpoint`: one engine for a run's checkpoints, each next one's weights
+    put into it in place (`reload`), gives every checkpoint exactly the records a fresh engine gives;
+    a checkpoint of another architecture is refused by `reload` and gets an engine of its own."""
+    import avcap.engines as engines
+    from avcap.eval.infer import SharedEngine
+
+    run = tmp_path / "train"
+    _checkpoint(varied_model_dir, run / "checkpoints" / "step_10")
+    _checkpoint(varied_model_dir, run / "checkpoints" / "step_20", seed=1)
+    _checkpoint(varied_model_dir, run / "checkpoints" / "step_30", seed=2, intermediate_size=48)
+    cfg = load_config(write_config(tmp_path / "c.toml", varied_model_dir, infer_data_dir))
+    built = []
+    real = engines.make_engine
+    monkeypatch.setattr(engines, "make_engine", lambda *a, **k: built.append(k["model"]) or real(*a, **k))
+    notes: list[str] = []
+    shared = SharedEngine(log=notes.append)
+    try:
+        for step in (10, 20, 30):
+            run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=tmp_path / "swept", tasks=["caption"],
+                          checkpoint=str(run / "checkpoints" / f"step_{step}"), progress=False, shared=shared)
+    finally:
+        shared.close()
+    assert [Path(m).name for m in built] == ["step_10", "step_30"]  # step_20 reused step_10's engine
+    assert len(notes) == 1 and "another model than the engine's" in notes[0] and "intermediate_size" in notes[0]
+    for step in (10, 20, 30):
+        run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=tmp_path / "fresh", tasks=["caption"],
+                      checkpoint=str(run / "checkpoints" / f"step_{step}"), progress=False)
+    swept = {s: texts(tmp_path / "swept" / "tiny" / f"ckpt-{s}" / "AV_CAPTION" / "caption.jsonl") for s in (10, 20, 30)}
+    fresh = {s: texts(tmp_path / "fresh" / "tiny" / f"ckpt-{s}" / "AV_CAPTION" / "caption.jsonl") for s in (10, 20, 30)}
+    assert swept == fresh
+    assert swept[10] != swept[20]  # the weights really changed
+    rec = read_json(tmp_path / "swept" / "tiny" / "ckpt-20" / "AV_CAPTION" / "run.json")["engine_run"]
+    # its own requests only (4: the corrupt clip fails before the model)
+    assert rec["load"]["reloaded_from"].endswith("step_20") and sum(rec["paths"].values()) == 4
+
+
+def test_every_checkpoint_cli(varied_model_dir, infer_data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from avcap.cli import app
+
+    run = tmp_path / "train"
+    for step, seed in ((5, None), (15, 3)):
+        _checkpoint(varied_model_dir, run / "checkpoints" / f"step_{step}", seed=seed)
+    cfg = write_config(tmp_path / "c.toml", varied_model_dir, infer_data_dir)
+    args = ["infer", "--config", str(cfg), "--dataset", "AV_CAPTION", "--tasks", "caption", "--model-name", "tiny",
+            "--outputs-dir", str(tmp_path / "out"), "--no-progress"]
+    r = CliRunner().invoke(app, args + ["--every-checkpoint"])
+    assert r.exit_code == 2 and "--every-checkpoint needs --checkpoint" in r.output
+    r = CliRunner().invoke(app, args + ["--every-checkpoint", "--checkpoint", str(tmp_path)])
+    assert r.exit_code == 2 and "no checkpoints/step_N" in r.output
+    r = CliRunner().invoke(app, args + ["--every-checkpoint", "--checkpoint", str(run)])
+    assert r.exit_code == 0, r.output
+    for label in ("ckpt-5", "ckpt-15"):
+        assert len(read_records(tmp_path / "out" / "tiny" / label / "AV_CAPTION" / "caption.jsonl")) == 5

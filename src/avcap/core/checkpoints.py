@@ -100,23 +100,42 @@ def _step_of(d: Path) -> Optional[int]:
     return None
 
 
-def _latest_step_dir(root: Path) -> Optional[tuple[int, Path, str]]:
-    """The highest `step_N` under an avcap or cosmos-rl output directory."""
+def _step_dirs(root: Path) -> list[tuple[int, Path, str]]:
+    """Every `step_N` under an avcap or cosmos-rl output directory, by step (for a step found twice,
+    the later timestamp directory)."""
     patterns = {
         "avcap": ["checkpoints/step_*", "step_*"],
         "cosmos-rl": ["safetensors/step_*", "*/safetensors/step_*"],
     }
-    best: Optional[tuple[int, str, Path, str]] = None
+    best: dict[int, tuple[str, Path, str]] = {}
     for kind, globs in patterns.items():
         for g in globs:
             for d in root.glob(g):
                 m = _STEP_RE.match(d.name)
                 if not (m and d.is_dir() and (d / "config.json").is_file()):
                     continue
-                cand = (int(m.group(1)), str(d), d, kind)  # ties: the later timestamp directory
-                if best is None or cand[:2] > best[:2]:
-                    best = cand
-    return None if best is None else (best[0], best[2], best[3])
+                step = int(m.group(1))
+                if step not in best or str(d) > best[step][0]:
+                    best[step] = (str(d), d, kind)
+    return [(step, d, kind) for step, (_, d, kind) in sorted(best.items())]
+
+
+def _latest_step_dir(root: Path) -> Optional[tuple[int, Path, str]]:
+    """The highest `step_N` under an avcap or cosmos-rl output directory."""
+    found = _step_dirs(root)
+    return found[-1] if found else None
+
+
+def every_checkpoint(run: str, cfg: RecipeConfig) -> list[Checkpoint]:
+    """Every checkpoint of a training output directory (avcap's or cosmos-rl's), by step."""
+    p = Path(run).expanduser()
+    found = _step_dirs(p.resolve()) if p.is_dir() else []
+    if not found:
+        raise CheckpointError(f"{run}: no checkpoints/step_N, safetensors/step_N or <timestamp>/safetensors/step_N "
+                              "directory with a config.json inside (--every-checkpoint takes a training output directory)")
+    base = base_model(cfg)
+    return [_with_processor(Checkpoint(path=str(d), label=label_for(step), step=step, kind=kind), base)
+            for step, d, kind in found]
 
 
 def _with_processor(ck: Checkpoint, base: str) -> Checkpoint:

@@ -45,7 +45,7 @@ from typing import Any, Optional
 import typer
 
 import avcap
-from avcap.core.checkpoints import CheckpointError, resolve_checkpoint
+from avcap.core.checkpoints import CheckpointError, every_checkpoint, resolve_checkpoint
 from avcap.core.config import ConfigError, RecipeConfig, Sampling, load_config
 from avcap.core.records import (
     DirectoryBusy,
@@ -446,9 +446,11 @@ def run_inference(
     log=None,
     out_dir: Optional[Path] = None,
     title: str = "avcap infer",
+    shared: Optional["SharedEngine"] = None,
 ) -> dict[str, Any]:
     """Run every pending request of this shard; merge when all shards are done. Returns a summary.
-    `out_dir` replaces `<outputs_dir>/<model>/<checkpoint>/<dataset>` (avcap label's --out)."""
+    `out_dir` replaces `<outputs_dir>/<model>/<checkpoint>/<dataset>` (avcap label's --out).
+    `shared`: an engine kept across calls (a checkpoint sweep), closed by its owner."""
 
     log = log or (lambda msg: typer.echo(msg, err=True))
     t_start = time.perf_counter()
@@ -524,8 +526,12 @@ def run_inference(
             )
 
             t0 = time.perf_counter()
+
+            def build():
+                return make_engine(ecfg, vision=cfg.eval_vision, model=ck.path, processor=ck.processor, device=device)
+
             try:
-                engine = make_engine(ecfg, vision=cfg.eval_vision, model=ck.path, processor=ck.processor, device=device)
+                engine = shared.get(ecfg, cfg.eval_vision, ck, device, build) if shared is not None else build()
             except (ImportError, ValueError) as exc:
                 raise InferError(str(exc)) from None
             except OSError as exc:
@@ -550,7 +556,8 @@ def run_inference(
                 raise InferError(f"{ck.path}: {exc}") from None
             finally:
                 info["engine_run"] = engine.run_record() if hasattr(engine, "run_record") else {}
-                engine.close()
+                if shared is None:
+                    engine.close()
         for task, st in stats.items():
             timings[task] = st.as_dict()
         timings["total_s"] = round(time.perf_counter() - t_start, 3)
@@ -716,6 +723,36 @@ def _progress(total: int, desc: str, enabled: bool):
                 mininterval=0.1 if tty else 10.0)
 
 
+class SharedEngine:
+    """One engine for several `run_inference` calls (`avcap infer --every-checkpoint`): built for
+    the first checkpoint, then given each next one's weights with the engine's `reload` (the
+    transformers engine keeps its decoders, compiled graphs and captured decode steps, so a
+    checkpoint costs a weight read instead of a process start); an engine without `reload`, or a
+    checkpoint it refuses (another architecture or processor: said in one line), is built anew."""
+
+    def __init__(self, log=None):
+        self.log = log or (lambda msg: typer.echo(msg, err=True))
+        self.engine = None
+        self._key: Optional[tuple] = None
+
+    def get(self, ecfg, vision, ck, device, build):
+        key = (ecfg.model_dump_json(), repr(vision), device)
+        if self.engine is not None and key == self._key and hasattr(self.engine, "reload"):
+            try:
+                self.engine.reload(ck.path, ck.processor)
+                return self.engine
+            except ValueError as exc:
+                self.log(f"  note: {exc}; building a new engine")
+        self.close()
+        self.engine, self._key = build(), key
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -723,6 +760,9 @@ def main(
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Name the outputs are filed under (default \\[avcap] model_name)."),
     checkpoint: Optional[str] = typer.Option(
         None, "--checkpoint", help="HF dir, cosmos-rl <out>/<ts>/safetensors/step_N, or avcap <output_dir>/checkpoints/step_N; omitted: the base model."
+    ),
+    every: bool = typer.Option(
+        False, "--every-checkpoint", help="Every step_N of the training output directory --checkpoint names, in one process: the engine is built once and each checkpoint's weights replace the last's."
     ),
     dataset: str = typer.Option(..., "--dataset", help="A dataset named under \\[avcap.datasets] (AV_CAPTION, LINGOQA, ...)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Recipe TOML (default: built-in defaults)."),
@@ -748,11 +788,24 @@ def main(
                                 limit=limit, outputs_dir=outputs_dir, num_shards=num_shards)
             typer.echo(status.message, err=True)
             raise typer.Exit(0 if status.complete else 1)
-        run_inference(
-            cfg, dataset=dataset, model_name=model_name, checkpoint=checkpoint, engine_name=engine, tasks=task_list,
-            limit=limit, outputs_dir=outputs_dir, num_shards=num_shards, shard_index=shard_index,
-            batch_size=batch_size, retry_errors=retry_errors, progress=not no_progress,
-        )
+        kw = dict(dataset=dataset, model_name=model_name, engine_name=engine, tasks=task_list, limit=limit,
+                  outputs_dir=outputs_dir, num_shards=num_shards, shard_index=shard_index, batch_size=batch_size,
+                  retry_errors=retry_errors, progress=not no_progress)
+        if every:
+            if checkpoint is None:
+                raise InferError("--every-checkpoint needs --checkpoint: a training output directory")
+            try:
+                checkpoints = every_checkpoint(checkpoint, cfg)
+            except CheckpointError as exc:
+                raise InferError(str(exc)) from None
+            shared = SharedEngine()
+            try:
+                for ck in checkpoints:
+                    run_inference(cfg, checkpoint=ck.path, shared=shared, **kw)
+            finally:
+                shared.close()
+        else:
+            run_inference(cfg, checkpoint=checkpoint, **kw)
     except ConfigError as exc:
         for line in exc.problems:
             typer.echo(f"error: {line}", err=True)

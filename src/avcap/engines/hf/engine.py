@@ -173,6 +173,32 @@ def _allow_recompiles(n: int) -> None:
         c.accumulated_recompile_limit = max(c.accumulated_recompile_limit, 4 * n)
 
 
+# files whose bytes must be equal for `reload` to keep the engine's processor
+RELOAD_PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                          "merges.txt", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
+                          "video_preprocessor_config.json", "processor_config.json")
+# config fields that name or place a checkpoint rather than define the model
+_CONFIG_NOISE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
+                 "_attn_implementation_autoset", "_commit_hash", "architectures"}
+
+
+def _file_bytes(path: Path) -> Optional[bytes]:
+    return path.read_bytes() if path.is_file() else None
+
+
+def _config_difference(a: dict[str, Any], b: dict[str, Any], where: str = "config") -> Optional[str]:
+    """The first field in which two model configs (to_dict) differ, noise fields left out; None if equal."""
+    for k in sorted((set(a) | set(b)) - _CONFIG_NOISE):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            inner = _config_difference(x, y, f"{where}.{k}")
+            if inner:
+                return inner
+        elif x != y:
+            return f"{where}.{k} {x!r} -> {y!r}"
+    return None
+
+
 class _Loaded:
     """An attribute the background load sets (as `_<name>`): reading it waits for the load."""
 
@@ -307,6 +333,7 @@ class TransformersEngine:
         from transformers import AutoProcessor
 
         t0 = time.perf_counter()
+        self._processor_src = str(processor) if isinstance(processor, (str, os.PathLike)) else None
         if isinstance(processor, (str, os.PathLike)):
             processor = AutoProcessor.from_pretrained(processor)
         processor.tokenizer.padding_side = "left"
@@ -382,6 +409,68 @@ class TransformersEngine:
                                     "supports; every request uses generate", requests=0)
         self._model = model
         self.load_timings["setup_s"] = round(time.perf_counter() - t0, 3)
+
+    def reload(self, model: str | os.PathLike, processor: Any = None) -> None:
+        """Put another checkpoint of the same model into this engine, in place: the parameters are
+        overwritten, so the compiled graphs, the captured decode steps and the caches stay valid
+        (they take the parameters as inputs, at the same addresses) and a checkpoint sweep pays only
+        for reading weights. The checkpoint is read with transformers' own loading; a different
+        architecture, config, generation ids or processor files raise ValueError naming the
+        difference (the caller then builds a new engine). The run record starts again."""
+        import torch
+        import transformers
+        from transformers import AutoModelForImageTextToText
+
+        self._model_ready()
+        t0 = time.perf_counter()
+        src = str(processor or model)
+        if self._processor_src is None or not Path(src).is_dir():
+            raise ValueError(f"{src}: only a local checkpoint directory can replace the weights of an engine "
+                             "built from one")
+        differ = [f for f in RELOAD_PROCESSOR_FILES if _file_bytes(Path(src) / f) != _file_bytes(
+            Path(self._processor_src) / f)]
+        if differ:
+            raise ValueError(f"{src}: processor files differ from {self._processor_src}'s: {', '.join(differ)}")
+        kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation=self.cfg.attn_implementation)
+        size = sum(t.numel() * t.element_size() for t in self._model.parameters())
+        # a second copy on the GPU where it fits next to the engine's caches, else read on the host
+        direct = (self.device.startswith("cuda") and int(transformers.__version__.split(".")[0]) >= 5
+                  and torch.cuda.mem_get_info(self.device)[0] > 1.1 * size)
+        if direct:
+            kwargs["device_map"] = self.device
+        with _LOAD_LOCK:
+            fresh = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
+        t1 = time.perf_counter()
+        try:
+            old, new = self._model, fresh
+            why = _config_difference(old.config.to_dict(), new.config.to_dict())
+            for ids in ("eos_token_id", "pad_token_id", "bos_token_id"):
+                a, b = getattr(old.generation_config, ids, None), getattr(new.generation_config, ids, None)
+                if b is not None and a != b:
+                    why = why or f"generation_config.{ids} {a} -> {b}"
+            mine = dict(old.named_parameters()) | {k: v for k, v in old.named_buffers()}
+            theirs = dict(new.named_parameters()) | {k: v for k, v in new.named_buffers()}
+            if not why and set(mine) != set(theirs):
+                why = f"parameters differ: {sorted(set(mine) ^ set(theirs))[:5]}"
+            if not why:
+                bad = [k for k in mine if mine[k].shape != theirs[k].shape or mine[k].dtype != theirs[k].dtype]
+                why = f"parameter shapes or dtypes differ: {bad[:5]}" if bad else None
+            if why:
+                raise ValueError(f"{model}: another model than the engine's ({why})")
+            with torch.no_grad():
+                for k, t in mine.items():
+                    t.copy_(theirs[k])
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize(self.device)
+        finally:
+            del fresh
+        self._paths.clear()
+        self._counts.clear()
+        self._fallbacks.clear()
+        self._warned.clear()
+        self.load_timings = {"reloaded_from": str(model), "weights_s": round(t1 - t0, 3),
+                             "copy_s": round(time.perf_counter() - t1, 3), "direct_to_device": direct}
+        self.startup = {"reloaded": True}
 
     def _model_ready(self) -> None:
         """Wait for the background load; its error as `ModelLoadError` (every call after it too)."""
