@@ -484,3 +484,11 @@ def test_transformers_loads_in_the_background_and_records_its_load(varied_model_
         assert list(start["frames"]["decoded_at_s"]) == ["1"]  # one video decoded
     finally:
         eng.close()
+
+
+def test_readahead_asks_for_every_weight_file(varied_model_dir, tmp_path):
+    from avcap.engines.hf.engine import readahead
+
+    weights = sum(f.stat().st_size for f in varied_model_dir.glob("*.safetensors"))
+    assert weights > 0 and readahead(varied_model_dir) == weights
+    assert readahead(tmp_path) == 0  # nothing to read: no error either
