@@ -510,9 +510,15 @@ def test_every_checkpoint_in_one_engine_equals_a_fresh_engine_per_checkpoint(var
         for step in (10, 20, 30):
             run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=tmp_path / "swept", tasks=["caption"],
                           checkpoint=str(run / "checkpoints" / f"step_{step}"), progress=False, shared=shared)
+        # the same checkpoint on another dataset: the same engine and weights, a run record of its own
+        run_inference(cfg, dataset="LINGOQA", model_name="tiny", outputs_dir=tmp_path / "swept",
+                      checkpoint=str(run / "checkpoints" / "step_30"), progress=False, shared=shared)
     finally:
         shared.close()
     assert [Path(m).name for m in built] == ["step_10", "step_30"]  # step_20 reused step_10's engine
+    lingo = read_json(tmp_path / "swept" / "tiny" / "ckpt-30" / "LINGOQA" / "run.json")["engine_run"]
+    n_lingo = len(read_records(tmp_path / "swept" / "tiny" / "ckpt-30" / "LINGOQA" / "lingoqa.jsonl"))
+    assert sum(lingo["paths"].values()) == n_lingo
     assert len(notes) == 1 and "another model than the engine's" in notes[0] and "intermediate_size" in notes[0]
     for step in (10, 20, 30):
         run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=tmp_path / "fresh", tasks=["caption"],

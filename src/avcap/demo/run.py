@@ -67,7 +67,7 @@ from avcap.demo.scenarios import best_checkpoint, build_scenarios, section_lines
 from avcap.demo.synth import synthesize
 from avcap.demo.tiny_model import build_tiny_model, count_parameters
 from avcap.demo.truth import SyntheticWorld
-from avcap.eval.infer import run_inference
+from avcap.eval.infer import SharedEngine, run_inference
 from avcap.eval.score import score_outputs
 from avcap.report.markdown import build_report
 from avcap.report.plot import fmt_delta, fmt_value, label_step
@@ -364,14 +364,15 @@ def lingoqa_judge_available(cfg) -> bool:
         return False
 
 
-def _infer_and_score(ctx: Ctx, checkpoint: Optional[str]) -> dict:
-    """Inference on AV_CAPTION (captions + MCQ) and, when its judge is at hand, LINGOQA; then metrics."""
+def _infer_and_score(ctx: Ctx, checkpoint: Optional[str], shared: Optional[SharedEngine] = None) -> dict:
+    """Inference on AV_CAPTION (captions + MCQ) and, when its judge is at hand, LINGOQA; then metrics.
+    `shared`: one engine for every checkpoint (`avcap infer --every-checkpoint`'s)."""
 
     datasets = ["AV_CAPTION"] + (["LINGOQA"] if lingoqa_judge_available(ctx.cfg) else [])
     results = {}
     for dataset in datasets:
         summary = run_inference(ctx.cfg, dataset=dataset, checkpoint=checkpoint, outputs_dir=ctx.outputs_dir,
-                                progress=True, log=ctx.progress.line)
+                                progress=True, log=ctx.progress.line, shared=shared)
         (results[dataset],) = score_outputs(summary["out_dir"], cfg=ctx.cfg, log=ctx.progress.line)
     return results
 
@@ -437,9 +438,13 @@ def _checkpoints(ctx: Ctx) -> list[Path]:
 def step_evaluate(ctx: Ctx) -> dict:
     out = {}
     ckpts = _checkpoints(ctx)
-    for i, ck in enumerate(ckpts, 1):
-        ctx.progress.line(f"checkpoint {i}/{len(ckpts)}: {ck.name}")
-        out[ck.name] = _headline_numbers(_infer_and_score(ctx, str(ck)))
+    shared = SharedEngine(log=ctx.progress.line)  # built once, each checkpoint's weights put into it
+    try:
+        for i, ck in enumerate(ckpts, 1):
+            ctx.progress.line(f"checkpoint {i}/{len(ckpts)}: {ck.name}")
+            out[ck.name] = _headline_numbers(_infer_and_score(ctx, str(ck), shared))
+    finally:
+        shared.close()
     return {"checkpoints": out}
 
 

@@ -734,17 +734,22 @@ class SharedEngine:
         self.log = log or (lambda msg: typer.echo(msg, err=True))
         self.engine = None
         self._key: Optional[tuple] = None
+        self._path: Optional[str] = None  # the checkpoint whose weights the engine holds
 
     def get(self, ecfg, vision, ck, device, build):
         key = (ecfg.model_dump_json(), repr(vision), device)
         if self.engine is not None and key == self._key and hasattr(self.engine, "reload"):
+            if ck.path == self._path:  # the same weights (another dataset): a new run record only
+                self.engine.new_run()
+                return self.engine
             try:
                 self.engine.reload(ck.path, ck.processor)
+                self._path = ck.path
                 return self.engine
             except ValueError as exc:
                 self.log(f"  note: {exc}; building a new engine")
         self.close()
-        self.engine, self._key = build(), key
+        self.engine, self._key, self._path = build(), key, ck.path
         return self.engine
 
     def close(self) -> None:

@@ -483,13 +483,17 @@ class TransformersEngine:
                 torch.cuda.synchronize(self.device)
         finally:
             del fresh
+        self.new_run()
+        self.load_timings = {"reloaded_from": str(model), "weights_s": round(t1 - t0, 3),
+                             "copy_s": round(time.perf_counter() - t1, 3), "direct_to_device": direct}
+        self.startup = {"reloaded": True}
+
+    def new_run(self) -> None:
+        """Start the run record again (`run_record`'s paths, counts and fallbacks; warnings once more)."""
         self._paths.clear()
         self._counts.clear()
         self._fallbacks.clear()
         self._warned.clear()
-        self.load_timings = {"reloaded_from": str(model), "weights_s": round(t1 - t0, 3),
-                             "copy_s": round(time.perf_counter() - t1, 3), "direct_to_device": direct}
-        self.startup = {"reloaded": True}
 
     def _model_ready(self) -> None:
         """Wait for the background load; its error as `ModelLoadError` (every call after it too)."""
