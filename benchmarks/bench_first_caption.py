@@ -276,6 +276,19 @@ class Reader(threading.Thread):
         return [f"[{t:7.2f}s] {line}" for t, line in self.lines[-n:]]
 
 
+def sweep_dir(work: Path, model: Path, n: int) -> Path:
+    """A training output folder with checkpoints/step_1..n, each the model's files (symlinks): what
+    `avcap infer --every-checkpoint` sweeps (the same weights read n times)."""
+    root = work / "sweep"
+    shutil.rmtree(root, ignore_errors=True)
+    for k in range(1, n + 1):
+        d = root / "checkpoints" / f"step_{k}"
+        d.mkdir(parents=True)
+        for f in model.iterdir():
+            (d / f.name).symlink_to(f.resolve())
+    return root
+
+
 def count_records(path: Path, state: dict[str, int]) -> int:
     """Complete lines of `path` so far (each record is one O_APPEND write ending in a newline)."""
     try:
@@ -304,12 +317,16 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, work: Path, timeout: float,
-             src: Path | None = None) -> dict[str, Any]:
+             src: Path | None = None, sweep: Path | None = None) -> dict[str, Any]:
     run_dir = work / "runs" / label
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     outputs = run_dir / "outputs"
     target = outputs / f"first-caption-{args.size}" / "base" / DATASET / "caption.jsonl"
+    # a sweep writes one output folder per checkpoint, in step order
+    targets = ([outputs / f"first-caption-{args.size}" / f"ckpt-{k}" / DATASET / "caption.jsonl"
+                for k in range(1, args.sweep + 1)] if sweep is not None else [target])
+    target = targets[0]
     env = dict(os.environ, AVCAP_CACHE_DIR=str(cache_dir))
     for k in ("TORCHINDUCTOR_CACHE_DIR", "AVCAP_COMPILE_CACHE", "TRITON_CACHE_DIR"):
         env.pop(k, None)
@@ -319,6 +336,8 @@ def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, wor
         env["PYTHONPATH"] = os.pathsep.join([str(src)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     cmd = [sys.executable, "-m", "avcap", "infer", "--config", str(cfg_path), "--dataset", DATASET,
            "--tasks", "caption", "--outputs-dir", str(outputs)]
+    if sweep is not None:
+        cmd += ["--checkpoint", str(sweep), "--every-checkpoint"]
     if label in args.sample_stacks.split(","):  # the same command under the in-process stack sampler
         stacks = RUN.out_dir / f"bench_first_caption_stacks_{label}.json"
         cmd[1:1] = [str(HERE.parent / "stack_sampler.py"), "--out", str(stacks), "--seconds", f"{timeout:.0f}",
@@ -339,10 +358,20 @@ def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, wor
     reader = Reader(proc.stdout, child_log, t0)
     reader.start()
     n, rc = 0, None
+    states: list[dict[str, int]] = [state] + [{} for _ in targets[1:]]
+    seen = [0] * len(targets)
+    first: list[float | None] = [None] * len(targets)  # each target's first and last record times
+    last: list[float | None] = [None] * len(targets)
     while True:
         rc = proc.poll()
-        got = count_records(target, state)
+        counts = [count_records(t, st) for t, st in zip(targets, states)]
+        got = sum(counts)
         now = time.perf_counter() - t0
+        for i, c in enumerate(counts):
+            if c != seen[i]:
+                seen[i] = c
+                first[i] = round(now, 2) if first[i] is None else first[i]
+                last[i] = round(now, 2)
         if got != n:
             n = got
             timeline.append((round(now, 2), n))
@@ -358,9 +387,15 @@ def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, wor
         time.sleep(args.poll)
     t_exit = time.perf_counter() - t0
     reader.join(timeout=30)
-    got = count_records(target, state)
+    got = sum(count_records(t, st) for t, st in zip(targets, states))
     if got != n:  # the last batch landed between the last poll and the exit
         timeline.append((round(t_exit, 2), got))
+    if sweep is not None:  # per checkpoint: its first and last record, and the gap since the one before
+        res["sweep"] = [{"checkpoint": f"ckpt-{k + 1}", "records": seen[k], "first_record_s": first[k],
+                         "last_record_s": last[k],
+                         "since_previous_s": (round(first[k] - last[k - 1], 2)
+                                              if k and first[k] is not None and last[k - 1] is not None else None)}
+                        for k in range(len(targets))]
     res.update(rc=rc, started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_wall)),
                exit_s=round(t_exit, 2), timeline=timeline, output_tail=reader.tail())
     res["plan_line_s"] = reader.first(r"^avcap infer: ")  # config read, clips listed (torch not imported yet)
@@ -457,6 +492,8 @@ def table(r: dict[str, Any]) -> str:
                     f"{_f(x.get('videos_per_s_from_first_record'), '{:.3f}'):>8} "
                     f"{_f((x.get('output_tokens') or {}).get('mean'), '{:.0f}'):>7}  {cc}")
     for label, x in r["runs"].items():
+        if x.get("sweep"):
+            rows.append(f"{label}: per checkpoint {x['sweep']}")
         rows.append(f"{label}: load {x.get('engine_load')}; first batch {x.get('first_batch')}; "
                     f"startup (s from the engine's constructor) {x.get('engine_startup')}")
     rows.append("(seconds from process start: plan = the child's plan line (config read, clips listed), loaded = its "
@@ -488,6 +525,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="in order: cold (a new empty compile cache), warm (the cache as the runs before left it) or "
                          "warm-first (warm, with [avcap.engine] first_batch = --first-batch); KIND@base: the same with "
                          "--baseline-src's avcap")
+    ap.add_argument("--sweep", type=int, default=3,
+                    help="checkpoints in a `sweep` run: avcap infer --every-checkpoint over that many copies of the "
+                         "model (warm cache), each captioning every video")
     ap.add_argument("--baseline-src", default=None,
                     help="another avcap's src/ (e.g. from `git archive <commit> src`): runs named KIND@base "
                          "(cold@base, warm@base, warm-first@base) use it, the others this checkout's")
@@ -533,9 +573,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.run_timeout = max(args.run_timeout, 600.0)
     args.compile = True if args.compile is None else args.compile
     runs = args.runs.split(",")
-    bad = [x for x in runs if x.removesuffix("@base") not in ("cold", "warm", "warm-first")]
+    bad = [x for x in runs if x.removesuffix("@base") not in ("cold", "warm", "warm-first", "sweep")]
     if bad or not args.runs:
-        ap.error(f"--runs: {', '.join(bad) or '(none)'}: each is cold, warm or warm-first, optionally with @base")
+        ap.error(f"--runs: {', '.join(bad) or '(none)'}: each is cold, warm, warm-first or sweep, optionally "
+                 "with @base")
     if any(x.endswith("@base") for x in runs) and not args.baseline_src:
         ap.error("--runs: a KIND@base run needs --baseline-src")
     if runs[0].startswith("warm") and not args.cache_dir:
@@ -594,8 +635,9 @@ def main(argv=None) -> int:
                 continue
             path = write_config(args, work, model, folder, args.first_batch) if kind == "warm-first" else cfg_path
             src = Path(args.baseline_src).resolve() if variant else None
+            sweep = sweep_dir(work, model, args.sweep) if kind == "sweep" else None
             RESULTS["runs"][label] = run_once(args, label, path, cache_dir, model, work, min(args.run_timeout, left),
-                                              src=src)
+                                              src=src, sweep=sweep)
             save()
     except Exception as exc:  # noqa: BLE001
         RESULTS["error"] = f"{type(exc).__name__}: {exc}"
