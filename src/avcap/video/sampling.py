@@ -6,7 +6,8 @@ Sampling and resizing follow qwen-vl-utils 0.0.14 (`qwen_vl_utils.vision_process
 * `smart_nframes`: `nframes` XOR `fps`. `nframes` is rounded to a multiple of 2 (Python `round`,
   half to even). With `fps`: n = total / video_fps * fps, clamped to [min_frames, max_frames] and to
   the clip's length, floored to a multiple of 2.
-* `sample_indices`: `linspace(0, total - 1, n).round()` — first and last frame always included.
+* `sample_indices`: `torch.linspace(0, total - 1, n).round()` (float32, computed here with numpy)
+  — first and last frame always included.
 * `smart_resize`: each side rounded to `factor` (32 for Qwen3-VL / Cosmos-Reason2, patch 16;
   28 for Qwen2.5-VL / Cosmos-Reason1, patch 14), then scaled into [min_pixels, max_pixels].
   Where qwen-vl-utils would return a side of 0 (a very narrow clip, e.g. 150:1, with a small
@@ -152,11 +153,39 @@ def smart_nframes(
     return int(n)
 
 
-def sample_indices(total_frames: int, n: int) -> list[int]:
-    """`torch.linspace(0, total-1, n).round()` as qwen-vl-utils computes it (float32, half to even)."""
-    import torch
+LINSPACE_MAX_FRAMES = 1 << 24  # float32 holds every frame number up to here exactly
 
-    return torch.linspace(0, total_frames - 1, n).round().long().tolist()
+
+def sample_indices(total_frames: int, n: int) -> list[int]:
+    """`torch.linspace(0, total_frames - 1, n).round().long().tolist()`, qwen-vl-utils' frame
+    sampling, computed with numpy: importing torch costs a decode worker process seconds.
+
+    torch's CPU kernel (aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp, `linspace_kernel`) works
+    in float32: step = (end - start) / (steps - 1), then `start + step * i` for i < steps // 2 and
+    `end - step * (steps - 1 - i)` from there on. Its AVX2 and AVX512 builds, what x86 machines
+    run, compute the second form as a fused multiply-add (one rounding), done here in float64,
+    where it is exact for 1 <= n <= total_frames <= 2**24. Its DEFAULT build (x86 CPUs without
+    AVX2, or ATEN_CPU_CAPABILITY=default) rounds the product first: other indices for some long
+    clips (e.g. 16384 frames, n=506), so that is followed too. `.round()` is half to even (np.rint).
+    """
+    if not 1 <= n <= total_frames <= LINSPACE_MAX_FRAMES:
+        raise ValueError(f"sample_indices needs 1 <= n <= total_frames <= {LINSPACE_MAX_FRAMES}, "
+                         f"got n={n}, total_frames={total_frames}")
+    if n == 1:
+        return [0]  # torch fills a one-step linspace with its start
+    end = np.float32(total_frames - 1)
+    step = end / np.float32(n - 1)
+    half = n // 2
+    k = np.arange(n - 1 - half, -1, -1)  # steps - 1 - i for i >= half
+    values = np.empty(n, dtype=np.float32)
+    values[:half] = step * np.arange(half, dtype=np.float32)
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "default":
+        values[half:] = end - step * k.astype(np.float32)
+    else:
+        # step * k is exact in float64 (24-bit x 24-bit mantissas) and step >= 1, so end - step * k
+        # (a multiple of 2**-23 below 2**24) is too: one rounding, to float32, as the fused kernel
+        values[half:] = np.float64(end) - np.float64(step) * k
+    return np.rint(values).astype(np.int64).tolist()
 
 
 def frame_pixel_range(
