@@ -327,9 +327,9 @@ def _nvdec_specific(exc: BaseException) -> bool:
 
 
 def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
+    # one thread for torch in a worker that imports it (a resize on the CPU; the CPU decoders that hand
+    # pictures to the engine never do): set before the import, so starting a worker costs no torch import
+    os.environ["OMP_NUM_THREADS"] = "1"
     try:
         # decoding ahead is background work: the engine's own threads (the one that launches the
         # model's kernels above all) get a core first when every core is busy. Measured beside a
