@@ -65,25 +65,36 @@ def make_frames():
     return _make_frames
 
 
-@pytest.fixture(scope="session")
-def varied_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model with larger random weights (seed 0): its greedy output depends on the video
-    and the prompt, so tests that compare outputs (batching, resume, shards) can tell them apart."""
+def _varied_copy(src, dest, seed: int = 0):
+    """A copy of the model directory `src` at `dest` with larger random weights (`seed`): its greedy
+    output depends on the video and the prompt."""
     import shutil
 
     import torch
     from transformers import AutoModelForImageTextToText
 
-    out = tmp_path_factory.mktemp("varied-model") / "model"
-    shutil.copytree(tiny_model_dir, out)
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
-    g = torch.Generator().manual_seed(0)
+    shutil.copytree(src, dest)
+    model = AutoModelForImageTextToText.from_pretrained(src)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 2.0 / p.shape[-1] ** 0.5)
-    model.save_pretrained(out)
-    return out
+    model.save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def varied_copy():
+    """varied_copy(src, dest, seed) -> dest: a model directory with other random weights."""
+    return _varied_copy
+
+
+@pytest.fixture(scope="session")
+def varied_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with larger random weights (seed 0): its greedy output depends on the video
+    and the prompt, so tests that compare outputs (batching, resume, shards) can tell them apart."""
+    return _varied_copy(tiny_model_dir, tmp_path_factory.mktemp("varied-model") / "model", 0)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -462,34 +463,24 @@ def test_a_model_that_fails_to_load_stops_the_run_before_any_record(tiny_model_d
     assert not [p for p in out.rglob("*.jsonl") if p.read_text().strip()]
 
 
-def _checkpoint(src: Path, dest: Path, seed: int | None = None, **config_changes) -> Path:
-    """A copy of the model directory `src` at `dest`; with `seed`, other random weights; with
-    `config_changes`, another text architecture (fresh random weights of that shape)."""
+def _other_architecture(src: Path, dest: Path, **text_config) -> Path:
+    """A copy of the model directory `src` at `dest` with other text-config sizes (random weights)."""
     import shutil
 
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     shutil.copytree(src, dest)
-    if config_changes:
-        cfg = AutoConfig.from_pretrained(src)
-        for k, v in config_changes.items():
-            setattr(cfg.text_config, k, v)
-        torch.manual_seed(seed or 0)
-        AutoModelForImageTextToText.from_config(cfg).save_pretrained(dest)
-    elif seed is not None:
-        model = AutoModelForImageTextToText.from_pretrained(src)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() >= 2:
-                    p.copy_(torch.randn(p.shape, generator=g) * 2.0 / p.shape[-1] ** 0.5)
-        model.save_pretrained(dest)
+    cfg = AutoConfig.from_pretrained(src)
+    for k, v in text_config.items():
+        setattr(cfg.text_config, k, v)
+    torch.manual_seed(0)
+    AutoModelForImageTextToText.from_config(cfg).save_pretrained(dest)
     return dest
 
 
-def test_every_checkpoint_in_one_engine_equals_a_fresh_engine_per_checkpoint(varied_model_dir, infer_data_dir,
-                                                                          tmp_path, monkeypatch):
+def test_every_checkpoint_in_one_engine_equals_a_fresh_engine_per_checkpoint(varied_model_dir, varied_copy,
+                                                                          infer_data_dir, tmp_path, monkeypatch):
     """`avcap infer --every-checkpoint`: one engine for a run's checkpoints, each next one's weights
     put into it in place (`reload`), gives every checkpoint exactly the records a fresh engine gives;
     a checkpoint of another architecture is refused by `reload` and gets an engine of its own."""
@@ -497,9 +488,9 @@ def test_every_checkpoint_in_one_engine_equals_a_fresh_engine_per_checkpoint(var
     from avcap.eval.infer import SharedEngine
 
     run = tmp_path / "train"
-    _checkpoint(varied_model_dir, run / "checkpoints" / "step_10")
-    _checkpoint(varied_model_dir, run / "checkpoints" / "step_20", seed=1)
-    _checkpoint(varied_model_dir, run / "checkpoints" / "step_30", seed=2, intermediate_size=48)
+    shutil.copytree(varied_model_dir, run / "checkpoints" / "step_10")
+    varied_copy(varied_model_dir, run / "checkpoints" / "step_20", seed=1)
+    _other_architecture(varied_model_dir, run / "checkpoints" / "step_30", intermediate_size=48)
     cfg = load_config(write_config(tmp_path / "c.toml", varied_model_dir, infer_data_dir))
     built = []
     real = engines.make_engine
@@ -532,14 +523,14 @@ def test_every_checkpoint_in_one_engine_equals_a_fresh_engine_per_checkpoint(var
     assert rec["load"]["reloaded_from"].endswith("step_20") and sum(rec["paths"].values()) == 4
 
 
-def test_every_checkpoint_cli(varied_model_dir, infer_data_dir, tmp_path):
+def test_every_checkpoint_cli(varied_model_dir, varied_copy, infer_data_dir, tmp_path):
     from typer.testing import CliRunner
 
     from avcap.cli import app
 
     run = tmp_path / "train"
-    for step, seed in ((5, None), (15, 3)):
-        _checkpoint(varied_model_dir, run / "checkpoints" / f"step_{step}", seed=seed)
+    for step, seed in ((5, 4), (15, 3)):
+        varied_copy(varied_model_dir, run / "checkpoints" / f"step_{step}", seed=seed)
     cfg = write_config(tmp_path / "c.toml", varied_model_dir, infer_data_dir)
     args = ["infer", "--config", str(cfg), "--dataset", "AV_CAPTION", "--tasks", "caption", "--model-name", "tiny",
             "--outputs-dir", str(tmp_path / "out"), "--no-progress"]
