@@ -1,9 +1,11 @@
 """What the GPU scripts share before avcap can be imported: avcap's dependencies made importable on a
-bare device image, and the GPUs as nvidia-smi sees them. No avcap import here, on purpose."""
+bare device image, the GPUs as nvidia-smi sees them, and stopping a child process group. No avcap
+import here, on purpose."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +52,18 @@ def gpus_present() -> list[dict[str, Any]]:
         if len(parts) == 4 and parts[0].isdigit():
             gpus.append({"index": int(parts[0]), "name": parts[1], "memory_mib": float(parts[2]), "driver": parts[3]})
     return gpus
+
+
+def stop_group(proc: subprocess.Popen, wait: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL, to a child started with `start_new_session=True` and its own children
+    (its process group), waiting up to `wait` seconds after each."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

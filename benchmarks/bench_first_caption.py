@@ -61,7 +61,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -73,7 +72,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))  # its sibling modules
-from bench_env import ensure_deps, gpus_present  # noqa: E402
+from bench_env import ensure_deps, gpus_present, stop_group  # noqa: E402
 from bench_log import RunLog  # noqa: E402
 
 RUN = RunLog("bench_first_caption", {"runs": {}})
@@ -300,20 +299,6 @@ def count_records(path: Path, state: dict[str, int]) -> int:
     state["offset"] = state.get("offset", 0) + len(data)
     state["lines"] = state.get("lines", 0) + data.count(b"\n")
     return state["lines"]
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL, to the child's own process group (it and its decode workers)."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 20)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, work: Path, timeout: float,

@@ -53,7 +53,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -66,7 +65,7 @@ from typing import Any
 import tomllib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, also when imported by path
-from bench_env import ensure_deps, gpus_present  # noqa: E402
+from bench_env import ensure_deps, gpus_present, stop_group  # noqa: E402
 from bench_log import RunLog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,16 +194,7 @@ def launch(cmd: list[str], log_path: Path, env: dict[str, str], timeout: float) 
         try:
             rc = proc.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
-            for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(proc, wait=30)
             rc = 124
     return rc, time.perf_counter() - t
 
