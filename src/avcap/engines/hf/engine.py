@@ -324,20 +324,14 @@ class TransformersEngine:
         background load)."""
         t0 = time.perf_counter()
         import torch
-        import transformers
-        from transformers import AutoModelForImageTextToText
+        # imported (and timed) here, used by _read_weights: the imports are a large part of a start
+        from transformers import AutoModelForImageTextToText  # noqa: F401
 
         self.load_timings["imports_s"] = round(time.perf_counter() - t0, 3)
         self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         self._load_processor(processor)
         t0 = time.perf_counter()
-        kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation=self.cfg.attn_implementation)
-        # transformers 5 puts each tensor on the device as it reads it (4.x needs accelerate for a device_map)
-        direct = self.device.startswith("cuda") and int(transformers.__version__.split(".")[0]) >= 5
-        if direct:
-            kwargs["device_map"] = self.device
-        with _LOAD_LOCK:
-            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        model, direct = self._read_weights(path, direct=True)
         t1 = time.perf_counter()
         model = model.to(self.device)
         t2 = time.perf_counter()
@@ -346,6 +340,20 @@ class TransformersEngine:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)  # the model's stream does not wait for this thread's work
         self.startup["model_ready_at_s"] = self._since_start()
+
+    def _read_weights(self, path: str | os.PathLike, *, direct: bool):
+        """(model read from `path` with transformers' loading, whether its tensors were read straight
+        onto the GPU): `direct` asks for that, which transformers 5 does as it reads each tensor (4.x
+        needs accelerate for a device_map); otherwise they stay on the host."""
+        import transformers
+        from transformers import AutoModelForImageTextToText
+
+        kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation=self.cfg.attn_implementation)
+        direct = direct and self.device.startswith("cuda") and int(transformers.__version__.split(".")[0]) >= 5
+        if direct:
+            kwargs["device_map"] = self.device
+        with _LOAD_LOCK:
+            return AutoModelForImageTextToText.from_pretrained(path, **kwargs), direct
 
     def _load_processor(self, processor: Any) -> None:
         """The processor (a path or an object), set up to take avcap.video's frames as they are."""
@@ -437,8 +445,6 @@ class TransformersEngine:
         architecture, config, generation ids or processor files raise ValueError naming the
         difference (the caller then builds a new engine). The run record starts again."""
         import torch
-        import transformers
-        from transformers import AutoModelForImageTextToText
 
         self._model_ready()
         t0 = time.perf_counter()
@@ -450,15 +456,10 @@ class TransformersEngine:
             Path(self._processor_src) / f)]
         if differ:
             raise ValueError(f"{src}: processor files differ from {self._processor_src}'s: {', '.join(differ)}")
-        kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation=self.cfg.attn_implementation)
         size = sum(t.numel() * t.element_size() for t in self._model.parameters())
         # a second copy on the GPU where it fits next to the engine's caches, else read on the host
-        direct = (self.device.startswith("cuda") and int(transformers.__version__.split(".")[0]) >= 5
-                  and torch.cuda.mem_get_info(self.device)[0] > 1.1 * size)
-        if direct:
-            kwargs["device_map"] = self.device
-        with _LOAD_LOCK:
-            fresh = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
+        fits = self.device.startswith("cuda") and torch.cuda.mem_get_info(self.device)[0] > 1.1 * size
+        fresh, direct = self._read_weights(model, direct=fits)
         t1 = time.perf_counter()
         try:
             old, new = self._model, fresh
