@@ -531,6 +531,8 @@ def test_every_checkpoint_cli(varied_model_dir, varied_copy, infer_data_dir, tmp
     run = tmp_path / "train"
     for step, seed in ((5, 4), (15, 3)):
         varied_copy(varied_model_dir, run / "checkpoints" / f"step_{step}", seed=seed)
+    broken = shutil.copytree(varied_model_dir, run / "checkpoints" / "step_10")  # between the two good ones
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     cfg = write_config(tmp_path / "c.toml", varied_model_dir, infer_data_dir)
     args = ["infer", "--config", str(cfg), "--dataset", "AV_CAPTION", "--tasks", "caption", "--model-name", "tiny",
             "--outputs-dir", str(tmp_path / "out"), "--no-progress"]
@@ -539,6 +541,10 @@ def test_every_checkpoint_cli(varied_model_dir, varied_copy, infer_data_dir, tmp
     r = CliRunner().invoke(app, args + ["--every-checkpoint", "--checkpoint", str(tmp_path)])
     assert r.exit_code == 2 and "no checkpoints/step_N" in r.output
     r = CliRunner().invoke(app, args + ["--every-checkpoint", "--checkpoint", str(run)])
-    assert r.exit_code == 0, r.output
+    # the unreadable checkpoint is named and skipped, the sweep goes on, and the exit says so
+    assert r.exit_code == 2, r.output
+    assert f"error: {broken}: cannot load the model: " in r.output
+    assert "--every-checkpoint: 1 of 3 checkpoints failed (ckpt-10); the others are done" in r.output
     for label in ("ckpt-5", "ckpt-15"):
         assert len(read_records(tmp_path / "out" / "tiny" / label / "AV_CAPTION" / "caption.jsonl")) == 5
+    assert not (tmp_path / "out" / "tiny" / "ckpt-10" / "AV_CAPTION" / "caption.jsonl").exists()

@@ -536,6 +536,8 @@ def run_inference(
                 raise InferError(str(exc)) from None
             except OSError as exc:
                 raise InferError(f"{ck.path}: cannot load the model ({' '.join(str(exc).split())[:300]})") from None
+            except ModelLoadError as exc:  # a shared engine that could not read this checkpoint's weights
+                raise InferError(f"{ck.path}: {exc}") from None
             timings["engine_load_s"] = round(time.perf_counter() - t0, 3)
             info["device"] = getattr(engine, "device", None)
             if ecfg.compile and ecfg.name == "transformers":
@@ -804,11 +806,19 @@ def main(
             except CheckpointError as exc:
                 raise InferError(str(exc)) from None
             shared = SharedEngine()
+            failed = []  # a checkpoint that cannot be read is said and skipped; the others still run
             try:
                 for ck in checkpoints:
-                    run_inference(cfg, checkpoint=ck.path, shared=shared, **kw)
+                    try:
+                        run_inference(cfg, checkpoint=ck.path, shared=shared, **kw)
+                    except InferError as exc:
+                        typer.echo(f"error: {exc}", err=True)
+                        failed.append(ck.label)
             finally:
                 shared.close()
+            if failed:
+                raise InferError(f"--every-checkpoint: {len(failed)} of {len(checkpoints)} checkpoints failed "
+                                 f"({', '.join(failed)}); the others are done")
         else:
             run_inference(cfg, checkpoint=checkpoint, **kw)
     except ConfigError as exc:

@@ -443,7 +443,8 @@ class TransformersEngine:
         (they take the parameters as inputs, at the same addresses) and a checkpoint sweep pays only
         for reading weights. The checkpoint is read with transformers' own loading; a different
         architecture, config, generation ids or processor files raise ValueError naming the
-        difference (the caller then builds a new engine). The run record starts again."""
+        difference (the caller then builds a new engine); weights that cannot be read raise
+        ModelLoadError, and the engine keeps the ones it had. The run record starts again."""
         import torch
 
         self._model_ready()
@@ -459,7 +460,11 @@ class TransformersEngine:
         size = sum(t.numel() * t.element_size() for t in self._model.parameters())
         # a second copy on the GPU where it fits next to the engine's caches, else read on the host
         fits = self.device.startswith("cuda") and torch.cuda.mem_get_info(self.device)[0] > 1.1 * size
-        fresh, direct = self._read_weights(model, direct=fits)
+        try:
+            fresh, direct = self._read_weights(model, direct=fits)
+        except Exception as exc:  # the engine keeps the weights it had
+            raise ModelLoadError(f"cannot load the model: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+                                 ) from exc
         t1 = time.perf_counter()
         try:
             old, new = self._model, fresh
