@@ -227,6 +227,26 @@ class Train(_Model):
         return self.train_batch_per_replica // self.train_policy.mini_batch
 
 
+class SubProfiler(_Model):
+    """cosmos-rl's `[profiler.sub_profiler_config]`: which steps avcap train records (avcap.train.profile)."""
+
+    wait_steps: int = Field(1, ge=0)  # steps run first without recording (the first step compiles)
+    warmup_steps: int = Field(1, ge=0)  # steps recorded and thrown away (the profiler's start-up)
+    active_steps: int = Field(1, ge=1)  # steps kept in the trace
+    rank_filter: list[int] = Field(default_factory=list)  # ranks that record; empty: every rank
+    record_shape: bool = False
+    profile_memory: bool = False
+    with_stack: bool = False
+    with_modules: bool = False
+
+
+class Profiler(_Model):
+    """cosmos-rl's `[profiler]`: a torch.profiler trace of chosen training steps."""
+
+    enable_profiler: bool = False
+    sub_profiler_config: SubProfiler = Field(default_factory=SubProfiler)
+
+
 class Parallelism(_Model):
     tp_size: int = Field(1, ge=1)
     cp_size: int = Field(1, ge=1)
@@ -500,6 +520,7 @@ class RecipeConfig(_Model):
     train: Train = Field(default_factory=Train)
     policy: Policy = Field(default_factory=Policy)
     logging: Logging = Field(default_factory=Logging)
+    profiler: Profiler = Field(default_factory=Profiler)
     avcap: Avcap = Field(default_factory=Avcap)
 
     # paths in the file are relative to the file's directory; `source` remembers it

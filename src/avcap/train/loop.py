@@ -75,6 +75,7 @@ from avcap.train.data import (
     conversation_sizes,
     index_sources,
 )
+from avcap.train.profile import StepProfiler
 from avcap.train.schedule import build_scheduler
 
 # Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
@@ -503,6 +504,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
 
     fsdp = d.world_size > 1 and hasattr(model, "set_requires_gradient_sync")
     log = Logger(cfg, out, d, echo, start_step=start_step)
+    profiler = StepProfiler(cfg.profiler, out, rank=d.rank, start_step=start_step, total_steps=total_steps,
+                            device_type=d.device.type, echo=echo)
     if d.main:
         mix = ", ".join(f"{n} {w:.0%} ({s})" for n, w, s in zip(plan.names, plan.weights, plan.sizes))
         init = " (random weights, --init-random)" if init_random and resume_from is None else ""
@@ -598,7 +601,9 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 written.append(path)
                 if d.main:
                     echo(f"saved checkpoint {path}")
+            profiler.step()
     finally:
+        profiler.close()
         log.close()
     if d.main:
         why = f" ({_reasons_text(skipped_by_reason)})" if skipped_total else ""
