@@ -459,6 +459,10 @@ def sft_values(ctx: Ctx, k: int, run_dir: Path, model_dir: Path) -> dict[str, An
         values["avcap.train.decoder"] = a.train_decoder
     if not a.grad_checkpointing:
         values["policy.model_gradient_checkpointing"] = False
+    if a.profile_step:  # cosmos-rl's [profiler]: one warm-up step recorded and dropped, then the step kept
+        values.update({"profiler.enable_profiler": True, "profiler.sub_profiler_config.wait_steps": a.profile_step - 2,
+                       "profiler.sub_profiler_config.warmup_steps": 1, "profiler.sub_profiler_config.active_steps": 1,
+                       "profiler.sub_profiler_config.rank_filter": [0]})
     return values
 
 
@@ -500,7 +504,16 @@ def summarize_sft(ctx: Ctx, k: int, run_dir: Path, rc: int, wall: float, shape, 
     if cpu_mem:
         res["peak_rss_gib_per_rank"] = cpu_mem
     res["children_env"] = ranks[0].get("env") if ranks else None
-    timed = [r for r in recs if r["step"] > a.warmup_steps]
+    # the profiled step and its profiler warm-up run slower: left out of the rates
+    timed = [r for r in recs if r["step"] > a.warmup_steps and r["step"] not in (a.profile_step, a.profile_step - 1)]
+    profile = run_dir / "out" / "profile"
+    if profile.is_dir():  # the operator table and summary (the Chrome trace stays in --work: it is large)
+        dest = Path(a.out) / f"sft_K{k}_profile"
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in profile.iterdir():
+            if not f.name.endswith(".json.gz"):
+                shutil.copy2(f, dest / f.name)
+        res["profile"] = {f.name: json.loads(f.read_text()) for f in profile.glob("*.summary.json")}
     ok = rc == 0 and len(recs) == a.steps and len(ranks) == k and all(r.get("status") == "ok" for r in ranks) and timed
     if not ok:
         text = tail(run_dir / "log.txt", 4000)
@@ -894,6 +907,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="policy.model_gradient_checkpointing = false (no recompute; e.g. with --mini-batch 2)")
     ap.add_argument("--train-decoder", default="cpu", choices=["cpu", "nvdec"],
                     help="[avcap.train] decoder: the DataLoader's video decoder")
+    ap.add_argument("--profile-step", type=int, default=0,
+                    help="[profiler] on rank 0 for this step (>= 2; it and the step before are left out of the rates)")
     ap.add_argument("--measured-peak-tflops", type=float, default=770.0,
                     help="also report MFU against this rate (RESULTS: run 1's bf16 8192^3 matmul on an H100); 0: off")
     ap.add_argument("--workers", type=int, default=None, help="dataloader_num_workers (default: CPUs per GPU - 2, >= 4)")
@@ -918,6 +933,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--stats-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--dest", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.profile_step == 1:
+        ap.error("--profile-step: 2 or later (the profiler records one step before it and drops it)")
     if args.smoke:
         args.size = args.caption_size = "tiny"
         args.gpus = args.gpus or 2

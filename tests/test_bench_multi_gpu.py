@@ -37,7 +37,7 @@ def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
 
     class A:
         steps, batch_per_gpu, mini_batch, workers = 3, 32, 4, 14
-        compile, memory_budget, train_decoder, grad_checkpointing = False, None, "cpu", True
+        compile, memory_budget, train_decoder, grad_checkpointing, profile_step = False, None, "cpu", True, 0
 
     class C:
         args, data_root = A, tmp_path / "data"
@@ -73,6 +73,16 @@ def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
     cfg2.write_text(bench.edit_toml(bench.recipe_toml(), bench.sft_values(C, 4, tmp_path / "run", tmp_path / "model")))
     c = load_config(cfg2)
     assert c.train.compile and c.avcap.train.activation_memory_budget == 0.5
+
+    class Profiled(A):  # --profile-step 6: cosmos-rl's [profiler] keys, rank 0, step 6 kept after a warm-up step
+        profile_step = 6
+
+    C.args = Profiled
+    cfg3 = tmp_path / "p.toml"
+    cfg3.write_text(bench.edit_toml(bench.recipe_toml(), bench.sft_values(C, 4, tmp_path / "run", tmp_path / "model")))
+    p = load_config(cfg3).profiler
+    sub = p.sub_profiler_config
+    assert p.enable_profiler and (sub.wait_steps, sub.warmup_steps, sub.active_steps, sub.rank_filter) == (4, 1, 1, [0])
 
 
 def test_scaling_is_relative_to_the_smallest_k(bench):
