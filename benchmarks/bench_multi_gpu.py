@@ -1045,7 +1045,8 @@ def main(argv=None) -> int:
         fp = {"section": section, "k": k, "args": {n: getattr(args, n) for n in (
             "size", "steps", "warmup_steps", "batch_per_gpu", "mini_batch", "workers", "caption_size", "videos_per_gpu",
             "caption_batch", "caption_tokens", "decode_processes", "width", "height", "seconds", "fps", "eval_clips",
-            "train_clips", "expandable_segments")}, "versions": {n: RESULTS["env"].get(n) for n in ("torch", "transformers")}}
+            "train_clips", "expandable_segments", "compile", "memory_budget", "grad_checkpointing", "train_decoder",
+            "profile_step")}, "versions": {n: RESULTS["env"].get(n) for n in ("torch", "transformers")}}
         name = f"{section}-K{k}"
         hit = cached(ctx, name, fp)
         if hit is not None:
