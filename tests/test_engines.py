@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 import threading
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -492,3 +494,37 @@ def test_readahead_asks_for_every_weight_file(varied_model_dir, tmp_path):
     weights = sum(f.stat().st_size for f in varied_model_dir.glob("*.safetensors"))
     assert weights > 0 and readahead(varied_model_dir) == weights
     assert readahead(tmp_path) == 0  # nothing to read: no error either
+
+
+def test_auto_device_asks_the_driver_not_torch_and_agrees_with_torch():
+    """[avcap.engine] device = "auto" is resolved before the decoders start, without the 2.6 s
+    torch import; its answer is torch's."""
+    code = ("import sys; from avcap.engines.hf.engine import resolve_device as r; d = r('auto'); "
+            "print(d, 'torch' in sys.modules); import torch; print(torch.cuda.is_available())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False"  # torch was not imported to answer
+    assert out[0] == ("cuda" if out[2] == "True" else "cpu")
+
+
+def test_auto_device_reads_the_torch_build_and_defers_to_torch_where_unsure(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    from avcap.engines.hf import engine
+
+    def layout(*libs: str):
+        root = tmp_path / "_".join(libs or ("none",)) / "torch"
+        (root / "lib").mkdir(parents=True)
+        for name in libs:
+            (root / "lib" / name).touch()
+        spec = importlib.machinery.ModuleSpec("torch", None, is_package=True)
+        spec.submodule_search_locations = [str(root)]
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+
+    layout("libtorch_cpu.so")
+    assert engine.cuda_devices_without_torch() is False  # a CPU build: torch finds no CUDA
+    layout("libtorch_cpu.so", "libtorch_hip.so")
+    assert engine.cuda_devices_without_torch() is None  # ROCm: torch is asked
+    layout("libtorch_cpu.so", "libtorch_cuda.so")
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    assert engine.cuda_devices_without_torch() is None

@@ -47,6 +47,7 @@ import contextlib
 import inspect
 import json
 import os
+import sys
 import threading
 import time
 import warnings
@@ -102,11 +103,44 @@ def readahead(model_dir: Path) -> int:
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    """"auto": "cuda" where torch would find a CUDA device, else "cpu"; anything else as given."""
+    if device != "auto":
+        return device
+    known = cuda_devices_without_torch()
+    if known is not None:
+        return "cuda" if known else "cpu"
+    import torch  # a build this cannot read (ROCm, unusual layouts): torch answers
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cuda_devices_without_torch() -> Optional[bool]:
+    """Whether torch.cuda.is_available() would be true, without importing torch (2.6 s on the GPU
+    box, before the decoders could start): False for a torch built without CUDA (no libtorch_cuda in
+    its lib/) or no CUDA driver; else the driver's own device count (libcuda's cuInit and
+    cuDeviceGetCount, which honour CUDA_VISIBLE_DEVICES as torch's cudaGetDeviceCount does). None
+    where it cannot tell: not Linux, torch not found, a ROCm build, or torch's NVML-based check asked for."""
+    import ctypes
+    import importlib.util
+
+    if sys.platform != "linux" or os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1":
+        return None
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    if any(lib.glob("libtorch_hip*")) or not lib.is_dir():
+        return None
+    if not any(lib.glob("libtorch_cuda*")):
+        return False  # a CPU build
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False  # no driver
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return False  # CUDA_ERROR_NO_DEVICE and the like: torch finds none either
+    return count.value > 0
 
 
 def resolve_dtype(dtype: str, device: str):
@@ -261,7 +295,7 @@ class TransformersEngine:
         self.cfg = cfg
         self.batch_size = cfg.batch_size
         self.first_batch = cfg.first_batch
-        self.device = resolve_device(device or cfg.device)  # "auto" imports torch to ask for CUDA
+        self.device = resolve_device(device or cfg.device)  # "auto" asks the CUDA driver, not torch
         from_path = isinstance(model, (str, os.PathLike))
         if from_path:
             config = model_config(model)
