@@ -487,6 +487,12 @@ class AvcapTrain(_Model):
     # within one level), in `dataloader_num_workers` worker processes started with "spawn", each with a
     # CUDA context of its own on the rank's GPU. Not the data: a resume may change it
     decoder: Literal["cpu", "nvdec"] = "cpu"
+    # one process with fp32 master weights: "autocast" runs the fp32 weights under torch.autocast (cast
+    # at every use; activations and the residual stream fp32); "copy" computes with a [train] param_dtype
+    # copy of the weights, refreshed after each optimizer step, gradients summed into the fp32 masters —
+    # what FSDP2's mixed precision does on several ranks (avcap.train.precision). Nothing to do with
+    # several ranks, bf16 master weights or param_dtype = "float32". A resume may change it
+    mixed_precision: Literal["autocast", "copy"] = "autocast"
 
 
 class Label(_Model):

@@ -75,6 +75,7 @@ from avcap.train.data import (
     conversation_sizes,
     index_sources,
 )
+from avcap.train.precision import ComputeCopy
 from avcap.train.profile import StepProfiler
 from avcap.train.schedule import build_scheduler
 
@@ -482,6 +483,14 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         if d.main:
             echo(f"resuming from {resume_from} at step {start_step}/{total_steps}")
 
+    copy = None  # [avcap.train] mixed_precision = "copy": a param_dtype copy computes, the model's weights are masters
+    if (cfg.avcap.train.mixed_precision == "copy" and d.world_size == 1 and master.dtype == "float32"
+            and t.param_dtype != "float32"):
+        copy = ComputeCopy(model, getattr(torch, t.param_dtype))
+    params = copy.masters if copy else list(model.parameters())
+    # how the forward computes, for the log: a param_dtype copy, FSDP2's mixed precision, autocast or fp32
+    precision = ("copy" if copy else "fsdp2" if d.world_size > 1 and d.device.type == "cuda"
+                 else "autocast" if d.device.type == "cuda" else "float32")
     accum = t.grad_accumulation
     dataset = SFTDataset(index, processor, vision=cfg.custom.vision, model_max_length=cfg.policy.model_max_length,
                          decoder=decoder)
@@ -513,7 +522,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
              f"({plan.steps_per_epoch}/epoch), global batch {plan.global_batch} = {d.world_size} ranks x "
              f"{accum} micro-batches x {t.train_policy.mini_batch}; blend {mix}; videos decoded by "
              f"{'NVDEC' if decoder == 'nvdec' else 'the CPU'} ([avcap.train] decoder) in "
-             f"{f'{workers} DataLoader worker processes' if workers else 'the training process'}")
+             f"{f'{workers} DataLoader worker processes' if workers else 'the training process'}; computing with "
+             f"{precision} ([avcap.train] mixed_precision)")
 
     written: list[Path] = []
     fallback = None  # a batch kept for ranks whose micro-batch was entirely skipped (collectives must match)
@@ -559,11 +569,13 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 if scale:
                     losses.append(loss.detach())
             max_norm = t.optm_grad_norm_clip if t.optm_grad_norm_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             if hasattr(grad_norm, "full_tensor"):
                 grad_norm = grad_norm.full_tensor()
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
+            if copy is not None:
+                copy.refresh()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             # the step's one wait for the device: its losses and gradient norm, read once everything is queued
@@ -585,7 +597,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 "samples_skipped_by_reason": step_by_reason,
                 "samples_skipped_by_reason_total": {r: n for r, n in skipped_by_reason.items() if n},
                 "batch": plan.step_indices(step).tolist(),  # the global batch (sample indices), for audits
-                "master_dtype": master.dtype, "decoder": decoder,
+                "master_dtype": master.dtype, "decoder": decoder, "mixed_precision": precision,
             })
             if t.ckpt.enable_checkpoint and (done % t.ckpt.save_freq == 0 or (done == total_steps and t.ckpt.save_final)):
                 state = {"total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
@@ -594,10 +606,12 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                          "samples_skipped_by_reason": {r: n for r, n in skipped_by_reason.items() if n},
                          "plan": _plan_summary(plan), "base_model": _model_source(cfg),
                          "loss": loss_total / n_units, "config": cfg.source,
-                         "master_dtype": master.dtype, "master_dtype_choice": master.record(), "decoder": decoder}
-                path = ckpt.save(model, optimizer, scheduler, processor, output_dir=out, step=done, state=state,
-                                 rank=d.rank, world_size=d.world_size, max_keep=t.ckpt.max_keep,
-                                 weights_dtype=master.dtype)
+                         "master_dtype": master.dtype, "master_dtype_choice": master.record(), "decoder": decoder,
+                         "mixed_precision": precision}
+                with copy.masters_installed() if copy else contextlib.nullcontext():  # saved: the fp32 masters
+                    path = ckpt.save(model, optimizer, scheduler, processor, output_dir=out, step=done, state=state,
+                                     rank=d.rank, world_size=d.world_size, max_keep=t.ckpt.max_keep,
+                                     weights_dtype=master.dtype)
                 written.append(path)
                 if d.main:
                     echo(f"saved checkpoint {path}")
