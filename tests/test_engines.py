@@ -528,3 +528,27 @@ def test_auto_device_reads_the_torch_build_and_defers_to_torch_where_unsure(tmp_
     layout("libtorch_cpu.so", "libtorch_cuda.so")
     monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     assert engine.cuda_devices_without_torch() is None
+
+
+def test_the_decoders_start_before_torch_is_imported(tiny_model_dir):
+    """A fresh `avcap infer` with compile on: nothing the constructor does before starting the frame
+    decoders imports torch (2.6 s on the GPU box; run 58 found the compiler check pulling it in)."""
+    code = f"""
+import sys
+import avcap.engines.hf.engine as E
+from avcap.core.config import load_config
+
+class Spy(E.FrameLoader):
+    def __init__(self, *a, **k):
+        print("torch imported before the decoders:", "torch" in sys.modules, flush=True)
+        super().__init__(*a, **k)
+
+E.FrameLoader = Spy
+cfg = load_config(None)
+engine = E.TransformersEngine(cfg.avcap.engine.model_copy(update={{"compile": True, "device": "auto"}}),
+                              vision=cfg.eval_vision, model={str(tiny_model_dir)!r}, decode_workers=1)
+engine.close()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "torch imported before the decoders: False" in out.stdout

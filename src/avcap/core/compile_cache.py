@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,12 @@ def compile_counters() -> dict[str, int]:
         for name in names:
             out[name] = int(counters[group].get(name, 0))
     return out
+
+
+def require_compiler(device_type: str, key: str) -> None:
+    """torch.compile's inductor builds C++ on the CPU: without a compiler the first forward would
+    fail deep inside; say so up front, naming the config key that asked for compilation. Imports
+    nothing heavy: the engine asks before its decoders start."""
+    if device_type != "cuda" and not any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang")):
+        raise ValueError(f"{key} = true on the CPU needs a C++ compiler for torch.compile (inductor): none of "
+                         "c++, g++, gcc, clang is on PATH; install one or set it to false")

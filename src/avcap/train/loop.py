@@ -53,7 +53,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from avcap.core.compile_cache import use_compile_cache
+from avcap.core.compile_cache import require_compiler, use_compile_cache
 from avcap.core.config import ConfigError, RecipeConfig, load_config
 from avcap.core.records import (
     RecordError,
@@ -452,10 +452,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         echo(master.line)
     model = load_model(model_src, cfg, d, init_random=init_random and resume_from is None, dtype=master.dtype)
     if t.compile:  # regional torch.compile of the repeated blocks, packed vision attention
-        from avcap.models.qwen3_vl.compile import (  # [train] compile only
-            compile_blocks,
-            require_compiler,
-        )
+        from avcap.models.qwen3_vl.compile import compile_blocks  # [train] compile only
 
         try:
             require_compiler(d.device.type, "[train] compile")

@@ -56,7 +56,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from avcap.core.compile_cache import compile_counters, use_compile_cache
+from avcap.core.compile_cache import compile_counters, require_compiler, use_compile_cache
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.engines.base import ModelLoadError, Request, Result, final_answer
@@ -307,8 +307,6 @@ class TransformersEngine:
         self.factor = self.patch * self.merge
         cuda = self.device.startswith("cuda")
         if cfg.compile:  # a setting that cannot work fails here, not in the background load
-            from avcap.models.qwen3_vl.compile import require_compiler  # [avcap.engine] compile only
-
             require_compiler("cuda" if cuda else "cpu", "[avcap.engine] compile")
         workers = decode_workers if decode_workers is not None else cfg.decode_workers
         processes = decode_processes if decode_processes is not None else cfg.decode_processes

@@ -19,7 +19,6 @@ videos of the micro-batch share a resolution). The same function, to rounding.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import types
 from typing import Any
@@ -34,15 +33,6 @@ from avcap.models.qwen3_vl.text import linear_patch_embed as _linear_pe
 # matplotlib adds ~3 s on the 2-core box).
 
 _LENGTHS_ATTR = "_avcap_equal_length_runs"
-
-
-def require_compiler(device_type: str, key: str) -> None:
-    """torch.compile's inductor builds C++ on the CPU: without a compiler the first forward would
-    fail deep inside; say so up front, naming the config key that asked for compilation."""
-
-    if device_type != "cuda" and not any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang")):
-        raise ValueError(f"{key} = true on the CPU needs a C++ compiler for torch.compile (inductor): none of "
-                         "c++, g++, gcc, clang is on PATH; install one or set it to false")
 
 
 def block_modules(model) -> list[Any]:
