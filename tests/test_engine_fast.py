@@ -660,3 +660,28 @@ def test_the_transcribed_layer_checks_itself_against_transformers(varied_model_d
     finally:
         fast.close()
         plain.close()
+
+
+def test_the_layer_check_compiles_nothing_of_its_own(tiny_model_dir):
+    """With the blocks compiled, the check of the transcribed layer runs transformers' layer as
+    written: a compiled call on its 5 tokens would trace (and on a cold cache compile) a graph that
+    nothing else uses, in every process's first call."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from avcap.models.qwen3_vl.compile import compile_blocks
+    from avcap.models.qwen3_vl.text import check_layer_against_library
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    compile_blocks(model, backend="eager", linear_patch_embed=False)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert check_layer_against_library(model) is None
+    assert sum(torch._dynamo.utils.counters["frames"].values()) == 0  # dynamo saw no frame
+    layer = model.model.language_model.layers[0]
+    with torch.no_grad():  # the layer itself is still compiled for whoever calls it
+        h = torch.randn(1, 3, model.config.get_text_config().hidden_size)
+        pos = torch.arange(3).view(1, 1, 3).expand(3, 1, 3)
+        layer(h, position_embeddings=model.model.language_model.rotary_emb(h, pos), attention_mask=None,
+              position_ids=pos[0])
+    assert torch._dynamo.utils.counters["frames"]["ok"] >= 1

@@ -71,6 +71,7 @@ def compile_blocks(model, *, backend: str = "inductor", dynamic: bool | None = N
             m.gradient_checkpointing = False
         if getattr(m, "_avcap_compiled", False):
             continue
+        m._avcap_eager_forward = m.forward  # for checks that must not compile a graph of their own
         m.forward = torch.compile(m.forward, backend=backend, dynamic=dynamic)
         m._avcap_compiled = True
         counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1

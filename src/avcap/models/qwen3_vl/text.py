@@ -161,8 +161,11 @@ def layer_difference(model, pieces=(attention_inputs, attention_output_and_mlp),
     hidden = torch.randn(1, n, model.config.get_text_config().hidden_size, generator=g).to(device, dtype)
     positions = torch.arange(n, device=device).view(1, 1, n).expand(3, 1, n)
     cos, sin = rotary(model, hidden, positions)
+    # the library's layer as written: compiled (compile_blocks), this 5-token call would trace and
+    # compile a graph used by nothing else (the prompt runs the transcription) on every first call
+    library = getattr(layer, "_avcap_eager_forward", layer)
     with torch.no_grad():
-        ref = layer(hidden, position_embeddings=(cos, sin), attention_mask=None, position_ids=positions[0])
+        ref = library(hidden, position_embeddings=(cos, sin), attention_mask=None, position_ids=positions[0])
         ref = ref[0] if isinstance(ref, tuple) else ref
         a = layer.self_attn
         kv_heads = a.k_proj.out_features // a.head_dim
