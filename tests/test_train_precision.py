@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_train import curated, log_of, train_config, weights_of  # noqa: F401  (curated: a fixture)
+from test_train_compile import default_memory_budget  # noqa: F401  (a fixture)
 
 from avcap.core.config import load_config
 from avcap.train.precision import ComputeCopy
@@ -61,12 +62,13 @@ def test_the_copy_computes_and_the_masters_sum_its_gradients_in_fp32():
     assert torch.equal(model.mid.weight, masters[1].detach().bfloat16())  # ... and the copies follow
 
 
-def _run(curated, tiny_model_dir, name: str, mode: str, steps: int = 2, **train):  # noqa: F811
+def _run(curated, tiny_model_dir, name: str, mode: str, steps: int = 2, budget=None, **train):  # noqa: F811
     from avcap.train.loop import train as run_train
 
     path = train_config(curated, tiny_model_dir, name, per_rank=2)
+    avcap_train = {"mixed_precision": mode, **({"activation_memory_budget": budget} if budget else {})}
     cfg = load_config(path, overrides={"train": {"max_num_steps": steps, "ckpt": {"save_freq": 1}, **train},
-                                       "avcap": {"train": {"mixed_precision": mode}}})
+                                       "avcap": {"train": avcap_train}})
     lines: list[str] = []
     run_train(cfg, echo=lines.append)
     return cfg, cfg.resolve(cfg.train.output_dir), lines
@@ -113,3 +115,14 @@ def test_a_resumed_copy_run_equals_the_uninterrupted_one(both, curated, tiny_mod
     full, resumed = weights_of(out_full / "checkpoints/step_2"), weights_of(out / "checkpoints/step_2")
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     assert log_of(out)[2]["loss"] == log_of(out_full)[2]["loss"]
+
+
+def test_a_compiled_copy_run_with_a_memory_budget_trains_like_the_eager_copy(both, curated, tiny_model_dir,  # noqa: F811
+                                                                             default_memory_budget):
+    """The combination the GPU runs: compiled blocks, selective recompute, the bf16 copy and its hooks."""
+    _, out, _ = _run(curated, tiny_model_dir, "mp_copy_compiled", "copy", budget=0.5, compile=True)
+    eager, compiled = log_of(both["copy"][1]), log_of(out)
+    for step in (1, 2):
+        assert compiled[step]["mixed_precision"] == "copy"
+        assert compiled[step]["loss"] == pytest.approx(eager[step]["loss"], rel=2e-2)
+        assert compiled[step]["grad_norm"] == pytest.approx(eager[step]["grad_norm"], rel=5e-2)
