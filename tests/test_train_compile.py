@@ -89,6 +89,32 @@ def test_packed_vision_attention_equals_the_per_frame_loop(model_and_batches):
         assert torch.linalg.vector_norm(grads[1] - grads[0]) <= 1e-4 * torch.linalg.vector_norm(grads[0])
 
 
+def test_in_inference_a_vision_block_is_one_graph_with_the_same_output(model_and_batches):
+    """Without gradients the packed attention is an operator inside the block's graph (no graph
+    break: one compiled frame for every vision block instead of four or five), the output equals
+    transformers' per-frame loop, and the runs are read from `cu_seqlens` once per forward."""
+    import avcap.models.qwen3_vl.compile as compile_module
+
+    base, same, mixed = model_and_batches
+    compiled = copy.deepcopy(base).eval()
+    compile_blocks(compiled, backend="inductor", linear_patch_embed=False)
+    reads = []
+    real = compile_module.remember_runs
+    for batch in (same, mixed):
+        px, grid = batch["pixel_values_videos"], batch["video_grid_thw"]
+        with torch.no_grad():
+            want = base.model.visual(px, grid_thw=grid).pooler_output
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(compile_module, "remember_runs", lambda cu, host: reads.append(1) or real(cu, host))
+                got = compiled.model.visual(px, grid_thw=grid).pooler_output
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+        assert dict(torch._dynamo.utils.counters["stats"])["unique_graphs"] == 1
+        assert not torch._dynamo.utils.counters["graph_break"]
+    assert len(reads) == 2  # once per forward, not once per block
+
+
 def _train_steps(model, batches, steps: int):
     from avcap.train.loop import micro_batch_loss
 

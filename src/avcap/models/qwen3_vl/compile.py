@@ -120,9 +120,8 @@ def _groups(t, start: int, length: int, count: int):
     return t[start:start + length * count].view(count, length, t.shape[1], t.shape[2]).transpose(1, 2)
 
 
-@torch.compiler.disable(recursive=True)  # host-side run lengths: eager, between two compiled graphs
-def packed_sdpa(q, k, v, cu_seqlens, scale: float):
-    """Attention of (n, heads, dim) q/k/v within the groups of `cu_seqlens`; (n, heads, dim)."""
+def _packed_sdpa(q, k, v, cu_seqlens, scale: float):
+    """Attention of (n, heads, dim) q/k/v within the groups of `cu_seqlens`; (n, heads, dim), contiguous."""
     outs = []
     for start, length, count in _runs_of(cu_seqlens):
         qs, ks, vs = (_groups(t, start, length, count) for t in (q, k, v))
@@ -131,13 +130,35 @@ def packed_sdpa(q, k, v, cu_seqlens, scale: float):
     return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
 
+# training: the run lengths are host ints, so the compiler stops before and resumes after this call
+# (the vision block is three graphs) and autograd differentiates the sdpa calls as usual
+packed_sdpa = torch.compiler.disable(_packed_sdpa, recursive=True)
+
+
+@torch.library.custom_op("avcap::packed_sdpa", mutates_args=())
+def packed_sdpa_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """Inference: the same attention as one opaque operator the compiler keeps inside the block's
+    graph (it has no backward). The graph passes `cu_seqlens` through, so the runs remembered on it
+    are read without a device sync."""
+    return _packed_sdpa(q, k, v, cu_seqlens, scale)
+
+
+@packed_sdpa_op.register_fake
+def _(q, k, v, cu_seqlens, scale):
+    return q.new_empty(q.shape)
+
+
 def _packed_forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
     """Qwen3-VL vision attention (transformers' forward for sdpa/eager), groups batched."""
     n = hidden_states.shape[0]
     q, k, v = self.qkv(hidden_states).reshape(n, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     cos, sin = position_embeddings
     q, k = self._avcap_rotary(q, k, cos, sin)
-    out = packed_sdpa(q, k, v, cu_seqlens, self.scaling)
+    if torch.is_grad_enabled() and q.requires_grad:
+        out = packed_sdpa(q, k, v, cu_seqlens, self.scaling)
+    else:
+        out = packed_sdpa_op(q, k, v, cu_seqlens, self.scaling)
     return self.proj(out.reshape(n, -1))
 
 
