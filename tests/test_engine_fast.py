@@ -388,6 +388,8 @@ def test_compiled_engine_gives_the_eager_outputs(varied_model_dir, engines, clip
         cache = compiled.run_record()["compile_cache"]  # avcap's versioned folder, with torch's counters
         assert cache["source"] == "avcap" and cache["dir"].startswith(os.environ["AVCAP_CACHE_DIR"])
         assert sum(cache["counters"].values()) > 0
+        first = compiled.run_record()["startup"]["first_call"]  # the first call's compiling, timed by torch
+        assert 0 < first["compile_s"] <= first["done_at_s"] - first["model_ready_at_s"]
         chunk = [(r, [compiled.frames.frames(p) for p in r.messages[1]["content"]
                       if isinstance(p, dict) and p.get("type") == "video"]) for r in reqs]
         inputs = compiled.inputs_for(chunk)

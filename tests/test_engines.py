@@ -484,6 +484,11 @@ def test_transformers_loads_in_the_background_and_records_its_load(varied_model_
         assert first["called_at_s"] <= first["frames_ready_at_s"] <= first["model_ready_at_s"] <= first["done_at_s"]
         assert start["model_ready_at_s"] <= first["model_ready_at_s"] and first["requests"] == 1
         assert list(start["frames"]["decoded_at_s"]) == ["1"]  # one video decoded
+        # where the first call's time went: the fast path's phases (no compile here: no compile_s)
+        assert "compile_s" not in first
+        assert first["layer_check_s"] > 0 and first["prefix_s"] > 0 and first["decode_s"] > 0
+        assert first["layer_check_s"] + first["prefix_s"] + first["decode_s"] <= first["done_at_s"] - first["called_at_s"]
+        assert 0 <= first["step_build_s"] <= first["decode_s"]
     finally:
         eng.close()
 

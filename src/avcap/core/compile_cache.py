@@ -104,6 +104,21 @@ def compile_counters() -> dict[str, int]:
     return out
 
 
+def dynamo_compile_seconds() -> float | None:
+    """Seconds torch.compile has spent so far in this process turning frames into graphs (dynamo's
+    tracing plus loading each graph from the cache or compiling it), from torch's own timing record
+    (`torch._dynamo.utils.compilation_time_metrics`, internal; torch < 2.15); None where this torch
+    keeps no such record. For run records only: nothing depends on it."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:
+        return None
+    inner = [sum(v) for k, v in compilation_time_metrics.items() if k.endswith("compile_inner")]
+    if compilation_time_metrics and not inner:
+        return None  # timings kept under other names: unknown, not zero
+    return round(sum(inner), 3)
+
+
 def require_compiler(device_type: str, key: str) -> None:
     """torch.compile's inductor builds C++ on the CPU: without a compiler the first forward would
     fail deep inside; say so up front, naming the config key that asked for compilation. Imports

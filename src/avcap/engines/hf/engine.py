@@ -56,7 +56,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from avcap.core.compile_cache import compile_counters, require_compiler, use_compile_cache
+from avcap.core.compile_cache import compile_counters, dynamo_compile_seconds, require_compiler, use_compile_cache
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.engines.base import ModelLoadError, Request, Result, final_answer
@@ -572,6 +572,7 @@ class TransformersEngine:
         self._model_ready()
         if first is not None:
             first["model_ready_at_s"] = self._since_start()
+            before = self._first_call_costs()
         with self._on_model_stream():
             self._start_next_prep(requests)
             results, chunks = prepared
@@ -579,9 +580,19 @@ class TransformersEngine:
                 for res in self._generate_safely(chunk, sampling, min_tokens, inputs):
                     results[res.key] = res
         if first is not None:
-            first.update(requests=len(requests), done_at_s=self._since_start())
+            after = self._first_call_costs()
+            first.update(requests=len(requests), done_at_s=self._since_start(),
+                         **{k: round(after[k] - v, 3) for k, v in before.items() if v is not None and after[k] is not None})
             self.startup["first_call"] = first
         return [results[r.key] for r in requests]
+
+    def _first_call_costs(self) -> dict[str, Optional[float]]:
+        """Running totals whose growth over the first call says where its one-off time went: torch.compile's
+        (tracing, and loading or compiling graphs) and the fast path's phases (its layer check, new decode
+        steps built and captured, prompts, decoding)."""
+        fast = self._fast.timings if self._fast is not None else {}
+        return {"compile_s": dynamo_compile_seconds() if self.cfg.compile else None,
+                **{k: fast.get(k) for k in ("layer_check_s", "step_build_s", "prefix_s", "decode_s")}}
 
     def _on_model_stream(self):
         """Every model and processor kernel of this engine runs on its own CUDA stream (see

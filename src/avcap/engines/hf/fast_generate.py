@@ -419,7 +419,8 @@ class FastGenerator:
         self.host_vision: Optional[bool] = None if self.host_vision_error is None else False
         # cumulative seconds per phase (the device is synchronised at phase ends): what limits a run
         self.timings: dict[str, float] = {"prefix_s": 0.0, "suffix_s": 0.0, "decode_s": 0.0, "decode_steps": 0,
-                                          "rows": 0, "prefixes": 0}
+                                          "rows": 0, "prefixes": 0, "step_builds": 0, "step_build_s": 0.0,
+                                          "layer_check_s": 0.0}
         # the transcribed decoder layer against transformers' own, checked on the first call
         self.layer_error: Optional[str] = None
         self._layer_checked = False
@@ -437,8 +438,10 @@ class FastGenerator:
         import torch
 
         if not self._layer_checked:
+            t = time.perf_counter()
             self.layer_error = check_layer_against_library(self.model, self._plain_pieces, device=device)
             self._layer_checked = True
+            self.timings["layer_check_s"] += time.perf_counter() - t
         if self.layer_error is not None:
             raise NotSupported(self.layer_error)
         logits, st = self.prefill(inputs, row_videos, max_new_tokens=max_new_tokens, video_pixels=video_pixels,
@@ -703,6 +706,7 @@ class FastGenerator:
         if key in self._steps:
             self._graph = self._steps[key]
             return self._graph
+        t_build = time.perf_counter()  # a new decode step: traced, compiled or loaded, and captured (part of decode_s)
         model = self.model
         kc, vc, valid = self._buffers["kc"], self._buffers["vc"], self._buffers["valid"]
         shared = next(iter(self._steps.values()), None)
@@ -736,6 +740,8 @@ class FastGenerator:
                 self.graph_error = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"avcap fast generate: CUDA graph capture failed, decoding eagerly ({self.graph_error})")
         self._steps[key] = self._graph = entry
+        self.timings["step_builds"] += 1
+        self.timings["step_build_s"] += time.perf_counter() - t_build
         return entry
 
     def _capture(self, eager, kc, vc, valid, slot, s_len: int):
