@@ -21,7 +21,8 @@ avcap.models.qwen3_vl.cost.sft_memory's estimate fits the GPU and says so in one
 warning where it does not; the choice is in every train_log.jsonl record and the checkpoint state,
 and a resume that would change it is refused.
 
-Runs: CPU (fp32) or GPU (bf16 autocast; FSDP2 mixed precision with `train.param_dtype`). Several
+Runs: CPU (fp32) or GPU (bf16 autocast, or with `[avcap.train] mixed_precision = "copy"` a bf16 copy of
+the fp32 masters: avcap.train.precision; FSDP2 mixed precision with `train.param_dtype`). Several
 processes via `torchrun --nproc-per-node N -m avcap.train --config FILE` (or `avcap train`
 under torchrun): PyTorch FSDP2 (`fully_shard`) over `dp_shard_size` ranks (-1: all), NCCL on
 GPU, gloo on CPU; each rank takes a disjoint slice of every global batch. Video decoding and the
