@@ -14,7 +14,10 @@ Packed vision attention (`pack_vision_attention`): Qwen-VL vision towers attend 
 group (`cu_seqlens`); with sdpa transformers calls attention once per group in a Python loop (32
 calls per block for 4 videos of 8 groups). Here consecutive groups of equal length become one
 batched `scaled_dot_product_attention` call (one per run of equal lengths: one per block when all
-videos of the micro-batch share a resolution). The same function, to rounding.
+videos of the micro-batch share a resolution). The same function, to rounding. In training that call
+is compiler-disabled (the run lengths are host ints; autograd differentiates it), which splits each
+compiled vision block around it; without gradients it is a custom operator (`avcap::packed_sdpa`)
+inside the block's one graph.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def _packed_sdpa(q, k, v, cu_seqlens, scale: float):
 
 
 # training: the run lengths are host ints, so the compiler stops before and resumes after this call
-# (the vision block is three graphs) and autograd differentiates the sdpa calls as usual
+# (the block's graph is split around it) and autograd differentiates the sdpa calls as usual
 packed_sdpa = torch.compiler.disable(_packed_sdpa, recursive=True)
 
 
