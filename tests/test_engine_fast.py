@@ -687,3 +687,41 @@ def test_the_layer_check_compiles_nothing_of_its_own(tiny_model_dir):
         layer(h, position_embeddings=model.model.language_model.rotary_emb(h, pos), attention_mask=None,
               position_ids=pos[0])
     assert torch._dynamo.utils.counters["frames"]["ok"] >= 1
+
+
+def test_a_passed_layer_check_is_remembered_across_engines_but_not_across_code(varied_model_dir, clips, monkeypatch,
+                                                                                tmp_path):
+    """The layer check's pass is kept in the cache folder: the next engine (process) with the same
+    code, versions, configuration and dtype skips the check and answers the same; changed code (a
+    piece with the residual left out) is another key, so the check runs again and catches it."""
+    from avcap.engines.hf import fast_generate
+
+    monkeypatch.setenv("AVCAP_CACHE_DIR", str(tmp_path / "cache"))
+    reqs = _mixed_requests(clips)[:4]
+    s = Sampling(temperature=0, max_tokens=6)
+    outs, checks = [], []
+    for _ in range(2):
+        eng = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
+        try:
+            outs.append(_outputs(eng.generate(reqs, s)))
+            checks.append(eng.run_record()["startup"]["first_call"]["layer_check"])
+        finally:
+            eng.close()
+    assert checks == ["ran", "remembered"] and outs[0] == outs[1]
+    assert len(list((tmp_path / "cache" / "verdicts").glob(f"{fast_generate.LAYER_CHECK}-*.json"))) == 1
+
+    def no_mlp_residual(layer, hidden, o):
+        b, heads, n, d = o.shape
+        hidden = hidden + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, n, heads * d))
+        return layer.mlp(layer.post_attention_layernorm(hidden))
+
+    monkeypatch.setattr(fast_generate, "attention_output_and_mlp", no_mlp_residual)
+    broken = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
+    try:
+        with pytest.warns(UserWarning, match="its text decoder layer differs from transformers'"):
+            out = broken.generate(reqs, s)
+        assert broken.run_record()["startup"]["first_call"]["layer_check"] == "ran"
+        assert {r.extra["path"] for r in out} == {"generate"}
+    finally:
+        broken.close()
+    assert len(list((tmp_path / "cache" / "verdicts").glob("*.json"))) == 1  # failures are not kept

@@ -583,6 +583,8 @@ class TransformersEngine:
             after = self._first_call_costs()
             first.update(requests=len(requests), done_at_s=self._since_start(),
                          **{k: round(after[k] - v, 3) for k, v in before.items() if v is not None and after[k] is not None})
+            if self._fast is not None and self._fast.layer_check is not None:
+                first["layer_check"] = self._fast.layer_check
             self.startup["first_call"] = first
         return [results[r.key] for r in requests]
 

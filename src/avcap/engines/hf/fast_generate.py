@@ -55,6 +55,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from avcap.core.verdicts import passed_before, remember_pass
 from avcap.models.qwen3_vl import host_vision
 from avcap.models.qwen3_vl.host_vision import HostVision
 from avcap.models.qwen3_vl.text import (
@@ -62,6 +63,7 @@ from avcap.models.qwen3_vl.text import (
     attention_inputs,
     attention_output_and_mlp,
     check_layer_against_library,
+    layer_check_key,
     linear_patch_embed,
     prefix_layers,
     replaced,
@@ -80,6 +82,7 @@ __all__ = ["FastGenerator", "NotSupported", "SamplingSpec", "linear_patch_embed"
 DECODE_ATTENTION = ("sdpa", "flex")
 PREFIX_LAYERS = ("transcribed", "library")
 SLOT_ALIGN = 256
+LAYER_CHECK = "qwen3-vl-text-layer"  # the verdict's name in avcap.core.verdicts
 KV_BLOCK = 128  # a decode step attends over whole blocks of cache slots, up to its own (one graph each)
 
 
@@ -423,7 +426,25 @@ class FastGenerator:
                                           "layer_check_s": 0.0}
         # the transcribed decoder layer against transformers' own, checked on the first call
         self.layer_error: Optional[str] = None
+        self.layer_check: Optional[str] = None  # "ran" or "remembered" (a pass kept from an earlier process)
         self._layer_checked = False
+
+    def _check_layer(self, device) -> None:
+        """The transcribed layer against transformers' (`check_layer_against_library`), once per
+        engine; a pass for the same code, versions, configuration, dtype and GPU is remembered
+        across processes (avcap.core.verdicts) and not run again. `layer_check` says which: "ran"
+        or "remembered"."""
+        t = time.perf_counter()
+        key = layer_check_key(self.model, self._plain_pieces, device=device)
+        if key is not None and passed_before(LAYER_CHECK, key):
+            self.layer_error, how = None, "remembered"
+        else:
+            self.layer_error, how = check_layer_against_library(self.model, self._plain_pieces, device=device), "ran"
+            if self.layer_error is None and key is not None:
+                remember_pass(LAYER_CHECK, key)
+        self._layer_checked = True
+        self.layer_check = how
+        self.timings["layer_check_s"] += time.perf_counter() - t
 
     # ---------------------------------------------------------------- public
 
@@ -438,10 +459,7 @@ class FastGenerator:
         import torch
 
         if not self._layer_checked:
-            t = time.perf_counter()
-            self.layer_error = check_layer_against_library(self.model, self._plain_pieces, device=device)
-            self._layer_checked = True
-            self.timings["layer_check_s"] += time.perf_counter() - t
+            self._check_layer(device)
         if self.layer_error is not None:
             raise NotSupported(self.layer_error)
         logits, st = self.prefill(inputs, row_videos, max_new_tokens=max_new_tokens, video_pixels=video_pixels,

@@ -195,6 +195,40 @@ def check_layer_against_library(model, pieces=(attention_inputs, attention_outpu
     return None
 
 
+def layer_check_key(model, pieces=(attention_inputs, attention_output_and_mlp), device=None) -> Optional[dict[str, Any]]:
+    """What `check_layer_against_library`'s answer depends on, for remembering a pass across
+    processes (avcap.core.verdicts): the library versions, the GPU, the source of both layers
+    (this file and each piece's code; transformers' modeling file), the text configuration and
+    attention implementation, the dtype. Not the weights: both layers run on the same weights, so
+    they decide nothing about whether the code agrees. None where some source cannot be read (the
+    check then runs every time)."""
+    import hashlib
+    import inspect
+
+    import torch
+
+    from avcap.core.compile_cache import cache_key_fields
+
+    layer = model.model.language_model.layers[0]
+    p = next(layer.parameters())
+    device = torch.device(device or p.device)
+
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    try:
+        sources = {"transcription": digest(inspect.getsource(inspect.getmodule(layer_difference))),
+                   "library_layer": digest(inspect.getsource(inspect.getmodule(type(layer)))),
+                   **{f"piece:{f.__module__}.{f.__qualname__}": digest(inspect.getsource(f)) for f in pieces}}
+    except (OSError, TypeError):
+        return None
+    text_config = model.config.get_text_config()
+    return {**cache_key_fields(device.type), "device": device.type, "dtype": str(p.dtype),
+            "layer_class": f"{type(layer).__module__}.{type(layer).__qualname__}",
+            "attn_implementation": getattr(text_config, "_attn_implementation", None),
+            "text_config": text_config.to_dict(), "sources": sources}
+
+
 def rotary(model, hidden, positions):
     """cos, sin for mRoPE `positions` (3, B, L)."""
     return model.model.language_model.rotary_emb(hidden, positions)
