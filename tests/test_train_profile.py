@@ -10,7 +10,7 @@ import pytest
 from test_train import curated, log_of, train_config  # noqa: F401  (curated: a fixture)
 
 from avcap.core.config import ConfigError, load_config
-from avcap.train.profile import busy_seconds, window_summary
+from avcap.train.profile import busy_seconds, idle_gaps, kernel_kind, window_summary
 
 
 def test_busy_seconds_is_the_union_of_the_intervals():
@@ -22,16 +22,43 @@ def test_busy_seconds_is_the_union_of_the_intervals():
 
 
 def test_window_summary_spans_host_and_device_and_ranks_device_events():
-    events = [("step", False, 0.0, 10.0), ("gemm", True, 1.0, 4.0), ("gemm", True, 5.0, 7.0),
-              ("norm", True, 6.5, 8.0)]
+    events = [("step", "host", 0.0, 10.0), ("ProfilerStep#3", "annotation", 0.0, 10.0),
+              ("nvjet_sm90_tst_256x128", "device", 1.0, 4.0), ("nvjet_sm90_tst_256x128", "device", 5.0, 7.0),
+              ("triton_red_fused_mean_rsqrt", "device", 6.5, 8.0)]
     s = window_summary(events)
     assert s["span_s"] == 10.0
-    assert s["device_busy_s"] == 6.0  # 1-4, 5-8
+    assert s["device_busy_s"] == 6.0  # 1-4, 5-8: the annotation spanning the step is no work
     assert s["device_busy_fraction"] == pytest.approx(0.6)
-    assert s["device_top"] == [{"name": "gemm", "seconds": 5.0, "calls": 2},
-                               {"name": "norm", "seconds": 1.5, "calls": 1}]
-    host_only = window_summary([("step", False, 0.0, 2.0)])
+    assert s["device_kernel_s"] == 6.5  # the overlap counted twice
+    assert s["device_kinds"] == {"matmul": {"seconds": 5.0, "calls": 2}, "inductor_fused": {"seconds": 1.5, "calls": 1}}
+    assert s["device_idle_gaps"] == [{"at_s": 8.0, "seconds": 2.0}, {"at_s": 0.0, "seconds": 1.0},
+                                     {"at_s": 4.0, "seconds": 1.0}]
+    assert s["device_top"] == [{"name": "nvjet_sm90_tst_256x128", "seconds": 5.0, "calls": 2},
+                               {"name": "triton_red_fused_mean_rsqrt", "seconds": 1.5, "calls": 1}]
+    assert s["device_annotations"] == [{"name": "ProfilerStep#3", "seconds": 10.0, "calls": 1}]
+    host_only = window_summary([("step", "host", 0.0, 2.0)])
     assert host_only["device_busy_fraction"] is None and host_only["device_top"] == []
+    assert host_only["device_idle_gaps"] == [] and host_only["device_kinds"] == {}
+
+
+def test_kernels_are_sorted_into_kinds_by_name():
+    names = {"cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26": "attention",
+             "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NTT": "matmul",
+             "sm90_xmma_gemm_bf16bf16_bf16f32": "matmul",
+             "triton_poi_fused__to_copy_add_mul_neg_slice": "inductor_fused",
+             "Memcpy DtoD (Device -> Device)": "copy",
+             "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda": "copy",
+             "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>": "elementwise",
+             "void at::native::reduce_kernel<128, 4, at::native::ReduceOp<float>": "reduction",
+             "ncclDevKernel_AllGather_RING_LL": "communication",
+             "void cudnn::fusion::convert_dq_to_16bits<true>": "other"}
+    assert {n: kernel_kind(n) for n in names} == names
+
+
+def test_idle_gaps_cover_what_no_interval_covers():
+    assert idle_gaps([], 0.0, 2.0) == [(0.0, 2.0)]
+    assert idle_gaps([(1.0, 2.0), (1.5, 3.0)], 0.0, 4.0) == [(0.0, 1.0), (3.0, 1.0)]
+    assert idle_gaps([(0.0, 4.0)], 0.0, 4.0) == []
 
 
 def test_profiler_keys_are_cosmos_rls_and_unknown_ones_are_named(curated, tiny_model_dir, tmp_path):  # noqa: F811

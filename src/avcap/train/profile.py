@@ -8,8 +8,10 @@ then `active_steps` kept. For the kept window each profiled rank writes, under
 - `rank<R>_steps<A>-<B>.json.gz`: the Chrome trace (chrome://tracing, https://ui.perfetto.dev);
 - `rank<R>_steps<A>-<B>.txt`: torch's operator table, by self time on the device (CPU when no GPU);
 - `rank<R>_steps<A>-<B>.summary.json`: the window's span, how much of it the GPU was busy (the union
-  of its kernels and copies: the rest is the GPU waiting for the host or the loader), and the
-  kernels that took the most device time.
+  of its kernels and copies: the rest is the GPU waiting for the host or the loader), every kernel's
+  time by kind (matmul, attention, inductor's fused kernels, ...), the longest idle gaps, and the
+  kernels that took the most device time. Regions the host annotates on the GPU's timeline
+  (`ProfilerStep#N`, `Optimizer.step#...`) are listed apart: they span kernels, they are not work.
 """
 
 from __future__ import annotations
@@ -33,27 +35,85 @@ def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
     return total
 
 
-def window_summary(events: list[tuple[str, bool, float, float]], *, top: int = 30) -> dict[str, Any]:
-    """From (name, on_device, start_s, end_s) events of one profiled window: the window's span
-    (first start to last end, host and device), the device's busy time in it, and the device events
-    (kernels, copies) by total time."""
+# device kernels by kind, first match wins (names as CUDA/cuDNN/cuBLAS/inductor give them); what
+# none matches is "other"
+KERNEL_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention", ("sdpa", "flash", "fmha", "attention", "attn")),
+    ("matmul", ("nvjet", "gemm", "cutlass", "cublas", "wgmma", "xmma", "matmul", "splitk")),
+    ("communication", ("nccl",)),
+    ("inductor_fused", ("triton_",)),  # before copy: inductor names casts "..._to_copy_..."
+    ("copy", ("memcpy", "memset", "copy_kernel")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled")),
+    ("reduction", ("reduce", "norm", "softmax")),
+)
+Event = tuple[str, str, float, float]  # (name, "host" | "device" | "annotation", start_s, end_s)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def idle_gaps(intervals: Iterable[tuple[float, float]], start: float, end: float) -> list[tuple[float, float]]:
+    """(offset from `start`, length) of the stretches in [start, end] that no interval covers."""
+    gaps, t = [], start
+    for s, e in sorted(intervals):
+        if s > t:
+            gaps.append((t - start, s - t))
+        t = max(t, e)
+    if end > t:
+        gaps.append((t - start, end - t))
+    return gaps
+
+
+def window_summary(events: list[Event], *, top: int = 30, gaps: int = 10) -> dict[str, Any]:
+    """From the events of one profiled window — host operators, device kernels and copies, and
+    annotations (host-marked regions shown on the device's timeline) —: the window's span (first
+    start to last end), the device's busy time (the union of its kernels and copies), its kernel
+    time by kind (`kernel_kind`), the `gaps` longest idle stretches, the `top` kernels by total
+    time, and the annotations."""
+    empty = {"span_s": 0.0, "device_busy_s": 0.0, "device_busy_fraction": None, "device_kernel_s": 0.0,
+             "device_kinds": {}, "device_idle_gaps": [], "device_top": [], "device_annotations": []}
     if not events:
-        return {"span_s": 0.0, "device_busy_s": 0.0, "device_busy_fraction": None, "device_top": []}
-    span = max(e for *_, e in events) - min(s for _, _, s, _ in events)
-    device = [(n, s, e) for n, on, s, e in events if on]
-    by_name: dict[str, list[float]] = {}
-    for n, s, e in device:
-        t = by_name.setdefault(n, [0.0, 0])
-        t[0] += e - s
-        t[1] += 1
+        return empty
+    t0, t1 = min(s for _, _, s, _ in events), max(e for *_, e in events)
+    span = t1 - t0
+    device = [(n, s, e) for n, where, s, e in events if where == "device"]
+
+    def ranked(items: Iterable[tuple[str, float, float]], limit: int) -> list[dict[str, Any]]:
+        by: dict[str, list[float]] = {}
+        for n, s, e in items:
+            t = by.setdefault(n, [0.0, 0])
+            t[0] += e - s
+            t[1] += 1
+        return [{"name": n, "seconds": t, "calls": int(c)}
+                for n, (t, c) in sorted(by.items(), key=lambda kv: -kv[1][0])[:limit]]
+
     busy = busy_seconds((s, e) for _, s, e in device)
-    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]
+    kinds: dict[str, dict[str, float]] = {}
+    for n, s, e in device:
+        k = kinds.setdefault(kernel_kind(n), {"seconds": 0.0, "calls": 0})
+        k["seconds"] += e - s
+        k["calls"] += 1
+    idle = sorted(idle_gaps(((s, e) for _, s, e in device), t0, t1), key=lambda g: -g[1])[:gaps] if device else []
     return {
+        **empty,
         "span_s": span,
         "device_busy_s": busy,
         "device_busy_fraction": busy / span if device and span > 0 else None,
-        "device_top": [{"name": n, "seconds": t, "calls": int(c)} for n, (t, c) in ranked],
+        "device_kernel_s": sum(e - s for _, s, e in device),  # above busy_s where kernels overlapped
+        "device_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1]["seconds"])),
+        "device_idle_gaps": [{"at_s": a, "seconds": g} for a, g in idle],
+        "device_top": ranked(device, top),
+        "device_annotations": ranked(((n, s, e) for n, where, s, e in events if where == "annotation"), top),
     }
+
+
+def event_where(event) -> str:
+    """"host", "device" or "annotation" for one torch.profiler FunctionEvent."""
+    if getattr(event, "is_user_annotation", False) and event.device_type.name != "CPU":
+        return "annotation"
+    return "host" if event.device_type.name == "CPU" else "device"
 
 
 class StepProfiler:
@@ -104,8 +164,8 @@ class StepProfiler:
         table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
                                           row_limit=60, max_name_column_width=90)
         stem.with_suffix(".txt").write_text(table + "\n")
-        summary = window_summary([(e.name, e.device_type.name != "CPU", e.time_range.start / 1e6,
-                                   e.time_range.end / 1e6) for e in prof.events()])
+        summary = window_summary([(e.name, event_where(e), e.time_range.start / 1e6, e.time_range.end / 1e6)
+                                  for e in prof.events()])
         summary = {"rank": self.rank, "steps": [self.first, self.last], "device": self.device_type, **summary}
         Path(f"{stem}.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         busy = summary["device_busy_fraction"]
