@@ -493,6 +493,10 @@ class AvcapTrain(_Model):
     # what FSDP2's mixed precision does on several ranks (avcap.train.precision). Nothing to do with
     # several ranks, bf16 master weights or param_dtype = "float32". A resume may change it
     mixed_precision: Literal["autocast", "copy"] = "autocast"
+    # compute each micro-batch's mRoPE positions and the vision tower's grid-derived inputs on the host
+    # (avcap.train.host_inputs) so the forward never waits for the GPU to read a size back; the same
+    # loss and gradients bit for bit. false: transformers' forward derives them on the GPU
+    host_inputs: bool = True
 
 
 class Label(_Model):

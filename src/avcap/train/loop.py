@@ -68,6 +68,7 @@ from avcap.data.blend import BlendPlan
 from avcap.data.sources import CurateError
 from avcap.train import checkpoint as ckpt
 from avcap.train.checkpoint import latest_checkpoint, read_state
+from avcap.train.host_inputs import HostInputs
 from avcap.train.data import (
     SKIP_REASONS,
     Collator,
@@ -244,23 +245,28 @@ def right_padded(mask) -> bool:
     return bool((m[:, 1:] <= m[:, :-1]).all()) if m.dim() == 2 and m.shape[1] > 1 else m.dim() == 2
 
 
-def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool, per_sample: bool = False):
+def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool, per_sample: bool = False,
+                     host: Optional[HostInputs] = None):
     """(sum of token cross-entropies over the labelled tokens, number of labelled tokens); with
     `per_sample`, (sum over samples of each sample's mean token cross-entropy, number of samples).
     Nothing here waits for `device`: the inputs are copied with `non_blocking` (from the DataLoader's
     pinned memory on CUDA: the copy is queued behind the GPU's work, not waited for), and which
-    positions and samples count is read from the labels on the host, before they are copied."""
+    positions and samples count is read from the labels on the host, before they are copied; with
+    `host`, the model's positions and vision inputs come from the host too (avcap.train.host_inputs)."""
     import torch.nn.functional as F
 
     labels = batch["labels"][:, 1:]
     inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()
               if k in _MODEL_KEYS and not (k == "attention_mask" and right_padded(v))}
+    inputs, context = host.prepare(batch, inputs, device) if host is not None else (inputs, contextlib.nullcontext())
     if slice_logits:
         keep = (labels != -100).any(0).nonzero().squeeze(1)  # positions whose next token is labelled
-        out = model(**inputs, logits_to_keep=keep.to(device, non_blocking=True), use_cache=False)  # no KV cache in training
+        with context:
+            out = model(**inputs, logits_to_keep=keep.to(device, non_blocking=True), use_cache=False)  # no KV cache in training
         target = labels[:, keep]
     else:
-        out = model(**inputs, use_cache=False)
+        with context:
+            out = model(**inputs, use_cache=False)
         target = labels
         out.logits = out.logits[:, :-1]
     logits = out.logits.float()
@@ -503,6 +509,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     )
     slice_logits = _accepts(type(model).forward, "logits_to_keep")
     per_sample = cfg.avcap.train.loss_reduction == "sample"
+    host = HostInputs(model, enabled=cfg.avcap.train.host_inputs)
+    warned: set[str] = set()  # host-input fallback reasons said once
 
     def autocast():  # bf16 (param_dtype) on GPU, fp32 on CPU
         if d.device.type == "cuda":
@@ -521,7 +529,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
              f"{accum} micro-batches x {t.train_policy.mini_batch}; blend {mix}; videos decoded by "
              f"{'NVDEC' if decoder == 'nvdec' else 'the CPU'} ([avcap.train] decoder) in "
              f"{f'{workers} DataLoader worker processes' if workers else 'the training process'}; computing with "
-             f"{precision} ([avcap.train] mixed_precision)")
+             f"{precision} ([avcap.train] mixed_precision); positions and vision inputs from "
+             f"{'the host' if host.on else f'the GPU ({host.error})'} ([avcap.train] host_inputs)")
 
     written: list[Path] = []
     fallback = None  # a batch kept for ranks whose micro-batch was entirely skipped (collectives must match)
@@ -562,10 +571,15 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 if fsdp:
                     model.set_requires_gradient_sync(k == accum - 1)
                 with autocast():
-                    loss, _ = micro_batch_loss(model, mb, d.device, slice_logits=slice_logits, per_sample=per_sample)
+                    loss, _ = micro_batch_loss(model, mb, d.device, slice_logits=slice_logits, per_sample=per_sample,
+                                               host=host)
                 (loss * scale).backward()
                 if scale:
                     losses.append(loss.detach())
+            for reason in host.fallbacks.keys() - warned:
+                warned.add(reason)
+                echo(f"warning: rank {d.rank} step {step + 1}: a micro-batch's positions and vision inputs came from "
+                     f"the GPU, not the host ({reason}); counted in train_log.jsonl's host_inputs")
             max_norm = t.optm_grad_norm_clip if t.optm_grad_norm_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             if hasattr(grad_norm, "full_tensor"):
@@ -596,6 +610,7 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
                 "samples_skipped_by_reason_total": {r: n for r, n in skipped_by_reason.items() if n},
                 "batch": plan.step_indices(step).tolist(),  # the global batch (sample indices), for audits
                 "master_dtype": master.dtype, "decoder": decoder, "mixed_precision": precision,
+                "host_inputs": host.record(),
             })
             if t.ckpt.enable_checkpoint and (done % t.ckpt.save_freq == 0 or (done == total_steps and t.ckpt.save_final)):
                 state = {"total_steps": total_steps, "epoch": step // plan.steps_per_epoch + 1,
