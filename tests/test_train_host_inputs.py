@@ -31,7 +31,8 @@ def test_host_inputs_give_the_plain_loss_and_gradients_bit_for_bit(model_and_bat
     if packed:
         pack_vision_attention(model)
     host = HostInputs(model)
-    assert host.on, host.error
+    if not host.on:  # transformers before 5.17: no vision helpers (the next test checks it says so)
+        pytest.skip(f"host inputs off: {host.error}")
     for batch in (same, mixed):  # one video size; two sizes (unequal attention groups)
         plain_loss, plain_grads = _loss_and_grads(model, batch, None)
         host_loss, host_grads = _loss_and_grads(model, batch, host)
@@ -50,6 +51,8 @@ def test_the_host_forward_derives_nothing_from_the_grid_on_the_device(model_and_
     model = copy.deepcopy(base)
     pack_vision_attention(model)
     host = HostInputs(model)
+    if not host.on:
+        pytest.skip(f"host inputs off: {host.error}")
     inputs = {k: v for k, v in mixed.items() if k in ("input_ids", "pixel_values_videos", "video_grid_thw",
                                                       "mm_token_type_ids")}
     kwargs, context = host.prepare(mixed, inputs, "cpu")
@@ -99,9 +102,13 @@ def test_training_logs_host_inputs_and_false_trains_the_same(curated, tiny_model
 
     out, _, lines = uninterrupted
     logged = log_of(out)
-    assert all(r["host_inputs"]["on"] and r["host_inputs"]["fallbacks"] == {} for r in logged.values())
-    assert logged[max(logged)]["host_inputs"]["micro_batches"] > 0
-    assert any("positions and vision inputs from the host" in line for line in lines)
+    if logged[1]["host_inputs"]["on"]:
+        assert all(r["host_inputs"]["on"] and r["host_inputs"]["fallbacks"] == {} for r in logged.values())
+        assert logged[max(logged)]["host_inputs"]["micro_batches"] > 0
+        assert any("positions and vision inputs from the host" in line for line in lines)
+    else:  # transformers before 5.17: said at the start, every record says why
+        reason = logged[1]["host_inputs"]["off_because"]
+        assert "vision_utils" in reason and any(f"from the GPU ({reason})" in line for line in lines)
     cfg = load_config(train_config(curated, tiny_model_dir, "full_no_host", per_rank=2, workers=1, gc=True),
                       overrides={"avcap": {"train": {"host_inputs": False}}})
     off_lines: list[str] = []

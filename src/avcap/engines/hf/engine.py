@@ -583,8 +583,9 @@ class TransformersEngine:
             after = self._first_call_costs()
             first.update(requests=len(requests), done_at_s=self._since_start(),
                          **{k: round(after[k] - v, 3) for k, v in before.items() if v is not None and after[k] is not None})
-            if self._fast is not None and self._fast.layer_check is not None:
-                first["layer_check"] = self._fast.layer_check
+            if self._fast is not None:  # the fast path's self-checks: "ran" or "remembered" from an earlier process
+                first.update({k: v for k in ("layer_check", "host_vision_check")
+                              if (v := getattr(self._fast, k)) is not None})
             self.startup["first_call"] = first
         return [results[r.key] for r in requests]
 

@@ -82,7 +82,8 @@ __all__ = ["FastGenerator", "NotSupported", "SamplingSpec", "linear_patch_embed"
 DECODE_ATTENTION = ("sdpa", "flex")
 PREFIX_LAYERS = ("transcribed", "library")
 SLOT_ALIGN = 256
-LAYER_CHECK = "qwen3-vl-text-layer"  # the verdict's name in avcap.core.verdicts
+LAYER_CHECK = "qwen3-vl-text-layer"  # the verdicts' names in avcap.core.verdicts
+HOST_VISION_CHECK = "qwen3-vl-host-vision"
 KV_BLOCK = 128  # a decode step attends over whole blocks of cache slots, up to its own (one graph each)
 
 
@@ -420,6 +421,7 @@ class FastGenerator:
         # the first prefill with videos has compared them with the plain call, then True or False
         self.host_vision_error: Optional[str] = host_vision.unsupported_reason(model)
         self.host_vision: Optional[bool] = None if self.host_vision_error is None else False
+        self.host_vision_check: Optional[str] = None  # "ran" or "remembered" (a pass kept from an earlier process)
         # cumulative seconds per phase (the device is synchronised at phase ends): what limits a run
         self.timings: dict[str, float] = {"prefix_s": 0.0, "suffix_s": 0.0, "decode_s": 0.0, "decode_steps": 0,
                                           "rows": 0, "prefixes": 0, "step_builds": 0, "step_build_s": 0.0,
@@ -651,10 +653,17 @@ class FastGenerator:
                                   **{self._cache_kw: cache}, **types_kw, **pix, **grid)
             return out.last_hidden_state, cache
 
-        if host is not None and self.host_vision is None:  # first time: the same numbers as the plain call?
+        if host is not None and self.host_vision is None:  # first time: a pass remembered, or compare now
+            key = host_vision.check_key(model, device)
+            if key is not None and passed_before(HOST_VISION_CHECK, key):
+                self.host_vision, self.host_vision_check = True, "remembered"
+        if host is not None and self.host_vision is None:  # the same numbers as the plain call?
             hidden, cache = forward(None)
             self.host_vision_error = _same_prefill((hidden, cache), lambda: forward(host))
             self.host_vision = self.host_vision_error is None
+            self.host_vision_check = "ran"
+            if self.host_vision and key is not None:
+                remember_pass(HOST_VISION_CHECK, key)
             if not self.host_vision:
                 import warnings
 

@@ -54,6 +54,37 @@ def unsupported_reason(model) -> Optional[str]:
     return None
 
 
+def check_key(model, device) -> Optional[dict[str, Any]]:
+    """What the fast path's first-prefill comparison of HostVision with the plain call depends on,
+    for remembering a pass across processes (avcap.core.verdicts): library versions, GPU, dtype,
+    this module's source and transformers' (`vision_utils`, the model's modeling file), the vision
+    configuration. None where some source cannot be read (the comparison then runs every time)."""
+    import hashlib
+    import inspect
+    import sys
+
+    import torch
+
+    from avcap.core.compile_cache import cache_key_fields
+
+    vu = _helpers()
+    if vu is None:
+        return None
+
+    def digest(module) -> str:
+        return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
+
+    try:
+        sources = {"host_vision": digest(sys.modules[__name__]), "vision_utils": digest(vu),
+                   "modeling": digest(inspect.getmodule(type(model.model.visual)))}
+    except (OSError, TypeError):
+        return None
+    device = torch.device(device)
+    return {**cache_key_fields(device.type), "device": device.type, "dtype": str(model.model.visual.dtype),
+            "vision_config": model.config.vision_config.to_dict(), "video_token_id": model.config.video_token_id,
+            "sources": sources}
+
+
 def supported(model) -> bool:
     """Whether `model` (a Qwen3-VL ...ForConditionalGeneration) has what HostVision replaces."""
     return unsupported_reason(model) is None
