@@ -635,6 +635,13 @@ def test_a_fallback_is_counted_with_its_reason_and_warned_once(varied_model_dir,
         eng.close()
 
 
+def _no_mlp_residual(layer, hidden, o):
+    """`attention_output_and_mlp` with a bug: the MLP's residual left out."""
+    b, heads, n, d = o.shape
+    hidden = hidden + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, n, heads * d))
+    return layer.mlp(layer.post_attention_layernorm(hidden))
+
+
 def test_the_transcribed_layer_checks_itself_against_transformers(varied_model_dir, clips, monkeypatch):
     """The fast path's own decoder layer is compared with transformers' layer before it serves
     anything; a layer that differs (here: a residual left out) turns the fast path off, loudly,
@@ -647,12 +654,7 @@ def test_the_transcribed_layer_checks_itself_against_transformers(varied_model_d
     finally:
         ok.close()
 
-    def no_mlp_residual(layer, hidden, o):
-        b, heads, n, d = o.shape
-        hidden = hidden + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, n, heads * d))
-        return layer.mlp(layer.post_attention_layernorm(hidden))
-
-    monkeypatch.setattr(fast_generate, "attention_output_and_mlp", no_mlp_residual)
+    monkeypatch.setattr(fast_generate, "attention_output_and_mlp", _no_mlp_residual)
     fast = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
     plain = make_engine(_cfg(batch_size=16, fast_generate=False), vision=VISION, model=str(varied_model_dir))
     try:
@@ -721,12 +723,7 @@ def test_a_passed_layer_check_is_remembered_across_engines_but_not_across_code(v
     assert len(list(verdicts.glob(f"{fast_generate.LAYER_CHECK}-*.json"))) == 1
     assert len(list(verdicts.glob(f"{fast_generate.HOST_VISION_CHECK}-*.json"))) == (1 if on else 0)
 
-    def no_mlp_residual(layer, hidden, o):
-        b, heads, n, d = o.shape
-        hidden = hidden + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, n, heads * d))
-        return layer.mlp(layer.post_attention_layernorm(hidden))
-
-    monkeypatch.setattr(fast_generate, "attention_output_and_mlp", no_mlp_residual)
+    monkeypatch.setattr(fast_generate, "attention_output_and_mlp", _no_mlp_residual)
     broken = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
     try:
         with pytest.warns(UserWarning, match="its text decoder layer differs from transformers'"):
