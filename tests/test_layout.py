@@ -34,3 +34,13 @@ def test_every_verb_is_registered_in_one_place_and_loads():
         assert getattr(__import__(module, fromlist=[attr]), attr) is not None, verb
     out = subprocess.run([sys.executable, "-m", "avcap", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "unavailable" not in out.stdout
+
+
+def test_the_cli_imports_no_torch():
+    """`avcap <verb>` imports every verb's module before it runs one; torch (2.6 s on the GPU box,
+    ~1 s here) is imported only by the code that uses it, so `avcap --help` stays quick and
+    `avcap infer` starts its decoders before any heavy import."""
+    code = "import sys, avcap.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

@@ -50,7 +50,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
@@ -68,7 +68,6 @@ from avcap.data.blend import BlendPlan
 from avcap.data.sources import CurateError
 from avcap.train import checkpoint as ckpt
 from avcap.train.checkpoint import latest_checkpoint, read_state
-from avcap.train.host_inputs import HostInputs
 from avcap.train.data import (
     SKIP_REASONS,
     Collator,
@@ -80,6 +79,9 @@ from avcap.train.data import (
 from avcap.train.precision import ComputeCopy
 from avcap.train.profile import StepProfiler
 from avcap.train.schedule import build_scheduler
+
+if TYPE_CHECKING:  # avcap.train.host_inputs imports torch (through the vision tower's compile module)
+    from avcap.train.host_inputs import HostInputs
 
 # Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
@@ -246,7 +248,7 @@ def right_padded(mask) -> bool:
 
 
 def micro_batch_loss(model, batch: dict[str, Any], device, *, slice_logits: bool, per_sample: bool = False,
-                     host: Optional[HostInputs] = None):
+                     host: Optional["HostInputs"] = None):
     """(sum of token cross-entropies over the labelled tokens, number of labelled tokens); with
     `per_sample`, (sum over samples of each sample's mean token cross-entropy, number of samples).
     Nothing here waits for `device`: the inputs are copied with `non_blocking` (from the DataLoader's
@@ -509,6 +511,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
     )
     slice_logits = _accepts(type(model).forward, "logits_to_keep")
     per_sample = cfg.avcap.train.loss_reduction == "sample"
+    from avcap.train.host_inputs import HostInputs  # imports torch: the CLI imports this module for every verb
+
     host = HostInputs(model, enabled=cfg.avcap.train.host_inputs)
     warned: set[str] = set()  # host-input fallback reasons said once
 
