@@ -13,6 +13,7 @@ Delete the folder to run every check again.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -20,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from avcap.core.compile_cache import default_root
+
+
+def source_digest(obj: Any) -> str:
+    """A short digest of a module's, class's or function's source, for a key: another version of
+    the code is another key. Raises what `inspect.getsource` raises (OSError, TypeError) where the
+    source cannot be read."""
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
 
 
 def _normal(key: dict[str, Any]) -> str:

@@ -55,7 +55,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from avcap.core.verdicts import passed_before, remember_pass
+from avcap.core.verdicts import passed_before, remember_pass, source_digest
 from avcap.models.qwen3_vl import host_vision
 from avcap.models.qwen3_vl.host_vision import HostVision
 from avcap.models.qwen3_vl.text import (
@@ -655,6 +655,8 @@ class FastGenerator:
 
         if host is not None and self.host_vision is None:  # first time: a pass remembered, or compare now
             key = host_vision.check_key(model, device)
+            if key is not None:  # and this module's prefill, which both sides of the comparison run
+                key["prefill"] = source_digest(_same_prefill) + source_digest(FastGenerator._prefill_prefixes)
             if key is not None and passed_before(HOST_VISION_CHECK, key):
                 self.host_vision, self.host_vision_check = True, "remembered"
         if host is not None and self.host_vision is None:  # the same numbers as the plain call?

@@ -59,24 +59,20 @@ def check_key(model, device) -> Optional[dict[str, Any]]:
     for remembering a pass across processes (avcap.core.verdicts): library versions, GPU, dtype,
     this module's source and transformers' (`vision_utils`, the model's modeling file), the vision
     configuration. None where some source cannot be read (the comparison then runs every time)."""
-    import hashlib
     import inspect
     import sys
 
     import torch
 
     from avcap.core.compile_cache import cache_key_fields
+    from avcap.core.verdicts import source_digest
 
     vu = _helpers()
     if vu is None:
         return None
-
-    def digest(module) -> str:
-        return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
-
     try:
-        sources = {"host_vision": digest(sys.modules[__name__]), "vision_utils": digest(vu),
-                   "modeling": digest(inspect.getmodule(type(model.model.visual)))}
+        sources = {"host_vision": source_digest(sys.modules[__name__]), "vision_utils": source_digest(vu),
+                   "modeling": source_digest(inspect.getmodule(type(model.model.visual)))}
     except (OSError, TypeError):
         return None
     device = torch.device(device)

@@ -202,24 +202,20 @@ def layer_check_key(model, pieces=(attention_inputs, attention_output_and_mlp), 
     attention implementation, the dtype. Not the weights: both layers run on the same weights, so
     they decide nothing about whether the code agrees. None where some source cannot be read (the
     check then runs every time)."""
-    import hashlib
     import inspect
 
     import torch
 
     from avcap.core.compile_cache import cache_key_fields
+    from avcap.core.verdicts import source_digest
 
     layer = model.model.language_model.layers[0]
     p = next(layer.parameters())
     device = torch.device(device or p.device)
-
-    def digest(text: str) -> str:
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
     try:
-        sources = {"transcription": digest(inspect.getsource(inspect.getmodule(layer_difference))),
-                   "library_layer": digest(inspect.getsource(inspect.getmodule(type(layer)))),
-                   **{f"piece:{f.__module__}.{f.__qualname__}": digest(inspect.getsource(f)) for f in pieces}}
+        sources = {"transcription": source_digest(inspect.getmodule(layer_difference)),
+                   "library_layer": source_digest(inspect.getmodule(type(layer))),
+                   **{f"piece:{f.__module__}.{f.__qualname__}": source_digest(f) for f in pieces}}
     except (OSError, TypeError):
         return None
     text_config = model.config.get_text_config()
