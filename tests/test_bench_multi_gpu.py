@@ -38,7 +38,7 @@ def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
     class A:
         steps, batch_per_gpu, mini_batch, workers = 3, 32, 4, 14
         compile, memory_budget, train_decoder, grad_checkpointing, profile_step = False, None, "cpu", True, 0
-        master_dtype, mixed_precision = None, "autocast"
+        master_dtype, mixed_precision, host_inputs = None, "autocast", True
 
     class C:
         args, data_root = A, tmp_path / "data"
@@ -84,6 +84,14 @@ def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
     p = load_config(cfg3).profiler
     sub = p.sub_profiler_config
     assert p.enable_profiler and (sub.wait_steps, sub.warmup_steps, sub.active_steps, sub.rank_filter) == (4, 1, 1, [0])
+
+    class PlainInputs(A):  # --no-host-inputs: the A/B of avcap.train.host_inputs
+        host_inputs = False
+
+    C.args = PlainInputs
+    cfg4 = tmp_path / "h.toml"
+    cfg4.write_text(bench.edit_toml(bench.recipe_toml(), bench.sft_values(C, 4, tmp_path / "run", tmp_path / "model")))
+    assert load_config(cfg4).avcap.train.host_inputs is False and load_config(path).avcap.train.host_inputs is True
 
 
 def test_scaling_is_relative_to_the_smallest_k(bench):
