@@ -40,8 +40,9 @@ class HostInputs:
         if self.error is None and rope is None:
             self.error = f"{type(model).__name__} has no get_rope_index"
         self._types_kw = rope is not None and "mm_token_type_ids" in inspect.signature(rope).parameters
-        self.fallbacks: Counter[str] = Counter()  # micro-batches run the plain way, by reason
-        self.used = 0  # micro-batches run with host inputs
+        # since the last `record()` (one step): micro-batches run the plain way by reason, and with host inputs
+        self.fallbacks: Counter[str] = Counter()
+        self.used = 0
 
     @property
     def on(self) -> bool:
@@ -79,6 +80,10 @@ class HostInputs:
                 vision.applied(self.model))
 
     def record(self) -> dict[str, Any]:
-        """For the run's log: whether it is on (or why not), micro-batches with host inputs, fallbacks."""
-        return {"on": self.on, **({"off_because": self.error} if self.error else {}), "micro_batches": self.used,
-                "fallbacks": dict(self.fallbacks)}
+        """For the step's log record, then reset: whether it is on (or why not), and the micro-batches
+        since the last record with host inputs and without them by reason. Per step, so a resumed run
+        logs each step as the uninterrupted run did."""
+        out = {"on": self.on, **({"off_because": self.error} if self.error else {}), "micro_batches": self.used,
+               "fallbacks": dict(self.fallbacks)}
+        self.used, self.fallbacks = 0, Counter()
+        return out
