@@ -3,7 +3,6 @@ and the whole script end to end in --smoke (CPU, tiny model, gloo, 2 processes).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_multi_gpu.py"
@@ -20,10 +20,7 @@ SHARED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "recipe" / "ube
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_multi_gpu", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_multi_gpu")
 
 
 def test_embedded_recipe_is_the_published_one(bench):

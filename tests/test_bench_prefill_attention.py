@@ -3,18 +3,13 @@ training cases, backward; each backend's output and gradients are compared with 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_prefill_attention.py"
+from conftest import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_prefill_attention", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_prefill_attention")
 
 
 def test_smoke_times_every_case_and_compares_backends(tmp_path):
