@@ -69,14 +69,15 @@ class HostInputs:
             kw["attention_mask"] = batch["attention_mask"]
         if self._types_kw and batch.get("mm_token_type_ids") is not None:
             kw["mm_token_type_ids"] = batch["mm_token_type_ids"]
+        device = torch.device(device)
         try:
             positions, _ = self.model.model.get_rope_index(ids, **kw)
-            vision = HostVision(self.model, ids, grid, torch.device(device))
+            vision = HostVision(self.model, ids, grid, device)
         except NotSupported as exc:
             self.fallbacks[str(exc)] += 1
             return plain
         self.used += 1
-        return ({**inputs, "position_ids": to_device(positions, torch.device(device)), "video_grid_thw": vision.grid},
+        return ({**inputs, "position_ids": to_device(positions, device), "video_grid_thw": vision.grid},
                 vision.applied(self.model))
 
     def record(self) -> dict[str, Any]:

@@ -653,24 +653,24 @@ class FastGenerator:
                                   **{self._cache_kw: cache}, **types_kw, **pix, **grid)
             return out.last_hidden_state, cache
 
+        compared = False
         if host is not None and self.host_vision is None:  # first time: a pass remembered, or compare now
             key = host_vision.check_key(model, device)
             if key is not None:  # and this module's prefill, which both sides of the comparison run
                 key["prefill"] = source_digest(_same_prefill) + source_digest(FastGenerator._prefill_prefixes)
             if key is not None and passed_before(HOST_VISION_CHECK, key):
                 self.host_vision, self.host_vision_check = True, "remembered"
-        if host is not None and self.host_vision is None:  # the same numbers as the plain call?
-            hidden, cache = forward(None)
-            self.host_vision_error = _same_prefill((hidden, cache), lambda: forward(host))
-            self.host_vision = self.host_vision_error is None
-            self.host_vision_check = "ran"
-            if self.host_vision and key is not None:
-                remember_pass(HOST_VISION_CHECK, key)
-            if not self.host_vision:
-                import warnings
+            else:  # the same numbers as the plain call?
+                hidden, cache = forward(None)
+                self.host_vision_error = _same_prefill((hidden, cache), lambda: forward(host))
+                self.host_vision, self.host_vision_check, compared = self.host_vision_error is None, "ran", True
+                if self.host_vision and key is not None:
+                    remember_pass(HOST_VISION_CHECK, key)
+                if not self.host_vision:
+                    import warnings
 
-                warnings.warn(f"avcap fast generate: vision inputs from the host kept off ({self.host_vision_error})")
-        else:
+                    warnings.warn(f"avcap fast generate: vision inputs from the host kept off ({self.host_vision_error})")
+        if not compared:
             hidden, cache = forward(host if self.host_vision else None)
         del hidden
         row_list = [r for g in groups for r in g.rows]
