@@ -62,7 +62,7 @@ def child_code() -> str:
 
 def one_sample(env: dict[str, str]) -> dict[str, float]:
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", child_code()], capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run([sys.executable, "-c", child_code()], check=False, capture_output=True, text=True, env=env, timeout=300)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"import child failed ({p.returncode}): {p.stderr[-2000:]}")
@@ -93,8 +93,8 @@ def bytecode_state() -> dict[str, object]:
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
             continue
-        root = Path(list(spec.submodule_search_locations)[0])
-        py = [p for p in root.rglob("*.py")]
+        root = Path(next(iter(spec.submodule_search_locations)))
+        py = list(root.rglob("*.py"))
         tag = sys.implementation.cache_tag
         missing = sum(1 for p in py if not (p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc").exists())
         res[pkg] = {"folder": str(root), "writable": os.access(root, os.W_OK), "py_files": len(py),
@@ -103,7 +103,7 @@ def bytecode_state() -> dict[str, object]:
 
 
 def importtime_top(env: dict[str, str], k: int = 40) -> list[tuple[int, int, str]]:
-    p = subprocess.run([sys.executable, "-X", "importtime", "-c", child_code()], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-X", "importtime", "-c", child_code()], check=False, capture_output=True, text=True,
                        env=env, timeout=300)
     rows = []
     for line in p.stderr.splitlines():
@@ -126,12 +126,13 @@ def main() -> None:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    log = open(a.out / "bench_imports.log", "w")
+    log_path = a.out / "bench_imports.log"
+    log_path.write_text("")
 
     def say(msg: str) -> None:
         print(msg, flush=True)
-        log.write(msg + "\n")
-        log.flush()
+        with log_path.open("a") as log:
+            log.write(msg + "\n")
 
     nice_of = {"idle": None, "busy_nice10": 10, "busy_nice0": 0}
     result: dict[str, object] = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "busy": a.busy,
