@@ -446,15 +446,16 @@ def test_a_smaller_first_batch_gives_the_same_greedy_answers(reference, cfg_file
     assert seen and seen[0][0] == 2 and len(set(seen[0][1:-1])) <= 1 and sum(seen[0]) == 15
 
 
-def test_a_model_that_fails_to_load_stops_the_run_before_any_record(tiny_model_dir, infer_data_dir, tmp_path):
+@pytest.mark.parametrize("part", ["model.safetensors", "tokenizer_config.json"], ids=["weights", "processor"])
+def test_a_model_that_fails_to_load_stops_the_run_before_any_record(tiny_model_dir, infer_data_dir, tmp_path, part):
     """The transformers engine loads the weights in the background while the first videos decode; a
-    checkpoint whose weights cannot be read stops `avcap infer` with one line naming it, and no
-    request is written as failed."""
+    checkpoint whose weights (or, earlier in the load, its processor) cannot be read stops `avcap
+    infer` with one line naming it, and no request is written as failed."""
     import shutil
 
     broken = tmp_path / "broken-model"
     shutil.copytree(tiny_model_dir, broken)
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    (broken / part).write_bytes(b"not a safetensors file" if part.endswith(".safetensors") else b"{not json")
     cfg = load_config(write_config(tmp_path / "c.toml", broken, infer_data_dir))
     out = tmp_path / "out"
     with pytest.raises(InferError, match=rf"{broken}: cannot load the model: "):

@@ -50,6 +50,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterable, Mapping
 
 from avcap.core.config import Vision
+from avcap.core.imports import first_under_lock
 from avcap.engines.base import Request, video_parts
 from avcap.engines.spool import Spool, spooled, unspool
 from avcap.video import DECODERS, VideoError, decode_video, load_video
@@ -195,7 +196,8 @@ class FrameLoader:
 
     def _finish(self, decoder: str, decoded, fut: Future) -> None:
         try:
-            frames = decoded.finish(self.finish_device)
+            # the first finish imports torch, torchvision and the compiler: not beside an engine's imports
+            frames = first_under_lock("frames.finish", decoded.finish, self.finish_device)
         except Exception as exc:  # noqa: BLE001 — e.g. out of GPU memory: this video's error
             fut.set_exception(exc)
         else:

@@ -59,6 +59,7 @@ from typing import Any, Optional
 from avcap.core.compile_cache import compile_counters, dynamo_compile_seconds, require_compiler, use_compile_cache
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
+from avcap.core.imports import heavy_imports
 from avcap.engines.base import ModelLoadError, Request, Result, final_answer
 from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
 
@@ -355,9 +356,11 @@ class TransformersEngine:
         """Imports, the processor, the weights from `path` onto the device, then `_setup` (the
         background load)."""
         t0 = time.perf_counter()
-        import torch
-        # imported (and timed) here, used by _read_weights: the imports are a large part of a start
-        from transformers import AutoModelForImageTextToText  # noqa: F401
+        # imported (and timed) here, used by _read_weights and _load_processor: the imports are a large
+        # part of a start; the frame loader's finisher threads do not import beside them (avcap.core.imports)
+        with heavy_imports():
+            import torch
+            from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
 
         self.load_timings["imports_s"] = round(time.perf_counter() - t0, 3)
         self.dtype = resolve_dtype(self.cfg.dtype, self.device)
@@ -812,7 +815,9 @@ class TransformersEngine:
     def run_record(self) -> dict[str, Any]:
         return {
             "representation": {"kind": "frames", "via": "processor", "factor": self.factor,
-                               "video_kwargs": {k: v for k, v in self._video_kwargs.items() if k != "device"}},
+                               # no video kwargs when the model failed to load before its processor did
+                               "video_kwargs": {k: v for k, v in getattr(self, "_video_kwargs", {}).items()
+                                                if k != "device"}},
             "fast_generate": self._fast is not None,
             "load": dict(self.load_timings),
             "startup": {**self.startup, "frames": self.frames.startup()},

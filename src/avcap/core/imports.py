@@ -1,0 +1,40 @@
+"""Heavy libraries imported by one of avcap's threads at a time.
+
+An engine imports torch and transformers on its loading thread while the frame loader's finisher
+threads import torch and torchvision for their first conversions. Python locks each module while it
+initialises; when two threads import one package graph from different ends (transformers reaching
+torchvision.transforms from one side, avcap.video's resize importing torchvision.transforms from the
+other), its deadlock detection hands one of them a partially initialised module and that import
+fails. GPU run 63 lost a whole `avcap infer` that way: `ImportError: cannot import name
+'InterpolationMode' from partially initialized module 'torchvision.transforms'`. Threads that may
+import heavy libraries for the first time hold `heavy_imports()` meanwhile; `first_under_lock` holds
+it only until a task of its kind has run once (afterwards its imports are done)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+_LOCK = threading.RLock()
+_ran: set[str] = set()
+
+
+@contextlib.contextmanager
+def heavy_imports() -> Iterator[None]:
+    """Held while a thread imports heavy libraries that another thread may be importing too."""
+    with _LOCK:
+        yield
+
+
+def first_under_lock(kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)`, under `heavy_imports()` until a call of this `kind` has returned in
+    this process (the first one imports what every later one needs), unlocked afterwards."""
+    if kind in _ran:
+        return fn(*args, **kwargs)
+    with _LOCK:
+        out = fn(*args, **kwargs)
+        _ran.add(kind)
+        return out
