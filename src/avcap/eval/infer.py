@@ -45,6 +45,8 @@ from typing import Any, Optional
 import typer
 
 import avcap
+from avcap.core.bytecode import advice as bytecode_advice
+from avcap.core.bytecode import bytecode_state
 from avcap.core.checkpoints import CheckpointError, every_checkpoint, resolve_checkpoint
 from avcap.core.config import ConfigError, RecipeConfig, Sampling, load_config
 from avcap.core.records import (
@@ -525,6 +527,11 @@ def run_inference(
                 make_engine,  # looked up per call: tests replace avcap.engines.make_engine
             )
 
+            if ecfg.name == "transformers":  # a local model process: its imports are a large part of its start
+                info["bytecode"] = bytecode_state()
+                slow = bytecode_advice(info["bytecode"])
+                if slow:
+                    log(f"  note: {slow}")
             t0 = time.perf_counter()
 
             def build():
