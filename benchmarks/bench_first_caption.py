@@ -48,6 +48,12 @@ What it does:
   the child's output tail. Targets: first caption <= 30 s from the start of a process on a
   machine that has run avcap before (the warm run), whole run >= 4 videos/s.
 
+Bytecode: the GPU box's image has no `.pyc` for torch and sets PYTHONDONTWRITEBYTECODE, so each
+process compiles torch from source (+7 s per start, run 63; `avcap infer` says so in its log and
+run.json's `bytecode`). `--bytecode-cache DIR` runs the avcap processes with PYTHONPYCACHEPREFIX=DIR
+and bytecode writing on, as on an image installed with its bytecode (pip's default): the first
+such process writes the cache, later ones read it.
+
 Weights are read from the page cache when the model was just written or read by an earlier run
 (128 GiB of RAM on the device); `--evict-weights` drops the model's files from the page cache
 (fsync + posix_fadvise DONTNEED, no root needed) before each run, so they are read from disk.
@@ -317,6 +323,9 @@ def run_once(args, label: str, cfg_path: Path, cache_dir: Path, model: Path, wor
         env.pop(k, None)
     if args.tiny:
         env["CUDA_VISIBLE_DEVICES"] = ""
+    if args.bytecode_cache:  # as on an image whose packages were installed with their bytecode
+        env["PYTHONPYCACHEPREFIX"] = args.bytecode_cache
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     if src is not None:  # another avcap (e.g. `git archive <commit> src`), ahead of this one on the path
         env["PYTHONPATH"] = os.pathsep.join([str(src)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     cmd = [sys.executable, "-m", "avcap", "infer", "--config", str(cfg_path), "--dataset", DATASET,
@@ -441,6 +450,7 @@ def summarize_run(res: dict[str, Any], target: Path, args) -> None:
         res["engine_paths"] = er.get("paths")
         res["engine_fallbacks"] = er.get("fallbacks")
         res["device"] = info.get("device")
+        res["bytecode"] = info.get("bytecode")
         res["run_json_timings"] = info.get("timings")
         res["versions"] = info.get("versions")
         total = (info.get("timings") or {}).get("total_s")
@@ -531,6 +541,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--caption-tokens", type=int, default=256)
     ap.add_argument("--compile", dest="compile", action="store_true", default=None)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--bytecode-cache", default=None,
+                    help="PYTHONPYCACHEPREFIX for the avcap processes (PYTHONDONTWRITEBYTECODE unset): a bytecode "
+                         "cache where the image has none (run 63: the GPU box compiles torch from source each start)")
     ap.add_argument("--evict-weights", action="store_true", help="drop the model's files from the page cache before each run")
     ap.add_argument("--sample-stacks", default="",
                     help="comma-separated run labels (e.g. warm) run under benchmarks/stack_sampler.py: every "
