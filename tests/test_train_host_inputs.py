@@ -116,3 +116,18 @@ def test_training_logs_host_inputs_and_false_trains_the_same(curated, tiny_model
     assert [(r["loss"], r["grad_norm"]) for r in off.values()] == [(r["loss"], r["grad_norm"]) for r in logged.values()]
     assert all(not r["host_inputs"]["on"] for r in off.values())
     assert any("from the GPU ([avcap.train] host_inputs = false)" in line for line in off_lines)
+
+
+def test_host_work_runs_on_one_cpu_thread_and_gives_the_threads_back():
+    from avcap.models.qwen3_vl.host_vision import one_cpu_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError):
+            with one_cpu_thread():
+                assert torch.get_num_threads() == 1
+                raise ValueError("a failing micro-batch")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

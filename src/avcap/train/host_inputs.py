@@ -71,8 +71,9 @@ class HostInputs:
             kw["mm_token_type_ids"] = batch["mm_token_type_ids"]
         device = torch.device(device)
         try:
-            positions, _ = self.model.model.get_rope_index(ids, **kw)
-            vision = HostVision(self.model, ids, grid, device)
+            with host_vision.one_cpu_thread():
+                positions, _ = self.model.model.get_rope_index(ids, **kw)
+                vision = HostVision(self.model, ids, grid, device)
         except NotSupported as exc:
             self.fallbacks[str(exc)] += 1
             return plain

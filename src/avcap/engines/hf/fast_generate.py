@@ -632,10 +632,11 @@ class FastGenerator:
         # mRoPE positions on the host: get_rope_index walks every row and video with many tiny
         # ops; on the GPU each waits for the queue (the previous prefill call) and leaves it idle
         types_kw = {"mm_token_type_ids": types} if self._types_kw else {}  # transformers 5 (4.57: none)
-        positions, _ = model.model.get_rope_index(ids, attention_mask=att, video_grid_thw=sub_grid, **types_kw)
-        for j in range(nb):
-            prefix_max[gidx[j]] = int(positions[:, j][:, att[j].bool()].max())
-        host = self._host_vision(ids, sub_grid, device) if vids else None
+        with host_vision.one_cpu_thread():
+            positions, _ = model.model.get_rope_index(ids, attention_mask=att, video_grid_thw=sub_grid, **types_kw)
+            for j in range(nb):
+                prefix_max[gidx[j]] = int(positions[:, j][:, att[j].bool()].max())
+            host = self._host_vision(ids, sub_grid, device) if vids else None
         types_kw = {k: to_device(t, device) for k, t in types_kw.items()}
         pix: dict[str, Any] = {}
         if vids:

@@ -29,6 +29,28 @@ from avcap.models.qwen3_vl.text import to_device as _to_device
 _HELPERS = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids", "get_vision_attention_seqlens")
 
 
+@contextlib.contextmanager
+def one_cpu_thread():
+    """torch's CPU operators on one thread in the calling thread meanwhile (the host-side work of a
+    forward: mRoPE positions, vision taps; thousands of tiny operators). Multi-threaded, each of them
+    wakes the intra-op pool; with every core busy decoding video (a caption run's decoders, a training
+    run's DataLoader workers) a descheduled pool thread stalls the operator: on the 2-core box 4
+    training samples' HostInputs.prepare took 5-14 ms on one thread and 25-380 ms on two beside busy
+    processes, and GPU run 63's first training steps ran 7.2 s instead of 4.3 s while the loader's
+    workers were busy (benchmarks/HISTORY.md, session 15)."""
+    import torch
+
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _helpers():
     try:
         from transformers import vision_utils as vu
