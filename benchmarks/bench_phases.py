@@ -35,6 +35,7 @@ T_START = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_gpu as bg  # noqa: E402
+from bench_env import REPO, ensure_deps  # noqa: E402
 from bench_decode_attention import time_call  # noqa: E402
 
 
@@ -157,6 +158,7 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
+    ensure_deps(REPO / ".whl")  # src/ on the path; on a bare device image the carried wheels (run 63 failed without)
     import torch
 
     from avcap.core.config import Sampling, Vision
