@@ -95,8 +95,8 @@ def bytecode_state() -> dict[str, object]:
             continue
         root = Path(next(iter(spec.submodule_search_locations)))
         py = list(root.rglob("*.py"))
-        tag = sys.implementation.cache_tag
-        missing = sum(1 for p in py if not (p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc").exists())
+        # where Python looks for each module's bytecode: its __pycache__, or under PYTHONPYCACHEPREFIX
+        missing = sum(1 for p in py if not Path(importlib.util.cache_from_source(str(p))).exists())
         res[pkg] = {"folder": str(root), "writable": os.access(root, os.W_OK), "py_files": len(py),
                     "without_pyc": missing}
     return res
