@@ -131,3 +131,34 @@ def test_host_work_runs_on_one_cpu_thread_and_gives_the_threads_back():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_overlapping_host_work_in_two_threads_gives_the_count_back_once_both_leave():
+    import threading
+
+    from avcap.models.qwen3_vl.host_vision import one_cpu_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def a():
+        with one_cpu_thread():
+            a_in.set()
+            b_in.wait()
+        a_out.set()
+
+    def b():
+        a_in.wait()
+        with one_cpu_thread():  # enters while a is inside: must not take 1 as the count to restore
+            b_in.set()
+            a_out.wait()
+            seen.append(torch.get_num_threads())  # a left, b is still inside: 1
+    try:
+        ta, tb = threading.Thread(target=a), threading.Thread(target=b)
+        ta.start(), tb.start()
+        ta.join(), tb.join()
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

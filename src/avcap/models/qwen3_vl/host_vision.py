@@ -16,6 +16,7 @@ call if they differ (or if this transformers has no such helpers).
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Optional
 
 from avcap.models.qwen3_vl.compile import remember_runs
@@ -29,26 +30,38 @@ from avcap.models.qwen3_vl.text import to_device as _to_device
 _HELPERS = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids", "get_vision_attention_seqlens")
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0  # callers inside one_cpu_thread now
+_threads_saved = 1  # torch's thread count before the first of them entered
+
+
 @contextlib.contextmanager
 def one_cpu_thread():
-    """torch's CPU operators on one thread in the calling thread meanwhile (the host-side work of a
-    forward: mRoPE positions, vision taps; thousands of tiny operators). Multi-threaded, each of them
-    wakes the intra-op pool; with every core busy decoding video (a caption run's decoders, a training
-    run's DataLoader workers) a descheduled pool thread stalls the operator: on the 2-core box 4
-    training samples' HostInputs.prepare took 5-14 ms on one thread and 25-380 ms on two beside busy
+    """torch's CPU operators on one thread meanwhile (the host-side work of a forward: mRoPE
+    positions, vision taps; thousands of tiny operators). Multi-threaded, each of them wakes the
+    intra-op pool; with every core busy decoding video (a caption run's decoders, a training run's
+    DataLoader workers) a descheduled pool thread stalls the operator: on the 2-core box 4 training
+    samples' HostInputs.prepare took 5-14 ms on one thread and 25-380 ms on two beside busy
     processes, and GPU run 63's first training steps ran 7.2 s instead of 4.3 s while the loader's
-    workers were busy (benchmarks/HISTORY.md, session 15)."""
+    workers were busy (benchmarks/HISTORY.md, session 15). torch's thread count is per process: CPU
+    operators in other threads run on one thread too for these milliseconds; the count from before
+    the first of overlapping callers comes back when the last one leaves."""
     import torch
 
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            if _threads_saved != 1:
+                torch.set_num_threads(1)
+        _threads_users += 1
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and _threads_saved != 1:
+                torch.set_num_threads(_threads_saved)
 
 
 def _helpers():
