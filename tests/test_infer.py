@@ -549,3 +549,22 @@ def test_every_checkpoint_cli(varied_model_dir, varied_copy, infer_data_dir, tmp
     for label in ("ckpt-5", "ckpt-15"):
         assert len(read_records(tmp_path / "out" / "tiny" / label / "AV_CAPTION" / "caption.jsonl")) == 5
     assert not (tmp_path / "out" / "tiny" / "ckpt-10" / "AV_CAPTION" / "caption.jsonl").exists()
+
+
+def test_a_python_that_compiles_torch_at_every_start_is_named_in_the_log_and_run_json(
+        tiny_model_dir, infer_data_dir, tmp_path, monkeypatch):
+    """Bytecode looked for under an empty PYTHONPYCACHEPREFIX with writing off (the GPU box's image
+    has none for torch and sets PYTHONDONTWRITEBYTECODE): one note with the fix; run.json keeps it."""
+    import sys
+
+    monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path / "empty-pycache"))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    cfg = load_config(write_config(tmp_path / "c.toml", tiny_model_dir, infer_data_dir))
+    lines: list[str] = []
+    out = tmp_path / "out"
+    run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=out, tasks=["caption"], progress=False,
+                  log=lines.append)
+    notes = [x for x in lines if "no compiled bytecode" in x]
+    assert len(notes) == 1 and "torch" in notes[0] and "compileall" in notes[0], lines
+    run = read_json(out / "tiny" / "base" / "AV_CAPTION" / "run.json")
+    assert run["bytecode"]["writes"] is False and "torch" in run["bytecode"]["uncached"]
