@@ -465,6 +465,8 @@ def sft_values(ctx: Ctx, k: int, run_dir: Path, model_dir: Path) -> dict[str, An
         values["avcap.train.mixed_precision"] = a.mixed_precision
     if not a.host_inputs:
         values["avcap.train.host_inputs"] = False
+    if a.compile_tuning != "default":
+        values["avcap.train.compile_tuning"] = a.compile_tuning
     if a.profile_step:  # cosmos-rl's [profiler]: one warm-up step recorded and dropped, then the step kept
         values.update({"profiler.enable_profiler": True, "profiler.sub_profiler_config.wait_steps": a.profile_step - 2,
                        "profiler.sub_profiler_config.warmup_steps": 1, "profiler.sub_profiler_config.active_steps": 1,
@@ -917,6 +919,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="[train] master_dtype (default: the recipe's, auto)")
     ap.add_argument("--mixed-precision", default="autocast", choices=["autocast", "copy"],
                     help="[avcap.train] mixed_precision (one GPU, fp32 master weights)")
+    ap.add_argument("--compile-tuning", default="default", choices=["default", "kernels", "max-autotune"],
+                    help="[avcap.train] compile_tuning (with --compile): inductor's search for faster kernels")
     ap.add_argument("--no-host-inputs", dest="host_inputs", action="store_false",
                     help="[avcap.train] host_inputs = false: transformers' forward derives positions and vision inputs on the GPU")
     ap.add_argument("--profile-step", type=int, default=0,
@@ -1058,7 +1062,7 @@ def main(argv=None) -> int:
             "size", "steps", "warmup_steps", "batch_per_gpu", "mini_batch", "workers", "caption_size", "videos_per_gpu",
             "caption_batch", "caption_tokens", "decode_processes", "width", "height", "seconds", "fps", "eval_clips",
             "train_clips", "expandable_segments", "compile", "memory_budget", "grad_checkpointing", "train_decoder",
-            "profile_step", "master_dtype", "mixed_precision", "host_inputs")}, "versions": {n: RESULTS["env"].get(n) for n in ("torch", "transformers")}}
+            "profile_step", "master_dtype", "mixed_precision", "host_inputs", "compile_tuning")}, "versions": {n: RESULTS["env"].get(n) for n in ("torch", "transformers")}}
         name = f"{section}-K{k}"
         hit = cached(ctx, name, fp)
         if hit is not None:

@@ -35,7 +35,7 @@ def test_sft_toml_changes_only_paths_and_sizes(bench, tmp_path):
     class A:
         steps, batch_per_gpu, mini_batch, workers = 3, 32, 4, 14
         compile, memory_budget, train_decoder, grad_checkpointing, profile_step = False, None, "cpu", True, 0
-        master_dtype, mixed_precision, host_inputs = None, "autocast", True
+        master_dtype, mixed_precision, host_inputs, compile_tuning = None, "autocast", True, "default"
 
     class C:
         args, data_root = A, tmp_path / "data"

@@ -176,6 +176,19 @@ def test_compiled_blocks_match_eager_aot_eager(model_and_batches):
     _compare("aot_eager", model_and_batches)
 
 
+def test_compile_tuning_is_one_of_inductors_searches(model_and_batches):
+    """[avcap.train] compile_tuning: an unknown choice is refused before anything compiles; the
+    config accepts only the choices compile_blocks knows."""
+    from avcap.core.config import AvcapTrain
+    from avcap.models.qwen3_vl.compile import TUNING
+
+    with pytest.raises(ValueError, match="compile tuning 'fastest'"):
+        compile_blocks(copy.deepcopy(model_and_batches[0]), tuning="fastest")
+    assert set(AvcapTrain.model_fields["compile_tuning"].annotation.__args__) == set(TUNING)
+    with pytest.raises(ValueError):
+        AvcapTrain(compile_tuning="fastest")
+
+
 def test_memory_budget_replaces_checkpointing(model_and_batches, default_memory_budget):
     """[avcap.train] activation_memory_budget: block checkpointing off, the partitioner's budget set."""
     import torch._functorch.config as functorch_config
@@ -219,13 +232,14 @@ def test_avcap_train_with_compile_logs_the_eager_losses(curated, tiny_model_dir,
     monkeypatch.setattr(compile_module, "compile_blocks", lambda model, **kw: calls.append(kw) or real(model, **kw))
     runs = {}
     for name, over in (("eager", {}), ("compiled", {"train": {"compile": True},
-                                                     "avcap": {"train": {"activation_memory_budget": 0.5}}})):
+                                                     "avcap": {"train": {"activation_memory_budget": 0.5,
+                                                                         "compile_tuning": "kernels"}}})):
         path = train_config(curated, tiny_model_dir, f"compile_{name}", per_rank=2, gc=True)
         cfg = load_config(path, overrides={**over, "train": {**over.get("train", {}), "max_num_steps": 2}})
         assert cfg.train.compile == (name == "compiled")
         train(cfg, echo=lambda s: None)
         runs[name] = log_of(cfg.resolve(cfg.train.output_dir))
-    assert calls == [{"activation_memory_budget": 0.5}]
+    assert calls == [{"activation_memory_budget": 0.5, "tuning": "kernels"}]
     assert sorted(runs["eager"]) == sorted(runs["compiled"]) == [1, 2]
     for step in (1, 2):
         assert runs["compiled"][step]["loss"] == pytest.approx(runs["eager"][step]["loss"], rel=1e-4)

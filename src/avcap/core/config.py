@@ -482,6 +482,12 @@ class AvcapTrain(_Model):
     # let the compiler recompute the cheapest rest, instead of gradient checkpointing's recompute of
     # every whole block (avcap.models.qwen3_vl.compile); None: policy.model_gradient_checkpointing as set
     activation_memory_budget: Optional[float] = Field(None, gt=0, le=1)
+    # with [train] compile = true, how long the compiler searches for faster kernels (once per block
+    # shape; kept in the compile cache): "default" (inductor's heuristics); "kernels" (inductor's
+    # coordinate-descent tuning of its fused kernels — norms, RoPE, activations, residuals, ~20 % of a 2B
+    # step on an H100, benchmarks/runs/gpu_run63); "max-autotune" (also benchmarks its own GEMM kernels
+    # against cuBLAS: minutes more at the first step). Results within bf16 rounding of "default"
+    compile_tuning: Literal["default", "kernels", "max-autotune"] = "default"
     # where the DataLoader decodes the training videos (avcap.video.load_video): "cpu", or "nvdec" — the
     # GPU's hardware decoder, colour conversion and resize on the GPU too (frames as the CPU's; the resize
     # within one level), in `dataloader_num_workers` worker processes started with "spawn", each with a

@@ -468,7 +468,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
         except ValueError as exc:
             raise TrainError(str(exc)) from None
         use_compile_cache(d.device.type)  # compiled graphs kept across processes, one folder per versions
-        compile_blocks(model, activation_memory_budget=cfg.avcap.train.activation_memory_budget)
+        compile_blocks(model, activation_memory_budget=cfg.avcap.train.activation_memory_budget,
+                       tuning=cfg.avcap.train.compile_tuning)
     optimizer = build_optimizer(model.parameters(), master.dtype, lr=t.optm_lr, betas=t.optm_betas,
                                 weight_decay=t.optm_weight_decay, device_type=d.device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
@@ -534,7 +535,9 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
              f"{'NVDEC' if decoder == 'nvdec' else 'the CPU'} ([avcap.train] decoder) in "
              f"{f'{workers} DataLoader worker processes' if workers else 'the training process'}; computing with "
              f"{precision} ([avcap.train] mixed_precision); positions and vision inputs from "
-             f"{'the host' if host.on else f'the GPU ({host.error})'} ([avcap.train] host_inputs)")
+             f"{'the host' if host.on else f'the GPU ({host.error})'} ([avcap.train] host_inputs)"
+             + (f"; compiled with {cfg.avcap.train.compile_tuning} kernel tuning ([avcap.train] compile_tuning)"
+                if t.compile else ""))
 
     written: list[Path] = []
     fallback = None  # a batch kept for ranks whose micro-batch was entirely skipped (collectives must match)

@@ -44,8 +44,17 @@ def block_modules(model) -> list[Any]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
+# [avcap.train] compile_tuning: torch.compile's arguments for each choice (inductor's search for faster kernels)
+TUNING: dict[str, dict[str, Any]] = {
+    "default": {},
+    "kernels": {"options": {"coordinate_descent_tuning": True}},
+    "max-autotune": {"mode": "max-autotune-no-cudagraphs"},
+}
+
+
 def compile_blocks(model, *, backend: str = "inductor", dynamic: bool | None = None, pack_vision: bool = True,
-                   linear_patch_embed: bool = True, activation_memory_budget: float | None = None) -> dict[str, int]:
+                   linear_patch_embed: bool = True, activation_memory_budget: float | None = None,
+                   tuning: str = "default") -> dict[str, int]:
     """Compile every block's forward in place (regional compilation). First, with `pack_vision`,
     replace the vision attention's per-frame loop by packed calls, and with `linear_patch_embed`
     run the vision patch embedding (a Conv3d with stride = kernel) as one GEMM on the same weight
@@ -56,7 +65,12 @@ def compile_blocks(model, *, backend: str = "inductor", dynamic: bool | None = N
     backward pass, recomputing the cheapest rest (selective recompute) — instead of recomputing
     every block whole. Sets torch._functorch.config.activation_memory_budget for the process.
 
+    `tuning`: a key of `TUNING` (inductor backend only): how long inductor searches for faster kernels.
+
     Returns counts per compiled block class. Idempotent: an already compiled block is left alone."""
+    if tuning not in TUNING:
+        raise ValueError(f"compile tuning {tuning!r}: one of {', '.join(TUNING)}")
+    extra = TUNING[tuning] if backend == "inductor" else {}
     if activation_memory_budget is not None:
         if not 0 < activation_memory_budget <= 1:
             raise ValueError(f"activation_memory_budget = {activation_memory_budget}: must be in (0, 1]")
@@ -75,7 +89,7 @@ def compile_blocks(model, *, backend: str = "inductor", dynamic: bool | None = N
         if getattr(m, "_avcap_compiled", False):
             continue
         m._avcap_eager_forward = m.forward  # for checks that must not compile a graph of their own
-        m.forward = torch.compile(m.forward, backend=backend, dynamic=dynamic)
+        m.forward = torch.compile(m.forward, backend=backend, dynamic=dynamic, **extra)
         m._avcap_compiled = True
         counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     if not counts and not block_modules(model):
