@@ -27,10 +27,10 @@ def test_a_package_without_bytecode_where_python_writes_none_gets_advice(package
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     state = bytecode_state(("heavylib", "not_installed_anywhere"))
-    assert state == {"writes": False, "prefix": None, "uncached": ["heavylib"]}
+    assert state == {"writes": False, "prefix": None, "uncached": ["heavylib"], "folders": [str(package)]}
     line = advice(state)
     assert line.startswith("heavylib have no compiled bytecode and PYTHONDONTWRITEBYTECODE is set")
-    assert "compileall" in line and "PYTHONPYCACHEPREFIX" in line
+    assert f"-m compileall -q {package}`" in line and "PYTHONPYCACHEPREFIX" in line
     assert "heavylib" not in sys.modules  # found without importing it
 
 
@@ -48,4 +48,4 @@ def test_compiled_or_writable_needs_no_advice(package, monkeypatch, tmp_path):
     assert bytecode_state(("heavylib",))["uncached"] == ["heavylib"]
     source = str(package / "functional.py")
     py_compile.compile(source, cfile=importlib.util.cache_from_source(source))
-    assert bytecode_state(("heavylib",)) == {"writes": False, "prefix": str(prefix), "uncached": []}
+    assert bytecode_state(("heavylib",)) == {"writes": False, "prefix": str(prefix), "uncached": [], "folders": []}

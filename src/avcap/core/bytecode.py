@@ -34,8 +34,8 @@ def _cached(source: Path) -> bool:
 
 def bytecode_state(packages: tuple[str, ...] = HEAVY) -> dict[str, Any]:
     """{"writes": whether this Python writes bytecode, "prefix": sys.pycache_prefix, "uncached": the
-    installed `packages` whose sampled modules have no bytecode}. Imports none of them."""
-    uncached = []
+    installed `packages` whose sampled modules have no bytecode, "folders": theirs}. Imports none of them."""
+    uncached, folders = [], []
     for name in packages:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
@@ -44,7 +44,9 @@ def bytecode_state(packages: tuple[str, ...] = HEAVY) -> dict[str, Any]:
         sources = [root / s for s in _SAMPLES if (root / s).is_file()]
         if sources and not any(_cached(s) for s in sources):
             uncached.append(name)
-    return {"writes": not sys.dont_write_bytecode, "prefix": sys.pycache_prefix, "uncached": uncached}
+            folders.append(str(root))
+    return {"writes": not sys.dont_write_bytecode, "prefix": sys.pycache_prefix, "uncached": uncached,
+            "folders": folders}
 
 
 def advice(state: dict[str, Any]) -> str | None:
@@ -54,6 +56,6 @@ def advice(state: dict[str, Any]) -> str | None:
     names = ", ".join(state["uncached"])
     env = "PYTHONDONTWRITEBYTECODE is set" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "writing bytecode is off"
     return (f"{names} have no compiled bytecode and {env}: every process compiles them from source "
-            f"(~7 s more per start on the GPU box measured). Run `python -m compileall -q "
-            f"$(python -c 'import site; print(site.getsitepackages()[0])')` once, or set "
-            f"PYTHONPYCACHEPREFIX to a writable folder and unset PYTHONDONTWRITEBYTECODE")
+            f"(~7 s more per start on the GPU box measured). Run `{sys.executable} -m compileall -q "
+            f"{' '.join(state['folders'])}` once, or set PYTHONPYCACHEPREFIX to a writable folder and unset "
+            f"PYTHONDONTWRITEBYTECODE")
