@@ -10,54 +10,59 @@ import pytest
 from avcap.core import imports
 
 
-def _holder(hold_s: float, started: threading.Event):
-    def run():
+class Holder:
+    """A thread inside heavy_imports() until `let_go()`; `released` is set just before it leaves."""
+
+    def __init__(self):
+        self.inside, self.go, self.released = threading.Event(), threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        self.inside.wait()
+
+    def _run(self):
         with imports.heavy_imports():
-            started.set()
-            time.sleep(hold_s)
-    return threading.Thread(target=run)
+            self.inside.set()
+            self.go.wait()
+            self.released.set()
+
+    def let_go(self, after_s: float = 0.0):
+        threading.Timer(after_s, self.go.set).start()
+
+
+def _kind() -> str:
+    return f"test-{time.perf_counter_ns()}"
 
 
 def test_the_first_call_of_a_kind_waits_for_the_holder_and_later_ones_do_not():
-    kind = f"test-{time.perf_counter_ns()}"
-    started = threading.Event()
-    holder = _holder(0.3, started)
-    holder.start()
-    started.wait()
-    t0 = time.perf_counter()
-    assert imports.first_under_lock(kind, lambda x: x + 1, 1) == 2
-    waited = time.perf_counter() - t0
-    holder.join()
-    assert waited >= 0.2  # it ran only after the holder let go
+    kind = _kind()
+    holder = Holder()
+    holder.let_go(after_s=0.2)
+    assert imports.first_under_lock(kind, lambda: holder.released.is_set()) is True  # ran only after the holder left
+    holder.thread.join()
 
-    started2 = threading.Event()
-    holder2 = _holder(0.5, started2)
-    holder2.start()
-    started2.wait()
-    t0 = time.perf_counter()
-    assert imports.first_under_lock(kind, lambda: "again") == "again"
-    assert time.perf_counter() - t0 < 0.2  # the kind has run once: no lock
-    holder2.join()
+    holder = Holder()
+    holder.let_go(after_s=5.0)  # a call that waited for the holder would run only after this
+    try:
+        assert imports.first_under_lock(kind, lambda: holder.released.is_set()) is False
+    finally:
+        holder.let_go()
+        holder.thread.join()
 
 
 def test_a_first_call_that_fails_leaves_the_next_one_under_the_lock():
-    kind = f"test-{time.perf_counter_ns()}"
+    kind = _kind()
 
     def fail():
         raise OSError("no GPU memory")
 
     with pytest.raises(OSError):
         imports.first_under_lock(kind, fail)
-    started = threading.Event()
-    holder = _holder(0.3, started)
-    holder.start()
-    started.wait()
-    t0 = time.perf_counter()
-    imports.first_under_lock(kind, lambda: None)
-    assert time.perf_counter() - t0 >= 0.2
-    holder.join()
+    holder = Holder()
+    holder.let_go(after_s=0.2)
+    assert imports.first_under_lock(kind, lambda: holder.released.is_set()) is True
+    holder.thread.join()
 
 
 def test_the_lock_is_reentrant_for_its_holder():
     with imports.heavy_imports():
-        assert imports.first_under_lock(f"test-{time.perf_counter_ns()}", lambda: 3) == 3
+        assert imports.first_under_lock(_kind(), lambda: 3) == 3
