@@ -72,37 +72,33 @@ def window_summary(events: list[Event], *, top: int = 30, gaps: int = 10) -> dic
     start to last end), the device's busy time (the union of its kernels and copies), its kernel
     time by kind (`kernel_kind`), the `gaps` longest idle stretches, the `top` kernels by total
     time, and the annotations."""
-    empty = {"span_s": 0.0, "device_busy_s": 0.0, "device_busy_fraction": None, "device_kernel_s": 0.0,
-             "device_kinds": {}, "device_idle_gaps": [], "device_top": [], "device_annotations": []}
     if not events:
-        return empty
+        return {"span_s": 0.0, "device_busy_s": 0.0, "device_busy_fraction": None, "device_kernel_s": 0.0,
+                "device_kinds": {}, "device_idle_gaps": [], "device_top": [], "device_annotations": []}
     t0, t1 = min(s for _, _, s, _ in events), max(e for *_, e in events)
     span = t1 - t0
     device = [(n, s, e) for n, where, s, e in events if where == "device"]
 
-    def ranked(items: Iterable[tuple[str, float, float]], limit: int) -> list[dict[str, Any]]:
+    def totals(items: Iterable[tuple[str, float, float]]) -> list[tuple[str, float, int]]:
+        """(name, seconds, calls) per name, the longest first."""
         by: dict[str, list[float]] = {}
         for n, s, e in items:
             t = by.setdefault(n, [0.0, 0])
             t[0] += e - s
             t[1] += 1
-        return [{"name": n, "seconds": t, "calls": int(c)}
-                for n, (t, c) in sorted(by.items(), key=lambda kv: -kv[1][0])[:limit]]
+        return [(n, t, int(c)) for n, (t, c) in sorted(by.items(), key=lambda kv: -kv[1][0])]
+
+    def ranked(items: Iterable[tuple[str, float, float]], limit: int) -> list[dict[str, Any]]:
+        return [{"name": n, "seconds": t, "calls": c} for n, t, c in totals(items)[:limit]]
 
     busy = busy_seconds((s, e) for _, s, e in device)
-    kinds: dict[str, dict[str, float]] = {}
-    for n, s, e in device:
-        k = kinds.setdefault(kernel_kind(n), {"seconds": 0.0, "calls": 0})
-        k["seconds"] += e - s
-        k["calls"] += 1
     idle = sorted(idle_gaps(((s, e) for _, s, e in device), t0, t1), key=lambda g: -g[1])[:gaps] if device else []
     return {
-        **empty,
         "span_s": span,
         "device_busy_s": busy,
         "device_busy_fraction": busy / span if device and span > 0 else None,
         "device_kernel_s": sum(e - s for _, s, e in device),  # above busy_s where kernels overlapped
-        "device_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1]["seconds"])),
+        "device_kinds": {k: {"seconds": t, "calls": c} for k, t, c in totals((kernel_kind(n), s, e) for n, s, e in device)},
         "device_idle_gaps": [{"at_s": a, "seconds": g} for a, g in idle],
         "device_top": ranked(device, top),
         "device_annotations": ranked(((n, s, e) for n, where, s, e in events if where == "annotation"), top),
