@@ -13,7 +13,11 @@ shapes at the caption batch (64 rows, S = 3,328 slots):
   decoding built from torch's own kernel;
 - `flex`: torch's flex_attention (compiled; its decoding kernel splits the slots) with the valid
   mask read inside the kernel;
-- `flash_nomask` (bound, not usable with padding): flash attention over all slots, no mask.
+- `flash_nomask` (bound, not usable with padding): flash attention over all slots, no mask;
+- `triton_pN` / `triton_auto`: avcap's split-KV kernel (avcap.engines.hf.triton_decode, N stretches
+  per row and KV head, or its own choice), each KV head read once for its query heads;
+- `*_engine_view`: sdpa and the Triton kernel on the first slots of a longer cache, as the engine's
+  decode step reads it (a strided view of the layer's (B, KV, S_total, D) cache, S_total = slots + 256).
 
 Each variant's output is compared with a float32 reference on the valid slots; time per call is
 the median of CUDA-event timings; bandwidth = K + V bytes read / time.
@@ -35,8 +39,13 @@ import statistics
 import sys
 import time
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_env import REPO, ensure_deps  # noqa: E402
 
 
 def make_inputs(b: int, heads: int, kv: int, d: int, s: int, filled: int, seed: int = 0):
@@ -153,7 +162,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or ".")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--slots", type=int, default=3328)
+    ap.add_argument("--no-chooser", action="store_true", help="skip the token-choice timings")
     args = ap.parse_args(argv)
+    ensure_deps(REPO / ".whl")
+    from avcap.engines.hf.triton_decode import decode_attention, stretches
     from torch.nn.attention import SDPBackend
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
@@ -184,6 +196,19 @@ def main(argv=None) -> int:
 
         bm = BlockMask.from_kv_blocks(kv_num, kv_idx, BLOCK_SIZE=128, mask_mod=mask_mod, seq_lengths=(1, s))
         variants["flex"] = lambda: flex(q, k, v, block_mask=bm, scale=scale, enable_gqa=True)
+        for parts in (None, 1, 2, 4, 8):
+            variants[f"triton_p{parts}" if parts else "triton_auto"] = (
+                lambda parts=parts: decode_attention(q, k, v, valid, scale, parts))
+        # the engine's layout: the step attends over the first `s` slots of a longer cache
+        kl = torch.zeros(b, kv, s + 256, d, dtype=k.dtype, device="cuda")
+        vl = torch.zeros_like(kl)
+        kl[:, :, :s].copy_(k)
+        vl[:, :, :s].copy_(v)
+        kview, vview = kl[:, :, :s], vl[:, :, :s]
+        valid_long = torch.zeros(b, s + 256, dtype=torch.bool, device="cuda")
+        valid_long[:, :s] = valid
+        variants["masked_sdpa_engine_view"] = lambda: masked_sdpa(q, kview, vview, valid, scale)
+        variants["triton_auto_engine_view"] = lambda: decode_attention(q, kview, vview, valid_long, scale)
         out = {}
         for vn, fn in variants.items():
             try:
@@ -195,8 +220,11 @@ def main(argv=None) -> int:
                 out[vn] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             print(name, vn, out[vn], flush=True)
         res["shapes"][name] = {"batch": b, "heads": heads, "kv_heads": kv, "slots": s, "kv_gb": round(kv_bytes / 1e9, 3),
+                               "triton_auto_stretches": stretches(b, kv, s, torch.cuda.get_device_properties(0).multi_processor_count),
                                "variants": out}
-    res["chooser"] = time_choosers(args.batch)
+        del kl, vl
+    if not args.no_chooser:
+        res["chooser"] = time_choosers(args.batch)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_decode_attention.json"), "w") as f:
         json.dump(res, f, indent=1)

@@ -11,6 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Triton kernels (avcap.engines.hf.triton_decode) run on CPU tensors through Triton's interpreter.
+# It has to be chosen before Triton is first imported: triton.language's own helpers are
+# decorated then.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 _CACHE: list[str] = []
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -155,3 +160,15 @@ def private_mounts():
             if probe.returncode == 0:
                 return args
     pytest.skip("needs a private mount namespace (unshare -m as root, or unshare -rm) to mount a small tmpfs")
+
+
+
+@pytest.fixture
+def interpreted_triton_decode():
+    """avcap.engines.hf.triton_decode, its kernels run by Triton's interpreter on CPU tensors."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET=1 was not set before Triton was imported")
+    from avcap.engines.hf import triton_decode
+
+    return triton_decode

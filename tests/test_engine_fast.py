@@ -102,6 +102,42 @@ def test_flex_decode_attention_equals_generate(varied_model_dir, engines, clips,
         flex.close()
 
 
+def test_engine_with_triton_decode_attention_equals_generate(interpreted_triton_decode, varied_model_dir, engines, clips,
+                                                             monkeypatch):
+    """`decode_attention = "triton"`: generate's greedy and seeded-sampling tokens (several KV blocks,
+    padded rows, shared prefixes), the kernel run by the interpreter."""
+    from avcap.engines.hf import fast_generate
+
+    monkeypatch.setattr(fast_generate, "KV_BLOCK", 4)
+    _, plain = engines
+    eng = make_engine(_cfg(batch_size=16, decode_attention="triton"), vision=VISION, model=str(varied_model_dir))
+    try:
+        reqs = _mixed_requests(clips)
+        greedy = Sampling(temperature=0, max_tokens=12)
+        assert _outputs(eng.generate(reqs, greedy, min_tokens=12)) == _outputs(plain.generate(reqs, greedy, min_tokens=12))
+        s = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=10, seed=5)
+        assert _outputs(eng.generate(reqs, s)) == _outputs(plain.generate(reqs, s))
+        record = eng.run_record()
+        assert record["decode_attention"] == "triton" and record["decode_attention_fallback"] is None
+    finally:
+        eng.close()
+
+
+def test_triton_without_a_gpu_decodes_with_sdpa_and_says_why(varied_model_dir, engines, clips, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _, plain = engines
+    eng = make_engine(_cfg(batch_size=16, decode_attention="triton"), vision=VISION, model=str(varied_model_dir))
+    try:
+        reqs = _mixed_requests(clips)
+        greedy = Sampling(temperature=0, max_tokens=6)
+        with pytest.warns(UserWarning, match="decoding with sdpa"):
+            out = eng.generate(reqs, greedy)
+        assert _outputs(out) == _outputs(plain.generate(reqs, greedy))
+        assert "needs a CUDA device, not cpu" in eng.run_record()["decode_attention_fallback"]
+    finally:
+        eng.close()
+
+
 def test_prefix_through_the_transcribed_layers_equals_the_library_layers(varied_model_dir, engines, clips, monkeypatch):
     """`prefix_layers = "transcribed"` (the default) runs the prompt's decoder layers through avcap's
     transcription — the library's layers are never called — and gives the tokens of "library" and of

@@ -354,9 +354,11 @@ class Engine(_Model):
     prefill_batch: int = Field(8, ge=1)  # distinct video prefixes per prefill call (fast path)
     cuda_graphs: bool = True  # capture the fast path's decode step on CUDA
     # a decode step's attention over the cache: "sdpa" (masked scaled_dot_product_attention, grouped
-    # query heads folded into the query length) or "flex" (FlexAttention's split-KV decoding kernel,
-    # compiled on CUDA); the same math, bf16 sums in another order
-    decode_attention: Literal["sdpa", "flex"] = "sdpa"
+    # query heads folded into the query length), "flex" (FlexAttention's split-KV decoding kernel,
+    # compiled on CUDA) or "triton" (avcap's split-KV kernel reading each KV head once for its query
+    # heads, avcap.engines.hf.triton_decode; CUDA only, elsewhere sdpa with a warning); the same math,
+    # bf16 sums in another order
+    decode_attention: Literal["sdpa", "flex", "triton"] = "sdpa"
     # the prompt's decoder layers in the fast path's prefill: "transcribed" (avcap's transcription of the
     # layer, checked against the library's at start; with compile one graph for every layer, so a fresh
     # process traces one layer, not all of them) or "library" (transformers' own layers)

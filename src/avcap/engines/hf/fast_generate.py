@@ -79,7 +79,7 @@ from avcap.models.qwen3_vl.text import (
 
 __all__ = ["FastGenerator", "NotSupported", "SamplingSpec", "linear_patch_embed", "supports", "text_forward"]
 
-DECODE_ATTENTION = ("sdpa", "flex")
+DECODE_ATTENTION = ("sdpa", "flex", "triton")
 PREFIX_LAYERS = ("transcribed", "library")
 SLOT_ALIGN = 256
 LAYER_CHECK = "qwen3-vl-text-layer"  # the verdicts' names in avcap.core.verdicts
@@ -416,6 +416,7 @@ class FastGenerator:
         self._steps: dict[tuple[int, int, int], dict[str, Any]] = {}  # decode steps by (B, S, kv_len)
         self._graph: Optional[dict[str, Any]] = None  # the step used last
         self.graph_error: Optional[str] = None
+        self.decode_attention_error: Optional[str] = None  # why the chosen decode attention fell back to sdpa
 
         # the vision tower's grid-derived inputs from the host (avcap.models.qwen3_vl.host_vision): None until
         # the first prefill with videos has compared them with the plain call, then True or False
@@ -747,7 +748,7 @@ class FastGenerator:
             pos = torch.zeros(b, dtype=torch.long, device=device)
             slot = torch.zeros(1, dtype=torch.long, device=device)
         kv, vv, mask = kc[..., :kv_len, :], vc[..., :kv_len, :], valid[:, None, None, :kv_len]
-        attend = flex_decode(valid) if self.decode_attention == "flex" else None
+        attend = self._decode_attend(valid, device)
 
         def eager():
             valid.index_fill_(1, slot, True)
@@ -773,6 +774,32 @@ class FastGenerator:
         self.timings["step_builds"] += 1
         self.timings["step_build_s"] += time.perf_counter() - t_build
         return entry
+
+    def _decode_attend(self, valid, device):
+        """The decode step's `attend` for `decode_attention` (None: text_forward's masked sdpa).
+        Triton's kernel needs a GPU (or Triton's interpreter, TRITON_INTERPRET=1); without one the
+        step uses sdpa, says so once and keeps why in `decode_attention_error` (the run's record)."""
+        if self.decode_attention == "flex":
+            return flex_decode(valid)
+        if self.decode_attention != "triton":
+            return None
+        import os
+
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            reason = f"the Triton kernel needs a CUDA device, not {device.type}"
+        else:
+            try:
+                from avcap.engines.hf.triton_decode import triton_decode
+            except ImportError as exc:
+                reason = f"Triton is not importable ({exc})"
+            else:
+                return triton_decode(valid)
+        if self.decode_attention_error is None:
+            import warnings
+
+            self.decode_attention_error = reason
+            warnings.warn(f"avcap fast generate: decode_attention = \"triton\" unavailable, decoding with sdpa ({reason})")
+        return None
 
     def _capture(self, eager, kc, vc, valid, slot, s_len: int):
         """Capture `eager` as a CUDA graph; the warm-up writes land in slot `s_len - 1` (the last
