@@ -16,6 +16,7 @@ shapes at the caption batch (64 rows, S = 3,328 slots):
 - `flash_nomask` (bound, not usable with padding): flash attention over all slots, no mask;
 - `triton_pN` / `triton_auto`: avcap's split-KV kernel (avcap.engines.hf.triton_decode, N stretches
   per row and KV head, or its own choice), each KV head read once for its query heads;
+  `triton_auto_nB_wW_sS`: its other launch settings (B slots per block, W warps, S pipeline stages);
 - `*_engine_view`: sdpa and the Triton kernel on the first slots of a longer cache, as the engine's
   decode step reads it (a strided view of the layer's (B, KV, S_total, D) cache, S_total = slots + 256).
 
@@ -199,6 +200,10 @@ def main(argv=None) -> int:
         for parts in (None, 1, 2, 4, 8):
             variants[f"triton_p{parts}" if parts else "triton_auto"] = (
                 lambda parts=parts: decode_attention(q, k, v, valid, scale, parts))
+        for bn, warps, stages in ((128, 4, 2), (64, 8, 2), (64, 4, 3), (128, 8, 3), (32, 4, 3)):
+            variants[f"triton_auto_n{bn}_w{warps}_s{stages}"] = (
+                lambda bn=bn, warps=warps, stages=stages: decode_attention(q, k, v, valid, scale, block_n=bn,
+                                                                           num_warps=warps, num_stages=stages))
         # the engine's layout: the step attends over the first `s` slots of a longer cache
         kl = torch.zeros(b, kv, s + 256, d, dtype=k.dtype, device="cuda")
         vl = torch.zeros_like(kl)

@@ -49,6 +49,14 @@ def test_kernel_equals_the_softmax_over_valid_slots(interpreted_triton_decode, d
     assert float((out.double() - ref).abs().max()) < tol * (1 + float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("block_n,num_warps,num_stages", [(32, 4, 3), (128, 8, 2)])
+def test_launch_settings_keep_the_result(interpreted_triton_decode, block_n, num_warps, num_stages):
+    q, kc, vc, valid = _case(2, 8, 2, 32, total=300, n=200, dtype=torch.float32)
+    out = interpreted_triton_decode.decode_attention(q, kc, vc, valid, 0.3, block_n=block_n, num_warps=num_warps,
+                                                     num_stages=num_stages)
+    assert float((out.double() - reference(q, kc, vc, valid, 0.3)).abs().max()) < 1e-5
+
+
 def test_a_stretch_without_valid_slots_adds_nothing(interpreted_triton_decode):
     """Row 0 sees only its last 10 slots: its first stretches are all padding (log-sum-exp -inf),
     and the result is still the softmax over those 10 slots, finite."""

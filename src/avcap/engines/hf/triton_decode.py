@@ -96,11 +96,11 @@ def _combine_kernel(o_part_ptr, lse_ptr, out_ptr, parts, p_sb, p_sh, p_ss, l_sb,
     tl.store(out_ptr + b * out_sb + h * out_sh + d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
-def stretches(rows: int, kv_heads: int, kv_len: int, sms: int) -> int:
+def stretches(rows: int, kv_heads: int, kv_len: int, sms: int, block_n: int = BLOCK_N) -> int:
     """How many stretches each (row, KV head)'s slots are split into: enough programs to keep
     every SM busy with several loads in flight, none shorter than one block."""
     want = max(1, math.ceil(PROGRAMS_PER_SM * sms / max(1, rows * kv_heads)))
-    return max(1, min(want, math.ceil(kv_len / BLOCK_N)))
+    return max(1, min(want, math.ceil(kv_len / block_n)))
 
 
 def _sm_count(device) -> int:
@@ -109,12 +109,14 @@ def _sm_count(device) -> int:
     return 1
 
 
-def decode_attention(q, kc, vc, valid, scale: float, parts: int | None = None):
+def decode_attention(q, kc, vc, valid, scale: float, parts: int | None = None, *, block_n: int = BLOCK_N,
+                     num_warps: int = 4, num_stages: int = 2):
     """softmax(q k^T * scale, over slots where valid) v for one query token per row.
 
     q (B, H, 1, D); kc, vc (B, KV, N, D), N <= valid's S (a prefix of the cache's slots); valid
     (B, S) bool. Every query head h attends with KV head h // (H / KV). Returns (B, H, 1, D) in
-    q's dtype. `parts`: stretches per (row, KV head), default `stretches(...)`."""
+    q's dtype. `parts`: stretches per (row, KV head), default `stretches(...)`; `block_n`, `num_warps`,
+    `num_stages`: the kernel's launch settings (benchmarks/bench_decode_attention.py compares them)."""
     b, heads, one, d = q.shape
     _, kv_heads, n, _ = kc.shape
     if one != 1:
@@ -124,8 +126,8 @@ def decode_attention(q, kc, vc, valid, scale: float, parts: int | None = None):
     if kc.stride(-1) != 1 or vc.stride(-1) != 1 or q.stride(-1) != 1:
         raise ValueError("decode_attention: the head dimension must be contiguous")
     groups = heads // kv_heads
-    parts = parts or stretches(b, kv_heads, n, _sm_count(q.device))
-    stretch = math.ceil(math.ceil(n / parts) / BLOCK_N) * BLOCK_N
+    parts = parts or stretches(b, kv_heads, n, _sm_count(q.device), block_n)
+    stretch = math.ceil(math.ceil(n / parts) / block_n) * block_n
     parts = math.ceil(n / stretch)
     o_part = torch.empty((b, heads, parts, d), dtype=torch.float32, device=q.device)
     lse = torch.empty((b, heads, parts), dtype=torch.float32, device=q.device)
@@ -137,7 +139,7 @@ def decode_attention(q, kc, vc, valid, scale: float, parts: int | None = None):
         vc.stride(2), valid_bytes.stride(0), o_part.stride(0), o_part.stride(1), o_part.stride(2),
         lse.stride(0), lse.stride(1),
         KV_HEADS=kv_heads, GROUPS=groups, BLOCK_G=max(MIN_ROWS, triton.next_power_of_2(groups)),
-        BLOCK_N=BLOCK_N, D=d, BLOCK_D=block_d, num_warps=4, num_stages=2)
+        BLOCK_N=block_n, D=d, BLOCK_D=block_d, num_warps=num_warps, num_stages=num_stages)
     out = torch.empty((b, heads, 1, d), dtype=q.dtype, device=q.device)
     _combine_kernel[(b * heads,)](
         o_part, lse, out, parts, o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0),
