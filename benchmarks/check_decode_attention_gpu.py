@@ -2,7 +2,7 @@
 plain and compiled, against sdpa's (real 8B attention shapes, 2 text layers, random bf16 weights,
 text-only rows of different lengths). Localises a difference to the kernel, the graphs or compile.
 
-    python3 benchmarks/check_decode_attention_gpu.py --out $OUT/check
+    python3 benchmarks/check_decode_attention_gpu.py --out $OUT/check [--configs sdpa:compiled_graphs,triton:eager,...]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/check")
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--configs", default="sdpa:compiled_graphs,triton:compiled_graphs,sdpa:eager,triton:eager,flex:compiled_graphs",
+                    help="attention:compiled_graphs | compiled_eager | graphs | eager, the first the reference")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run (float32; Triton through TRITON_INTERPRET=1)")
     args = ap.parse_args(argv)
     ensure_deps(REPO / ".whl")
@@ -47,37 +49,37 @@ def main(argv=None) -> int:
     inputs = {"input_ids": ids.to(dev), "attention_mask": att.to(dev)}
     res = {"rows": args.rows, "lengths": [min(lens), max(lens)], "runs": {}}
     base = None
-    for attn in ("sdpa", "triton", "flex"):
-        for compile_ in (False, True) if dev.type == "cuda" else (False,):
-            for graphs in (False, True) if dev.type == "cuda" else (False,):
-                name = f"{attn}{'_compiled' if compile_ else ''}{'_graphs' if graphs else '_eager'}"
-                gen = FastGenerator(model, pad_token_id=0, eos_token_ids=[], compile=compile_, cuda_graphs=graphs,
-                                    decode_attention=attn)
-                with torch.inference_mode():
-                    toks = gen.generate(inputs, [[] for _ in range(args.rows)], SamplingSpec(),
-                                        max_new_tokens=args.tokens, device=dev)
-                    # the first decode step's logits (the step as generate runs it: eager or the captured graph)
-                    logits, st = gen.prefill(inputs, [[] for _ in range(args.rows)], max_new_tokens=args.tokens,
-                                             device=dev)
-                    b, s_len, p = st["batch"], st["slots"], st["prompt_slots"]
-                    step = gen._step_fn(b, s_len, dev, gen._kv_len(p, s_len))
-                    step["tok"].copy_(logits.argmax(-1))
-                    step["pos"].copy_(st["last_pos"] + 1)
-                    step["slot"].fill_(p)
-                    step_logits = step["run"]().float().cpu()
-                if base is None:
-                    base, base_logits = toks, step_logits
-                same = int((toks == base).all(dim=1).sum())
-                first = int((toks[:, :2] == base[:, :2]).all(dim=1).sum())
-                diff = float((step_logits - base_logits).abs().max())
-                res["runs"][name] = {"rows_identical": same, "rows_first_two_identical": first,
-                                     "step_logits_max_abs_diff": round(diff, 5),
-                                     "step_logits_abs_max": round(float(base_logits.abs().max()), 3),
-                                     "step_argmax_equal": int((step_logits.argmax(-1) == base_logits.argmax(-1)).sum()),
-                                     "graph_error": gen.graph_error, "fallback": gen.decode_attention_error}
-                print(name, res["runs"][name], flush=True)
-                del gen
-                torch.cuda.empty_cache() if dev.type == "cuda" else None
+    for config in args.configs.split(","):
+        attn, how = config.split(":")
+        compile_, graphs = how.startswith("compiled"), how.endswith("graphs") and dev.type == "cuda"
+        name = config
+        gen = FastGenerator(model, pad_token_id=0, eos_token_ids=[], compile=compile_, cuda_graphs=graphs,
+                            decode_attention=attn)
+        with torch.inference_mode():
+            toks = gen.generate(inputs, [[] for _ in range(args.rows)], SamplingSpec(),
+                                max_new_tokens=args.tokens, device=dev)
+            # the first decode step's logits (the step as generate runs it: eager or the captured graph)
+            logits, st = gen.prefill(inputs, [[] for _ in range(args.rows)], max_new_tokens=args.tokens,
+                                     device=dev)
+            b, s_len, p = st["batch"], st["slots"], st["prompt_slots"]
+            step = gen._step_fn(b, s_len, dev, gen._kv_len(p, s_len))
+            step["tok"].copy_(logits.argmax(-1))
+            step["pos"].copy_(st["last_pos"] + 1)
+            step["slot"].fill_(p)
+            step_logits = step["run"]().float().cpu()
+        if base is None:
+            base, base_logits = toks, step_logits
+        same = int((toks == base).all(dim=1).sum())
+        first = int((toks[:, :2] == base[:, :2]).all(dim=1).sum())
+        diff = float((step_logits - base_logits).abs().max())
+        res["runs"][name] = {"rows_identical": same, "rows_first_two_identical": first,
+                             "step_logits_max_abs_diff": round(diff, 5),
+                             "step_logits_abs_max": round(float(base_logits.abs().max()), 3),
+                             "step_argmax_equal": int((step_logits.argmax(-1) == base_logits.argmax(-1)).sum()),
+                             "graph_error": gen.graph_error, "fallback": gen.decode_attention_error}
+        print(name, res["runs"][name], flush=True)
+        del gen
+        torch.cuda.empty_cache() if dev.type == "cuda" else None
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "check_decode_attention_gpu.json"), "w") as f:
         json.dump(res, f, indent=1)
