@@ -20,6 +20,7 @@ the CPU; the GPU in benchmarks/bench_decode_attention.py).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -109,9 +110,12 @@ def stretches(rows: int, kv_heads: int, kv_len: int, sms: int, block_n: int = BL
 
 
 def _sm_count(device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 1
+
+
+@functools.cache
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def decode_attention(q, kc, vc, valid, scale: float, parts: int | None = None, *, block_n: int = BLOCK_N,
