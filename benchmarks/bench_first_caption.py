@@ -209,6 +209,7 @@ def write_config(args, work: Path, model: Path, clips: Path, first_batch: int | 
         f"decode_workers = {args.decode_workers}",
         "resize_on_gpu = true",
         f"batch_size = {args.batch_size}",
+        f"decode_attention = {s(args.decode_attention)}",
     ]
     if first_batch:
         engine.append(f"first_batch = {first_batch}")
@@ -538,6 +539,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--first-batch", type=int, default=8,
                     help="[avcap.engine] first_batch of the warm-first runs (warm cache, a smaller first batch)")
     ap.add_argument("--decode-workers", type=int, default=16)
+    ap.add_argument("--decode-attention", default="sdpa", choices=["sdpa", "flex", "triton"],
+                    help="[avcap.engine] decode_attention of the runs")
     ap.add_argument("--caption-tokens", type=int, default=256)
     ap.add_argument("--compile", dest="compile", action="store_true", default=None)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
