@@ -32,7 +32,9 @@ Layout of one batch in the cache (S slots, multiple of 256 so graphs are reused 
 
 Grouped-query attention runs without repeating K/V: the `groups` query heads that share a KV head
 are folded into the query length (B, kv_heads, groups * L, D), so scaled_dot_product_attention reads
-each KV head once (the masked, memory-efficient kernel on CUDA).
+each KV head once (the masked, memory-efficient kernel on CUDA). `decode_attention` picks another
+kernel for the decode steps: FlexAttention ("flex") or avcap's Triton split-KV kernel ("triton",
+avcap.engines.hf.triton_decode, which scores a KV head's query heads together as it reads the head).
 
 Sampling follows transformers' order: min-new-tokens (EOS masked), presence penalty (the engine's
 vLLM semantics), then temperature, top-k, top-p with transformers' own warpers, softmax and
