@@ -82,6 +82,8 @@ def test_refuses_what_it_does_not_compute(interpreted_triton_decode):
     q, kc, vc, valid = _case(1, 6, 4, 16, total=64, n=64, dtype=torch.float32)
     with pytest.raises(ValueError, match="share"):
         interpreted_triton_decode.decode_attention(q, kc, vc, valid, 1.0)
+    with pytest.raises(ValueError, match="valid must be"):
+        interpreted_triton_decode.decode_attention(q[:, :4], kc[:, :2], vc[:, :2], valid[:, :32], 1.0)
     q2 = torch.zeros(1, 8, 2, 16)
     with pytest.raises(ValueError, match="one query token"):
         interpreted_triton_decode.decode_attention(q2, kc[:, :2], vc[:, :2], valid, 1.0)

@@ -133,6 +133,8 @@ def decode_attention(q, kc, vc, valid, scale: float, parts: int | None = None, *
         raise ValueError(f"decode_attention: one query token per row, got {one}")
     if heads % kv_heads:
         raise ValueError(f"decode_attention: {heads} query heads do not share {kv_heads} KV heads evenly")
+    if valid.dim() != 2 or valid.shape[0] != b or valid.shape[1] < n:
+        raise ValueError(f"decode_attention: valid must be (rows {b}, at least {n} slots), got {tuple(valid.shape)}")
     if kc.stride(-1) != 1 or vc.stride(-1) != 1 or q.stride(-1) != 1:
         raise ValueError("decode_attention: the head dimension must be contiguous")
     groups = heads // kv_heads
