@@ -281,9 +281,12 @@ def main(argv=None) -> int:
         a, b = (torch.tensor(res["variants"][n]["greedy_tokens"]) for n in names[:2])
         same_rows = int((a == b).all(-1).sum())
         first_diff = [int((a[r] != b[r]).nonzero()[0]) if not bool((a[r] == b[r]).all()) else None for r in range(a.shape[0])]
+        # the rows show one clip under N identities: they are usually one sequence, so say how many differ
+        distinct = len({tuple(r) for r in a.tolist()})
         res["greedy_compare"] = {"variants": names[:2], "rows_identical": same_rows, "rows": a.shape[0],
-                                 "first_differing_step": first_diff}
-        print("greedy:", res["greedy_compare"]["rows_identical"], "of", a.shape[0], "rows identical", flush=True)
+                                 "distinct_sequences": distinct, "first_differing_step": first_diff}
+        print("greedy:", same_rows, "of", a.shape[0], f"rows identical ({distinct} distinct sequence(s) of {names[0]})",
+              flush=True)
         ref = logits[names[0]]
         res["logits_compare"] = {}
         for n_ in names[1:]:
