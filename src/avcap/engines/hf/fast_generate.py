@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -785,8 +786,6 @@ class FastGenerator:
             return flex_decode(valid)
         if self.decode_attention != "triton":
             return None
-        import os
-
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reason = f"the Triton kernel needs a CUDA device, not {device.type}"
         else:

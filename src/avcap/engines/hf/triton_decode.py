@@ -165,10 +165,10 @@ def decode_attention(q, kc, vc, valid, scale: float, parts: int | None = None, *
     return out
 
 
-def triton_decode(valid, parts: int | None = None):
+def triton_decode(valid):
     """`attend(q, kc, vc, scale)` for the engine's decode step (avcap.models.qwen3_vl.text.layer_forward)."""
 
     def attend(q, kc, vc, scale):
-        return decode_attention(q, kc, vc, valid, scale, parts)
+        return decode_attention(q, kc, vc, valid, scale)
 
     return attend
