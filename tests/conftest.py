@@ -165,7 +165,6 @@ def private_mounts():
     pytest.skip("needs a private mount namespace (unshare -m as root, or unshare -rm) to mount a small tmpfs")
 
 
-
 @pytest.fixture
 def interpreted_triton_decode():
     """avcap.engines.hf.triton_decode, its kernels run by Triton's interpreter on CPU tensors."""

@@ -27,4 +27,4 @@ def test_cpu_smoke_run_writes_its_record(tmp_path):
     assert pig.main(["--device", "cpu", "--out", str(tmp_path), "--repeats", "1"]) == 0
     res = json.loads((tmp_path / "bench_decode_piggyback.json").read_text())
     assert set(res["ms"]) == {"0", "32", "64"} and res["layers"] == 2
-    assert res["free_tokens"] in (0, 32, 64)
+    assert res["free_tokens"] == pig.free_tokens({int(c): ms for c, ms in res["ms"].items()}, res["tolerance"])

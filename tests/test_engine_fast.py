@@ -109,6 +109,9 @@ def test_engine_with_triton_decode_attention_equals_generate(interpreted_triton_
     from avcap.engines.hf import fast_generate
 
     monkeypatch.setattr(fast_generate, "KV_BLOCK", 4)
+    kernel = interpreted_triton_decode.decode_attention
+    calls = []
+    monkeypatch.setattr(interpreted_triton_decode, "decode_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k))
     _, plain = engines
     eng = make_engine(_cfg(batch_size=16, decode_attention="triton"), vision=VISION, model=str(varied_model_dir))
     try:
@@ -119,6 +122,7 @@ def test_engine_with_triton_decode_attention_equals_generate(interpreted_triton_
         assert _outputs(eng.generate(reqs, s)) == _outputs(plain.generate(reqs, s))
         record = eng.run_record()
         assert record["decode_attention"] == "triton" and record["decode_attention_fallback"] is None
+        assert calls  # the decode steps ran the kernel, not the sdpa they are compared with
     finally:
         eng.close()
 
