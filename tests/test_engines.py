@@ -261,6 +261,28 @@ def test_frame_loader_decodes_each_video_once(monkeypatch, h264_clip):
 
 
 
+def test_frame_loader_hold_decodes_only_the_first_videos_until_released(h264_clip):
+    """`hold(n)`: the workers start only the next n queued videos (a fresh engine's first batch while it
+    imports its libraries); the rest wait in the queue, in order, until `release()`."""
+    import time
+
+    loader = FrameLoader(Vision(nframes=4), 32, workers=2)
+    try:
+        loader.hold(1)
+        parts = [{"type": "video", "video": str(h264_clip), "nframes": n} for n in (4, 6, 8)]
+        loader.prefetch([Request("a", [{"role": "user", "content": parts}])])
+        assert loader.frames(parts[0]).frames.shape[0] == 4
+        time.sleep(0.3)  # the second worker is idle, not decoding the held videos
+        assert loader.decoded_by["cpu"] == 1 and len(loader._todo) == 2
+        assert "released_at_s" not in loader.startup()["held"]
+        loader.release()
+        assert [loader.frames(p).frames.shape[0] for p in parts] == [4, 6, 8] and loader.decoded_by["cpu"] == 3
+        held = loader.startup()["held"]
+        assert held["videos"] == 1 and held["released_at_s"] > 0
+    finally:
+        loader.close()
+
+
 def test_frame_loader_processes_survive_a_bad_video_and_a_dead_worker(tmp_path, h264_clip):
     """In worker processes a corrupt video fails only itself (its VideoError crosses the process
     boundary; it used to break the pool for the rest of the run), and a killed worker process costs

@@ -568,3 +568,23 @@ def test_a_python_that_compiles_torch_at_every_start_is_named_in_the_log_and_run
     assert len(notes) == 1 and "torch" in notes[0] and "compileall" in notes[0], lines
     run = read_json(out / "tiny" / "base" / "AV_CAPTION" / "run.json")
     assert run["bytecode"]["writes"] is False and "torch" in run["bytecode"]["uncached"]
+
+
+def test_the_first_batch_decodes_first_and_alone_while_the_engine_imports(cfg_file, tmp_path, monkeypatch):
+    """A fresh run queues the first batch's videos before the later batches' (they used to queue behind
+    every prefetched video), and the transformers engine holds the decoders to those videos until its
+    imports are done (run.json says when it let them go)."""
+    import avcap.engines.frames as frames
+
+    decoded = []
+    real = frames.load_video
+    monkeypatch.setattr(frames, "load_video", lambda path, **kw: decoded.append(str(path)) or real(path, **kw))
+    cfg = load_config(cfg_file, {"avcap": {"engine": {"first_batch": 1, "decode_workers": 1,
+                                                      "decode_processes": False}}})
+    run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=tmp_path, tasks=["caption"], progress=False)
+    d = tmp_path / "tiny" / "base" / "AV_CAPTION"
+    first = read_records(d / "caption.jsonl")[0]
+    assert decoded and Path(decoded[0]).stem == first["video_id"], (decoded, first)
+    assert len(decoded) == len(set(decoded)) == 5  # four clips and the corrupt one, each once
+    held = read_json(d / "run.json")["engine_run"]["startup"]["frames"]["held"]
+    assert held["videos"] == 1 and held["released_at_s"] >= 0

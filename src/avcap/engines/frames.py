@@ -154,16 +154,38 @@ class FrameLoader:
         self.decoded_by: dict[str, int] = {dec: 0 for dec, _, _ in lanes}
         self._t_created = time.perf_counter()
         self._decoded_at: dict[int, float] = {}  # n -> seconds from creation to the n-th decoded video
+        self._allowance: int | None = None  # videos the workers may still start while held (`hold`); None: any
+        self._held: dict[str, Any] = {}  # the hold's record (`startup()`)
 
     def _take(self, decoder: str) -> tuple[str, dict[str, Any], Future] | None:
         """The oldest waiting video (CPU workers first take the ones NVDEC could not decode);
         waits for one; None once closed."""
         with self._ready:
-            while not self._closed and not self._todo and not (decoder == "cpu" and self._cpu_only):
+            while not self._closed and not (self._todo and self._allowance != 0) and not (decoder == "cpu" and self._cpu_only):
                 self._ready.wait()
             if self._closed:
                 return None
-            return (self._cpu_only if decoder == "cpu" and self._cpu_only else self._todo).popleft()
+            if decoder == "cpu" and self._cpu_only:  # NVDEC's retries were counted when first taken
+                return self._cpu_only.popleft()
+            if self._allowance is not None:
+                self._allowance -= 1
+            return self._todo.popleft()
+
+    def hold(self, videos: int) -> None:
+        """Until `release()`, start decoding only the next `videos` queued videos (the first batch's,
+        while a fresh process imports its libraries: see `HFEngine`). The workers' processes still start."""
+        with self._ready:
+            self._allowance = max(0, int(videos))
+            self._held = {"videos": self._allowance}
+
+    def release(self) -> None:
+        """Decode every queued video again (after `hold`)."""
+        with self._ready:
+            if self._allowance is None:
+                return
+            self._allowance = None
+            self._held["released_at_s"] = round(time.perf_counter() - self._t_created, 3)
+            self._ready.notify_all()
 
     def _work(self, decoder: str, in_process_pool: bool) -> None:
         """One worker: decodes the videos it takes, here or in its lane's process pool. With a
@@ -251,9 +273,12 @@ class FrameLoader:
 
     def startup(self) -> dict[str, Any]:
         """How fast the decoders got going: seconds from this loader's creation to its 1st, 8th,
-        16th, ... decoded video (run.json's engine_run.startup.frames)."""
+        16th, ... decoded video, and any `hold` (run.json's engine_run.startup.frames)."""
         with self._ready:
-            return {"decoded_at_s": {str(n): t for n, t in sorted(self._decoded_at.items())}}
+            out: dict[str, Any] = {"decoded_at_s": {str(n): t for n, t in sorted(self._decoded_at.items())}}
+            if self._held:
+                out["held"] = dict(self._held)
+            return out
 
     def worker_pids(self) -> list[int]:
         """The process ids of the decoder worker processes running now (none with threads)."""

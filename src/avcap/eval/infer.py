@@ -674,6 +674,8 @@ def run_items(engine, task: str, todo: list[Item], sampling: Sampling, system: O
             queued += 1
 
     reqs = requests(batches[0]) if batches else []
+    if reqs:  # its videos decode first, before the batches after it
+        engine.prefetch(reqs)
     for n, batch in enumerate(batches):
         top_up(n)  # decode the next batches' videos while this one runs
         nxt = requests(batches[n + 1]) if n + 1 < len(batches) else []

@@ -288,8 +288,8 @@ class TransformersEngine:
         the device). `decode_workers` / `decode_processes` override `[avcap.engine]`.
 
         A directory loads on a background thread: the constructor reads the vision factor from the
-        config, starts the frame decoders and returns, so the first batches' videos decode while
-        torch and transformers are imported, the processor and the weights load and the compiled
+        config, starts the frame decoders and returns, so the first batch's videos decode while
+        torch and transformers are imported (the later batches' once the imports are done), the processor and the weights load and the compiled
         graphs are set up; `generate` (and `model`, `processor`, `fast`) wait for the load, which
         raises `ModelLoadError` if it failed."""
         self._t0 = time.perf_counter()
@@ -341,6 +341,9 @@ class TransformersEngine:
         self.load_timings: dict[str, Any] = {}
         self._loading: Optional[Future] = None
         if from_path:
+            # while the load imports torch and transformers (CPU- and GIL-bound: 8 s idle, 14 s beside 16 busy
+            # decoders on the 16-CPU H100 box, run 63), decode only what the first batch needs
+            self.frames.hold(self.first_batch or self.batch_size)
             self._loader = ThreadPoolExecutor(1, thread_name_prefix="avcap-load")
             self._loading = self._loader.submit(self._load, model, processor or model)
         else:
@@ -358,10 +361,12 @@ class TransformersEngine:
         t0 = time.perf_counter()
         # imported (and timed) here, used by _read_weights and _load_processor: the imports are a large
         # part of a start; the frame loader's finisher threads do not import beside them (avcap.core.imports)
-        with heavy_imports():
-            import torch
-            from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
-
+        try:
+            with heavy_imports():
+                import torch
+                from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
+        finally:
+            self.frames.release()
         self.load_timings["imports_s"] = round(time.perf_counter() - t0, 3)
         self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         self._load_processor(processor)
