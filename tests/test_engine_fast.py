@@ -121,7 +121,8 @@ def test_engine_with_triton_decode_attention_equals_generate(interpreted_triton_
         s = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=10, seed=5)
         assert _outputs(eng.generate(reqs, s)) == _outputs(plain.generate(reqs, s))
         record = eng.run_record()
-        assert record["decode_attention"] == "triton" and record["decode_attention_fallback"] is None
+        assert record["decode_attention"] == record["decode_attention_used"] == "triton"
+        assert record["decode_attention_fallback"] is None
         assert calls  # the decode steps ran the kernel, not the sdpa they are compared with
     finally:
         eng.close()
@@ -137,7 +138,30 @@ def test_triton_without_a_gpu_decodes_with_sdpa_and_says_why(varied_model_dir, e
         with pytest.warns(UserWarning, match="decoding with sdpa"):
             out = eng.generate(reqs, greedy)
         assert _outputs(out) == _outputs(plain.generate(reqs, greedy))
-        assert "needs a CUDA device, not cpu" in eng.run_record()["decode_attention_fallback"]
+        record = eng.run_record()
+        assert "needs a CUDA device, not cpu" in record["decode_attention_fallback"]
+        assert record["decode_attention_used"] == "sdpa"
+    finally:
+        eng.close()
+
+
+def test_auto_decode_attention_is_sdpa_off_a_gpu_without_a_word(varied_model_dir, engines, clips):
+    """`decode_attention = "auto"`: Triton's kernel on a CUDA device; on the CPU plain sdpa, no warning
+    (the interpreter is for tests that ask for "triton"), and the record says which ran."""
+    import warnings
+
+    _, plain = engines
+    eng = make_engine(_cfg(batch_size=16, decode_attention="auto"), vision=VISION, model=str(varied_model_dir))
+    try:
+        reqs = _mixed_requests(clips)
+        greedy = Sampling(temperature=0, max_tokens=6)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*decoding with sdpa.*")
+            out = eng.generate(reqs, greedy)
+        assert _outputs(out) == _outputs(plain.generate(reqs, greedy))
+        record = eng.run_record()
+        assert (record["decode_attention"], record["decode_attention_used"], record["decode_attention_fallback"]) == (
+            "auto", "sdpa", None)
     finally:
         eng.close()
 

@@ -358,7 +358,7 @@ class Engine(_Model):
     # compiled on CUDA) or "triton" (avcap's split-KV kernel reading each KV head once for its query
     # heads, avcap.engines.hf.triton_decode; CUDA only, elsewhere sdpa with a warning); the same math,
     # bf16 sums in another order
-    decode_attention: Literal["sdpa", "flex", "triton"] = "sdpa"
+    decode_attention: Literal["auto", "sdpa", "flex", "triton"] = "sdpa"
     # the prompt's decoder layers in the fast path's prefill: "transcribed" (avcap's transcription of the
     # layer, checked against the library's at start; with compile one graph for every layer, so a fresh
     # process traces one layer, not all of them) or "library" (transformers' own layers)

@@ -827,6 +827,7 @@ class TransformersEngine:
             "load": dict(self.load_timings),
             "startup": {**self.startup, "frames": self.frames.startup()},
             "decode_attention": self._fast.decode_attention if self._fast is not None else None,
+            "decode_attention_used": self._fast.decode_attention_used if self._fast is not None else None,
             "decode_attention_fallback": self._fast.decode_attention_error if self._fast is not None else None,
             "prefix_layers": self._fast.prefix if self._fast is not None else None,
             "compile_cache": ({**{k: v for k, v in self.compile_cache.items() if k != "key"},

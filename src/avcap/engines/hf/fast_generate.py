@@ -82,7 +82,7 @@ from avcap.models.qwen3_vl.text import (
 
 __all__ = ["FastGenerator", "NotSupported", "SamplingSpec", "linear_patch_embed", "supports", "text_forward"]
 
-DECODE_ATTENTION = ("sdpa", "flex", "triton")
+DECODE_ATTENTION = ("auto", "sdpa", "flex", "triton")  # auto: triton on a CUDA device, else sdpa
 PREFIX_LAYERS = ("transcribed", "library")
 SLOT_ALIGN = 256
 LAYER_CHECK = "qwen3-vl-text-layer"  # the verdicts' names in avcap.core.verdicts
@@ -420,6 +420,7 @@ class FastGenerator:
         self._graph: Optional[dict[str, Any]] = None  # the step used last
         self.graph_error: Optional[str] = None
         self.decode_attention_error: Optional[str] = None  # why the chosen decode attention fell back to sdpa
+        self.decode_attention_used: Optional[str] = None  # the kernel the decode steps run (after "auto" or a fallback)
 
         # the vision tower's grid-derived inputs from the host (avcap.models.qwen3_vl.host_vision): None until
         # the first prefill with videos has compared them with the plain call, then True or False
@@ -781,10 +782,15 @@ class FastGenerator:
     def _decode_attend(self, valid, device):
         """The decode step's `attend` for `decode_attention` (None: text_forward's masked sdpa).
         Triton's kernel needs a GPU (or Triton's interpreter, TRITON_INTERPRET=1); without one the
-        step uses sdpa, says so once and keeps why in `decode_attention_error` (the run's record)."""
-        if self.decode_attention == "flex":
+        step uses sdpa, says so once and keeps why in `decode_attention_error` (the run's record).
+        "auto" is Triton's kernel on a CUDA device and sdpa elsewhere, without a word."""
+        want = self.decode_attention
+        if want == "auto":
+            want = "triton" if device.type == "cuda" else "sdpa"
+        self.decode_attention_used = want
+        if want == "flex":
             return flex_decode(valid)
-        if self.decode_attention != "triton":
+        if want != "triton":
             return None
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reason = f"the Triton kernel needs a CUDA device, not {device.type}"
@@ -795,11 +801,13 @@ class FastGenerator:
                 reason = f"Triton is not importable ({exc})"
             else:
                 return triton_decode(valid)
+        self.decode_attention_used = "sdpa"
         if self.decode_attention_error is None:
             import warnings
 
             self.decode_attention_error = reason
-            warnings.warn(f"avcap fast generate: decode_attention = \"triton\" unavailable, decoding with sdpa ({reason})")
+            warnings.warn(f"avcap fast generate: decode_attention = \"{self.decode_attention}\": Triton's kernel "
+                          f"unavailable, decoding with sdpa ({reason})")
         return None
 
     def _capture(self, eager, kc, vc, valid, slot, s_len: int):
