@@ -563,7 +563,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.work = args.work + "-tiny" if args.work == "/tmp/avcap-first-caption" else args.work
         args.videos = 12 if args.videos == 192 else args.videos
         args.clips = 3 if args.clips == 8 else args.clips
-        args.width, args.height, args.seconds, args.fps = 160, 96, 2.0, 8.0
+        if (args.width, args.height, args.seconds, args.fps) == (1936, 1220, 30.0, 30.0):  # else as asked
+            args.width, args.height, args.seconds, args.fps = 160, 96, 2.0, 8.0
         args.batch_size = 4 if args.batch_size == 64 else args.batch_size
         args.first_batch = 2 if args.first_batch == 8 else args.first_batch
         args.decode_workers = 2 if args.decode_workers == 16 else args.decode_workers
