@@ -173,7 +173,7 @@ class FrameLoader:
 
     def hold(self, videos: int) -> None:
         """Until `release()`, start decoding only the next `videos` queued videos (the first batch's,
-        while a fresh process imports its libraries: see `HFEngine`). The workers' processes still start."""
+        while a fresh process imports its libraries: see `TransformersEngine`). The workers' processes still start."""
         with self._ready:
             self._allowance = max(0, int(videos))
             self._held = {"videos": self._allowance}

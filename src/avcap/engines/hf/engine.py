@@ -289,8 +289,8 @@ class TransformersEngine:
 
         A directory loads on a background thread: the constructor reads the vision factor from the
         config, starts the frame decoders and returns, so the first batch's videos decode while
-        torch and transformers are imported (the later batches' once the imports are done), the processor and the weights load and the compiled
-        graphs are set up; `generate` (and `model`, `processor`, `fast`) wait for the load, which
+        torch and transformers are imported (the later batches' once the imports are done), and
+        while the processor and the weights load and the compiled graphs are set up; `generate` (and `model`, `processor`, `fast`) wait for the load, which
         raises `ModelLoadError` if it failed."""
         self._t0 = time.perf_counter()
         self.cfg = cfg
