@@ -34,7 +34,6 @@ engine's way until 2026-11-24) against avcap.engines.hf.fast_generate.Chooser (t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -46,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_env import REPO, ensure_deps  # noqa: E402
+from bench_env import REPO, ensure_deps, write_result  # noqa: E402
 
 
 def make_inputs(b: int, heads: int, kv: int, d: int, s: int, filled: int, seed: int = 0):
@@ -230,9 +229,7 @@ def main(argv=None) -> int:
         del kl, vl
     if not args.no_chooser:
         res["chooser"] = time_choosers(args.batch)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_decode_attention.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    write_result(args.out, "bench_decode_attention", res)
     return 0
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_env import REPO, ensure_deps  # noqa: E402
+from bench_env import REPO, ensure_deps, write_result  # noqa: E402
 
 EXTRA = (0, 32, 64, 128, 192, 256, 384, 512, 1024, 2048)
 
@@ -118,9 +118,7 @@ def main(argv=None) -> int:
         "hidden_prefill_s_per_batch": round(free * args.steps * per_token_ms / 1e3, 3),
     }
     print(json.dumps(res, indent=1), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_decode_piggyback.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    write_result(args.out, "bench_decode_piggyback", res)
     return 0
 
 

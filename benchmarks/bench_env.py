@@ -1,9 +1,10 @@
 """What the GPU scripts share before avcap can be imported: avcap's dependencies made importable on a
-bare device image, the GPUs as nvidia-smi sees them, and stopping a child process group. No avcap
-import here, on purpose."""
+bare device image, the GPUs as nvidia-smi sees them, stopping a child process group, and writing a
+script's JSON result. No avcap import here, on purpose."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -67,3 +68,11 @@ def stop_group(proc: subprocess.Popen, wait: float = 20.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def write_result(out_dir: str | os.PathLike, name: str, result: Any) -> Path:
+    """`result` as `<out_dir>/<name>.json` (the folder made if missing); its path."""
+    path = Path(out_dir) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return path

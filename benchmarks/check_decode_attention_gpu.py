@@ -10,13 +10,12 @@ eager): its bf16 error, against which a kernel's difference from sdpa is judged.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_env import REPO, ensure_deps  # noqa: E402
+from bench_env import REPO, ensure_deps, write_result  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -100,9 +99,7 @@ def main(argv=None) -> int:
         print(name, res["runs"][name], flush=True)
         del gen
         torch.cuda.empty_cache() if dev.type == "cuda" else None
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "check_decode_attention_gpu.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    write_result(args.out, "check_decode_attention_gpu", res)
     return 0
 
 
