@@ -4,9 +4,10 @@ for all the query heads sharing it.
 A decode step has one query token per row against a long cache: the work is reading K and V.
 torch's kernels for this shape read a cache at 2.54 TB/s (the masked memory-efficient sdpa) and 2.80
 (FlexAttention's decoding kernel) on an H100, where a copy reaches ~2.96; this one at 2.93
-(benchmarks/RESULTS.md, "Decode attention kernels alone", run 64). Here each program takes one (row, KV head) and one stretch of the cache's slots, loads each
-block of keys and values once, and scores it against all `groups` query heads of that KV head with
-one tensor-core product (the heads padded to 16 rows). Slots where `valid` (B, S) is false count
+(benchmarks/RESULTS.md, "Decode attention kernels alone", run 64). Here each program takes one
+(row, KV head) and one stretch of the cache's slots, loads each block of keys and values once, and
+scores it against all `groups` query heads of that KV head with one tensor-core product (the heads
+padded to 16 rows). Slots where `valid` (B, S) is false count
 for nothing (the cache's padding, the block's not yet written slots), exactly as the boolean mask
 of the sdpa path does. With more than one stretch per (row, KV head) a second kernel combines them
 by their log-sum-exp; with one, the first kernel writes the output itself.
