@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from avcap.core.compile_cache import cache_dir_for
+from avcap.core.compile_cache import cache_dir_for, workload_id
 
 pytest.importorskip("torch")
 
@@ -25,10 +25,28 @@ print(json.dumps({"where": where, "counters": compile_counters()}))
 """
 
 
-def _child(env_extra: dict[str, str], tmp_path: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "AVCAP_COMPILE_CACHE")}
+# one compiled function called at two batch sizes, as a run with a small first batch calls its blocks
+SHAPES = r"""
+import json, sys
+import torch
+from torch._dynamo.utils import counters
+from avcap.core.compile_cache import use_compile_cache
+where = use_compile_cache("cpu", sys.argv[1] if len(sys.argv) > 1 else None)
+f = torch.compile(lambda x: torch.nn.functional.gelu(x * 3.0 + 1.0).sum(-1))
+f(torch.randn(2, 8))
+f(torch.randn(5, 8))
+later = use_compile_cache("cpu", sys.argv[2]) if len(sys.argv) > 2 else {}  # a second workload, same process
+print(json.dumps({"where": where, "graphs": int(counters["stats"]["unique_graphs"]),
+                  "later": later.get("shape_profile")}))
+"""
+
+
+def _child(env_extra: dict[str, str], tmp_path: Path, code: str = CHILD, args: tuple[str, ...] = ()) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TORCHINDUCTOR_CACHE_DIR", "AVCAP_COMPILE_CACHE", "TORCH_COMPILE_JOB_ID")}
     env.update(env_extra)
-    p = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    p = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, cwd=tmp_path,
+                       timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -63,3 +81,39 @@ def test_the_users_folder_or_off_is_respected(tmp_path):
     assert got["where"] == {"source": "TORCHINDUCTOR_CACHE_DIR", "dir": str(mine)}
     off = _child({"AVCAP_COMPILE_CACHE": "off", "AVCAP_CACHE_DIR": str(tmp_path / "cache")}, tmp_path)
     assert off["where"]["source"] == "off" and not (tmp_path / "cache").exists()
+
+
+def test_a_workload_compiles_shape_generic_at_once_after_its_first_process(tmp_path):
+    env = {"AVCAP_CACHE_DIR": str(tmp_path / "cache")}
+    first = _child(env, tmp_path, SHAPES, ("avcap-infer-aaaa", "avcap-train-cccc"))
+    second = _child(env, tmp_path, SHAPES, ("avcap-infer-aaaa",))
+    other = _child(env, tmp_path, SHAPES, ("avcap-infer-bbbb",))
+    unnamed = _child(env, tmp_path, SHAPES)
+    assert first["graphs"] == 2 and first["where"]["shape_profile"] == {
+        "job_id": "avcap-infer-aaaa", "source": "avcap", "enabled": True, "found": False}
+    assert first["later"] == {"job_id": "avcap-infer-aaaa", "source": "an earlier workload of this process",
+                              "enabled": True, "found": False}
+    assert second["graphs"] == 1 and second["where"]["shape_profile"]["found"] is True
+    assert other["graphs"] == 2 and other["where"]["shape_profile"]["found"] is False
+    assert unnamed["graphs"] == 2 and "shape_profile" not in unnamed["where"]
+    assert list((Path(first["where"]["dir"]) / "dynamo").glob("code_state_avcap-infer-aaaa*.pkl"))
+
+
+def test_a_job_id_the_user_set_is_kept_and_the_profile_can_be_turned_off(tmp_path):
+    env = {"AVCAP_CACHE_DIR": str(tmp_path / "cache"), "TORCH_COMPILE_JOB_ID": "mine",
+           "TORCH_DYNAMO_AUTOMATIC_DYNAMIC_LOCAL_PGO": "0"}
+    runs = [_child(env, tmp_path, SHAPES, ("avcap-infer-aaaa",)) for _ in range(2)]
+    assert runs[1]["where"]["shape_profile"] == {"job_id": "mine", "source": "user", "enabled": False, "found": False}
+    assert [r["graphs"] for r in runs] == [2, 2]
+
+
+def test_the_workload_is_the_architecture_and_its_use_not_the_checkpoint():
+    cfg = {"_name_or_path": "/ckpt/step_10", "transformers_version": "5.17.0", "model_type": "qwen3_vl",
+           "id2label": {0: "LABEL_0"},  # transformers' configs hold int keys
+           "text_config": {"hidden_size": 4096, "_name_or_path": "x"}, "vision_config": {"depth": 27}}
+    same = {**cfg, "_name_or_path": "/ckpt/step_20", "transformers_version": "5.25.0",
+            "text_config": {"hidden_size": 4096, "_name_or_path": "y"}}
+    assert workload_id("infer", cfg) == workload_id("infer", same)
+    assert workload_id("infer", cfg).startswith("avcap-infer-")
+    assert workload_id("train", cfg) != workload_id("infer", cfg)
+    assert workload_id("infer", {**cfg, "text_config": {"hidden_size": 2048}}) != workload_id("infer", cfg)

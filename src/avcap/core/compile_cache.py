@@ -9,6 +9,14 @@ compiled for something else is never read; within a folder torch's own keys (the
 shapes and dtypes, the inductor configuration) pick the entry, so another model's graphs never
 match. `AVCAP_COMPILE_CACHE=off` leaves torch's default alone; a TORCHINDUCTOR_CACHE_DIR the user
 set is kept and reported as theirs.
+
+In its own folder avcap also names the workload (torch.compiler.config.job_id, from the model's
+architecture and what compiles it: inference or training), which turns on torch's profile-guided
+dynamic shapes: a first process compiles a block for its first shape and again, shape-generic, when
+the batch or prompt size changes; it writes down which sizes varied
+(`<folder>/dynamo/code_state_<job>*.pkl`), so the next process of that workload compiles the generic
+graph at once, and finds it in the cache. A job id the user set (TORCH_COMPILE_JOB_ID) is kept;
+TORCH_DYNAMO_AUTOMATIC_DYNAMIC_LOCAL_PGO=0 turns the profile off.
 """
 
 from __future__ import annotations
@@ -57,29 +65,75 @@ def default_root() -> Path:
     return Path(os.environ.get("AVCAP_CACHE_DIR") or Path.home() / ".cache" / "avcap")
 
 
-def use_compile_cache(device_type: str) -> dict[str, Any]:
+def workload_id(use: str, model_config: dict[str, Any]) -> str:
+    """A name for one compiled workload: `use` ("infer", "train") and the model's architecture, its
+    checkpoint's path and library version left out (every checkpoint of a sweep is the same
+    workload; another size or architecture is another)."""
+    def arch(d: Any) -> Any:
+        if isinstance(d, dict):
+            return {str(k): arch(v) for k, v in d.items()
+                    if not str(k).startswith("_") and k not in ("transformers_version", "name_or_path")}
+        return d
+
+    text = json.dumps({"use": use, "model": arch(model_config)}, sort_keys=True, default=str)
+    return f"avcap-{use}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def use_compile_cache(device_type: str, workload: str | None = None) -> dict[str, Any]:
     """Point torch.compile's caches at avcap's folder for these versions (once per process, before
-    the first compile); returns where they are and why, for the run's record."""
-    if _STATE:
-        return dict(_STATE)
+    the first compile) and, in that folder, name the `workload` (see the module's docstring); returns
+    where they are and why, for the run's record."""
+    if not _STATE:
+        _STATE.update(_choose_folder(device_type))
+    state = dict(_STATE)
+    if workload and state["source"] == "avcap":
+        state["shape_profile"] = name_workload(workload, Path(state["dir"]))
+    return state
+
+
+def _choose_folder(device_type: str) -> dict[str, Any]:
     setting = os.environ.get(ENV, "")
     user = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if user and user == _torch_default():  # torch writes its default there once it has looked: not the user's
         user = None
     if setting.lower() == "off":
-        _STATE.update(source="off", dir=user)
-    elif user:
-        _STATE.update(source="TORCHINDUCTOR_CACHE_DIR", dir=user)
-    else:
-        fields = cache_key_fields(device_type)
-        path = Path(setting) if setting else cache_dir_for(fields, default_root())
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
-            _STATE.update(source="avcap", dir=str(path), key=fields)
-        except OSError as exc:  # an unwritable home: torch's default, said in the record
-            _STATE.update(source="default", dir=None, error=f"{path}: {exc.strerror or exc}")
-    return dict(_STATE)
+        return {"source": "off", "dir": user}
+    if user:
+        return {"source": "TORCHINDUCTOR_CACHE_DIR", "dir": user}
+    fields = cache_key_fields(device_type)
+    path = Path(setting) if setting else cache_dir_for(fields, default_root())
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # an unwritable home: torch's default, said in the record
+        return {"source": "default", "dir": None, "error": f"{path}: {exc.strerror or exc}"}
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return {"source": "avcap", "dir": str(path), "key": fields}
+
+
+_NAMED: dict[str, Any] = {}  # the job id of this process: torch reads a profile once per process
+
+
+def name_workload(workload: str, folder: Path) -> dict[str, Any]:
+    """Set torch.compiler.config.job_id to `workload` unless the user set one or an earlier workload
+    of this process named it (the demo trains, then captions, in one process); returns the record:
+    the job id in force, who set it, whether a profile of it was there when this process began."""
+    import torch
+    import torch._dynamo.config as dynamo_config
+
+    config = getattr(getattr(torch, "compiler", None), "config", None)
+    if config is None or not hasattr(config, "job_id"):
+        return {"job_id": None, "source": "unsupported"}  # torch < 2.6: no profile-guided shapes
+    if not _NAMED:
+        user = config.job_id
+        if not user:
+            config.job_id = workload
+        found = any((folder / "dynamo").glob(f"code_state_{config.job_id}*.pkl"))
+        _NAMED.update(job_id=config.job_id, source="user" if user else "avcap", found=found)
+    source = _NAMED["source"]
+    if source == "avcap" and _NAMED["job_id"] != workload:
+        source = "an earlier workload of this process"
+    return {"job_id": _NAMED["job_id"], "source": source,
+            "enabled": bool(getattr(dynamo_config, "automatic_dynamic_local_pgo", False)), "found": _NAMED["found"]}
 
 
 def _torch_default() -> str | None:

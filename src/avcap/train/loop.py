@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
-from avcap.core.compile_cache import require_compiler, use_compile_cache
+from avcap.core.compile_cache import require_compiler, use_compile_cache, workload_id
 from avcap.core.config import ConfigError, RecipeConfig, load_config
 from avcap.core.records import (
     RecordError,
@@ -467,7 +467,8 @@ def _train(cfg: RecipeConfig, echo: Callable[[str], None], init_random: bool = F
             require_compiler(d.device.type, "[train] compile")
         except ValueError as exc:
             raise TrainError(str(exc)) from None
-        use_compile_cache(d.device.type)  # compiled graphs kept across processes, one folder per versions
+        # compiled graphs kept across processes, one folder per versions; the workload's shape profile with them
+        use_compile_cache(d.device.type, workload_id("train", model.config.to_dict()))
         compile_blocks(model, activation_memory_budget=cfg.avcap.train.activation_memory_budget,
                        tuning=cfg.avcap.train.compile_tuning)
     optimizer = build_optimizer(model.parameters(), master.dtype, lr=t.optm_lr, betas=t.optm_betas,

@@ -56,7 +56,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from avcap.core.compile_cache import compile_counters, dynamo_compile_seconds, require_compiler, use_compile_cache
+from avcap.core.compile_cache import (compile_counters, dynamo_compile_seconds, require_compiler, use_compile_cache,
+                                      workload_id)
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.core.imports import heavy_imports
@@ -437,7 +438,8 @@ class TransformersEngine:
         if cfg.compile:
             from avcap.models.qwen3_vl.compile import compile_blocks  # [avcap.engine] compile only
 
-            self.compile_cache = use_compile_cache("cuda" if cuda else "cpu")
+            self.compile_cache = use_compile_cache("cuda" if cuda else "cpu",
+                                                   workload_id("infer", model.config.to_dict()))
             counts = compile_blocks(model, linear_patch_embed=cuda)
             _allow_recompiles(2 * sum(counts.values()) + 8)
         if model.generation_config.pad_token_id is None:
