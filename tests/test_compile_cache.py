@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from avcap.core.compile_cache import cache_dir_for, workload_id
+from avcap.core.compile_cache import cache_dir_for, compile_context, workload_id
 
 pytest.importorskip("torch")
 
@@ -117,3 +117,31 @@ def test_the_workload_is_the_architecture_and_its_use_not_the_checkpoint():
     assert workload_id("infer", cfg).startswith("avcap-infer-")
     assert workload_id("train", cfg) != workload_id("infer", cfg)
     assert workload_id("infer", {**cfg, "text_config": {"hidden_size": 2048}}) != workload_id("infer", cfg)
+
+
+def test_compile_settings_reach_the_thread_that_runs_the_model():
+    """torch keeps a compile setting made in code per thread: one made where the engine loads never
+    reached the thread that generates (seen: the profile was never written, the recompile limit
+    stayed 8). `compile_context` applies them where it is entered."""
+    import threading
+
+    import torch
+    import torch._dynamo
+
+    state = {"source": "avcap", "shape_profile": {"job_id": "avcap-infer-x", "source": "avcap"}}
+    seen: dict = {}
+
+    def model_thread():
+        seen["before"] = (torch.compiler.config.job_id, torch._dynamo.config.recompile_limit)
+        with compile_context(state, recompile_limit=80):
+            seen["inside"] = (torch.compiler.config.job_id, torch._dynamo.config.recompile_limit)
+        with compile_context({**state, "shape_profile": {"job_id": "theirs", "source": "user"}}):
+            seen["user"] = torch.compiler.config.job_id
+        seen["after"] = (torch.compiler.config.job_id, torch._dynamo.config.recompile_limit)
+
+    t = threading.Thread(target=model_thread)
+    t.start()
+    t.join()
+    assert seen["inside"] == ("avcap-infer-x", 80)
+    assert seen["before"] == seen["after"] and seen["after"][0] != "avcap-infer-x"
+    assert seen["user"] != "avcap-infer-x"  # a user's job id is the environment's, not avcap's to patch

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -455,6 +456,8 @@ def test_compiled_engine_gives_the_eager_outputs(varied_model_dir, engines, clip
         cache = compiled.run_record()["compile_cache"]  # avcap's versioned folder, with torch's counters
         assert cache["source"] == "avcap" and cache["dir"].startswith(os.environ["AVCAP_CACHE_DIR"])
         assert sum(cache["counters"].values()) > 0
+        # the workload's shape profile was written where the model ran (the thread that compiled)
+        assert list(Path(cache["dir"]).glob(f"dynamo/code_state_{cache['shape_profile']['job_id']}*.pkl"))
         first = compiled.run_record()["startup"]["first_call"]  # the first call's compiling, timed by torch
         assert 0 < first["compile_s"] <= first["done_at_s"] - first["model_ready_at_s"]
         chunk = [(r, [compiled.frames.frames(p) for p in r.messages[1]["content"]

@@ -26,9 +26,10 @@ import json
 import os
 import platform
 import shutil
+from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ENV = "AVCAP_COMPILE_CACHE"  # "off", or a folder used as is (no version key appended)
 _STATE: dict[str, Any] = {}
@@ -114,9 +115,10 @@ _NAMED: dict[str, Any] = {}  # the job id of this process: torch reads a profile
 
 
 def name_workload(workload: str, folder: Path) -> dict[str, Any]:
-    """Set torch.compiler.config.job_id to `workload` unless the user set one or an earlier workload
-    of this process named it (the demo trains, then captions, in one process); returns the record:
-    the job id in force, who set it, whether a profile of it was there when this process began."""
+    """Set torch.compiler.config.job_id to `workload`, for this thread (a thread that runs the model
+    elsewhere enters `compile_context`), unless the user set one or an earlier workload of this
+    process named it (the demo trains, then captions, in one process); returns the record: the job
+    id in force, who set it, whether a profile of it was there when this process began."""
     import torch
     import torch._dynamo.config as dynamo_config
 
@@ -134,6 +136,30 @@ def name_workload(workload: str, folder: Path) -> dict[str, Any]:
         source = "an earlier workload of this process"
     return {"job_id": _NAMED["job_id"], "source": source,
             "enabled": bool(getattr(dynamo_config, "automatic_dynamic_local_pgo", False)), "found": _NAMED["found"]}
+
+
+@contextmanager
+def compile_context(state: dict[str, Any] | None, recompile_limit: int | None = None) -> Iterator[None]:
+    """torch's compile settings for the code inside, which must run where the model runs: recent torch
+    keeps a setting made in code per thread (a context variable), so one made on a loading thread
+    never reaches the thread that compiles. Applies the workload's job id of a `use_compile_cache`
+    record `state` (where avcap named it) and at least `recompile_limit` compiled versions per function."""
+    with ExitStack() as stack:
+        profile = (state or {}).get("shape_profile") or {}
+        if profile.get("job_id") and profile.get("source") != "user":
+            import torch
+
+            stack.enter_context(torch.compiler.config.patch(job_id=profile["job_id"]))
+        if recompile_limit:
+            import torch._dynamo
+
+            c = torch._dynamo.config
+            name = "recompile_limit" if hasattr(c, "recompile_limit") else "cache_size_limit"
+            limits = {name: max(getattr(c, name), recompile_limit)}
+            if hasattr(c, "accumulated_recompile_limit"):
+                limits["accumulated_recompile_limit"] = max(c.accumulated_recompile_limit, 4 * recompile_limit)
+            stack.enter_context(c.patch(**limits))
+        yield
 
 
 def _torch_default() -> str | None:

@@ -56,8 +56,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from avcap.core.compile_cache import (compile_counters, dynamo_compile_seconds, require_compiler, use_compile_cache,
-                                      workload_id)
+from avcap.core.compile_cache import (compile_context, compile_counters, dynamo_compile_seconds, require_compiler,
+                                      use_compile_cache, workload_id)
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.core.imports import heavy_imports
@@ -212,20 +212,6 @@ def model_stream(device: str):
 _LOAD_LOCK = threading.Lock()
 
 
-def _allow_recompiles(n: int) -> None:
-    """Let dynamo keep `n` compiled versions per function. transformers' DynamicCache makes each
-    decoder layer's compiled forward guard on that layer's cache entry, so a prefill compiles once
-    per layer (the inductor cache makes the repeats cheap); at the default limit of 8 the other
-    layers would silently run eagerly."""
-    import torch._dynamo
-
-    c = torch._dynamo.config
-    name = "recompile_limit" if hasattr(c, "recompile_limit") else "cache_size_limit"
-    setattr(c, name, max(getattr(c, name), n))
-    if hasattr(c, "accumulated_recompile_limit"):
-        c.accumulated_recompile_limit = max(c.accumulated_recompile_limit, 4 * n)
-
-
 # files whose bytes must be equal for `reload` to keep the engine's processor
 RELOAD_PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                           "merges.txt", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
@@ -324,6 +310,7 @@ class TransformersEngine:
         self.prefetch_videos = self.frames.lookahead
         self._stream = None  # the model's CUDA stream, made once the weights are on the device
         self.compile_cache: dict[str, Any] = {}
+        self._recompile_limit: Optional[int] = None  # with compile: set, like compile_cache, by the load
         self._fast = None
         # the fast path's processor work for the next prefetched request list runs on this thread
         # while the model works on the current one (see `prefetch`)
@@ -441,7 +428,10 @@ class TransformersEngine:
             self.compile_cache = use_compile_cache("cuda" if cuda else "cpu",
                                                    workload_id("infer", model.config.to_dict()))
             counts = compile_blocks(model, linear_patch_embed=cuda)
-            _allow_recompiles(2 * sum(counts.values()) + 8)
+            # transformers' DynamicCache makes each decoder layer's compiled forward guard on that layer's
+            # cache entry, so the library's prefill compiles once per layer (the inductor cache makes the
+            # repeats cheap); at torch's default limit of 8 the other layers would silently run eagerly
+            self._recompile_limit = 2 * sum(counts.values()) + 8
         if model.generation_config.pad_token_id is None:
             model.generation_config.pad_token_id = self._processor.tokenizer.pad_token_id
         got = vision_factor(model.config)
@@ -843,7 +833,8 @@ class TransformersEngine:
                         inputs=None) -> list[Result]:
         import torch
 
-        with torch.inference_mode():
+        # the compile settings apply here, on the thread that runs (and so compiles) the model
+        with torch.inference_mode(), compile_context(self.compile_cache, self._recompile_limit):
             return self._generate_batch_nograd(chunk, sampling, min_tokens, inputs)
 
     def fast_spec(self, sampling: Sampling, min_tokens: int):
