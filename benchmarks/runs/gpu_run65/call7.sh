@@ -10,7 +10,7 @@ python3 -c "import torch, triton, transformers, av; print(torch.__version__, tri
 mkdir -p /tmp/fc7-cache
 python3 benchmarks/bench_first_caption.py --out $OUT/fc7 --runs warm-first,warm-first,warm-first@base,warm,warm-first \
   --cache-dir /tmp/fc7-cache --baseline-src .baseline/src --bytecode-cache /tmp/pyc --batch-size 96 \
-  --decode-attention triton --deadline 555 > $OUT/fc7.txt 2>&1
+  --decode-attention triton --deadline 520 > $OUT/fc7.txt 2>&1
 wait
 grep -v "Warning\|warn" $OUT/check.txt | tail -8 | cut -c1-600
 tail -14 $OUT/fc7.txt | cut -c1-1200
