@@ -7,11 +7,12 @@ nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
 python3 -c "import torch, triton, transformers, av; print(torch.__version__, triton.__version__, transformers.__version__, av.__version__)"
 (timeout 150 python3 benchmarks/check_decode_attention_gpu.py --configs sdpa:graphs,triton:graphs,triton:eager,sdpa:eager --out $OUT/check > $OUT/check.txt 2>&1) &
-mkdir -p /tmp/fc7-cache
-python3 benchmarks/bench_first_caption.py --out $OUT/fc7 --runs warm-first,warm-first,warm-first@base,warm,warm-first \
-  --cache-dir /tmp/fc7-cache --baseline-src .baseline/src --bytecode-cache /tmp/pyc --batch-size 96 \
-  --decode-attention triton --deadline 520 > $OUT/fc7.txt 2>&1
+RUNS=${RUNS:-warm-first,warm-first,warm-first@base,warm,warm-first}; DEADLINE=${DEADLINE:-520}; TAG=${TAG:-fc7}
+mkdir -p /tmp/$TAG-cache
+python3 benchmarks/bench_first_caption.py --out $OUT/$TAG --runs $RUNS \
+  --cache-dir /tmp/$TAG-cache --baseline-src .baseline/src --bytecode-cache /tmp/pyc --batch-size 96 \
+  --decode-attention triton --deadline $DEADLINE > $OUT/$TAG.txt 2>&1
 wait
 grep -v "Warning\|warn" $OUT/check.txt | tail -8 | cut -c1-600
-tail -14 $OUT/fc7.txt | cut -c1-1200
-cd $OUT && tar czf r7.tgz check fc7 *.txt
+tail -14 $OUT/$TAG.txt | cut -c1-1200
+cd $OUT && tar czf r-$TAG.tgz check $TAG *.txt

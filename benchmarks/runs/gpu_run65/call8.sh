@@ -1,17 +1,2 @@
-# gpu_run65 call 8 (session 18, ~420 s: call 7 cut to one compared pair): (a) the Triton decode attention check (first decode step against sdpa and
-# against float32; greedy tokens), in the background while (b) sets up its model and clips; (b) goal 2's whole run
-# as it stands: a fresh 8B `avcap infer` over 192 videos, batch 96, Triton decode attention, bytecode cache, with a
-# first batch of 8 (warm-first) and without (warm), this checkout against fd02c70 (.baseline/src). Run 1 fills an
-# empty compile cache (and this checkout's shape profile) and is not compared.
-nproc; nvidia-smi --query-gpu=name --format=csv,noheader
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
-python3 -c "import torch, triton, transformers, av; print(torch.__version__, triton.__version__, transformers.__version__, av.__version__)"
-(timeout 150 python3 benchmarks/check_decode_attention_gpu.py --configs sdpa:graphs,triton:graphs,triton:eager,sdpa:eager --out $OUT/check > $OUT/check.txt 2>&1) &
-mkdir -p /tmp/fc8-cache
-python3 benchmarks/bench_first_caption.py --out $OUT/fc8 --runs warm-first,warm-first,warm-first@base \
-  --cache-dir /tmp/fc8-cache --baseline-src .baseline/src --bytecode-cache /tmp/pyc --batch-size 96 \
-  --decode-attention triton --deadline 400 > $OUT/fc8.txt 2>&1
-wait
-grep -v "Warning\|warn" $OUT/check.txt | tail -8 | cut -c1-600
-tail -14 $OUT/fc8.txt | cut -c1-1200
-cd $OUT && tar czf r8.tgz check fc8 *.txt
+# gpu_run65 call 8 (session 18, ~420 s): call 7 cut to one compared pair (fill, this checkout, fd02c70)
+RUNS=warm-first,warm-first,warm-first@base DEADLINE=400 TAG=fc8 bash benchmarks/runs/gpu_run65/call7.sh
