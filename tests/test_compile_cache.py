@@ -144,4 +144,4 @@ def test_compile_settings_reach_the_thread_that_runs_the_model():
     t.join()
     assert seen["inside"] == ("avcap-infer-x", 80)
     assert seen["before"] == seen["after"] and seen["after"][0] != "avcap-infer-x"
-    assert seen["user"] != "avcap-infer-x"  # a user's job id is the environment's, not avcap's to patch
+    assert seen["user"] == seen["before"][0]  # a user's job id is the environment's, not avcap's to patch

@@ -7,10 +7,10 @@ torch's kernels for this shape read a cache at 2.54 TB/s (the masked memory-effi
 (benchmarks/RESULTS.md, "Decode attention kernels alone", run 64). Here each program takes one
 (row, KV head) and one stretch of the cache's slots, loads each block of keys and values once, and
 scores it against all `groups` query heads of that KV head with one tensor-core product (the heads
-padded to 16 rows). Slots where `valid` (B, S) is false count
-for nothing (the cache's padding, the block's not yet written slots), exactly as the boolean mask
-of the sdpa path does. With more than one stretch per (row, KV head) a second kernel combines them
-by their log-sum-exp; with one, the first kernel writes the output itself.
+padded to 16 rows). Slots where `valid` (B, S) is false count for nothing (the cache's padding, the
+block's not yet written slots), exactly as the boolean mask of the sdpa path does. With more than
+one stretch per (row, KV head) a second kernel combines them by their log-sum-exp; with one, the
+first kernel writes the output itself.
 
 Scores and softmax run in float32, the probabilities meet V in the cache's dtype (as in flash
 attention), so results agree with sdpa's within the dtype's rounding (tests: Triton's interpreter on
