@@ -539,7 +539,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--first-batch", type=int, default=8,
                     help="[avcap.engine] first_batch of the warm-first runs (warm cache, a smaller first batch)")
     ap.add_argument("--decode-workers", type=int, default=16)
-    ap.add_argument("--decode-attention", default="sdpa", choices=["sdpa", "flex", "triton"],
+    ap.add_argument("--decode-attention", default="auto", choices=["auto", "sdpa", "flex", "triton"],
                     help="[avcap.engine] decode_attention of the runs")
     ap.add_argument("--caption-tokens", type=int, default=256)
     ap.add_argument("--compile", dest="compile", action="store_true", default=None)

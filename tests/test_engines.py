@@ -579,3 +579,30 @@ engine.close()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "torch imported before the decoders: False" in out.stdout
+
+
+def test_a_failed_batch_runs_request_by_request_and_is_counted(hf_engine, infer_data_dir, monkeypatch):
+    """A batch that fails as a whole (here a fault injected below the batch: the model's call raising
+    for more than one row, as an out-of-memory error would) runs its requests one at a time with the
+    same answers, says why once and counts it in the run record."""
+    videos = sorted((infer_data_dir / "AV_CAPTION" / "videos").glob("av0000*.mp4"))[:3]
+    reqs = [Request(f"k{i}", build_messages(SYSTEM, f"Describe clip {i}.", str(v))) for i, v in enumerate(videos)]
+    s = Sampling(temperature=0, max_tokens=4)
+    hf_engine.new_run()
+    expected = [r.raw_text for r in hf_engine.generate(reqs, s)]
+    assert hf_engine.run_record()["batch_failures"] == {}
+    real = hf_engine._generate_batch
+
+    def only_one_row(chunk, *a, **kw):
+        if len(chunk) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 19.00 GiB (injected)")
+        return real(chunk, *a, **kw)
+
+    monkeypatch.setattr(hf_engine, "_generate_batch", only_one_row)
+    hf_engine.new_run()
+    with pytest.warns(UserWarning, match=r"a batch of 3 requests failed \(RuntimeError: CUDA out of memory"):
+        got = hf_engine.generate(reqs, s)
+    assert [r.raw_text for r in got] == expected and all(r.error is None for r in got)
+    record = hf_engine.run_record()
+    assert record["batch_failures"] == {"RuntimeError: CUDA out of memory. Tried to allocate 19.00 GiB (injected)": 1}
+    assert record["counts"]["batch_failure_requests"] == 3

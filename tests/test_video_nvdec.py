@@ -139,6 +139,45 @@ def test_a_conversion_that_fails_to_compile_falls_back_to_eager_once(monkeypatch
     assert torch.equal(again.as_subclass(torch.Tensor), first.as_subclass(torch.Tensor)) and calls == [1]
 
 
+def test_a_conversion_refused_while_another_thread_traces_converts_eagerly(monkeypatch):
+    """torch 2.11 keeps "FX is tracing" per process, so a frame thread's compiled conversion made while
+    the model's thread compiles raises torch's nested-trace error (seen on the GPU, gpu_run65). Such a
+    call converts eagerly (the same integers), is counted, warns once and keeps the compiled function.
+    The flag is set here on this thread, which is what such a call sees under torch 2.11."""
+    from torch.fx import _symbolic_trace
+
+    from avcap.video import colour as video_colour
+
+    tracing = getattr(_symbolic_trace, "_is_fx_tracing_context", None)
+    if tracing is None:
+        pytest.skip("this torch has no per-thread FX tracing flag to set")
+
+    class OnGpu(torch.Tensor):  # a CPU tensor that says it is on CUDA: only the dispatch is tested
+        @property
+        def is_cuda(self):
+            return True
+
+    compiled = torch.compile(video_colour.nv12_to_rgb)  # refused before it compiles anything
+    monkeypatch.setattr(video_colour, "_compiled", {"fn": compiled})
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 256, (2, 8, 12), dtype=torch.uint8, generator=g)
+    uv = torch.randint(0, 256, (2, 4, 6, 2), dtype=torch.uint8, generator=g)
+    c = swscale_coefficients(1, 0)
+    eager = video_colour.nv12_to_rgb(y, uv, c)
+    with tracing(True):
+        with pytest.warns(UserWarning, match="refused while another thread compiled"):
+            first = video_colour.nv12_to_rgb_fast(y.as_subclass(OnGpu), uv.as_subclass(OnGpu), c)  # its first call
+        video_colour._compiled["ran"] = True  # as after a first call that compiled
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            later = video_colour.nv12_to_rgb_fast(y.as_subclass(OnGpu), uv.as_subclass(OnGpu), c)
+    assert torch.equal(first.as_subclass(torch.Tensor), eager) and torch.equal(later.as_subclass(torch.Tensor), eager)
+    assert video_colour.eager_conversions() == 2 and video_colour._compiled["fn"] is compiled
+    with pytest.raises(RuntimeError, match="out of memory"):  # any other error stays the caller's
+        monkeypatch.setitem(video_colour._compiled, "fn", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
+        video_colour.nv12_to_rgb_fast(y.as_subclass(OnGpu), uv.as_subclass(OnGpu), c)
+
+
 def test_coefficients_are_swscales():
     """BT.601 limited range, the untagged H.264 case, as FFmpeg's ff_yuv2rgb_c_init_tables gives them."""
     c = swscale_coefficients(2, 0)

@@ -143,8 +143,18 @@ def compile_context(state: dict[str, Any] | None, recompile_limit: int | None = 
     """torch's compile settings for the code inside, which must run where the model runs: recent torch
     keeps a setting made in code per thread (a context variable), so one made on a loading thread
     never reaches the thread that compiles. Applies the workload's job id of a `use_compile_cache`
-    record `state` (where avcap named it) and at least `recompile_limit` compiled versions per function."""
+    record `state` (where avcap named it) and at least `recompile_limit` compiled versions per function.
+
+    With a `state` (compiling), a compiled function called while another thread of the process is
+    tracing runs eagerly instead of raising: torch 2.11 keeps "FX is tracing" per process, and a
+    frame thread's first compiled colour conversion could otherwise fail the model's whole batch
+    (benchmarks/runs/gpu_run65). The same math, without fusion, for that call only."""
     with ExitStack() as stack:
+        if state:
+            import torch._dynamo
+
+            if hasattr(torch._dynamo.config, "error_on_nested_fx_trace"):
+                stack.enter_context(torch._dynamo.config.patch(error_on_nested_fx_trace=False))
         profile = (state or {}).get("shape_profile") or {}
         if profile.get("job_id") and profile.get("source") != "user":
             import torch

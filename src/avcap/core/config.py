@@ -357,8 +357,9 @@ class Engine(_Model):
     # query heads folded into the query length), "flex" (FlexAttention's split-KV decoding kernel,
     # compiled on CUDA) or "triton" (avcap's split-KV kernel reading each KV head once for its query
     # heads, avcap.engines.hf.triton_decode; CUDA only, elsewhere sdpa with a warning) or "auto" (triton on
-    # a CUDA device, sdpa elsewhere without a warning); the same math, bf16 sums in another order
-    decode_attention: Literal["auto", "sdpa", "flex", "triton"] = "sdpa"
+    # a CUDA device, sdpa elsewhere without a warning; the default: on an H100 its first decode step is as
+    # near float32 as sdpa's, benchmarks/runs/gpu_run65); the same math, bf16 sums in another order
+    decode_attention: Literal["auto", "sdpa", "flex", "triton"] = "auto"
     # the prompt's decoder layers in the fast path's prefill: "transcribed" (avcap's transcription of the
     # layer, checked against the library's at start; with compile one graph for every layer, so a fresh
     # process traces one layer, not all of them) or "library" (transformers' own layers)

@@ -54,6 +54,7 @@ from avcap.core.imports import first_under_lock
 from avcap.engines.base import Request, video_parts
 from avcap.engines.spool import Spool, spooled, unspool
 from avcap.video import DECODERS, VideoError, decode_video, load_video
+from avcap.video.colour import eager_conversions
 
 # Heavy libraries (torch) are imported inside the functions that use them: `avcap --help` and
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
@@ -273,12 +274,16 @@ class FrameLoader:
 
     def startup(self) -> dict[str, Any]:
         """How fast the decoders got going: seconds from this loader's creation to its 1st, 8th,
-        16th, ... decoded video, and any `hold` (run.json's engine_run.startup.frames)."""
+        16th, ... decoded video, and any `hold` (run.json's engine_run.startup.frames); with a finish
+        device, how many colour conversions of this process ran eagerly because another thread was
+        compiling (avcap.video.colour.nv12_to_rgb_fast)."""
         with self._ready:
             out: dict[str, Any] = {"decoded_at_s": {str(n): t for n, t in sorted(self._decoded_at.items())}}
             if self._held:
                 out["held"] = dict(self._held)
-            return out
+        if self.finish_device is not None:
+            out["eager_conversions"] = eager_conversions()
+        return out
 
     def worker_pids(self) -> list[int]:
         """The process ids of the decoder worker processes running now (none with threads)."""

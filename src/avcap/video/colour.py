@@ -146,7 +146,7 @@ def nv12_to_rgb(y, uv, coeffs: Yuv2Rgb):
 
 
 _compiled: dict[str, object] = {}
-_compile_lock = threading.Lock()
+_compile_lock = threading.RLock()
 
 
 def compiled_nv12_to_rgb():
@@ -173,10 +173,69 @@ def nv12_to_rgb_fast(y, uv, coeffs: Yuv2Rgb):
     """`nv12_to_rgb`, compiled for CUDA tensors: its ~20 integer passes over the frame fused into two
     kernels (GPU time per 16 frames of 1936x1220 2.5 -> 0.2 ms, benchmarks/bench_finish.py), the
     same integers (integer arithmetic; bench_finish.py and the tests compare). Eager on the CPU, and
-    from the first time compiling fails (said once)."""
+    from the first time compiling fails (said once).
+
+    Its callers are frame threads beside a model that may be compiling on its own thread. torch
+    2.11 keeps "FX is tracing" per process (2.14 per thread), so there a compiled call made while
+    another thread compiles raises (an engine's compile failed a video's frames this way,
+    benchmarks/runs/gpu_run65). So the first call compiles under a lock (the threads do not compile
+    at once), and a call refused for another thread's tracing converts eagerly: the same integers,
+    counted (`eager_conversions`)."""
     fn = compiled_nv12_to_rgb() if getattr(y, "is_cuda", False) else None
     if fn is None:
         return nv12_to_rgb(y, uv, coeffs)
+    if not _compiled.get("ran"):
+        with _compile_lock:
+            if not _compiled.get("ran"):
+                return _first_compiled_call(fn, y, uv, coeffs)
+    try:
+        return fn(y, uv, coeffs)  # compiled fine once: other errors (out of memory, ...) are the caller's
+    except RuntimeError as exc:
+        if not another_thread_traces(exc):
+            raise
+        _note_eager_conversion(exc)
+        return nv12_to_rgb(y, uv, coeffs)
+
+
+def _first_compiled_call(fn, y, uv, coeffs: Yuv2Rgb):
+    """The first compiled conversion (with `_compile_lock` held): it compiles; if that fails the
+    process converts eagerly from now on (said once); if another thread's tracing refused it, only
+    this call does."""
+    try:
+        rgb = fn(y, uv, coeffs)
+    except UnsupportedColour:
+        raise
+    except Exception as exc:  # noqa: BLE001 — no compiler, an inductor bug: the eager function is the same
+        if isinstance(exc, RuntimeError) and another_thread_traces(exc):
+            _note_eager_conversion(exc)
+        else:
+            _compiled["fn"] = None
+            warnings.warn(f"avcap.video.colour: compiling the colour conversion failed, converting eagerly "
+                          f"({type(exc).__name__}: {exc})")
+        return nv12_to_rgb(y, uv, coeffs)
+    _compiled["ran"] = True
+    return rgb
+
+
+def another_thread_traces(exc: BaseException) -> bool:
+    """Whether `exc` is torch refusing a compiled call because FX is tracing: in this process's
+    frame threads that is another thread compiling (torch 2.11 shares the flag across threads)."""
+    return "symbolically trace a dynamo-optimized function" in str(exc)
+
+
+def _note_eager_conversion(exc: BaseException) -> None:
+    with _compile_lock:
+        _compiled["eager_conversions"] = _compiled.get("eager_conversions", 0) + 1
+        first = _compiled["eager_conversions"] == 1
+    if first:
+        warnings.warn(f"avcap.video.colour: a compiled colour conversion was refused while another thread "
+                      f"compiled ({exc}); such calls convert eagerly, the same integers (counted: "
+                      f"avcap.video.colour.eager_conversions())")
+
+
+def eager_conversions() -> int:
+    """Calls of this process that converted eagerly because another thread was compiling."""
+    return int(_compiled.get("eager_conversions", 0))
     if _compiled.get("ran"):  # compiled fine once: later errors (out of memory, ...) are the caller's
         return fn(y, uv, coeffs)
     try:

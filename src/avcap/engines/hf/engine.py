@@ -321,6 +321,7 @@ class TransformersEngine:
         self._paths: Counter[str] = Counter()  # requests per generation path ("fast" / "generate")
         self._counts: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()  # requests per fallback reason
+        self._batch_failures: Counter[str] = Counter()  # failed batches (then run request by request) per error
         self._warned: set[str] = set()
         # seconds from the start of the constructor (the frames' own times from the decoders' start)
         self.startup: dict[str, Any] = {"decoders_started_at_s": decoders_at, "constructed_at_s": self._since_start()}
@@ -527,10 +528,12 @@ class TransformersEngine:
         self.startup = {"reloaded": True}
 
     def new_run(self) -> None:
-        """Start the run record again (`run_record`'s paths, counts and fallbacks; warnings once more)."""
+        """Start the run record again (`run_record`'s paths, counts, fallbacks and batch failures; warnings
+        once more)."""
         self._paths.clear()
         self._counts.clear()
         self._fallbacks.clear()
+        self._batch_failures.clear()
         self._warned.clear()
 
     def _model_ready(self) -> None:
@@ -677,10 +680,21 @@ class TransformersEngine:
             return self._generate_batch(chunk, sampling, min_tokens, inputs)
         except Exception as exc:
             if len(chunk) > 1:
+                self._note_batch_failure(len(chunk), exc)
                 self._free_memory()
                 return [r for item in chunk for r in self._generate_safely([item], sampling, min_tokens)]
             req = chunk[0][0]
             return [Result(key=req.key, text=None, error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")]
+
+    def _note_batch_failure(self, requests: int, exc: Exception) -> None:
+        """A batch failed and its requests go one at a time (slow: a new shape each, one row per
+        step): count it by error, and say so the first time each error occurs in this engine."""
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        self._batch_failures[error] += 1
+        self._counts["batch_failure_requests"] += requests
+        if self._batch_failures[error] == 1:
+            warnings.warn(f"avcap transformers engine: a batch of {requests} requests failed ({error}); generating "
+                          f"them one at a time (counted in run.json's engine_run.batch_failures)", stacklevel=3)
 
     def _free_memory(self) -> None:
         import torch
@@ -827,6 +841,7 @@ class TransformersEngine:
             "paths": dict(self._paths),
             "counts": dict(self._counts),
             "fallbacks": dict(self._fallbacks),
+            "batch_failures": dict(self._batch_failures),
         }
 
     def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0,
