@@ -450,6 +450,8 @@ def summarize_run(res: dict[str, Any], target: Path, args) -> None:
         res["engine_startup"] = er.get("startup")
         res["engine_paths"] = er.get("paths")
         res["engine_fallbacks"] = er.get("fallbacks")
+        res["engine_batch_failures"] = er.get("batch_failures")
+        res["engine_counts"] = er.get("counts")
         res["device"] = info.get("device")
         res["bytecode"] = info.get("bytecode")
         res["run_json_timings"] = info.get("timings")

@@ -17,7 +17,8 @@ import json, os
 d = json.load(open(os.path.join(os.environ["OUT"], os.environ.get("TAG", "fc9"), "bench_first_caption.json")))
 for name, r in d["runs"].items():
     e = r.get("engine_fallbacks"); t = r.get("timeline")
-    print(name, "timeline", t, "paths", r.get("engine_paths"), "fallbacks", e)
+    print(name, "timeline", t, "paths", r.get("engine_paths"), "fallbacks", e, "batch failures",
+          r.get("engine_batch_failures"), "counts", r.get("engine_counts"))
     print("   startup", json.dumps(r.get("engine_startup"))[:900])
 PY
 grep -h "batch of\|refused\|Error\|error" $OUT/$TAG/*.log | sort | uniq -c | sort -rn | head -12 | cut -c1-600
