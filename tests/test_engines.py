@@ -500,6 +500,9 @@ def test_transformers_loads_in_the_background_and_records_its_load(varied_model_
         assert set(load) >= {"imports_s", "processor_s", "weights_s", "to_device_s", "setup_s", "waited_s"}
         assert load["direct_to_device"] is False  # on the CPU nothing to put anywhere
         assert all(load[k] >= 0 for k in ("imports_s", "weights_s", "setup_s", "waited_s"))
+        # the weights were read during the imports (avcap.engines.hf.weights)
+        early = load["early_weights"]
+        assert early["used"] is True and early["read_s"] >= 0 and early["waited_s"] >= 0
         first = start["first_call"]
         # one timeline, seconds from the constructor's start: decoders, constructor, model, first call
         assert start["decoders_started_at_s"] <= start["constructed_at_s"] <= first["called_at_s"]

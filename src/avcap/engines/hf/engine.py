@@ -63,6 +63,7 @@ from avcap.core.config import Sampling, Vision
 from avcap.core.imports import heavy_imports
 from avcap.engines.base import ModelLoadError, Request, Result, final_answer
 from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
+from avcap.engines.hf.weights import EarlyWeights, from_state_dict
 
 # Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
@@ -349,18 +350,25 @@ class TransformersEngine:
         background load)."""
         t0 = time.perf_counter()
         # imported (and timed) here, used by _read_weights and _load_processor: the imports are a large
-        # part of a start; the frame loader's finisher threads do not import beside them (avcap.core.imports)
+        # part of a start; the frame loader's finisher threads do not import beside them (avcap.core.imports).
+        # The weights need only torch and safetensors: they are read during transformers' imports
         try:
             with heavy_imports():
+                import safetensors.torch  # noqa: F401
                 import torch
+            self.dtype = resolve_dtype(self.cfg.dtype, self.device)
+            early, why_not = EarlyWeights.start(path, self.device, self.dtype)
+            with heavy_imports():
                 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
         finally:
             self.frames.release()
         self.load_timings["imports_s"] = round(time.perf_counter() - t0, 3)
-        self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         self._load_processor(processor)
         t0 = time.perf_counter()
-        model, direct = self._read_weights(path, direct=True)
+        model, direct = self._read_weights(path, direct=True, early=early)
+        self.load_timings["early_weights"] = (
+            {"used": True, "read_s": early.read_s, "waited_s": early.waited_s} if early is not None
+            else {"used": False, "why_not": why_not})
         t1 = time.perf_counter()
         model = model.to(self.device)
         t2 = time.perf_counter()
@@ -370,10 +378,11 @@ class TransformersEngine:
             torch.cuda.synchronize(self.device)  # the model's stream does not wait for this thread's work
         self.startup["model_ready_at_s"] = self._since_start()
 
-    def _read_weights(self, path: str | os.PathLike, *, direct: bool):
+    def _read_weights(self, path: str | os.PathLike, *, direct: bool, early: Optional[EarlyWeights] = None):
         """(model read from `path` with transformers' loading, whether its tensors were read straight
         onto the GPU): `direct` asks for that, which transformers 5 does as it reads each tensor (4.x
-        needs accelerate for a device_map); otherwise they stay on the host."""
+        needs accelerate for a device_map); otherwise they stay on the host. With `early`, the
+        tensors it read (on the device) are the state dict: the same loading, without the reading."""
         import transformers
         from transformers import AutoModelForImageTextToText
 
@@ -381,6 +390,10 @@ class TransformersEngine:
         direct = direct and self.device.startswith("cuda") and int(transformers.__version__.split(".")[0]) >= 5
         if direct:
             kwargs["device_map"] = self.device
+        if early is not None:
+            tensors = early.result()
+            with _LOAD_LOCK:
+                return from_state_dict(path, tensors, **kwargs), direct or self.device.startswith("cuda")
         with _LOAD_LOCK:
             return AutoModelForImageTextToText.from_pretrained(path, **kwargs), direct
 
