@@ -7,9 +7,9 @@
 nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
 python3 -c "import torch, triton, transformers, av; print(torch.__version__, triton.__version__, transformers.__version__, av.__version__)"
-RUNS=${RUNS:-warm-first,warm-first,warm,warm-first}; DEADLINE=${DEADLINE:-550}; TAG=${TAG:-fc9}
+RUNS=${RUNS:-warm-first,warm-first,warm,warm-first}; DEADLINE=${DEADLINE:-550}; TAG=${TAG:-fc9}; EXTRA=${EXTRA:-}
 mkdir -p /tmp/$TAG-cache
-python3 benchmarks/bench_first_caption.py --out $OUT/$TAG --runs $RUNS \
+python3 benchmarks/bench_first_caption.py --out $OUT/$TAG --runs $RUNS $EXTRA \
   --cache-dir /tmp/$TAG-cache --bytecode-cache /tmp/pyc --batch-size 96 --deadline $DEADLINE > $OUT/$TAG.txt 2>&1
 tail -14 $OUT/$TAG.txt | cut -c1-1500
 python3 - <<'PY'
