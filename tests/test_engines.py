@@ -586,8 +586,9 @@ engine.close()
 
 def test_a_failed_batch_runs_request_by_request_and_is_counted(hf_engine, infer_data_dir, monkeypatch):
     """A batch that fails as a whole (here a fault injected below the batch: the model's call raising
-    for more than one row, as an out-of-memory error would) runs its requests one at a time with the
-    same answers, says why once and counts it in the run record."""
+    for more than one row) runs its requests one at a time with the same answers, says why once and
+    counts it in the run record. Out of memory, the batch is first tried once more whole, after the
+    fast path's cache and captured steps are released: once enough, it does not split."""
     videos = sorted((infer_data_dir / "AV_CAPTION" / "videos").glob("av0000*.mp4"))[:3]
     reqs = [Request(f"k{i}", build_messages(SYSTEM, f"Describe clip {i}.", str(v))) for i, v in enumerate(videos)]
     s = Sampling(temperature=0, max_tokens=4)
@@ -595,17 +596,36 @@ def test_a_failed_batch_runs_request_by_request_and_is_counted(hf_engine, infer_
     expected = [r.raw_text for r in hf_engine.generate(reqs, s)]
     assert hf_engine.run_record()["batch_failures"] == {}
     real = hf_engine._generate_batch
+    sizes = []
 
-    def only_one_row(chunk, *a, **kw):
-        if len(chunk) > 1:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 19.00 GiB (injected)")
-        return real(chunk, *a, **kw)
+    def failing(error, times):
+        def call(chunk, *a, **kw):
+            sizes.append(len(chunk))
+            if len(chunk) > 1 and sizes.count(len(chunk)) <= times:
+                raise error
+            return real(chunk, *a, **kw)
+        return call
 
-    monkeypatch.setattr(hf_engine, "_generate_batch", only_one_row)
+    monkeypatch.setattr(hf_engine, "_generate_batch", failing(RuntimeError("the processor broke (injected)"), 9))
     hf_engine.new_run()
-    with pytest.warns(UserWarning, match=r"a batch of 3 requests failed \(RuntimeError: CUDA out of memory"):
+    with pytest.warns(UserWarning, match=r"a batch of 3 requests failed \(RuntimeError: the processor broke"):
         got = hf_engine.generate(reqs, s)
     assert [r.raw_text for r in got] == expected and all(r.error is None for r in got)
+    assert sizes == [3, 1, 1, 1]  # not out of memory: no second try of the whole batch
     record = hf_engine.run_record()
-    assert record["batch_failures"] == {"RuntimeError: CUDA out of memory. Tried to allocate 19.00 GiB (injected)": 1}
+    assert record["batch_failures"] == {"RuntimeError: the processor broke (injected)": 1}
     assert record["counts"]["batch_failure_requests"] == 3
+
+    oom = "CUDA out of memory. Tried to allocate 5.19 GiB (injected)"
+    sizes.clear()
+    monkeypatch.setattr(hf_engine, "_generate_batch", failing(RuntimeError(oom), 1))
+    hf_engine.new_run()
+    with pytest.warns(UserWarning, match="a batch of 3 requests failed"):
+        got = hf_engine.generate(reqs, s)
+    assert [r.raw_text for r in got] == expected and sizes == [3, 3]
+    assert hf_engine.fast._buffers is not None and hf_engine.fast._buffers["shape"][0] == 3  # released, then rebuilt
+    record = hf_engine.run_record()
+    assert record["batch_failures"] == {f"RuntimeError: {oom}": 1} and record["counts"]["batch_retried_whole"] == 1
+    assert hf_engine.fast.release(unless_rows=3) is False and hf_engine.fast._buffers is not None  # reusable
+    assert hf_engine.fast.release(unless_rows=2) is True and hf_engine.fast._buffers is None  # another size: freed
+    assert hf_engine.fast._steps == {} and hf_engine.fast.release() is False

@@ -654,8 +654,10 @@ class TransformersEngine:
                 try:
                     with self._prep_lock:
                         inputs = self.shared_inputs_for(chunk)
-                except Exception:  # the batch then prepares (and fails request by request) inline
+                except Exception as exc:  # the batch then prepares (and fails request by request) inline
                     inputs = None
+                    self._note_fallback(f"inputs prepared ahead failed ({type(exc).__name__}: "
+                                        f"{' '.join(str(exc).split())[:120]}); prepared when the batch ran", len(chunk))
             chunks.append((chunk, inputs))
         return results, chunks
 
@@ -695,6 +697,14 @@ class TransformersEngine:
             if len(chunk) > 1:
                 self._note_batch_failure(len(chunk), exc)
                 self._free_memory()
+                if _out_of_memory(exc):  # memory the last batch held is free now: the whole batch once more
+                    try:
+                        out = self._generate_batch(chunk, sampling, min_tokens)
+                        self._counts["batch_retried_whole"] += 1
+                        return out
+                    except Exception as again:  # noqa: BLE001 — then request by request, said and counted
+                        self._note_batch_failure(len(chunk), again)
+                        self._free_memory()
                 return [r for item in chunk for r in self._generate_safely([item], sampling, min_tokens)]
             req = chunk[0][0]
             return [Result(key=req.key, text=None, error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")]
@@ -712,6 +722,8 @@ class TransformersEngine:
     def _free_memory(self) -> None:
         import torch
 
+        if self._fast is not None:
+            self._fast.release()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
@@ -889,6 +901,7 @@ class TransformersEngine:
             from avcap.engines.hf.fast_generate import NotSupported  # the fast path only
 
             if inputs is None:
+                self.fast.release(unless_rows=len(chunk))  # a cache of another size: free before the inputs
                 with self._prep_lock:
                     inputs = self.shared_inputs_for(chunk)
             batch, video_pixels = inputs
@@ -1064,6 +1077,11 @@ def splice_after_videos(u_rep: list[int], x_rep: list[int], u_row: list[int], vi
     if any(t in media for t in u_row[k:]):
         return "a request has media after the shared videos"
     return cut, u_row[k:]
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a device running out of memory (torch's OutOfMemoryError or its message)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 def _video_pixels(inputs) -> Optional[list]:

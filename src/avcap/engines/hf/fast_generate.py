@@ -591,6 +591,24 @@ class FastGenerator:
 
     # ---------------------------------------------------------------- pieces
 
+    def release(self, unless_rows: Optional[int] = None) -> bool:
+        """Drop the KV cache and the decode steps captured over it (their memory goes back to the
+        allocator), unless it holds `unless_rows` rows, so the next batch can reuse it. At 8B a
+        96-row cache is ~44 GB: a batch of another size builds its inputs (~63 MB of pixels per
+        video) beside it otherwise, which ran an H100 out of memory (gpu_run65 call 9). Returns
+        whether anything was dropped."""
+        buf = self._buffers
+        if buf is None or (unless_rows is not None and buf["shape"][0] == unless_rows):
+            return False
+        self._buffers = self._graph = None
+        self._steps = {}
+        if buf["device"].type == "cuda":
+            import torch
+
+            del buf
+            torch.cuda.empty_cache()
+        return True
+
     def _cache(self, b: int, s_len: int, device):
         """kc, vc (layers, B, kv_heads, S, D) and valid (B, S), reused while (B, S) repeats.
         Zero-initialised: masked slots must hold finite numbers (0 x NaN is NaN)."""
