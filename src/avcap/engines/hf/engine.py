@@ -710,14 +710,17 @@ class TransformersEngine:
             return [Result(key=req.key, text=None, error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")]
 
     def _note_batch_failure(self, requests: int, exc: Exception) -> None:
-        """A batch failed and its requests go one at a time (slow: a new shape each, one row per
-        step): count it by error, and say so the first time each error occurs in this engine."""
+        """A batch failed: out of memory it is tried once more whole, otherwise (and if that fails
+        too) its requests go one at a time (slow: a new shape each, one row per step). Count it by
+        error, and say so the first time each error occurs in this engine."""
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         self._batch_failures[error] += 1
         self._counts["batch_failure_requests"] += requests
         if self._batch_failures[error] == 1:
-            warnings.warn(f"avcap transformers engine: a batch of {requests} requests failed ({error}); generating "
-                          f"them one at a time (counted in run.json's engine_run.batch_failures)", stacklevel=3)
+            then = ("trying it once more whole after freeing the KV cache, then one request at a time"
+                    if _out_of_memory(exc) else "generating its requests one at a time")
+            warnings.warn(f"avcap transformers engine: a batch of {requests} requests failed ({error}); {then} "
+                          f"(counted in run.json's engine_run.batch_failures)", stacklevel=3)
 
     def _free_memory(self) -> None:
         import torch
