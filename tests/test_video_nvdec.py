@@ -173,9 +173,10 @@ def test_a_conversion_refused_while_another_thread_traces_converts_eagerly(monke
             later = video_colour.nv12_to_rgb_fast(y.as_subclass(OnGpu), uv.as_subclass(OnGpu), c)
     assert torch.equal(first.as_subclass(torch.Tensor), eager) and torch.equal(later.as_subclass(torch.Tensor), eager)
     assert video_colour.eager_conversions() == 2 and video_colour._compiled["fn"] is compiled
+    monkeypatch.setitem(video_colour._compiled, "fn", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
     with pytest.raises(RuntimeError, match="out of memory"):  # any other error stays the caller's
-        monkeypatch.setitem(video_colour._compiled, "fn", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
         video_colour.nv12_to_rgb_fast(y.as_subclass(OnGpu), uv.as_subclass(OnGpu), c)
+    assert video_colour.eager_conversions() == 2
 
 
 def test_coefficients_are_swscales():

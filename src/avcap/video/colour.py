@@ -236,17 +236,3 @@ def _note_eager_conversion(exc: BaseException) -> None:
 def eager_conversions() -> int:
     """Calls of this process that converted eagerly because another thread was compiling."""
     return int(_compiled.get("eager_conversions", 0))
-    if _compiled.get("ran"):  # compiled fine once: later errors (out of memory, ...) are the caller's
-        return fn(y, uv, coeffs)
-    try:
-        rgb = fn(y, uv, coeffs)
-        _compiled["ran"] = True
-        return rgb
-    except UnsupportedColour:
-        raise
-    except Exception as exc:  # noqa: BLE001 — no compiler, an inductor bug: the eager function is the same
-        with _compile_lock:
-            _compiled["fn"] = None
-        warnings.warn(f"avcap.video.colour: compiling the colour conversion failed, converting eagerly "
-                      f"({type(exc).__name__}: {exc})")
-        return nv12_to_rgb(y, uv, coeffs)

@@ -393,7 +393,7 @@ class TransformersEngine:
         if early is not None:
             tensors = early.result()
             with _LOAD_LOCK:
-                return from_state_dict(path, tensors, **kwargs), direct or self.device.startswith("cuda")
+                return from_state_dict(path, tensors, **kwargs), direct  # read early only under transformers 5
         with _LOAD_LOCK:
             return AutoModelForImageTextToText.from_pretrained(path, **kwargs), direct
 

@@ -111,11 +111,12 @@ class EarlyWeights:
         """(a started reader, None), or (None, why not) where the weights cannot be read early.
         Needs torch and safetensors imported (the caller's imports, under its import lock)."""
         reason = why_not(model_dir, dtype)
+        files = checkpoint_files(Path(model_dir)) if reason is None else None
         if reason is None and str(device).startswith("cuda"):
-            reason = _no_room_twice(checkpoint_files(Path(model_dir)), device)
+            reason = _no_room_twice(files, device)
         if reason is not None:
             return None, reason
-        reader = cls(checkpoint_files(Path(model_dir)), device)
+        reader = cls(files, device)
         reader._thread.start()
         return reader, None
 
