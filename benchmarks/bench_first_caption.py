@@ -452,6 +452,7 @@ def summarize_run(res: dict[str, Any], target: Path, args) -> None:
         res["engine_fallbacks"] = er.get("fallbacks")
         res["engine_batch_failures"] = er.get("batch_failures")
         res["engine_counts"] = er.get("counts")
+        res["engine_batches"] = er.get("batches")
         res["device"] = info.get("device")
         res["bytecode"] = info.get("bytecode")
         res["run_json_timings"] = info.get("timings")

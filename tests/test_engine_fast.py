@@ -367,6 +367,55 @@ def test_pixels_kept_once_per_video(engines, clips):
     assert torch.equal(torch.cat(per), full["pixel_values_videos"])
 
 
+@pytest.mark.parametrize("expand", [True, False])
+def test_processor_in_calls_of_few_videos_with_16_bit_pixels_gives_its_one_call_output(engines, clips, expand,
+                                                                                      monkeypatch):
+    """The video processor sees `videos_per_call` distinct videos at a time and each call's pixels
+    are cast to the model's dtype: the same ids, grids and order as one call, pixels equal to that
+    call's cast (the vision tower casts its input first, so the model sees the same numbers)."""
+    fast, _ = engines
+    vp = fast.processor.video_processor
+    reqs = _mixed_requests(clips)
+    chunk = [(r, [fast.frames.frames(p) for p in r.messages[1]["content"] if isinstance(p, dict) and p.get("type") == "video"])
+             for r in reqs]
+    assert vp.pixel_dtype is None and vp.videos_per_call == 8  # a float32 engine keeps float32 pixels
+    whole = fast.inputs_for(chunk, expand_videos=expand)
+    calls = []
+    real = vp._inner.preprocess
+    monkeypatch.setattr(vp._inner, "preprocess", lambda videos, **kw: calls.append(len(videos)) or real(videos, **kw))
+    try:
+        vp.pixel_dtype, vp.videos_per_call = torch.bfloat16, 1
+        sliced = fast.inputs_for(chunk, expand_videos=expand)
+    finally:
+        vp.pixel_dtype, vp.videos_per_call = None, 8
+    assert calls == [1, 1, 1, 1]  # four distinct videos, one call each
+    assert set(sliced) == set(whole)
+    for k in whole:
+        if k == "pixel_values_videos":
+            assert sliced[k].dtype == torch.bfloat16 and torch.equal(sliced[k], whole[k].to(torch.bfloat16))
+        else:
+            assert torch.equal(torch.as_tensor(sliced[k]), torch.as_tensor(whole[k])), k
+
+
+def test_16_bit_engine_casts_pixels_as_made_with_the_same_outputs(varied_model_dir, clips):
+    """A bfloat16 engine makes its pixels in bfloat16 (half the memory of float32): greedy outputs
+    are identical to pixels kept in float32 until the vision tower casts them, on both paths."""
+    for fast_generate in (True, False):
+        eng = make_engine(_cfg(batch_size=16, fast_generate=fast_generate, dtype="bfloat16"), vision=VISION,
+                          model=str(varied_model_dir))
+        try:
+            vp = eng.processor.video_processor
+            assert vp.pixel_dtype == torch.bfloat16
+            reqs = _mixed_requests(clips)
+            s = Sampling(temperature=0, max_tokens=6)
+            cast = _outputs(eng.generate(reqs, s))
+            vp.pixel_dtype = None
+            kept = _outputs(eng.generate(reqs, s))
+        finally:
+            eng.close()
+        assert cast == kept and all(err is None for *_, err in cast)
+
+
 def test_shared_inputs_equal_the_processor(engines, clips):
     """The fast path runs the processor once per video and splices each question's own tokens."""
     fast, _ = engines

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import warnings
+import weakref
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -598,15 +599,22 @@ def test_a_failed_batch_runs_request_by_request_and_is_counted(hf_engine, infer_
     real = hf_engine._generate_batch
     sizes = []
 
+    import torch
+
+    held = []  # what a failed attempt's frame holds: gone before the batch is tried again
+
     def failing(error, times):
         def call(chunk, *a, **kw):
             sizes.append(len(chunk))
+            assert all(ref() is None for ref in held), "the failed attempt's tensors outlived it"
             if len(chunk) > 1 and sizes.count(len(chunk)) <= times:
-                raise error
+                pixels = torch.zeros(4)  # noqa: F841 — a local of the failing frame
+                held.append(weakref.ref(pixels))
+                raise RuntimeError(error)  # a new one each time: a kept exception keeps its traceback's frames
             return real(chunk, *a, **kw)
         return call
 
-    monkeypatch.setattr(hf_engine, "_generate_batch", failing(RuntimeError("the processor broke (injected)"), 9))
+    monkeypatch.setattr(hf_engine, "_generate_batch", failing("the processor broke (injected)", 9))
     hf_engine.new_run()
     with pytest.warns(UserWarning, match=r"a batch of 3 requests failed \(RuntimeError: the processor broke"):
         got = hf_engine.generate(reqs, s)
@@ -618,7 +626,7 @@ def test_a_failed_batch_runs_request_by_request_and_is_counted(hf_engine, infer_
 
     oom = "CUDA out of memory. Tried to allocate 5.19 GiB (injected)"
     sizes.clear()
-    monkeypatch.setattr(hf_engine, "_generate_batch", failing(RuntimeError(oom), 1))
+    monkeypatch.setattr(hf_engine, "_generate_batch", failing(oom, 1))
     hf_engine.new_run()
     with pytest.warns(UserWarning, match="a batch of 3 requests failed"):
         got = hf_engine.generate(reqs, s)
@@ -629,3 +637,36 @@ def test_a_failed_batch_runs_request_by_request_and_is_counted(hf_engine, infer_
     assert hf_engine.fast.release(unless_rows=3) is False and hf_engine.fast._buffers is not None  # reusable
     assert hf_engine.fast.release(unless_rows=2) is True and hf_engine.fast._buffers is None  # another size: freed
     assert hf_engine.fast._steps == {} and hf_engine.fast.release() is False
+    assert len(held) == 2
+
+
+def test_inputs_that_do_not_fit_beside_the_kept_cache_are_built_again_without_it(hf_engine, infer_data_dir,
+                                                                                   monkeypatch):
+    """A batch of the last batch's row count keeps its KV cache; when its inputs then run out of
+    memory (injected at the processor call), the cache goes and the inputs are built again: same
+    answers, said once and counted as a fallback, not a failed batch."""
+    videos = sorted((infer_data_dir / "AV_CAPTION" / "videos").glob("av0000*.mp4"))[:4]
+    reqs = [Request(f"k{i}", build_messages(SYSTEM, f"Describe clip {i}.", str(v))) for i, v in enumerate(videos)]
+    s = Sampling(temperature=0, max_tokens=4)
+    hf_engine.new_run()
+    expected = [r.raw_text for r in hf_engine.generate(reqs[:2], s) + hf_engine.generate(reqs[2:], s)]
+    assert hf_engine.fast.holds_cache
+    real = hf_engine.shared_inputs_for
+    calls = []
+
+    def once_out_of_memory(chunk):
+        calls.append(hf_engine.fast.holds_cache)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 5.66 GiB (injected)")
+        return real(chunk)
+
+    monkeypatch.setattr(hf_engine, "shared_inputs_for", once_out_of_memory)
+    hf_engine.new_run()
+    with pytest.warns(UserWarning, match="did not fit beside the kept KV cache"):
+        got = hf_engine.generate(reqs[:2], s)
+    assert [r.raw_text for r in got] == expected[:2] and calls == [True, False]
+    record = hf_engine.run_record()
+    assert record["batch_failures"] == {} and sum(record["fallbacks"].values()) == 2
+    [batch] = record["batches"]  # where the batch's time went: the cache built again, its steps too
+    assert batch["rows"] == 2 and batch["path"] == "fast" and batch["prepared_ahead"] is False
+    assert batch["step_builds"] >= 1 and batch["decode_steps"] == 3 and 0 < batch["prefix_s"] < batch["generate_s"]

@@ -65,6 +65,10 @@ from avcap.engines.base import ModelLoadError, Request, Result, final_answer
 from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
 from avcap.engines.hf.weights import EarlyWeights, from_state_dict
 
+# run_record's "batches": the first this many batches, and of the fast path's running totals these
+BATCHES_RECORDED = 256
+BATCH_PHASES = ("layer_check_s", "step_builds", "step_build_s", "prefix_s", "suffix_s", "decode_s", "decode_steps")
+
 # Heavy libraries (torch, transformers) are imported inside the functions that use them: `avcap --help` and
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
 # matplotlib adds ~3 s on the 2-core box).
@@ -323,6 +327,7 @@ class TransformersEngine:
         self._counts: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()  # requests per fallback reason
         self._batch_failures: Counter[str] = Counter()  # failed batches (then run request by request) per error
+        self._batches: list[dict[str, Any]] = []  # where each batch's time went (the first BATCHES_RECORDED)
         self._warned: set[str] = set()
         # seconds from the start of the constructor (the frames' own times from the decoders' start)
         self.startup: dict[str, Any] = {"decoders_started_at_s": decoders_at, "constructed_at_s": self._since_start()}
@@ -413,7 +418,7 @@ class TransformersEngine:
         if got != (self.patch, self.merge, self.temporal):
             raise ValueError(f"video processor patch/merge/temporal {got} disagree with the model config "
                              f"{(self.patch, self.merge, self.temporal)}")
-        processor.video_processor = _OncePerVideo(vp)
+        processor.video_processor = _OncePerVideo(vp, pixel_dtype=self._pixel_dtype())
         self._video_kwargs: dict[str, Any] = {"do_sample_frames": False, "do_resize": False}
         if "cap_pixels_per_frame" in getattr(vp.valid_kwargs, "__annotations__", {}):
             self._video_kwargs["cap_pixels_per_frame"] = False  # no resize at all; silences its warning
@@ -422,6 +427,13 @@ class TransformersEngine:
         self.video_token_id = getattr(processor, "video_token_id", None)
         self._processor = processor
         self.load_timings["processor_s"] = round(time.perf_counter() - t0, 3)
+
+    def _pixel_dtype(self):
+        """The dtype pixels are cast to as they are made: the model's when it is a 16-bit float
+        (see `_OncePerVideo`), else None (kept as the processor makes them)."""
+        import torch
+
+        return self.dtype if self.dtype in (torch.bfloat16, torch.float16) else None
 
     def _setup(self, model: Any) -> None:
         """CUDA patches, compilation and the fast path for the loaded `model`."""
@@ -547,6 +559,7 @@ class TransformersEngine:
         self._counts.clear()
         self._fallbacks.clear()
         self._batch_failures.clear()
+        self._batches.clear()
         self._warned.clear()
 
     def _model_ready(self) -> None:
@@ -694,20 +707,23 @@ class TransformersEngine:
         try:
             return self._generate_batch(chunk, sampling, min_tokens, inputs)
         except Exception as exc:
-            if len(chunk) > 1:
-                self._note_batch_failure(len(chunk), exc)
-                self._free_memory()
-                if _out_of_memory(exc):  # memory the last batch held is free now: the whole batch once more
-                    try:
-                        out = self._generate_batch(chunk, sampling, min_tokens)
-                        self._counts["batch_retried_whole"] += 1
-                        return out
-                    except Exception as again:  # noqa: BLE001 — then request by request, said and counted
-                        self._note_batch_failure(len(chunk), again)
-                        self._free_memory()
-                return [r for item in chunk for r in self._generate_safely([item], sampling, min_tokens)]
-            req = chunk[0][0]
-            return [Result(key=req.key, text=None, error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")]
+            if len(chunk) == 1:
+                req = chunk[0][0]
+                return [Result(key=req.key, text=None, error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")]
+            self._note_batch_failure(len(chunk), exc)
+            out_of_memory = _out_of_memory(exc)
+        # out of the except block: the failed attempt's frames, and the tensors they held, are gone
+        # (retried inside it, a batch of 96 found 19 GiB still taken and failed again: gpu_run65 call 9)
+        self._free_memory()
+        if out_of_memory:  # memory the last batch held is free now: the whole batch once more
+            try:
+                out = self._generate_batch(chunk, sampling, min_tokens, inputs)
+                self._counts["batch_retried_whole"] += 1
+                return out
+            except Exception as again:  # noqa: BLE001 — then request by request, said and counted
+                self._note_batch_failure(len(chunk), again)
+            self._free_memory()
+        return [r for item in chunk for r in self._generate_safely([item], sampling, min_tokens)]
 
     def _note_batch_failure(self, requests: int, exc: Exception) -> None:
         """A batch failed: out of memory it is tried once more whole, otherwise (and if that fails
@@ -723,8 +739,11 @@ class TransformersEngine:
                           f"(counted in run.json's engine_run.batch_failures)", stacklevel=3)
 
     def _free_memory(self) -> None:
+        import gc
+
         import torch
 
+        gc.collect()  # a failed call's frames can sit in reference cycles
         if self._fast is not None:
             self._fast.release()
         if self.device.startswith("cuda"):
@@ -870,6 +889,7 @@ class TransformersEngine:
             "counts": dict(self._counts),
             "fallbacks": dict(self._fallbacks),
             "batch_failures": dict(self._batch_failures),
+            "batches": list(self._batches),
         }
 
     def _generate_batch(self, chunk: list[tuple[Request, list]], sampling: Sampling, min_tokens: int = 0,
@@ -896,23 +916,24 @@ class TransformersEngine:
         import torch
 
         t0 = time.perf_counter()
+        started_at = self._since_start()
         spec, why_not = self.fast_spec(sampling, min_tokens)
         new = None
         path = "fast"
         ahead = inputs is not None
+        phases: dict[str, float] = {}
         if spec is not None:
             from avcap.engines.hf.fast_generate import NotSupported  # the fast path only
 
             if inputs is None:
-                self.fast.release(unless_rows=len(chunk))  # a cache of another size: free before the inputs
-                with self._prep_lock:
-                    inputs = self.shared_inputs_for(chunk)
+                inputs = self._inputs_beside_cache(chunk)
             batch, video_pixels = inputs
             ids = batch["input_ids"]
             mask = batch["attention_mask"]
             row_videos = [[id(vf) for vf in frames] for _, frames in chunk]
             t_prep = time.perf_counter() - t0
             t1 = time.perf_counter()
+            before = dict(self.fast.timings)
             if sampling.seed is not None and sampling.temperature > 0:
                 torch.manual_seed(sampling.seed)
             try:
@@ -925,6 +946,8 @@ class TransformersEngine:
                 self._note_fallback(f"fast path: vision inputs from the host kept off ({self.fast.host_vision_error}); "
                                     "the vision tower derived them on the device", len(chunk))
             t_gen = time.perf_counter() - t1
+            phases = {k: round(v - before.get(k, 0), 3) for k, v in self.fast.timings.items()
+                      if k in BATCH_PHASES and v != before.get(k, 0)}
         if new is None:
             path = "generate"
             if self.fast is not None:
@@ -961,6 +984,10 @@ class TransformersEngine:
             new = out[:, prompt_len:].cpu()
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
         self._paths[path] += len(chunk)
+        if len(self._batches) < BATCHES_RECORDED:
+            self._batches.append({"rows": len(chunk), "path": path, "started_at_s": started_at,
+                                  "prepared_ahead": ahead and path == "fast", "prep_s": round(t_prep, 3),
+                                  "generate_s": round(t_gen, 3), **phases})
         n_out = _output_lengths(new, self.model.generation_config.eos_token_id, self.model.generation_config.pad_token_id)
         texts = self.processor.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         mask = mask.cpu()
@@ -992,6 +1019,24 @@ class TransformersEngine:
             )
         return results
 
+    def _inputs_beside_cache(self, chunk: list[tuple[Request, list]]):
+        """The fast path's inputs for a batch, built now. A KV cache of another row count is freed
+        first; one of this row count is kept for the batch to reuse (with its captured decode
+        steps) unless the inputs do not fit beside it: then it goes and they are built again
+        (a fallback, warned and counted)."""
+        self.fast.release(unless_rows=len(chunk))
+        try:
+            with self._prep_lock:
+                return self.shared_inputs_for(chunk)
+        except Exception as exc:
+            if not (_out_of_memory(exc) and self.fast.holds_cache):
+                raise
+        self._note_fallback("fast path: a batch's inputs did not fit beside the kept KV cache (out of memory); "
+                            "the cache was freed and built again after them", len(chunk))
+        self._free_memory()
+        with self._prep_lock:
+            return self.shared_inputs_for(chunk)
+
     def _encode_videos_once(self, inputs, videos: list[int]):
         """Replace `pixel_values_videos` by the vision tower's output, computed once per distinct video
         and repeated for every request that shows it (`mm_encoder_outputs`, as generate would build)."""
@@ -1018,11 +1063,21 @@ class _OncePerVideo:
     times (the MCQ questions of one clip) normalises and patchifies it once; the outputs are
     repeated per request, so the processor builds exactly the prompts it would otherwise.
     With `expand = False` the pixels stay one copy per distinct video and `video_unique_index`
-    (one entry per request video) says which copy each request video uses."""
+    (one entry per request video) says which copy each request video uses.
 
-    def __init__(self, inner: Any):
+    The inner processor sees at most `videos_per_call` distinct videos at a time and each call's
+    pixels are cast to `pixel_dtype` (the model's, when it is a 16-bit float) before the next
+    call: it stacks a call's videos in float32 and copies them twice (normalise, patchify,
+    concatenate), ~3x the float32 pixels at once — at 8B, 96 caption videos needed ~17 GB beside
+    the KV cache and ran an H100 out of memory (gpu_run65 call 9). The vision tower casts its
+    input to its own dtype before anything else reads it (patch embedding, Conv3d or
+    avcap's linear one), so casting here first gives the same numbers."""
+
+    def __init__(self, inner: Any, *, pixel_dtype: Any = None, videos_per_call: int = 8):
         self.__dict__["_inner"] = inner
         self.__dict__["expand"] = True
+        self.__dict__["pixel_dtype"] = pixel_dtype
+        self.__dict__["videos_per_call"] = max(1, int(videos_per_call))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -1030,14 +1085,16 @@ class _OncePerVideo:
     def __call__(self, videos, video_metadata=None, **kwargs):
         import torch
 
-        if not isinstance(videos, (list, tuple)) or len({id(v) for v in videos}) == len(videos):
+        if not isinstance(videos, (list, tuple)):
             return self._inner(videos, video_metadata=video_metadata, **kwargs)
         first: dict[int, int] = {}
         for n, v in enumerate(videos):
             first.setdefault(id(v), n)
         uniq = list(first.values())
         meta = None if video_metadata is None else [video_metadata[n] for n in uniq]
-        out = self._inner([videos[n] for n in uniq], video_metadata=meta, **kwargs)
+        out = self._in_calls([videos[n] for n in uniq], meta, kwargs)
+        if len(uniq) == len(videos):
+            return out
         slot = {id(videos[n]): j for j, n in enumerate(uniq)}
         order = [slot[id(v)] for v in videos]
         grid = torch.as_tensor(out["video_grid_thw"])
@@ -1050,6 +1107,30 @@ class _OncePerVideo:
         if "video_metadata" in out:
             out["video_metadata"] = [out["video_metadata"][j] for j in order]
         return out
+
+    def _in_calls(self, videos: list, meta: Optional[list], kwargs: dict[str, Any]):
+        """The inner processor's output for `videos`, `videos_per_call` at a time, pixels cast
+        per call; the calls' outputs joined (tensors concatenated, lists extended)."""
+        import torch
+
+        k = self.videos_per_call
+        outs = []
+        for lo in range(0, max(1, len(videos)), k):
+            out = self._inner(videos[lo:lo + k], video_metadata=None if meta is None else meta[lo:lo + k], **kwargs)
+            pix = out.get("pixel_values_videos")
+            if self.pixel_dtype is not None and isinstance(pix, torch.Tensor) and pix.is_floating_point():
+                out["pixel_values_videos"] = pix.to(self.pixel_dtype)
+            outs.append(out)
+        if len(outs) == 1:
+            return outs[0]
+        joined = outs[0]
+        for key, value in list(joined.items()):
+            parts = [o[key] for o in outs]
+            if isinstance(value, torch.Tensor):
+                joined[key] = torch.cat(parts)
+            elif isinstance(value, list):
+                joined[key] = [x for part in parts for x in part]
+        return joined
 
 
 def splice_after_videos(u_rep: list[int], x_rep: list[int], u_row: list[int], video_token_id: Optional[int],

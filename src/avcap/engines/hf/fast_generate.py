@@ -591,11 +591,17 @@ class FastGenerator:
 
     # ---------------------------------------------------------------- pieces
 
+    @property
+    def holds_cache(self) -> bool:
+        """Whether a KV cache (and decode steps captured over it) is kept for the next batch."""
+        return self._buffers is not None
+
     def release(self, unless_rows: Optional[int] = None) -> bool:
         """Drop the KV cache and the decode steps captured over it (their memory goes back to the
         allocator), unless it holds `unless_rows` rows, so the next batch can reuse it. At 8B a
-        96-row cache is ~44 GB: a batch of another size builds its inputs (~63 MB of pixels per
-        video) beside it otherwise, which ran an H100 out of memory (gpu_run65 call 9). Returns
+        96-row cache is ~44 GB: a batch of another size built its inputs (float32 pixels then, ~63 MB
+        per video, three times over in the processor) beside it otherwise, which ran an H100 out of
+        memory (gpu_run65 call 9). Returns
         whether anything was dropped."""
         buf = self._buffers
         if buf is None or (unless_rows is not None and buf["shape"][0] == unless_rows):
