@@ -633,21 +633,17 @@ def _local_device(local_rank: int, configured: str) -> str:
 
 def batch_sizes(n: int, batch_size: int, first: Optional[int] = None) -> list[int]:
     """Sizes of the batches `n` items go in: `batch_size` each, except a smaller `first` batch
-    (`[avcap.engine] first_batch`: the run's first records come after `first` items, not a whole batch)
-    and a smaller last one — unless the items after the first batch split into as many batches of
-    one size: then they do (8 + 184 at 96: 8, 92, 92; 180 at 96: 90, 90), so those batches share one
-    shape, and the transformers engine's KV cache and captured decode steps serve them all."""
+    (`[avcap.engine] first_batch`: the run's first records come after `first` items, not a whole batch).
+    Splitting the rest evenly (8 + 184 at 96 as 8, 92, 92) was measured no faster: 92 rows left the
+    prefill a chunk of 4 prefixes, one more compiled shape (benchmarks/runs/gpu_run66, call 2)."""
     bs = max(1, int(batch_size))
+    head = min(bs, max(1, int(first))) if first else bs
     if n <= 0:
         return []
-    head = [min(bs, max(1, int(first)), n)] if first else []
-    rest = n - sum(head)
-    if rest == 0:
-        return head
-    k = -(-rest // bs)
-    if rest % k == 0:
-        return head + [rest // k] * k
-    return head + [bs] * (rest // bs) + ([rest % bs] if rest % bs else [])
+    if n <= head:
+        return [n]
+    rest = n - head
+    return [head] + [bs] * (rest // bs) + ([rest % bs] if rest % bs else [])
 
 
 def run_items(engine, task: str, todo: list[Item], sampling: Sampling, system: Optional[str],
