@@ -11,7 +11,7 @@ mkdir -p /tmp/nc-cache /tmp/fc-cache
 python3 benchmarks/bench_first_caption.py --out $OUT/nc --runs warm-first,warm-first --no-compile --run-timeout 150 \
   --cache-dir /tmp/nc-cache --bytecode-cache /tmp/pyc --batch-size 96 --deadline 300 > $OUT/nc.txt 2>&1
 python3 benchmarks/bench_first_caption.py --out $OUT/fc --runs warm-first,warm-first \
-  --cache-dir /tmp/fc-cache --bytecode-cache /tmp/pyc --batch-size 96 --deadline 240 > $OUT/fc.txt 2>&1
+  --cache-dir /tmp/fc-cache --bytecode-cache /tmp/pyc --batch-size 96 --deadline 230 > $OUT/fc.txt 2>&1
 for TAG in nc fc; do
 tail -7 $OUT/$TAG.txt | cut -c1-300
 TAG=$TAG python3 - <<'PY'
