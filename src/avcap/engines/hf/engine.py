@@ -713,7 +713,7 @@ class TransformersEngine:
             self._note_batch_failure(len(chunk), exc)
             out_of_memory = _out_of_memory(exc)
         # out of the except block: the failed attempt's frames, and the tensors they held, are gone
-        # (retried inside it, a batch of 96 found 19 GiB still taken and failed again: gpu_run65 call 9)
+        # (retried inside it, a batch of 96 found 19 GiB still taken and failed again: gpu_run66 call 1)
         self._free_memory()
         if out_of_memory:  # memory the last batch held is free now: the whole batch once more
             try:
@@ -1069,7 +1069,7 @@ class _OncePerVideo:
     pixels are cast to `pixel_dtype` (the model's, when it is a 16-bit float) before the next
     call: it stacks a call's videos in float32 and copies them twice (normalise, patchify,
     concatenate), ~3x the float32 pixels at once — at 8B, 96 caption videos needed ~17 GB beside
-    the KV cache and ran an H100 out of memory (gpu_run65 call 9). The vision tower casts its
+    the KV cache and ran an H100 out of memory (benchmarks/runs/gpu_run66, call 1). The vision tower casts its
     input to its own dtype before anything else reads it (patch embedding, Conv3d or
     avcap's linear one), so casting here first gives the same numbers."""
 

@@ -601,8 +601,7 @@ class FastGenerator:
         allocator), unless it holds `unless_rows` rows, so the next batch can reuse it. At 8B a
         96-row cache is ~44 GB: a batch of another size built its inputs (float32 pixels then, ~63 MB
         per video, three times over in the processor) beside it otherwise, which ran an H100 out of
-        memory (gpu_run65 call 9). Returns
-        whether anything was dropped."""
+        memory (gpu_run65 call 9). Returns whether anything was dropped."""
         buf = self._buffers
         if buf is None or (unless_rows is not None and buf["shape"][0] == unless_rows):
             return False
