@@ -182,3 +182,97 @@ def interpreted_triton_decode():
     from avcap.engines.hf import triton_decode
 
     return triton_decode
+
+
+# ----------------------------------------------------------------------------- training (tests/test_train*.py)
+# Session fixtures, so that the modules of tests/test_train*.py share one of each instead of building
+# their own: each module's runs go to runs/<names of its own> under `curated`'s root, and a test that
+# trains `model_and_batches` trains a deep copy of it.
+
+
+@pytest.fixture(scope="session")
+def curated(tmp_path_factory):
+    """Two curated sources (human 2, cv 2): 4-frame clips at 64x96, served at 4 frames of 64x96."""
+    from test_curate import HUMAN, make_source, write_config
+
+    from avcap.core.config import load_config
+    from avcap.data.sources import curate
+
+    root = tmp_path_factory.mktemp("train-data")
+    make_source(root / "raw/human", "human_annotated", 2, seed=0,
+                annotate=lambda i: {**HUMAN, "weather": ["Sunny", "Overcast"][i]})
+    make_source(root / "raw/cv", "cv_annotated", 2, seed=50)
+    body = """
+[custom.dataset]
+dataset_root = "data/train"
+subdirectories = ["human_annotated", "cv_annotated"]
+weights = [0.5, 0.5]
+
+[custom.vision]
+nframes = 4
+max_pixels = 6144
+
+[avcap.curate.sources.human_annotated]
+kind = "human_annotated"
+path = "raw/human"
+[avcap.curate.sources.cv_annotated]
+kind = "cv_annotated"
+path = "raw/cv"
+"""
+    cfg = write_config(root / "curate.toml", body)
+    report = curate(load_config(cfg), echo=lambda s: None)
+    assert not report.problems
+    return root, body
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(curated, tiny_model_dir):
+    """4 samples, global batch 2 (2 per rank, 1 worker process): 2 steps per epoch, 2 epochs (runs/full)."""
+    from test_train import train_config
+
+    from avcap.core.config import load_config
+    from avcap.train.loop import train
+
+    cfg = load_config(train_config(curated, tiny_model_dir, "full", per_rank=2, workers=1, gc=True))
+    lines: list[str] = []
+    written = train(cfg, echo=lines.append)
+    return cfg.resolve(cfg.train.output_dir), written, lines
+
+
+@pytest.fixture(scope="session")
+def model_and_batches(tiny_model_dir, tmp_path_factory):
+    """The tiny model with larger random weights (loss and gradients depend on the video), and two
+    micro-batches: three samples of one video size, and two videos of different sizes (unequal
+    attention groups in the vision tower)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from avcap.train.data import Collator, encode
+    from avcap.video import write_video
+
+    d = tmp_path_factory.mktemp("compile-clips")
+    clips = []
+    for k, (h, w) in enumerate(((64, 96), (64, 128))):
+        yy, xx = np.mgrid[0:h, 0:w]
+        frames = (np.stack([(xx * 3 + i * 5 + k) % 256, (yy * 2 + i * 3) % 256, (xx + yy + i * 7) % 256], -1)
+                  .astype(np.uint8) for i in range(16))
+        write_video(d / f"c{k}.mp4", frames, 8, gop=8)
+        clips.append(str(d / f"c{k}.mp4"))
+    proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    collate = Collator(proc.tokenizer.pad_token_id)
+
+    def conv(clip, i):
+        return [{"role": "user", "content": [{"type": "video", "video": clip, "nframes": 4},
+                                             {"type": "text", "text": "Describe the scene."}]},
+                {"role": "assistant", "content": "A red car waits at the light" + " and then goes" * i}]
+
+    same = collate([{**encode(proc, conv(clips[0], i)), "index": i} for i in range(3)])
+    mixed = collate([{**encode(proc, conv(c, i)), "index": i} for i, c in enumerate(clips)])
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 2.0 / p.shape[-1] ** 0.5)
+    model.config.use_cache = False
+    return model, same, mixed

@@ -15,7 +15,7 @@ from typing import Optional
 
 import pytest
 import torch
-from test_curate import HUMAN, curated_human_source, make_source, write_config
+from test_curate import HUMAN, curated_human_source, write_config
 
 from avcap.core.config import load_config
 from avcap.train.schedule import lr_factor
@@ -63,36 +63,8 @@ def test_lr_schedule_warmup_steps_min_factor_and_torch_scheduler():
 # ----------------------------------------------------------------------------- data
 
 
-@pytest.fixture(scope="module")
-def curated(tmp_path_factory):
-    """Two curated sources (human 2, cv 2): 4-frame clips at 64x96, served at 4 frames of 64x96."""
-    from avcap.data.sources import curate
-
-    root = tmp_path_factory.mktemp("train-data")
-    make_source(root / "raw/human", "human_annotated", 2, seed=0,
-                annotate=lambda i: {**HUMAN, "weather": ["Sunny", "Overcast"][i]})
-    make_source(root / "raw/cv", "cv_annotated", 2, seed=50)
-    body = """
-[custom.dataset]
-dataset_root = "data/train"
-subdirectories = ["human_annotated", "cv_annotated"]
-weights = [0.5, 0.5]
-
-[custom.vision]
-nframes = 4
-max_pixels = 6144
-
-[avcap.curate.sources.human_annotated]
-kind = "human_annotated"
-path = "raw/human"
-[avcap.curate.sources.cv_annotated]
-kind = "cv_annotated"
-path = "raw/cv"
-"""
-    cfg = write_config(root / "curate.toml", body)
-    report = curate(load_config(cfg), echo=lambda s: None)
-    assert not report.problems
-    return root, body
+# `curated` (two curated sources of tiny clips) is a session fixture of conftest.py: the modules of
+# tests/test_train*.py share one, each writing its runs under runs/<its own names>.
 
 
 def test_label_mask_covers_exactly_the_assistant_turn(curated, tiny_model_dir):
@@ -201,15 +173,8 @@ def weights_of(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(ckpt / "model.safetensors")
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(curated, tiny_model_dir):
-    """4 samples, global batch 2 (2 per rank, 1 worker process): 2 steps per epoch, 2 epochs."""
-    from avcap.train.loop import train
-
-    cfg = load_config(train_config(curated, tiny_model_dir, "full", per_rank=2, workers=1, gc=True))
-    lines: list[str] = []
-    written = train(cfg, echo=lines.append)
-    return cfg.resolve(cfg.train.output_dir), written, lines
+# `uninterrupted` (the 4-step reference run) is a session fixture of conftest.py (test_train_host_inputs.py
+# reads it too); the tests here only read its run.
 
 
 def test_cpu_training_reduces_loss_and_writes_loadable_checkpoints(uninterrupted):

@@ -6,10 +6,8 @@ from __future__ import annotations
 import copy
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from test_train import curated  # noqa: F401  (a fixture: two curated sources of tiny clips)
 
 from avcap.models.qwen3_vl.compile import (
     block_modules,
@@ -26,42 +24,8 @@ def test_equal_length_runs():
     assert equal_length_runs([]) == []
 
 
-@pytest.fixture(scope="module")
-def model_and_batches(tiny_model_dir, tmp_path_factory):
-    """The tiny model with larger random weights (loss and gradients depend on the video), and two
-    micro-batches: three samples of one video size, and two videos of different sizes (unequal
-    attention groups in the vision tower)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from avcap.train.data import Collator, encode
-    from avcap.video import write_video
-
-    d = tmp_path_factory.mktemp("compile-clips")
-    clips = []
-    for k, (h, w) in enumerate(((64, 96), (64, 128))):
-        yy, xx = np.mgrid[0:h, 0:w]
-        frames = (np.stack([(xx * 3 + i * 5 + k) % 256, (yy * 2 + i * 3) % 256, (xx + yy + i * 7) % 256], -1)
-                  .astype(np.uint8) for i in range(16))
-        write_video(d / f"c{k}.mp4", frames, 8, gop=8)
-        clips.append(str(d / f"c{k}.mp4"))
-    proc = AutoProcessor.from_pretrained(tiny_model_dir)
-    collate = Collator(proc.tokenizer.pad_token_id)
-
-    def conv(clip, i):
-        return [{"role": "user", "content": [{"type": "video", "video": clip, "nframes": 4},
-                                             {"type": "text", "text": "Describe the scene."}]},
-                {"role": "assistant", "content": "A red car waits at the light" + " and then goes" * i}]
-
-    same = collate([{**encode(proc, conv(clips[0], i)), "index": i} for i in range(3)])
-    mixed = collate([{**encode(proc, conv(c, i)), "index": i} for i, c in enumerate(clips)])
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 2.0 / p.shape[-1] ** 0.5)
-    model.config.use_cache = False
-    return model, same, mixed
+# `model_and_batches` (the tiny model with larger random weights and two video micro-batches) is a
+# session fixture of conftest.py, shared with test_train_host_inputs.py: the tests train deep copies of it.
 
 
 def _grid_lengths(batch):
@@ -218,7 +182,7 @@ def test_compiled_blocks_with_memory_budget_match_eager_inductor(model_and_batch
 
 @pytest.mark.slow
 @pytest.mark.skipif(_cxx_compiler() is None, reason="inductor needs a C++ compiler on CPU (none on PATH)")
-def test_avcap_train_with_compile_logs_the_eager_losses(curated, tiny_model_dir, default_memory_budget, monkeypatch):  # noqa: F811
+def test_avcap_train_with_compile_logs_the_eager_losses(curated, tiny_model_dir, default_memory_budget, monkeypatch):
     """`avcap train` end to end with [train] compile = true and a memory budget: the losses and
     gradient norms of the run without, step for step (CPU, fp32)."""
     from test_train import log_of, train_config
@@ -246,7 +210,7 @@ def test_avcap_train_with_compile_logs_the_eager_losses(curated, tiny_model_dir,
         assert runs["compiled"][step]["grad_norm"] == pytest.approx(runs["eager"][step]["grad_norm"], rel=1e-3)
 
 
-def test_train_compile_on_cpu_without_a_compiler_is_a_clear_error(curated, tiny_model_dir, monkeypatch):  # noqa: F811
+def test_train_compile_on_cpu_without_a_compiler_is_a_clear_error(curated, tiny_model_dir, monkeypatch):
     from test_train import train_config
 
     from avcap.core.config import load_config

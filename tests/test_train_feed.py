@@ -10,13 +10,13 @@ import types
 
 import pytest
 import torch
-from test_train import curated, log_of, train_config  # noqa: F401  (curated: a fixture)
+from test_train import log_of, train_config
 
 from avcap.core.config import load_config
 
 
 @pytest.fixture(scope="module")
-def fed(curated, tiny_model_dir):  # noqa: F811
+def fed(curated, tiny_model_dir):
     """2 steps of global batch 2 in micro-batches of 1 (2 per step), one DataLoader worker process,
     a checkpoint after each step."""
     from avcap.train.loop import train
@@ -193,7 +193,7 @@ def test_a_resume_may_change_the_decoder(fed, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run without a CUDA device")
-def test_nvdec_without_a_cuda_device_stops_at_start_with_one_line(curated, tiny_model_dir):  # noqa: F811
+def test_nvdec_without_a_cuda_device_stops_at_start_with_one_line(curated, tiny_model_dir):
     from typer.testing import CliRunner
 
     from avcap.cli import app

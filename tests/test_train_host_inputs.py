@@ -7,8 +7,7 @@ import copy
 
 import pytest
 import torch
-from test_train import curated, log_of, train_config, uninterrupted  # noqa: F401  (fixtures)
-from test_train_compile import model_and_batches  # noqa: F401  (a fixture: the tiny model, two video micro-batches)
+from test_train import log_of, train_config
 
 from avcap.core.config import load_config
 from avcap.models.qwen3_vl import compile as qcompile
@@ -25,7 +24,7 @@ def _loss_and_grads(model, batch, host):
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["library-attention", "packed-attention"])
-def test_host_inputs_give_the_plain_loss_and_gradients_bit_for_bit(model_and_batches, packed):  # noqa: F811
+def test_host_inputs_give_the_plain_loss_and_gradients_bit_for_bit(model_and_batches, packed):
     base, same, mixed = model_and_batches
     model = copy.deepcopy(base)
     if packed:
@@ -44,7 +43,7 @@ def test_host_inputs_give_the_plain_loss_and_gradients_bit_for_bit(model_and_bat
     assert host.record()["micro_batches"] == 0  # per step: counted since the last record
 
 
-def test_the_host_forward_derives_nothing_from_the_grid_on_the_device(model_and_batches, monkeypatch):  # noqa: F811
+def test_the_host_forward_derives_nothing_from_the_grid_on_the_device(model_and_batches, monkeypatch):
     """The forward gets its mRoPE positions (the model's own get_rope_index is not called inside it),
     the vision tower its precomputed inputs with the attention runs already known (the packed
     attention never reads cu_seqlens back), and the grid stays on the host."""
@@ -78,7 +77,7 @@ def test_the_host_forward_derives_nothing_from_the_grid_on_the_device(model_and_
     assert torch.isfinite(out.logits).all() and seen == {"remembered": True}
 
 
-def test_text_only_micro_batches_and_switched_off_runs_use_the_plain_forward(model_and_batches, monkeypatch):  # noqa: F811
+def test_text_only_micro_batches_and_switched_off_runs_use_the_plain_forward(model_and_batches, monkeypatch):
     base, same, _ = model_and_batches
     text = {k: v for k, v in same.items() if k not in ("pixel_values_videos", "video_grid_thw")}
     host = HostInputs(base)
@@ -94,7 +93,7 @@ def test_text_only_micro_batches_and_switched_off_runs_use_the_plain_forward(mod
     assert not old.on and "lacks the transformers.vision_utils helpers" in old.error
 
 
-def test_training_logs_host_inputs_and_false_trains_the_same(curated, tiny_model_dir, uninterrupted):  # noqa: F811
+def test_training_logs_host_inputs_and_false_trains_the_same(curated, tiny_model_dir, uninterrupted):
     """The run's log says host inputs were used for its micro-batches; the same run with
     `host_inputs = false` logs the same losses and gradient norms exactly."""
     from avcap.train.loop import train

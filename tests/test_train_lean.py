@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 from test_curate import write_config
-from test_train import curated, log_of, train_config, weights_of  # noqa: F401  (curated: a fixture)
+from test_train import log_of, train_config, weights_of
 
 from avcap.core.config import RECIPE_PATH, load_config
 from avcap.train.optim import (
@@ -184,13 +184,13 @@ def test_config_master_dtype_values():
 # ----------------------------------------------------------------------------- training runs
 
 
-def lean_config(curated, tiny_model_dir, name: str, master: str = "bfloat16"):  # noqa: F811
+def lean_config(curated, tiny_model_dir, name: str, master: str = "bfloat16"):
     path = train_config(curated, tiny_model_dir, name, per_rank=2, workers=0)
     return write_config(path, path.read_text().replace("[train]\n", f'[train]\nmaster_dtype = "{master}"\n', 1))
 
 
 @pytest.fixture(scope="module")
-def lean_run(curated, tiny_model_dir):  # noqa: F811
+def lean_run(curated, tiny_model_dir):
     """4 steps (global batch 2, 2 epochs) with bf16 master weights; checkpoints at 2 and 4."""
     from avcap.train.loop import train
 
@@ -222,7 +222,7 @@ def test_bf16_master_weights_train_and_checkpoint_in_bf16(lean_run, tiny_model_d
     assert moments and {m.dtype for m in moments} == {torch.bfloat16}
 
 
-def test_bf16_resume_after_interruption_equals_uninterrupted_run(lean_run, curated, tiny_model_dir, monkeypatch):  # noqa: F811
+def test_bf16_resume_after_interruption_equals_uninterrupted_run(lean_run, curated, tiny_model_dir, monkeypatch):
     import avcap.train.loop as tr
     from avcap.train.loop import train
 
@@ -251,7 +251,7 @@ def test_bf16_resume_after_interruption_equals_uninterrupted_run(lean_run, curat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same random roundings too
 
 
-def test_a_resume_that_changes_the_master_weights_is_refused_in_one_line(lean_run, curated, tiny_model_dir):  # noqa: F811
+def test_a_resume_that_changes_the_master_weights_is_refused_in_one_line(lean_run, curated, tiny_model_dir):
     from typer.testing import CliRunner
 
     from avcap.cli import app
@@ -269,7 +269,7 @@ def test_a_resume_that_changes_the_master_weights_is_refused_in_one_line(lean_ru
 
 
 @pytest.mark.slow
-def test_two_process_fsdp_bf16_master_weights_follow_one_process(lean_run, curated, tiny_model_dir):  # noqa: F811
+def test_two_process_fsdp_bf16_master_weights_follow_one_process(lean_run, curated, tiny_model_dir):
     """torchrun, 2 CPU processes, FSDP2 over gloo with bf16 master weights: each rank updates its
     shards with its own random roundings, so the run equals the 1-process one up to bf16 noise; the
     checkpoint gathers bf16 weights and moments."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train import curated, log_of, train_config, weights_of  # noqa: F401  (curated: a fixture)
+from test_train import log_of, train_config, weights_of
 from test_train_compile import default_memory_budget  # noqa: F401  (a fixture)
 
 from avcap.core.config import load_config
@@ -62,7 +62,7 @@ def test_the_copy_computes_and_the_masters_sum_its_gradients_in_fp32():
     assert torch.equal(model.mid.weight, masters[1].detach().bfloat16())  # ... and the copies follow
 
 
-def _run(curated, tiny_model_dir, name: str, mode: str, steps: int = 2, budget=None, **train):  # noqa: F811
+def _run(curated, tiny_model_dir, name: str, mode: str, steps: int = 2, budget=None, **train):
     from avcap.train.loop import train as run_train
 
     path = train_config(curated, tiny_model_dir, name, per_rank=2)
@@ -75,7 +75,7 @@ def _run(curated, tiny_model_dir, name: str, mode: str, steps: int = 2, budget=N
 
 
 @pytest.fixture(scope="module")
-def both(curated, tiny_model_dir):  # noqa: F811
+def both(curated, tiny_model_dir):
     return {mode: _run(curated, tiny_model_dir, f"mp_{mode}", mode) for mode in ("autocast", "copy")}
 
 
@@ -102,7 +102,7 @@ def test_a_copy_run_saves_its_fp32_masters(both):
     assert any(not torch.equal(first[k], w[k]) for k in w)
 
 
-def test_a_resumed_copy_run_equals_the_uninterrupted_one(both, curated, tiny_model_dir):  # noqa: F811
+def test_a_resumed_copy_run_equals_the_uninterrupted_one(both, curated, tiny_model_dir):
     import shutil
 
     cfg, out_full, _ = both["copy"]
@@ -117,8 +117,8 @@ def test_a_resumed_copy_run_equals_the_uninterrupted_one(both, curated, tiny_mod
     assert log_of(out)[2]["loss"] == log_of(out_full)[2]["loss"]
 
 
-def test_a_compiled_copy_run_with_a_memory_budget_trains_like_the_eager_copy(both, curated, tiny_model_dir,  # noqa: F811
-                                                                             default_memory_budget):
+def test_a_compiled_copy_run_with_a_memory_budget_trains_like_the_eager_copy(both, curated, tiny_model_dir,
+                                                                             default_memory_budget):  # noqa: F811
     """The combination the GPU runs: compiled blocks, selective recompute, the bf16 copy and its hooks."""
     _, out, _ = _run(curated, tiny_model_dir, "mp_copy_compiled", "copy", budget=0.5, compile=True)
     eager, compiled = log_of(both["copy"][1]), log_of(out)

@@ -7,7 +7,7 @@ import gzip
 import json
 
 import pytest
-from test_train import curated, log_of, train_config  # noqa: F401  (curated: a fixture)
+from test_train import log_of, train_config
 
 from avcap.core.config import ConfigError, load_config
 from avcap.train.profile import busy_seconds, idle_gaps, kernel_kind, window_summary
@@ -61,7 +61,7 @@ def test_idle_gaps_cover_what_no_interval_covers():
     assert idle_gaps([(0.0, 4.0)], 0.0, 4.0) == []
 
 
-def test_profiler_keys_are_cosmos_rls_and_unknown_ones_are_named(curated, tiny_model_dir, tmp_path):  # noqa: F811
+def test_profiler_keys_are_cosmos_rls_and_unknown_ones_are_named(curated, tiny_model_dir, tmp_path):
     path = train_config(curated, tiny_model_dir, "profkeys")
     cfg = load_config(path, overrides={"profiler": {"enable_profiler": True, "sub_profiler_config": {
         "active_steps": 2, "wait_steps": 0, "warmup_steps": 1, "rank_filter": [0], "record_shape": True}}})
@@ -73,7 +73,7 @@ def test_profiler_keys_are_cosmos_rls_and_unknown_ones_are_named(curated, tiny_m
         load_config(path, overrides={"profiler": {"sub_profiler_config": {"active_steps": 0}}})
 
 
-def test_a_profiled_run_writes_the_chosen_step_and_trains_as_before(curated, tiny_model_dir):  # noqa: F811
+def test_a_profiled_run_writes_the_chosen_step_and_trains_as_before(curated, tiny_model_dir):
     from avcap.train.loop import train
 
     runs = {}
@@ -108,7 +108,7 @@ def test_a_profiled_run_writes_the_chosen_step_and_trains_as_before(curated, tin
                {k: v for k, v in profiled[step].items() if k not in timing}
 
 
-def test_a_window_past_the_run_says_so_at_start(curated, tiny_model_dir):  # noqa: F811
+def test_a_window_past_the_run_says_so_at_start(curated, tiny_model_dir):
     from avcap.train.loop import train
 
     path = train_config(curated, tiny_model_dir, "prof_late", per_rank=2)
