@@ -197,7 +197,9 @@ def test_an_actor_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled(clust
 
 
 def test_the_driver_killed_mid_run_loses_only_what_was_in_flight(cluster, world, tmp_path):
-    clips = [(f"d{k}/{p.stem}", p) for k in range(30) for p in world["good"]]  # one actor: a few seconds
+    # 40 clips: the driver (one actor) is killed once its first partition (4 clips) is on disk, with ~36
+    # clips still to go (seconds at the 2-core box's rate); the rerun then labels those
+    clips = [(f"d{k}/{p.stem}", p) for k in range(10) for p in world["good"]]
     manifest = _manifest(tmp_path / "clips.jsonl", clips)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "avcap", "label", "--clips", str(manifest), "--out", str(out), "--config",
