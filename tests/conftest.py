@@ -19,14 +19,6 @@ import pytest
 if not os.path.exists("/dev/nvidiactl"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# One intra-op thread for torch (and the processes the tests start, which inherit it), as the tests that
-# launch processes already asked for one by one: the tensors here are tiny, and on the 2-core box a
-# second OpenMP thread mostly waits on the DataLoader workers, servers, Ray actors and subprocesses the
-# tests run beside the pytest process, or on another job on the machine (tests/test_train.py: 89 s with
-# one thread, 214 s with torch's default of two, the box busy with another suite). Set before anything
-# imports torch; an OMP_NUM_THREADS of the caller's is kept.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 _CACHE: list[str] = []
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
