@@ -427,6 +427,26 @@ def test_batch_sizes_with_a_smaller_first_batch():
             assert sum(sizes) == n and all(0 < s <= 5 for s in sizes)
 
 
+def test_batch_sizes_in_multiples_of_the_engines_chunk():
+    """With the engine's `batch_multiple`, the batches after the first are equal multiples of it and
+    the first takes what is left over (a little later first records, fewer distinct row counts)."""
+    from avcap.eval.infer import BALANCE_SLACK_CHUNKS, batch_sizes
+
+    assert batch_sizes(192, 96, 8, 8) == [16, 88, 88]  # not 8, 96, 88
+    assert batch_sizes(192, 96, 8) == [8, 96, 88]  # an engine without a chunk
+    assert batch_sizes(192, 96, None, 8) == [96, 96]  # no first batch: full batches
+    assert batch_sizes(100, 96, 8, 8) == [12, 88]
+    assert batch_sizes(10, 96, 8, 8) == [8, 2]  # nothing to even out
+    assert batch_sizes(1050, 96, 8, 8)[0] == 8  # the first batch would grow past its slack: the plain split
+    for n in range(0, 400, 7):
+        for bs, first, m in ((96, 8, 8), (64, 16, 8), (5, 2, 2), (4, 1, 1)):
+            sizes, plain = batch_sizes(n, bs, first, m), batch_sizes(n, bs, first)
+            assert sum(sizes) == n and all(0 < s <= bs for s in sizes) and len(sizes) == len(plain)
+            if sizes != plain:
+                assert first <= sizes[0] <= first + BALANCE_SLACK_CHUNKS * m
+                assert len(set(sizes[1:])) == 1 and sizes[1] % m == 0
+
+
 def test_a_smaller_first_batch_gives_the_same_greedy_answers(reference, cfg_file, tmp_path, monkeypatch):
     """`[avcap.engine] first_batch`: only where the batches break changes (MCQ is greedy here)."""
     from avcap.eval import infer
@@ -434,9 +454,12 @@ def test_a_smaller_first_batch_gives_the_same_greedy_answers(reference, cfg_file
     seen = []
     real = infer.batch_sizes
 
-    def recorded(n, bs, first=None):
-        seen.append(real(n, bs, first))
+    def recorded(n, bs, first=None, multiple=None):
+        seen.append(real(n, bs, first, multiple))
+        multiples.append(multiple)
         return seen[-1]
+
+    multiples = []
 
     monkeypatch.setattr(infer, "batch_sizes", recorded)
     cfg = load_config(cfg_file, {"avcap": {"engine": {"first_batch": 2}}})
@@ -444,6 +467,7 @@ def test_a_smaller_first_batch_gives_the_same_greedy_answers(reference, cfg_file
     run_inference(cfg, dataset="AV_CAPTION", model_name="tiny", outputs_dir=tmp_path, tasks=["mcq"], progress=False)
     assert texts(tmp_path / "tiny" / "base" / "AV_CAPTION" / "mcq.jsonl") == texts(reference / "AV_CAPTION" / "mcq.jsonl")
     assert seen and seen[0][0] == 2 and len(set(seen[0][1:-1])) <= 1 and sum(seen[0]) == 15
+    assert multiples[0] == cfg.avcap.engine.prefill_batch  # the fast path's chunk plans the batches
 
 
 @pytest.mark.parametrize("part", ["model.safetensors", "tokenizer_config.json"], ids=["weights", "processor"])

@@ -631,11 +631,22 @@ def _local_device(local_rank: int, configured: str) -> str:
     return "cpu"
 
 
-def batch_sizes(n: int, batch_size: int, first: Optional[int] = None) -> list[int]:
+# with a first batch, the rest goes in equal batches when the first then takes at most this many chunks more
+# than `first_batch` (its records come that much later; the run has as many batches either way)
+BALANCE_SLACK_CHUNKS = 4
+
+
+def batch_sizes(n: int, batch_size: int, first: Optional[int] = None, multiple: Optional[int] = None) -> list[int]:
     """Sizes of the batches `n` items go in: `batch_size` each, except a smaller `first` batch
     (`[avcap.engine] first_batch`: the run's first records come after `first` items, not a whole batch).
-    Splitting the rest evenly (8 + 184 at 96 as 8, 92, 92) was measured no faster: 92 rows left the
-    prefill a chunk of 4 prefixes, one more compiled shape (benchmarks/runs/gpu_run66, call 2)."""
+
+    With `multiple` (the engine's `batch_multiple`: its prefill chunk, where every new row count is a
+    new compiled prefill chunk and new captured decode steps) and a first batch, the rest goes in
+    equal batches of a multiple of it, the first batch taking the few items left over (fewer than
+    `BALANCE_SLACK_CHUNKS` chunks more than `first`; otherwise the plain split): 192 at 96 after 8 as
+    16, 88, 88 (two row counts) instead of 8, 96, 88 (three). An even split that is not a multiple
+    (8, 92, 92) was measured no faster: 92 rows left the prefill a chunk of 4 prefixes, one more
+    compiled shape (benchmarks/runs/gpu_run66, call 2)."""
     bs = max(1, int(batch_size))
     head = min(bs, max(1, int(first))) if first else bs
     if n <= 0:
@@ -643,6 +654,12 @@ def batch_sizes(n: int, batch_size: int, first: Optional[int] = None) -> list[in
     if n <= head:
         return [n]
     rest = n - head
+    if first and multiple and multiple > 0:
+        k = -(-rest // bs)  # the batches after the first
+        each = (rest // k) // multiple * multiple
+        left = n - k * each
+        if each and head <= left <= head + BALANCE_SLACK_CHUNKS * multiple and left <= bs:
+            return [left] + [each] * k
     return [head] + [bs] * (rest // bs) + ([rest % bs] if rest % bs else [])
 
 
@@ -651,7 +668,8 @@ def run_items(engine, task: str, todo: list[Item], sampling: Sampling, system: O
     """The one inference loop (`avcap infer`, `avcap label` and its Ray workers): `todo` in batches
     of the engine's batch size, the next batches' videos decoded ahead, and each batch's
     `on_batch(items, results, records)` (records by `make_record`) called as soon as it finishes."""
-    sizes = batch_sizes(len(todo), int(getattr(engine, "batch_size", 1)), getattr(engine, "first_batch", None))
+    sizes = batch_sizes(len(todo), int(getattr(engine, "batch_size", 1)), getattr(engine, "first_batch", None),
+                        getattr(engine, "batch_multiple", None))
     ends = list(itertools.accumulate(sizes))
     batches = [todo[end - n : end] for end, n in zip(ends, sizes)]
 

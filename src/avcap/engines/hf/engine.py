@@ -313,6 +313,9 @@ class TransformersEngine:
                                   finish_device=self.device if cfg.resize_on_gpu and cuda else None)
         decoders_at = self._since_start()
         self.prefetch_videos = self.frames.lookahead
+        # the fast path prefills `prefill_batch` prefixes per call and captures decode steps per row count:
+        # the inference loop plans row counts that are multiples of it (avcap.eval.infer.batch_sizes)
+        self.batch_multiple = cfg.prefill_batch if cfg.fast_generate else None
         self._stream = None  # the model's CUDA stream, made once the weights are on the device
         self.compile_cache: dict[str, Any] = {}
         self._recompile_limit: Optional[int] = None  # with compile: set, like compile_cache, by the load
