@@ -3,13 +3,15 @@
 # 3.65, 32 + 80 + 80 3.75. d852133 plans them: with a first batch, the rest in equal batches of the prefill chunk
 # (8), the first taking the few left over: 192 at 96 after 8 goes 16 + 88 + 88. This checkout against bcb738d
 # (.baseline/src, 8 + 96 + 88), interleaved, one shared compile cache; the first run of each fills its shapes and
-# is not compared. Then where the imports' time goes (python -X importtime of what the engine's load imports).
+# is not compared; the last run (warm-first4) runs under the stack sampler (what a new row count's suffix and
+# first batch spend their one-off seconds on). Then where the imports' time goes (python -X importtime of what
+# the engine's load imports).
 nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
 python3 -c "import torch, triton, transformers, av; print(torch.__version__, triton.__version__, transformers.__version__, av.__version__)"
 mkdir -p /tmp/fc-cache
-python3 benchmarks/bench_first_caption.py --out $OUT/plan --runs warm-first,warm-first@base,warm-first@base,warm-first,warm-first@base,warm-first \
-  --cache-dir /tmp/fc-cache --baseline-src .baseline/src --bytecode-cache /tmp/pyc --batch-size 96 --first-batch 8 \
+python3 benchmarks/bench_first_caption.py --out $OUT/plan --runs warm-first,warm-first@base,warm-first@base,warm-first,warm-first@base,warm-first,warm-first \
+  --sample-stacks warm-first4 --cache-dir /tmp/fc-cache --baseline-src .baseline/src --bytecode-cache /tmp/pyc --batch-size 96 --first-batch 8 \
   --deadline 535 > $OUT/plan.txt 2>&1
 python3 - <<'PY'
 import json, os
