@@ -284,6 +284,29 @@ def test_frame_loader_hold_decodes_only_the_first_videos_until_released(h264_cli
         loader.close()
 
 
+def test_frame_loader_hold_widens_to_a_larger_first_batch(h264_clip):
+    """`widen_hold(n)` while held: up to n videos in all start (a planned first batch larger than
+    `first_batch`); it never narrows a hold, and does nothing once released."""
+    import time
+
+    loader = FrameLoader(Vision(nframes=4), 32, workers=3)
+    try:
+        loader.hold(1)
+        loader.widen_hold(1)
+        parts = [{"type": "video", "video": str(h264_clip), "nframes": n} for n in (4, 6, 8, 10)]
+        loader.prefetch([Request("a", [{"role": "user", "content": parts}])])
+        loader.widen_hold(3)
+        loader.widen_hold(2)
+        assert [loader.frames(p).frames.shape[0] for p in parts[:3]] == [4, 6, 8]
+        time.sleep(0.3)  # the third worker is idle: the fourth video waits for the release
+        assert loader.decoded_by["cpu"] == 3 and len(loader._todo) == 1 and loader.startup()["held"]["videos"] == 3
+        loader.release()
+        loader.widen_hold(10)
+        assert loader.frames(parts[3]).frames.shape[0] == 10 and loader.startup()["held"]["videos"] == 3
+    finally:
+        loader.close()
+
+
 def test_frame_loader_processes_survive_a_bad_video_and_a_dead_worker(tmp_path, h264_clip):
     """In worker processes a corrupt video fails only itself (its VideoError crosses the process
     boundary; it used to break the pool for the rest of the run), and a killed worker process costs
@@ -485,15 +508,24 @@ def test_vllm_engine_says_how_to_install():
 
 
 
-def test_transformers_loads_in_the_background_and_records_its_load(varied_model_dir, h264_clip):
+def test_transformers_loads_in_the_background_and_records_its_load(varied_model_dir, h264_clip, tmp_path, monkeypatch):
     """The constructor returns before the weights are loaded (the frame decoders take the first
-    videos meanwhile); `generate` waits for the load; run.json's engine_run says where the load's
-    time went."""
-    cfg = load_config(None).avcap.engine.model_copy(update={"batch_size": 2, "device": "cpu"})
+    videos meanwhile: the first prefetched batch's, however many that is); `generate` waits for the
+    load; run.json's engine_run says where the load's time went."""
+    import shutil
+    import threading
+
+    # this process has torch imported: the load would end its imports (and the hold) at once
+    imports_done, release = threading.Event(), FrameLoader.release
+    monkeypatch.setattr(FrameLoader, "release", lambda self: (imports_done.wait(30), release(self)))
+    cfg = load_config(None).avcap.engine.model_copy(update={"batch_size": 2, "device": "cpu", "first_batch": 1})
     eng = make_engine(cfg, vision=Vision(nframes=8, max_pixels=64 * 96), model=str(varied_model_dir))
     try:
         req = Request("k", build_messages(SYSTEM, "Describe.", str(h264_clip)))
-        eng.prefetch([req])  # decoding starts whether or not the model is there yet
+        other = Request("o", build_messages(SYSTEM, "Describe.", str(shutil.copy(h264_clip, tmp_path / "o.mp4"))))
+        eng.prefetch([req, other])  # decoding starts whether or not the model is there yet
+        assert eng.frames.startup()["held"] == {"videos": 2}  # first_batch = 1, but the first batch has two
+        imports_done.set()
         [res] = eng.generate([req], Sampling(max_tokens=3))
         assert res.error is None and res.num_output_tokens > 0
         rec = eng.run_record()

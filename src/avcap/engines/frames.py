@@ -179,6 +179,16 @@ class FrameLoader:
             self._allowance = max(0, int(videos))
             self._held = {"videos": self._allowance}
 
+    def widen_hold(self, videos: int) -> None:
+        """While held, let the workers start up to `videos` in all (the first batch turned out larger
+        than the hold: `avcap.eval.infer.batch_sizes` gives it the few items left over)."""
+        with self._ready:
+            if self._allowance is None or "released_at_s" in self._held or videos <= self._held["videos"]:
+                return
+            self._allowance += int(videos) - self._held["videos"]
+            self._held["videos"] = int(videos)
+            self._ready.notify_all()
+
     def release(self) -> None:
         """Decode every queued video again (after `hold`)."""
         with self._ready:

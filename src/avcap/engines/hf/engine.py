@@ -61,7 +61,7 @@ from avcap.core.compile_cache import (compile_context, compile_counters, dynamo_
 from avcap.core.config import Engine as EngineConfig
 from avcap.core.config import Sampling, Vision
 from avcap.core.imports import heavy_imports
-from avcap.engines.base import ModelLoadError, Request, Result, final_answer
+from avcap.engines.base import ModelLoadError, Request, Result, final_answer, video_parts
 from avcap.engines.frames import FrameLoader, load_request_frames, vision_factor
 from avcap.engines.hf.weights import EarlyWeights, from_state_dict
 
@@ -313,6 +313,7 @@ class TransformersEngine:
                                   finish_device=self.device if cfg.resize_on_gpu and cuda else None)
         decoders_at = self._since_start()
         self.prefetch_videos = self.frames.lookahead
+        self._prefetched = False  # whether `prefetch` was called yet (the first call is the first batch)
         # the fast path prefills `prefill_batch` prefixes per call and captures decode steps per row count:
         # the inference loop plans row counts that are multiples of it (avcap.eval.infer.batch_sizes)
         self.batch_multiple = cfg.prefill_batch if cfg.fast_generate else None
@@ -585,6 +586,9 @@ class TransformersEngine:
         """Decode the videos of `requests` ahead; on the fast path also run the processor for
         them in the background during the next `generate` call, when that call is for other
         requests (`avcap infer` prefetches the next batches while one runs)."""
+        if not self._prefetched:  # the first batch's videos: held for while the imports run, all of them
+            self._prefetched = True
+            self.frames.widen_hold(len({p["video"] for r in requests for p in video_parts(r.messages)}))
         self.frames.prefetch(requests)
         if self._prep_pool is not None:
             self._pending.append(list(requests))
