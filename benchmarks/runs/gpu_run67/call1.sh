@@ -1,7 +1,8 @@
 # gpu_run67 call 1 (session 21, ~570 s): the whole run's batch plan as `avcap infer` now makes it. Run 66 call 4
 # (one machine) measured the first batch and batch size set by hand: 8 + 96 + 88 3.38 videos/s, 48 + 72 + 72
 # 3.65, 32 + 80 + 80 3.75. d852133 plans them: with a first batch, the rest in equal batches of the prefill chunk
-# (8), the first taking the few left over: 192 at 96 after 8 goes 16 + 88 + 88. This checkout against bcb738d
+# (8), the first taking the few left over: 192 at 96 after 8 goes 16 + 88 + 88; 0d305e6 decodes all 16 of the
+# first batch's videos during the imports (the hold was first_batch's 8). This checkout against bcb738d
 # (.baseline/src, 8 + 96 + 88), interleaved, one shared compile cache; the first run of each fills its shapes and
 # is not compared; the last run (warm-first4) runs under the stack sampler (what a new row count's suffix and
 # first batch spend their one-off seconds on). Then where the imports' time goes (python -X importtime of what
