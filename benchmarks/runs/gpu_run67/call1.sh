@@ -13,7 +13,7 @@ python3 -c "import torch, triton, transformers, av; print(torch.__version__, tri
 mkdir -p /tmp/fc-cache
 python3 benchmarks/bench_first_caption.py --out $OUT/plan --runs warm-first,warm-first@base,warm-first@base,warm-first,warm-first@base,warm-first,warm-first \
   --sample-stacks warm-first4 --cache-dir /tmp/fc-cache --baseline-src .baseline/src --bytecode-cache /tmp/pyc --batch-size 96 --first-batch 8 \
-  --deadline 535 > $OUT/plan.txt 2>&1
+  --deadline ${DEADLINE:-535} > $OUT/plan.txt 2>&1
 python3 - <<'PY'
 import json, os
 d = json.load(open(os.path.join(os.environ["OUT"], "plan", "bench_first_caption.json")))
