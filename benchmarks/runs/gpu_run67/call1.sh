@@ -11,7 +11,7 @@ nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
 python3 -c "import torch, triton, transformers, av; print(torch.__version__, triton.__version__, transformers.__version__, av.__version__)"
 mkdir -p /tmp/fc-cache
-python3 benchmarks/bench_first_caption.py --out $OUT/plan --runs warm-first,warm-first@base,warm-first@base,warm-first,warm-first@base,warm-first,warm-first \
+python3 benchmarks/bench_first_caption.py --out $OUT/plan --runs ${RUNS:-warm-first,warm-first@base,warm-first@base,warm-first,warm-first@base,warm-first,warm-first} \
   --sample-stacks warm-first4 --cache-dir /tmp/fc-cache --baseline-src .baseline/src --bytecode-cache /tmp/pyc --batch-size 96 --first-batch 8 \
   --deadline ${DEADLINE:-535} > $OUT/plan.txt 2>&1
 python3 - <<'PY'
