@@ -72,6 +72,27 @@ def run_to_end(cmd: list[str], log: Path) -> tuple[int, str, float]:
     return rc, log.read_text(), time.monotonic() - t0
 
 
+class Started:
+    """A run started now (its output to `log`, as run_to_end's), awaited by `done()`: (exit code, output).
+    Runs that do not depend on one another start together and are awaited in turn (the box has two
+    cores; much of each run is one core's start-up)."""
+
+    def __init__(self, cmd: list[str], log: Path, started: list[Started]):
+        self.log = log
+        with open(log, "w") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV)
+        started.append(self)
+
+    def done(self) -> tuple[int, str]:
+        try:
+            rc = self.proc.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        return rc, self.log.read_text()
+
+
 # ----------------------------------------------------------------------------- what a run left on disk
 
 
@@ -672,8 +693,7 @@ class BadRun:
     paths: dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def infer_bad(varied_model_dir, infer_data_dir, tmp_path_factory) -> BadRun:
+def _infer_bad(varied_model_dir, infer_data_dir, tmp_path_factory, started: list[Started]) -> Callable[[], BadRun]:
     """conftest's AV_CAPTION (its av99999.mp4 is a corrupt file) plus four unusable vqa.jsonl lines
     and a question about a video that does not exist; one `avcap infer` run."""
     from avcap.bench.pool import load_pool
@@ -698,10 +718,10 @@ def infer_bad(varied_model_dir, infer_data_dir, tmp_path_factory) -> BadRun:
     lineno = {name: len(good) + 1 + i for i, name in enumerate(bad)}
     cfg = infer_config(base / "recipe.toml", varied_model_dir, base / "data")
     out = base / "out"
-    rc, log, _ = run_to_end(avcap("infer", "--model-name", "tiny", "--dataset", "AV_CAPTION", "--config", cfg,
-                                  "--outputs-dir", out, "--no-progress"), base / "infer.log")
-    return BadRun(rc, log, {"vqa": vqa, "lineno": lineno, "good": [json.loads(x)["key"] for x in good],
-                            "out": out / "tiny" / "base" / "AV_CAPTION", "videos": av / "videos"})
+    run = Started(avcap("infer", "--model-name", "tiny", "--dataset", "AV_CAPTION", "--config", cfg,
+                        "--outputs-dir", out, "--no-progress"), base / "infer.log", started)
+    return lambda: BadRun(*run.done(), {"vqa": vqa, "lineno": lineno, "good": [json.loads(x)["key"] for x in good],
+                                        "out": out / "tiny" / "base" / "AV_CAPTION", "videos": av / "videos"})
 
 
 def _infer_vqa_line(name: str, field: str):
@@ -732,8 +752,7 @@ def _infer_video(video_id: str):
     return check
 
 
-@pytest.fixture(scope="module")
-def curate_bad(tmp_path_factory) -> BadRun:
+def _curate_bad(tmp_path_factory, started: list[Started]) -> Callable[[], BadRun]:
     """A human source with 2 good clips plus malformed JSON, a wrong schema and a 150:1 clip; a vqa
     source with 2 good lines, an identical duplicate and a conflicting duplicate; one `avcap curate`."""
     base = tmp_path_factory.mktemp("bad-curate")
@@ -752,8 +771,8 @@ def curate_bad(tmp_path_factory) -> BadRun:
     cfg.write_text(CURATE_TOML.replace('subdirectories = ["human_annotated", "cv_annotated", "vqa"]',
                                        'subdirectories = ["human_annotated", "vqa"]')
                    .replace('[avcap.curate.sources.cv_annotated]\nkind = "cv_annotated"\npath = "raw/cv"\n', ""))
-    rc, log, _ = run_to_end(avcap("curate", "--config", cfg), base / "curate.log")
-    return BadRun(rc, log, {"raw": base / "raw", "data": base / "data"})
+    run = Started(avcap("curate", "--config", cfg), base / "curate.log", started)
+    return lambda: BadRun(*run.done(), {"raw": base / "raw", "data": base / "data"})
 
 
 def _curate(file: str, *says: str):
@@ -771,8 +790,7 @@ def _curate(file: str, *says: str):
     return check
 
 
-@pytest.fixture(scope="module")
-def train_bad(tiny_model_dir, tmp_path_factory) -> BadRun:
+def _train_bad(tiny_model_dir, tmp_path_factory, started: list[Started]) -> Callable[[], BadRun]:
     """4 curated samples, three of them broken after curation (conversation file gone, a
     conversation that is not a list of messages, a meta.json sample without `conversation`); one
     `avcap train` step over all four."""
@@ -799,8 +817,8 @@ model_name_or_path = "{tiny_model_dir}"
     convs[1].write_text(json.dumps({"role": "user", "content": "hello"}))
     del meta["samples"][2]["conversation"]
     (src / "meta.json").write_text(json.dumps(meta))
-    rc, log, _ = run_to_end(avcap("train", "--config", cfg), base / "train.log")
-    return BadRun(rc, log, {"conv": convs, "meta": src / "meta.json", "run": base / "run"})
+    run = Started(avcap("train", "--config", cfg), base / "train.log", started)
+    return lambda: BadRun(*run.done(), {"conv": convs, "meta": src / "meta.json", "run": base / "run"})
 
 
 def _train(where: Callable[[dict], str], reason: str, *says: str):
@@ -819,8 +837,7 @@ def _train(where: Callable[[dict], str], reason: str, *says: str):
     return check
 
 
-@pytest.fixture(scope="module")
-def config_bad(tmp_path_factory, infer_data_dir) -> dict[str, BadRun]:
+def _config_bad(tmp_path_factory, infer_data_dir, started: list[Started]) -> Callable[[], dict[str, BadRun]]:
     """A recipe with an unknown key, given to every verb: the config is the whole job."""
     base = tmp_path_factory.mktemp("bad-config")
     data = base / "AV_CAPTION"
@@ -828,14 +845,50 @@ def config_bad(tmp_path_factory, infer_data_dir) -> dict[str, BadRun]:
     cfg = base / "recipe.toml"
     cfg.write_text(f'[train]\noptm_lrr = 1e-4\n[avcap.datasets.AV_CAPTION]\nkind = "av_caption"\nroot = "{data}"\n')
     written = {"infer": base / "out", "train": base / "run", "curate": base / "data", "bench build": data / "bench"}
-    runs = {}
-    for verb, args in {"infer": ["infer", "--dataset", "AV_CAPTION", "--outputs-dir", written["infer"]],
-                       "train": ["train", "--output-dir", written["train"]],
-                       "curate": ["curate", "--out", written["curate"]],
-                       "bench build": ["bench", "build", "--dataset", data]}.items():
-        rc, log, _ = run_to_end(avcap(*args, "--config", cfg), base / f"{verb}.log")
-        runs[verb] = BadRun(rc, log, {"cfg": cfg, "written": written[verb]})
-    return runs
+    runs = {verb: Started(avcap(*args, "--config", cfg), base / f"{verb}.log", started)
+            for verb, args in {"infer": ["infer", "--dataset", "AV_CAPTION", "--outputs-dir", written["infer"]],
+                               "train": ["train", "--output-dir", written["train"]],
+                               "curate": ["curate", "--out", written["curate"]],
+                               "bench build": ["bench", "build", "--dataset", data]}.items()}
+    return lambda: {verb: BadRun(*run.done(), {"cfg": cfg, "written": written[verb]}) for verb, run in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(varied_model_dir, infer_data_dir, tiny_model_dir, tmp_path_factory) -> dict[str, Any]:
+    """The table's runs (one infer, one curate, one train, four with a bad config): independent of one
+    another, each started as soon as its inputs are written, then all awaited."""
+    started: list[Started] = []
+    try:
+        finish = {"config_bad": _config_bad(tmp_path_factory, infer_data_dir, started),
+                  "infer_bad": _infer_bad(varied_model_dir, infer_data_dir, tmp_path_factory, started),
+                  "curate_bad": _curate_bad(tmp_path_factory, started),
+                  "train_bad": _train_bad(tiny_model_dir, tmp_path_factory, started)}
+        return {name: fn() for name, fn in finish.items()}
+    finally:
+        for run in started:
+            if run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def infer_bad(bad_runs) -> BadRun:
+    return bad_runs["infer_bad"]
+
+
+@pytest.fixture(scope="module")
+def curate_bad(bad_runs) -> BadRun:
+    return bad_runs["curate_bad"]
+
+
+@pytest.fixture(scope="module")
+def train_bad(bad_runs) -> BadRun:
+    return bad_runs["train_bad"]
+
+
+@pytest.fixture(scope="module")
+def config_bad(bad_runs) -> dict[str, BadRun]:
+    return bad_runs["config_bad"]
 
 
 BAD_INPUTS = [  # (case, fixture, expected exit code, check of that run's output and records)
