@@ -120,6 +120,54 @@ def test_a_workload_compiles_shape_generic_at_once_after_its_first_process(tmp_p
     assert list((Path(first["where"]["dir"]) / "dynamo").glob("code_state_avcap-infer-aaaa*.pkl"))
 
 
+# a block as transformers 5 makes them (its class's forward wrapped in a closure), compiled by avcap's
+# regional compilation and called at two sizes, as a vision block meets prefill chunks of 8 and of 4 videos
+BLOCKS = r"""
+import json, sys
+import torch
+from torch._dynamo.utils import counters
+from transformers.modeling_layers import GradientCheckpointingLayer
+from avcap.core.compile_cache import use_compile_cache
+from avcap.models.qwen3_vl.compile import compile_blocks
+
+class Block(GradientCheckpointingLayer):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(self.lin(x)) + x
+
+class Tower(torch.nn.Module):
+    _no_split_modules = ["Block"]
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([Block(), Block()])
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+use_compile_cache("cpu", "avcap-infer-blocks")
+torch.manual_seed(0)
+tower = Tower().eval()
+compile_blocks(tower, pack_vision=False, linear_patch_embed=False)
+with torch.no_grad():
+    tower(torch.randn(6, 8)), tower(torch.randn(3, 8))
+print(json.dumps({"graphs": int(counters["stats"]["unique_graphs"])}))
+"""
+
+
+def test_a_compiled_blocks_shape_profile_is_found_by_the_next_process(tmp_path):
+    """transformers' checkpointing wrapper is a closure; torch keys a closure's profile by a hash that
+    changes in every process. avcap compiles each block class through a function of its own, so the
+    second process compiles a block once, shape-generic, not once static and again dynamic."""
+    env = {"AVCAP_CACHE_DIR": str(tmp_path / "cache")}
+    assert [_child(env, tmp_path, BLOCKS)["graphs"] for _ in range(2)] == [2, 1]
+
+
 def test_a_job_id_the_user_set_is_kept_and_the_profile_can_be_turned_off(tmp_path):
     env = {"AVCAP_CACHE_DIR": str(tmp_path / "cache"), "TORCH_COMPILE_JOB_ID": "mine",
            "TORCH_DYNAMO_AUTOMATIC_DYNAMIC_LOCAL_PGO": "0"}

@@ -38,6 +38,23 @@ from avcap.models.qwen3_vl.text import linear_patch_embed as _linear_pe
 _LENGTHS_ATTR = "_avcap_equal_length_runs"
 
 
+def _block_forward(self, *args, **kwargs):
+    return type(self).forward(self, *args, **kwargs)
+
+
+def block_forward(cls: type) -> types.FunctionType:
+    """What torch.compile traces for a block of class `cls`: a function of its own that calls the
+    class's `forward`. Not the bound `forward` itself: transformers 5 wraps each block class's forward
+    in a closure (`GradientCheckpointingLayer.__init_subclass__`), and torch's profile of dynamic
+    shapes keys a closure's frames by a hash of the code objects it closes over, which Python's hash
+    randomisation changes in every process — so the profile was never found again, and every process
+    compiled each block once static and again dynamic at its second size. One code object per class
+    (named after it) also keeps the classes' dynamic-shape records and recompile counts apart."""
+    name = f"_block_forward_{cls.__name__}"
+    code = _block_forward.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, _block_forward.__globals__, name)
+
+
 def block_modules(model) -> list[Any]:
     """The repeated blocks: instances of the classes named in `model._no_split_modules`."""
     names = set(getattr(model, "_no_split_modules", None) or [])
@@ -83,13 +100,15 @@ def compile_blocks(model, *, backend: str = "inductor", dynamic: bool | None = N
 
         _linear_pe(model)
     counts: dict[str, int] = {}
+    traced: dict[type, types.FunctionType] = {}
     for m in block_modules(model):
         if activation_memory_budget is not None and hasattr(m, "gradient_checkpointing"):
             m.gradient_checkpointing = False
         if getattr(m, "_avcap_compiled", False):
             continue
         m._avcap_eager_forward = m.forward  # for checks that must not compile a graph of their own
-        m.forward = torch.compile(m.forward, backend=backend, dynamic=dynamic, **extra)
+        fn = traced.setdefault(type(m), block_forward(type(m)))
+        m.forward = torch.compile(types.MethodType(fn, m), backend=backend, dynamic=dynamic, **extra)
         m._avcap_compiled = True
         counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     if not counts and not block_modules(model):
