@@ -451,15 +451,13 @@ def test_a_smaller_first_batch_gives_the_same_greedy_answers(reference, cfg_file
     """`[avcap.engine] first_batch`: only where the batches break changes (MCQ is greedy here)."""
     from avcap.eval import infer
 
-    seen = []
+    seen, multiples = [], []
     real = infer.batch_sizes
 
     def recorded(n, bs, first=None, multiple=None):
         seen.append(real(n, bs, first, multiple))
         multiples.append(multiple)
         return seen[-1]
-
-    multiples = []
 
     monkeypatch.setattr(infer, "batch_sizes", recorded)
     cfg = load_config(cfg_file, {"avcap": {"engine": {"first_batch": 2}}})

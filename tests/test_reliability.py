@@ -65,13 +65,6 @@ def avcap(*args: Any) -> list[str]:
     return [sys.executable, "-m", "avcap", *map(str, args)]
 
 
-def run_to_end(cmd: list[str], log: Path) -> tuple[int, str, float]:
-    t0 = time.monotonic()
-    with open(log, "w") as fh:
-        rc = subprocess.run(cmd, check=False, stdout=fh, stderr=subprocess.STDOUT, env=ENV, timeout=RUN_TIMEOUT_S).returncode
-    return rc, log.read_text(), time.monotonic() - t0
-
-
 class Started:
     """A run started now (its output to `log`, as run_to_end's), awaited by `done()`: (exit code, output).
     Runs that do not depend on one another start together and are awaited in turn (the box has two
@@ -91,6 +84,13 @@ class Started:
             self.proc.wait()
             raise
         return rc, self.log.read_text()
+
+
+def run_to_end(cmd: list[str], log: Path) -> tuple[int, str, float]:
+    """(exit code, output, seconds) of one run, started and awaited alone."""
+    t0 = time.monotonic()
+    rc, out = Started(cmd, log, []).done()
+    return rc, out, time.monotonic() - t0
 
 
 # ----------------------------------------------------------------------------- what a run left on disk

@@ -107,7 +107,9 @@ def compile_blocks(model, *, backend: str = "inductor", dynamic: bool | None = N
         if getattr(m, "_avcap_compiled", False):
             continue
         m._avcap_eager_forward = m.forward  # for checks that must not compile a graph of their own
-        fn = traced.setdefault(type(m), block_forward(type(m)))
+        if type(m) not in traced:
+            traced[type(m)] = block_forward(type(m))
+        fn = traced[type(m)]
         m.forward = torch.compile(types.MethodType(fn, m), backend=backend, dynamic=dynamic, **extra)
         m._avcap_compiled = True
         counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
