@@ -509,6 +509,8 @@ def test_compiled_engine_gives_the_eager_outputs(varied_model_dir, engines, clip
         assert list(Path(cache["dir"]).glob(f"dynamo/code_state_{cache['shape_profile']['job_id']}*.pkl"))
         first = compiled.run_record()["startup"]["first_call"]  # the first call's compiling, timed by torch
         assert 0 < first["compile_s"] <= first["done_at_s"] - first["model_ready_at_s"]
+        [batch] = compiled.run_record()["batches"]  # the same compiling, counted in the batch that paid it
+        assert 0 < batch["compile_s"] <= batch["generate_s"] + batch["prep_s"]
         chunk = [(r, [compiled.frames.frames(p) for p in r.messages[1]["content"]
                       if isinstance(p, dict) and p.get("type") == "video"]) for r in reqs]
         inputs = compiled.inputs_for(chunk)

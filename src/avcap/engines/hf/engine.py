@@ -924,6 +924,7 @@ class TransformersEngine:
 
         t0 = time.perf_counter()
         started_at = self._since_start()
+        compiled_before = dynamo_compile_seconds() if self.cfg.compile else None
         spec, why_not = self.fast_spec(sampling, min_tokens)
         new = None
         path = "fast"
@@ -992,6 +993,9 @@ class TransformersEngine:
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
         self._paths[path] += len(chunk)
         if len(self._batches) < BATCHES_RECORDED:
+            compiled_after = dynamo_compile_seconds() if compiled_before is not None else None
+            if compiled_after is not None:  # the process's, any thread's: what torch.compile took during this batch
+                phases["compile_s"] = round(compiled_after - compiled_before, 3)
             self._batches.append({"rows": len(chunk), "path": path, "started_at_s": started_at,
                                   "prepared_ahead": ahead and path == "fast", "prep_s": round(t_prep, 3),
                                   "generate_s": round(t_gen, 3), **phases})
