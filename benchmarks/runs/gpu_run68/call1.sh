@@ -2,8 +2,10 @@
 # 16 + 88 + 88) gave 3.27 videos/s against 3.24-3.27 for 8 + 96 + 88: the plan changed nothing. Here: the price of
 # prompt tokens riding in an 88-row decode step (chunked prefill's lever, never measured); whether torch 2.11 has
 # torch.compile's aot_compile (loading compiled graphs without dynamo's re-trace); then a fill run, a plain run and a
-# stack-sampled run, each batch now recording torch.compile's seconds in it (compile_s); then one run with 8 decode
-# processes instead of 16 (do the imports take longer beside 16 decoders?).
+# run with at most 6 of the first batch's videos decoding during the imports (decoders_during_load = 6: 6 worker
+# processes start beside the imports, not 16; session 15 measured the imports 8.1 s idle, 14.3 s beside 16 decoders),
+# each batch now recording torch.compile's seconds in it (compile_s); then a stack-sampled run, and if time is left
+# one more plain and one more K=6 run. Each bench invocation's --deadline counts from its own start.
 nproc; nvidia-smi --query-gpu=name --format=csv,noheader; lscpu | grep -E "^(Thread|Core|Socket|Model name)"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
 python3 -c "import torch, triton, transformers, av; print(torch.__version__, triton.__version__, transformers.__version__, av.__version__)"
@@ -14,23 +16,27 @@ print('aot_compile', hasattr(f, 'aot_compile'), 'load_compiled_function', hasatt
       'precompile', hasattr(torch.compiler, 'precompile'), 'config.aot_compile', hasattr(torch._dynamo.config, 'enable_aot_compile') or hasattr(torch._dynamo.config, 'aot_compile'))"
 timeout 70 python3 benchmarks/bench_decode_piggyback.py --rows 88 --out $OUT/pig88 > $OUT/pig88.txt 2>&1; tail -22 $OUT/pig88.txt
 mkdir -p /tmp/fc-cache
-python3 benchmarks/bench_first_caption.py --out $OUT/plan --runs warm-first,warm-first,warm-first --sample-stacks warm-first3 \
-  --cache-dir /tmp/fc-cache --bytecode-cache /tmp/pyc --batch-size 96 --first-batch 8 --deadline ${DEADLINE:-380} > $OUT/plan.txt 2>&1
-python3 benchmarks/bench_first_caption.py --out $OUT/plan8 --runs warm-first --decode-workers 8 \
-  --cache-dir /tmp/fc-cache --bytecode-cache /tmp/pyc --batch-size 96 --first-batch 8 --deadline ${DEADLINE8:-90} > $OUT/plan8.txt 2>&1
+B="python3 benchmarks/bench_first_caption.py --cache-dir /tmp/fc-cache --bytecode-cache /tmp/pyc --batch-size 96 --first-batch 8"
+$B --out $OUT/plan --runs warm-first,warm-first --deadline 330 > $OUT/plan.txt 2>&1
+left() { echo $(( 585 - SECONDS )); }
+[ $(left) -gt 80 ] && $B --out $OUT/k6 --runs warm-first --decoders-during-load 6 --deadline $(left) > $OUT/k6.txt 2>&1
+[ $(left) -gt 85 ] && $B --out $OUT/sampled --runs warm-first --sample-stacks warm-first1 --deadline $(left) > $OUT/sampled.txt 2>&1
+[ $(left) -gt 75 ] && $B --out $OUT/plan2 --runs warm-first --deadline $(left) > $OUT/plan2.txt 2>&1
+[ $(left) -gt 75 ] && $B --out $OUT/k6b --runs warm-first --decoders-during-load 6 --deadline $(left) > $OUT/k6b.txt 2>&1
 python3 - <<'PY'
 import json, os
-for sub in ("plan", "plan8"):
+for sub in ("plan", "k6", "sampled", "plan2", "k6b"):
     p = os.path.join(os.environ["OUT"], sub, "bench_first_caption.json")
     if not os.path.exists(p):
         print(sub, "no result"); continue
     for name, r in json.load(open(p))["runs"].items():
         el, st = r.get("engine_load") or {}, r.get("engine_startup") or {}
+        fr = st.get("frames") or {}
         print(sub, name, "first", r.get("first_record_s"), "last", r.get("last_record_s"), "v/s", r.get("videos_per_s_from_start"),
-              "imports", el.get("imports_s"), "ready", st.get("model_ready_at_s"), "frames", (st.get("frames") or {}).get("decoded_at_s"),
-              "fallbacks", r.get("engine_fallbacks"), "failures", r.get("engine_batch_failures"))
+              "imports", el.get("imports_s"), "read", (el.get("early_weights") or {}).get("read_s"), "ready", st.get("model_ready_at_s"),
+              "frames", fr.get("decoded_at_s"), "held", fr.get("held"), "fallbacks", r.get("engine_fallbacks"), "failures", r.get("engine_batch_failures"))
         for b in r.get("engine_batches") or []:
             print("   batch", json.dumps({k: b.get(k) for k in ("rows", "started_at_s", "generate_s", "compile_s", "prefix_s", "suffix_s",
                                                              "decode_s", "step_build_s", "step_builds")}))
 PY
-cd $OUT && tar czf plan.tgz plan plan8 pig88 && rm -rf plan plan8 pig88
+cd $OUT && tar czf plan.tgz plan k6 sampled plan2 k6b pig88 2>/dev/null; rm -rf plan k6 sampled plan2 k6b pig88
