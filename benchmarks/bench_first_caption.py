@@ -213,8 +213,6 @@ def write_config(args, work: Path, model: Path, clips: Path, first_batch: int | 
     ]
     if first_batch:
         engine.append(f"first_batch = {first_batch}")
-    if args.decoders_during_load:  # only when asked: an older avcap (--baseline-src) refuses the key
-        engine.append(f"decoders_during_load = {args.decoders_during_load}")
     if args.tiny:
         engine.append('device = "cpu"')
     text = "\n".join([
@@ -544,8 +542,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--first-batch", type=int, default=8,
                     help="[avcap.engine] first_batch of the warm-first runs (warm cache, a smaller first batch)")
     ap.add_argument("--decode-workers", type=int, default=16)
-    ap.add_argument("--decoders-during-load", type=int, default=None,
-                    help="[avcap.engine] decoders_during_load: the first batch's videos decoding at once during the imports")
     ap.add_argument("--decode-attention", default="auto", choices=["auto", "sdpa", "flex", "triton"],
                     help="[avcap.engine] decode_attention of the runs")
     ap.add_argument("--caption-tokens", type=int, default=256)

@@ -307,25 +307,6 @@ def test_frame_loader_hold_widens_to_a_larger_first_batch(h264_clip):
         loader.close()
 
 
-def test_frame_loader_hold_at_once_starts_only_that_many_worker_processes(h264_clip):
-    """`hold(n, at_once=k)` (`decoders_during_load`): the first n videos decode at most k at a time, so
-    the process pool (it starts workers on demand) starts k processes beside a fresh engine's imports,
-    not all of them; after `release()` the queue goes on at full width."""
-    loader = FrameLoader(Vision(nframes=4), 32, workers=3, processes=True)
-    try:
-        loader.hold(3, at_once=1)
-        parts = [{"type": "video", "video": str(h264_clip), "nframes": n} for n in (4, 6, 8, 10, 12, 14)]
-        loader.prefetch([Request("a", [{"role": "user", "content": parts}])])
-        assert [loader.frames(p).frames.shape[0] for p in parts[:3]] == [4, 6, 8]
-        assert len(loader.worker_pids()) == 1 and len(loader._todo) == 3  # one process, one video at a time
-        assert loader.startup()["held"] == {"videos": 3, "at_once": 1}
-        loader.release()
-        assert [loader.frames(p).frames.shape[0] for p in parts[3:]] == [10, 12, 14]
-        assert loader.decoded_by["cpu"] == 6 and loader._running == 0
-    finally:
-        loader.close()
-
-
 def test_frame_loader_processes_survive_a_bad_video_and_a_dead_worker(tmp_path, h264_clip):
     """In worker processes a corrupt video fails only itself (its VideoError crosses the process
     boundary; it used to break the pool for the rest of the run), and a killed worker process costs

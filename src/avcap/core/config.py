@@ -366,9 +366,6 @@ class Engine(_Model):
     prefix_layers: Literal["transcribed", "library"] = "transcribed"
     decode_workers: Optional[int] = Field(None, ge=1)  # video decode workers (default: min(8, CPUs))
     decode_processes: bool = False  # decode in worker processes instead of threads
-    # while a fresh process imports torch and transformers, at most this many of the first batch's videos
-    # decode at once, so fewer worker processes start beside the imports (default: decode_workers)
-    decoders_during_load: Optional[int] = Field(None, ge=1)
     # "nvdec": decode on the GPU (PyAV's CUDA hwaccel), colour conversion and resize there too, same
     # pixels as "cpu" (avcap.video.load_video); in threads (decode_processes = false) in the
     # model's CUDA context, in processes one context per worker. "nvdec+cpu": nvdec_workers NVDEC

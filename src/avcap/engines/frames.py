@@ -156,46 +156,28 @@ class FrameLoader:
         self._t_created = time.perf_counter()
         self._decoded_at: dict[int, float] = {}  # n -> seconds from creation to the n-th decoded video
         self._allowance: int | None = None  # videos the workers may still start while held (`hold`); None: any
-        self._at_once: int | None = None  # while held, videos decoding at the same time at most (`hold`)
-        self._running = 0  # videos taken and not yet decoded
         self._held: dict[str, Any] = {}  # the hold's record (`startup()`)
 
     def _take(self, decoder: str) -> tuple[str, dict[str, Any], Future] | None:
         """The oldest waiting video (CPU workers first take the ones NVDEC could not decode);
         waits for one; None once closed."""
         with self._ready:
-            while not self._closed and not (self._todo and self._may_start()) and not (decoder == "cpu" and self._cpu_only):
+            while not self._closed and not (self._todo and self._allowance != 0) and not (decoder == "cpu" and self._cpu_only):
                 self._ready.wait()
             if self._closed:
                 return None
-            self._running += 1
             if decoder == "cpu" and self._cpu_only:  # NVDEC's retries were counted when first taken
                 return self._cpu_only.popleft()
             if self._allowance is not None:
                 self._allowance -= 1
             return self._todo.popleft()
 
-    def _may_start(self) -> bool:
-        """Under `_ready`: whether a worker may start a queued video now (`hold`'s limits)."""
-        if self._allowance is None:
-            return True
-        return self._allowance != 0 and (self._at_once is None or self._running < self._at_once)
-
-    def _taken_done(self) -> None:
-        with self._ready:
-            self._running -= 1
-            if self._at_once is not None and self._allowance is not None:
-                self._ready.notify_all()
-
-    def hold(self, videos: int, at_once: int | None = None) -> None:
+    def hold(self, videos: int) -> None:
         """Until `release()`, start decoding only the next `videos` queued videos (the first batch's,
-        while a fresh process imports its libraries: see `TransformersEngine`), and with `at_once` at
-        most that many at the same time: worker processes start on demand, so only `at_once` of them
-        start (and import) during the hold, the rest after it."""
+        while a fresh process imports its libraries: see `TransformersEngine`). The workers' processes still start."""
         with self._ready:
             self._allowance = max(0, int(videos))
-            self._at_once = max(1, int(at_once)) if at_once is not None else None
-            self._held = {"videos": self._allowance, **({"at_once": self._at_once} if at_once is not None else {})}
+            self._held = {"videos": self._allowance}
 
     def widen_hold(self, videos: int) -> None:
         """While held, let the workers start up to `videos` in all (the first batch turned out larger
@@ -213,7 +195,6 @@ class FrameLoader:
             if self._allowance is None:
                 return
             self._allowance = None
-            self._at_once = None
             self._held["released_at_s"] = round(time.perf_counter() - self._t_created, 3)
             self._ready.notify_all()
 
@@ -221,36 +202,30 @@ class FrameLoader:
         """One worker: decodes the videos it takes, here or in its lane's process pool. With a
         finish device the CPU decoders' pictures go to the finishers, and the worker goes on."""
         while (item := self._take(decoder)) is not None:
+            path, kw, fut = item
+            if not fut.running() and not fut.set_running_or_notify_cancel():
+                continue
+            kw = {**kw, "decoder": decoder}
+            # NVDEC threads already convert in this process's context: no download and upload again
+            planes = self._finishers is not None and (decoder == "cpu" or (NVDEC_FINISHED_HERE and in_process_pool))
             try:
-                self._decode_one(decoder, in_process_pool, *item)
-            finally:
-                self._taken_done()
-
-    def _decode_one(self, decoder: str, in_process_pool: bool, path: str, kw: dict[str, Any], fut: Future) -> None:
-        """Decode one taken video: its result or error on `fut`."""
-        if not fut.running() and not fut.set_running_or_notify_cancel():
-            return
-        kw = {**kw, "decoder": decoder}
-        # NVDEC threads already convert in this process's context: no download and upload again
-        planes = self._finishers is not None and (decoder == "cpu" or (NVDEC_FINISHED_HERE and in_process_pool))
-        try:
-            if in_process_pool:
-                result = unspool(self._in_worker_process(decoder, path, kw, planes), pin=self._pin)
+                if in_process_pool:
+                    result = unspool(self._in_worker_process(decoder, path, kw, planes), pin=self._pin)
+                else:
+                    result = _load(path, kw, planes)
+            except Exception as exc:  # noqa: BLE001 — the error belongs to whoever asks for this video
+                if decoder == "nvdec" and self.decoder == NVDEC_AND_CPU and _nvdec_specific(exc):
+                    self._to_cpu(path, kw, fut, exc)
+                else:
+                    fut.set_exception(exc)
             else:
-                result = _load(path, kw, planes)
-        except Exception as exc:  # noqa: BLE001 — the error belongs to whoever asks for this video
-            if decoder == "nvdec" and self.decoder == NVDEC_AND_CPU and _nvdec_specific(exc):
-                self._to_cpu(path, kw, fut, exc)
-            else:
-                fut.set_exception(exc)
-        else:
-            if planes:
-                try:
-                    self._finishers.submit(self._finish, decoder, result, fut)
-                except RuntimeError:  # closed meanwhile
-                    fut.set_exception(RuntimeError("FrameLoader is closed"))
-            else:
-                self._done(decoder, fut, result)
+                if planes:
+                    try:
+                        self._finishers.submit(self._finish, decoder, result, fut)
+                    except RuntimeError:  # closed meanwhile
+                        fut.set_exception(RuntimeError("FrameLoader is closed"))
+                else:
+                    self._done(decoder, fut, result)
 
     def _finish(self, decoder: str, decoded, fut: Future) -> None:
         try:

@@ -342,7 +342,7 @@ class TransformersEngine:
         if from_path:
             # while the load imports torch and transformers (CPU- and GIL-bound: 8 s idle, 14 s beside 16 busy
             # decoders on the 16-CPU H100 box, run 63), decode only what the first batch needs
-            self.frames.hold(self.first_batch or self.batch_size, at_once=cfg.decoders_during_load)
+            self.frames.hold(self.first_batch or self.batch_size)
             self._loader = ThreadPoolExecutor(1, thread_name_prefix="avcap-load")
             self._loading = self._loader.submit(self._load, model, processor or model)
         else:
