@@ -109,6 +109,29 @@ def test_compiled_conversion_gives_the_same_integers():
     assert torch.equal(video_colour.nv12_to_rgb_fast(y, uv, c), video_colour.nv12_to_rgb(y, uv, c))  # CPU: eager
 
 
+def test_the_colour_compile_switch_converts_eagerly_from_the_start(monkeypatch):
+    """AVCAP_COLOUR_COMPILE=0 (benchmarks' A/B of a fresh process's start): no compiled conversion at
+    all, CUDA tensors included; the same integers, and no eager conversion counted as refused."""
+    from avcap.video import colour as video_colour
+
+    class OnGpu(torch.Tensor):  # a CPU tensor that says it is on CUDA: only the dispatch is tested
+        @property
+        def is_cuda(self):
+            return True
+
+    monkeypatch.setattr(video_colour, "COMPILE", False)
+    video_colour.reset_compiled()
+    try:
+        assert video_colour.compiled_nv12_to_rgb() is None
+        y = torch.randint(0, 256, (2, 8, 12), dtype=torch.uint8).as_subclass(OnGpu)
+        uv = torch.randint(0, 256, (2, 4, 6, 2), dtype=torch.uint8)
+        c = swscale_coefficients(1, 0)
+        assert torch.equal(video_colour.nv12_to_rgb_fast(y, uv, c), video_colour.nv12_to_rgb(y, uv, c))
+        assert video_colour.eager_conversions() == 0
+    finally:
+        video_colour.reset_compiled()
+
+
 def test_a_conversion_that_fails_to_compile_falls_back_to_eager_once(monkeypatch):
     """The compiled path's first call failing (no compiler, an inductor bug) warns once and converts
     eagerly from then on; UnsupportedColour is the caller's error either way."""

@@ -25,6 +25,7 @@ clips: equal bit for bit. Odd frame sizes go through another swscale path and ar
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -147,6 +148,9 @@ def nv12_to_rgb(y, uv, coeffs: Yuv2Rgb):
 
 _compiled: dict[str, object] = {}
 _compile_lock = threading.RLock()
+# benchmarks' A/B switch: "0" converts eagerly from the start (no compile in a fresh process's first
+# frames, which otherwise compile under avcap.core.imports' lock beside the engine's imports)
+COMPILE = os.environ.get("AVCAP_COLOUR_COMPILE", "1") != "0"
 
 
 def compiled_nv12_to_rgb():
@@ -155,7 +159,7 @@ def compiled_nv12_to_rgb():
         if "fn" not in _compiled:
             import torch
 
-            _compiled["fn"] = torch.compile(nv12_to_rgb, dynamic=None)
+            _compiled["fn"] = torch.compile(nv12_to_rgb, dynamic=None) if COMPILE else None
         return _compiled["fn"]
 
 

@@ -1,0 +1,37 @@
+# gpu_run69 call 1 (prepared in session 22, ~560 s on a fresh machine; END bounds it to the device time left).
+# Run 68 showed a fresh process's first frames and its imports taking turns: the engine's loading thread holds
+# avcap.core.imports' lock while it imports transformers, and the frame finisher's first conversion (importing
+# torchvision and compiling the colour conversion) takes the same lock. Whichever goes first delays the other
+# (imports 7.0 s with the frames at 10.8 s; 8.9-12.7 s with the frames first). AVCAP_COLOUR_COMPILE=0 converts
+# eagerly (the same integers; ~2.3 ms more GPU time per 16-frame video, bench_finish.py): no compile in the first
+# finish. A/B interleaved after one fill run, then a run under the stack sampler (its label must be warm-first2:
+# a lone run is labelled warm-first and was never sampled in run 68).
+nproc; nvidia-smi --query-gpu=name --format=csv,noheader
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
+python3 -c "import torch, triton, transformers, av; print(torch.__version__, triton.__version__, transformers.__version__, av.__version__)"
+mkdir -p /tmp/fc-cache
+B="python3 benchmarks/bench_first_caption.py --cache-dir /tmp/fc-cache --bytecode-cache /tmp/pyc --batch-size 96 --first-batch 8"
+left() { echo $(( ${END:-585} - SECONDS )); }  # END: seconds this call may run (device time left)
+$B --out $OUT/fill --runs warm-first --deadline $(left) > $OUT/fill.txt 2>&1  # fills the empty compile cache: not compared
+[ $(left) -gt 75 ] && AVCAP_COLOUR_COMPILE=0 $B --out $OUT/eager --runs warm-first --deadline $(left) > $OUT/eager.txt 2>&1
+[ $(left) -gt 75 ] && $B --out $OUT/plain --runs warm-first --deadline $(left) > $OUT/plain.txt 2>&1
+[ $(left) -gt 75 ] && AVCAP_COLOUR_COMPILE=0 $B --out $OUT/eager2 --runs warm-first --deadline $(left) > $OUT/eager2.txt 2>&1
+[ $(left) -gt 75 ] && $B --out $OUT/plain2 --runs warm-first --deadline $(left) > $OUT/plain2.txt 2>&1
+[ $(left) -gt 150 ] && $B --out $OUT/sampled --runs warm-first,warm-first --sample-stacks warm-first2 --deadline $(left) > $OUT/sampled.txt 2>&1
+python3 - <<'PY'
+import json, os
+for sub in ("fill", "eager", "plain", "eager2", "plain2", "sampled"):
+    p = os.path.join(os.environ["OUT"], sub, "bench_first_caption.json")
+    if not os.path.exists(p):
+        print(sub, "no result"); continue
+    for name, r in json.load(open(p))["runs"].items():
+        el, st = r.get("engine_load") or {}, r.get("engine_startup") or {}
+        fr = st.get("frames") or {}
+        print(sub, name, "first", r.get("first_record_s"), "last", r.get("last_record_s"), "v/s", r.get("videos_per_s_from_start"),
+              "imports", el.get("imports_s"), "read", (el.get("early_weights") or {}).get("read_s"), "ready", st.get("model_ready_at_s"),
+              "frames", fr.get("decoded_at_s"), "held", fr.get("held"), "fallbacks", r.get("engine_fallbacks"), "failures", r.get("engine_batch_failures"))
+        for b in r.get("engine_batches") or []:
+            print("   batch", json.dumps({k: b.get(k) for k in ("rows", "started_at_s", "generate_s", "compile_s", "prefix_s", "suffix_s",
+                                                             "decode_s", "step_build_s", "step_builds")}))
+PY
+cd $OUT && tar czf r69.tgz fill eager plain eager2 plain2 sampled 2>/dev/null; rm -rf fill eager plain eager2 plain2 sampled
