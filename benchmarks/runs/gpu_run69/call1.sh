@@ -5,7 +5,9 @@
 # (imports 7.0 s with the frames at 10.8 s; 8.9-12.7 s with the frames first). AVCAP_COLOUR_COMPILE=0 converts
 # eagerly (the same integers; ~2.3 ms more GPU time per 16-frame video, bench_finish.py): no compile in the first
 # finish. A/B interleaved after one fill run, then a run under the stack sampler (its label must be warm-first2:
-# a lone run is labelled warm-first and was never sampled in run 68).
+# a lone run is labelled warm-first and was never sampled in run 68). plain2 logs dynamo's recompiles
+# (TORCH_LOGS=recompiles, in plain2/*.log): run 68's first 88-row batch spent 0.7-0.8 s in torch.compile, where the
+# CPU box's torch 2.14 recompiles nothing at a new row count in a warm process (tiny model, batches 2, 4, 4, 2).
 nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
 python3 -c "import torch, triton, transformers, av; print(torch.__version__, triton.__version__, transformers.__version__, av.__version__)"
@@ -16,7 +18,7 @@ $B --out $OUT/fill --runs warm-first --deadline $(left) > $OUT/fill.txt 2>&1  # 
 [ $(left) -gt 75 ] && AVCAP_COLOUR_COMPILE=0 $B --out $OUT/eager --runs warm-first --deadline $(left) > $OUT/eager.txt 2>&1
 [ $(left) -gt 75 ] && $B --out $OUT/plain --runs warm-first --deadline $(left) > $OUT/plain.txt 2>&1
 [ $(left) -gt 75 ] && AVCAP_COLOUR_COMPILE=0 $B --out $OUT/eager2 --runs warm-first --deadline $(left) > $OUT/eager2.txt 2>&1
-[ $(left) -gt 75 ] && $B --out $OUT/plain2 --runs warm-first --deadline $(left) > $OUT/plain2.txt 2>&1
+[ $(left) -gt 75 ] && TORCH_LOGS=recompiles $B --out $OUT/plain2 --runs warm-first --deadline $(left) > $OUT/plain2.txt 2>&1
 [ $(left) -gt 150 ] && $B --out $OUT/sampled --runs warm-first,warm-first --sample-stacks warm-first2 --deadline $(left) > $OUT/sampled.txt 2>&1
 python3 - <<'PY'
 import json, os
