@@ -11,7 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from avcap.engines.hf.weights import EarlyWeights, checkpoint_files, from_state_dict, why_not  # noqa: E402
+from avcap.engines.hf.weights import (  # noqa: E402
+    EarlyWeights, checkpoint_files, from_state_dict, read_checkpoint, safetensors_header, why_not)
 
 pytestmark = pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5, reason="transformers 5 only")
 
@@ -90,3 +91,80 @@ def test_a_failed_read_is_raised_to_whoever_waits(varied_model_dir, tmp_path):
         reader.result()
     assert type(caught.value).__name__ == "SafetensorError"
     assert reader.read_s >= 0
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_chunked_reader_gives_what_safetensors_loads(varied_model_dir, tmp_path):
+    """`read_checkpoint` (the CUDA reader: byte ranges through staging buffers, several threads) gives
+    safetensors' `load_file` exactly: every dtype torch has, a scalar, an empty tensor, tensors larger
+    than a chunk and chunks that end mid-tensor, across files. Here on the CPU, where the buffers are
+    not pinned and the copies synchronous: the same ranges and bytes as on the GPU."""
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(0)
+    odd = {
+        "bf16": torch.randn(37, 11, generator=g).to(torch.bfloat16),
+        "f16": torch.randn(5, generator=g).to(torch.float16),
+        "f64": torch.randn(3, 2, generator=g, dtype=torch.float64),
+        "i64": torch.arange(-7, 13),
+        "i32": torch.arange(9, dtype=torch.int32).reshape(3, 3),
+        "i8": torch.tensor([-128, 0, 127], dtype=torch.int8),
+        "u8": torch.arange(200, dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.zeros(0, 4),
+    }
+    save_file(odd, tmp_path / "odd.safetensors", metadata={"format": "pt"})
+    files = [tmp_path / "odd.safetensors", *checkpoint_files(varied_model_dir)]
+    want = {k: v for f in files for k, v in load_file(f).items()}
+    assert "__metadata__" not in safetensors_header(files[0])[1]
+    for threads, chunk in ((1, 1 << 20), (3, 4096), (4, 13)):  # 13 bytes: every tensor split mid-element
+        assert _same(read_checkpoint(files, "cpu", threads=threads, chunk=chunk), want), (threads, chunk)
+
+
+def test_the_chunked_reader_names_a_truncated_file(varied_model_dir, tmp_path):
+    cut = tmp_path / "cut.safetensors"
+    data = (varied_model_dir / "model.safetensors").read_bytes()
+    cut.write_bytes(data[: len(data) - 100])
+    with pytest.raises(OSError, match="cut.safetensors: ends before byte"):
+        read_checkpoint([cut], "cpu", threads=2, chunk=1 << 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the GPU machine)")
+def test_the_chunked_reader_on_the_gpu_gives_what_safetensors_loads(varied_model_dir):
+    from safetensors.torch import load_file
+
+    files = checkpoint_files(varied_model_dir)
+    got = read_checkpoint(files, "cuda:0", chunk=1 << 16)
+    want = {k: v for f in files for k, v in load_file(f).items()}
+    assert _same({k: v.cpu() for k, v in got.items()}, want)
+
+
+def test_a_failing_chunked_reader_gives_way_to_safetensors_loudly(varied_model_dir, monkeypatch):
+    """On CUDA the chunked reader reads (`EarlyWeights.chunked`; set here on the CPU); should it fail
+    (here: made to), safetensors reads the files, with a warning, and the reader says why (run.json's
+    `early_weights.fallback`). Without a failure it is the chunked reader's tensors."""
+    import avcap.engines.hf.weights as weights
+    from safetensors.torch import load_file
+
+    files = checkpoint_files(varied_model_dir)
+    want = {k: v for f in files for k, v in load_file(f).items()}
+    reader = EarlyWeights(files, "cpu")
+    assert reader.chunked is False  # the host maps the files
+    reader.chunked = True
+    reader._thread.start()
+    assert _same(reader.result(), want) and reader.fallback is None
+
+    def broken(files, device, **kw):
+        raise RuntimeError("cudaHostAlloc failed (injected)")
+
+    monkeypatch.setattr(weights, "read_checkpoint", broken)
+    reader = EarlyWeights(files, "cpu")
+    reader.chunked = True
+    with pytest.warns(UserWarning, match="the chunked reader failed .*injected.*reading the weights with safetensors"):
+        reader._read()
+    assert _same(reader.result(), want) and reader.fallback == "RuntimeError: cudaHostAlloc failed (injected)"

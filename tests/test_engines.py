@@ -536,6 +536,7 @@ def test_transformers_loads_in_the_background_and_records_its_load(varied_model_
         # the weights were read during the imports (avcap.engines.hf.weights)
         early = load["early_weights"]
         assert early["used"] is True and early["read_s"] >= 0 and early["waited_s"] >= 0
+        assert early["reader"] == "safetensors" and "fallback" not in early  # the host maps the files
         first = start["first_call"]
         # one timeline, seconds from the constructor's start: decoders, constructor, model, first call
         assert start["decoders_started_at_s"] <= start["constructed_at_s"] <= first["called_at_s"]

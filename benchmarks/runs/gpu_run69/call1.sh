@@ -6,7 +6,9 @@
 # eagerly (the same integers; ~2.3 ms more GPU time per 16-frame video, bench_finish.py): no compile in the first
 # finish. A/B interleaved after one fill run, then a run under the stack sampler (its label must be warm-first2:
 # a lone run is labelled warm-first and was never sampled in run 68). plain2 logs dynamo's recompiles
-# (TORCH_LOGS=recompiles, in plain2/*.log): run 68's first 88-row batch spent 0.7-0.8 s in torch.compile, where the
+# (TORCH_LOGS=recompiles, in plain2/*.log). After the fill: the 8B checkpoint read onto the GPU by avcap's chunked
+# reader (read_checkpoint, now EarlyWeights' reader on CUDA) against safetensors' own, every tensor compared
+# (bench_weights_read.py); run 68's reads took 6.7-8.9 s and in one run the model waited 2.4 s for them: run 68's first 88-row batch spent 0.7-0.8 s in torch.compile, where the
 # CPU box's torch 2.14 recompiles nothing at a new row count in a warm process (tiny model, batches 2, 4, 4, 2).
 nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
@@ -15,6 +17,7 @@ mkdir -p /tmp/fc-cache
 B="python3 benchmarks/bench_first_caption.py --cache-dir /tmp/fc-cache --bytecode-cache /tmp/pyc --batch-size 96 --first-batch 8"
 left() { echo $(( ${END:-585} - SECONDS )); }  # END: seconds this call may run (device time left)
 $B --out $OUT/fill --runs warm-first --deadline $(left) > $OUT/fill.txt 2>&1  # fills the empty compile cache: not compared
+timeout 120 python3 benchmarks/bench_weights_read.py --model /tmp/avcap-first-caption/models/8B --out $OUT/wr > $OUT/wr.txt 2>&1; tail -4 $OUT/wr.txt
 [ $(left) -gt 75 ] && AVCAP_COLOUR_COMPILE=0 $B --out $OUT/eager --runs warm-first --deadline $(left) > $OUT/eager.txt 2>&1
 [ $(left) -gt 75 ] && $B --out $OUT/plain --runs warm-first --deadline $(left) > $OUT/plain.txt 2>&1
 [ $(left) -gt 75 ] && AVCAP_COLOUR_COMPILE=0 $B --out $OUT/eager2 --runs warm-first --deadline $(left) > $OUT/eager2.txt 2>&1
@@ -36,4 +39,4 @@ for sub in ("fill", "eager", "plain", "eager2", "plain2", "sampled"):
             print("   batch", json.dumps({k: b.get(k) for k in ("rows", "started_at_s", "generate_s", "compile_s", "prefix_s", "suffix_s",
                                                              "decode_s", "step_build_s", "step_builds")}))
 PY
-cd $OUT && tar czf r69.tgz fill eager plain eager2 plain2 sampled 2>/dev/null; rm -rf fill eager plain eager2 plain2 sampled
+cd $OUT && tar czf r69.tgz fill wr eager plain eager2 plain2 sampled 2>/dev/null; rm -rf fill wr eager plain eager2 plain2 sampled

@@ -376,7 +376,9 @@ class TransformersEngine:
         t0 = time.perf_counter()
         model, direct = self._read_weights(path, direct=True, early=early)
         self.load_timings["early_weights"] = (
-            {"used": True, "read_s": early.read_s, "waited_s": early.waited_s} if early is not None
+            {"used": True, "read_s": early.read_s, "waited_s": early.waited_s,
+             "reader": "avcap" if early.chunked and not early.fallback else "safetensors",
+             **({"fallback": early.fallback} if early.fallback else {})} if early is not None
             else {"used": False, "why_not": why_not})
         t1 = time.perf_counter()
         model = model.to(self.device)
