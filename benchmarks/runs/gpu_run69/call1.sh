@@ -33,7 +33,7 @@ for sub in ("fill", "eager", "plain", "eager2", "plain2", "sampled"):
         el, st = r.get("engine_load") or {}, r.get("engine_startup") or {}
         fr = st.get("frames") or {}
         print(sub, name, "first", r.get("first_record_s"), "last", r.get("last_record_s"), "v/s", r.get("videos_per_s_from_start"),
-              "imports", el.get("imports_s"), "read", (el.get("early_weights") or {}).get("read_s"), "ready", st.get("model_ready_at_s"),
+              "imports", el.get("imports_s"), "read", (el.get("early_weights") or {}).get("read_s"), "reader", (el.get("early_weights") or {}).get("reader"), "ready", st.get("model_ready_at_s"),
               "frames", fr.get("decoded_at_s"), "held", fr.get("held"), "fallbacks", r.get("engine_fallbacks"), "failures", r.get("engine_batch_failures"))
         for b in r.get("engine_batches") or []:
             print("   batch", json.dumps({k: b.get(k) for k in ("rows", "started_at_s", "generate_s", "compile_s", "prefix_s", "suffix_s",
