@@ -1,4 +1,4 @@
-# gpu_run68 call 2 (session 22, the last ~160 s of device time): the chunked weight reader on a GPU, a 3.9 GB random bf16 checkpoint
+# gpu_run69 call 2 (prepared in session 22, ~40 s plus the start): the chunked weight reader alone on a GPU, a 3.9 GB random bf16 checkpoint (session 22 had no device time left for it)
 nvidia-smi --query-gpu=name --format=csv,noheader
 python3 - <<'PY'
 import os, time, torch
