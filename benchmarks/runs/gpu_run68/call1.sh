@@ -24,20 +24,5 @@ $B --out $OUT/fill --runs warm-first --deadline $(left) > $OUT/fill.txt 2>&1  # 
 [ $(left) -gt 85 ] && $B --out $OUT/sampled --runs warm-first --sample-stacks warm-first1 --deadline $(left) > $OUT/sampled.txt 2>&1
 [ $(left) -gt 75 ] && $B --out $OUT/k6b --runs warm-first --decoders-during-load 6 --deadline $(left) > $OUT/k6b.txt 2>&1
 [ $(left) -gt 75 ] && $B --out $OUT/plan2 --runs warm-first --deadline $(left) > $OUT/plan2.txt 2>&1
-python3 - <<'PY'
-import json, os
-for sub in ("fill", "k6", "plan", "sampled", "k6b", "plan2"):
-    p = os.path.join(os.environ["OUT"], sub, "bench_first_caption.json")
-    if not os.path.exists(p):
-        print(sub, "no result"); continue
-    for name, r in json.load(open(p))["runs"].items():
-        el, st = r.get("engine_load") or {}, r.get("engine_startup") or {}
-        fr = st.get("frames") or {}
-        print(sub, name, "first", r.get("first_record_s"), "last", r.get("last_record_s"), "v/s", r.get("videos_per_s_from_start"),
-              "imports", el.get("imports_s"), "read", (el.get("early_weights") or {}).get("read_s"), "ready", st.get("model_ready_at_s"),
-              "frames", fr.get("decoded_at_s"), "held", fr.get("held"), "fallbacks", r.get("engine_fallbacks"), "failures", r.get("engine_batch_failures"))
-        for b in r.get("engine_batches") or []:
-            print("   batch", json.dumps({k: b.get(k) for k in ("rows", "started_at_s", "generate_s", "compile_s", "prefix_s", "suffix_s",
-                                                             "decode_s", "step_build_s", "step_builds")}))
-PY
+python3 benchmarks/first_caption_summary.py $OUT/fill $OUT/k6 $OUT/plan $OUT/sampled $OUT/k6b $OUT/plan2
 cd $OUT && tar czf plan.tgz fill k6 plan sampled k6b plan2 pig88 2>/dev/null; rm -rf fill k6 plan sampled k6b plan2 pig88

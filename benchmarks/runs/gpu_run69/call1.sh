@@ -23,20 +23,5 @@ timeout 120 python3 benchmarks/bench_weights_read.py --model /tmp/avcap-first-ca
 [ $(left) -gt 75 ] && AVCAP_COLOUR_COMPILE=0 $B --out $OUT/eager2 --runs warm-first --deadline $(left) > $OUT/eager2.txt 2>&1
 [ $(left) -gt 75 ] && TORCH_LOGS=recompiles $B --out $OUT/plain2 --runs warm-first --deadline $(left) > $OUT/plain2.txt 2>&1
 [ $(left) -gt 150 ] && $B --out $OUT/sampled --runs warm-first,warm-first --sample-stacks warm-first2 --deadline $(left) > $OUT/sampled.txt 2>&1
-python3 - <<'PY'
-import json, os
-for sub in ("fill", "eager", "plain", "eager2", "plain2", "sampled"):
-    p = os.path.join(os.environ["OUT"], sub, "bench_first_caption.json")
-    if not os.path.exists(p):
-        print(sub, "no result"); continue
-    for name, r in json.load(open(p))["runs"].items():
-        el, st = r.get("engine_load") or {}, r.get("engine_startup") or {}
-        fr = st.get("frames") or {}
-        print(sub, name, "first", r.get("first_record_s"), "last", r.get("last_record_s"), "v/s", r.get("videos_per_s_from_start"),
-              "imports", el.get("imports_s"), "read", (el.get("early_weights") or {}).get("read_s"), "reader", (el.get("early_weights") or {}).get("reader"), "ready", st.get("model_ready_at_s"),
-              "frames", fr.get("decoded_at_s"), "held", fr.get("held"), "fallbacks", r.get("engine_fallbacks"), "failures", r.get("engine_batch_failures"))
-        for b in r.get("engine_batches") or []:
-            print("   batch", json.dumps({k: b.get(k) for k in ("rows", "started_at_s", "generate_s", "compile_s", "prefix_s", "suffix_s",
-                                                             "decode_s", "step_build_s", "step_builds")}))
-PY
+python3 benchmarks/first_caption_summary.py $OUT/fill $OUT/eager $OUT/plain $OUT/eager2 $OUT/plain2 $OUT/sampled
 cd $OUT && tar czf r69.tgz fill wr eager plain eager2 plain2 sampled 2>/dev/null; rm -rf fill wr eager plain eager2 plain2 sampled
