@@ -109,13 +109,13 @@ def read_checkpoint(files: list[Path], device: str, *, threads: int = READ_THREA
                 else:
                     raw[off:off + n].copy_(bufs[i][:n])
                 i = 1 - i
-            if stream is not None:
-                stream.synchronize()
         except BaseException as exc:  # noqa: BLE001 — raised by the caller
             errors.append(exc)
             while work.get() is not None:  # the others stop at their sentinels
                 pass
         finally:
+            if stream is not None:  # no copy still writing when the tensors are handed out, or freed
+                stream.synchronize()
             for fd in fds.values():
                 os.close(fd)
 
