@@ -126,6 +126,21 @@ def test_the_chunked_reader_gives_what_safetensors_loads(varied_model_dir, tmp_p
         assert _same(read_checkpoint(files, "cpu", threads=threads, chunk=chunk), want), (threads, chunk)
 
 
+def test_a_chunked_reader_that_cannot_start_raises(varied_model_dir, monkeypatch):
+    """A reader thread failing before its first range (here: its staging buffer) raises in the caller;
+    no tensor comes back half read."""
+    real = torch.empty
+
+    def no_buffer(*a, **kw):
+        if "pin_memory" in kw:
+            raise RuntimeError("no pinned memory (injected)")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(torch, "empty", no_buffer)
+    with pytest.raises(RuntimeError, match="injected"):
+        read_checkpoint(checkpoint_files(varied_model_dir), "cpu", threads=2, chunk=1 << 16)
+
+
 def test_the_chunked_reader_names_a_truncated_file(varied_model_dir, tmp_path):
     cut = tmp_path / "cut.safetensors"
     data = (varied_model_dir / "model.safetensors").read_bytes()

@@ -81,11 +81,12 @@ def read_checkpoint(files: list[Path], device: str, *, threads: int = READ_THREA
     errors: list[BaseException] = []
 
     def reader() -> None:
-        stream = torch.cuda.Stream(device) if cuda else None
-        bufs = [torch.empty(chunk, dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
-        done = [None, None]  # each buffer's last copy (a CUDA event)
+        stream = None
         fds: dict[Path, int] = {}
         try:
+            stream = torch.cuda.Stream(device) if cuda else None
+            bufs = [torch.empty(chunk, dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
+            done = [None, None]  # each buffer's last copy (a CUDA event)
             i = 0
             while (item := work.get()) is not None:
                 path, pos, n, raw, off = item
