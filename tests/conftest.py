@@ -33,16 +33,66 @@ def load_benchmark(name: str):
 
 def pytest_configure(config):
     """avcap's caches (compiled graphs: avcap.core.compile_cache) in a folder of this session, not the
-    user's ~/.cache/avcap; processes the tests start inherit it."""
-    if "AVCAP_CACHE_DIR" not in os.environ:
+    user's ~/.cache/avcap; processes the tests start inherit it. Under pytest-xdist each worker gets a
+    folder of its own (a worker inherits the controller's environment: the folder it made is
+    replaced), so a worker's tests see the caches a serial run's would, never another worker's."""
+    ours = os.environ.get("_AVCAP_TEST_CACHE_DIR")
+    if "AVCAP_CACHE_DIR" not in os.environ or (os.environ.get("PYTEST_XDIST_WORKER")
+                                               and os.environ["AVCAP_CACHE_DIR"] == ours):
         _CACHE.append(tempfile.mkdtemp(prefix="avcap-test-cache-"))
-        os.environ["AVCAP_CACHE_DIR"] = _CACHE[0]
+        os.environ["AVCAP_CACHE_DIR"] = os.environ["_AVCAP_TEST_CACHE_DIR"] = _CACHE[0]
+    _xdist_worker_threads()
+
+
+# The suite runs on pytest-xdist workers, one test file per worker at a time (pyproject.toml's
+# addopts: --dist loadfile), the files handed out in this order: the longest first (seconds per file
+# on the 2-core box, serial), so that the last files to start are short ones and no worker waits
+# alone at the end on a long one. Files not named here follow in collection order.
+LONGEST_FILES_FIRST = (
+    "test_demo.py",  # ~250 s: one test, the whole `avcap demo --quick`
+    "test_reliability.py",  # ~250
+    "test_train_compile.py",  # ~180
+    "test_label_ray.py",  # ~135
+    "test_compile_cache.py",  # ~110
+    "test_engine_fast.py",  # ~115
+    "test_bench_multi_gpu.py",  # ~110
+    "test_train_precision.py",
+    "test_infer.py",  # ~85
+    "test_train.py",  # ~80
+    "test_train_lean.py",  # ~80
+    "test_sampling_linspace.py",  # ~55
+    "test_engines.py",  # ~40
+    "test_openai_server.py",  # ~35
+    "test_serve.py",  # ~35
+    "test_bench.py",  # ~30
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
+def _xdist_worker_threads() -> None:
+    """On an xdist worker, torch's threads are this worker's share of the cores (2 workers on 2 cores:
+    1 each), so that two workers' torch work does not oversubscribe the box: in the worker itself and,
+    through OMP_NUM_THREADS (unless set already), in every process its tests start, so that a test
+    comparing an in-process run with a child process's (bit-identical weights) compares runs on
+    the same number of threads, as a serial run does."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_unconfigure(config):
     for path in _CACHE:
         shutil.rmtree(path, ignore_errors=True)
         os.environ.pop("AVCAP_CACHE_DIR", None)
+        os.environ.pop("_AVCAP_TEST_CACHE_DIR", None)
 
 
 def pytest_addoption(parser):

@@ -6,7 +6,7 @@ Then the bad inputs of the issue, as one table driving the CLI end to end.
 
 CI runs 2 kills per verb. The full campaign (15 per verb) prints its figures:
 
-    python -m pytest -q -s tests/test_reliability.py --many
+    python -m pytest -q -n 0 -s tests/test_reliability.py --many
 
 Kills are placed three ways, drawn from a seeded generator (SEED): after a random delay (from 0 to
 1.1 x the uninterrupted run's wall time: start-up, mid-run, or after the run ended), when the record
