@@ -66,7 +66,7 @@ def avcap(*args: Any) -> list[str]:
 
 
 class Started:
-    """A run started now (its output to `log`, as run_to_end's), awaited by `done()`: (exit code, output).
+    """A run started now (its output to `log`), awaited by `done()`: (exit code, output).
     Runs that do not depend on one another start together and are awaited in turn (the box has two
     cores; much of each run is one core's start-up)."""
 

@@ -89,6 +89,12 @@ def test_every_yuv_value_converts_like_swscale():
         assert np.array_equal(_convert(fr), fr.to_ndarray(format="rgb24")), cs
 
 
+class OnGpu(torch.Tensor):  # a CPU tensor that says it is on CUDA: only the colour conversion's dispatch is tested
+    @property
+    def is_cuda(self):
+        return True
+
+
 def test_compiled_conversion_gives_the_same_integers():
     """What the engine runs on CUDA tensors (nv12_to_rgb through torch.compile) equals the eager
     function on a batch of random planes for each colour matrix and range; here on the CPU, where
@@ -114,11 +120,6 @@ def test_the_colour_compile_switch_converts_eagerly_from_the_start(monkeypatch):
     all, CUDA tensors included; the same integers, and no eager conversion counted as refused."""
     from avcap.video import colour as video_colour
 
-    class OnGpu(torch.Tensor):  # a CPU tensor that says it is on CUDA: only the dispatch is tested
-        @property
-        def is_cuda(self):
-            return True
-
     monkeypatch.setattr(video_colour, "COMPILE", False)
     video_colour.reset_compiled()
     try:
@@ -136,11 +137,6 @@ def test_a_conversion_that_fails_to_compile_falls_back_to_eager_once(monkeypatch
     """The compiled path's first call failing (no compiler, an inductor bug) warns once and converts
     eagerly from then on; UnsupportedColour is the caller's error either way."""
     from avcap.video import colour as video_colour
-
-    class OnGpu(torch.Tensor):  # a CPU tensor that says it is on CUDA: only the dispatch is tested
-        @property
-        def is_cuda(self):
-            return True
 
     calls = []
 
@@ -174,11 +170,6 @@ def test_a_conversion_refused_while_another_thread_traces_converts_eagerly(monke
     tracing = getattr(_symbolic_trace, "_is_fx_tracing_context", None)
     if tracing is None:
         pytest.skip("this torch has no per-thread FX tracing flag to set")
-
-    class OnGpu(torch.Tensor):  # a CPU tensor that says it is on CUDA: only the dispatch is tested
-        @property
-        def is_cuda(self):
-            return True
 
     compiled = torch.compile(video_colour.nv12_to_rgb)  # refused before it compiles anything
     monkeypatch.setattr(video_colour, "_compiled", {"fn": compiled})
