@@ -120,6 +120,35 @@ def test_a_workload_compiles_shape_generic_at_once_after_its_first_process(tmp_p
     assert list((Path(first["where"]["dir"]) / "dynamo").glob("code_state_avcap-infer-aaaa*.pkl"))
 
 
+# as `avcap infer` starts: a frame thread compiles the colour conversion before the engine names its workload
+EARLY = r"""
+import json, sys, threading
+import torch
+from torch._dynamo.utils import counters
+from avcap.core.compile_cache import use_compile_cache
+early = torch.compile(lambda x: (x * 2 + 1).clamp(0, 9))
+thread = threading.Thread(target=early, args=(torch.randn(3, 4),))
+thread.start(); thread.join()
+before = int(counters["stats"]["unique_graphs"])
+where = use_compile_cache("cpu", "avcap-infer-early")
+f = torch.compile(lambda x: torch.nn.functional.gelu(x * 3.0 + 1.0).sum(-1))
+f(torch.randn(2, 8))
+f(torch.randn(5, 8))
+print(json.dumps({"profile": where["shape_profile"], "graphs": int(counters["stats"]["unique_graphs"]) - before}))
+"""
+
+
+def test_the_profile_is_read_when_another_thread_compiled_before_the_workload_was_named(tmp_path):
+    """torch reads the profile at a process's first compile, under the job id of the thread compiling;
+    a frame thread that compiles first has none. avcap reads it again once it names the workload, so
+    the second process still compiles the block once, shape-generic (without: static, then generic)."""
+    env = {"AVCAP_CACHE_DIR": str(tmp_path / "cache")}
+    first = _child(env, tmp_path, EARLY)
+    second = _child(env, tmp_path, EARLY)
+    assert first["graphs"] == 2 and second["graphs"] == 1
+    assert second["profile"]["found"] is True and second["profile"]["read_late"] is True
+
+
 # a block as transformers 5 makes them (its class's forward wrapped in a closure), compiled by avcap's
 # regional compilation and called at two sizes, as a vision block meets prefill chunks of 8 and of 4 videos
 BLOCKS = r"""

@@ -131,11 +131,54 @@ def name_workload(workload: str, folder: Path) -> dict[str, Any]:
             config.job_id = workload
         found = any((folder / "dynamo").glob(f"code_state_{config.job_id}*.pkl"))
         _NAMED.update(job_id=config.job_id, source="user" if user else "avcap", found=found)
+        if not user:
+            _NAMED["read_late"] = read_profile_late()
     source = _NAMED["source"]
     if source == "avcap" and _NAMED["job_id"] != workload:
         source = "an earlier workload of this process"
-    return {"job_id": _NAMED["job_id"], "source": source,
-            "enabled": bool(getattr(dynamo_config, "automatic_dynamic_local_pgo", False)), "found": _NAMED["found"]}
+    record = {"job_id": _NAMED["job_id"], "source": source,
+              "enabled": bool(getattr(dynamo_config, "automatic_dynamic_local_pgo", False)), "found": _NAMED["found"]}
+    if _NAMED.get("read_late") is not None:
+        record["read_late"] = _NAMED["read_late"]
+    return record
+
+
+def read_profile_late() -> bool | str | None:
+    """Read the named workload's profile now if something in this process compiled before it was named.
+
+    torch reads the profile of dynamic shapes once per process, at its first compile, under the job id
+    that thread sees (a setting made in code is per thread). A frame thread's compiled colour conversion
+    (avcap.video.colour) usually compiles before the engine has loaded the model and named its workload:
+    torch then read no profile, and kept none for the whole process, so every block compiled static
+    for its first batch size and again, shape-generic, at the next (benchmarks/runs/gpu_run69: the
+    decoder layer's halves recompiled at the first 88-row batch in each run that converted colour
+    compiled). Here the profile is read again under the job id now in force, keeping what the early
+    compiles recorded beside it. Uses `torch._dynamo.pgo`'s module state (internal; torch < 2.15).
+    Returns True when read late, None when nothing had compiled yet (torch reads it itself), or why
+    it could not (said once as a warning; in the run's record as `read_late`)."""
+    try:
+        from torch._dynamo import pgo
+
+        early = pgo._CODE_STATE
+        if early is None:
+            return None
+        pgo._CODE_STATE = None
+        try:
+            state = pgo.get_code_state()
+        except Exception:
+            pgo._CODE_STATE = early
+            raise
+        for code_id, code_state in early.items():
+            if code_id not in state:
+                state[code_id] = code_state
+        return True
+    except Exception as exc:  # noqa: BLE001 — another torch's internals: the profile is then only unread
+        import warnings
+
+        why = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"avcap compile cache: could not read the shape profile after an earlier compile ({why}); "
+                      "blocks compile static first, then shape-generic")
+        return why
 
 
 @contextmanager
