@@ -27,7 +27,8 @@ def main(dirs: list[str]) -> int:
                   "v/s", r.get("videos_per_s_from_start"), "imports", el.get("imports_s"), "read", ew.get("read_s"),
                   "waited", ew.get("waited_s"), "reader", ew.get("reader"), "ready", st.get("model_ready_at_s"),
                   "frames", fr.get("decoded_at_s"), "held", fr.get("held"), "fallbacks", r.get("engine_fallbacks"),
-                  "failures", r.get("engine_batch_failures"))
+                  "failures", r.get("engine_batch_failures"),
+                  "profile", ((r.get("compile_cache") or {}).get("shape_profile") or {}).get("read_late"))
             for b in r.get("engine_batches") or []:
                 print("   batch", json.dumps({k: b.get(k) for k in BATCH_KEYS}))
     return 0
