@@ -88,6 +88,9 @@ SLOT_ALIGN = 256
 LAYER_CHECK = "qwen3-vl-text-layer"  # the verdicts' names in avcap.core.verdicts
 HOST_VISION_CHECK = "qwen3-vl-host-vision"
 KV_BLOCK = 128  # a decode step attends over whole blocks of cache slots, up to its own (one graph each)
+# eager runs of a decode step before its CUDA graph is captured: a (B, S)'s first graph, and each further kv_len
+# of it (the same kernels, already run once). A benchmarks' A/B switch ("first,later"), not a setting
+GRAPH_WARMUPS = tuple(int(n) for n in os.environ.get("AVCAP_GRAPH_WARMUPS", "2,2").split(","))
 
 
 def _sync(device) -> None:
@@ -789,7 +792,8 @@ class FastGenerator:
         if device.type == "cuda" and self.cuda_graphs:
             saved = valid.clone()
             try:
-                entry["run"] = self._capture(eager, kc, vc, valid, slot, kv_len)
+                entry["run"] = self._capture(eager, kc, vc, valid, slot, kv_len,
+                                             warmups=GRAPH_WARMUPS[0 if shared is None else 1])
             except Exception as exc:  # keep going eagerly (same results, slower); say why once
                 import warnings
 
@@ -833,9 +837,9 @@ class FastGenerator:
                           f"unavailable, decoding with sdpa ({reason})")
         return None
 
-    def _capture(self, eager, kc, vc, valid, slot, s_len: int):
-        """Capture `eager` as a CUDA graph; the warm-up writes land in slot `s_len - 1` (the last
-        one `eager` attends over: not yet written by the decode) and are undone."""
+    def _capture(self, eager, kc, vc, valid, slot, s_len: int, warmups: int = 2):
+        """Capture `eager` as a CUDA graph after `warmups` eager runs; the warm-up writes land in slot
+        `s_len - 1` (the last one `eager` attends over: not yet written by the decode) and are undone."""
         import torch
 
         saved_valid, saved_slot = valid.clone(), slot.clone()  # a capture may come mid-decode
@@ -843,7 +847,7 @@ class FastGenerator:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):
+            for _ in range(warmups):
                 eager()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
