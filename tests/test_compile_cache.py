@@ -149,6 +149,25 @@ def test_the_profile_is_read_when_another_thread_compiled_before_the_workload_wa
     assert second["profile"]["found"] is True and second["profile"]["read_late"] is True
 
 
+def test_a_profile_that_cannot_be_read_late_is_said_and_leaves_torchs_state_as_it_was(monkeypatch):
+    from torch._dynamo import pgo
+
+    from avcap.core.compile_cache import read_profile_late
+
+    early = {"an early compile": "its entry"}
+    monkeypatch.setattr(pgo, "_CODE_STATE", early)
+
+    def broken():
+        raise OSError("profile unreadable")
+
+    monkeypatch.setattr(pgo, "get_code_state", broken)
+    with pytest.warns(UserWarning, match="could not read the shape profile.*profile unreadable"):
+        assert read_profile_late() == "OSError: profile unreadable"
+    assert pgo._CODE_STATE is early
+    monkeypatch.setattr(pgo, "_CODE_STATE", None)
+    assert read_profile_late() is None  # nothing compiled yet: torch reads it itself at the first compile
+
+
 # a block as transformers 5 makes them (its class's forward wrapped in a closure), compiled by avcap's
 # regional compilation and called at two sizes, as a vision block meets prefill chunks of 8 and of 4 videos
 BLOCKS = r"""
