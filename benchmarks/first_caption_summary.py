@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-BATCH_KEYS = ("rows", "started_at_s", "generate_s", "compile_s", "prefix_s", "suffix_s", "decode_s", "step_build_s",
+BATCH_KEYS = ("rows", "started_at_s", "inputs_waited_s", "generate_s", "compile_s", "prefix_s", "suffix_s", "decode_s", "step_build_s",
               "step_builds")
 
 

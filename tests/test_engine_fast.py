@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -682,6 +683,35 @@ def test_prefetched_requests_are_prepared_during_the_previous_batch(engines, cli
     assert fast._prep is not None
     c = fast.generate(first[:2], s)
     assert fast._prep is None and not any(r.extra["prepared_ahead"] for r in c)
+
+
+def test_a_batch_records_how_long_its_call_waited_for_the_inputs_prepared_ahead(engines, clips, monkeypatch):
+    """The background preparation of the next list is held until 1 s after the first call returns: the
+    next call's first batch records that wait (`inputs_waited_s`); a call whose inputs were ready records
+    ~0 (what tells a run's gap between batches apart from the model's own time)."""
+    fast, _ = engines
+    first = [Request(f"w{i}", build_messages(SYSTEM, "Describe.", c)) for i, c in enumerate(clips[:2])]
+    nxt = [Request(f"x{i}", build_messages(SYSTEM, "Describe the road.", c)) for i, c in enumerate(clips[:2])]
+    s = Sampling(temperature=0, max_tokens=4)
+    main, go = threading.get_ident(), threading.Event()
+    real = fast.shared_inputs_for
+
+    def held_in_the_background(chunk):
+        if threading.get_ident() != main:
+            go.wait(30)
+        return real(chunk)
+
+    monkeypatch.setattr(fast, "shared_inputs_for", held_in_the_background)
+    fast.new_run()
+    fast.prefetch(nxt)
+    fast.generate(first, s)
+    threading.Timer(1.0, go.set).start()
+    fast.generate(nxt, s)
+    ready = fast.generate(first, s)  # prepared inline, no background work to wait for
+    a, b, c = fast.run_record()["batches"]
+    assert b["prepared_ahead"] is True and 0.8 < b["inputs_waited_s"] < 10
+    assert c["prepared_ahead"] is False and c["inputs_waited_s"] < b["inputs_waited_s"] - 0.5
+    assert all(r.error is None for r in ready)
 
 
 def test_compile_on_cpu_without_a_compiler_is_a_clear_error(varied_model_dir, monkeypatch):

@@ -332,6 +332,7 @@ class TransformersEngine:
         self._fallbacks: Counter[str] = Counter()  # requests per fallback reason
         self._batch_failures: Counter[str] = Counter()  # failed batches (then run request by request) per error
         self._batches: list[dict[str, Any]] = []  # where each batch's time went (the first BATCHES_RECORDED)
+        self._call_waited_s = 0.0  # what the current generate call waited for its frames and inputs
         self._warned: set[str] = set()
         # seconds from the start of the constructor (the frames' own times from the decoders' start)
         self.startup: dict[str, Any] = {"decoders_started_at_s": decoders_at, "constructed_at_s": self._since_start()}
@@ -605,6 +606,7 @@ class TransformersEngine:
         if prepared is None:
             prepared = self._prepare(requests)
         self.frame_wait_s = time.perf_counter() - t0
+        self._call_waited_s = self.frame_wait_s  # recorded with this call's first batch
         if first is not None:
             first["frames_ready_at_s"] = self._since_start()
         self._model_ready()
@@ -1000,7 +1002,9 @@ class TransformersEngine:
                 phases["compile_s"] = round(compiled_after - compiled_before, 3)
             self._batches.append({"rows": len(chunk), "path": path, "started_at_s": started_at,
                                   "prepared_ahead": ahead and path == "fast", "prep_s": round(t_prep, 3),
+                                  "inputs_waited_s": round(self._call_waited_s, 3),
                                   "generate_s": round(t_gen, 3), **phases})
+        self._call_waited_s = 0.0
         n_out = _output_lengths(new, self.model.generation_config.eos_token_id, self.model.generation_config.pad_token_id)
         texts = self.processor.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         mask = mask.cpu()
