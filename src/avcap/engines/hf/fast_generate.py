@@ -88,9 +88,21 @@ SLOT_ALIGN = 256
 LAYER_CHECK = "qwen3-vl-text-layer"  # the verdicts' names in avcap.core.verdicts
 HOST_VISION_CHECK = "qwen3-vl-host-vision"
 KV_BLOCK = 128  # a decode step attends over whole blocks of cache slots, up to its own (one graph each)
+
+
+def _graph_warmups(text: str) -> tuple[int, int]:
+    try:
+        first, later = (int(n) for n in text.split(","))
+        if first >= 0 and later >= 0:
+            return first, later
+    except ValueError:
+        pass
+    raise ValueError(f"AVCAP_GRAPH_WARMUPS = {text!r}: two counts >= 0, 'first,later' (default 2,2)")
+
+
 # eager runs of a decode step before its CUDA graph is captured: a (B, S)'s first graph, and each further kv_len
 # of it (the same kernels, already run once). A benchmarks' A/B switch ("first,later"), not a setting
-GRAPH_WARMUPS = tuple(int(n) for n in os.environ.get("AVCAP_GRAPH_WARMUPS", "2,2").split(","))
+GRAPH_WARMUPS = _graph_warmups(os.environ.get("AVCAP_GRAPH_WARMUPS", "2,2"))
 
 
 def _sync(device) -> None:
