@@ -741,3 +741,39 @@ def test_real_video_udacity():
     sparse = V.decode_frames(UDACITY, idx)
     full = V.decode_frames(UDACITY, idx, sparse=False)
     assert all(np.array_equal(a, b) for a, b in zip(sparse, full))
+
+
+FORKED = r"""
+import os, sys, time, av, numpy as np
+from avcap.video.cpu import to_rgb
+with av.open(sys.argv[1]) as c:
+    frames = [f for _, f in zip(range(4), c.decode(video=0))]
+    pyav = [f.to_ndarray(format="rgb24") for f in frames]  # PyAV's own conversion, on this thread, before the fork
+same = all(np.array_equal(to_rgb(f), ref) for f, ref in zip(frames, pyav))
+pid = os.fork()
+if pid == 0:
+    with av.open(sys.argv[1]) as c:
+        to_rgb(next(c.decode(video=0)))
+    os._exit(0)
+for _ in range(300):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print(same, "exited", status)
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print(same, "hung")
+"""
+
+
+def test_a_process_forked_after_its_parent_converted_frames_converts_its_own(h264_clip):
+    """A DataLoader worker is forked from a process that may have converted frames already; PyAV 18.1.1's
+    shared per-thread reformatter then hangs the child's first `to_ndarray(format=...)`. avcap's
+    conversion uses a reformatter of its own: the same pixels as PyAV's, and a forked child converts."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FORKED, str(h264_clip)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "exited", "0"]

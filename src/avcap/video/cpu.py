@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
+from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
@@ -34,14 +35,31 @@ from avcap.video.index import (
 )
 from avcap.video.sampling import VideoError
 
+# swscale's thread count is a reformat argument from PyAV 17 on; before, it ran on the calling thread anyway
+_ONE_THREAD = {"threads": 1} if int(metadata.version("av").split(".")[0]) >= 17 else {}
+
 # Heavy libraries (PIL, av) are imported inside the functions that use them: `avcap --help` and
 # the CLI import every verb's module (0.6 s; importing torch, transformers, av, pandas and
 # matplotlib adds ~3 s on the 2-core box).
 
 
+def reformat(frame, pix_fmt: str):
+    """`frame` in `pix_fmt` (swscale), by a reformatter of its own on the calling thread alone.
+
+    Not `frame.reformat(...)`/`to_ndarray(format=...)`: PyAV 18.1.1 converts every frame of a thread with
+    one shared reformatter, whose swscale worker threads (one per core by default) a forked process
+    inherits without the threads themselves; a DataLoader worker forked after its parent had converted
+    a frame then waited forever in its first conversion (the suite hung on `avcap train` this way). A
+    reformatter per call, as PyAV < 18.1.1 made one per frame, and one thread: avcap decodes videos in
+    parallel, one core each. The same pixels (tests compare)."""
+    from av.video.reformatter import VideoReformatter
+
+    return VideoReformatter().reformat(frame, format=pix_fmt, **_ONE_THREAD)
+
+
 def to_rgb(frame) -> np.ndarray:
     """A decoded PyAV frame as H x W x 3 uint8 RGB (swscale, the conversion avcap.video.colour repeats)."""
-    return frame.to_ndarray(format="rgb24")
+    return reformat(frame, "rgb24").to_ndarray()
 
 
 def set_threads(stream, threads: int) -> None:
@@ -126,7 +144,7 @@ def write_video(
                     stream.codec_context.options = opts
                 elif (h, w) != (stream.height, stream.width):
                     raise ValueError(f"frame {count}: size {w}x{h} differs from the first frame's {stream.width}x{stream.height}")
-                frame = av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(format=pix_fmt)
+                frame = reformat(av.VideoFrame.from_ndarray(arr, format="rgb24"), pix_fmt)
                 frame.pts = count
                 for packet in stream.encode(frame):
                     out.mux(packet)
