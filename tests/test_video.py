@@ -296,6 +296,8 @@ def test_sparse_decode_feeds_the_decoder_it_is_given(h264_clip):
         c.close()
     assert all(np.array_equal(got[i], full[i]) for i in idx)
     assert len(fed) > len(idx) and not stream.codec_context.is_open
+    if not VD.checked_pyav():
+        pytest.skip(f"the frames are exact; discarding is off on PyAV {av.__version__} (not a checked release)")
     # the reference pictures decoded on the way were discarded inside the decoder: only the targets came out
     assert sorted(f.pts for f in returned) == sorted(index.presentation[i] for i in idx)
 
@@ -336,6 +338,8 @@ def test_sparse_decode_of_other_codecs_discards_and_stays_exact(tmp_path, make_f
     finally:
         c.close()
     assert all(i in got and np.array_equal(got[i], full[i]) for i in idx), name
+    if not VD.checked_pyav():
+        pytest.skip(f"the frames are exact; discarding is off on PyAV {av.__version__} (not a checked release)")
     assert sorted(f.pts for f in returned) == sorted(index.presentation[i] for i in set(idx)), name
 
 
@@ -344,6 +348,8 @@ def test_a_discarded_packet_is_decoded_but_returns_no_frame(h264_clip):
     so pictures predicted from it are exact, but its own frame never comes out of the decoder."""
     import av
 
+    if not VD.checked_pyav():
+        pytest.skip(f"discarding is off on PyAV {av.__version__} (not a checked release)")
     full = V.decode_all(h264_clip)
     with av.open(str(h264_clip)) as c:
         stream = c.streams.video[0]
@@ -449,8 +455,8 @@ def test_continuous_decoding_equals_the_flushed_decode(tmp_path, make_frames, na
         assert got is not None, name
         assert sorted(got) == sorted(set(indices))
         # reference pictures and pushes were discarded inside the decoder (a picture held back by
-        # reordering may come out in the next clip)
-        assert dec.cc.returned - returned <= len(set(indices)), name
+        # reordering may come out in the next clip); on an unchecked PyAV nothing is discarded
+        assert dec.cc.returned - returned <= len(set(indices)) or not VD.checked_pyav(), name
         for i, frame in zip(indices, V.decode_frames(path, indices)):
             assert np.array_equal(got[i], frame), (name, i)
 

@@ -34,8 +34,15 @@ _packet_ptr_offset: Optional[int] = None  # where PyAV's Packet object keeps its
 
 
 # PyAV releases whose Packet layout the discard flag was checked on (tests/test_video.py's discard
-# tests and the GPU runs of benchmarks/RESULTS.md): on any other release it stays off, with a warning
-_DISCARD_CHECKED_PYAV = ("18.1.0",)
+# tests; the GPU runs of benchmarks/RESULTS.md ran 18.1.0): on any other release it stays off, with a warning
+_DISCARD_CHECKED_PYAV = ("18.1.0", "18.1.1")
+
+
+def checked_pyav() -> bool:
+    """Whether the installed PyAV is a release the discard probe was checked on."""
+    import av
+
+    return av.__version__ in _DISCARD_CHECKED_PYAV
 
 
 def _read_memory(address: int, size: int) -> Optional[bytes]:
@@ -58,7 +65,7 @@ def _find_packet_ptr_offset() -> int:
     is followed through `_read_memory`, so a wrong guess is a miss, not a crash."""
     import av
 
-    if av.__version__ not in _DISCARD_CHECKED_PYAV:
+    if not checked_pyav():
         warnings.warn(f"avcap.video: PyAV {av.__version__} is not a release the AV_PKT_FLAG_DISCARD probe was "
                       f"checked on ({', '.join(_DISCARD_CHECKED_PYAV)}): every decoded picture is returned "
                       "(correct, a little slower)", stacklevel=3)
