@@ -714,15 +714,6 @@ def test_a_batch_records_how_long_its_call_waited_for_the_inputs_prepared_ahead(
     assert all(r.error is None for r in ready)
 
 
-def test_the_graph_warmups_switch_reads_two_counts_or_says_what_it_wants():
-    from avcap.engines.hf.fast_generate import _graph_warmups
-
-    assert _graph_warmups("2,2") == (2, 2) and _graph_warmups("1,0") == (1, 0)
-    for bad in ("x", "1", "1,2,3", "-1,0"):
-        with pytest.raises(ValueError, match=r"AVCAP_GRAPH_WARMUPS = .*two counts >= 0, 'first,later'"):
-            _graph_warmups(bad)
-
-
 def test_compile_on_cpu_without_a_compiler_is_a_clear_error(varied_model_dir, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ValueError, match=r"\[avcap.engine\] compile = true on the CPU needs a C\+\+ compiler"):

@@ -90,21 +90,6 @@ HOST_VISION_CHECK = "qwen3-vl-host-vision"
 KV_BLOCK = 128  # a decode step attends over whole blocks of cache slots, up to its own (one graph each)
 
 
-def _graph_warmups(text: str) -> tuple[int, int]:
-    try:
-        first, later = (int(n) for n in text.split(","))
-        if first >= 0 and later >= 0:
-            return first, later
-    except ValueError:
-        pass
-    raise ValueError(f"AVCAP_GRAPH_WARMUPS = {text!r}: two counts >= 0, 'first,later' (default 2,2)")
-
-
-# eager runs of a decode step before its CUDA graph is captured: a (B, S)'s first graph, and each further kv_len
-# of it (the same kernels, already run once). A benchmarks' A/B switch ("first,later"), not a setting
-GRAPH_WARMUPS = _graph_warmups(os.environ.get("AVCAP_GRAPH_WARMUPS", "2,2"))
-
-
 def _sync(device) -> None:
     import torch
 
@@ -804,8 +789,7 @@ class FastGenerator:
         if device.type == "cuda" and self.cuda_graphs:
             saved = valid.clone()
             try:
-                entry["run"] = self._capture(eager, kc, vc, valid, slot, kv_len,
-                                             warmups=GRAPH_WARMUPS[0 if shared is None else 1])
+                entry["run"] = self._capture(eager, kc, vc, valid, slot, kv_len)
             except Exception as exc:  # keep going eagerly (same results, slower); say why once
                 import warnings
 
@@ -849,8 +833,8 @@ class FastGenerator:
                           f"unavailable, decoding with sdpa ({reason})")
         return None
 
-    def _capture(self, eager, kc, vc, valid, slot, s_len: int, warmups: int = 2):
-        """Capture `eager` as a CUDA graph after `warmups` eager runs; the warm-up writes land in slot
+    def _capture(self, eager, kc, vc, valid, slot, s_len: int):
+        """Capture `eager` as a CUDA graph after two eager runs; the warm-up writes land in slot
         `s_len - 1` (the last one `eager` attends over: not yet written by the decode) and are undone."""
         import torch
 
@@ -859,7 +843,7 @@ class FastGenerator:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(warmups):
+            for _ in range(2):
                 eager()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
