@@ -317,7 +317,10 @@ class TransformersEngine:
         # the fast path prefills `prefill_batch` prefixes per call and captures decode steps per row count:
         # the inference loop plans row counts that are multiples of it (avcap.eval.infer.batch_sizes)
         self.batch_multiple = cfg.prefill_batch if cfg.fast_generate else None
-        self._stream = None  # the model's CUDA stream, made once the weights are on the device
+        self._stream = None  # the model's CUDA stream, made once torch is imported (see `_load`)
+        # set once the background load has the processor (or has failed): a first `generate` call then builds
+        # its batches' inputs while the weights load and the model is set up
+        self._processor_loaded = threading.Event()
         self.compile_cache: dict[str, Any] = {}
         self._recompile_limit: Optional[int] = None  # with compile: set, like compile_cache, by the load
         self._fast = None
@@ -363,17 +366,22 @@ class TransformersEngine:
         # part of a start; the frame loader's finisher threads do not import beside them (avcap.core.imports).
         # The weights need only torch and safetensors: they are read during transformers' imports
         try:
-            with heavy_imports():
-                import safetensors.torch  # noqa: F401
-                import torch
-            self.dtype = resolve_dtype(self.cfg.dtype, self.device)
-            early, why_not = EarlyWeights.start(path, self.device, self.dtype)
-            with heavy_imports():
-                from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
+            try:
+                with heavy_imports():
+                    import safetensors.torch  # noqa: F401
+                    import torch
+                self.dtype = resolve_dtype(self.cfg.dtype, self.device)
+                early, why_not = EarlyWeights.start(path, self.device, self.dtype)
+                with heavy_imports():
+                    from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
+            finally:
+                self.frames.release()
+            self.load_timings["imports_s"] = round(time.perf_counter() - t0, 3)
+            if self.device.startswith("cuda"):  # before the processor: inputs built early are on it too
+                self._stream = model_stream(self.device)
+            self._load_processor(processor)
         finally:
-            self.frames.release()
-        self.load_timings["imports_s"] = round(time.perf_counter() - t0, 3)
-        self._load_processor(processor)
+            self._processor_loaded.set()
         t0 = time.perf_counter()
         model, direct = self._read_weights(path, direct=True, early=early)
         self.load_timings["early_weights"] = (
@@ -448,7 +456,14 @@ class TransformersEngine:
         cfg = self.cfg
         model.eval()
         cuda = self.device.startswith("cuda")
-        self._stream = model_stream(self.device) if cuda else None
+        if not cuda:
+            self._stream = None
+        elif self._stream is None:
+            self._stream = model_stream(self.device)
+        else:  # made by `_load` before the weights came: its later work waits for them
+            import torch
+
+            self._stream.wait_stream(torch.cuda.current_stream(torch.device(self.device)))
         if cuda:
             from avcap.models.qwen3_vl.compile import pack_vision_attention  # CUDA only
             from avcap.models.qwen3_vl.text import linear_patch_embed  # CUDA only
@@ -604,7 +619,7 @@ class TransformersEngine:
         t0 = time.perf_counter()
         prepared = self._take_prepared(requests)
         if prepared is None:
-            prepared = self._prepare(requests)
+            prepared = self._prepare(requests, shared=self._inputs_while_loading())
         self.frame_wait_s = time.perf_counter() - t0
         self._call_waited_s = self.frame_wait_s  # recorded with this call's first batch
         if first is not None:
@@ -684,6 +699,16 @@ class TransformersEngine:
                                         f"{' '.join(str(exc).split())[:120]}); prepared when the batch ran", len(chunk))
             chunks.append((chunk, inputs))
         return results, chunks
+
+    def _inputs_while_loading(self) -> bool:
+        """Whether this call builds its batches' fast-path inputs now, while the background load puts the
+        weights on the device and sets the model up (~0.9 s of an 8B start on an H100, gpu_run71): on the
+        fast path, during the load, once the load has the processor. Had the load failed, False (the call
+        then raises its ModelLoadError)."""
+        if self._prep_pool is None or self._loading is None:
+            return False
+        self._processor_loaded.wait()
+        return hasattr(self, "_processor")
 
     def _take_prepared(self, requests: list[Request]):
         if self._prep is None:
@@ -766,7 +791,7 @@ class TransformersEngine:
         `expand_videos=False` (the fast path): a video shown by several requests keeps one copy of
         its pixels; `video_unique_index` then maps each request video to its copy."""
         texts = [
-            self.processor.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+            self._processor.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
             for req, _ in chunk
         ]
         videos = [vf for _, frames in chunk for vf in frames]
@@ -781,11 +806,11 @@ class TransformersEngine:
                 video_metadata=[vf.metadata() for vf in videos],
                 **self._video_kwargs,
             )
-        self.processor.video_processor.expand = expand_videos
+        self._processor.video_processor.expand = expand_videos
         try:
-            return self.processor(**kwargs)
+            return self._processor(**kwargs)
         finally:
-            self.processor.video_processor.expand = True
+            self._processor.video_processor.expand = True
 
     def shared_inputs_for(self, chunk: list[tuple[Request, list]]):
         """`inputs_for` (expanded ids, mask, mm_token_type_ids, grid) plus the pixels per request
@@ -807,7 +832,7 @@ class TransformersEngine:
         if len(reps) == len(chunk):
             return self._processor_inputs(chunk)
         rep_in = self.inputs_for([chunk[r] for r in reps])
-        tok = self.processor.tokenizer
+        tok = self._processor.tokenizer
         rep_rows = {r: j for j, r in enumerate(reps)}
         rep_mask = rep_in["attention_mask"].bool()
         x = [rep_in["input_ids"][j][rep_mask[j]].tolist() for j in range(len(reps))]
@@ -821,12 +846,12 @@ class TransformersEngine:
             n += len(chunk[r][1])
         others = [r for r in range(len(chunk)) if r not in rep_rows]
         sharing = sorted({first[keys[r]] for r in others})
-        texts = [self.processor.apply_chat_template(chunk[r][0].messages, tokenize=False, add_generation_prompt=True)
+        texts = [self._processor.apply_chat_template(chunk[r][0].messages, tokenize=False, add_generation_prompt=True)
                  for r in others + sharing]
         enc = tok(texts)["input_ids"]
         u_other = dict(zip(others, enc[: len(others)]))
         u_rep = dict(zip(sharing, enc[len(others):]))
-        media = {t for t in (self.video_token_id, getattr(self.processor, "image_token_id", None)) if t is not None}
+        media = {t for t in (self.video_token_id, getattr(self._processor, "image_token_id", None)) if t is not None}
         ids_rows: list[list[int]] = [[] for _ in chunk]
         type_rows: list[list[int]] = [[] for _ in chunk]
         pixels: list[Any] = []
