@@ -1,7 +1,7 @@
 # gpu_run72 call 1 (session 24): the first call's inputs built while the weights load (prep, this checkout) against
 # 583a85e (base: built after the model is ready), interleaved after a fill run, one compile cache.
 # Carry [".whl", ".baseline"] (.baseline/src: `git archive 583a85e src`). `END=<device time left - ~150>`.
-# VIDEOS=104 (short of device time): 16 + 88, the 192-video run's first two batches, ~15 s less per run.
+# VIDEOS=96 (short of device time): batches of 8 + 88 (192 videos make 16 + 88 + 88), ~20 s less per run.
 nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/avcap-site .whl/*.whl && export PYTHONPATH=/tmp/avcap-site
 python3 -c "import torch, triton, transformers, av; print(torch.__version__, triton.__version__, transformers.__version__, av.__version__)"
