@@ -16,6 +16,9 @@ for i in ${ROUNDS:-1 2 3}; do
   [ $(left) -gt 70 ] && $B --out $OUT/prep$i --runs warm-first --deadline $(left) > $OUT/prep$i.txt 2>&1 && digest prep$i
   [ $(left) -gt 70 ] && $B --out $OUT/base$i --runs warm-first@base --baseline-src .baseline/src --deadline $(left) > $OUT/base$i.txt 2>&1 && digest base$i
 done
+# SAMPLED=1: then two plain runs, the second under the stack sampler (what the first batch's Python waits on:
+# dynamo's re-trace, the suffix's first call, the decode steps' capture)
+[ -n "${SAMPLED:-}" ] && [ $(left) -gt 150 ] && $B --out $OUT/sampled --runs warm-first,warm-first --sample-stacks warm-first2 --deadline $(left) > $OUT/sampled.txt 2>&1
 D=$(ls -d $OUT/*/ 2>/dev/null | tr '\n' ' ')
 python3 benchmarks/first_caption_summary.py $D
 cat $OUT/*.digest
