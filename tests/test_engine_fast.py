@@ -716,7 +716,7 @@ def test_a_batch_records_how_long_its_call_waited_for_the_inputs_prepared_ahead(
 
 def test_the_first_call_builds_its_inputs_while_the_weights_load(engines, clips, varied_model_dir, monkeypatch):
     """A first `generate` during the background load builds its batch's inputs as soon as the load has
-    the processor, while the weights are still loading (here held for 1.5 s after the processor): the
+    the processor, while the weights are still loading (here held for 3 s after the processor): the
     batch starts with its inputs ready, and its outputs are the loaded engine's."""
     from avcap.engines.hf.engine import TransformersEngine
 
@@ -734,7 +734,7 @@ def test_the_first_call_builds_its_inputs_while_the_weights_load(engines, clips,
     eng = make_engine(_cfg(batch_size=16, fast_generate=True), vision=VISION, model=str(varied_model_dir))
     try:
         eng._processor_loaded.wait(60)
-        threading.Timer(1.5, weights_go.set).start()
+        threading.Timer(3.0, weights_go.set).start()
         got = _outputs(eng.generate(reqs, s))
         first = eng.run_record()["startup"]["first_call"]
         [batch] = eng.run_record()["batches"]
@@ -742,9 +742,9 @@ def test_the_first_call_builds_its_inputs_while_the_weights_load(engines, clips,
         weights_go.set()
         eng.close()
     assert got == want
-    assert batch["prepared_ahead"] is True and batch["prep_s"] < 0.05
+    assert batch["prepared_ahead"] is True and batch["prep_s"] < 0.1
     # the inputs were ready while the weights were held (the frames and the processor's work came first)
-    assert first["frames_ready_at_s"] < first["model_ready_at_s"] - 0.5
+    assert first["frames_ready_at_s"] < first["model_ready_at_s"] - 1.0
 
 
 def test_compile_on_cpu_without_a_compiler_is_a_clear_error(varied_model_dir, monkeypatch):
