@@ -662,8 +662,12 @@ class TransformersEngine:
         return torch.cuda.stream(self._stream)
 
     def close(self) -> None:
+        """Stop the decoders and the background work. A load in progress is waited for: transformers
+        builds a model under process-wide settings (torch's default dtype and device, its init functions
+        replaced by no-ops) that a load left running would keep changing under whatever the caller
+        builds next, and one interleaved with another thread's build can leave them changed for good."""
         if self._loading is not None:
-            self._loader.shutdown(wait=False, cancel_futures=True)
+            self._loader.shutdown(wait=True, cancel_futures=True)
         if self._prep_pool is not None:
             self._prep_pool.shutdown(wait=True, cancel_futures=True)
         self.frames.close()
