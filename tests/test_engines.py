@@ -552,18 +552,33 @@ def test_transformers_loads_in_the_background_and_records_its_load(varied_model_
         eng.close()
 
 
-def test_closing_an_engine_mid_load_waits_for_the_load(varied_model_dir):
+def test_closing_an_engine_mid_load_waits_for_the_load(varied_model_dir, monkeypatch):
     """An engine closed while its model loads leaves no load running behind it: transformers builds
     a model under process-wide settings, which a load left running would change under the next model
     built in the process (seen in the suite: another test's models built on the meta device, with
-    their init functions no-ops)."""
+    their init functions no-ops). The weights are held until 1 s after `close()` is called, so the
+    close certainly comes mid-load."""
     import threading
 
+    from avcap.engines.hf.engine import TransformersEngine
+
+    go, real = threading.Event(), TransformersEngine._read_weights
+
+    def held(self, *a, **kw):
+        go.wait(30)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(TransformersEngine, "_read_weights", held)
     cfg = load_config(None).avcap.engine.model_copy(update={"device": "cpu", "batch_size": 2})
     eng = make_engine(cfg, vision=Vision(nframes=4, max_pixels=64 * 96), model=str(varied_model_dir))
-    assert any(t.name.startswith("avcap-load") for t in threading.enumerate())  # still loading
-    eng.close()
-    assert not any(t.name.startswith("avcap-load") and t.is_alive() for t in threading.enumerate())
+    try:
+        assert not eng._loading.done()
+        threading.Timer(1.0, go.set).start()
+        eng.close()
+        assert eng._loading.done() and eng._loading.exception() is None  # the load ran to its end, then close returned
+        assert not any(t.name.startswith("avcap-load") and t.is_alive() for t in threading.enumerate())
+    finally:
+        go.set()
 
 
 def test_readahead_asks_for_every_weight_file(varied_model_dir, tmp_path):
