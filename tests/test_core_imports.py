@@ -66,3 +66,81 @@ def test_a_first_call_that_fails_leaves_the_next_one_under_the_lock():
 def test_the_lock_is_reentrant_for_its_holder():
     with imports.heavy_imports():
         assert imports.first_under_lock(_kind(), lambda: 3) == 3
+
+
+def _first_call_in_a_thread(kind: str, fn):
+    """first_under_lock(kind, fn) in a thread started now; its result or exception lands in `box`."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["out"] = imports.first_under_lock(kind, fn)
+        except BaseException as exc:  # noqa: BLE001 — the test looks at it
+            box["exc"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, box
+
+
+def _waiting_for_the_first_call(kind: str, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # it waits on the turns' condition (not on the lock)
+        with imports._turns:
+            if thread.is_alive() and imports._first.get(kind) is not thread:
+                time.sleep(0.05)
+                return
+        time.sleep(0.01)
+
+
+def test_calls_made_during_the_first_call_wait_for_it_not_for_the_lock():
+    # A GPU run's frame finishers queued on the lock behind the first one ran one by one, each after
+    # the engine's imports had taken the lock in between (seconds)
+    kind = _kind()
+    first_running, first_go = threading.Event(), threading.Event()
+    first, first_box = _first_call_in_a_thread(kind, lambda: (first_running.set(), first_go.wait(5))[1])
+    assert first_running.wait(5)
+    follower, box = _first_call_in_a_thread(kind, lambda: imports._LOCK._is_owned())
+    _waiting_for_the_first_call(kind, follower)
+    assert "out" not in box  # not before the first call has returned
+    holder_in, holder_go = threading.Event(), threading.Event()
+
+    def hold():
+        with imports.heavy_imports():
+            holder_in.set()
+            holder_go.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()  # queued on the lock, which the first call holds
+    first_go.set()
+    first.join(5)
+    try:
+        follower.join(5)  # returns although the holder may hold the lock now
+        assert not follower.is_alive()
+        assert box == {"out": False}  # and it ran outside the lock
+        assert first_box == {"out": True}
+    finally:
+        holder_go.set()
+        holder.join(5)
+    assert holder_in.is_set()
+
+
+def test_when_the_first_call_fails_a_waiting_call_becomes_the_first():
+    kind = _kind()
+    first_running, first_go = threading.Event(), threading.Event()
+
+    def fail():
+        first_running.set()
+        first_go.wait(5)
+        raise OSError("no GPU memory")
+
+    first, first_box = _first_call_in_a_thread(kind, fail)
+    assert first_running.wait(5)
+    follower, box = _first_call_in_a_thread(kind, lambda: imports._LOCK._is_owned())
+    _waiting_for_the_first_call(kind, follower)
+    first_go.set()
+    first.join(5)
+    follower.join(5)
+    assert isinstance(first_box.get("exc"), OSError)
+    assert box == {"out": True}  # under the lock: its imports may not be done
+    assert kind in imports._ran

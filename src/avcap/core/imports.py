@@ -20,6 +20,8 @@ T = TypeVar("T")
 
 _LOCK = threading.RLock()
 _ran: set[str] = set()
+_first: dict[str, threading.Thread] = {}  # kinds whose first call is running, and its thread
+_turns = threading.Condition()
 
 
 @contextlib.contextmanager
@@ -31,10 +33,33 @@ def heavy_imports() -> Iterator[None]:
 
 def first_under_lock(kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(*args, **kwargs)`, under `heavy_imports()` until a call of this `kind` has returned in
-    this process (the first one imports what every later one needs), unlocked afterwards."""
-    if kind in _ran:
-        return fn(*args, **kwargs)
-    with _LOCK:
-        out = fn(*args, **kwargs)
-        _ran.add(kind)
+    this process (the first one imports what every later one needs), unlocked afterwards.
+
+    Calls of a kind made while its first call runs wait for that call, not for the lock: queued on
+    the lock they would run one by one, each waiting for whatever else took it in between (the
+    engine's imports of transformers, seconds on a GPU machine, GPU run 72). If the first call
+    fails, one of them is the next first call."""
+    me = threading.current_thread()
+    while kind not in _ran:
+        with _turns:
+            if kind in _ran:
+                break
+            first = _first.get(kind)
+            if first is not None and first is not me:
+                _turns.wait_for(lambda: kind in _ran or kind not in _first)
+                continue
+            _first[kind] = me
+        try:
+            with _LOCK:
+                out = fn(*args, **kwargs)
+        except BaseException:
+            with _turns:
+                _first.pop(kind, None)
+                _turns.notify_all()
+            raise
+        with _turns:
+            _ran.add(kind)
+            _first.pop(kind, None)
+            _turns.notify_all()
         return out
+    return fn(*args, **kwargs)
