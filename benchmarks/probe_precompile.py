@@ -68,7 +68,7 @@ def apis() -> dict:
 
 
 def child(env: dict[str, str]) -> dict:
-    p = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run([sys.executable, "-c", CHILD], check=False, capture_output=True, text=True, env=env, timeout=600)
     if p.returncode != 0:
         return {"rc": p.returncode, "stderr_tail": p.stderr[-1500:]}
     out = json.loads(p.stdout.strip().splitlines()[-1])
