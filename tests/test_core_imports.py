@@ -144,3 +144,26 @@ def test_when_the_first_call_fails_a_waiting_call_becomes_the_first():
     assert isinstance(first_box.get("exc"), OSError)
     assert box == {"out": True}  # under the lock: its imports may not be done
     assert kind in imports._ran
+
+
+def test_the_locks_holder_does_not_wait_for_a_first_call_that_waits_for_the_lock():
+    kind = _kind()
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold_then_call():
+        with imports.heavy_imports():
+            inside.set()
+            leave.wait(5)  # meanwhile another thread's first call of `kind` waits for the lock
+            return imports.first_under_lock(kind, lambda: "holder")
+
+    holder, box = _first_call_in_a_thread(_kind(), hold_then_call)
+    assert inside.wait(5)
+    first, first_box = _first_call_in_a_thread(kind, lambda: "first")
+    deadline = time.monotonic() + 5
+    while imports._first.get(kind) is not first and time.monotonic() < deadline:
+        time.sleep(0.01)
+    leave.set()
+    holder.join(5)
+    first.join(5)
+    assert not holder.is_alive() and not first.is_alive()  # no deadlock
+    assert box == {"out": "holder"} and first_box == {"out": "first"}

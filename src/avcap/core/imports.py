@@ -22,13 +22,18 @@ _LOCK = threading.RLock()
 _ran: set[str] = set()
 _first: dict[str, threading.Thread] = {}  # kinds whose first call is running, and its thread
 _turns = threading.Condition()
+_held = threading.local()  # how deep this thread is in heavy_imports()
 
 
 @contextlib.contextmanager
 def heavy_imports() -> Iterator[None]:
     """Held while a thread imports heavy libraries that another thread may be importing too."""
     with _LOCK:
-        yield
+        _held.depth = getattr(_held, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
 
 
 def first_under_lock(kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -39,6 +44,12 @@ def first_under_lock(kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any)
     the lock they would run one by one, each waiting for whatever else took it in between (the
     engine's imports of transformers, seconds on a GPU machine, GPU run 72). If the first call
     fails, one of them is the next first call."""
+    if kind not in _ran and getattr(_held, "depth", 0):  # the lock's holder: it may not wait for a first call
+        out = fn(*args, **kwargs)  # that waits for the lock
+        with _turns:
+            _ran.add(kind)
+            _turns.notify_all()
+        return out
     me = threading.current_thread()
     while kind not in _ran:
         with _turns:
@@ -50,7 +61,7 @@ def first_under_lock(kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any)
                 continue
             _first[kind] = me
         try:
-            with _LOCK:
+            with heavy_imports():
                 out = fn(*args, **kwargs)
         except BaseException:
             with _turns:
