@@ -205,13 +205,18 @@ def test_the_driver_killed_mid_run_loses_only_what_was_in_flight(cluster, world,
     cmd = [sys.executable, "-m", "avcap", "label", "--clips", str(manifest), "--out", str(out), "--config",
            str(world["cfg"]), "--model-name", "tiny", "--no-progress", "--runner", "ray", "--ray-address", cluster,
            "--actors", "1", "--batch-clips", "2", "--partition-clips", "4"]
-    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = tmp_path / "driver.stderr"  # a file, not a pipe nobody reads while it runs: a full pipe would stall it
+    with open(err, "wb") as fh:
+        driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=fh)
     deadline = time.monotonic() + 120
     while not any((out / "scenarios").glob("part-*.jsonl")) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # the first partition (4 records) is on disk: kill the driver now
-    assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    running = driver.poll() is None
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    assert running, err.read_text(errors="replace")[-2000:]
+    assert any((out / "scenarios").glob("part-*.jsonl")), \
+        "no partition on disk within 120 s (the kill would test nothing): " + err.read_text(errors="replace")[-2000:]
     first = _records(out)
     assert 0 < len(first) < len(clips) and not (out / "label_summary.json").exists()
 
