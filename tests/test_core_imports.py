@@ -84,13 +84,16 @@ def _first_call_in_a_thread(kind: str, fn):
 
 
 def _waiting_for_the_first_call(kind: str, thread: threading.Thread) -> None:
+    """Give `thread` (a later call of `kind`, started just now) time to reach its wait. The tests hold
+    either way: a call that starts after the first one returned runs unlocked too."""
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # it waits on the turns' condition (not on the lock)
+    while time.monotonic() < deadline:
         with imports._turns:
-            if thread.is_alive() and imports._first.get(kind) is not thread:
-                time.sleep(0.05)
-                return
+            waiting = thread.is_alive() and imports._first.get(kind) is not thread
+        if waiting:
+            break
         time.sleep(0.01)
+    time.sleep(0.05)
 
 
 def test_calls_made_during_the_first_call_wait_for_it_not_for_the_lock():
